@@ -1,0 +1,218 @@
+"""The assembled SO3krates model: embedding, T layers, readout, energy shifts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from so3krates_openmm.elements import MAX_ATOMIC_NUMBER, symbol
+from so3krates_openmm.model.basis import CutoffFunction, PhysNetRadialBasis, SphericalHarmonics
+from so3krates_openmm.model.config import SO3kratesConfig
+from so3krates_openmm.model.layers import AtomicEnergyReadout, SO3kratesLayer
+from so3krates_openmm.model.neighbours import check_box, neighbour_list
+
+#: Closest allowed distance between two atoms (Å); closer means overlapping atoms.
+MIN_PAIR_DISTANCE = 0.1
+
+
+class SO3krates(nn.Module):
+    """SO3krates Euclidean transformer (Frank et al., Nat. Commun. 15, 6539, 2024).
+
+    The model maps atomic numbers and positions in Å to total energies in
+    ``config.energy_unit``. Use :meth:`energy_and_forces` from Python;
+    :meth:`forward` is the TorchScript-compatible core that the export wraps.
+    """
+
+    def __init__(self, config: SO3kratesConfig) -> None:
+        super().__init__()
+        self.config = config
+        degrees: List[int] = list(config.degrees)
+        self.cutoff = float(config.cutoff)
+        self.n_layers = int(config.layers)
+        self.features = int(config.features)
+        self.m_tot = int(config.m_tot)
+        species_index = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        species_index[list(config.elements)] = torch.arange(len(config.elements))
+        self.register_buffer("species_index", species_index)
+        self.register_buffer("energy_shifts", torch.zeros(len(config.elements), dtype=torch.float64))
+        self.register_buffer("energy_scales", torch.ones(len(config.elements), dtype=torch.float64))
+        self.embedding = nn.Embedding(len(config.elements), config.features)
+        self.radial_basis = PhysNetRadialBasis(config.radial_basis_size, config.cutoff)
+        self.cutoff_function = CutoffFunction(config.cutoff, config.cutoff_function)
+        self.spherical_harmonics = SphericalHarmonics(degrees)
+        self.layers = nn.ModuleList(
+            SO3kratesLayer(config.features, config.heads, degrees, config.radial_basis_size)
+            for _ in range(config.layers)
+        )
+        self.readout = AtomicEnergyReadout(config.features)
+        self.to(getattr(torch, config.dtype))
+        # Buffers in float64 whatever the model dtype (the shift is a large constant).
+        self.energy_shifts = self.energy_shifts.double()
+        self.energy_scales = self.energy_scales.double()
+        self.radial_basis.centres = self.radial_basis.centres.double()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    def forward(
+        self,
+        atomic_numbers: Tensor,
+        positions: Tensor,
+        batch: Optional[Tensor] = None,
+        num_structures: int = 1,
+        boxes: Optional[Tensor] = None,
+        prune_pairs: bool = True,
+    ) -> Tensor:
+        """Total energies (B,) in ``config.energy_unit``, float64.
+
+        Args:
+            atomic_numbers: (N,) int64, only elements in ``config.elements``.
+            positions: (N, 3) in Å (any float dtype; cast to the model dtype).
+            batch: (N,) structure index per atom, contiguous; ``None`` for one structure.
+            num_structures: number of structures B in the batch.
+            boxes: optional (B, 3, 3) periodic boxes in Å, OpenMM reduced form.
+            prune_pairs: drop pairs beyond the cutoff from the edge list (see
+                :func:`~so3krates_openmm.model.neighbours.neighbour_list`).
+        """
+        positions = positions.to(self.embedding.weight.dtype)
+        if batch is None:
+            batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        species = self.species_index[atomic_numbers]
+        centres, neighbours, shifts = neighbour_list(positions, batch, num_structures, self.cutoff, boxes, prune_pairs)
+        vectors = positions[neighbours] - positions[centres] + shifts
+        distances = torch.linalg.vector_norm(vectors, dim=1)
+        unit_vectors = vectors / distances.unsqueeze(-1)
+        cutoff_weights = self.cutoff_function(distances)
+        harmonics = self.spherical_harmonics(unit_vectors)
+        radial = self.radial_preactivations(self.radial_basis(distances))
+
+        features = self.embedding(species)
+        euclidean = torch.zeros(positions.shape[0], self.m_tot, dtype=positions.dtype, device=positions.device)
+        for index, layer in enumerate(self.layers):
+            features, euclidean = layer(
+                features,
+                euclidean,
+                radial[2 * index],
+                radial[2 * index + 1],
+                cutoff_weights,
+                harmonics,
+                centres,
+                neighbours,
+            )
+        atomic_energies = self.readout(features).double() * self.energy_scales[species] + self.energy_shifts[species]
+        energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device)
+        return energies.index_add_(0, batch, atomic_energies)
+
+    def radial_preactivations(self, radial_basis: Tensor) -> List[Tensor]:
+        """First radial layer of every filter network, as one matrix product.
+
+        Returns 2T tensors (E, F): for each layer the feature filter's and the
+        Euclidean filter's pre-activation.
+        """
+        weights: List[Tensor] = []
+        biases: List[Tensor] = []
+        for layer in self.layers:
+            weights.append(layer.feature_filter.radial_in.weight)
+            weights.append(layer.euclidean_filter.radial_in.weight)
+            biases.append(layer.feature_filter.radial_in.bias)
+            biases.append(layer.euclidean_filter.radial_in.bias)
+        fused = functional.linear(radial_basis, torch.cat(weights, 0), torch.cat(biases, 0))
+        return list(torch.split(fused, self.features, dim=1))
+
+    # ----- Python API (not part of the TorchScript module) -----
+
+    @torch.jit.unused
+    def energy_and_forces(
+        self,
+        atomic_numbers: Tensor,
+        positions: Tensor,
+        batch: Optional[Tensor] = None,
+        num_structures: int = 1,
+        boxes: Optional[Tensor] = None,
+        create_graph: bool = False,
+    ) -> Tuple[Tensor, Tensor]:
+        """Energies (B,) and forces (N, 3), in ``config.energy_unit`` and per Å.
+
+        Inputs as for :meth:`forward` (positions in Å). Inputs are validated
+        first (known elements, finite positions, no overlapping atoms, box at
+        least twice the cutoff). ``create_graph=True`` keeps the graph of the
+        forces for training on them.
+        """
+        atomic_numbers = torch.as_tensor(atomic_numbers, dtype=torch.long, device=self.embedding.weight.device)
+        positions = torch.as_tensor(positions, device=self.embedding.weight.device).to(self.dtype)
+        if boxes is not None:
+            boxes = torch.as_tensor(boxes, device=positions.device).to(self.dtype).reshape(-1, 3, 3)
+        self.validate_inputs(atomic_numbers, positions, batch, num_structures, boxes)
+        positions = positions.detach().requires_grad_(True)
+        energies = self(atomic_numbers, positions, batch, num_structures, boxes)
+        (gradient,) = torch.autograd.grad(energies.sum(), positions, create_graph=create_graph)
+        return energies, -gradient
+
+    @torch.jit.unused
+    def validate_inputs(
+        self,
+        atomic_numbers: Tensor,
+        positions: Tensor,
+        batch: Optional[Tensor] = None,
+        num_structures: int = 1,
+        boxes: Optional[Tensor] = None,
+    ) -> None:
+        """Raise ``ValueError`` with a clear message for input the model cannot evaluate."""
+        if positions.ndim != 2 or positions.shape[1] != 3 or positions.shape[0] != atomic_numbers.shape[0]:
+            raise ValueError(
+                f"positions must have shape (N, 3) with N = {atomic_numbers.shape[0]} atoms, "
+                f"got {tuple(positions.shape)}"
+            )
+        out_of_range = (atomic_numbers < 1) | (atomic_numbers > MAX_ATOMIC_NUMBER)
+        if bool(out_of_range.any()):
+            raise ValueError(f"atomic numbers {sorted(set(atomic_numbers[out_of_range].tolist()))} are not elements")
+        unknown = sorted(set(atomic_numbers[self.species_index[atomic_numbers] < 0].tolist()))
+        if unknown:
+            known = ", ".join(symbol(z) for z in self.config.elements)
+            raise ValueError(
+                f"the model does not know element(s) {', '.join(symbol(z) for z in unknown)}; "
+                f"it was trained on {known}"
+            )
+        finite = torch.isfinite(positions).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()[:10].tolist()
+            raise ValueError(f"positions of atoms {bad} are NaN or infinite")
+        if boxes is not None:
+            check_box(boxes, self.cutoff)
+        if batch is None:
+            batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        centres, neighbours, shifts = neighbour_list(positions, batch, num_structures, MIN_PAIR_DISTANCE, boxes)
+        if centres.numel() > 0:
+            i, j = int(centres[0]), int(neighbours[0])
+            raise ValueError(
+                f"atoms {i} and {j} are on top of each other (closer than {MIN_PAIR_DISTANCE} Å): "
+                "check the structure for duplicated atoms"
+            )
+
+    @torch.jit.unused
+    def set_energy_shifts(self, shifts: Dict[int, float]) -> None:
+        """Set per-element energy shifts (config.energy_unit per atom), float64."""
+        for z, value in shifts.items():
+            index = int(self.species_index[int(z)])
+            if index < 0:
+                raise ValueError(f"element {symbol(int(z))} is not in the model's elements")
+            self.energy_shifts[index] = float(value)
+
+    @torch.jit.unused
+    def save(self, path: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
+        """Write a checkpoint (see :mod:`so3krates_openmm.model.checkpoint`)."""
+        from so3krates_openmm.model.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, extra)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "SO3krates":
+        """Load a model from a checkpoint written by :meth:`save`."""
+        from so3krates_openmm.model.checkpoint import load_model
+
+        return load_model(path, map_location)
