@@ -82,9 +82,26 @@ class SO3krates(nn.Module):
         positions = positions.to(self.embedding.weight.dtype)
         if batch is None:
             batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
-        species = self.species_index[atomic_numbers]
         centres, neighbours, shifts = neighbour_list(positions, batch, num_structures, self.cutoff, boxes, prune_pairs)
-        vectors = positions[neighbours] - positions[centres] + shifts
+        return self.energy_from_neighbours(atomic_numbers, positions, batch, num_structures, centres, neighbours, shifts)
+
+    @torch.jit.export
+    def energy_from_neighbours(
+        self,
+        atomic_numbers: Tensor,
+        positions: Tensor,
+        batch: Tensor,
+        num_structures: int,
+        centres: Tensor,
+        neighbours: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Total energies (B,) float64 for a given neighbour list (``r_ij = R_j - R_i + shift``, Å).
+
+        The core of :meth:`forward`; exported modules with a fixed pair list call it directly.
+        """
+        species = self.species_index[atomic_numbers]
+        vectors = positions[neighbours] - positions[centres] + shifts.to(positions.dtype)
         distances = torch.linalg.vector_norm(vectors, dim=1)
         unit_vectors = vectors / distances.unsqueeze(-1)
         cutoff_weights = self.cutoff_function(distances)
@@ -168,16 +185,7 @@ class SO3krates(nn.Module):
                 f"positions must have shape (N, 3) with N = {atomic_numbers.shape[0]} atoms, "
                 f"got {tuple(positions.shape)}"
             )
-        out_of_range = (atomic_numbers < 1) | (atomic_numbers > MAX_ATOMIC_NUMBER)
-        if bool(out_of_range.any()):
-            raise ValueError(f"atomic numbers {sorted(set(atomic_numbers[out_of_range].tolist()))} are not elements")
-        unknown = sorted(set(atomic_numbers[self.species_index[atomic_numbers] < 0].tolist()))
-        if unknown:
-            known = ", ".join(symbol(z) for z in self.config.elements)
-            raise ValueError(
-                f"the model does not know element(s) {', '.join(symbol(z) for z in unknown)}; "
-                f"it was trained on {known}"
-            )
+        self.check_elements(atomic_numbers)
         finite = torch.isfinite(positions).all(dim=1)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten()[:10].tolist()
@@ -192,6 +200,21 @@ class SO3krates(nn.Module):
             raise ValueError(
                 f"atoms {i} and {j} are on top of each other (closer than {MIN_PAIR_DISTANCE} Å): "
                 "check the structure for duplicated atoms"
+            )
+
+    @torch.jit.unused
+    def check_elements(self, atomic_numbers: Tensor) -> None:
+        """Raise ``ValueError`` naming any atomic number the model does not know."""
+        atomic_numbers = torch.as_tensor(atomic_numbers, dtype=torch.long).cpu()
+        out_of_range = (atomic_numbers < 1) | (atomic_numbers > MAX_ATOMIC_NUMBER)
+        if bool(out_of_range.any()):
+            raise ValueError(f"atomic numbers {sorted(set(atomic_numbers[out_of_range].tolist()))} are not elements")
+        unknown = sorted(set(atomic_numbers[self.species_index.cpu()[atomic_numbers] < 0].tolist()))
+        if unknown:
+            known = ", ".join(symbol(z) for z in self.config.elements)
+            raise ValueError(
+                f"the model does not know element(s) {', '.join(symbol(z) for z in unknown)}; "
+                f"it was trained on {known}"
             )
 
     @torch.jit.unused

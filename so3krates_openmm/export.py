@@ -1,0 +1,370 @@
+"""Export a checkpoint to a TorchScript ``.pt`` with openmm-torch's ``TorchForce`` contract.
+
+The exported module takes positions in nm for ALL particles of the OpenMM
+``System`` (and the periodic box in nm, rows are box vectors, when the export
+is periodic) and returns the energy in kJ/mol, or ``(energy, forces)`` with
+forces in kJ/mol/nm when exported with ``outputs_forces=True``. Unit
+conversion from the checkpoint's units is exact (see :mod:`so3krates_openmm.units`).
+
+Model metadata (elements, atomic numbers, atom indices, cutoff, units, dtype,
+periodicity, hash of the source checkpoint) is stored in the ``.pt`` as the
+extra file ``so3krates_metadata.json``; :func:`read_export_metadata` reads it.
+
+Every export checks itself before anything is written: the scripted module's
+energy and forces on a perturbed frame must equal the eager model's (float64,
+relative 1e-9), and the file written must load and give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from so3krates_openmm import __version__
+from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.model.checkpoint import file_sha256, load_model
+from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, neighbour_list, structure_pairs
+from so3krates_openmm.model.so3krates import SO3krates
+from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT, energy_conversion
+
+METADATA_FILE = "so3krates_metadata.json"
+EXPORT_FORMAT_VERSION = 1
+ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
+#: Relative tolerance of the float64 self-check (scripted vs eager).
+SELF_CHECK_RTOL = 1e-9
+
+
+class ExportError(RuntimeError):
+    """The export failed its self-check or got inconsistent input; nothing was written."""
+
+
+class SO3kratesEnergy(nn.Module):
+    """TorchScript module: positions (nm) [+ box (nm)] -> energy (kJ/mol).
+
+    Args:
+        model: the SO3krates model (its dtype is the compute dtype).
+        atomic_numbers: (M,) atomic numbers of the modelled atoms.
+        atom_indices: (M,) indices of the modelled atoms among the System's
+            ``n_particles`` particles (ML/MM sub-system), or ``None`` for all.
+        n_particles: number of particles in the OpenMM System.
+        periodic: whether ``forward`` receives a box and applies minimum image.
+        static_pairs: keep every pair of modelled atoms in the edge list
+            (fixed shapes, no host synchronisation: for CUDA graphs; O(M^2)
+            work) instead of pruning pairs beyond the cutoff each step.
+    """
+
+    def __init__(
+        self,
+        model: SO3krates,
+        atomic_numbers: Tensor,
+        atom_indices: Optional[Tensor],
+        n_particles: int,
+        periodic: bool,
+        static_pairs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("atomic_numbers", atomic_numbers.to(torch.long))
+        self.use_subset = atom_indices is not None
+        indices = atom_indices if atom_indices is not None else torch.arange(len(atomic_numbers))
+        self.register_buffer("atom_indices", indices.to(torch.long))
+        self.n_particles = int(n_particles)
+        self.periodic = bool(periodic)
+        self.static_pairs = bool(static_pairs)
+        self.angstrom_per_nm = float(ANGSTROM_PER_NM)
+        self.cutoff_nm = float(model.cutoff) / ANGSTROM_PER_NM
+        self.kj_per_mol_per_model_unit = float(energy_conversion(model.config.energy_unit, "kJ/mol"))
+        self.register_buffer("batch", torch.zeros(len(atomic_numbers), dtype=torch.long))
+        centres, neighbours = structure_pairs(self.batch, 1)
+        self.register_buffer("all_centres", centres)
+        self.register_buffer("all_neighbours", neighbours)
+
+    def energy(self, positions: Tensor, box: Optional[Tensor]) -> Tensor:
+        """Energy in kJ/mol (0-d, float64) of positions (n_particles, 3) in nm."""
+        if not positions.is_cuda:
+            # Input checks need the host; skipped on GPUs so that CUDA graphs can capture the step.
+            if positions.shape[0] != self.n_particles:
+                raise RuntimeError("so3krates: the System has a different number of particles than the model was exported for")
+            if not bool(torch.isfinite(positions).all()):
+                raise RuntimeError("so3krates: positions contain NaN or infinite values (the simulation has become unstable)")
+        dtype = self.model.embedding.weight.dtype
+        selected = positions[self.atom_indices] if self.use_subset else positions
+        coordinates = selected.to(dtype) * self.angstrom_per_nm
+        boxes: Optional[Tensor] = None
+        if self.periodic:
+            if box is None:
+                raise RuntimeError("so3krates: this model was exported as periodic but OpenMM passed no box")
+            boxes = (box.to(dtype) * self.angstrom_per_nm).unsqueeze(0)
+            if not positions.is_cuda:
+                if bool(torch.min(torch.diagonal(box)) < 2.0 * self.cutoff_nm):
+                    raise RuntimeError("so3krates: the model cutoff exceeds half the smallest periodic box width")
+        if self.static_pairs:
+            vectors = coordinates[self.all_neighbours] - coordinates[self.all_centres]
+            if boxes is None:
+                shifts = torch.zeros_like(vectors)
+            else:
+                shifts = minimum_image_shifts(vectors.detach(), boxes.expand(vectors.shape[0], 3, 3))
+            energies = self.model.energy_from_neighbours(
+                self.atomic_numbers, coordinates, self.batch, 1, self.all_centres, self.all_neighbours, shifts
+            )
+        else:
+            energies = self.model(self.atomic_numbers, coordinates, self.batch, 1, boxes, True)
+        return energies[0] * self.kj_per_mol_per_model_unit
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        return self.energy(positions, box)
+
+
+class SO3kratesEnergyForces(SO3kratesEnergy):
+    """Like :class:`SO3kratesEnergy` but returns ``(energy kJ/mol, forces kJ/mol/nm)``.
+
+    For ``TorchForce.setOutputsForces(True)``: the forces of all particles,
+    zero for those outside the modelled sub-system.
+    """
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        positions = positions.detach().requires_grad_(True)
+        energy = self.energy(positions, box)
+        gradients = torch.autograd.grad([energy], [positions])
+        gradient = gradients[0]
+        if gradient is None:
+            gradient = torch.zeros_like(positions)
+        return energy, -gradient
+
+
+def parse_atom_indices(text: str) -> list[int]:
+    """Parse an atom index list such as ``"0-41,45,50-52"`` (0-based, ranges inclusive)."""
+    indices: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                first, last = part.split("-", 1)
+                indices.extend(range(int(first), int(last) + 1))
+            else:
+                indices.append(int(part))
+        except ValueError:
+            raise ValueError(f"cannot read atom index list {text!r}: use e.g. '0-41,45'") from None
+    if not indices:
+        raise ValueError("the atom index list is empty")
+    if len(set(indices)) != len(indices) or min(indices) < 0:
+        raise ValueError(f"atom index list {text!r} has duplicated or negative indices")
+    return indices
+
+
+def build_energy_module(
+    model: SO3krates,
+    atomic_numbers: Sequence[int],
+    atom_indices: Optional[Sequence[int]] = None,
+    n_particles: Optional[int] = None,
+    periodic: bool = False,
+    outputs_forces: bool = False,
+    static_pairs: bool = False,
+) -> SO3kratesEnergy:
+    """The (unscripted) OpenMM-contract module for ``model``; see :class:`SO3kratesEnergy`."""
+    numbers = torch.as_tensor(list(atomic_numbers), dtype=torch.long)
+    indices = None if atom_indices is None else torch.as_tensor(list(atom_indices), dtype=torch.long)
+    particles = int(n_particles if n_particles is not None else len(numbers))
+    if indices is not None and (len(indices) != len(numbers) or int(indices.max()) >= particles):
+        raise ExportError(f"atom indices must be {len(numbers)} indices below the System's {particles} particles")
+    model.check_elements(numbers)
+    cls = SO3kratesEnergyForces if outputs_forces else SO3kratesEnergy
+    return cls(model.eval(), numbers, indices, particles, periodic, static_pairs)
+
+
+def _evaluate(module: nn.Module, positions_nm: Tensor, box_nm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Energy (kJ/mol) and forces (kJ/mol/nm) of an OpenMM-contract module, by autograd if needed."""
+    positions = positions_nm.clone().requires_grad_(True)
+    output = module(positions, box_nm) if box_nm is not None else module(positions)
+    if isinstance(output, tuple):
+        return output[0].detach(), output[1].detach()
+    (gradient,) = torch.autograd.grad(output, positions)
+    return output.detach(), -gradient
+
+
+def _eager_reference(
+    model: SO3krates, atomic_numbers: Tensor, positions_nm: Tensor, atom_indices: Optional[Tensor], box_nm: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Energy (kJ/mol) and forces on all particles (kJ/mol/nm) from the eager Python API."""
+    selected = positions_nm if atom_indices is None else positions_nm[atom_indices]
+    boxes = None if box_nm is None else box_nm.unsqueeze(0) * ANGSTROM_PER_NM
+    energy, forces = model.energy_and_forces(atomic_numbers, selected * ANGSTROM_PER_NM, boxes=boxes)
+    kj = energy_conversion(model.config.energy_unit, "kJ/mol")
+    all_forces = torch.zeros_like(positions_nm)
+    target = slice(None) if atom_indices is None else atom_indices
+    all_forces[target] = forces.to(positions_nm.dtype) * kj * ANGSTROM_PER_NM
+    return energy[0].detach() * kj, all_forces
+
+
+def _relative_difference(value: Tensor, reference: Tensor) -> float:
+    scale = max(float(reference.abs().max()), 1e-12)
+    return float((value.double() - reference.double()).abs().max()) / scale
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    structure: Optional[Structure] = None,
+    atomic_numbers: Optional[Sequence[int]] = None,
+    atom_indices: Optional[Sequence[int]] = None,
+    periodic: bool = False,
+    dtype: str = "float32",
+    outputs_forces: bool = False,
+    static_pairs: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Export ``checkpoint`` to a TorchScript file at ``output``; returns the path.
+
+    Args:
+        checkpoint: a checkpoint written by training or :meth:`SO3krates.save`.
+        output: the ``.pt`` to write (atomically, only after the self-check passed).
+        structure: the System's structure (all particles); its positions are
+            used for the self-check and its box for periodic exports.
+        atomic_numbers: instead of ``structure``, the atomic numbers of all particles.
+        atom_indices: modelled sub-system (ML/MM), indices into all particles.
+        periodic: export a module that takes the box and applies minimum image.
+        dtype: compute dtype of the exported model, ``"float32"`` or ``"float64"``.
+        outputs_forces: module returns ``(energy, forces)`` (``TorchForce.setOutputsForces(True)``).
+        static_pairs: fixed all-pairs edge list (for CUDA graphs), see :class:`SO3kratesEnergy`.
+        seed: seed of the self-check's perturbation.
+    """
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if (structure is None) == (atomic_numbers is None):
+        raise ValueError("give exactly one of a structure or a list of atomic numbers")
+    all_numbers = [int(z) for z in (structure.atomic_numbers if structure is not None else atomic_numbers)]
+    n_particles = len(all_numbers)
+    indices = None if atom_indices is None else [int(i) for i in atom_indices]
+    if indices is not None and max(indices) >= n_particles:
+        raise ValueError(f"atom index {max(indices)} is out of range for {n_particles} particles")
+    model_numbers = all_numbers if indices is None else [all_numbers[i] for i in indices]
+
+    reference_model = load_model(checkpoint).double()
+    positions_nm, box_nm = _self_check_frame(reference_model, structure, n_particles, indices, periodic, seed)
+    if box_nm is not None:
+        check_box(box_nm.unsqueeze(0) * ANGSTROM_PER_NM, reference_model.cutoff)
+    index_tensor = None if indices is None else torch.as_tensor(indices)
+    expected_energy, expected_forces = _eager_reference(
+        reference_model, torch.as_tensor(model_numbers), positions_nm, index_tensor, box_nm
+    )
+
+    def scripted(model: SO3krates) -> torch.jit.ScriptModule:
+        module = build_energy_module(model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs)
+        return torch.jit.script(module)
+
+    energy, forces = _evaluate(scripted(reference_model), positions_nm, box_nm)
+    errors = (_relative_difference(energy, expected_energy), _relative_difference(forces, expected_forces))
+    if max(errors) > SELF_CHECK_RTOL:
+        raise ExportError(
+            f"self-check failed: scripted float64 module differs from the eager model "
+            f"(energy {errors[0]:.2e}, forces {errors[1]:.2e} relative; limit {SELF_CHECK_RTOL:.0e}); nothing written"
+        )
+
+    final = scripted(load_model(checkpoint).to(getattr(torch, dtype)))
+    metadata = _metadata(reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype, outputs_forces, static_pairs)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    torch.jit.save(final, str(temporary), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+    try:
+        reloaded = torch.jit.load(str(temporary))
+        energy, forces = _evaluate(reloaded, positions_nm, box_nm)
+        tolerance = SELF_CHECK_RTOL if dtype == "float64" else 1e-3
+        errors = (_relative_difference(energy, expected_energy), _relative_difference(forces, expected_forces))
+        if max(errors) > tolerance:
+            raise ExportError(
+                f"self-check of the written {dtype} module failed (energy {errors[0]:.2e}, "
+                f"forces {errors[1]:.2e} relative; limit {tolerance:.0e}); nothing written"
+            )
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, output)
+    return output
+
+
+def _self_check_frame(
+    model: SO3krates,
+    structure: Optional[Structure],
+    n_particles: int,
+    indices: Optional[list[int]],
+    periodic: bool,
+    seed: int,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Perturbed positions (nm, float64) of all particles, and the box (nm) when periodic."""
+    generator = np.random.default_rng(seed)
+    if structure is not None:
+        positions = structure.positions_angstrom.copy()
+    else:
+        # No geometry given: a loose random cloud, at least 1 Å between atoms.
+        side = max(3.0, 2.0 * n_particles ** (1.0 / 3.0))
+        positions = generator.uniform(0.0, side, size=(n_particles, 3))
+    positions = positions + generator.normal(scale=0.05, size=positions.shape)
+    box_nm = None
+    if periodic:
+        if structure is None or structure.box_angstrom is None:
+            raise ValueError(
+                "a periodic export needs a box: give a structure with one (PDB CRYST1 record, extended-XYZ Lattice)"
+            )
+        box_nm = torch.as_tensor(structure.box_angstrom / ANGSTROM_PER_NM, dtype=torch.float64)
+    return torch.as_tensor(positions / ANGSTROM_PER_NM, dtype=torch.float64), box_nm
+
+
+def _metadata(
+    model: SO3krates,
+    checkpoint: str | Path,
+    all_numbers: list[int],
+    model_numbers: list[int],
+    indices: Optional[list[int]],
+    periodic: bool,
+    dtype: str,
+    outputs_forces: bool,
+    static_pairs: bool,
+) -> Dict[str, Any]:
+    config = model.config
+    return {
+        "format": "so3krates-openmm-export",
+        "format_version": EXPORT_FORMAT_VERSION,
+        "so3krates_openmm_version": __version__,
+        "elements": list(config.elements),
+        "atomic_numbers": model_numbers,
+        "atom_indices": indices,
+        "n_particles": len(all_numbers),
+        "cutoff_nm": config.cutoff / ANGSTROM_PER_NM,
+        "checkpoint_energy_unit": config.energy_unit,
+        "energy_unit": "kJ/mol",
+        "length_unit": "nm",
+        "kj_per_mol_per_checkpoint_energy_unit": energy_conversion(config.energy_unit, "kJ/mol"),
+        "periodic": periodic,
+        "outputs_forces": outputs_forces,
+        "static_pairs": static_pairs,
+        "dtype": dtype,
+        "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "config": config.to_dict(),
+    }
+
+
+def read_export_metadata(path: str | Path) -> Dict[str, Any]:
+    """Metadata stored in an exported ``.pt`` (without loading the module)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith(f"extra/{METADATA_FILE}")]
+            if not names:
+                raise ValueError(
+                    f"{path} has no so3krates metadata: it is not a model exported by so3krates-export"
+                )
+            return json.loads(archive.read(names[0]))
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not a TorchScript file; export a checkpoint with so3krates-export") from None
