@@ -1,0 +1,169 @@
+"""Building an OpenMM ``Simulation`` for a structure and a model (or any ``System``).
+
+The pieces a protocol needs, each overridable: the integrator for the ensemble
+(``LangevinMiddleIntegrator`` for NVT, ``VerletIntegrator`` for NVE), the
+platform and thread counts, seeds for the integrator and the initial
+velocities, and an optional local energy minimisation.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import openmm as mm
+from openmm import app, unit
+
+from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.md.platforms import get_platform
+
+#: Largest seed OpenMM accepts (a C ``int``); 0 would mean "pick one at random".
+MAX_SEED = 2**31 - 1
+ENSEMBLES = ("nvt", "nve")
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    """Return ``seed`` checked, or a fresh random seed when it is ``None``.
+
+    The seed drives both the integrator's random stream and the initial
+    velocities; it is always recorded with the run so that any run can be repeated.
+    """
+    if seed is None:
+        return 1 + secrets.randbelow(MAX_SEED - 1)
+    seed = int(seed)
+    if not 1 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 1 and {MAX_SEED}, got {seed} (OpenMM treats 0 as 'random')")
+    return seed
+
+
+def make_integrator(
+    ensemble: str = "nvt",
+    *,
+    temperature_K: float = 300.0,
+    friction_per_ps: float = 1.0,
+    timestep_fs: float = 0.5,
+    seed: int = 1,
+) -> mm.Integrator:
+    """Integrator for an ensemble: ``nvt`` -> LangevinMiddleIntegrator, ``nve`` -> VerletIntegrator.
+
+    Args:
+        temperature_K: bath temperature in K (NVT only).
+        friction_per_ps: Langevin friction coefficient in 1/ps (NVT only).
+        timestep_fs: time step in fs.
+        seed: random number seed of the Langevin integrator.
+    """
+    if timestep_fs <= 0:
+        raise ValueError(f"timestep_fs must be positive, got {timestep_fs}")
+    timestep = timestep_fs * unit.femtoseconds
+    ensemble = ensemble.lower()
+    if ensemble == "nvt":
+        if temperature_K <= 0:
+            raise ValueError(f"temperature_K must be positive, got {temperature_K}")
+        if friction_per_ps < 0:
+            raise ValueError(f"friction_per_ps must not be negative, got {friction_per_ps}")
+        integrator = mm.LangevinMiddleIntegrator(
+            temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, timestep
+        )
+        integrator.setRandomNumberSeed(resolve_seed(seed))
+        return integrator
+    if ensemble == "nve":
+        return mm.VerletIntegrator(timestep)
+    raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
+
+
+def model_system(structure: Structure, model_path: str | Path, *, cuda_graphs: bool = False) -> mm.System:
+    """OpenMM ``System`` for ``structure`` whose only force is the exported model (``TorchForce``)."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {str(model_path)!r} does not exist")
+    from so3krates_openmm.openmm_force import create_system
+
+    return create_system(structure, model_path, use_cuda_graphs=cuda_graphs)
+
+
+def structure_positions_nm(structure: Structure) -> unit.Quantity:
+    """Positions of a structure as an OpenMM quantity in nm."""
+    return (np.asarray(structure.positions_angstrom) * 0.1) * unit.nanometer
+
+
+@dataclass
+class SimulationSettings:
+    """Everything needed to set up a simulation besides the System itself.
+
+    Attributes:
+        ensemble: ``nvt`` (Langevin) or ``nve`` (velocity Verlet).
+        temperature_K: bath temperature (NVT) and initial velocity temperature, K.
+        friction_per_ps: Langevin friction, 1/ps.
+        timestep_fs: time step, fs.
+        platform: OpenMM platform name.
+        threads: CPU threads for OpenMM and PyTorch (``None``: all available cores).
+        precision: GPU precision (``single``, ``mixed``, ``double``).
+        seed: integrator and velocity seed (``None``: drawn at random and recorded).
+        minimize: run a local energy minimisation before assigning velocities.
+        minimize_tolerance_kj_mol_nm: minimiser convergence, kJ/mol/nm.
+        minimize_max_iterations: 0 means until converged.
+    """
+
+    ensemble: str = "nvt"
+    temperature_K: float = 300.0
+    friction_per_ps: float = 1.0
+    timestep_fs: float = 0.5
+    platform: str = "CPU"
+    threads: Optional[int] = None
+    precision: str = "mixed"
+    seed: Optional[int] = None
+    minimize: bool = False
+    minimize_tolerance_kj_mol_nm: float = 10.0
+    minimize_max_iterations: int = 0
+
+
+def build_simulation(
+    structure: Structure,
+    system: mm.System,
+    settings: SimulationSettings,
+    *,
+    set_velocities: bool = True,
+) -> app.Simulation:
+    """Create a ``Simulation`` for ``structure`` and ``system`` as ``settings`` say.
+
+    Positions come from the structure (Å -> nm), the periodic box too when the
+    structure has one. With ``set_velocities`` the velocities are drawn from the
+    Maxwell-Boltzmann distribution at ``settings.temperature_K`` with the
+    settings' seed (after minimisation, when requested). ``settings.seed`` is
+    replaced by the seed actually used.
+    """
+    if system.getNumParticles() != structure.n_atoms:
+        raise ValueError(
+            f"the System has {system.getNumParticles()} particles but {structure.source} "
+            f"has {structure.n_atoms} atoms"
+        )
+    settings.seed = resolve_seed(settings.seed)
+    platform, properties = get_platform(settings.platform, threads=settings.threads, precision=settings.precision)
+    integrator = make_integrator(
+        settings.ensemble,
+        temperature_K=settings.temperature_K,
+        friction_per_ps=settings.friction_per_ps,
+        timestep_fs=settings.timestep_fs,
+        seed=settings.seed,
+    )
+    simulation = app.Simulation(structure.openmm_topology(), system, integrator, platform, properties)
+    if structure.box_angstrom is not None:
+        simulation.context.setPeriodicBoxVectors(*(np.asarray(structure.box_angstrom) * 0.1))
+    simulation.context.setPositions(structure_positions_nm(structure))
+    if settings.minimize:
+        simulation.minimizeEnergy(
+            tolerance=settings.minimize_tolerance_kj_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
+            maxIterations=settings.minimize_max_iterations,
+        )
+    if set_velocities:
+        simulation.context.setVelocitiesToTemperature(settings.temperature_K * unit.kelvin, settings.seed)
+    return simulation
+
+
+def potential_energy_kj_mol(simulation: app.Simulation) -> float:
+    """Current potential energy of a simulation in kJ/mol."""
+    state = simulation.context.getState(getEnergy=True)
+    return state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)

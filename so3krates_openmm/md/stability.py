@@ -1,0 +1,301 @@
+"""Stability monitor: stop a run when the molecule falls apart, and say how far it got.
+
+The paper measures a force field's stability as the fraction of the requested
+simulation time that passes before the dynamics become unphysical. The
+:class:`StabilityMonitor` reporter checks, every ``interval`` steps,
+
+- every covalent bond of the starting topology (the PDB's bonds, or bonds
+  guessed from covalent radii when the structure has none): it fails when a
+  bond is longer than ``bond_stretch_factor`` times its starting length;
+- every pair of atoms that is not bonded: it fails when they come closer than
+  ``collision_factor`` times the sum of their covalent radii;
+- the potential energy and the positions: they fail when NaN or infinite.
+
+On failure it writes the last state that passed (``last_good_state.xml`` and
+``last_good.pdb``), and raises :class:`SimulationUnstable`, which carries a
+:class:`StabilityResult`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import openmm as mm
+from openmm import app, unit
+
+from so3krates_openmm.data.structures import Structure
+
+
+@dataclass
+class StabilityCriteria:
+    """Thresholds of the stability monitor (dimensionless ratios).
+
+    Attributes:
+        bond_stretch_factor: a bond fails when longer than this times its starting length.
+        collision_factor: a non-bonded pair fails when closer than this times the sum
+            of the two covalent radii.
+        bond_detection_factor: when the structure has no bonds, atoms closer than this
+            times the sum of their covalent radii are taken as bonded.
+    """
+
+    bond_stretch_factor: float = 1.5
+    collision_factor: float = 0.5
+    bond_detection_factor: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.bond_stretch_factor <= 1.0:
+            raise ValueError(f"bond_stretch_factor must be larger than 1, got {self.bond_stretch_factor}")
+        if not 0.0 < self.collision_factor < 1.0:
+            raise ValueError(f"collision_factor must be between 0 and 1, got {self.collision_factor}")
+        if self.bond_detection_factor <= 1.0:
+            raise ValueError(f"bond_detection_factor must be larger than 1, got {self.bond_detection_factor}")
+
+
+@dataclass
+class StabilityResult:
+    """Outcome of a monitored run.
+
+    ``stable_fraction`` is ``last_good_step / steps_requested``: the part of the
+    requested run verified to be stable (1.0 when the run completed).
+    """
+
+    stable: bool
+    steps_requested: int
+    last_good_step: int
+    failure_step: Optional[int]
+    reason: str
+    max_bond_stretch: float
+    min_nonbonded_ratio: float
+    n_bonds: int
+    bond_source: str
+
+    @property
+    def stable_fraction(self) -> float:
+        if self.stable:
+            return 1.0
+        return self.last_good_step / self.steps_requested if self.steps_requested else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stable_fraction"] = self.stable_fraction
+        return data
+
+    def summary(self) -> str:
+        """One line for logs."""
+        if self.stable:
+            return (
+                f"stable for all {self.steps_requested} steps (stable fraction 1.0; largest bond stretch "
+                f"{self.max_bond_stretch:.3f}x, closest non-bonded pair {self.min_nonbonded_ratio:.3f}x covalent radii)"
+            )
+        return (
+            f"UNSTABLE at step {self.failure_step}: {self.reason}; last good step {self.last_good_step} "
+            f"of {self.steps_requested} (stable fraction {self.stable_fraction:.4f})"
+        )
+
+
+class SimulationUnstable(RuntimeError):
+    """Raised by the monitor when a check fails; ``result`` holds the :class:`StabilityResult`."""
+
+    def __init__(self, result: StabilityResult):
+        super().__init__(result.summary())
+        self.result = result
+
+
+def covalent_radii_angstrom(atomic_numbers: np.ndarray) -> np.ndarray:
+    """Covalent radii in Å (ASE's table, Cordero et al. 2008)."""
+    from ase.data import covalent_radii
+
+    return np.asarray(covalent_radii)[np.asarray(atomic_numbers)]
+
+
+def _minimum_image(vectors: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
+    """Minimum-image displacement vectors for a box in OpenMM's reduced (lower-triangular) form."""
+    if box is None:
+        return vectors
+    for axis in (2, 1, 0):
+        shift = np.round(vectors[..., axis] / box[axis, axis])
+        vectors = vectors - shift[..., None] * box[axis]
+    return vectors
+
+
+def pair_distances(positions: np.ndarray, box: Optional[np.ndarray] = None) -> np.ndarray:
+    """All pair distances (N, N) of positions (N, 3), minimum image when a box is given (same unit)."""
+    delta = positions[None, :, :] - positions[:, None, :]
+    return np.linalg.norm(_minimum_image(delta, box), axis=-1)
+
+
+def covalent_bonds(structure: Structure, bond_detection_factor: float = 1.2) -> tuple[np.ndarray, str]:
+    """Bonds (M, 2) of the starting structure and where they came from.
+
+    Uses the PDB topology's bonds (residue templates and CONECT records) when
+    there are any; otherwise atoms closer than ``bond_detection_factor`` times
+    the sum of their covalent radii in the starting positions.
+    """
+    topology = structure.topology
+    if topology is not None and topology.getNumBonds() > 0:
+        bonds = np.array(sorted((min(b[0].index, b[1].index), max(b[0].index, b[1].index)) for b in topology.bonds()))
+        return bonds.reshape(-1, 2), "topology"
+    radii = covalent_radii_angstrom(structure.atomic_numbers)
+    distances = pair_distances(structure.positions_angstrom, structure.box_angstrom)
+    limit = bond_detection_factor * (radii[:, None] + radii[None, :])
+    i, j = np.nonzero(np.triu(distances < limit, k=1))
+    return np.stack([i, j], axis=1).reshape(-1, 2), "covalent radii"
+
+
+def bond_graph_components(n_atoms: int, bonds: np.ndarray) -> list[np.ndarray]:
+    """Connected components (arrays of atom indices, largest first) of the bond graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n_atoms, n_atoms))
+    _, labels = connected_components(graph, directed=False)
+    components = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    return sorted(components, key=len, reverse=True)
+
+
+class StabilityChecker:
+    """The geometric and energetic checks, independent of OpenMM's reporter machinery."""
+
+    def __init__(self, structure: Structure, criteria: StabilityCriteria = StabilityCriteria()):
+        self.criteria = criteria
+        self.bonds, self.bond_source = covalent_bonds(structure, criteria.bond_detection_factor)
+        self.box = structure.box_angstrom
+        start = structure.positions_angstrom
+        self.reference_lengths = self._bond_lengths(start)
+        radii = covalent_radii_angstrom(structure.atomic_numbers)
+        n = structure.n_atoms
+        nonbonded = np.triu(np.ones((n, n), dtype=bool), k=1)
+        nonbonded[self.bonds[:, 0], self.bonds[:, 1]] = False
+        self._pairs = np.nonzero(nonbonded)
+        self._collision_limits = criteria.collision_factor * (radii[self._pairs[0]] + radii[self._pairs[1]])
+        self._radius_sums = radii[self._pairs[0]] + radii[self._pairs[1]]
+        self.symbols = structure.symbols
+        self.max_bond_stretch = 1.0
+        self.min_nonbonded_ratio = math.inf
+
+    def _bond_lengths(self, positions_angstrom: np.ndarray) -> np.ndarray:
+        delta = positions_angstrom[self.bonds[:, 1]] - positions_angstrom[self.bonds[:, 0]]
+        return np.linalg.norm(_minimum_image(delta, self.box), axis=-1)
+
+    def check(self, positions_angstrom: np.ndarray, potential_energy_kj_mol: float) -> Optional[str]:
+        """``None`` when the frame passes, else the reason it fails (names atoms by 0-based index)."""
+        if not math.isfinite(potential_energy_kj_mol):
+            return f"potential energy is {potential_energy_kj_mol}"
+        if not np.all(np.isfinite(positions_angstrom)):
+            return "positions are NaN or infinite"
+        if len(self.bonds):
+            stretch = self._bond_lengths(positions_angstrom) / self.reference_lengths
+            worst = int(np.argmax(stretch))
+            self.max_bond_stretch = max(self.max_bond_stretch, float(stretch[worst]))
+            if stretch[worst] > self.criteria.bond_stretch_factor:
+                i, j = self.bonds[worst]
+                return (
+                    f"bond {self.symbols[i]}{i}-{self.symbols[j]}{j} stretched to {stretch[worst]:.2f}x its starting "
+                    f"length {self.reference_lengths[worst]:.3f} Å (limit {self.criteria.bond_stretch_factor}x)"
+                )
+        if len(self._pairs[0]):
+            distances = pair_distances(positions_angstrom, self.box)[self._pairs]
+            ratio = distances / self._radius_sums
+            closest = int(np.argmin(ratio))
+            self.min_nonbonded_ratio = min(self.min_nonbonded_ratio, float(ratio[closest]))
+            if distances[closest] < self._collision_limits[closest]:
+                i, j = self._pairs[0][closest], self._pairs[1][closest]
+                return (
+                    f"non-bonded atoms {self.symbols[i]}{i} and {self.symbols[j]}{j} collided at "
+                    f"{distances[closest]:.3f} Å (limit {self._collision_limits[closest]:.3f} Å)"
+                )
+        return None
+
+
+class StabilityMonitor:
+    """OpenMM reporter that runs :class:`StabilityChecker` every ``interval`` steps.
+
+    Call :meth:`start` before stepping (records the current state as the last
+    good one). On failure it writes ``last_good_state.xml`` and ``last_good.pdb``
+    to ``output_dir`` and raises :class:`SimulationUnstable`.
+    """
+
+    def __init__(
+        self,
+        structure: Structure,
+        interval: int,
+        steps_requested: int,
+        output_dir: str | Path,
+        criteria: StabilityCriteria = StabilityCriteria(),
+    ):
+        if interval < 1:
+            raise ValueError(f"stability check interval must be at least 1 step, got {interval}")
+        self.interval = int(interval)
+        self.steps_requested = int(steps_requested)
+        self.output_dir = Path(output_dir)
+        self.checker = StabilityChecker(structure, criteria)
+        self.topology = structure.openmm_topology()
+        self._last_good: Optional[mm.State] = None
+        self._last_good_step = 0
+        self._failure: Optional[StabilityResult] = None
+
+    def start(self, simulation: app.Simulation) -> None:
+        """Take the simulation's current state as the last good one."""
+        self._last_good = simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+        self._last_good_step = simulation.currentStep
+
+    def describeNextReport(self, simulation: app.Simulation) -> dict:
+        steps = self.interval - simulation.currentStep % self.interval
+        return {"steps": steps, "periodic": False, "include": ["positions", "velocities", "energy"]}
+
+    def report(self, simulation: app.Simulation, state: mm.State) -> None:
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+        energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        reason = self.checker.check(np.asarray(positions), energy)
+        if reason is None:
+            self._last_good, self._last_good_step = state, simulation.currentStep
+            return
+        self.fail(simulation.currentStep, reason)
+
+    def fail(self, step: int, reason: str) -> None:
+        """Record a failure at ``step``, write the last good state and raise :class:`SimulationUnstable`."""
+        self._failure = self._result(stable=False, failure_step=step, reason=reason)
+        self.write_last_good_state()
+        raise SimulationUnstable(self._failure)
+
+    def write_last_good_state(self) -> tuple[Path, Path]:
+        """Write the last good state as ``last_good_state.xml`` (positions, velocities) and ``last_good.pdb``."""
+        if self._last_good is None:
+            raise RuntimeError("StabilityMonitor.start() was not called before the run")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        xml_path = self.output_dir / "last_good_state.xml"
+        pdb_path = self.output_dir / "last_good.pdb"
+        xml_path.write_text(mm.XmlSerializer.serialize(self._last_good))
+        with open(pdb_path, "w") as handle:
+            app.PDBFile.writeFile(self.topology, self._last_good.getPositions(), handle, keepIds=True)
+        return xml_path, pdb_path
+
+    def _result(self, *, stable: bool, failure_step: Optional[int], reason: str) -> StabilityResult:
+        return StabilityResult(
+            stable=stable,
+            steps_requested=self.steps_requested,
+            last_good_step=self._last_good_step,
+            failure_step=failure_step,
+            reason=reason,
+            max_bond_stretch=self.checker.max_bond_stretch,
+            min_nonbonded_ratio=self.checker.min_nonbonded_ratio,
+            n_bonds=len(self.checker.bonds),
+            bond_source=self.checker.bond_source,
+        )
+
+    def result(self) -> StabilityResult:
+        """The failure if there was one, else a result saying the run so far is stable."""
+        if self._failure is not None:
+            return self._failure
+        return self._result(stable=self._last_good_step >= self.steps_requested, failure_step=None, reason="")
+
+
+def write_stability_report(path: str | Path, result: StabilityResult) -> None:
+    """Write a :class:`StabilityResult` as JSON."""
+    Path(path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
