@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -71,12 +72,18 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a so3krates-openmm checkpoint (not a PyTorch file)")
+    if _is_torchscript_archive(path):
+        raise CheckpointError(
+            f"{path} is an exported TorchScript model, not a checkpoint: pass the checkpoint written "
+            "by so3krates-train or SO3krates.save"
+        )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise CheckpointError(
-            f"{path} is not a so3krates-openmm checkpoint (torch.load failed: {str(error).splitlines()[0]}); "
-            "an exported TorchScript .pt is not a checkpoint: pass the file written by training or SO3krates.save"
+            f"{path} is not a so3krates-openmm checkpoint (torch.load failed: {str(error).splitlines()[0]})"
         ) from error
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
@@ -93,6 +100,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in data:
             raise CheckpointError(f"{path} is damaged: the checkpoint has no {key!r}")
     return data
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """True for a TorchScript zip archive (it has a ``code/`` folder)."""
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "torch.nn.Module":
