@@ -116,7 +116,9 @@ class SO3kratesEnergy(nn.Module):
             )
         else:
             energies = self.model(self.atomic_numbers, coordinates, self.batch, 1, boxes, True)
-        return energies[0] * self.kj_per_mol_per_model_unit
+        # "+ 0 * sum": the energy depends on the positions even when no pair is within the cutoff,
+        # so that openmm-torch's backward pass always has a gradient (zero) to read.
+        return energies[0] * self.kj_per_mol_per_model_unit + 0.0 * coordinates.sum()
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
         return self.energy(positions, box)

@@ -68,7 +68,7 @@ class InvariantAttention(nn.Module):
         values = self.value(features)[neighbours].view(n_pairs, self.heads, self.head_width)
         scores = (queries * filters * keys).view(n_pairs, self.heads, self.head_width).sum(-1)
         weights = scores * (self.scale * cutoff_weights).unsqueeze(-1)
-        messages = (weights.unsqueeze(-1) * values).reshape(n_pairs, -1)
+        messages = (weights.unsqueeze(-1) * values).reshape(n_pairs, self.heads * self.head_width)
         return scatter_sum(messages, centres, features.shape[0])
 
 

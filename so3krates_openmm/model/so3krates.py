@@ -100,6 +100,15 @@ class SO3krates(nn.Module):
 
         The core of :meth:`forward`; exported modules with a fixed pair list call it directly.
         """
+        atomic_energies = self.atomic_energies(atomic_numbers, positions, centres, neighbours, shifts)
+        energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device)
+        return energies.index_add_(0, batch, atomic_energies)
+
+    @torch.jit.export
+    def atomic_energies(
+        self, atomic_numbers: Tensor, positions: Tensor, centres: Tensor, neighbours: Tensor, shifts: Tensor
+    ) -> Tensor:
+        """Per-atom energies ``E_i`` (N,) float64 (including the per-element shift and scale)."""
         species = self.species_index[atomic_numbers]
         vectors = positions[neighbours] - positions[centres] + shifts.to(positions.dtype)
         distances = torch.linalg.vector_norm(vectors, dim=1)
@@ -121,9 +130,7 @@ class SO3krates(nn.Module):
                 centres,
                 neighbours,
             )
-        atomic_energies = self.readout(features).double() * self.energy_scales[species] + self.energy_shifts[species]
-        energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device)
-        return energies.index_add_(0, batch, atomic_energies)
+        return self.readout(features).double() * self.energy_scales[species] + self.energy_shifts[species]
 
     def radial_preactivations(self, radial_basis: Tensor) -> List[Tensor]:
         """First radial layer of every filter network, as one matrix product.
@@ -167,7 +174,11 @@ class SO3krates(nn.Module):
         self.validate_inputs(atomic_numbers, positions, batch, num_structures, boxes)
         positions = positions.detach().requires_grad_(True)
         energies = self(atomic_numbers, positions, batch, num_structures, boxes)
-        (gradient,) = torch.autograd.grad(energies.sum(), positions, create_graph=create_graph)
+        (gradient,) = torch.autograd.grad(energies.sum(), positions, create_graph=create_graph, allow_unused=True)
+        if gradient is None:  # no pair within the cutoff: the energy does not depend on positions
+            gradient = torch.zeros_like(positions)
+        if not create_graph:
+            energies = energies.detach()
         return energies, -gradient
 
     @torch.jit.unused

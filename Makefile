@@ -1,0 +1,35 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both build the virtual environment .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv demo test test-all bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# A short Langevin MD (2.5 ps at 300 K) of Ac-Ala3-NHMe with the shipped model on the CPU platform.
+demo: $(STAMP)
+	$(PY) md_protocols/langevin_nvt.py --system ac_ala3_nhme --steps 5000 --platform CPU --output $(DEMO_DIR)
+
+# The test suite (fast, CPU only); benchmarks live in bench/.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Also the tests marked slow.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "" tests
+
+bench: $(STAMP)
+	$(PY) bench/step_time.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
