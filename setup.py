@@ -32,6 +32,8 @@ setup(
     entry_points={
         "console_scripts": [
             "so3krates-export=so3krates_openmm.cli:export_main",
+            "so3krates-data=so3krates_openmm.cli:data_main",
+            "so3krates-train=so3krates_openmm.cli:train_main",
         ],
     },
 )

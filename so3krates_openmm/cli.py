@@ -68,3 +68,201 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         f"from checkpoint {metadata['checkpoint']} (sha256 {metadata['checkpoint_sha256'][:12]}); self-check passed"
     )
     return 0
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``so3krates-train [--config FILE] --data FILE [--option value ...]``.
+
+    Multi-process: ``torchrun --nproc_per_node 2 -m so3krates_openmm.training --data FILE ...``
+    (the batch size is global: each process takes its share of every batch).
+    """
+    from so3krates_openmm.data.dataset import DataError
+    from so3krates_openmm.model.checkpoint import CheckpointError
+    from so3krates_openmm.training import ConfigError, Trainer, TrainingError, parse_config
+    from so3krates_openmm.training.distributed import shutdown_distributed
+
+    try:
+        config = parse_config(argv)
+    except ConfigError as error:
+        _fail(str(error))
+    trainer = None
+    try:
+        trainer = Trainer(config)
+        result = trainer.run()
+    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError) as error:
+        _fail(str(error))
+    finally:
+        if trainer is not None:
+            shutdown_distributed(trainer.context)
+    if trainer.context.is_main:
+        print(f"best checkpoint: {result.best_checkpoint} ({result.epochs} epochs, {result.steps} steps)")
+    return 0
+
+
+def data_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``so3krates-data {generate,build,info}``: GFN2-xTB reference data, showcase molecules, data set summaries.
+
+    When run as a program (``argv`` is None) the xTB-heavy subcommands re-execute
+    themselves with Debian's OpenBLAS preloaded if it is installed (see
+    :func:`so3krates_openmm.data.reference.reexec_with_openblas`).
+    """
+    from so3krates_openmm.data.reference import SamplingSettings
+
+    defaults = SamplingSettings(temperatures_K=[300.0], frames_per_temperature=1)
+    parser = argparse.ArgumentParser(
+        prog="so3krates-data",
+        description="Reference data for SO3krates without the internet: Langevin MD sampling labelled with "
+        "GFN2-xTB (tblite), offline builders of the showcase molecules, and data set summaries.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser(
+        "generate",
+        help="sample frames by Langevin MD with GFN2-xTB energies and forces (resumable)",
+        description="Sample configurations by Langevin MD (ASE) with GFN2-xTB (tblite) as the reference and write "
+        "an MD22-layout .npz (kcal/mol, Angstrom) or extended XYZ. Every --checkpoint-every frames the work so far "
+        "is saved atomically to OUTPUT_STEM.partial.npz; running the same command again (or --resume -o OUTPUT) "
+        "continues the same trajectory without losing or duplicating frames.",
+    )
+    generate.add_argument("--structure", help="starting structure (PDB or XYZ); not needed with --resume")
+    generate.add_argument("-o", "--output", required=True, help="output .npz (MD22 layout) or .xyz/.extxyz")
+    generate.add_argument("--temperatures", type=float, nargs="+", metavar="K",
+                          help="Langevin temperatures in K, sampled in this order (e.g. 300 500 700)")
+    generate.add_argument("--frames-per-temperature", type=int, help="frames recorded at each temperature")
+    generate.add_argument("--timestep-fs", type=float, help=f"time step in fs (default {defaults.timestep_fs})")
+    generate.add_argument("--stride", type=int, help=f"MD steps between frames (default {defaults.stride})")
+    generate.add_argument("--equilibration-steps", type=int,
+                          help=f"steps at each temperature before recording (default {defaults.equilibration_steps})")
+    generate.add_argument("--friction-per-ps", type=float,
+                          help=f"Langevin friction in 1/ps (default {defaults.friction_per_ps})")
+    generate.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    generate.add_argument("--method", choices=("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"),
+                          help=f"tblite method (default {defaults.method})")
+    generate.add_argument("--charge", type=int, help="total charge in e (default 0)")
+    generate.add_argument("--multiplicity", type=int, help="spin multiplicity (default 1)")
+    generate.add_argument("--checkpoint-every", type=int,
+                          help=f"frames between partial-file writes (default {defaults.checkpoint_every})")
+    generate.add_argument("--float32", action="store_true", default=None,
+                          help="store positions and forces as float32 (energies stay float64)")
+    generate.add_argument("--energy-unit", help="energy unit written (default kcal/mol for .npz, eV for extended XYZ)")
+    generate.add_argument("--resume", action="store_true",
+                          help="continue OUTPUT's partial file with its recorded settings (no other options needed)")
+    generate.add_argument("--restart", action="store_true", help="discard an existing partial file and start afresh")
+    generate.add_argument("--stop-after-frames", type=int,
+                          help="stop (partial file saved) after this many new frames; run again to continue")
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    generate.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+
+    build = commands.add_parser(
+        "build",
+        help="build a showcase molecule offline and relax it with GFN2-xTB",
+        description="Build Ac-Ala3-NHMe (ACE-ALA-ALA-ALA-NME PDB with bonds) or the C60@C60H28 buckyball catcher "
+        "from SMILES (RDKit) and ASE's C60, relax with GFN2-xTB and write OUTPUT_DIR/structure.pdb and structure.xyz.",
+    )
+    build.add_argument("molecule", choices=("ac_ala3_nhme", "buckyball_catcher"))
+    build.add_argument("--output-dir", required=True, help="directory for structure.pdb and structure.xyz")
+    build.add_argument("--seed", type=int, default=7, help="RDKit embedding seed (default 7)")
+    build.add_argument("--fmax", type=float, default=0.01, help="relaxation threshold in eV/Angstrom (default 0.01)")
+    build.add_argument("--no-relax", action="store_true", help="skip the GFN2-xTB relaxation (RDKit/MMFF geometry)")
+    build.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+
+    info = commands.add_parser("info", help="summarise a data set file (.npz, extended XYZ, or a partial file)")
+    info.add_argument("path")
+    info.add_argument("--energy-unit", help="unit of the file's energies if it does not record one")
+
+    args = parser.parse_args(argv)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+
+    if args.command in ("generate", "build") and argv is None and not args.no_openblas:
+        from so3krates_openmm.data.reference import reexec_with_openblas
+
+        reexec_with_openblas(log)
+
+    from so3krates_openmm.data.dataset import DataError
+
+    if args.command == "info":
+        from so3krates_openmm.data.formats import load_dataset
+
+        try:
+            dataset = load_dataset(args.path, **({"energy_unit": args.energy_unit} if args.energy_unit else {}))
+        except (DataError, FileNotFoundError) as error:
+            _fail(str(error))
+        print(dataset.summary())
+        return 0
+
+    if args.command == "build":
+        from so3krates_openmm.data.builders import build_and_write
+
+        try:
+            build_and_write(args.molecule, args.output_dir, seed=args.seed, relax=not args.no_relax,
+                            fmax=args.fmax, log=log)
+        except (RuntimeError, ValueError, OSError) as error:
+            _fail(str(error))
+        return 0
+
+    from dataclasses import asdict
+
+    from so3krates_openmm.data.reference import (
+        generate_reference_data,
+        partial_path_for,
+        settings_from_partial,
+    )
+
+    options = {
+        "temperatures_K": args.temperatures,
+        "frames_per_temperature": args.frames_per_temperature,
+        "timestep_fs": args.timestep_fs,
+        "stride": args.stride,
+        "equilibration_steps": args.equilibration_steps,
+        "friction_per_ps": args.friction_per_ps,
+        "seed": args.seed,
+        "method": args.method,
+        "charge": args.charge,
+        "multiplicity": args.multiplicity,
+        "checkpoint_every": args.checkpoint_every,
+        "float32": args.float32,
+    }
+    given = {key: value for key, value in options.items() if value is not None}
+    try:
+        if args.resume:
+            partial = partial_path_for(args.output)
+            if not partial.exists():
+                _fail(f"--resume: {partial} does not exist (nothing to resume)")
+            settings, structure = settings_from_partial(partial)
+            recorded = asdict(settings)
+            conflicts = [f"{k}={v!r} (partial file: {recorded[k]!r})" for k, v in given.items() if recorded[k] != v
+                         and not (k == "temperatures_K" and [float(t) for t in v] == recorded[k])]
+            if conflicts:
+                _fail(f"--resume: options differ from the partial run's settings: {', '.join(conflicts)}")
+            if args.structure:
+                from so3krates_openmm.data.reference import structure_fingerprint
+                from so3krates_openmm.data.structures import read_structure
+
+                if structure_fingerprint(read_structure(args.structure)) != structure_fingerprint(structure):
+                    _fail(f"--resume: {args.structure} is not the starting structure recorded in {partial}")
+        else:
+            missing = [flag for flag, key in (("--structure", "structure"), ("--temperatures", "temperatures"),
+                                              ("--frames-per-temperature", "frames_per_temperature"))
+                       if getattr(args, key) is None]
+            if missing:
+                _fail(f"generate needs {', '.join(missing)} (or --resume to continue a partial run)")
+            from so3krates_openmm.data.structures import read_structure
+
+            structure = read_structure(args.structure)
+            settings = SamplingSettings(**given)
+        result = generate_reference_data(
+            structure,
+            args.output,
+            settings,
+            energy_unit=args.energy_unit,
+            resume=True if args.resume else None,
+            restart=args.restart,
+            stop_after_frames=args.stop_after_frames,
+            progress=not args.no_progress,
+            log=log,
+        )
+    except (DataError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    if result is None:
+        return 3  # stopped before the end; the partial file holds the work so far
+    return 0

@@ -1,0 +1,30 @@
+"""Training SO3krates on reference energies and forces (the paper's recipe, MACE/NequIP conveniences).
+
+Building blocks, one concern per module:
+
+- :mod:`.config`: :class:`TrainingConfig`, YAML/TOML files, command-line flags, validation;
+- :mod:`.batches`: pre-collated tensors, per-epoch shuffling, sharding over processes;
+- :mod:`.shifts`: per-element energy shifts by least squares, energy scale;
+- :mod:`.loss`: the weighted energy/force MSE and the error metrics;
+- :mod:`.schedule`: exponential learning-rate decay; :mod:`.ema`: weight averaging;
+- :mod:`.distributed`: ``torchrun`` process groups (DDP);
+- :mod:`.reporting`: ``metrics.csv``, learning-curve PNG, test report;
+- :mod:`.trainer`: the assembled :class:`Trainer` and :func:`train`.
+
+Command line: ``so3krates-train`` or ``python -m so3krates_openmm.training``
+(also under ``torchrun --nproc_per_node P -m so3krates_openmm.training``).
+"""
+
+from so3krates_openmm.training.config import ConfigError, TrainingConfig, config_from_dict, parse_config
+from so3krates_openmm.training.trainer import Trainer, TrainingError, TrainingResult, train
+
+__all__ = [
+    "ConfigError",
+    "TrainingConfig",
+    "config_from_dict",
+    "parse_config",
+    "Trainer",
+    "TrainingError",
+    "TrainingResult",
+    "train",
+]

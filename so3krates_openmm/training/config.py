@@ -1,0 +1,423 @@
+"""Training options (``TrainingConfig``): defaults, config files, command-line flags, validation.
+
+Every option is a field of :class:`TrainingConfig`. Values come, in
+increasing priority, from the field defaults (the paper's recipe, see
+``../shared/design/so3krates-architecture.md``), a YAML or TOML file
+(``--config``), and command-line flags (``--train-size 1000`` overrides
+``train_size: 500`` in the file). Keys in files may be written with
+underscores or dashes. Unknown keys, values of the wrong type and
+inconsistent values are rejected with :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from so3krates_openmm.model.config import CUTOFF_FUNCTIONS, DTYPES, SO3kratesConfig
+from so3krates_openmm.units import normalise_energy_unit
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used (the message says why and how to fix it)."""
+
+
+def _option(default: Any, help: str) -> Any:
+    """A dataclass field with a help text (used for ``--help``)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+#: Options that may differ between a run and its resumption (stop criteria and machine).
+RESUMABLE_CHANGES = frozenset(
+    {"max_epochs", "max_time", "patience", "device", "threads", "output", "resume", "progress", "log_every"}
+)
+
+
+@dataclass
+class TrainingConfig:
+    """All options of a training run (units: Å, the data's energy unit, seconds)."""
+
+    # --- data
+    data: Optional[str] = _option(None, "reference data file: MD22/sGDML .npz or extended XYZ (required)")
+    energy_unit: Optional[str] = _option(
+        None, "energy unit of the data file when the file does not record it (e.g. kcal/mol, eV)"
+    )
+    train_size: Union[int, float] = _option(0.8, "training frames (int) or fraction of the data (float)")
+    valid_size: Union[int, float] = _option(0.1, "validation frames (int) or fraction (float)")
+    test_size: Optional[Union[int, float]] = _option(None, "test frames (int) or fraction; default: all the rest")
+    seed: int = _option(0, "seed of the split, the weight initialisation and the shuffling")
+    # --- model (SO3kratesConfig)
+    features: int = _option(132, "invariant feature width F")
+    layers: int = _option(3, "number of SO3krates layers T")
+    heads: int = _option(4, "attention heads H")
+    degrees: List[int] = _option([1, 2, 3], "spherical-harmonic degrees of the Euclidean variables")
+    radial_basis_size: int = _option(32, "number K of radial basis functions")
+    cutoff: float = _option(5.0, "cutoff radius in Å")
+    cutoff_function: str = _option("cosine", f"cutoff function, one of {list(CUTOFF_FUNCTIONS)}")
+    dtype: str = _option("float32", f"model precision, one of {list(DTYPES)}")
+    energy_scale: Union[str, float] = _option(
+        "rms-forces",
+        "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
+        "'none', or a number in the data's energy unit",
+    )
+    # --- optimisation (the paper's recipe)
+    batch_size: Optional[int] = _option(
+        None, "structures per step (global, over all processes); default by training-set size: "
+        "<500: 1, <1000: 5, <10000: 10, else 100"
+    )
+    eval_batch_size: Optional[int] = _option(None, "structures per evaluation batch; default max(batch size, 16)")
+    max_epochs: Optional[int] = _option(None, "stop after this many epochs (default: no limit)")
+    max_time: Optional[str] = _option(
+        None, "stop at the first epoch end after this much training time, e.g. '2h', '30m', '1h30m', '90s'"
+    )
+    lr: float = _option(1e-3, "initial learning rate of Adam")
+    energy_weight: float = _option(0.01, "weight of the energy MSE in the loss")
+    force_weight: float = _option(0.99, "weight of the force-component MSE in the loss")
+    lr_decay: float = _option(0.7, "learning rate factor per --lr-decay-steps steps (exponential decay)")
+    lr_decay_steps: float = _option(1e5, "optimiser steps over which the learning rate falls by --lr-decay")
+    min_lr: float = _option(1e-5, "stop when the learning rate falls below this")
+    clip_grad: Optional[float] = _option(10.0, "clip the gradient norm to this (none: no clipping)")
+    ema_decay: Optional[float] = _option(
+        0.99, "decay of the exponential moving average of the weights used for evaluation (none: no EMA)"
+    )
+    patience: Optional[int] = _option(50, "stop after this many epochs without a better validation loss")
+    # --- run
+    output: str = _option("runs/so3krates", "output folder (checkpoints, metrics.csv, plots, test report)")
+    resume: bool = _option(False, "continue the run in --output from its last checkpoint")
+    device: str = _option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
+    threads: Optional[int] = _option(None, "CPU threads per process (torch.set_num_threads)")
+    checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
+    log_every: int = _option(10, "update the progress bar's running errors every N steps")
+    progress: bool = _option(True, "show a progress bar")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def max_time_seconds(self) -> Optional[float]:
+        """``max_time`` in seconds, or ``None``."""
+        return None if self.max_time is None else parse_duration(self.max_time)
+
+    def resolved_batch_size(self, n_train: int) -> int:
+        """The batch size, by the paper's rule when not given."""
+        return self.batch_size if self.batch_size is not None else paper_batch_size(n_train)
+
+    def resolved_eval_batch_size(self, n_train: int) -> int:
+        """The evaluation batch size."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return max(self.resolved_batch_size(n_train), 16)
+
+    def model_config(self, elements: Sequence[int], energy_unit: str) -> SO3kratesConfig:
+        """The :class:`SO3kratesConfig` of the model to train."""
+        return SO3kratesConfig(
+            elements=tuple(int(z) for z in elements),
+            features=self.features,
+            layers=self.layers,
+            heads=self.heads,
+            degrees=tuple(self.degrees),
+            radial_basis_size=self.radial_basis_size,
+            cutoff=self.cutoff,
+            cutoff_function=self.cutoff_function,
+            dtype=self.dtype,
+            energy_unit=energy_unit,
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python form (for checkpoints and JSON)."""
+        return asdict(self)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> "TrainingConfig":
+        """Check types and values; raise :class:`ConfigError` naming the option. Returns ``self``."""
+        hints = typing.get_type_hints(type(self))
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if not _matches(value, hints[item.name]):
+                raise ConfigError(
+                    f"option {item.name!r} must be {_describe(hints[item.name])}, got {value!r} ({type(value).__name__})"
+                )
+        if self.data is None:
+            raise ConfigError("no data file: give --data FILE (or 'data:' in the config file)")
+        if self.energy_unit is not None:
+            try:
+                self.energy_unit = normalise_energy_unit(self.energy_unit)
+            except ValueError as error:
+                raise ConfigError(f"option 'energy_unit': {error}") from None
+        for name in ("train_size", "valid_size", "test_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, float) and not 0.0 < value <= 1.0:
+                raise ConfigError(f"option {name!r}: a fraction must be in (0, 1], got {value} (an int is a frame count)")
+            if isinstance(value, int) and value < (0 if name == "test_size" else 1):
+                raise ConfigError(f"option {name!r} must be a positive number of frames, got {value}")
+        positive_ints = ("features", "layers", "heads", "radial_basis_size", "checkpoint_every", "log_every")
+        for name in positive_ints + ("batch_size", "eval_batch_size", "max_epochs", "patience", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"option {name!r} must be at least 1, got {value}")
+        for name in ("cutoff", "lr", "lr_decay_steps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"option {name!r} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"option 'lr_decay' must be in (0, 1], got {self.lr_decay}")
+        if self.min_lr < 0 or self.min_lr >= self.lr:
+            raise ConfigError(f"option 'min_lr' ({self.min_lr}) must be non-negative and below lr ({self.lr})")
+        if self.energy_weight < 0 or self.force_weight < 0 or self.energy_weight + self.force_weight == 0:
+            raise ConfigError("loss weights must be non-negative and not both zero")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ConfigError(f"option 'clip_grad' must be positive or none, got {self.clip_grad}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"option 'ema_decay' must be in [0, 1) or none, got {self.ema_decay}")
+        if isinstance(self.energy_scale, str) and self.energy_scale not in ("rms-forces", "none"):
+            raise ConfigError(f"option 'energy_scale' must be 'rms-forces', 'none' or a number, got {self.energy_scale!r}")
+        if not isinstance(self.energy_scale, str) and not self.energy_scale > 0:
+            raise ConfigError(f"option 'energy_scale' must be positive, got {self.energy_scale}")
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"option 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        try:
+            self.model_config([1], "eV")
+        except ValueError as error:
+            raise ConfigError(f"model options: {error}") from None
+        return self
+
+
+# ---------------------------------------------------------------------- rules
+def paper_batch_size(n_train: int) -> int:
+    """The paper's batch size by training-set size: < 500: 1, < 1000: 5, < 10 000: 10, else 100."""
+    if n_train < 500:
+        return 1
+    if n_train < 1000:
+        return 5
+    if n_train < 10000:
+        return 10
+    return 100
+
+
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds of a duration such as ``"2h"``, ``"30m"``, ``"1h30m"``, ``"1.5h"``, ``"90s"`` or ``"90"``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        compact = str(text).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)([dhms]?)", compact)
+        if not compact or "".join(number + unit for number, unit in parts) != compact or (
+            len(parts) > 1 and any(unit == "" for _, unit in parts)
+        ):
+            raise ConfigError(f"cannot read the duration {text!r}: use e.g. '2h', '30m', '1h30m' or '90s'")
+        seconds = sum(float(number) * _DURATION_UNITS[unit or "s"] for number, unit in parts)
+    if not seconds > 0:
+        raise ConfigError(f"duration {text!r} must be positive")
+    return seconds
+
+
+# ------------------------------------------------------------------ type checks
+def _arguments(annotation: Any) -> tuple:
+    return typing.get_args(annotation)
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (Union, types.UnionType)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is acceptable for a field of type ``annotation`` (ints count as floats, bools as nothing else)."""
+    if _is_union(annotation):
+        return any(_matches(value, option) for option in _arguments(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if typing.get_origin(annotation) in (list, List):
+        (item,) = _arguments(annotation)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    raise TypeError(f"unsupported option type {annotation}")
+
+
+def _describe(annotation: Any) -> str:
+    if _is_union(annotation):
+        return " or ".join(_describe(option) for option in _arguments(annotation))
+    if annotation is type(None):
+        return "none"
+    if typing.get_origin(annotation) in (list, List):
+        return f"a list of {_describe(_arguments(annotation)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[annotation]
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Normalise file values: ints stay ints in int|float fields, ints become floats in float fields."""
+    if _is_union(annotation):
+        options = [option for option in _arguments(annotation) if option is not type(None)]
+        if value is None or any(option is int for option in options) and _matches(value, int):
+            return value
+        if any(option is float for option in options) and _matches(value, float):
+            return float(value)
+        if any(option is str for option in options) and isinstance(value, str):
+            return value
+        return value
+    if annotation is float and _matches(value, float):
+        return float(value)
+    if typing.get_origin(annotation) in (list, List) and isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# ------------------------------------------------------------------ files
+def read_config_file(path: str | Path) -> Dict[str, Any]:
+    """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, keys normalised to underscores."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config file {path}: unknown format {path.suffix!r}; use .yaml, .yml or .toml")
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"config file {path} cannot be parsed: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def check_options(values: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
+    """Reject unknown keys (with a did-you-mean hint) and values of the wrong type; return coerced values."""
+    known = [item.name for item in fields(TrainingConfig)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(known)}"
+            raise ConfigError(f"{source}: unknown option {key!r}{hint}")
+    hints = typing.get_type_hints(TrainingConfig)
+    coerced = {key: _coerce(value, hints[key]) for key, value in values.items()}
+    for key, value in coerced.items():
+        if not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{source}: option {key!r} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
+            )
+    return coerced
+
+
+def config_from_dict(values: Dict[str, Any], source: str = "config") -> TrainingConfig:
+    """A validated :class:`TrainingConfig` from a dict of options (defaults for the rest)."""
+    try:
+        return TrainingConfig(**check_options(values, source)).validate()
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+# ------------------------------------------------------------------ command line
+def _flag_parser(annotation: Any, name: str):
+    """A converter from command-line text to the field's type."""
+
+    def convert(text: str) -> Any:
+        lowered = text.strip().lower()
+        options = list(_arguments(annotation)) if _is_union(annotation) else [annotation]
+        if type(None) in options and lowered in ("none", "null"):
+            return None
+        for option in options:
+            try:
+                if option is int:
+                    return int(text)
+                if option is float:
+                    return float(text)
+            except ValueError:
+                continue
+            if option is str:
+                return text
+        raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} must be {_describe(annotation)}, got {text!r}")
+
+    return convert
+
+
+def _parse_int_list(text: str) -> List[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as '1,2,3', got {text!r}") from None
+
+
+def build_parser(prog: str = "so3krates-train") -> argparse.ArgumentParser:
+    """The command-line parser: ``--config FILE`` plus one flag per :class:`TrainingConfig` field.
+
+    Flags default to ``argparse.SUPPRESS`` so that only flags actually given
+    override the file.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train an SO3krates force field on reference energies and forces "
+        "(single process, or several with torchrun).",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML or TOML file of options; flags override it")
+    hints = typing.get_type_hints(TrainingConfig)
+    for item in fields(TrainingConfig):
+        flag = "--" + item.name.replace("_", "-")
+        annotation = hints[item.name]
+        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
+        help_text = f"{item.metadata.get('help', '')} (default: {default})"
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(annotation) in (list, List):
+            parser.add_argument(flag, nargs="+", type=_parse_int_list, help=help_text, metavar="L")
+        else:
+            parser.add_argument(flag, type=_flag_parser(annotation, item.name), help=help_text,
+                                metavar=item.name.upper())
+    return parser
+
+
+def parse_config(argv: Optional[Sequence[str]] = None, prog: str = "so3krates-train") -> TrainingConfig:
+    """Defaults <- ``--config`` file <- flags; validated."""
+    parser = build_parser(prog)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+        first = unknown[0].split("=")[0]
+        close = difflib.get_close_matches(first, flags, n=1, cutoff=0.6) if first.startswith("--") else []
+        hint = f"; did you mean {close[0]}?" if close else "; see --help"
+        parser.error(f"unrecognised argument(s) {' '.join(unknown)}{hint}")
+    arguments = vars(namespace)
+    values: Dict[str, Any] = {}
+    source = "command line"
+    config_path = arguments.pop("config", None)
+    if config_path is not None:
+        values.update(read_config_file(config_path))
+        source = f"config file {config_path}"
+    if "degrees" in arguments:
+        arguments["degrees"] = [degree for group in arguments["degrees"] for degree in group]
+    values = check_options(values, source)
+    values.update(arguments)
+    if arguments:
+        source = "command line" if config_path is None else f"{source} with command-line flags"
+    return config_from_dict(values, source)

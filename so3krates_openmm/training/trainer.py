@@ -1,0 +1,504 @@
+"""The assembled trainer: the paper's recipe with EMA, clipping, early stopping, resume and DDP.
+
+One run writes into its output folder:
+
+- ``best_checkpoint.pt``: a plain model checkpoint (EMA weights of the epoch
+  with the lowest validation loss) for ``so3krates-export`` and ``SO3krates.load``;
+- ``last_checkpoint.pt``: the current (raw) weights plus the whole training
+  state in ``extra["training_state"]`` (epoch, step, optimiser, schedule, EMA,
+  RNG state, early-stopping state, metrics so far, split indices, config),
+  from which ``--resume`` continues the same run;
+- ``metrics.csv`` (one row per epoch), ``learning_curve.png``,
+  ``training_config.json`` and, at the end, ``test_report.json``.
+
+Checkpoints are written atomically at the end of an epoch. A run killed
+mid-epoch resumes at the start of that epoch and, because shuffling is a
+function of (seed, epoch) and the whole optimiser state is restored,
+repeats it exactly (:mod:`so3krates_openmm.training.batches`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from so3krates_openmm.data.dataset import MolecularDataset
+from so3krates_openmm.model import SO3krates
+from so3krates_openmm.model.checkpoint import read_checkpoint
+from so3krates_openmm.training.batches import PackedData, epoch_batches, shard
+from so3krates_openmm.training.config import RESUMABLE_CHANGES, TrainingConfig
+from so3krates_openmm.training.distributed import DistributedContext, init_distributed
+from so3krates_openmm.training.ema import ExponentialMovingAverage
+from so3krates_openmm.training.loss import ErrorAccumulator, in_mev, weighted_mse_loss
+from so3krates_openmm.training.reporting import (
+    format_test_report,
+    plot_learning_curve,
+    write_json,
+    write_metrics_csv,
+)
+from so3krates_openmm.training.schedule import ExponentialDecaySchedule
+from so3krates_openmm.training.shifts import fit_energy_shifts, rms_force
+
+BEST_CHECKPOINT = "best_checkpoint.pt"
+LAST_CHECKPOINT = "last_checkpoint.pt"
+METRICS_FILE = "metrics.csv"
+CURVE_FILE = "learning_curve.png"
+TEST_REPORT_FILE = "test_report.json"
+CONFIG_FILE = "training_config.json"
+#: Seconds between learning-curve redraws during training (it is always drawn at the end).
+PLOT_INTERVAL = 60.0
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue (the message says why)."""
+
+
+@dataclass
+class TrainingResult:
+    """What a finished (or stopped) run produced."""
+
+    output: Path
+    best_checkpoint: Path
+    epochs: int
+    steps: int
+    stop_reason: str
+    metrics: List[Dict[str, float]] = field(default_factory=list)
+    test_report: Optional[Dict[str, Any]] = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def load_training_data(config: TrainingConfig) -> MolecularDataset:
+    """The data set named by ``config.data`` (MD22 ``.npz`` or anything ASE reads)."""
+    from so3krates_openmm.data.formats import load_dataset
+
+    options = {} if config.energy_unit is None else {"energy_unit": config.energy_unit}
+    return load_dataset(config.data, **options)
+
+
+def check_resumable(saved: Dict[str, Any], current: TrainingConfig) -> None:
+    """Refuse to resume with options that would make it a different run."""
+    now = current.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise TrainingError(
+            f"cannot resume: options differ from the run being resumed ({details}); only "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change. Start a new run in another --output."
+        )
+
+
+def validate_data(model: SO3krates, data: PackedData, chunk: int = 256) -> None:
+    """Check every frame once up front (known elements, finite positions, no overlapping atoms)."""
+    for start in range(0, len(data), chunk):
+        batch = data.batch(torch.arange(start, min(start + chunk, len(data)), device=data.energies.device))
+        try:
+            model.validate_inputs(batch.atomic_numbers, batch.positions, batch.batch, batch.num_structures)
+        except ValueError as error:
+            raise TrainingError(f"bad reference data (frames {start}..{start + batch.num_structures - 1}): {error}") from None
+
+
+class Trainer:
+    """Trains an SO3krates model as configured (see the module docstring for the files it writes).
+
+    Args:
+        config: validated options.
+        dataset: the data (default: loaded from ``config.data``).
+        context: the process group (default: joined from ``torchrun``'s environment).
+        log: where messages of the main process go (default ``print``).
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        dataset: Optional[MolecularDataset] = None,
+        context: Optional[DistributedContext] = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config.validate()
+        self.device = resolve_device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.context = context if context is not None else init_distributed(self.device)
+        if self.device.type == "cuda" and self.context.enabled:
+            self.device = torch.device("cuda", self.context.local_rank)
+        self.log = log if self.context.is_main else (lambda message: None)
+        self.output = Path(config.output)
+        self._dataset = dataset
+
+    # ------------------------------------------------------------------ set-up
+    def _load_state(self) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+        last = self.output / LAST_CHECKPOINT
+        if not self.config.resume:
+            if last.exists():
+                raise TrainingError(
+                    f"{self.output} already holds a run ({LAST_CHECKPOINT}): pass --resume to continue it, "
+                    "or choose another --output"
+                )
+            return None, None
+        if not last.exists():
+            raise TrainingError(f"--resume: there is no {LAST_CHECKPOINT} in {self.output} to resume from")
+        checkpoint = read_checkpoint(last)
+        state = checkpoint.get("extra", {}).get("training_state")
+        if state is None:
+            raise TrainingError(f"{last} holds no training state; it cannot be resumed")
+        check_resumable(state["config"], self.config)
+        return checkpoint, state
+
+    def _setup(self) -> None:
+        config = self.config
+        checkpoint, state = self._load_state()
+        dataset = self._dataset if self._dataset is not None else load_training_data(config)
+        self.energy_unit = dataset.energy_unit
+        if state is not None:
+            if state["data_frames"] != len(dataset) or not math.isclose(
+                state["data_energy_sum"], float(np.sum(dataset.energies)), rel_tol=1e-9, abs_tol=1e-6
+            ):
+                raise TrainingError("cannot resume: the data set differs from the one the run was started with")
+            split = [np.asarray(state["split"][part].tolist(), dtype=np.int64) for part in ("train", "valid", "test")]
+        else:
+            split = list(dataset.split_indices(config.train_size, config.valid_size, config.test_size, config.seed))
+        if len(split[0]) == 0 or len(split[1]) == 0:
+            raise TrainingError(
+                f"the split has {len(split[0])} training and {len(split[1])} validation frames; both must be at least 1"
+            )
+        self.split = split
+
+        if checkpoint is not None:
+            model = SO3krates.load(self.output / LAST_CHECKPOINT).train()
+        else:
+            torch.manual_seed(config.seed)
+            model = SO3krates(config.model_config(dataset.elements.tolist(), dataset.energy_unit))
+        self.model: SO3krates = model.to(self.device)
+        dtype = self.model.dtype
+        self.train_data = PackedData(dataset, split[0], dtype, self.device)
+        self.valid_data = PackedData(dataset, split[1], dtype, self.device)
+        self.test_data = PackedData(dataset, split[2], dtype, self.device)
+        for data in (self.train_data, self.valid_data, self.test_data):
+            validate_data(self.model, data)
+        self.train_atoms_per_frame = self.train_data.n_atoms.cpu()
+        self.batch_size = config.resolved_batch_size(len(self.train_data))
+        self.eval_batch_size = config.resolved_eval_batch_size(len(self.train_data))
+
+        if state is None:
+            self._fit_shifts_and_scale()
+
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, foreach=True)
+        self.schedule = ExponentialDecaySchedule(self.optimizer, config.lr, config.lr_decay, config.lr_decay_steps)
+        self.ema = ExponentialMovingAverage(self.parameters, config.ema_decay) if config.ema_decay is not None else None
+        self.metrics: List[Dict[str, float]] = []
+        self.epoch = 0
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.epochs_since_best = 0
+        self.elapsed_before = 0.0
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            torch.set_rng_state(state["rng"]["torch"])
+            self.metrics = [dict(row) for row in state["metrics"]]
+            self.epoch = int(state["epoch"])
+            self.best_loss = float(state["best_valid_loss"])
+            self.best_epoch = int(state["best_epoch"])
+            self.epochs_since_best = int(state["epochs_since_best"])
+            self.elapsed_before = float(state["elapsed"])
+            self.log(f"resuming {self.output} after epoch {self.epoch} (step {self.schedule.steps})")
+
+        self.training_model: nn.Module = self.model
+        if self.context.enabled:
+            self.training_model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        self.data_frames = len(dataset)
+        self.data_energy_sum = float(np.sum(dataset.energies))
+        self.data_source = dataset.source
+        if self.context.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            write_json(self.output / CONFIG_FILE, config.to_dict())
+            self.log(
+                f"data: {dataset.source}: {len(dataset)} frames, elements {dataset.elements.tolist()}, "
+                f"energies in {self.energy_unit}; split train {len(split[0])} / valid {len(split[1])} / "
+                f"test {len(split[2])} (seed {config.seed})"
+            )
+            n_parameters = sum(p.numel() for p in self.parameters)
+            self.log(
+                f"model: F={config.features} T={config.layers} H={config.heads} degrees={list(config.degrees)} "
+                f"cutoff={config.cutoff} Å {config.dtype}, {n_parameters} parameters; batch size {self.batch_size}"
+                f" over {self.context.world_size} process(es), device {self.device}"
+            )
+
+    def _fit_shifts_and_scale(self) -> None:
+        """Least-squares per-element energy shifts and the energy scale from the training split (float64)."""
+        elements = list(self.model.config.elements)
+        shifts = fit_energy_shifts(
+            self.train_data.element_counts(elements), self.train_data.energies.cpu().numpy(), elements
+        )
+        self.model.set_energy_shifts(shifts)
+        if self.config.energy_scale == "rms-forces":
+            scale = rms_force(self.train_data.forces.cpu().double().numpy())
+        elif self.config.energy_scale == "none":
+            scale = 1.0
+        else:
+            scale = float(self.config.energy_scale)
+        with torch.no_grad():
+            self.model.energy_scales.fill_(scale)
+        shift_text = ", ".join(f"Z={z}: {value:.6g}" for z, value in shifts.items())
+        self.log(f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}; scale {scale:.4g}")
+
+    # ----------------------------------------------------------------- epochs
+    def _train_epoch(self, epoch: int) -> float:
+        """One pass over the training split; returns the mean loss over its global batches."""
+        from tqdm import tqdm
+
+        config = self.config
+        rank, world = self.context.rank, self.context.world_size
+        self.training_model.train()
+        batches = epoch_batches(len(self.train_data), self.batch_size, config.seed, epoch)
+        global_atoms = [int(self.train_atoms_per_frame[indices].sum()) for indices in batches]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        running = ErrorAccumulator(self.device)
+        bar = tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (self.context.is_main and config.progress),
+        )
+        for index, global_indices in enumerate(batches):
+            local_indices, weight = shard(global_indices.to(self.device), rank, world)
+            batch = self.train_data.batch(local_indices)
+            positions = batch.positions.requires_grad_(True)
+            energies = self.training_model(batch.atomic_numbers, positions, batch.batch, batch.num_structures)
+            (gradient,) = torch.autograd.grad(energies.sum(), positions, create_graph=True)
+            forces = -gradient
+            loss = weighted_mse_loss(
+                energies, batch.energies, forces, batch.forces, config.energy_weight, config.force_weight,
+                float(global_indices.shape[0]), float(global_atoms[index]),
+            )
+            # DDP averages gradients over processes; the shards' losses must add up to the global one.
+            scaled = loss * (weight * world)
+            self.optimizer.zero_grad(set_to_none=True)
+            scaled.backward()
+            if config.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(self.parameters, config.clip_grad)
+            self.optimizer.step()
+            self.schedule.step()
+            if self.ema is not None:
+                self.ema.update()
+            loss_sum += loss.detach() * weight
+            running.update(energies, batch.energies, forces, batch.forces, batch.atomic_numbers, weight)
+            if not bar.disable and ((index + 1) % config.log_every == 0 or index + 1 == len(batches)):
+                errors = running.compute()
+                bar.set_postfix_str(
+                    f"E MAE {errors['energy_mae']:.3g}, F MAE {errors['force_mae']:.3g} {self.energy_unit}(/Å), "
+                    f"lr {self.schedule.lr:.2e}"
+                )
+            bar.update(1)
+        bar.close()
+        self.context.all_reduce_sum(loss_sum)
+        return float(loss_sum.item()) / len(batches)
+
+    def evaluate(self, data: PackedData, use_ema: bool = True) -> Dict[str, Any]:
+        """Energy and force errors (and the loss) on ``data``, with the EMA weights unless ``use_ema=False``.
+
+        In a distributed run every process evaluates its shard and the sums are reduced.
+        """
+        if self.ema is not None and use_ema:
+            with self.ema.applied():
+                return self._evaluate(data)
+        return self._evaluate(data)
+
+    def _evaluate(self, data: PackedData) -> Dict[str, Any]:
+        self.model.eval()
+        accumulator = ErrorAccumulator(self.device)
+        for global_indices in epoch_batches(len(data), self.eval_batch_size, 0, 0, shuffle=False):
+            local_indices, weight = shard(global_indices.to(self.device), self.context.rank, self.context.world_size)
+            batch = data.batch(local_indices)
+            positions = batch.positions.requires_grad_(True)
+            energies = self.model(batch.atomic_numbers, positions, batch.batch, batch.num_structures)
+            (gradient,) = torch.autograd.grad(energies.sum(), positions)
+            accumulator.update(energies, batch.energies, -gradient, batch.forces, batch.atomic_numbers, weight)
+        accumulator.all_reduce(self.context)
+        self.model.train()
+        return accumulator.compute(self.config.energy_weight, self.config.force_weight)
+
+    # ------------------------------------------------------------ checkpoints
+    def _training_summary(self) -> Dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.schedule.steps,
+            "best_epoch": self.best_epoch,
+            "best_valid_loss": self.best_loss,
+            "data": self.data_source,
+            "split_sizes": [len(part) for part in self.split],
+            "seed": self.config.seed,
+            "config": self.config.to_dict(),
+        }
+
+    def _save_best(self, validation: Dict[str, Any]) -> None:
+        summary = self._training_summary()
+        summary["valid"] = {k: v for k, v in validation.items() if k != "force_mae_per_element"}
+        if self.ema is not None:
+            with self.ema.applied():
+                self.model.save(self.output / BEST_CHECKPOINT, extra={"training": summary})
+        else:
+            self.model.save(self.output / BEST_CHECKPOINT, extra={"training": summary})
+
+    def _save_last(self, stop_reason: str) -> None:
+        state = {
+            "epoch": self.epoch,
+            "step": self.schedule.steps,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": {"torch": torch.get_rng_state()},
+            "metrics": self.metrics,
+            "split": {name: torch.as_tensor(part) for name, part in zip(("train", "valid", "test"), self.split)},
+            "config": self.config.to_dict(),
+            "best_valid_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "epochs_since_best": self.epochs_since_best,
+            "elapsed": self.elapsed,
+            "stop_reason": stop_reason,
+            "world_size": self.context.world_size,
+            "data_frames": self.data_frames,
+            "data_energy_sum": self.data_energy_sum,
+        }
+        self.model.save(self.output / LAST_CHECKPOINT, extra={"training_state": state})
+
+    # --------------------------------------------------------------- the run
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training over this run and the runs it resumes."""
+        return self.elapsed_before + (time.monotonic() - self._started)
+
+    def _stop_reason(self) -> str:
+        """Why training must stop now ('' to go on); the same on every process."""
+        config = self.config
+        if config.max_epochs is not None and self.epoch >= config.max_epochs:
+            return f"reached --max-epochs {config.max_epochs}"
+        if self.schedule.lr < config.min_lr:
+            return f"learning rate {self.schedule.lr:.3g} fell below --min-lr {config.min_lr:g}"
+        if config.patience is not None and self.epochs_since_best >= config.patience:
+            return f"no better validation loss for {self.epochs_since_best} epochs (--patience {config.patience})"
+        if config.max_time_seconds is not None and self.context.all_reduce_max(self.elapsed) >= config.max_time_seconds:
+            return f"reached --max-time {config.max_time}"
+        return ""
+
+    def run(self) -> TrainingResult:
+        """Train until a stop criterion holds, then evaluate the best checkpoint on the test split."""
+        self._setup()
+        self._started = time.monotonic()
+        last_plot = -math.inf
+        stop_reason = self._stop_reason()
+        while not stop_reason:
+            epoch = self.epoch + 1
+            train_loss = self._train_epoch(epoch)
+            validation = self.evaluate(self.valid_data)
+            self.epoch = epoch
+            row = {
+                "epoch": epoch,
+                "step": self.schedule.steps,
+                "lr": self.schedule.lr,
+                "train_loss": train_loss,
+                "valid_loss": validation["loss"],
+                "valid_energy_mae": validation["energy_mae"],
+                "valid_energy_rmse": validation["energy_rmse"],
+                "valid_force_mae": validation["force_mae"],
+                "valid_force_rmse": validation["force_rmse"],
+                "time": self.elapsed,
+            }
+            self.metrics.append(row)
+            improved = validation["loss"] < self.best_loss
+            if improved:
+                self.best_loss, self.best_epoch, self.epochs_since_best = validation["loss"], epoch, 0
+            else:
+                self.epochs_since_best += 1
+            stop_reason = self._stop_reason()
+            if self.context.is_main:
+                if improved:
+                    self._save_best(validation)
+                if stop_reason or epoch % self.config.checkpoint_every == 0:
+                    self._save_last(stop_reason)
+                write_metrics_csv(self.output / METRICS_FILE, self.metrics)
+                if time.monotonic() - last_plot > PLOT_INTERVAL or stop_reason:
+                    plot_learning_curve(self.output / CURVE_FILE, self.metrics, self.energy_unit)
+                    last_plot = time.monotonic()
+                self.log(
+                    f"epoch {epoch:4d}  step {self.schedule.steps:7d}  lr {self.schedule.lr:.2e}  "
+                    f"train loss {train_loss:.4g}  valid loss {validation['loss']:.4g}  "
+                    f"E MAE {validation['energy_mae']:.4g} {self.energy_unit}  "
+                    f"F MAE {validation['force_mae']:.4g} {self.energy_unit}/Å"
+                    f"{'  *' if improved else ''}  ({self.elapsed:.0f} s)"
+                )
+        self.log(f"stopped: {stop_reason}")
+        if self.context.is_main and self.metrics:
+            plot_learning_curve(self.output / CURVE_FILE, self.metrics, self.energy_unit)
+        self.context.barrier()
+        report = self._test_report()
+        return TrainingResult(
+            output=self.output,
+            best_checkpoint=self.output / BEST_CHECKPOINT,
+            epochs=self.epoch,
+            steps=self.schedule.steps,
+            stop_reason=stop_reason,
+            metrics=list(self.metrics),
+            test_report=report,
+        )
+
+    def _test_report(self) -> Optional[Dict[str, Any]]:
+        """Errors of the best checkpoint on the test split; written as JSON and printed by the main process."""
+        if len(self.test_data) == 0:
+            self.log("no test frames (--test-size 0): no test report")
+            return None
+        best = read_checkpoint(self.output / BEST_CHECKPOINT)
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["state_dict"])
+        errors = self._evaluate(self.test_data)
+        self.model.load_state_dict(current)
+        errors.pop("loss", None)
+        report = {
+            "structures": errors.pop("structures"),
+            "epoch": int(best["extra"]["training"]["epoch"]),
+            "checkpoint": str(self.output / BEST_CHECKPOINT),
+            "data": self.data_source,
+            "energy_unit": self.energy_unit,
+            "force_unit": f"{self.energy_unit}/Angstrom",
+            "errors": errors,
+            "errors_meV": in_mev(errors, self.energy_unit),
+        }
+        if self.context.is_main:
+            write_json(self.output / TEST_REPORT_FILE, report)
+            self.log(format_test_report(report))
+        return report
+
+
+def train(
+    config: TrainingConfig,
+    dataset: Optional[MolecularDataset] = None,
+    context: Optional[DistributedContext] = None,
+    log: Callable[[str], None] = print,
+) -> TrainingResult:
+    """Train as configured (see :class:`Trainer`)."""
+    return Trainer(config, dataset, context, log).run()

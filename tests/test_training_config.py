@@ -1,0 +1,130 @@
+"""Training options: paper defaults, YAML/TOML files, flags over files, and clear rejections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from so3krates_openmm.cli import train_main
+from so3krates_openmm.data.dataset import DataError, MolecularDataset
+from so3krates_openmm.training import ConfigError, TrainingConfig, TrainingError, config_from_dict, parse_config, train
+from so3krates_openmm.training.config import paper_batch_size, parse_duration
+
+TINY_MODEL = dict(features=8, layers=1, heads=2, degrees=[1, 2], radial_basis_size=4, cutoff=3.0)
+
+
+def tiny_dataset(n_frames: int = 12) -> MolecularDataset:
+    rng = np.random.default_rng(0)
+    numbers = np.array([8, 1, 1])
+    positions = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]) + 0.05 * rng.standard_normal(
+        (n_frames, 3, 3)
+    )
+    return MolecularDataset(numbers, positions, rng.standard_normal(n_frames), rng.standard_normal((n_frames, 3, 3)),
+                            "kcal/mol", {"source": "<tiny water>"})
+
+
+def test_defaults_are_the_papers_recipe():
+    config = TrainingConfig(data="x.npz").validate()
+    assert (config.features, config.layers, config.heads, list(config.degrees)) == (132, 3, 4, [1, 2, 3])
+    assert (config.radial_basis_size, config.cutoff, config.cutoff_function, config.dtype) == (32, 5.0, "cosine", "float32")
+    assert (config.lr, config.energy_weight, config.force_weight) == (1e-3, 0.01, 0.99)
+    assert (config.lr_decay, config.lr_decay_steps, config.min_lr) == (0.7, 1e5, 1e-5)
+    assert [config.resolved_batch_size(n) for n in (499, 500, 999, 1000, 9999, 10000)] == [1, 5, 5, 10, 10, 100]
+    assert [paper_batch_size(n) for n in (1, 200)] == [1, 1]
+
+
+def test_yaml_and_toml_files_and_flags_override(tmp_path: Path):
+    (tmp_path / "run.yaml").write_text("data: a.npz\ntrain-size: 500\nvalid_size: 50\nbatch_size: 4\ndegrees: [1, 2]\nlr: 1\n")
+    (tmp_path / "run.toml").write_text('data = "a.npz"\ntrain_size = 0.5\nmax_time = "2h"\nema_decay = 0.999\n')
+    from_yaml = parse_config(["--config", str(tmp_path / "run.yaml")])
+    assert (from_yaml.train_size, from_yaml.valid_size, from_yaml.batch_size, from_yaml.degrees) == (500, 50, 4, [1, 2])
+    assert isinstance(from_yaml.lr, float) and from_yaml.lr == 1.0
+    from_toml = parse_config(["--config", str(tmp_path / "run.toml")])
+    assert from_toml.train_size == 0.5 and from_toml.max_time_seconds == 7200 and from_toml.ema_decay == 0.999
+    overridden = parse_config(
+        ["--config", str(tmp_path / "run.yaml"), "--train-size", "0.25", "--batch-size", "8", "--degrees", "1", "2", "3",
+         "--no-progress", "--clip-grad", "none", "--max-time", "30m"]
+    )
+    assert overridden.train_size == 0.25 and overridden.batch_size == 8 and overridden.degrees == [1, 2, 3]
+    assert overridden.progress is False and overridden.clip_grad is None and overridden.max_time_seconds == 1800
+    assert overridden.valid_size == 50  # kept from the file
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"data": "a", "max_epoch": 3}, "unknown option 'max_epoch'; did you mean 'max_epochs'"),
+        ({"data": "a", "batchsize": 3}, "did you mean 'batch_size'"),
+        ({"data": "a", "features": "big"}, "'features' must be an integer"),
+        ({"data": "a", "layers": True}, "'layers' must be an integer"),
+        ({"data": "a", "lr": "fast"}, "'lr' must be a number"),
+        ({"data": "a", "degrees": 2}, "'degrees' must be a list of an integer"),
+        ({"data": "a", "features": 30}, "divisible by heads"),
+        ({"data": "a", "train_size": 1.5}, "fraction must be in (0, 1]"),
+        ({"data": "a", "train_size": 0}, "'train_size' must be a positive number of frames"),
+        ({"data": "a", "max_time": "two hours"}, "cannot read the duration"),
+        ({"data": "a", "energy_unit": "furlongs"}, "unknown energy unit"),
+        ({"data": "a", "cutoff_function": "step"}, "cutoff_function must be one of"),
+        ({"data": "a", "device": "tpu"}, "'device' must be"),
+        ({"data": "a", "min_lr": 0.1}, "'min_lr'"),
+        ({}, "no data file"),
+    ],
+)
+def test_bad_options_are_rejected_with_clear_messages(values, message):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(values, "my.yaml")
+    assert message in str(error.value)
+    assert str(error.value).startswith("my.yaml")
+
+
+def test_bad_config_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_config(["--config", str(tmp_path / "missing.yaml")])
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="unknown format"):
+        parse_config(["--config", str(tmp_path / "run.json")])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config(["--config", str(tmp_path / "list.yaml")])
+    (tmp_path / "typo.yaml").write_text("data: a.npz\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown option 'learning_rate'"):
+        parse_config(["--config", str(tmp_path / "typo.yaml")])
+
+
+@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("30m", 1800), ("1h30m", 5400), ("1.5h", 5400), ("90s", 90),
+                                           ("90", 90), ("1d", 86400)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "h", "2 hours", "1h30", "-5m", "0s"])
+def test_bad_durations(text):
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+def test_split_larger_than_the_data_is_rejected(tmp_path: Path):
+    config = config_from_dict(dict(data="<memory>", train_size=10, valid_size=5, output=str(tmp_path / "run"), **TINY_MODEL))
+    with pytest.raises(DataError, match="exceed the 12 frames"):
+        train(config, dataset=tiny_dataset(12), log=lambda message: None)
+
+
+def test_overlapping_atoms_in_the_data_are_rejected(tmp_path: Path):
+    dataset = tiny_dataset(12)
+    dataset.positions_flat[3 * 7 + 1] = dataset.positions_flat[3 * 7]  # frame 7: an H on the O
+    config = config_from_dict(dict(data="<memory>", train_size=6, valid_size=3, output=str(tmp_path / "run"), **TINY_MODEL))
+    with pytest.raises(TrainingError, match="on top of each other"):
+        train(config, dataset=dataset, log=lambda message: None)
+
+
+def test_cli_reports_a_missing_data_file(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--data", str(tmp_path / "nothing.npz"), "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "nothing.npz' does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--data", "x.npz", "--max-epoch", "3"])
+    assert exit_info.value.code == 2
+    assert "--max-epochs" in capsys.readouterr().err  # argparse's own suggestion for flags
