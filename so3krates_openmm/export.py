@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from so3krates_openmm import __version__
 from so3krates_openmm.data.structures import Structure
 from so3krates_openmm.model.checkpoint import file_sha256, load_model
-from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, neighbour_list, structure_pairs
+from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, structure_pairs
 from so3krates_openmm.model.so3krates import SO3krates
 from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT, energy_conversion
 
@@ -39,6 +40,8 @@ EXPORT_FORMAT_VERSION = 1
 ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
 #: Relative tolerance of the float64 self-check (scripted vs eager).
 SELF_CHECK_RTOL = 1e-9
+#: Relative tolerance of a float32 module against the float64 eager model.
+FLOAT32_CHECK_RTOL = 1e-3
 
 
 class ExportError(RuntimeError):
@@ -192,23 +195,109 @@ def _evaluate(module: nn.Module, positions_nm: Tensor, box_nm: Optional[Tensor])
     return output.detach(), -gradient
 
 
-def _eager_reference(
-    model: SO3krates, atomic_numbers: Tensor, positions_nm: Tensor, atom_indices: Optional[Tensor], box_nm: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """Energy (kJ/mol) and forces on all particles (kJ/mol/nm) from the eager Python API."""
-    selected = positions_nm if atom_indices is None else positions_nm[atom_indices]
-    boxes = None if box_nm is None else box_nm.unsqueeze(0) * ANGSTROM_PER_NM
-    energy, forces = model.energy_and_forces(atomic_numbers, selected * ANGSTROM_PER_NM, boxes=boxes)
-    kj = energy_conversion(model.config.energy_unit, "kJ/mol")
-    all_forces = torch.zeros_like(positions_nm)
-    target = slice(None) if atom_indices is None else atom_indices
-    all_forces[target] = forces.to(positions_nm.dtype) * kj * ANGSTROM_PER_NM
-    return energy[0].detach() * kj, all_forces
-
-
 def _relative_difference(value: Tensor, reference: Tensor) -> float:
     scale = max(float(reference.abs().max()), 1e-12)
     return float((value.double() - reference.double()).abs().max()) / scale
+
+
+@dataclass
+class SelfCheck:
+    """A perturbed frame and the eager float64 model's energy (kJ/mol) and forces (kJ/mol/nm) on it."""
+
+    positions_nm: Tensor
+    box_nm: Optional[Tensor]
+    energy: Tensor
+    forces: Tensor
+
+    @classmethod
+    def create(
+        cls,
+        model: SO3krates,
+        model_numbers: Sequence[int],
+        indices: Optional[Sequence[int]],
+        positions_angstrom: np.ndarray,
+        box_angstrom: Optional[np.ndarray],
+        seed: int,
+    ) -> "SelfCheck":
+        generator = np.random.default_rng(seed)
+        perturbed = positions_angstrom + generator.normal(scale=0.05, size=positions_angstrom.shape)
+        positions_nm = torch.as_tensor(perturbed / ANGSTROM_PER_NM, dtype=torch.float64)
+        box_nm = None if box_angstrom is None else torch.as_tensor(box_angstrom / ANGSTROM_PER_NM, dtype=torch.float64)
+        selected = positions_nm if indices is None else positions_nm[list(indices)]
+        boxes = None if box_nm is None else box_nm.unsqueeze(0) * ANGSTROM_PER_NM
+        energy, forces = model.energy_and_forces(torch.as_tensor(list(model_numbers)), selected * ANGSTROM_PER_NM, boxes=boxes)
+        kj = energy_conversion(model.config.energy_unit, "kJ/mol")
+        all_forces = torch.zeros_like(positions_nm)
+        all_forces[slice(None) if indices is None else list(indices)] = forces.double() * kj * ANGSTROM_PER_NM
+        return cls(positions_nm, box_nm, energy[0] * kj, all_forces)
+
+    def verify(self, module: nn.Module, tolerance: float, what: str) -> None:
+        """Raise :class:`ExportError` unless ``module`` reproduces the reference within ``tolerance``."""
+        energy, forces = _evaluate(module, self.positions_nm, self.box_nm)
+        errors = (_relative_difference(energy, self.energy), _relative_difference(forces, self.forces))
+        if max(errors) > tolerance:
+            raise ExportError(
+                f"self-check failed: {what} differs from the eager model (energy {errors[0]:.2e}, "
+                f"forces {errors[1]:.2e} relative; limit {tolerance:.0e}); nothing written"
+            )
+
+
+def script_checkpoint(
+    checkpoint: str | Path,
+    structure: Optional[Structure] = None,
+    atomic_numbers: Optional[Sequence[int]] = None,
+    atom_indices: Optional[Sequence[int]] = None,
+    periodic: bool = False,
+    dtype: str = "float32",
+    outputs_forces: bool = False,
+    static_pairs: bool = False,
+    box_angstrom: Optional[np.ndarray] = None,
+    seed: int = 0,
+) -> Tuple[torch.jit.ScriptModule, Dict[str, Any], SelfCheck]:
+    """The self-checked TorchScript module of a checkpoint, its metadata, and the check.
+
+    Arguments as for :func:`export_checkpoint`; ``box_angstrom`` gives the box
+    of a periodic export when there is no ``structure`` (else its box is used).
+    Raises :class:`ExportError` when the scripted float64 module differs from
+    the eager model by more than ``SELF_CHECK_RTOL``.
+    """
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if (structure is None) == (atomic_numbers is None):
+        raise ValueError("give exactly one of a structure or a list of atomic numbers")
+    all_numbers = [int(z) for z in (structure.atomic_numbers if structure is not None else atomic_numbers)]
+    n_particles = len(all_numbers)
+    indices = None if atom_indices is None else [int(i) for i in atom_indices]
+    if indices is not None and max(indices) >= n_particles:
+        raise ValueError(f"atom index {max(indices)} is out of range for {n_particles} particles")
+    model_numbers = all_numbers if indices is None else [all_numbers[i] for i in indices]
+    if structure is not None:
+        positions_angstrom, box_angstrom = structure.positions_angstrom, structure.box_angstrom
+    else:
+        positions_angstrom = _grid_positions(n_particles)
+    if not periodic:
+        box_angstrom = None
+    elif box_angstrom is None:
+        raise ValueError("a periodic export needs a box: give a structure with one (PDB CRYST1 record, extended-XYZ Lattice)")
+
+    reference_model = load_model(checkpoint).double()
+    if box_angstrom is not None:
+        check_box(torch.as_tensor(box_angstrom, dtype=torch.float64).reshape(1, 3, 3), reference_model.cutoff)
+    self_check = SelfCheck.create(reference_model, model_numbers, indices, positions_angstrom, box_angstrom, seed)
+
+    def scripted(model: SO3krates) -> torch.jit.ScriptModule:
+        module = build_energy_module(model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs)
+        return torch.jit.script(module)
+
+    self_check.verify(scripted(reference_model), SELF_CHECK_RTOL, "the scripted float64 module")
+    final = scripted(load_model(checkpoint).to(getattr(torch, dtype)))
+    self_check.verify(final, _tolerance(dtype), f"the scripted {dtype} module")
+    metadata = _metadata(reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype, outputs_forces, static_pairs)
+    return final, metadata, self_check
+
+
+def _tolerance(dtype: str) -> float:
+    return SELF_CHECK_RTOL if dtype == "float64" else FLOAT32_CHECK_RTOL
 
 
 def export_checkpoint(
@@ -238,54 +327,15 @@ def export_checkpoint(
         static_pairs: fixed all-pairs edge list (for CUDA graphs), see :class:`SO3kratesEnergy`.
         seed: seed of the self-check's perturbation.
     """
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    if (structure is None) == (atomic_numbers is None):
-        raise ValueError("give exactly one of a structure or a list of atomic numbers")
-    all_numbers = [int(z) for z in (structure.atomic_numbers if structure is not None else atomic_numbers)]
-    n_particles = len(all_numbers)
-    indices = None if atom_indices is None else [int(i) for i in atom_indices]
-    if indices is not None and max(indices) >= n_particles:
-        raise ValueError(f"atom index {max(indices)} is out of range for {n_particles} particles")
-    model_numbers = all_numbers if indices is None else [all_numbers[i] for i in indices]
-
-    reference_model = load_model(checkpoint).double()
-    positions_nm, box_nm = _self_check_frame(reference_model, structure, n_particles, indices, periodic, seed)
-    if box_nm is not None:
-        check_box(box_nm.unsqueeze(0) * ANGSTROM_PER_NM, reference_model.cutoff)
-    index_tensor = None if indices is None else torch.as_tensor(indices)
-    expected_energy, expected_forces = _eager_reference(
-        reference_model, torch.as_tensor(model_numbers), positions_nm, index_tensor, box_nm
+    module, metadata, self_check = script_checkpoint(
+        checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs, seed=seed
     )
-
-    def scripted(model: SO3krates) -> torch.jit.ScriptModule:
-        module = build_energy_module(model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs)
-        return torch.jit.script(module)
-
-    energy, forces = _evaluate(scripted(reference_model), positions_nm, box_nm)
-    errors = (_relative_difference(energy, expected_energy), _relative_difference(forces, expected_forces))
-    if max(errors) > SELF_CHECK_RTOL:
-        raise ExportError(
-            f"self-check failed: scripted float64 module differs from the eager model "
-            f"(energy {errors[0]:.2e}, forces {errors[1]:.2e} relative; limit {SELF_CHECK_RTOL:.0e}); nothing written"
-        )
-
-    final = scripted(load_model(checkpoint).to(getattr(torch, dtype)))
-    metadata = _metadata(reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype, outputs_forces, static_pairs)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    torch.jit.save(final, str(temporary), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
     try:
-        reloaded = torch.jit.load(str(temporary))
-        energy, forces = _evaluate(reloaded, positions_nm, box_nm)
-        tolerance = SELF_CHECK_RTOL if dtype == "float64" else 1e-3
-        errors = (_relative_difference(energy, expected_energy), _relative_difference(forces, expected_forces))
-        if max(errors) > tolerance:
-            raise ExportError(
-                f"self-check of the written {dtype} module failed (energy {errors[0]:.2e}, "
-                f"forces {errors[1]:.2e} relative; limit {tolerance:.0e}); nothing written"
-            )
+        torch.jit.save(module, str(temporary), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+        self_check.verify(torch.jit.load(str(temporary)), _tolerance(dtype), f"the written {dtype} module")
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -293,31 +343,11 @@ def export_checkpoint(
     return output
 
 
-def _self_check_frame(
-    model: SO3krates,
-    structure: Optional[Structure],
-    n_particles: int,
-    indices: Optional[list[int]],
-    periodic: bool,
-    seed: int,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Perturbed positions (nm, float64) of all particles, and the box (nm) when periodic."""
-    generator = np.random.default_rng(seed)
-    if structure is not None:
-        positions = structure.positions_angstrom.copy()
-    else:
-        # No geometry given: a loose random cloud, at least 1 Å between atoms.
-        side = max(3.0, 2.0 * n_particles ** (1.0 / 3.0))
-        positions = generator.uniform(0.0, side, size=(n_particles, 3))
-    positions = positions + generator.normal(scale=0.05, size=positions.shape)
-    box_nm = None
-    if periodic:
-        if structure is None or structure.box_angstrom is None:
-            raise ValueError(
-                "a periodic export needs a box: give a structure with one (PDB CRYST1 record, extended-XYZ Lattice)"
-            )
-        box_nm = torch.as_tensor(structure.box_angstrom / ANGSTROM_PER_NM, dtype=torch.float64)
-    return torch.as_tensor(positions / ANGSTROM_PER_NM, dtype=torch.float64), box_nm
+def _grid_positions(n_particles: int, spacing_angstrom: float = 1.6) -> np.ndarray:
+    """Positions on a cubic grid (Å) for a self-check when no geometry is given."""
+    side = int(np.ceil(n_particles ** (1.0 / 3.0)))
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid[:n_particles] * spacing_angstrom
 
 
 def _metadata(

@@ -18,7 +18,7 @@ the metadata stored in the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import openmm
