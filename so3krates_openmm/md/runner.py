@@ -90,6 +90,9 @@ class RunConfig:
         overwrite: replace a previous run in ``output_dir``.
         identity: parameters recorded in checkpoints that must match on resume
             (e.g. structure and model paths); the settings and intervals are added.
+        initial_state: start from this state XML (positions and velocities, e.g. the
+            ``final_state.xml`` of an equilibration) instead of the structure with
+            minimisation and fresh velocities; time and step start at 0.
     """
 
     steps: int
@@ -104,6 +107,7 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     identity: dict = field(default_factory=dict)
+    initial_state: Optional[Path] = None
 
 
 @dataclass
@@ -198,12 +202,17 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
     resuming = checkpoint is not None
     settings.seed = resolve_seed(settings.seed)
     seed = settings.seed
+    fresh_start = not resuming and config.initial_state is None
     simulation = build_simulation(
         structure,
         system,
-        SimulationSettings(**{**asdict(settings), "minimize": settings.minimize and not resuming}),
-        set_velocities=not resuming,
+        SimulationSettings(**{**asdict(settings), "minimize": settings.minimize and fresh_start}),
+        set_velocities=fresh_start,
     )
+    if not resuming and config.initial_state is not None:
+        simulation.context.setState(mm.XmlSerializer.deserialize(Path(config.initial_state).read_text()))
+        simulation.context.setTime(0.0)
+        simulation.context.setStepCount(0)
     exact = None
     if resuming:
         exact = restore_context(simulation, checkpoint)

@@ -75,10 +75,28 @@ def make_integrator(
 
 
 def model_system(structure: Structure, model_path: str | Path, *, cuda_graphs: bool = False) -> mm.System:
-    """OpenMM ``System`` for ``structure`` whose only force is the exported model (``TorchForce``)."""
+    """OpenMM ``System`` for ``structure`` from a model file.
+
+    ``model_path`` is either an exported SO3krates model (``.pt``; the System's
+    only force is its ``TorchForce``) or a serialised OpenMM ``System``
+    (``.xml``, e.g. a classical force field to compare against or to test a
+    protocol with), whose particle count must match the structure.
+    """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"model file {str(model_path)!r} does not exist")
+    if model_path.suffix.lower() == ".xml":
+        try:
+            system = mm.XmlSerializer.deserialize(model_path.read_text())
+        except Exception as error:  # OpenMM raises a plain Exception for bad XML
+            raise ValueError(f"{model_path} is not a serialised OpenMM System: {error}") from error
+        if not isinstance(system, mm.System):
+            raise ValueError(f"{model_path} holds a serialised {type(system).__name__}, not a System")
+        if system.getNumParticles() != structure.n_atoms:
+            raise ValueError(
+                f"{model_path} has {system.getNumParticles()} particles but {structure.source} has {structure.n_atoms} atoms"
+            )
+        return system
     from so3krates_openmm.openmm_force import create_system
 
     return create_system(structure, model_path, use_cuda_graphs=cuda_graphs)

@@ -1,0 +1,208 @@
+"""Minima exploration: MD at raised temperature, snapshots minimised in parallel, duplicates removed by RMSD.
+
+1. Run MD (usually at a raised temperature, e.g. 500 K) and keep a snapshot
+   every ``snapshot_interval`` steps (the DCD of :func:`~so3krates_openmm.md.runner.run_md`).
+2. Minimise every snapshot with OpenMM's ``LocalEnergyMinimizer`` in worker
+   processes (``multiprocessing``, spawn start method); each worker builds its
+   own System and Context with one thread (OpenMM ``CPU`` Threads=1 and
+   ``torch.set_num_threads(1)``), so ``workers`` processes use ``workers`` cores.
+3. Drop minimised structures whose covalent bonds no longer match the
+   starting topology (the monitor's checks), sort the rest by energy, and
+   merge each into the first lower-energy minimum within
+   ``rmsd_threshold_angstrom`` heavy-atom RMSD (mdtraj, after optimal superposition).
+
+The System is passed to workers as a picklable factory (a callable with no
+arguments returning an ``openmm.System``), e.g. :class:`ModelSystemFactory`;
+OpenMM's XML serialisation of a ``TorchForce`` cannot be used for this.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import openmm as mm
+from openmm import app, unit
+
+from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.md.plotting import pyplot, save_figure
+from so3krates_openmm.md.stability import StabilityChecker, StabilityCriteria
+from so3krates_openmm.md.trajectory import mdtraj_trajectory
+
+SystemFactory = Callable[[], mm.System]
+
+
+@dataclass(frozen=True)
+class ModelSystemFactory:
+    """Picklable recipe for the model System of a structure (rebuilt in each worker)."""
+
+    structure_path: str
+    model_path: str
+
+    def __call__(self) -> mm.System:
+        from so3krates_openmm.md.simulation import model_system
+
+        return model_system(read_structure(self.structure_path), self.model_path)
+
+
+@dataclass
+class MinimizedSnapshot:
+    """One snapshot after minimisation: its index, MD step, energy (kJ/mol) and positions (Å)."""
+
+    index: int
+    step: int
+    energy_kj_mol: float
+    positions_angstrom: np.ndarray
+    problem: Optional[str] = None
+
+
+@dataclass
+class Minimum:
+    """A distinct minimum: its lowest-energy representative and the snapshots that fell into it."""
+
+    energy_kj_mol: float
+    positions_angstrom: np.ndarray
+    snapshots: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+
+# State of a worker process (one Context per process).
+_WORKER: dict = {}
+
+
+def _init_worker(factory: SystemFactory, platform_name: str, tolerance_kj_mol_nm: float, max_iterations: int) -> None:
+    from so3krates_openmm.md.platforms import get_platform
+
+    platform, properties = get_platform(platform_name, threads=1)
+    system = factory()
+    context = mm.Context(system, mm.VerletIntegrator(0.001), platform, properties)
+    _WORKER.update(context=context, tolerance=tolerance_kj_mol_nm, max_iterations=max_iterations)
+
+
+def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
+    index, step, positions_angstrom = task
+    context: mm.Context = _WORKER["context"]
+    context.setPositions(np.asarray(positions_angstrom, dtype=np.float64) * 0.1)
+    try:
+        mm.LocalEnergyMinimizer.minimize(context, _WORKER["tolerance"], _WORKER["max_iterations"])
+    except mm.OpenMMException as error:
+        return MinimizedSnapshot(index, step, float("nan"), np.asarray(positions_angstrom), problem=str(error))
+    state = context.getState(getEnergy=True, getPositions=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    positions = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    return MinimizedSnapshot(index, step, float(energy), np.asarray(positions))
+
+
+def minimize_snapshots(
+    positions_angstrom: np.ndarray,
+    steps: Sequence[int],
+    factory: SystemFactory,
+    *,
+    workers: int = 2,
+    platform: str = "CPU",
+    tolerance_kj_mol_nm: float = 1.0,
+    max_iterations: int = 0,
+) -> list[MinimizedSnapshot]:
+    """Minimise each snapshot (frames, atoms, 3; Å) in ``workers`` processes; results in input order."""
+    tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom))]
+    arguments = (factory, platform, tolerance_kj_mol_nm, max_iterations)
+    if workers <= 1:
+        _init_worker(*arguments)
+        try:
+            return [_minimize(task) for task in tasks]
+        finally:
+            _WORKER.clear()
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=arguments) as pool:
+        return list(pool.imap(_minimize, tasks, chunksize=max(1, len(tasks) // (4 * workers))))
+
+
+def heavy_atom_indices(structure: Structure) -> np.ndarray:
+    """Indices of the non-hydrogen atoms (all atoms if there are fewer than 3 heavy ones)."""
+    heavy = np.flatnonzero(structure.atomic_numbers > 1)
+    return heavy if len(heavy) >= 3 else np.arange(structure.n_atoms)
+
+
+def deduplicate(
+    snapshots: Sequence[MinimizedSnapshot],
+    structure: Structure,
+    *,
+    rmsd_threshold_angstrom: float = 0.1,
+    criteria: StabilityCriteria = StabilityCriteria(),
+) -> tuple[list[Minimum], list[MinimizedSnapshot]]:
+    """Distinct minima (lowest energy first) and the snapshots rejected (non-finite or bonds changed).
+
+    Snapshots are taken in order of increasing energy; each joins the first
+    known minimum within ``rmsd_threshold_angstrom`` heavy-atom RMSD, or
+    starts a new one.
+    """
+    import mdtraj
+
+    checker = StabilityChecker(structure, criteria)
+    rejected, accepted = [], []
+    for snapshot in snapshots:
+        problem = snapshot.problem
+        if problem is None:
+            problem = checker.check(snapshot.positions_angstrom, snapshot.energy_kj_mol)
+        if problem is not None:
+            snapshot.problem = problem
+            rejected.append(snapshot)
+        else:
+            accepted.append(snapshot)
+    accepted.sort(key=lambda s: s.energy_kj_mol)
+    if not accepted:
+        return [], rejected
+    topology = structure.openmm_topology()
+    heavy = heavy_atom_indices(structure)
+    frames = mdtraj_trajectory(topology, np.stack([s.positions_angstrom for s in accepted]))
+    minima: list[Minimum] = []
+    representatives: list[int] = []
+    for k, snapshot in enumerate(accepted):
+        if representatives:
+            reference = frames.slice(representatives, copy=True)
+            rmsd_angstrom = 10.0 * mdtraj.rmsd(reference, frames, frame=k, atom_indices=heavy)
+            # mdtraj.rmsd(target, reference, frame) aligns every target frame to reference[frame]
+            closest = int(np.argmin(rmsd_angstrom))
+            if rmsd_angstrom[closest] < rmsd_threshold_angstrom:
+                minima[closest].snapshots.append(snapshot.index)
+                minima[closest].steps.append(snapshot.step)
+                continue
+        representatives.append(k)
+        minima.append(Minimum(snapshot.energy_kj_mol, snapshot.positions_angstrom, [snapshot.index], [snapshot.step]))
+    return minima, rejected
+
+
+def write_minima(output_dir: str | Path, minima: Sequence[Minimum], rejected: Sequence[MinimizedSnapshot], structure: Structure, summary: dict) -> dict[str, Path]:
+    """Write ``minima.csv``, ``minima.pdb`` (one model per minimum), ``minima_energies.png`` and ``minima.json``."""
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / name for name in ("minima.csv", "minima.pdb", "minima_energies.png", "minima.json")}
+    lowest = minima[0].energy_kj_mol if minima else float("nan")
+    with open(paths["minima.csv"], "w", encoding="utf-8") as handle:
+        handle.write("rank,energy_kJ/mol,relative_energy_kJ/mol,n_snapshots,first_step\n")
+        for rank, minimum in enumerate(minima):
+            handle.write(f"{rank},{minimum.energy_kj_mol!r},{minimum.energy_kj_mol - lowest:.6f},"
+                         f"{len(minimum.snapshots)},{min(minimum.steps)}\n")
+    topology = structure.openmm_topology()
+    with open(paths["minima.pdb"], "w") as handle:
+        app.PDBFile.writeHeader(topology, handle)
+        for rank, minimum in enumerate(minima):
+            app.PDBFile.writeModel(topology, minimum.positions_angstrom * unit.angstrom, handle, modelIndex=rank + 1, keepIds=True)
+        app.PDBFile.writeFooter(topology, handle)
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    relative = np.array([m.energy_kj_mol - lowest for m in minima])
+    if len(relative):
+        axis.hist(relative, bins=max(5, min(50, len(relative))), color="tab:blue", edgecolor="k", lw=0.5)
+    axis.set_xlabel("energy above the lowest minimum (kJ/mol)")
+    axis.set_ylabel("distinct minima")
+    axis.set_title(f"{len(minima)} distinct minima from {summary.get('snapshots', '?')} snapshots")
+    save_figure(figure, paths["minima_energies.png"])
+    summary = dict(summary, distinct_minima=len(minima), rejected_snapshots=len(rejected),
+                   rejected_reasons=[r.problem for r in rejected][:20],
+                   lowest_energy_kj_mol=lowest if minima else None)
+    paths["minima.json"].write_text(json.dumps(summary, indent=2) + "\n")
+    return paths

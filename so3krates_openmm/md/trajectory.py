@@ -1,0 +1,93 @@
+"""Reading trajectories back: DCD files (as written by OpenMM) and mdtraj objects for analysis.
+
+:func:`read_dcd` parses CHARMM-format DCD files directly (little- or
+big-endian, 32-bit record markers, with or without unit cells), which also
+gives the time between frames from the header.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+#: DCD time unit (AKMA) in ps.
+AKMA_TIME_PS = 0.04888821
+
+
+@dataclass
+class DCDTrajectory:
+    """Positions (frames, atoms, 3) in Å, unit cells (frames, 6: a, b, c in Å and the
+    DCD cosines/angles as stored) or ``None``, the time between frames in ps and
+    the step of the first frame."""
+
+    positions_angstrom: np.ndarray
+    unit_cells: Optional[np.ndarray]
+    frame_interval_ps: float
+    first_step: int
+    steps_between_frames: int
+
+    @property
+    def n_frames(self) -> int:
+        return self.positions_angstrom.shape[0]
+
+    @property
+    def times_ps(self) -> np.ndarray:
+        """Time of each frame in ps (first frame at ``first_step`` steps)."""
+        timestep_ps = self.frame_interval_ps / max(self.steps_between_frames, 1)
+        return (self.first_step + np.arange(self.n_frames) * self.steps_between_frames) * timestep_ps
+
+
+def read_dcd(path: str | Path) -> DCDTrajectory:
+    """Read a DCD file; trailing partial frames (a killed writer) are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trajectory {str(path)!r} does not exist")
+    data = path.read_bytes()
+    endian = None
+    for candidate in ("<", ">"):
+        if len(data) >= 8 and struct.unpack(candidate + "i", data[:4])[0] == 84 and data[4:8] == b"CORD":
+            endian = candidate
+    if endian is None:
+        raise ValueError(f"{path} is not a DCD file (no CORD header)")
+    icntrl = struct.unpack(endian + "20i", data[8:88])
+    first_step, steps_between_frames = icntrl[1], icntrl[2]
+    delta = struct.unpack(endian + "f", data[44:48])[0]
+    has_cell = icntrl[10] != 0
+    if icntrl[11] != 0:
+        raise ValueError(f"{path}: 4-dimensional DCD files are not supported")
+    offset = 92
+    title_bytes = struct.unpack(endian + "i", data[offset : offset + 4])[0]
+    offset += 4 + title_bytes + 4
+    n_atoms = struct.unpack(endian + "i", data[offset + 4 : offset + 8])[0]
+    offset += 12
+    if icntrl[8] != 0:
+        raise ValueError(f"{path}: DCD files with fixed atoms are not supported")
+    cell_size = 56 if has_cell else 0
+    frame_size = cell_size + 3 * (8 + 4 * n_atoms)
+    n_frames = (len(data) - offset) // frame_size
+    positions = np.empty((n_frames, n_atoms, 3), dtype=np.float64)
+    cells = np.empty((n_frames, 6), dtype=np.float64) if has_cell else None
+    dtype = np.dtype(endian + "f4")
+    for frame in range(n_frames):
+        start = offset + frame * frame_size
+        if has_cell:
+            cells[frame] = np.frombuffer(data, dtype=endian + "f8", count=6, offset=start + 4)
+        start += cell_size
+        for axis in range(3):
+            positions[frame, :, axis] = np.frombuffer(data, dtype=dtype, count=n_atoms, offset=start + 4)
+            start += 8 + 4 * n_atoms
+    frame_interval_ps = delta * AKMA_TIME_PS * max(steps_between_frames, 1)
+    return DCDTrajectory(positions, cells, frame_interval_ps, first_step, steps_between_frames)
+
+
+def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: Optional[np.ndarray] = None):
+    """An ``mdtraj.Trajectory`` from an OpenMM ``Topology`` and positions (frames, atoms, 3) in Å."""
+    import mdtraj
+
+    md_topology = mdtraj.Topology.from_openmm(topology)
+    xyz = np.asarray(positions_angstrom, dtype=np.float32).reshape(-1, md_topology.n_atoms, 3) * 0.1
+    return mdtraj.Trajectory(xyz, md_topology, time=times_ps)
