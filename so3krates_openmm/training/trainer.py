@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -224,6 +225,9 @@ class Trainer:
 
         self.training_model: nn.Module = self.model
         if self.context.enabled:
+            # Forces trained by double backward give some parameters gradients of another memory
+            # layout than DDP's buckets; DDP copies them, which is correct (and cheap for this model).
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.training_model = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,

@@ -1,0 +1,160 @@
+"""The training loop: it learns, writes its files, stops when it should, and resumes the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from so3krates_openmm import SO3krates
+from so3krates_openmm.data.dataset import MolecularDataset
+from so3krates_openmm.model.checkpoint import read_checkpoint
+from so3krates_openmm.training import Trainer, TrainingError, config_from_dict, train
+from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv
+from so3krates_openmm.training.synthetic import teacher_dataset
+from so3krates_openmm.units import energy_conversion
+
+#: Student size for the tests (the teacher is F=16, T=1, degrees (1, 2), K=8, 4 Å).
+SMALL_MODEL = dict(features=16, layers=1, heads=2, degrees=[1, 2], radial_basis_size=8, cutoff=4.0)
+SHIFTS = {1: -310.0, 6: -23750.0, 8: -47100.0}
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def ethanol_data() -> MolecularDataset:
+    """200 frames of ethanol displaced by 0.1 Å, labelled by a random teacher (force RMS 20 kcal/mol/Å)."""
+    ethanol = molecule("CH3CH2OH")
+    return teacher_dataset(ethanol.numbers, ethanol.positions, 200, displacement=0.1, force_rms=20.0, shifts=SHIFTS)
+
+
+def small_run(output: Path, **options) -> dict:
+    values = dict(data="<teacher>", train_size=100, valid_size=50, test_size=50, batch_size=5, lr=5e-3,
+                  output=str(output), threads=1, progress=False, patience=None, **SMALL_MODEL)
+    values.update(options)
+    return values
+
+
+def test_training_cuts_the_force_error_several_fold(tmp_path: Path, ethanol_data: MolecularDataset):
+    config = config_from_dict(small_run(tmp_path / "run", max_epochs=12))
+    trainer = Trainer(config, dataset=ethanol_data, log=quiet)
+    trainer._setup()
+    before = trainer.evaluate(trainer.test_data, use_ema=False)
+    result = trainer_run_after_setup(trainer)
+    after = result.test_report["errors"]
+    assert before["force_mae"] > 8.0  # a random model is far off (force RMS of the data: 20 kcal/mol/Å)
+    assert after["force_mae"] < before["force_mae"] / 5.0, (before["force_mae"], after["force_mae"])
+    assert after["energy_mae"] < before["energy_mae"] / 5.0
+
+    output = tmp_path / "run"
+    rows = read_metrics_csv(output / "metrics.csv")
+    assert [row["epoch"] for row in rows] == list(range(1, 13))
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    assert [row["step"] for row in rows] == [20 * epoch for epoch in range(1, 13)]
+    assert (output / "learning_curve.png").stat().st_size > 10_000
+    report = json.loads((output / "test_report.json").read_text())
+    factor = energy_conversion("kcal/mol", "meV")
+    assert report["energy_unit"] == "kcal/mol" and report["structures"] == 50
+    assert report["errors_meV"]["force_mae"] == pytest.approx(report["errors"]["force_mae"] * factor)
+    assert set(report["errors"]["force_mae_per_element"]) == {"H", "C", "O"}
+    # per-element MAEs average (weighted by atom counts 6 H, 2 C, 1 O) to the overall MAE
+    per_element = report["errors"]["force_mae_per_element"]
+    assert (6 * per_element["H"] + 2 * per_element["C"] + per_element["O"]) / 9 == pytest.approx(
+        report["errors"]["force_mae"], rel=1e-9
+    )
+
+
+def trainer_run_after_setup(trainer: Trainer):
+    """``Trainer.run`` on a trainer whose ``_setup`` already ran (so the test could look at the untrained model)."""
+    trainer._setup = lambda: None  # type: ignore[method-assign]
+    return trainer.run()
+
+
+def test_best_checkpoint_holds_the_ema_weights_of_the_best_epoch(tmp_path: Path, ethanol_data: MolecularDataset):
+    config = config_from_dict(small_run(tmp_path / "run", max_epochs=4, ema_decay=0.9))
+    trainer = Trainer(config, dataset=ethanol_data, log=quiet)
+    result = trainer.run()
+    best_epoch = min(result.metrics, key=lambda row: row["valid_loss"])
+    best = read_checkpoint(tmp_path / "run" / "best_checkpoint.pt")
+    assert best["extra"]["training"]["epoch"] == best_epoch["epoch"]
+    # the saved model reproduces the validation loss recorded for that epoch
+    trainer.model.load_state_dict(SO3krates.load(tmp_path / "run" / "best_checkpoint.pt").state_dict())
+    again = trainer.evaluate(trainer.valid_data, use_ema=False)
+    assert again["loss"] == pytest.approx(best_epoch["valid_loss"], rel=1e-6)
+    # the last checkpoint holds the raw weights, not the average
+    last = read_checkpoint(tmp_path / "run" / "last_checkpoint.pt")
+    assert not torch.equal(last["state_dict"]["embedding.weight"], best["state_dict"]["embedding.weight"])
+
+
+def test_energy_shifts_fitted_by_least_squares_recover_known_shifts(tmp_path: Path):
+    """Frames of three molecules; energies are exactly sum of per-element shifts -> recovered to 1e-8."""
+    molecules = [molecule(name) for name in ("CH4", "H2O", "CH3CH2OH", "CO2", "H2CO")]
+    rng = np.random.default_rng(1)
+    numbers, positions, energies, forces = [], [], [], []
+    for index in range(40):
+        mol = molecules[index % len(molecules)]
+        numbers.append(mol.numbers)
+        positions.append(mol.positions + 0.02 * rng.standard_normal(mol.positions.shape))
+        energies.append(sum(SHIFTS[int(z)] for z in mol.numbers) + 1e-9 * rng.standard_normal())
+        forces.append(np.zeros_like(mol.positions))
+    dataset = MolecularDataset(numbers, positions, np.array(energies), forces, "kcal/mol", {"source": "<shifts>"})
+    config = config_from_dict(small_run(tmp_path / "run", train_size=30, valid_size=5, test_size=5, max_epochs=1,
+                                        batch_size=10, energy_scale="none"))
+    trainer = Trainer(config, dataset=dataset, log=quiet)
+    trainer.run()
+    model = SO3krates.load(tmp_path / "run" / "best_checkpoint.pt")
+    fitted = {int(z): float(model.energy_shifts[i]) for i, z in enumerate(model.config.elements)}
+    for z, value in SHIFTS.items():
+        assert fitted[z] == pytest.approx(value, rel=1e-10, abs=1e-7)
+    assert model.energy_shifts.dtype == torch.float64
+
+
+def test_resumed_run_continues_the_same_curve(tmp_path: Path, ethanol_data: MolecularDataset):
+    """4 epochs at once == 2 epochs, stop, resume to 4: same metrics, same weights, no duplicated rows."""
+    options = dict(max_epochs=4, train_size=40, valid_size=20, test_size=20, batch_size=4, clip_grad=1.0)
+    straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
+    options["max_epochs"] = 2
+    first = train(config_from_dict(small_run(tmp_path / "resumed", **options)), dataset=ethanol_data, log=quiet)
+    assert first.epochs == 2 and "max-epochs" in first.stop_reason
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(config_from_dict(small_run(tmp_path / "resumed", **options)), dataset=ethanol_data, log=quiet)
+    with pytest.raises(TrainingError, match=r"options differ .*lr: 0.005 -> 0.001"):
+        train(config_from_dict(small_run(tmp_path / "resumed", **dict(options, lr=1e-3, resume=True))),
+              dataset=ethanol_data, log=quiet)
+    options.update(max_epochs=4, resume=True)
+    resumed = train(config_from_dict(small_run(tmp_path / "resumed", **options)), dataset=ethanol_data, log=quiet)
+    assert resumed.epochs == 4 and resumed.steps == straight.steps == 40
+
+    rows_straight = read_metrics_csv(tmp_path / "straight" / "metrics.csv")
+    rows_resumed = read_metrics_csv(tmp_path / "resumed" / "metrics.csv")
+    assert [row["epoch"] for row in rows_resumed] == [1, 2, 3, 4]
+    for a, b in zip(rows_straight, rows_resumed):
+        for column in METRIC_COLUMNS:
+            if column != "time":
+                assert a[column] == pytest.approx(b[column], rel=1e-12, abs=1e-15), column
+    for name in ("last_checkpoint.pt", "best_checkpoint.pt"):
+        weights_a = read_checkpoint(tmp_path / "straight" / name)["state_dict"]
+        weights_b = read_checkpoint(tmp_path / "resumed" / name)["state_dict"]
+        for key in weights_a:
+            assert torch.equal(weights_a[key], weights_b[key]), (name, key)
+    assert resumed.test_report["errors"] == straight.test_report["errors"]
+
+
+def test_stop_criteria(tmp_path: Path, ethanol_data: MolecularDataset):
+    base = dict(train_size=20, valid_size=10, test_size=10, batch_size=10, max_epochs=10)
+    # no learning at all (lr 1e-30): the validation loss never improves after epoch 1
+    frozen = train(config_from_dict(small_run(tmp_path / "patience", lr=1e-30, min_lr=0.0, patience=2, **base)),
+                   dataset=ethanol_data, log=quiet)
+    assert frozen.epochs == 3 and "patience" in frozen.stop_reason
+    decayed = train(config_from_dict(small_run(tmp_path / "lr", lr_decay=0.1, lr_decay_steps=2.0, **base)),
+                    dataset=ethanol_data, log=quiet)
+    assert "learning rate" in decayed.stop_reason and decayed.epochs == 3  # 5e-3 * 0.1**(6/2) = 5e-6 < 1e-5
+    timed = train(config_from_dict(small_run(tmp_path / "time", max_time="0.01s", **base)),
+                  dataset=ethanol_data, log=quiet)
+    assert timed.epochs == 1 and "max-time" in timed.stop_reason
