@@ -414,7 +414,7 @@ class Trainer:
         """Train until a stop criterion holds, then evaluate the best checkpoint on the test split."""
         self._setup()
         self._started = time.monotonic()
-        last_plot = -math.inf
+        last_plot = time.monotonic()
         stop_reason = self._stop_reason()
         while not stop_reason:
             epoch = self.epoch + 1
