@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""OpenMM step time of SO3krates against MACE, NequIP and TorchMD-Net TensorNet, in one run.
+
+Run with the project's venv (the peers run in their own venvs, made by
+``bash bench/peers/setup_venvs.sh all``)::
+
+    .venv/bin/python bench/peers/compare.py [--threads 2] [--repeats 30] [--peers mace nequip tensornet]
+
+For each structure (default: the shipped 42-atom Ac-Ala3-NHMe and 148-atom
+buckyball catcher) it times one ``LangevinMiddleIntegrator`` step (0.5 fs,
+OpenMM CPU platform, ``Threads`` = ``torch.set_num_threads`` = ``--threads``,
+float32 models, random weights) of:
+
+- SO3krates at the paper's size (F=132, T=3) and a small config (F=60, T=2:
+  the closest to 64 that the three degrees and four heads divide), exported to
+  TorchScript and run by openmm-torch's ``TorchForce``, this project's route;
+- each peer through its usual openmm-ml route, by its script in its venv
+  (``mace_step.py``, ``nequip_step.py``, ``tensornet_step.py``).
+
+It prints a table of ms/step and the ratios peer/SO3krates (> 1: SO3krates is
+faster), the bare model energy+forces times where measured, and the load
+average before and after: other jobs share the machine's cores, so the
+figures mean most on an idle machine. ``--json FILE`` also writes every record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+VENVS = HERE / ".venvs"
+PRETRAINED = ROOT / "so3krates_openmm" / "pretrained"
+DEFAULT_STRUCTURES = [
+    PRETRAINED / "ac_ala3_nhme" / "structure.pdb",
+    PRETRAINED / "buckyball_catcher" / "structure.pdb",
+]
+PEER_SCRIPTS = {"mace": "mace_step.py", "nequip": "nequip_step.py", "tensornet": "tensornet_step.py"}
+#: name -> (features F, layers T); the other hyperparameters are the paper's defaults
+SO3KRATES_CONFIGS = {"so3krates-paper": (132, 3), "so3krates-small": (60, 2)}
+RESULT_KEY = "peer_benchmark"  # same as peer_common.RESULT_KEY
+PEER_TIMEOUT_S = 3600
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` shows them."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
+
+
+def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> List[Dict[str, Any]]:
+    """Time this project's model in OpenMM (TorchForce), paper size and small, on each structure."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from peer_common import time_call, time_openmm_step  # same timing loop as the peers
+    from peer_common import Molecule
+
+    from so3krates_openmm import SO3krates, SO3kratesConfig
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.export import export_checkpoint
+    from so3krates_openmm.model.neighbours import neighbour_list
+    from so3krates_openmm.openmm_force import create_system
+
+    torch.set_num_threads(threads)
+    records = []
+    with tempfile.TemporaryDirectory(prefix="so3krates_compare_") as workdir:
+        for path in structure_paths:
+            structure = read_structure(path)
+            name = path.parent.name if path.name == "structure.pdb" else path.stem
+            molecule = Molecule(name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist())
+            elements = sorted(set(molecule.atomic_numbers))
+            for key, (features, layers) in SO3KRATES_CONFIGS.items():
+                print(f"[compare] {key} (F={features}, T={layers}) on {name} ({molecule.n_atoms} atoms)", file=sys.stderr, flush=True)
+                torch.manual_seed(0)
+                config = SO3kratesConfig(elements=elements, features=features, layers=layers, dtype="float32")
+                model = SO3krates(config).eval()
+                checkpoint = model.save(Path(workdir) / f"{key}_{name}.ckpt.pt")
+                model_path = export_checkpoint(checkpoint, Path(workdir) / f"{key}_{name}.pt", structure=structure, dtype="float32")
+                system = create_system(structure, model_path)
+                numbers = torch.tensor(molecule.atomic_numbers)
+                positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
+                pairs = neighbour_list(positions, torch.zeros(len(numbers), dtype=torch.long), 1, model.cutoff)[0].numel()
+                record: Dict[str, Any] = {
+                    "model": key,
+                    "description": f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
+                    "route": "TorchScript export -> openmm-torch TorchForce",
+                    "structure": name,
+                    "atoms": molecule.n_atoms,
+                    "pairs": pairs,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                }
+                record.update(time_openmm_step(system, molecule, threads, repeats, warmup))
+
+                def energy_forces() -> None:
+                    p = positions.clone().requires_grad_(True)
+                    torch.autograd.grad(model(numbers, p).sum(), p)
+
+                bare = time_call(energy_forces, repeats, warmup)
+                record["bare_ms"] = bare["median_ms"]
+                record["bare_iqr_half_ms"] = bare["iqr_half_ms"]
+                records.append(record)
+                print(f"[compare]   step {record['openmm_step_ms']:.2f} ms, bare {bare['median_ms']:.2f} ms", file=sys.stderr, flush=True)
+    return records
+
+
+def peer_python(peer: str) -> Path:
+    """The peer venv's interpreter, or a clear error naming the set-up command."""
+    python = VENVS / peer / "bin" / "python"
+    if not python.is_file():
+        raise FileNotFoundError(
+            f"the {peer} venv is missing ({python}): create it with `bash bench/peers/setup_venvs.sh {peer}`"
+        )
+    return python
+
+
+def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> Dict[str, Any]:
+    """Run ``<peer>_step.py`` in its venv and return its JSON record."""
+    python = peer_python(peer)
+    command = [str(python), str(HERE / PEER_SCRIPTS[peer]), *map(str, structure_paths),
+               "--threads", str(threads), "--repeats", str(repeats), "--warmup", str(warmup)]
+    environment = dict(os.environ)
+    environment.update({
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+        "PYTHONPATH": str(HERE),
+    })
+    environment.pop("VIRTUAL_ENV", None)
+    print(f"[compare] {peer}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    completed = subprocess.run(command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=PEER_TIMEOUT_S)
+    for line in reversed(completed.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get(RESULT_KEY):
+                return record
+    raise RuntimeError(
+        f"{peer}: {PEER_SCRIPTS[peer]} exited with {completed.returncode} and printed no result line; "
+        f"its stdout ended with:\n{completed.stdout[-2000:]}"
+    )
+
+
+def format_table(records: List[Dict[str, Any]], structures: List[str]) -> str:
+    """Rows per model and structure: ms/step, bare ms, and ratios to both SO3krates configs."""
+    reference = {(r["model"], r["structure"]): r["openmm_step_ms"] for r in records if r["model"].startswith("so3krates")}
+    header = (
+        f"{'model':<18}{'structure':<20}{'atoms':>6}{'pairs':>7}{'ms/step':>10}{'±':>6}{'bare ms':>9}"
+        f"{'/SO3k paper':>13}{'/SO3k small':>13}  route"
+    )
+    lines = [header, "-" * len(header)]
+    for structure in structures:
+        for r in (r for r in records if r["structure"] == structure):
+            paper = reference.get(("so3krates-paper", structure))
+            small = reference.get(("so3krates-small", structure))
+            step = r["openmm_step_ms"]
+            bare = f"{r['bare_ms']:9.2f}" if "bare_ms" in r else f"{'-':>9}"
+            lines.append(
+                f"{r['model']:<18}{structure:<20}{r['atoms']:>6}{r.get('pairs', 0):>7}{step:>10.2f}"
+                f"{r['openmm_step_iqr_half_ms']:>6.1f}{bare}"
+                f"{(step / paper if paper else float('nan')):>13.2f}{(step / small if small else float('nan')):>13.2f}  {r['route']}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--structures", nargs="+", type=Path, default=DEFAULT_STRUCTURES,
+                        help="PDB/XYZ files (default: the shipped Ac-Ala3-NHMe and buckyball catcher)")
+    parser.add_argument("--threads", type=int, default=2, help="OpenMM CPU Threads and torch threads, everywhere")
+    parser.add_argument("--repeats", type=int, default=30, help="timed single steps per model and structure")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--peers", nargs="*", choices=list(PEER_SCRIPTS), default=list(PEER_SCRIPTS))
+    parser.add_argument("--skip-so3krates", action="store_true", help="time only the peers")
+    parser.add_argument("--json", type=Path, help="also write all records to this file")
+    args = parser.parse_args()
+
+    missing = [str(p) for p in args.structures if not p.is_file()]
+    if missing:
+        parser.error(
+            f"structure file(s) not found: {', '.join(missing)} (the shipped structures come from the "
+            "molecule builders of so3krates_openmm.data; pass --structures to use others)"
+        )
+    structures = [p.resolve() for p in args.structures]
+    dry_run = any(PRETRAINED not in p.parents for p in structures)
+    started = time.time()
+    print(f"# peer step-time benchmark | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads={args.threads} | "
+          f"repeats={args.repeats} warm-up={args.warmup} | CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
+    print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
+    if dry_run:
+        print("# DRY RUN: not all structures are the shipped ones; do not record these figures")
+    print(f"# load average before: {load_average()}", flush=True)
+
+    records: List[Dict[str, Any]] = []
+    failures: Dict[str, str] = {}
+    peer_versions: Dict[str, Any] = {}
+    if not args.skip_so3krates:
+        import openmm
+        import torch
+
+        records += so3krates_records(structures, args.threads, args.repeats, args.warmup)
+        peer_versions["so3krates"] = {"torch": torch.__version__, "openmm": openmm.__version__}
+        print(f"# load average after SO3krates: {load_average()}", flush=True)
+    for peer in args.peers:
+        try:
+            record = run_peer(peer, structures, args.threads, args.repeats, args.warmup)
+        except (FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as error:
+            failures[peer] = str(error)
+            print(f"# {peer} FAILED: {error}", file=sys.stderr, flush=True)
+            continue
+        records += record["results"]
+        peer_versions[peer] = record["versions"]
+        print(f"# load average after {peer}: {load_average()}", flush=True)
+
+    names = []
+    for record in records:
+        if record["structure"] not in names:
+            names.append(record["structure"])
+    print()
+    print(format_table(records, names))
+    print()
+    print("# ratios: peer ms/step divided by SO3krates ms/step on the same structure (> 1: SO3krates is faster)")
+    for name, found in peer_versions.items():
+        print(f"# versions {name}: {', '.join(f'{k} {v}' for k, v in found.items())}")
+    for peer, error in failures.items():
+        print(f"# {peer}: FAILED: {error.splitlines()[0]}")
+    print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"records": records, "versions": peer_versions, "failures": failures,
+                                         "threads": args.threads, "dry_run": dry_run}, indent=1))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
