@@ -1,0 +1,585 @@
+"""Offline reference data: Langevin MD sampling with GFN2-xTB (tblite) as the reference.
+
+The reference method is GFN2-xTB (semi-empirical tight binding with D4
+dispersion) through ``tblite.ase.TBLite``, not the DFT of MD22: models trained
+on these data are compared with each other, not with the paper's tables.
+
+Sampling protocol (:func:`generate_reference_data`): ASE Langevin dynamics
+from a starting structure. For each temperature in ``temperatures_K``, in
+order and continuing the same trajectory: ``equilibration_steps`` steps
+without recording, then ``frames_per_temperature`` frames, one every
+``stride`` steps. Frames are therefore in blocks of ``frames_per_temperature``
+per temperature. Energies are written in kcal/mol and forces in kcal/(mol Å)
+(MD22 convention) unless asked otherwise.
+
+Resumability: every ``checkpoint_every`` frames (and on Ctrl-C/SIGTERM) the
+frames so far and the MD state (positions, momenta, the random generator's
+state, where in the schedule the run is) are written atomically (temporary
+file + ``os.replace``) to ``<output stem>.partial.npz`` next to the output.
+A new run with the same output continues from it after checking that the
+settings match. Each force call starts the xTB SCF from scratch
+(see :func:`make_calculator`), so the forces depend only on the positions and a
+resumed run reproduces the frames of an uninterrupted run exactly (with one
+OpenMP thread). The partial file is itself an MD22-layout ``.npz`` that
+:func:`~so3krates_openmm.data.formats.load_npz` reads.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from so3krates_openmm.data.dataset import DataError, MolecularDataset
+from so3krates_openmm.data.formats import _atomic_write, load_npz, save_extxyz, save_npz
+from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.elements import formula
+from so3krates_openmm.units import energy_conversion, normalise_energy_unit
+
+PARTIAL_FORMAT_VERSION = 1
+OPENBLAS_PATTERNS = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r*.so",
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas*.so*",
+    "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas*.so*",
+)
+_OPENBLAS_MARKER = "SO3KRATES_OPENBLAS_PRELOAD"
+
+
+@dataclass
+class SamplingSettings:
+    """Everything that determines the sampled frames (checked on resume).
+
+    Attributes:
+        temperatures_K: Langevin temperatures in K, sampled in this order.
+        frames_per_temperature: frames recorded at each temperature.
+        timestep_fs: MD time step in fs.
+        stride: MD steps between recorded frames.
+        equilibration_steps: steps run at each temperature before recording.
+        friction_per_ps: Langevin friction in 1/ps.
+        seed: seeds the initial Maxwell-Boltzmann velocities and the Langevin noise.
+        method: tblite method, ``"GFN2-xTB"`` (or ``"GFN1-xTB"``).
+        charge: total charge in e.
+        multiplicity: spin multiplicity (1 = closed shell).
+        electronic_temperature_K: xTB Fermi smearing temperature in K.
+        accuracy: xTB numerical accuracy (1.0 is tblite's default).
+        checkpoint_every: frames between partial-file writes.
+        float32: store positions and forces as float32 (energies stay float64).
+    """
+
+    temperatures_K: list[float]
+    frames_per_temperature: int
+    timestep_fs: float = 0.5
+    stride: int = 10
+    equilibration_steps: int = 200
+    friction_per_ps: float = 10.0
+    seed: int = 0
+    method: str = "GFN2-xTB"
+    charge: int = 0
+    multiplicity: int = 1
+    electronic_temperature_K: float = 300.0
+    accuracy: float = 1.0
+    checkpoint_every: int = 10
+    float32: bool = False
+
+    def __post_init__(self) -> None:
+        self.temperatures_K = [float(t) for t in self.temperatures_K]
+        problems = []
+        if not self.temperatures_K or any(t <= 0 for t in self.temperatures_K):
+            problems.append(f"temperatures_K must be positive, got {self.temperatures_K}")
+        for name in ("frames_per_temperature", "stride", "checkpoint_every", "multiplicity"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.equilibration_steps) < 0:
+            problems.append(f"equilibration_steps must be >= 0, got {self.equilibration_steps}")
+        if not self.timestep_fs > 0 or self.timestep_fs > 5:
+            problems.append(f"timestep_fs must be in (0, 5] fs, got {self.timestep_fs}")
+        if self.friction_per_ps < 0:
+            problems.append(f"friction_per_ps must be >= 0, got {self.friction_per_ps}")
+        if self.method not in ("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"):
+            problems.append(f"method must be GFN2-xTB, GFN1-xTB or IPEA1-xTB, got {self.method!r}")
+        if problems:
+            raise ValueError("invalid sampling settings: " + "; ".join(problems))
+        for name in ("frames_per_temperature", "stride", "equilibration_steps", "seed", "charge",
+                     "multiplicity", "checkpoint_every"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("timestep_fs", "friction_per_ps", "electronic_temperature_K", "accuracy"):
+            setattr(self, name, float(getattr(self, name)))
+        self.float32 = bool(self.float32)
+
+    @property
+    def total_frames(self) -> int:
+        return self.frames_per_temperature * len(self.temperatures_K)
+
+    @property
+    def steps_per_temperature(self) -> int:
+        return self.equilibration_steps + self.frames_per_temperature * self.stride
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_temperature * len(self.temperatures_K)
+
+
+@dataclass
+class _RunState:
+    """Where a sampling run is: schedule position, MD state, frames so far."""
+
+    temperature_index: int
+    step_in_temperature: int
+    positions: np.ndarray
+    momenta: np.ndarray
+    rng_state: dict
+    energies: list[float] = field(default_factory=list)
+    positions_frames: list[np.ndarray] = field(default_factory=list)
+    forces_frames: list[np.ndarray] = field(default_factory=list)
+    compute_seconds: float = 0.0
+    force_calls: int = 0
+    sessions: int = 1
+
+
+def _snapshot(state: _RunState) -> _RunState:
+    """A copy of ``state`` that later appends to ``state``'s frame lists do not change."""
+    return _RunState(**{**state.__dict__, "energies": list(state.energies),
+                        "positions_frames": list(state.positions_frames),
+                        "forces_frames": list(state.forces_frames)})
+
+
+def structure_fingerprint(structure: Structure) -> str:
+    """SHA-256 of the starting structure's atomic numbers and positions (float64 bytes)."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(structure.atomic_numbers, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(structure.positions_angstrom, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def partial_path_for(output: str | Path) -> Path:
+    """The partial (resume) file that belongs to ``output``: ``<dir>/<stem>.partial.npz``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.partial.npz")
+
+
+_COLD_START_CLASS = None
+
+
+def _cold_start_class():
+    """``TBLite`` subclass whose every calculation starts the SCF from the default guess.
+
+    tblite reuses the previous wavefunction as the SCF guess; converged
+    results then depend (at the 1e-5 level) on the history, and a resumed run
+    would not reproduce an uninterrupted one. ``reset()`` with
+    ``cache_api=False`` drops that guess, so each result depends only on the
+    positions.
+    """
+    global _COLD_START_CLASS
+    if _COLD_START_CLASS is None:
+        from ase.calculators.calculator import all_changes
+        from tblite.ase import TBLite
+
+        class ColdStartTBLite(TBLite):
+            def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+                self.reset()
+                super().calculate(atoms, properties, all_changes)
+
+        _COLD_START_CLASS = ColdStartTBLite
+    return _COLD_START_CLASS
+
+
+def make_calculator(settings: SamplingSettings):
+    """A tblite ASE calculator for ``settings``: quiet, SCF from scratch on every call (reproducible)."""
+    return _cold_start_class()(
+        method=settings.method,
+        charge=settings.charge,
+        multiplicity=settings.multiplicity,
+        electronic_temperature=settings.electronic_temperature_K,
+        accuracy=settings.accuracy,
+        cache_api=False,
+        verbosity=0,
+    )
+
+
+def theory_label(method: str = "GFN2-xTB") -> str:
+    """Human-readable label of the reference method with package versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tblite_version = version("tblite")
+    except PackageNotFoundError:  # pragma: no cover - tblite is a dependency
+        tblite_version = "unknown"
+    return f"{method} (tblite {tblite_version} via ASE; semi-empirical reference, not DFT)"
+
+
+def openblas_library() -> str | None:
+    """Path of Debian's pthread OpenBLAS (package ``libopenblas0-pthread``) if installed, else None."""
+    for pattern in OPENBLAS_PATTERNS:
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return matches[0]
+    return None
+
+
+def reexec_with_openblas(log: Callable[[str], None] = print) -> None:
+    """Re-run this process with Debian's OpenBLAS preloaded, when present (about 2-5x faster xTB).
+
+    tblite's wheel ships a slow reference BLAS; ``LD_PRELOAD`` of
+    ``libopenblasp-r0.3.*.so`` replaces it with the same results. Does nothing
+    when the library is missing, when it is already preloaded, or when the
+    environment variable ``SO3KRATES_NO_OPENBLAS=1`` is set. Only for
+    command-line entry points: it replaces the running process (``os.execv``).
+    """
+    if os.environ.get("SO3KRATES_NO_OPENBLAS") == "1":
+        return
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get(_OPENBLAS_MARKER):
+        if os.environ[_OPENBLAS_MARKER] in preloaded:
+            log(f"using OpenBLAS from {os.environ[_OPENBLAS_MARKER]} (LD_PRELOAD) for GFN2-xTB")
+        return
+    library = openblas_library()
+    if library is None:
+        log("OpenBLAS (Debian libopenblas0-pthread) not found: xTB runs on the wheel's bundled BLAS "
+            "(slower; `apt-get install libopenblas0-pthread` speeds it up)")
+        return
+    if library in preloaded:
+        return
+    environment = dict(os.environ)
+    environment["LD_PRELOAD"] = f"{library}:{preloaded}" if preloaded else library
+    environment[_OPENBLAS_MARKER] = library
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + list(sys.orig_argv[1:]), environment)
+
+
+def _settings_differences(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} (partial file) != {b.get(k)!r} (this run)" for k in keys if a.get(k) != b.get(k)]
+
+
+def _run_settings(settings: SamplingSettings, structure: Structure) -> dict:
+    record = asdict(settings)
+    record["structure_sha256"] = structure_fingerprint(structure)
+    record["n_atoms"] = structure.n_atoms
+    record["formula"] = formula(structure.atomic_numbers.tolist())
+    return record
+
+
+def _write_partial(path: Path, structure: Structure, run_settings: dict, state: _RunState,
+                   energy_unit: str) -> None:
+    dtype = np.float32 if run_settings["float32"] else np.float64
+    n = structure.n_atoms
+    metadata = {
+        "theory": theory_label(run_settings["method"]),
+        "settings": run_settings,
+        "source": "so3krates-data generate (partial: run not finished)",
+        "name": structure.source,
+    }
+    arrays = {
+        # MD22 layout: this file loads with load_npz as a data set of the frames so far.
+        "R": np.asarray(state.positions_frames, dtype=dtype).reshape(-1, n, 3),
+        "E": np.asarray(state.energies, dtype=np.float64),
+        "F": np.asarray(state.forces_frames, dtype=dtype).reshape(-1, n, 3),
+        "z": structure.atomic_numbers.astype(np.int64),
+        "e_unit": np.array(energy_unit),
+        "r_unit": np.array("Ang"),
+        "theory": np.array(metadata["theory"]),
+        "metadata_json": np.array(json.dumps(metadata, sort_keys=True)),
+        # Resume state.
+        "partial_format_version": np.array(PARTIAL_FORMAT_VERSION),
+        "settings_json": np.array(json.dumps(run_settings, sort_keys=True)),
+        "start_positions": structure.positions_angstrom.astype(np.float64),
+        "md_positions": state.positions.astype(np.float64),
+        "md_momenta": state.momenta.astype(np.float64),
+        "rng_state_json": np.array(json.dumps(state.rng_state)),
+        "temperature_index": np.array(state.temperature_index),
+        "step_in_temperature": np.array(state.step_in_temperature),
+        "compute_seconds": np.array(state.compute_seconds),
+        "force_calls": np.array(state.force_calls),
+        "sessions": np.array(state.sessions),
+    }
+    _atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
+
+
+def read_partial(path: str | Path) -> tuple[dict, Structure, _RunState, str]:
+    """Read a partial file: (run settings, starting structure, run state, energy unit).
+
+    Raises:
+        DataError: the file is not a partial file of this format.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise DataError(f"{path}: cannot read the partial file ({error}); delete it to start afresh") from error
+    if "partial_format_version" not in data:
+        raise DataError(f"{path}: not a so3krates-data partial file (no resume state)")
+    if int(data["partial_format_version"]) != PARTIAL_FORMAT_VERSION:
+        raise DataError(f"{path}: partial file format {int(data['partial_format_version'])} is not "
+                        f"{PARTIAL_FORMAT_VERSION}; finish it with the version that wrote it")
+    run_settings = json.loads(str(data["settings_json"]))
+    structure = Structure(data["z"], data["start_positions"], source=str(path))
+    state = _RunState(
+        temperature_index=int(data["temperature_index"]),
+        step_in_temperature=int(data["step_in_temperature"]),
+        positions=data["md_positions"].astype(np.float64),
+        momenta=data["md_momenta"].astype(np.float64),
+        rng_state=json.loads(str(data["rng_state_json"])),
+        energies=[float(e) for e in data["E"]],
+        positions_frames=[r for r in data["R"]],
+        forces_frames=[f for f in data["F"]],
+        compute_seconds=float(data["compute_seconds"]),
+        force_calls=int(data["force_calls"]),
+        sessions=int(data["sessions"]) + 1,
+    )
+    return run_settings, structure, state, str(data["e_unit"])
+
+
+def settings_from_partial(path: str | Path) -> tuple[SamplingSettings, Structure]:
+    """The sampling settings and starting structure recorded in a partial file (for ``--resume``)."""
+    run_settings, structure, _, _ = read_partial(path)
+    fields = {k: v for k, v in run_settings.items() if k in SamplingSettings.__dataclass_fields__}
+    return SamplingSettings(**fields), structure
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def generate_reference_data(
+    structure: Structure | str | Path,
+    output: str | Path,
+    settings: SamplingSettings,
+    energy_unit: str | None = None,
+    resume: bool | None = None,
+    restart: bool = False,
+    stop_after_frames: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> MolecularDataset | None:
+    """Sample frames by Langevin MD and label them with GFN2-xTB energies and forces.
+
+    Args:
+        structure: starting structure (a :class:`Structure` or a PDB/XYZ file).
+        output: ``.npz`` (MD22 layout) or ``.xyz``/``.extxyz`` (extended XYZ).
+        settings: the sampling protocol.
+        energy_unit: unit of the written energies (default kcal/mol for
+            ``.npz``, eV for extended XYZ); forces are in this unit per Å.
+        resume: ``None`` continues from an existing partial file when its
+            settings match (else raises); ``True`` requires a partial file;
+            ``False`` refuses to run when one exists.
+        restart: delete an existing partial file and start afresh.
+        stop_after_frames: stop (after writing the partial file) once this
+            many new frames are recorded in this call; ``None`` runs to the end.
+        progress: show a tqdm progress bar.
+        log: where to send progress messages.
+
+    Returns:
+        The finished data set (also written to ``output``), or ``None`` when
+        stopped early by ``stop_after_frames`` or an interruption (the partial
+        file then holds the work so far).
+
+    Raises:
+        DataError: settings differ from the partial file's, or a finished
+            output with other settings already exists.
+    """
+    from ase import Atoms, units as ase_units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".npz", ".xyz", ".extxyz"):
+        raise DataError(f"{output}: output must end in .npz (MD22 layout) or .xyz/.extxyz (extended XYZ)")
+    energy_unit = normalise_energy_unit(energy_unit or ("kcal/mol" if suffix == ".npz" else "eV"))
+    if not isinstance(structure, Structure):
+        structure = read_structure(structure)
+    run_settings = _run_settings(settings, structure)
+    partial = partial_path_for(output)
+
+    if restart and partial.exists():
+        partial.unlink()
+        log(f"deleted {partial} (--restart)")
+    if output.exists() and not partial.exists():
+        finished = _finished_settings(output)
+        if finished == run_settings:
+            log(f"{output} is already complete with these settings; nothing to do")
+            return _load_output(output, energy_unit)
+        raise DataError(f"{output} already exists (written with other or unknown settings); "
+                        "choose another output or delete it")
+
+    if partial.exists():
+        if resume is False:
+            raise DataError(f"{partial} exists: resume it (--resume) or delete it (--restart)")
+        old_settings, old_structure, state, old_unit = read_partial(partial)
+        differences = _settings_differences(old_settings, run_settings)
+        if differences:
+            raise DataError(f"{partial}: the settings of this run differ from the partial run's: "
+                            + "; ".join(differences) + ". Use the same settings (or --resume alone), "
+                            "or --restart to discard the partial file.")
+        if old_unit != energy_unit:
+            raise DataError(f"{partial}: holds energies in {old_unit}, this run asks for {energy_unit}")
+        log(f"resuming from {partial}: {len(state.energies)} of {settings.total_frames} frames done, "
+            f"temperature {settings.temperatures_K[min(state.temperature_index, len(settings.temperatures_K) - 1)]:g} K")
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = state.rng_state
+    else:
+        if resume is True:
+            raise DataError(f"nothing to resume: {partial} does not exist")
+        rng = np.random.default_rng(settings.seed)
+        atoms0 = Atoms(numbers=structure.atomic_numbers, positions=structure.positions_angstrom)
+        MaxwellBoltzmannDistribution(atoms0, temperature_K=settings.temperatures_K[0], rng=rng)
+        Stationary(atoms0)
+        state = _RunState(0, 0, atoms0.get_positions(), atoms0.get_momenta(), rng.bit_generator.state)
+
+    atoms = Atoms(numbers=structure.atomic_numbers, positions=state.positions)
+    atoms.set_momenta(state.momenta, apply_constraint=False)
+    atoms.calc = make_calculator(settings)
+    dynamics = Langevin(
+        atoms,
+        timestep=settings.timestep_fs * ase_units.fs,
+        temperature_K=settings.temperatures_K[min(state.temperature_index, len(settings.temperatures_K) - 1)],
+        friction=settings.friction_per_ps / (1000.0 * ase_units.fs),
+        fixcm=False,
+        rng=rng,
+    )
+    to_unit = energy_conversion("eV", energy_unit)
+    dtype = np.float32 if settings.float32 else np.float64
+
+    saved = {"frames": len(state.energies)}
+
+    def checkpoint() -> None:
+        _write_partial(partial, structure, run_settings, state, energy_unit)
+        saved["frames"] = len(state.energies)
+
+    def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise _Interrupted()
+
+    previous_handler = None
+    if hasattr(signal, "SIGTERM"):
+        try:
+            previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not in the main thread
+            previous_handler = None
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=settings.total_frames, initial=len(state.energies), unit="frame",
+                   desc=f"{formula(structure.atomic_numbers.tolist())} {settings.method}",
+                   dynamic_ncols=True, file=sys.stderr)
+    new_frames = 0
+    stopped_early = False
+    # The state is consistent (resumable) only right after a frame is recorded or at the start.
+    consistent = _snapshot(state)
+    try:
+        while state.temperature_index < len(settings.temperatures_K):
+            temperature = settings.temperatures_K[state.temperature_index]
+            dynamics.set_temperature(temperature_K=temperature)
+            while state.step_in_temperature < settings.steps_per_temperature:
+                started = time.perf_counter()
+                dynamics.step()
+                state.compute_seconds += time.perf_counter() - started
+                state.force_calls += 1
+                state.step_in_temperature += 1
+                sampled = state.step_in_temperature - settings.equilibration_steps
+                if sampled <= 0 or sampled % settings.stride:
+                    continue
+                state.energies.append(float(atoms.get_potential_energy()) * to_unit)
+                state.positions_frames.append(atoms.get_positions().astype(dtype))
+                state.forces_frames.append((atoms.get_forces() * to_unit).astype(dtype))
+                if state.step_in_temperature == settings.steps_per_temperature:
+                    state.temperature_index += 1
+                    state.step_in_temperature = 0
+                state.positions = atoms.get_positions()
+                state.momenta = atoms.get_momenta()
+                state.rng_state = rng.bit_generator.state
+                consistent = _snapshot(state)
+                new_frames += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(T=f"{temperature:g}K", E=f"{state.energies[-1]:.2f}",
+                                    ms_per_call=f"{1000 * state.compute_seconds / max(state.force_calls, 1):.0f}")
+                done = len(state.energies) == settings.total_frames
+                if not done and len(state.energies) % settings.checkpoint_every == 0:
+                    checkpoint()
+                if stop_after_frames is not None and new_frames >= stop_after_frames and not done:
+                    checkpoint()
+                    stopped_early = True
+                    break
+                if state.step_in_temperature == 0:
+                    break
+            if stopped_early:
+                break
+    except (KeyboardInterrupt, _Interrupted):
+        state = consistent
+        if len(state.energies) > saved["frames"]:
+            checkpoint()
+        log(f"interrupted: {len(state.energies)} frames saved in {partial}; run the same command again "
+            "(or `so3krates-data generate --resume -o OUTPUT`) to continue")
+        stopped_early = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    if stopped_early:
+        if stop_after_frames is not None:
+            log(f"stopped after {new_frames} new frames; {len(state.energies)}/{settings.total_frames} "
+                f"frames in {partial}")
+        return None
+
+    ms_per_call = 1000.0 * state.compute_seconds / max(state.force_calls, 1)
+    metadata = {
+        "theory": theory_label(settings.method),
+        "settings": run_settings,
+        "source": "so3krates-data generate",
+        "name": Path(structure.source).stem,
+        "frame_order": "blocks of frames_per_temperature frames per temperature, in the order of temperatures_K",
+        "timing": {
+            "md_steps": state.force_calls,
+            "compute_seconds": round(state.compute_seconds, 2),
+            "ms_per_step": round(ms_per_call, 2),
+            "sessions": state.sessions,
+            "openblas_preload": os.environ.get(_OPENBLAS_MARKER) or None,
+        },
+    }
+    dataset = MolecularDataset(
+        structure.atomic_numbers,
+        np.asarray(state.positions_frames, dtype=np.float64).reshape(-1, structure.n_atoms, 3),
+        np.asarray(state.energies),
+        np.asarray(state.forces_frames, dtype=np.float64).reshape(-1, structure.n_atoms, 3),
+        energy_unit=energy_unit,
+        metadata=metadata,
+    )
+    if suffix == ".npz":
+        save_npz(dataset, output, float32=settings.float32)
+    else:
+        save_extxyz(dataset, output, energy_unit=energy_unit)
+    if partial.exists():
+        partial.unlink()
+    log(f"wrote {output}: {len(dataset)} frames, {state.force_calls} MD steps, "
+        f"{state.compute_seconds:.0f} s of force calls ({ms_per_call:.1f} ms per step)")
+    return dataset
+
+
+def _finished_settings(output: Path) -> dict | None:
+    """The run settings recorded in a finished output file, if any."""
+    try:
+        if output.suffix.lower() == ".npz":
+            return load_npz(output).metadata.get("settings")
+    except (DataError, OSError):
+        return None
+    return None
+
+
+def _load_output(output: Path, energy_unit: str) -> MolecularDataset:
+    from so3krates_openmm.data.formats import load_dataset
+
+    return load_dataset(output).converted(energy_unit)
