@@ -38,7 +38,7 @@ def _entry(schema: ProtocolSchema, body: Callable[[dict[str, Any]], int], argv: 
     try:
         values = schema.resolve(argv)
         return body(values)
-    except (ProtocolError, FileNotFoundError) as error:
+    except (ProtocolError, FileNotFoundError, FileExistsError) as error:
         print(f"{schema.name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ValueError as error:

@@ -77,8 +77,8 @@ _WORKER: dict = {}
 def _init_worker(factory: SystemFactory, platform_name: str, tolerance_kj_mol_nm: float, max_iterations: int) -> None:
     from so3krates_openmm.md.platforms import get_platform
 
+    system = factory()  # first: a model System imports torch, whose threads get_platform then sets
     platform, properties = get_platform(platform_name, threads=1)
-    system = factory()
     context = mm.Context(system, mm.VerletIntegrator(0.001), platform, properties)
     _WORKER.update(context=context, tolerance=tolerance_kj_mol_nm, max_iterations=max_iterations)
 

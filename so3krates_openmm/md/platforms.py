@@ -8,6 +8,7 @@ cores. Every protocol therefore sets both counts from one ``threads`` value.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 import openmm as mm
@@ -32,9 +33,16 @@ def default_thread_count() -> int:
 
 
 def set_torch_threads(threads: int) -> None:
-    """Set PyTorch's intra-op thread count (and inter-op count when still possible)."""
-    import torch
+    """Set PyTorch's intra-op thread count (and inter-op count when still possible).
 
+    Only acts when PyTorch is already imported (as it is once a ``TorchForce``
+    System exists): a process running a classical System does not pay for
+    importing it. More threads than free cores makes PyTorch's spinning
+    OpenMP workers very slow (20x seen on a loaded 2-core machine).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
     torch.set_num_threads(int(threads))
     try:
         torch.set_num_interop_threads(1)
@@ -64,8 +72,8 @@ def get_platform(
         name: ``Reference``, ``CPU``, ``CUDA``, ``OpenCL`` or ``HIP`` (case-insensitive).
         threads: CPU threads for both OpenMM's ``CPU`` platform and PyTorch. ``None``
             uses every core available to this process. PyTorch's count is set for
-            every platform (the TorchForce model runs in PyTorch on the host for
-            ``Reference`` and ``CPU``).
+            every platform when PyTorch is loaded (the TorchForce model runs in
+            PyTorch on the host for ``Reference`` and ``CPU``): create the System first.
         precision: ``single``, ``mixed`` or ``double`` on the GPU platforms; ignored elsewhere.
         device_index: GPU index (e.g. ``"0"`` or ``"0,1"``) for the GPU platforms.
         deterministic_forces: ask the ``CPU``/``CUDA`` platforms for bitwise

@@ -93,6 +93,7 @@ class RunConfig:
         initial_state: start from this state XML (positions and velocities, e.g. the
             ``final_state.xml`` of an equilibration) instead of the structure with
             minimisation and fresh velocities; time and step start at 0.
+        reporters: further OpenMM reporters, called after the run's own ones.
     """
 
     steps: int
@@ -108,6 +109,7 @@ class RunConfig:
     overwrite: bool = False
     identity: dict = field(default_factory=dict)
     initial_state: Optional[Path] = None
+    reporters: list = field(default_factory=list)
 
 
 @dataclass
@@ -240,6 +242,7 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
         monitor = StabilityMonitor(structure, config.stability_interval, config.steps, directory, config.stability)
         monitor.start(simulation)
         simulation.reporters.append(monitor)
+    simulation.reporters.extend(config.reporters)
     progress = None
     start_step = simulation.currentStep
     if config.progress:
