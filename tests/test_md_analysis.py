@@ -1,0 +1,143 @@
+"""Analyses and building blocks: spectrum, energy drift, DCD reading and truncation, catcher, platforms."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import openmm as mm
+import pytest
+from openmm import app, unit
+
+from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.md.catcher import centroid_distances, identify_ball
+from so3krates_openmm.md.energy import energy_drift
+from so3krates_openmm.md.platforms import get_platform
+from so3krates_openmm.md.reporters import DCDReporter, VelocityReporter, read_velocities, truncate_dcd
+from so3krates_openmm.md.simulation import make_integrator, resolve_seed
+from so3krates_openmm.md.spectrum import SPEED_OF_LIGHT_CM_PER_PS, finite_difference_velocities, vibrational_spectrum
+from so3krates_openmm.md.trajectory import read_dcd
+from test_md_support import catcher_xyz, peptide_pdb  # noqa: F401
+
+MASS_C, MASS_O = 12.0, 16.0
+K_KJ_MOL_NM2 = 1.8e6  # C=O-like stretch
+
+
+def diatomic_simulation(tmp_path: Path, steps: int, velocity_interval: int, dcd_interval: int):
+    """NVE of a harmonic C-O pair, writing velocities and a DCD."""
+    system = mm.System()
+    system.addParticle(MASS_C)
+    system.addParticle(MASS_O)
+    bond = mm.HarmonicBondForce()
+    bond.addBond(0, 1, 0.12, K_KJ_MOL_NM2)
+    system.addForce(bond)
+    topology = Structure([6, 8], [[0, 0, 0], [1.2, 0, 0]]).openmm_topology()
+    simulation = app.Simulation(topology, system, make_integrator("nve", timestep_fs=0.25), mm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions([[0, 0, 0], [0.125, 0.01, 0]] * unit.nanometer)
+    simulation.reporters.append(VelocityReporter(tmp_path / "v.vel", velocity_interval, 2, 0.25))
+    simulation.reporters.append(DCDReporter(tmp_path / "x.dcd", dcd_interval, topology, 0.25))
+    simulation.step(steps)
+    for reporter in simulation.reporters:
+        reporter.close()
+
+
+def test_spectrum_peak_at_the_harmonic_frequency(tmp_path):
+    diatomic_simulation(tmp_path, steps=8000, velocity_interval=2, dcd_interval=2)
+    reduced = MASS_C * MASS_O / (MASS_C + MASS_O)
+    expected_cm = math.sqrt(K_KJ_MOL_NM2 / reduced) / (2 * math.pi) / SPEED_OF_LIGHT_CM_PER_PS  # 1/ps -> cm^-1
+    velocities, interval_ps = read_velocities(tmp_path / "v.vel")
+    assert velocities.shape == (4000, 2, 3) and interval_ps == pytest.approx(0.0005)
+    resolution_cm = 1 / (2 * 0.5) / SPEED_OF_LIGHT_CM_PER_PS
+    spectrum = vibrational_spectrum(velocities, interval_ps, masses=np.array([MASS_C, MASS_O]), max_lag_ps=0.5)
+    assert spectrum.peak_wavenumbers(1)[0] == pytest.approx(expected_cm, abs=resolution_cm)
+    # Finite differences of positions find the same mode.
+    trajectory = read_dcd(tmp_path / "x.dcd")
+    from_positions = vibrational_spectrum(
+        finite_difference_velocities(trajectory.positions_angstrom, trajectory.frame_interval_ps),
+        trajectory.frame_interval_ps, max_lag_ps=0.5, source="positions",
+    )
+    assert from_positions.peak_wavenumbers(1)[0] == pytest.approx(expected_cm, abs=resolution_cm)
+
+
+def test_energy_drift_recovers_a_known_slope():
+    time_ps = np.linspace(0.0, 20.0, 2001)
+    rng = np.random.default_rng(0)
+    energy = -500.0 + 0.004 * time_ps + rng.normal(0.0, 0.01, time_ps.size)  # 4 kJ/mol/ns
+    drift = energy_drift(time_ps, energy, n_atoms=40)
+    assert drift.drift_kj_mol_per_ns == pytest.approx(4.0, rel=0.05)
+    assert drift.drift_kj_mol_per_ns_per_atom == pytest.approx(0.1, rel=0.05)
+    assert drift.drift_mev_per_ps_per_atom == pytest.approx(0.004 / 0.0964853321 / 40, rel=0.05)
+    assert drift.residual_std_kj_mol == pytest.approx(0.01, rel=0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        energy_drift(time_ps, np.where(time_ps > 10, np.nan, energy), n_atoms=40)
+
+
+def test_dcd_reader_matches_mdtraj_and_truncation_fixes_the_header(tmp_path, peptide_pdb):
+    import mdtraj
+
+    diatomic_simulation(tmp_path, steps=100, velocity_interval=50, dcd_interval=10)
+    path = tmp_path / "x.dcd"
+    trajectory = read_dcd(path)
+    assert trajectory.n_frames == 10 and trajectory.first_step == 10 and trajectory.steps_between_frames == 10
+    np.testing.assert_allclose(trajectory.times_ps, np.arange(1, 11) * 0.0025, rtol=1e-6)
+    reference = mdtraj.load_dcd(str(path), top=mdtraj.Topology.from_openmm(Structure([6, 8], [[0, 0, 0], [1, 0, 0]]).openmm_topology()))
+    np.testing.assert_allclose(trajectory.positions_angstrom, reference.xyz * 10, atol=1e-5)
+    frame_bytes = 3 * (8 + 4 * 2)
+    size = path.stat().st_size
+    truncate_dcd(path, size - 4 * frame_bytes, 6, 10)
+    cut = read_dcd(path)
+    assert cut.n_frames == 6
+    np.testing.assert_array_equal(cut.positions_angstrom, trajectory.positions_angstrom[:6])
+    assert mdtraj.load_dcd(str(path), top=reference.topology).n_frames == 6
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        truncate_dcd(path, size, 10, 10)
+
+
+def test_ball_found_by_residue_name_and_by_bond_graph(tmp_path, catcher_xyz):
+    structure = read_structure(catcher_xyz)
+    by_graph = identify_ball(structure)
+    assert len(by_graph.ball) == 60 and np.all(structure.atomic_numbers[by_graph.ball] == 6)
+    topology = app.Topology()
+    chain = topology.addChain()
+    residues = {"HST": topology.addResidue("HST", chain), "C60": topology.addResidue("C60", chain)}
+    for index, z in enumerate(structure.atomic_numbers):
+        name = "C60" if index in set(by_graph.ball.tolist()) else "HST"
+        topology.addAtom(f"A{index}", app.Element.getByAtomicNumber(int(z)), residues[name])
+    named = Structure(structure.atomic_numbers, structure.positions_angstrom, topology=topology, source="named")
+    by_name = identify_ball(named, "C60")
+    np.testing.assert_array_equal(by_name.ball, by_graph.ball)
+    assert centroid_distances(structure.positions_angstrom[None], by_name)[0] == pytest.approx(6.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"no residue named 'BALL'; residues are \['C60', 'HST'\]"):
+        identify_ball(named, "BALL")
+    with pytest.raises(ValueError, match="no connected component of 60 carbon atoms"):
+        identify_ball(Structure(structure.atomic_numbers[:30], structure.positions_angstrom[:30]))
+
+
+def test_platform_choice_and_clear_errors():
+    platform, properties = get_platform("cpu", threads=1)
+    assert platform.getName() == "CPU" and properties == {"Threads": "1"}
+    platform, properties = get_platform("Reference")
+    assert platform.getName() == "Reference" and properties == {}
+    available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
+    if "CUDA" not in available:
+        with pytest.raises(ValueError, match=r"'CUDA' is not available on this machine; available platforms: Reference, CPU"):
+            get_platform("CUDA")
+    with pytest.raises(ValueError, match="unknown OpenMM platform 'Metal'"):
+        get_platform("Metal")
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        get_platform("CPU", threads=0)
+
+
+def test_seeds_and_integrators():
+    assert resolve_seed(17) == 17
+    assert 1 <= resolve_seed(None) < 2**31
+    with pytest.raises(ValueError, match="seed must be between 1"):
+        resolve_seed(0)
+    langevin = make_integrator("nvt", temperature_K=310, friction_per_ps=2.0, timestep_fs=1.0, seed=5)
+    assert isinstance(langevin, mm.LangevinMiddleIntegrator) and langevin.getRandomNumberSeed() == 5
+    assert langevin.getFriction().value_in_unit(unit.picosecond**-1) == pytest.approx(2.0)
+    assert langevin.getStepSize().value_in_unit(unit.femtosecond) == pytest.approx(1.0)
+    assert isinstance(make_integrator("NVE", timestep_fs=0.5), mm.VerletIntegrator)
+    with pytest.raises(ValueError, match="unknown ensemble 'npt'"):
+        make_integrator("npt")
