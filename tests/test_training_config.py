@@ -128,3 +128,25 @@ def test_cli_reports_a_missing_data_file(tmp_path: Path, capsys):
         train_main(["--data", "x.npz", "--max-epoch", "3"])
     assert exit_info.value.code == 2
     assert "--max-epochs" in capsys.readouterr().err  # argparse's own suggestion for flags
+
+
+def test_cli_reports_bad_data_files(tmp_path: Path, capsys):
+    bad = tmp_path / "no_forces.npz"
+    np.savez(bad, R=np.zeros((3, 2, 3)), E=np.zeros(3), z=np.array([1, 1]))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--data", str(bad), "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "no_forces.npz" in message and "missing key" in message and "'F'" in message
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--energy-unit", "--train-size", "--valid-size", "--test-size", "--seed", "--features",
+                 "--layers", "--heads", "--degrees", "--cutoff", "--cutoff-function", "--dtype", "--batch-size",
+                 "--max-epochs", "--max-time", "--lr", "--energy-weight", "--force-weight", "--lr-decay",
+                 "--lr-decay-steps", "--clip-grad", "--ema-decay", "--patience", "--output", "--resume", "--device",
+                 "--threads", "--config"):
+        assert flag in text, flag

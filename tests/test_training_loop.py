@@ -128,6 +128,9 @@ def test_resumed_run_continues_the_same_curve(tmp_path: Path, ethanol_data: Mole
         train(config_from_dict(small_run(tmp_path / "resumed", **dict(options, lr=1e-3, resume=True))),
               dataset=ethanol_data, log=quiet)
     options.update(max_epochs=4, resume=True)
+    other_data = teacher_dataset(molecule("CH3CH2OH").numbers, molecule("CH3CH2OH").positions, 200, seed=5)
+    with pytest.raises(TrainingError, match="the data set differs"):
+        train(config_from_dict(small_run(tmp_path / "resumed", **options)), dataset=other_data, log=quiet)
     resumed = train(config_from_dict(small_run(tmp_path / "resumed", **options)), dataset=ethanol_data, log=quiet)
     assert resumed.epochs == 4 and resumed.steps == straight.steps == 40
 
