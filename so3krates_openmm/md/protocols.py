@@ -48,6 +48,7 @@ class Parameter:
         minimum: smallest allowed value for numbers.
         input_file: for ``Path``: a relative path in a protocol file is relative to that
             file (inputs such as structures); otherwise (outputs) to the working directory.
+        metavar: placeholder in ``--help`` (default: the key in capitals).
     """
 
     name: str
@@ -59,6 +60,7 @@ class Parameter:
     must_exist: bool = False
     minimum: Optional[float] = None
     input_file: bool = True
+    metavar: Optional[str] = None
 
     @property
     def flag(self) -> str:
@@ -142,7 +144,7 @@ class ProtocolSchema:
             else:
                 parser.add_argument(
                     p.flag, dest=p.name, type=p.type, choices=p.choices, help=text,
-                    metavar=p.name.upper() if p.choices is None else None,
+                    metavar=(p.metavar or p.name.upper()) if p.choices is None else None,
                 )
         return parser
 

@@ -15,28 +15,28 @@ def system_parameters(default_system: str) -> list[Parameter]:
     return [
         P("system", str, default_system, "shipped showcase system whose structure.pdb and model.pt are used "
           "when --structure/--model are not given", choices=PRETRAINED_SYSTEMS),
-        P("structure", Path, None, "starting structure (PDB keeps residues and bonds; XYZ and other ASE formats work)"),
+        P("structure", Path, None, "starting structure (PDB keeps residues and bonds; XYZ and other ASE formats work)", metavar="FILE"),
         P("model", Path, None, "exported TorchScript model (.pt) for this structure (so3krates-export), "
-          "or a serialised OpenMM System (.xml) to run the protocol with another force field"),
+          "or a serialised OpenMM System (.xml) to run the protocol with another force field", metavar="MODEL.pt"),
         P("platform", str, "CPU", "OpenMM platform", choices=KNOWN_PLATFORMS),
-        P("threads", int, None, "CPU threads for OpenMM and PyTorch (default: all cores available)", minimum=1),
+        P("threads", int, None, "CPU threads for OpenMM and PyTorch (default: all cores available)", minimum=1, metavar="N"),
         P("precision", str, "mixed", "precision on GPU platforms", choices=GPU_PRECISIONS),
         P("cuda_graphs", bool, False, "capture the model in CUDA graphs (CUDA platform; model exported with --static-pairs)"),
-        P("seed", int, None, "seed of the integrator and the initial velocities (default: random, recorded in run.json)", minimum=1),
+        P("seed", int, None, "seed of the integrator and the initial velocities (default: random, recorded in run.json)", minimum=1, metavar="N"),
     ]
 
 
 def dynamics_parameters(*, temperature_K: float = 300.0, steps: int | None = 10_000, friction: bool = True) -> list[Parameter]:
     """Integrator and run-length keys."""
     parameters = [
-        P("temperature", float, temperature_K, "temperature in K (bath, and initial velocities)", minimum=0.0),
-        P("timestep_fs", float, 0.5, "time step in fs", minimum=0.0),
-        P("steps", int, steps, "number of MD steps (or give --ns)", minimum=0),
-        P("ns", float, None, "run length in ns (instead of --steps)", minimum=0.0),
+        P("temperature", float, temperature_K, "temperature in K (bath, and initial velocities)", minimum=0.0, metavar="K"),
+        P("timestep_fs", float, 0.5, "time step in fs", minimum=0.0, metavar="FS"),
+        P("steps", int, steps, "number of MD steps (or give --ns)", minimum=0, metavar="N"),
+        P("ns", float, None, "run length in ns (instead of --steps)", minimum=0.0, metavar="NS"),
         P("minimize", bool, True, "minimise the starting structure before assigning velocities"),
     ]
     if friction:
-        parameters.insert(1, P("friction", float, 1.0, "Langevin friction coefficient in 1/ps", minimum=0.0))
+        parameters.insert(1, P("friction", float, 1.0, "Langevin friction coefficient in 1/ps", minimum=0.0, metavar="PER_PS"))
     return parameters
 
 
@@ -44,7 +44,7 @@ def output_parameters(output: str, *, log_interval: int = 100, trajectory_interv
                       checkpoint_interval: int = 10_000) -> list[Parameter]:
     """Output directory, report intervals, checkpoints and resume."""
     return [
-        P("output", Path, Path(output), "output directory (relative to the working directory)", input_file=False),
+        P("output", Path, Path(output), "output directory (relative to the working directory)", input_file=False, metavar="DIR"),
         P("log_interval", int, log_interval, "CSV log interval in steps", minimum=1),
         P("trajectory_interval", int, trajectory_interval, "DCD frame interval in steps", minimum=1),
         P("checkpoint_interval", int, checkpoint_interval, "checkpoint interval in steps", minimum=1),
@@ -69,7 +69,7 @@ def trajectory_input_parameters() -> list[Parameter]:
     """Analyse an existing trajectory instead of running MD."""
     return [
         P("dcd", Path, None, "analyse this existing DCD (atoms in the order of --structure) instead of running MD",
-          must_exist=True),
+          must_exist=True, metavar="FILE.dcd"),
         P("skip_ps", float, 0.0, "discard this much of the start of the trajectory as equilibration, ps", minimum=0.0),
     ]
 
