@@ -27,6 +27,7 @@ setup(
         "tblite==0.8.0",
         "rdkit",
         "scipy",
+        "openmmml==1.8",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
@@ -34,6 +35,10 @@ setup(
             "so3krates-export=so3krates_openmm.cli:export_main",
             "so3krates-data=so3krates_openmm.cli:data_main",
             "so3krates-train=so3krates_openmm.cli:train_main",
+        ],
+        # openmm-ml finds third-party potentials here: MLPotential("so3krates", modelPath=CHECKPOINT).
+        "openmmml.potentials": [
+            "so3krates=so3krates_openmm.openmmml_potential:SO3kratesPotentialImplFactory",
         ],
     },
 )
