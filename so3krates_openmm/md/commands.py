@@ -55,7 +55,8 @@ def _settings(values: dict[str, Any], ensemble: str) -> SimulationSettings:
     return SimulationSettings(
         ensemble=ensemble,
         temperature_K=values["temperature"],
-        friction_per_ps=values.get("friction") or 1.0,
+        # NVE protocols have no friction key: their Langevin equilibration uses 1/ps.
+        friction_per_ps=values["friction"] if values.get("friction") is not None else 1.0,
         timestep_fs=values["timestep_fs"],
         platform=values["platform"],
         threads=values["threads"],
