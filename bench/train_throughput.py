@@ -18,6 +18,7 @@ Usage: ``python bench/train_throughput.py [--threads 2] [--frames 60] [--epochs 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -63,6 +64,8 @@ def main() -> None:
           f"(F=132, T=3, H=4, degrees 1-3, K=32, 5 Å), {args.dtype}, {args.threads} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
     print("step = forward + forces (autograd, create_graph) + backward + clip + Adam + EMA")
+    print("load average before: %.2f %.2f %.2f (figures are only comparable on an otherwise idle machine)"
+          % os.getloadavg())
     print(f"{'batch':>5}  {'structures/s':>12}  {'ms/step':>8}")
     with tempfile.TemporaryDirectory() as scratch:
         for batch_size in args.batch_sizes:
@@ -70,6 +73,7 @@ def main() -> None:
                              f"{scratch}/run{batch_size}")
             print(f"{result['batch_size']:>5}  {result['structures_per_s']:>12.2f}  {result['ms_per_step']:>8.1f}",
                   flush=True)
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.model.checkpoint import read_checkpoint
 from so3krates_openmm.training import Trainer, TrainingError, config_from_dict, train
 from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv
+from so3krates_openmm.training.shifts import fit_energy_shifts
 from so3krates_openmm.training.synthetic import teacher_dataset
 from so3krates_openmm.units import energy_conversion
 
@@ -161,3 +162,11 @@ def test_stop_criteria(tmp_path: Path, ethanol_data: MolecularDataset):
     timed = train(config_from_dict(small_run(tmp_path / "time", max_time="0.01s", **base)),
                   dataset=ethanol_data, log=quiet)
     assert timed.epochs == 1 and "max-time" in timed.stop_reason
+
+
+def test_shifts_of_a_single_molecule_are_an_even_per_atom_share():
+    """One composition determines only the sum of its shifts: the fit spreads the mean energy evenly per atom."""
+    counts = np.array([[2.0, 6.0, 1.0]] * 5)
+    energies = np.array([-900.0, -901.0, -899.5, -900.2, -900.3])
+    shifts = fit_energy_shifts(counts, energies, [6, 1, 8])
+    assert shifts[6] == pytest.approx(shifts[1]) == pytest.approx(shifts[8]) == pytest.approx(np.mean(energies) / 9)

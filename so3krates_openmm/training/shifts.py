@@ -24,7 +24,9 @@ def fit_energy_shifts(element_counts: np.ndarray, energies: np.ndarray, elements
 
     When the compositions do not determine every shift (for example a data
     set of one molecule, where only the sum over its atoms is determined), the
-    minimum-norm solution is returned: it still reproduces the mean energy.
+    solution closest to a common per-atom shift (mean energy / mean atom
+    count) is returned: it reproduces the mean energy and spreads it evenly
+    over the atoms instead of by element count.
     """
     counts = np.asarray(element_counts, dtype=np.float64)
     energies = np.asarray(energies, dtype=np.float64).reshape(-1)
@@ -34,7 +36,9 @@ def fit_energy_shifts(element_counts: np.ndarray, energies: np.ndarray, elements
         )
     if len(energies) == 0:
         raise ValueError("cannot fit energy shifts without training energies")
-    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    per_atom = float(np.mean(energies) / np.mean(counts.sum(axis=1)))
+    deviation, *_ = np.linalg.lstsq(counts, energies - per_atom * counts.sum(axis=1), rcond=None)
+    solution = per_atom + deviation
     return {int(z): float(value) for z, value in zip(elements, solution)}
 
 

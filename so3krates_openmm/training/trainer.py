@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from so3krates_openmm.data.dataset import MolecularDataset
+from so3krates_openmm.elements import symbol
 from so3krates_openmm.model import SO3krates
 from so3krates_openmm.model.checkpoint import read_checkpoint
 from so3krates_openmm.training.batches import PackedData, epoch_batches, shard
@@ -266,7 +267,7 @@ class Trainer:
             scale = float(self.config.energy_scale)
         with torch.no_grad():
             self.model.energy_scales.fill_(scale)
-        shift_text = ", ".join(f"Z={z}: {value:.6g}" for z, value in shifts.items())
+        shift_text = ", ".join(f"{symbol(z)} {value:.8g}" for z, value in shifts.items())
         self.log(f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}; scale {scale:.4g}")
 
     # ----------------------------------------------------------------- epochs
