@@ -85,9 +85,9 @@ class SO3kratesEnergy(nn.Module):
         self.cutoff_nm = float(model.cutoff) / ANGSTROM_PER_NM
         self.kj_per_mol_per_model_unit = float(energy_conversion(model.config.energy_unit, "kJ/mol"))
         self.register_buffer("batch", torch.zeros(len(atomic_numbers), dtype=torch.long))
-        centres, neighbours = structure_pairs(self.batch, 1)
-        self.register_buffer("all_centres", centres)
-        self.register_buffer("all_neighbours", neighbours)
+        first, second = structure_pairs(self.batch, 1)
+        self.register_buffer("all_first", first)
+        self.register_buffer("all_second", second)
 
     def energy(self, positions: Tensor, box: Optional[Tensor]) -> Tensor:
         """Energy in kJ/mol (0-d, float64) of positions (n_particles, 3) in nm."""
@@ -109,13 +109,13 @@ class SO3kratesEnergy(nn.Module):
                 if bool(torch.min(torch.diagonal(box)) < 2.0 * self.cutoff_nm):
                     raise RuntimeError("so3krates: the model cutoff exceeds half the smallest periodic box width")
         if self.static_pairs:
-            vectors = coordinates[self.all_neighbours] - coordinates[self.all_centres]
+            vectors = coordinates[self.all_second] - coordinates[self.all_first]
             if boxes is None:
                 shifts = torch.zeros_like(vectors)
             else:
                 shifts = minimum_image_shifts(vectors.detach(), boxes.expand(vectors.shape[0], 3, 3))
             energies = self.model.energy_from_neighbours(
-                self.atomic_numbers, coordinates, self.batch, 1, self.all_centres, self.all_neighbours, shifts
+                self.atomic_numbers, coordinates, self.batch, 1, self.all_first, self.all_second, shifts
             )
         else:
             energies = self.model(self.atomic_numbers, coordinates, self.batch, 1, boxes, True)

@@ -221,3 +221,15 @@ def test_200_langevin_steps_stay_finite(tmp_path, checkpoint, molecule):
     assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     assert np.all(np.isfinite(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
     assert json.loads(json.dumps(read_export_metadata(path)))["dtype"] == "float32"
+
+
+def test_static_pair_export_equals_pruned_export(tmp_path, checkpoint, molecule):
+    """The all-pairs module (for CUDA graphs) gives the same energy and forces as the pruned one."""
+    positions = torch.tensor(molecule.positions_angstrom / 10.0)
+    results = []
+    for static_pairs in (False, True):
+        path = export_checkpoint(checkpoint, tmp_path / f"m{static_pairs}.pt", structure=molecule, dtype="float64", static_pairs=static_pairs)
+        assert read_export_metadata(path)["static_pairs"] is static_pairs
+        results.append(evaluate_module(torch.jit.load(str(path)), positions))
+    assert abs(float(results[0][0] - results[1][0])) < 1e-9 * abs(float(results[0][0]))
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-9)

@@ -63,9 +63,9 @@ class InvariantAttention(nn.Module):
 
     def forward(self, features: Tensor, filters: Tensor, cutoff_weights: Tensor, centres: Tensor, neighbours: Tensor) -> Tensor:
         n_pairs = filters.shape[0]
-        queries = self.query(features)[centres]
-        keys = self.key(features)[neighbours]
-        values = self.value(features)[neighbours].view(n_pairs, self.heads, self.head_width)
+        queries = self.query(features).index_select(0, centres)
+        keys = self.key(features).index_select(0, neighbours)
+        values = self.value(features).index_select(0, neighbours).view(n_pairs, self.heads, self.head_width)
         scores = (queries * filters * keys).view(n_pairs, self.heads, self.head_width).sum(-1)
         weights = scores * (self.scale * cutoff_weights).unsqueeze(-1)
         messages = (weights.unsqueeze(-1) * values).reshape(n_pairs, self.heads * self.head_width)
@@ -98,8 +98,8 @@ class EuclideanAttention(nn.Module):
         neighbours: Tensor,
     ) -> Tensor:
         n_pairs = filters.shape[0]
-        queries = self.query(features)[centres]
-        keys = self.key(features)[neighbours]
+        queries = self.query(features).index_select(0, centres)
+        keys = self.key(features).index_select(0, neighbours)
         scores = (queries * filters * keys).view(n_pairs, self.n_degrees, self.head_width).sum(-1)
         weights = scores * (self.scale * cutoff_weights).unsqueeze(-1)
         messages = (weights @ self.expansion.to(weights.dtype)) * harmonics
@@ -129,7 +129,12 @@ class ExchangeBlock(nn.Module):
 
 
 class SO3kratesLayer(nn.Module):
-    """One SO3krates layer: filters, the two attention blocks, residuals, exchange."""
+    """One SO3krates layer: filters, the two attention blocks, residuals, exchange.
+
+    Pair tensors are ordered pairs in the layout of
+    :func:`~so3krates_openmm.model.neighbours.ordered_pairs` (unordered pairs,
+    then the same pairs reversed); the radial pre-activations cover the first half.
+    """
 
     def __init__(self, features: int, heads: int, degrees: List[int], radial_basis_size: int) -> None:
         super().__init__()
@@ -151,10 +156,13 @@ class SO3kratesLayer(nn.Module):
         centres: Tensor,
         neighbours: Tensor,
     ) -> Tuple[Tensor, Tensor]:
-        difference = euclidean[neighbours] - euclidean[centres]
+        # Filters are symmetric in i and j: computed for the first half of the pairs
+        # (each unordered pair once) and repeated for the reversed second half.
+        n_unordered = feature_radial.shape[0]
+        difference = euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
         ev_invariants = (difference * difference) @ self.contraction.to(difference.dtype)
-        feature_filters = self.feature_filter(feature_radial, ev_invariants)
-        euclidean_filters = self.euclidean_filter(euclidean_radial, ev_invariants)
+        feature_filters = self.feature_filter(feature_radial, ev_invariants).repeat(2, 1)
+        euclidean_filters = self.euclidean_filter(euclidean_radial, ev_invariants).repeat(2, 1)
         feature_update = self.feature_attention(features, feature_filters, cutoff_weights, centres, neighbours)
         euclidean_update = self.euclidean_attention(
             features, euclidean_filters, cutoff_weights, harmonics, centres, neighbours

@@ -1,10 +1,13 @@
 """Neighbour lists inside the model (TorchScript-compatible).
 
-A neighbour list is three tensors: ``centres`` i and ``neighbours`` j (E,)
-int64, and ``shifts`` (E, 3) in Å, such that the pair vector is
-``r_ij = R_j - R_i + shift_ij``. Pairs are ordered (both i->j and j->i),
-i != j, and lie within the cutoff. The search runs on detached positions: it
-only selects pairs, the vectors are recomputed differentiably by the model.
+A neighbour list is three tensors: ``first`` i and ``second`` j (P,) int64,
+and ``shifts`` (P, 3) in Å, such that the pair vector is
+``r_ij = R_j - R_i + shift_ij``. Each unordered pair within the cutoff is
+listed once (i < j); the model derives the ordered pairs (both directions)
+itself, with :func:`ordered_pairs`, and computes everything that is symmetric
+in i and j (distances, radial filters) once per unordered pair. The search
+runs on detached positions: it only selects pairs, the vectors are recomputed
+differentiably by the model.
 
 Periodic boxes are given as (B, 3, 3) box vectors in rows, in OpenMM's
 reduced triclinic form (``a = (ax, 0, 0)``, ``b = (bx, by, 0)``,
@@ -22,7 +25,7 @@ from torch import Tensor
 
 
 def structure_pairs(batch: Tensor, num_structures: int) -> Tuple[Tensor, Tensor]:
-    """All ordered pairs (i, j), i != j, of atoms in the same structure.
+    """All unordered pairs (i, j), i < j, of atoms in the same structure.
 
     ``batch`` (N,) gives each atom's structure index; atoms of one structure
     must be contiguous (as when structures are concatenated).
@@ -37,8 +40,13 @@ def structure_pairs(batch: Tensor, num_structures: int) -> Tuple[Tensor, Tensor]
     row_starts = torch.cumsum(per_atom, 0) - per_atom
     local = torch.arange(total, device=device) - torch.repeat_interleave(row_starts, per_atom)
     neighbours = starts[batch[centres]] + local
-    keep = centres != neighbours
+    keep = centres < neighbours
     return centres[keep], neighbours[keep]
+
+
+def ordered_pairs(first: Tensor, second: Tensor) -> Tuple[Tensor, Tensor]:
+    """Both directions of unordered pairs: ``centres = [i; j]``, ``neighbours = [j; i]``."""
+    return torch.cat([first, second]), torch.cat([second, first])
 
 
 def minimum_image_shifts(vectors: Tensor, pair_boxes: Tensor) -> Tensor:
@@ -69,7 +77,7 @@ def neighbour_list(
     boxes: Optional[Tensor] = None,
     prune: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Pairs within ``cutoff`` (Å) of atoms of the same structure.
+    """Unordered pairs (i < j) within ``cutoff`` (Å) of atoms of the same structure.
 
     Args:
         positions: (N, 3) in Å.
@@ -82,7 +90,7 @@ def neighbour_list(
             function zeroes their contributions exactly.
 
     Returns:
-        centres (E,), neighbours (E,), shifts (E, 3) in Å.
+        first (P,), second (P,), shifts (P, 3) in Å.
     """
     centres, neighbours = structure_pairs(batch, num_structures)
     detached = positions.detach()

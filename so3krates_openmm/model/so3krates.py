@@ -13,7 +13,7 @@ from so3krates_openmm.elements import MAX_ATOMIC_NUMBER, symbol
 from so3krates_openmm.model.basis import CutoffFunction, PhysNetRadialBasis, SphericalHarmonics
 from so3krates_openmm.model.config import SO3kratesConfig
 from so3krates_openmm.model.layers import AtomicEnergyReadout, SO3kratesLayer
-from so3krates_openmm.model.neighbours import check_box, neighbour_list
+from so3krates_openmm.model.neighbours import check_box, neighbour_list, ordered_pairs
 
 #: Closest allowed distance between two atoms (Å); closer means overlapping atoms.
 MIN_PAIR_DISTANCE = 0.1
@@ -44,6 +44,8 @@ class SO3krates(nn.Module):
         self.radial_basis = PhysNetRadialBasis(config.radial_basis_size, config.cutoff)
         self.cutoff_function = CutoffFunction(config.cutoff, config.cutoff_function)
         self.spherical_harmonics = SphericalHarmonics(degrees)
+        parity = [(-1.0) ** l for l in degrees for _ in range(2 * l + 1)]
+        self.register_buffer("parity", torch.tensor(parity), persistent=False)
         self.layers = nn.ModuleList(
             SO3kratesLayer(config.features, config.heads, degrees, config.radial_basis_size)
             for _ in range(config.layers)
@@ -82,8 +84,8 @@ class SO3krates(nn.Module):
         positions = positions.to(self.embedding.weight.dtype)
         if batch is None:
             batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
-        centres, neighbours, shifts = neighbour_list(positions, batch, num_structures, self.cutoff, boxes, prune_pairs)
-        return self.energy_from_neighbours(atomic_numbers, positions, batch, num_structures, centres, neighbours, shifts)
+        first, second, shifts = neighbour_list(positions, batch, num_structures, self.cutoff, boxes, prune_pairs)
+        return self.energy_from_neighbours(atomic_numbers, positions, batch, num_structures, first, second, shifts)
 
     @torch.jit.export
     def energy_from_neighbours(
@@ -92,30 +94,38 @@ class SO3krates(nn.Module):
         positions: Tensor,
         batch: Tensor,
         num_structures: int,
-        centres: Tensor,
-        neighbours: Tensor,
+        first: Tensor,
+        second: Tensor,
         shifts: Tensor,
     ) -> Tensor:
-        """Total energies (B,) float64 for a given neighbour list (``r_ij = R_j - R_i + shift``, Å).
+        """Total energies (B,) float64 for a neighbour list of unordered pairs (i = first, j = second,
+        ``r_ij = R_j - R_i + shift``, Å; see :mod:`~so3krates_openmm.model.neighbours`).
 
         The core of :meth:`forward`; exported modules with a fixed pair list call it directly.
         """
-        atomic_energies = self.atomic_energies(atomic_numbers, positions, centres, neighbours, shifts)
+        atomic_energies = self.atomic_energies(atomic_numbers, positions, first, second, shifts)
         energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device)
         return energies.index_add_(0, batch, atomic_energies)
 
     @torch.jit.export
-    def atomic_energies(
-        self, atomic_numbers: Tensor, positions: Tensor, centres: Tensor, neighbours: Tensor, shifts: Tensor
-    ) -> Tensor:
-        """Per-atom energies ``E_i`` (N,) float64 (including the per-element shift and scale)."""
+    def atomic_energies(self, atomic_numbers: Tensor, positions: Tensor, first: Tensor, second: Tensor, shifts: Tensor) -> Tensor:
+        """Per-atom energies ``E_i`` (N,) float64 (including the per-element shift and scale).
+
+        Pairs as for :meth:`energy_from_neighbours` (each unordered pair once).
+        Everything symmetric in i and j (distances, basis functions, filters)
+        is computed once per unordered pair; the harmonics of the reversed pair
+        follow from parity, ``Y^l(-u) = (-1)^l Y^l(u)``.
+        """
         species = self.species_index[atomic_numbers]
-        vectors = positions[neighbours] - positions[centres] + shifts.to(positions.dtype)
+        vectors = positions.index_select(0, second) - positions.index_select(0, first) + shifts.to(positions.dtype)
         distances = torch.linalg.vector_norm(vectors, dim=1)
         unit_vectors = vectors / distances.unsqueeze(-1)
         cutoff_weights = self.cutoff_function(distances)
         harmonics = self.spherical_harmonics(unit_vectors)
         radial = self.radial_preactivations(self.radial_basis(distances))
+        centres, neighbours = ordered_pairs(first, second)
+        cutoff_weights = torch.cat([cutoff_weights, cutoff_weights])
+        harmonics = torch.cat([harmonics, harmonics * self.parity])
 
         features = self.embedding(species)
         euclidean = torch.zeros(positions.shape[0], self.m_tot, dtype=positions.dtype, device=positions.device)
