@@ -37,7 +37,11 @@ def _entry(schema: ProtocolSchema, body: Callable[[dict[str, Any]], int], argv: 
     _configure_logging()
     try:
         values = schema.resolve(argv)
-        return body(values)
+        code = body(values)
+        output = Path(values["output"])
+        if output.is_dir():
+            _write_resolved_protocol(values, output / "protocol_resolved.yaml")
+        return code
     except (ProtocolError, FileNotFoundError, FileExistsError) as error:
         print(f"{schema.name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -100,8 +104,30 @@ def _run(
         initial_state=initial_state,
     )
     result = run_md(structure, system, _settings(values, ensemble), config)
+    if values["seed"] is None:
+        values["_seed"] = result.seed  # drawn at random: recorded so that the run can be repeated
     _report_run(result)
     return result
+
+
+def _write_resolved_protocol(values: dict[str, Any], path: Path) -> None:
+    """Every key's final value (random seed and run length included), as a protocol file for ``--protocol``."""
+    import yaml
+
+    resolved = {}
+    for key, value in values.items():
+        if key.startswith("_") or key in ("resume", "overwrite", "ns"):
+            continue
+        if key == "seed" and value is None:
+            value = values.get("_seed")
+        if key == "steps" and "timestep_fs" in values:
+            value = steps_from(values)
+        if isinstance(value, Path):
+            value = str(value.resolve() if key != "output" else value)  # inputs absolute: the file can move
+        if value is not None:
+            resolved[key] = value
+    header = f"# values used (defaults < {values.get('_protocol_file') or 'no protocol file'} < flags)\n"
+    path.write_text(header + yaml.safe_dump(resolved, sort_keys=False))
 
 
 def _report_run(result: RunResult) -> None:
