@@ -141,3 +141,31 @@ def test_seeds_and_integrators():
     assert isinstance(make_integrator("NVE", timestep_fs=0.5), mm.VerletIntegrator)
     with pytest.raises(ValueError, match="unknown ensemble 'npt'"):
         make_integrator("npt")
+
+
+def test_minima_deduplication_superposes_and_rejects_broken_molecules(peptide_pdb):
+    from so3krates_openmm.md.minima import MinimizedSnapshot, deduplicate
+
+    structure = read_structure(peptide_pdb)
+    x = structure.positions_angstrom
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    moved = x @ rotation.T + np.array([3.0, -1.0, 2.0])  # same minimum, rotated and translated
+    terminal = [a.index for a in structure.topology.atoms() if a.residue.name == "NME"]
+    other = x.copy()
+    other[terminal] += np.array([0.0, 0.0, 0.6])  # the NME cap moved: another geometry, its C-N bond below 1.5x
+    broken = x.copy()
+    broken[0] += np.array([5.0, 0.0, 0.0])  # an ACE hydrogen torn off
+    snapshots = [
+        MinimizedSnapshot(0, 100, -10.0, moved),
+        MinimizedSnapshot(1, 200, -12.0, x),
+        MinimizedSnapshot(2, 300, -5.0, other),
+        MinimizedSnapshot(3, 400, -20.0, broken),
+        MinimizedSnapshot(4, 500, float("nan"), x),
+    ]
+    minima, rejected = deduplicate(snapshots, structure, rmsd_threshold_angstrom=0.1)
+    assert [m.energy_kj_mol for m in minima] == [-12.0, -5.0]
+    assert minima[0].snapshots == [1, 0] and minima[0].steps == [200, 100]
+    assert minima[1].snapshots == [2]
+    assert sorted(s.index for s in rejected) == [3, 4]
+    assert any("stretched" in s.problem for s in rejected) and any("nan" in s.problem for s in rejected)

@@ -284,7 +284,9 @@ def spectrum_main(argv: Optional[Sequence[str]] = None) -> int:
         output.mkdir(parents=True, exist_ok=True)
         write_spectrum_csv(output / "spectrum.csv", spectrum, values["max_wavenumber"])
         write_vacf_csv(output / "vacf.csv", spectrum)
-        plot_spectrum(spectrum, output / "spectrum.png", values["max_wavenumber"])
+        kind = "finite differences of positions" if values["dcd"] is not None else "integrator velocities"
+        plot_spectrum(spectrum, output / "spectrum.png", values["max_wavenumber"],
+                      title=f"VACF power spectrum, {velocities.shape[0]} frames ({kind})")
         peaks = ", ".join(f"{x:.0f}" for x in spectrum.peak_wavenumbers(5))
         print(f"spectrum from {velocities.shape[0]} frames every {interval_ps * 1000:.3g} fs ({source}); "
               f"strongest peaks (cm^-1): {peaks}; {output / 'spectrum.png'}")

@@ -146,7 +146,7 @@ MINIMA = ProtocolSchema(
         P("snapshot_interval", int, 200, "steps between snapshots to minimise", minimum=1),
         P("workers", int, 2, "worker processes (each one thread)", minimum=1),
         P("rmsd_threshold", float, 0.1, "heavy-atom RMSD below which two minima are the same, Å", minimum=0.0),
-        P("minimize_tolerance", float, 1.0, "minimiser convergence (largest force), kJ/mol/nm", minimum=0.0),
+        P("minimize_tolerance", float, 1.0, "minimiser convergence: root-mean-square force component, kJ/mol/nm", minimum=0.0),
         P("max_iterations", int, 0, "minimiser iteration limit per snapshot (0: until converged)", minimum=0),
     ]
     + trajectory_input_parameters()
