@@ -116,3 +116,14 @@ def test_criteria_are_validated():
         StabilityCriteria(bond_stretch_factor=0.9)
     with pytest.raises(ValueError, match="collision_factor must be between 0 and 1"):
         StabilityCriteria(collision_factor=1.5)
+
+
+def test_bonds_across_a_periodic_boundary_use_the_minimum_image():
+    box = np.diag([10.0, 10.0, 10.0])
+    structure = Structure([6, 1], [[9.6, 5.0, 5.0], [0.5, 5.0, 5.0]], box_angstrom=box, source="periodic C-H")
+    bonds, source = covalent_bonds(structure)
+    assert source == "covalent radii" and bonds.tolist() == [[0, 1]]  # 0.9 Å through the boundary
+    checker = StabilityChecker(structure)
+    assert checker.reference_lengths[0] == pytest.approx(0.9)
+    assert checker.check(np.array([[9.9, 5.0, 5.0], [0.9, 5.0, 5.0]]), 0.0) is None  # 1.0 Å: fine
+    assert "stretched" in checker.check(np.array([[9.0, 5.0, 5.0], [0.9, 5.0, 5.0]]), 0.0)  # 1.9 Å
