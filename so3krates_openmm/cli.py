@@ -166,6 +166,17 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     build.add_argument("--no-relax", action="store_true", help="skip the GFN2-xTB relaxation (RDKit/MMFF geometry)")
     build.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
 
+    merge = commands.add_parser(
+        "merge",
+        help="concatenate data set files (e.g. runs at different temperatures) into one",
+        description="Concatenate data sets in the given order into one .npz (MD22 layout, one molecule) or extended "
+        "XYZ. Energies are converted to the first file's unit; each part's metadata is kept under 'parts'.",
+    )
+    merge.add_argument("inputs", nargs="+", help="data set files (.npz or ASE-readable)")
+    merge.add_argument("-o", "--output", required=True, help="output .npz or .xyz/.extxyz")
+    merge.add_argument("--float32", action="store_true", help="store positions and forces as float32 in .npz")
+    merge.add_argument("--name", help="data set name recorded in the .npz")
+
     info = commands.add_parser("info", help="summarise a data set file (.npz, extended XYZ, or a partial file)")
     info.add_argument("path")
     info.add_argument("--energy-unit", help="unit of the file's energies if it does not record one")
@@ -188,6 +199,18 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
         except (DataError, FileNotFoundError) as error:
             _fail(str(error))
         print(dataset.summary())
+        return 0
+
+    if args.command == "merge":
+        from pathlib import Path
+
+        from so3krates_openmm.data.formats import merge_datasets
+
+        try:
+            merged = merge_datasets([Path(p) for p in args.inputs], args.output, float32=args.float32, name=args.name)
+        except (DataError, FileNotFoundError) as error:
+            _fail(str(error))
+        print(f"wrote {args.output}: {len(merged)} frames from {len(args.inputs)} files")
         return 0
 
     if args.command == "build":

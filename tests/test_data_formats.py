@@ -222,3 +222,30 @@ def test_save_extxyz_round_trip_keeps_units(tmp_path):
     np.testing.assert_allclose(back.converted("kcal/mol").forces_flat, data.forces_flat, atol=1e-6)
     in_kcal = save_extxyz(data, tmp_path / "kcal.xyz", energy_unit="kcal/mol")
     assert load_ase(in_kcal).energy_unit == "kcal/mol"
+
+
+def test_merge_concatenates_parts_in_order_and_refuses_mixed_theories(tmp_path):
+    from so3krates_openmm.cli import data_main
+    from so3krates_openmm.data.formats import merge_datasets
+
+    rng = np.random.default_rng(8)
+
+    def part(unit: str, theory: str, seed: int) -> MolecularDataset:
+        r = np.random.default_rng(seed)
+        return MolecularDataset([8, 1, 1], r.normal(size=(3, 3, 3)), r.normal(size=3), r.normal(size=(3, 3, 3)),
+                                unit, {"theory": theory, "settings": {"seed": seed}})
+
+    a, b = part("kcal/mol", "GFN2-xTB", 1), part("eV", "GFN2-xTB", 2)
+    save_npz(a, tmp_path / "a.npz")
+    save_npz(b, tmp_path / "b.npz")
+    merged = merge_datasets([tmp_path / "a.npz", tmp_path / "b.npz"], tmp_path / "ab.npz", float32=True)
+    back = load_npz(tmp_path / "ab.npz")
+    assert len(back) == 6 and back.energy_unit == "kcal/mol"
+    np.testing.assert_array_equal(back.energies[:3], a.energies)
+    np.testing.assert_allclose(back.energies[3:], b.energies * KCAL_PER_EV, rtol=1e-15)
+    assert [p["settings"]["seed"] for p in back.metadata["parts"]] == [1, 2]
+    assert len(merged) == 6
+    save_npz(part("eV", "PBE", 3), tmp_path / "c.npz")
+    with pytest.raises(SystemExit):
+        data_main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "c.npz"), "-o", str(tmp_path / "ac.npz")])
+    assert not (tmp_path / "ac.npz").exists()

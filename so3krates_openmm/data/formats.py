@@ -355,3 +355,37 @@ def save_extxyz(dataset: MolecularDataset, path: str | Path, energy_unit: str = 
 
     _atomic_write(path, write_frames)
     return path
+
+
+def merge_datasets(
+    inputs: list[str | Path], output: str | Path, float32: bool = False, name: str | None = None
+) -> MolecularDataset:
+    """Concatenate data set files in order and write them to ``output`` (``.npz`` or extended XYZ).
+
+    Energies are converted to the first file's unit. The result's metadata
+    are the first part's theory with ``parts``: each input's file name,
+    frame count and metadata (settings, timing). Returns the merged data set.
+    """
+    parts = [load_dataset(path) for path in inputs]
+    merged = MolecularDataset.concatenate(parts)
+    theories = sorted({str(p.metadata.get("theory", "unknown")) for p in parts})
+    if len(theories) > 1:
+        raise DataError(f"the inputs were made with different reference methods {theories}; refusing to merge")
+    metadata = {
+        "theory": theories[0],
+        "source": "so3krates-data merge",
+        "parts": [
+            {"file": Path(path).name, "frames": len(part),
+             **{k: v for k, v in part.metadata.items() if k not in ("source", "concatenated_from")}}
+            for path, part in zip(inputs, parts)
+        ],
+    }
+    if name:
+        metadata["name"] = name
+    merged.metadata = metadata
+    output = Path(output)
+    if output.suffix.lower() == ".npz":
+        save_npz(merged, output, float32=float32, name=name)
+    else:
+        save_extxyz(merged, output)
+    return merged
