@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from so3krates_openmm.model.cell_list import cell_list_pairs
+
 
 def structure_pairs(batch: Tensor, num_structures: int) -> Tuple[Tensor, Tensor]:
     """All unordered pairs (i, j), i < j, of atoms in the same structure.
@@ -76,6 +78,8 @@ def neighbour_list(
     cutoff: float,
     boxes: Optional[Tensor] = None,
     prune: bool = True,
+    method: str = "auto",
+    cell_list_min_atoms: int = 256,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Unordered pairs (i < j) within ``cutoff`` (Å) of atoms of the same structure.
 
@@ -88,24 +92,38 @@ def neighbour_list(
         prune: drop pairs beyond the cutoff (True). With False every pair of a
             structure is kept (static shapes, e.g. for CUDA graphs); the cutoff
             function zeroes their contributions exactly.
+        method: candidate search, ``"all_pairs"`` (O(N^2)), ``"cell_list"``
+            (O(N)) or ``"auto"`` (cell list from ``cell_list_min_atoms`` atoms
+            on, when pruning).
+        cell_list_min_atoms: size (atoms in the call) from which ``"auto"`` uses the cell list.
 
     Returns:
         first (P,), second (P,), shifts (P, 3) in Å.
     """
-    centres, neighbours = structure_pairs(batch, num_structures)
     detached = positions.detach()
-    vectors = detached[neighbours] - detached[centres]
+    use_cells = method == "cell_list" or (method == "auto" and detached.shape[0] >= cell_list_min_atoms)
+    found = False
+    first = torch.zeros(0, dtype=torch.long, device=positions.device)
+    second = first
+    if prune and use_cells:
+        box_tensor = boxes if boxes is not None else torch.zeros(num_structures, 3, 3, dtype=detached.dtype, device=detached.device)
+        first, second, found = cell_list_pairs(
+            detached, batch, num_structures, cutoff, box_tensor.to(detached.dtype), boxes is not None
+        )
+    if not found:
+        first, second = structure_pairs(batch, num_structures)
+    vectors = detached[second] - detached[first]
     if boxes is None:
         shifts = torch.zeros_like(vectors)
     else:
-        shifts = minimum_image_shifts(vectors, boxes.to(detached.dtype)[batch[centres]])
+        shifts = minimum_image_shifts(vectors, boxes.to(detached.dtype)[batch[first]])
     if prune:
         vectors = vectors + shifts
         within = torch.sum(vectors * vectors, dim=1) < cutoff * cutoff
-        centres = centres[within]
-        neighbours = neighbours[within]
+        first = first[within]
+        second = second[within]
         shifts = shifts[within]
-    return centres, neighbours, shifts
+    return first, second, shifts
 
 
 def check_box(boxes: Tensor, cutoff: float) -> None:
