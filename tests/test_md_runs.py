@@ -17,6 +17,7 @@ from so3krates_openmm.md.commands import (
     ramachandran_main,
     spectrum_main,
 )
+from so3krates_openmm.md.report import markdown_table, summarize_run
 from so3krates_openmm.md.reporters import read_csv_log
 from so3krates_openmm.md.trajectory import read_dcd
 from test_md_support import (  # noqa: F401  (fixtures)
@@ -52,6 +53,10 @@ def test_langevin_nvt_200_steps_stay_finite_and_write_everything(tmp_path, pepti
     info = json.loads((output / "run.json").read_text())
     assert info["seed"] == 11 and info["final_step"] == 200 and info["platform"] == "Reference"
     assert "200/200 steps on Reference, seed 11" in capsys.readouterr().out
+    row = summarize_run(output)
+    assert row["steps"] == 200 and row["simulated_ps"] == pytest.approx(0.1) and row["frames"] == 4
+    assert row["bonds"]["C-H"]["bonds"] == 18 and row["bonds"]["N-H"]["bonds"] == 4
+    assert "c60_distance_angstrom" not in row and "| nvt | 300 | 0.5 | 0.1 |" in markdown_table([row])
     # A second run into the same directory must not silently overwrite it.
     again = langevin_nvt_main(["--structure", str(peptide_pdb), "--model", str(peptide_gentle_model),
                                "--steps", "10", "--output", str(output), *QUIET])
@@ -121,6 +126,7 @@ def test_catcher_distance_run_and_existing_dcd(tmp_path, catcher_xyz, catcher_ge
     table = np.loadtxt(output / "catcher_distance.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(table[:, 0], [0.005, 0.010, 0.015, 0.020])
     assert (output / "catcher_distance.png").exists()
+    assert summarize_run(output)["c60_distance_angstrom"]["max"] == pytest.approx(summary["max_distance_angstrom"])
     assert catcher_distance_main(["--structure", str(catcher_xyz), "--dcd", str(output / "trajectory.dcd"),
                                   "--output", str(tmp_path / "again")]) == 0
     np.testing.assert_allclose(np.loadtxt(tmp_path / "again" / "catcher_distance.csv", delimiter=",", skiprows=1), table)
