@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from so3krates_openmm.data.structures import read_structure
-from so3krates_openmm.md.stability import _minimum_image, covalent_bonds
+from so3krates_openmm.md.stability import minimum_image, covalent_bonds
 from so3krates_openmm.md.trajectory import read_dcd
 
 
@@ -30,9 +30,9 @@ def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: Optional[n
     if bonds is None:
         bonds, _ = covalent_bonds(structure)
     positions = np.asarray(positions_angstrom, dtype=np.float64)
-    delta = _minimum_image(positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]], structure.box_angstrom)
+    delta = minimum_image(positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]], structure.box_angstrom)
     lengths = np.linalg.norm(delta, axis=-1)
-    start = np.linalg.norm(_minimum_image(structure.positions_angstrom[bonds[:, 1]] - structure.positions_angstrom[bonds[:, 0]],
+    start = np.linalg.norm(minimum_image(structure.positions_angstrom[bonds[:, 1]] - structure.positions_angstrom[bonds[:, 0]],
                                           structure.box_angstrom), axis=-1)
     symbols = structure.symbols
     names = np.array(["-".join(sorted((symbols[i], symbols[j]), key=lambda s: (s != "C", s == "H", s))) for i, j in bonds])

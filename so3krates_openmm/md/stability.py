@@ -113,7 +113,7 @@ def covalent_radii_angstrom(atomic_numbers: np.ndarray) -> np.ndarray:
     return np.asarray(covalent_radii)[np.asarray(atomic_numbers)]
 
 
-def _minimum_image(vectors: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
+def minimum_image(vectors: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
     """Minimum-image displacement vectors for a box in OpenMM's reduced (lower-triangular) form."""
     if box is None:
         return vectors
@@ -126,7 +126,7 @@ def _minimum_image(vectors: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray
 def pair_distances(positions: np.ndarray, box: Optional[np.ndarray] = None) -> np.ndarray:
     """All pair distances (N, N) of positions (N, 3), minimum image when a box is given (same unit)."""
     delta = positions[None, :, :] - positions[:, None, :]
-    return np.linalg.norm(_minimum_image(delta, box), axis=-1)
+    return np.linalg.norm(minimum_image(delta, box), axis=-1)
 
 
 def covalent_bonds(structure: Structure, bond_detection_factor: float = 1.2) -> tuple[np.ndarray, str]:
@@ -181,7 +181,7 @@ class StabilityChecker:
 
     def _bond_lengths(self, positions_angstrom: np.ndarray) -> np.ndarray:
         delta = positions_angstrom[self.bonds[:, 1]] - positions_angstrom[self.bonds[:, 0]]
-        return np.linalg.norm(_minimum_image(delta, self.box), axis=-1)
+        return np.linalg.norm(minimum_image(delta, self.box), axis=-1)
 
     def check(self, positions_angstrom: np.ndarray, potential_energy_kj_mol: float) -> Optional[str]:
         """``None`` when the frame passes, else the reason it fails (names atoms by 0-based index)."""
