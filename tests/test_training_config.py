@@ -150,3 +150,19 @@ def test_help_lists_every_option(capsys):
                  "--lr-decay-steps", "--clip-grad", "--ema-decay", "--patience", "--output", "--resume", "--device",
                  "--threads", "--config"):
         assert flag in text, flag
+
+
+def test_several_data_files_are_concatenated(tmp_path: Path, capsys):
+    from so3krates_openmm.data.formats import save_npz
+
+    first = save_npz(tiny_dataset(8), tmp_path / "first.npz")
+    second = save_npz(tiny_dataset(6).converted("eV"), tmp_path / "second.npz")
+    config = parse_config(["--data", str(first), str(second), "--train-size", "10", "--valid-size", "2",
+                           "--max-epochs", "1", "--batch-size", "5", "--output", str(tmp_path / "run"), "--no-progress",
+                           *[f"--{key.replace('_', '-')}={value}" for key, value in TINY_MODEL.items() if key != "degrees"],
+                           "--degrees", "1,2"])
+    assert config.data == [str(first), str(second)] and config.degrees == [1, 2]
+    result = train(config)
+    output = capsys.readouterr().out
+    assert "first.npz + " in output and "14 frames" in output and "energies in kcal/mol" in output
+    assert result.test_report["structures"] == 2

@@ -46,7 +46,9 @@ class TrainingConfig:
     """All options of a training run (units: Å, the data's energy unit, seconds)."""
 
     # --- data
-    data: Optional[str] = _option(None, "reference data file: MD22/sGDML .npz or extended XYZ (required)")
+    data: Optional[List[str]] = _option(
+        None, "reference data file(s): MD22/sGDML .npz or extended XYZ; several files are concatenated (required)"
+    )
     energy_unit: Optional[str] = _option(
         None, "energy unit of the data file when the file does not record it (e.g. kcal/mol, eV)"
     )
@@ -97,6 +99,10 @@ class TrainingConfig:
     checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
     log_every: int = _option(10, "update the progress bar's running errors every N steps")
     progress: bool = _option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
 
     # ------------------------------------------------------------------ derived
     @property
@@ -263,7 +269,10 @@ def _describe(annotation: Any) -> str:
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
-    """Normalise file values: ints stay ints in int|float fields, ints become floats in float fields."""
+    """Normalise file values: ints stay ints in int|float fields, ints become floats in float fields,
+    a single string becomes a one-element list in list-of-strings fields."""
+    if annotation == Optional[List[str]] and isinstance(value, str):
+        return [value]
     if _is_union(annotation):
         options = [option for option in _arguments(annotation) if option is not type(None)]
         if value is None or any(option is int for option in options) and _matches(value, int):
@@ -360,6 +369,15 @@ def _flag_parser(annotation: Any, name: str):
     return convert
 
 
+def _list_item_type(annotation: Any) -> Any:
+    """``X`` for ``List[X]`` or ``Optional[List[X]]``, else ``None``."""
+    options = _arguments(annotation) if _is_union(annotation) else (annotation,)
+    for option in options:
+        if typing.get_origin(option) in (list, List):
+            return _arguments(option)[0]
+    return None
+
+
 def _parse_int_list(text: str) -> List[int]:
     try:
         return [int(part) for part in text.replace(",", " ").split()]
@@ -389,8 +407,11 @@ def build_parser(prog: str = "so3krates-train") -> argparse.ArgumentParser:
         help_text = f"{item.metadata.get('help', '')} (default: {default})"
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif typing.get_origin(annotation) in (list, List):
-            parser.add_argument(flag, nargs="+", type=_parse_int_list, help=help_text, metavar="L")
+        elif _list_item_type(annotation) is not None:
+            if _list_item_type(annotation) is int:
+                parser.add_argument(flag, nargs="+", type=_parse_int_list, help=help_text, metavar="L")
+            else:
+                parser.add_argument(flag, nargs="+", help=help_text, metavar="FILE")
         else:
             parser.add_argument(flag, type=_flag_parser(annotation, item.name), help=help_text,
                                 metavar=item.name.upper())

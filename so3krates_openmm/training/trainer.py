@@ -86,11 +86,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_training_data(config: TrainingConfig) -> MolecularDataset:
-    """The data set named by ``config.data`` (MD22 ``.npz`` or anything ASE reads)."""
+    """The data set of the files ``config.data`` (MD22 ``.npz`` or anything ASE reads), concatenated in order
+    (energies converted to the first file's unit)."""
     from so3krates_openmm.data.formats import load_dataset
 
     options = {} if config.energy_unit is None else {"energy_unit": config.energy_unit}
-    return load_dataset(config.data, **options)
+    parts = [load_dataset(path, **options) for path in config.data or []]
+    if len(parts) == 1:
+        return parts[0]
+    dataset = MolecularDataset.concatenate(parts)
+    dataset.metadata["source"] = " + ".join(str(path) for path in config.data or [])
+    return dataset
 
 
 def check_resumable(saved: Dict[str, Any], current: TrainingConfig) -> None:
