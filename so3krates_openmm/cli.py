@@ -91,6 +91,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         result = trainer.run()
     except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError) as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue from the last completed epoch with the same command and --resume "
+              f"(output {config.output})", file=sys.stderr)
+        return 130
     finally:
         if trainer is not None:
             shutdown_distributed(trainer.context)
