@@ -117,8 +117,11 @@ def test_ball_found_by_residue_name_and_by_bond_graph(tmp_path, catcher_xyz):
 def test_platform_choice_and_clear_errors():
     platform, properties = get_platform("cpu", threads=1)
     assert platform.getName() == "CPU" and properties == {"Threads": "1"}
-    platform, properties = get_platform("Reference")
+    import torch
+
+    platform, properties = get_platform("Reference", threads=1)
     assert platform.getName() == "Reference" and properties == {}
+    assert torch.get_num_threads() == 1  # PyTorch's threads follow the platform's count
     available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     if "CUDA" not in available:
         with pytest.raises(ValueError, match=r"'CUDA' is not available on this machine; available platforms: Reference, CPU"):
