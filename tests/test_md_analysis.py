@@ -119,9 +119,12 @@ def test_platform_choice_and_clear_errors():
     assert platform.getName() == "CPU" and properties == {"Threads": "1"}
     import torch
 
-    platform, properties = get_platform("Reference", threads=1)
-    assert platform.getName() == "Reference" and properties == {}
-    assert torch.get_num_threads() == 1  # PyTorch's threads follow the platform's count
+    try:
+        platform, properties = get_platform("Reference", threads=2)
+        assert platform.getName() == "Reference" and properties == {}
+        assert torch.get_num_threads() == 2  # PyTorch's threads follow the requested count
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (tests/conftest.py)
     available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     if "CUDA" not in available:
         with pytest.raises(ValueError, match=r"'CUDA' is not available on this machine; available platforms: Reference, CPU"):
