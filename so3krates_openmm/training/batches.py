@@ -80,12 +80,20 @@ class PackedData:
     def total_atoms(self) -> int:
         return int(self.atomic_numbers.shape[0])
 
-    def batch(self, indices: Tensor) -> Batch:
-        """The batch of frames ``indices`` (int64 tensor of positions in this packed set)."""
+    def batch(self, indices: Tensor, total_atoms: Optional[int] = None) -> Batch:
+        """The batch of frames ``indices`` (int64 tensor of positions in this packed set).
+
+        ``total_atoms`` (the batch's number of atoms, if known on the host) saves a device
+        synchronisation on GPUs.
+        """
+        indices = indices.to(self.n_atoms.device)
         counts = self.n_atoms[indices]
         starts = self.offsets[indices]
         ends = torch.cumsum(counts, 0)
-        total = int(ends[-1]) if counts.numel() else 0
+        if total_atoms is not None:
+            total = int(total_atoms)
+        else:
+            total = int(ends[-1]) if counts.numel() else 0
         atom_index = torch.arange(total, device=counts.device) + torch.repeat_interleave(
             starts - (ends - counts), counts, output_size=total
         )

@@ -297,8 +297,8 @@ class Trainer:
             disable=not (self.context.is_main and config.progress),
         )
         for index, global_indices in enumerate(batches):
-            local_indices, weight = shard(global_indices.to(self.device), rank, world)
-            batch = self.train_data.batch(local_indices)
+            local_indices, weight = shard(global_indices, rank, world)
+            batch = self.train_data.batch(local_indices, int(self.train_atoms_per_frame[local_indices].sum()))
             positions = batch.positions.requires_grad_(True)
             energies = self.training_model(batch.atomic_numbers, positions, batch.batch, batch.num_structures)
             (gradient,) = torch.autograd.grad(energies.sum(), positions, create_graph=True)
