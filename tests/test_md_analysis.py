@@ -175,3 +175,20 @@ def test_minima_deduplication_superposes_and_rejects_broken_molecules(peptide_pd
     assert minima[1].snapshots == [2]
     assert sorted(s.index for s in rejected) == [3, 4]
     assert any("stretched" in s.problem for s in rejected) and any("nan" in s.problem for s in rejected)
+
+
+SHARED_CATCHER = Path(__file__).resolve().parents[2] / "shared" / "data" / "buckycatcher_reference.xyz"
+
+
+@pytest.mark.skipif(not SHARED_CATCHER.is_file(), reason="the shared reference geometry is not on this machine")
+def test_ball_found_in_the_published_buckyball_catcher():
+    structure = read_structure(SHARED_CATCHER)
+    atoms = identify_ball(structure)
+    assert len(atoms.ball) == 60 and len(atoms.host) == 88
+    assert np.all(structure.atomic_numbers[atoms.host][structure.atomic_numbers[atoms.host] != 6] == 1)
+    distance = centroid_distances(structure.positions_angstrom[None], atoms)[0]
+    radius = np.linalg.norm(structure.positions_angstrom[atoms.ball] - structure.positions_angstrom[atoms.ball].mean(0), axis=1).mean()
+    assert 3.5 < radius < 3.6  # C60
+    # The ball sits in the cleft (4.9 Å from the catcher's centroid in this geometry); a ball
+    # resting outside would be at least its radius plus a carbon contact (~7 Å) away.
+    assert 4.0 < distance < 6.0
