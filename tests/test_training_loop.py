@@ -170,3 +170,42 @@ def test_shifts_of_a_single_molecule_are_an_even_per_atom_share():
     energies = np.array([-900.0, -901.0, -899.5, -900.2, -900.3])
     shifts = fit_energy_shifts(counts, energies, [6, 1, 8])
     assert shifts[6] == pytest.approx(shifts[1]) == pytest.approx(shifts[8]) == pytest.approx(np.mean(energies) / 9)
+
+
+def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path: Path, ethanol_data: MolecularDataset):
+    """A checkpoint after every step (tiny interval); the run dies in step 7 of 10 of epoch 2 and resumes there."""
+    options = dict(max_epochs=2, train_size=40, valid_size=10, test_size=10, batch_size=8, checkpoint_interval="0.0001s")
+    straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
+
+    trainer = Trainer(config_from_dict(small_run(tmp_path / "broken", **options)), dataset=ethanol_data, log=quiet)
+    original_setup = trainer._setup
+
+    def setup_then_break_at_step_7() -> None:
+        original_setup()
+        schedule_step = trainer.schedule.step
+
+        def step() -> None:
+            if trainer.schedule.steps == 7:
+                raise KeyboardInterrupt
+            schedule_step()
+
+        trainer.schedule.step = step  # type: ignore[method-assign]
+
+    trainer._setup = setup_then_break_at_step_7  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    state = read_checkpoint(tmp_path / "broken" / "last_checkpoint.pt")["extra"]["training_state"]
+    assert state["epoch"] == 1 and state["epoch_in_progress"]["batches_done"] == 2 and state["step"] == 7
+
+    messages: list[str] = []
+    resumed = train(config_from_dict(small_run(tmp_path / "broken", resume=True, **options)), dataset=ethanol_data,
+                    log=messages.append)
+    assert any("in epoch 2 after 2 batches (step 7)" in message for message in messages)
+    assert resumed.steps == straight.steps == 10
+    for a, b in zip(straight.metrics, resumed.metrics, strict=True):
+        for column in METRIC_COLUMNS:
+            if column != "time":
+                assert a[column] == pytest.approx(b[column], rel=1e-12, abs=1e-15), column
+    weights_a = read_checkpoint(tmp_path / "straight" / "last_checkpoint.pt")["state_dict"]
+    weights_b = read_checkpoint(tmp_path / "broken" / "last_checkpoint.pt")["state_dict"]
+    assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a)

@@ -37,7 +37,8 @@ def _option(default: Any, help: str) -> Any:
 
 #: Options that may differ between a run and its resumption (stop criteria and machine).
 RESUMABLE_CHANGES = frozenset(
-    {"max_epochs", "max_time", "patience", "device", "threads", "output", "resume", "progress", "log_every"}
+    {"max_epochs", "max_time", "patience", "device", "threads", "output", "resume", "progress", "log_every",
+     "checkpoint_every", "checkpoint_interval"}
 )
 
 
@@ -97,6 +98,10 @@ class TrainingConfig:
     device: str = _option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     threads: Optional[int] = _option(None, "CPU threads per process (torch.set_num_threads)")
     checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
+    checkpoint_interval: Optional[str] = _option(
+        "10m", "also write the last checkpoint within an epoch when this much time has passed since the last "
+        "one (e.g. '10m'; none: only at epoch ends); a resumed run continues from that step"
+    )
     log_every: int = _option(10, "update the progress bar's running errors every N steps")
     progress: bool = _option(True, "show a progress bar")
 
@@ -109,6 +114,11 @@ class TrainingConfig:
     def max_time_seconds(self) -> Optional[float]:
         """``max_time`` in seconds, or ``None``."""
         return None if self.max_time is None else parse_duration(self.max_time)
+
+    @property
+    def checkpoint_interval_seconds(self) -> Optional[float]:
+        """``checkpoint_interval`` in seconds, or ``None``."""
+        return None if self.checkpoint_interval is None else parse_duration(self.checkpoint_interval)
 
     def resolved_batch_size(self, n_train: int) -> int:
         """The batch size, by the paper's rule when not given."""
@@ -186,8 +196,12 @@ class TrainingConfig:
             raise ConfigError(f"option 'energy_scale' must be 'rms-forces', 'none' or a number, got {self.energy_scale!r}")
         if not isinstance(self.energy_scale, str) and not self.energy_scale > 0:
             raise ConfigError(f"option 'energy_scale' must be positive, got {self.energy_scale}")
-        if self.max_time is not None:
-            parse_duration(self.max_time)
+        for name in ("max_time", "checkpoint_interval"):
+            if getattr(self, name) is not None:
+                try:
+                    parse_duration(getattr(self, name))
+                except ConfigError as error:
+                    raise ConfigError(f"option {name!r}: {error}") from None
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"option 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         try:

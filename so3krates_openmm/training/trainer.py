@@ -11,10 +11,12 @@ One run writes into its output folder:
 - ``metrics.csv`` (one row per epoch), ``learning_curve.png``,
   ``training_config.json`` and, at the end, ``test_report.json``.
 
-Checkpoints are written atomically at the end of an epoch. A run killed
-mid-epoch resumes at the start of that epoch and, because shuffling is a
-function of (seed, epoch) and the whole optimiser state is restored,
-repeats it exactly (:mod:`so3krates_openmm.training.batches`).
+Checkpoints are written atomically at the end of an epoch and, for long
+epochs, also within one every ``checkpoint_interval`` (then with the number
+of batches done and the epoch's running loss). A killed run resumes from the
+last checkpoint and, because shuffling is a function of (seed, epoch) and the
+whole optimiser state is restored, continues exactly as an uninterrupted run
+would (:mod:`so3krates_openmm.training.batches`).
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ class Trainer:
         self.best_epoch = 0
         self.epochs_since_best = 0
         self.elapsed_before = 0.0
+        self.epoch_in_progress: Optional[Dict[str, Any]] = None
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
@@ -228,7 +231,11 @@ class Trainer:
             self.best_epoch = int(state["best_epoch"])
             self.epochs_since_best = int(state["epochs_since_best"])
             self.elapsed_before = float(state["elapsed"])
-            self.log(f"resuming {self.output} after epoch {self.epoch} (step {self.schedule.steps})")
+            self.epoch_in_progress = state.get("epoch_in_progress")
+            where = f"after epoch {self.epoch}"
+            if self.epoch_in_progress:
+                where = f"in epoch {self.epoch + 1} after {self.epoch_in_progress['batches_done']} batches"
+            self.log(f"resuming {self.output} {where} (step {self.schedule.steps})")
 
         self.training_model: nn.Module = self.model
         if self.context.enabled:
@@ -277,8 +284,12 @@ class Trainer:
         self.log(f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}; scale {scale:.4g}")
 
     # ----------------------------------------------------------------- epochs
-    def _train_epoch(self, epoch: int) -> float:
-        """One pass over the training split; returns the mean loss over its global batches."""
+    def _train_epoch(self, epoch: int, start_batch: int = 0, loss_sum_start: float = 0.0) -> float:
+        """One pass over the training split; returns the mean loss over its global batches.
+
+        ``start_batch`` and ``loss_sum_start`` continue an epoch interrupted after a mid-epoch
+        checkpoint (the batches are the same: they depend on seed and epoch only).
+        """
         from tqdm import tqdm
 
         config = self.config
@@ -286,10 +297,12 @@ class Trainer:
         self.training_model.train()
         batches = epoch_batches(len(self.train_data), self.batch_size, config.seed, epoch)
         global_atoms = [int(self.train_atoms_per_frame[indices].sum()) for indices in batches]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_sum = torch.full((), loss_sum_start, dtype=torch.float64, device=self.device)
         running = ErrorAccumulator(self.device)
+        interval = config.checkpoint_interval_seconds
         bar = tqdm(
             total=len(batches),
+            initial=start_batch,
             desc=f"epoch {epoch}",
             unit="batch",
             leave=False,
@@ -297,6 +310,8 @@ class Trainer:
             disable=not (self.context.is_main and config.progress),
         )
         for index, global_indices in enumerate(batches):
+            if index < start_batch:
+                continue
             local_indices, weight = shard(global_indices, rank, world)
             batch = self.train_data.batch(local_indices, int(self.train_atoms_per_frame[local_indices].sum()))
             positions = batch.positions.requires_grad_(True)
@@ -317,7 +332,9 @@ class Trainer:
             self.schedule.step()
             if self.ema is not None:
                 self.ema.update()
-            loss_sum += loss.detach() * weight
+            # the global batch's loss on every process (one scalar all-reduce), so that any process
+            # may checkpoint the epoch's running sum
+            loss_sum += self.context.all_reduce_sum(loss.detach() * weight)
             running.update(energies, batch.energies, forces, batch.forces, batch.atomic_numbers, weight)
             if not bar.disable and ((index + 1) % config.log_every == 0 or index + 1 == len(batches)):
                 errors = running.compute()
@@ -326,8 +343,14 @@ class Trainer:
                     f"lr {self.schedule.lr:.2e}"
                 )
             bar.update(1)
+            if (
+                self.context.is_main
+                and interval is not None
+                and index + 1 < len(batches)
+                and time.monotonic() - self._last_save >= interval
+            ):
+                self._save_last("", {"epoch": epoch, "batches_done": index + 1, "loss_sum": float(loss_sum.item())})
         bar.close()
-        self.context.all_reduce_sum(loss_sum)
         return float(loss_sum.item()) / len(batches)
 
     def evaluate(self, data: PackedData, use_ema: bool = True) -> Dict[str, Any]:
@@ -376,7 +399,8 @@ class Trainer:
         else:
             self.model.save(self.output / BEST_CHECKPOINT, extra={"training": summary})
 
-    def _save_last(self, stop_reason: str) -> None:
+    def _save_last(self, stop_reason: str, epoch_in_progress: Optional[Dict[str, Any]] = None) -> None:
+        """Write the last checkpoint; ``epoch_in_progress`` marks a mid-epoch one (epoch, batches done, loss sum)."""
         state = {
             "epoch": self.epoch,
             "step": self.schedule.steps,
@@ -395,8 +419,10 @@ class Trainer:
             "world_size": self.context.world_size,
             "data_frames": self.data_frames,
             "data_energy_sum": self.data_energy_sum,
+            "epoch_in_progress": epoch_in_progress,
         }
         self.model.save(self.output / LAST_CHECKPOINT, extra={"training_state": state})
+        self._last_save = time.monotonic()
 
     # --------------------------------------------------------------- the run
     @property
@@ -421,11 +447,18 @@ class Trainer:
         """Train until a stop criterion holds, then evaluate the best checkpoint on the test split."""
         self._setup()
         self._started = time.monotonic()
+        self._last_save = self._started
         last_plot = time.monotonic()
         stop_reason = self._stop_reason()
         while not stop_reason:
             epoch = self.epoch + 1
-            train_loss = self._train_epoch(epoch)
+            if self.epoch_in_progress is not None:
+                progress, self.epoch_in_progress = self.epoch_in_progress, None
+                if int(progress["epoch"]) != epoch:
+                    raise TrainingError(f"damaged training state: epoch {progress['epoch']} in progress after {self.epoch}")
+                train_loss = self._train_epoch(epoch, int(progress["batches_done"]), float(progress["loss_sum"]))
+            else:
+                train_loss = self._train_epoch(epoch)
             validation = self.evaluate(self.valid_data)
             self.epoch = epoch
             row = {
