@@ -13,6 +13,20 @@ Building blocks, one concern per module:
 
 Command line: ``so3krates-train`` or ``python -m so3krates_openmm.training``
 (also under ``torchrun --nproc_per_node P -m so3krates_openmm.training``).
+Every option is a flag and a key of a YAML/TOML file, for example::
+
+    # peptide.yaml -- so3krates-train --config peptide.yaml --max-time 6h
+    data: [runs/data/ac_ala3_nhme_300K.npz, runs/data/ac_ala3_nhme_500K.npz]
+    train_size: 1000        # frames (int) or fraction (float)
+    valid_size: 200
+    test_size: 300
+    seed: 0
+    features: 132           # the paper's model: F=132, T=3, H=4, degrees 1-3, 5 A
+    output: runs/peptide
+    threads: 2
+
+From Python: ``train(config_from_dict({...}), dataset=...)`` with a
+:class:`~so3krates_openmm.data.dataset.MolecularDataset`.
 """
 
 from so3krates_openmm.training.config import ConfigError, TrainingConfig, config_from_dict, parse_config
