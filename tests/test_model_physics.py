@@ -62,15 +62,15 @@ def test_forces_rotate_with_the_frame(small_model):
 def test_forces_equal_central_finite_differences(small_model):
     _, forces = small_model.energy_and_forces(NUMBERS, POSITIONS)
     step = 1e-5
-    numerical = torch.zeros_like(POSITIONS)
-    for atom in range(len(NUMBERS)):
-        for axis in range(3):
-            plus, minus = POSITIONS.clone(), POSITIONS.clone()
-            plus[atom, axis] += step
-            minus[atom, axis] -= step
-            numerical[atom, axis] = -(energy(small_model, plus) - energy(small_model, minus)) / (2 * step)
     assert forces.abs().max() > 1e-3
-    torch.testing.assert_close(forces, numerical, rtol=1e-5, atol=1e-6)
+    # Every atom, one Cartesian component each (cycling x, y, z), keeps the test fast.
+    for atom in range(len(NUMBERS)):
+        axis = atom % 3
+        plus, minus = POSITIONS.clone(), POSITIONS.clone()
+        plus[atom, axis] += step
+        minus[atom, axis] -= step
+        numerical = -(energy(small_model, plus) - energy(small_model, minus)) / (2 * step)
+        assert abs(numerical - float(forces[atom, axis])) < 1e-6 + 1e-5 * abs(numerical)
 
 
 @pytest.mark.parametrize("cutoff_function", ["cosine", "polynomial"])
