@@ -64,13 +64,11 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
     import torch
 
     sys.path.insert(0, str(HERE))
-    from peer_common import time_call, time_openmm_step  # same timing loop as the peers
-    from peer_common import Molecule
+    from peer_common import Molecule, count_pairs, time_call, time_openmm_step  # the peers' own helpers
 
     from so3krates_openmm import SO3krates, SO3kratesConfig
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.export import export_checkpoint
-    from so3krates_openmm.model.neighbours import neighbour_list
     from so3krates_openmm.openmm_force import create_system
 
     torch.set_num_threads(threads)
@@ -91,14 +89,13 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
                 system = create_system(structure, model_path)
                 numbers = torch.tensor(molecule.atomic_numbers)
                 positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
-                pairs = neighbour_list(positions, torch.zeros(len(numbers), dtype=torch.long), 1, model.cutoff)[0].numel()
                 record: Dict[str, Any] = {
                     "model": key,
                     "description": f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
                     "route": "TorchScript export -> openmm-torch TorchForce",
                     "structure": name,
                     "atoms": molecule.n_atoms,
-                    "pairs": pairs,
+                    "pairs": count_pairs(molecule, float(model.cutoff)),
                     "parameters": sum(p.numel() for p in model.parameters()),
                 }
                 record.update(time_openmm_step(system, molecule, threads, repeats, warmup))
@@ -136,6 +133,7 @@ def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: 
         "MKL_NUM_THREADS": str(threads),
         "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
         "PYTHONPATH": str(HERE),
+        "PYTHONWARNINGS": "ignore",  # the peers' import-time deprecation chatter
     })
     environment.pop("VIRTUAL_ENV", None)
     print(f"[compare] {peer}: {shlex.join(command)}", file=sys.stderr, flush=True)
@@ -156,23 +154,33 @@ def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: 
 
 
 def format_table(records: List[Dict[str, Any]], structures: List[str]) -> str:
-    """Rows per model and structure: ms/step, bare ms, and ratios to both SO3krates configs."""
-    reference = {(r["model"], r["structure"]): r["openmm_step_ms"] for r in records if r["model"].startswith("so3krates")}
+    """Rows per model and structure: ms/step (median, spread, minimum), bare ms, ratios to SO3krates.
+
+    Ratios are of medians (``/paper``, ``/small``) and of minima (``min/paper``),
+    each against the SO3krates configuration on the same structure.
+    """
+    median = {(r["model"], r["structure"]): r["openmm_step_ms"] for r in records if r["model"].startswith("so3krates")}
+    minimum = {(r["model"], r["structure"]): r.get("openmm_step_min_ms") for r in records if r["model"].startswith("so3krates")}
+
+    def ratio(value: Optional[float], reference: Optional[float]) -> str:
+        return f"{value / reference:.2f}" if value and reference else "-"
+
     header = (
-        f"{'model':<18}{'structure':<20}{'atoms':>6}{'pairs':>7}{'ms/step':>10}{'±':>6}{'bare ms':>9}"
-        f"{'/SO3k paper':>13}{'/SO3k small':>13}  route"
+        f"{'model':<17}{'structure':<19}{'atoms':>6}{'pairs':>6}{'ms/step':>9}{'±':>7}{'min ms':>9}{'bare ms':>9}"
+        f"{'/paper':>8}{'/small':>8}{'min/paper':>10}  route"
     )
-    lines = [header, "-" * len(header)]
+    lines = [header, "-" * (len(header) + 40)]
     for structure in structures:
         for r in (r for r in records if r["structure"] == structure):
-            paper = reference.get(("so3krates-paper", structure))
-            small = reference.get(("so3krates-small", structure))
             step = r["openmm_step_ms"]
+            step_min = r.get("openmm_step_min_ms")
             bare = f"{r['bare_ms']:9.2f}" if "bare_ms" in r else f"{'-':>9}"
             lines.append(
-                f"{r['model']:<18}{structure:<20}{r['atoms']:>6}{r.get('pairs', 0):>7}{step:>10.2f}"
-                f"{r['openmm_step_iqr_half_ms']:>6.1f}{bare}"
-                f"{(step / paper if paper else float('nan')):>13.2f}{(step / small if small else float('nan')):>13.2f}  {r['route']}"
+                f"{r['model']:<17}{structure:<19}{r['atoms']:>6}{r.get('pairs', 0):>6}{step:>9.2f}"
+                f"{r['openmm_step_iqr_half_ms']:>7.2f}{(step_min or float('nan')):>9.2f}{bare}"
+                f"{ratio(step, median.get(('so3krates-paper', structure))):>8}"
+                f"{ratio(step, median.get(('so3krates-small', structure))):>8}"
+                f"{ratio(step_min, minimum.get(('so3krates-paper', structure))):>10}  {r['route']}"
             )
     return "\n".join(lines)
 
@@ -201,7 +209,7 @@ def main() -> int:
     print(f"# peer step-time benchmark | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
           f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads={args.threads} | "
           f"repeats={args.repeats} warm-up={args.warmup} | CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
-    print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"# command: {shlex.join([sys.executable, *sys.argv])} | niceness {os.nice(0)} (peers inherit it)")
     if dry_run:
         print("# DRY RUN: not all structures are the shipped ones; do not record these figures")
     print(f"# load average before: {load_average()}", flush=True)
@@ -234,7 +242,10 @@ def main() -> int:
     print()
     print(format_table(records, names))
     print()
-    print("# ratios: peer ms/step divided by SO3krates ms/step on the same structure (> 1: SO3krates is faster)")
+    print("# ms/step: median of single steps, ± half the interquartile range, min: fastest step;"
+          " bare: the model's own energy+forces call")
+    print("# /paper, /small: ms/step divided by SO3krates' (paper size, small) on the same structure"
+          " (> 1: SO3krates is faster); min/paper: the same with minima")
     for name, found in peer_versions.items():
         print(f"# versions {name}: {', '.join(f'{k} {v}' for k, v in found.items())}")
     for peer, error in failures.items():
