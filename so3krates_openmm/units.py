@@ -42,24 +42,21 @@ _LENGTH_ALIASES = {
 }
 
 
+def _normalise(unit: str, aliases: dict[str, str], known: dict[str, float], kind: str) -> str:
+    canonical = aliases.get(unit.strip().lower())
+    if canonical is None:
+        raise ValueError(f"unknown {kind} unit {unit!r}; use one of {sorted(known)}")
+    return canonical
+
+
 def normalise_energy_unit(unit: str) -> str:
     """Return the canonical spelling of an energy unit, or raise ``ValueError``."""
-    canonical = _ENERGY_ALIASES.get(unit.strip().lower())
-    if canonical is None:
-        raise ValueError(
-            f"unknown energy unit {unit!r}; use one of {sorted(KJ_PER_MOL_PER_ENERGY_UNIT)}"
-        )
-    return canonical
+    return _normalise(unit, _ENERGY_ALIASES, KJ_PER_MOL_PER_ENERGY_UNIT, "energy")
 
 
 def normalise_length_unit(unit: str) -> str:
     """Return the canonical spelling of a length unit, or raise ``ValueError``."""
-    canonical = _LENGTH_ALIASES.get(unit.strip().lower())
-    if canonical is None:
-        raise ValueError(
-            f"unknown length unit {unit!r}; use one of {sorted(ANGSTROM_PER_LENGTH_UNIT)}"
-        )
-    return canonical
+    return _normalise(unit, _LENGTH_ALIASES, ANGSTROM_PER_LENGTH_UNIT, "length")
 
 
 def energy_conversion(from_unit: str, to_unit: str) -> float:
