@@ -37,11 +37,11 @@ def measure(dataset, batch_size: int, frames: int, epochs: int, threads: int, dt
         dtype=dtype, output=output, progress=False, patience=None,
     ))
     trainer = Trainer(config, dataset=dataset, log=lambda message: None)
-    trainer._setup()
-    trainer._train_epoch(1)  # warm-up (allocator, first-call overheads)
+    trainer.setup()
+    trainer.train_epoch(1)  # warm-up (allocator, first-call overheads)
     started = time.perf_counter()
     for epoch in range(2, 2 + epochs):
-        trainer._train_epoch(epoch)
+        trainer.train_epoch(epoch)
     seconds = time.perf_counter() - started
     steps = epochs * -(-frames // batch_size)
     return {"batch_size": batch_size, "structures_per_s": epochs * frames / seconds, "ms_per_step": 1e3 * seconds / steps}

@@ -45,9 +45,9 @@ def small_run(output: Path, **options) -> dict:
 def test_training_cuts_the_force_error_several_fold(tmp_path: Path, ethanol_data: MolecularDataset):
     config = config_from_dict(small_run(tmp_path / "run", max_epochs=12))
     trainer = Trainer(config, dataset=ethanol_data, log=quiet)
-    trainer._setup()
+    trainer.setup()
     before = trainer.evaluate(trainer.test_data, use_ema=False)
-    result = trainer_run_after_setup(trainer)
+    result = trainer.run()
     after = result.test_report["errors"]
     assert before["force_mae"] > 8.0  # a random model is far off (force RMS of the data: 20 kcal/mol/Å)
     assert after["force_mae"] < before["force_mae"] / 5.0, (before["force_mae"], after["force_mae"])
@@ -69,12 +69,6 @@ def test_training_cuts_the_force_error_several_fold(tmp_path: Path, ethanol_data
     assert (6 * per_element["H"] + 2 * per_element["C"] + per_element["O"]) / 9 == pytest.approx(
         report["errors"]["force_mae"], rel=1e-9
     )
-
-
-def trainer_run_after_setup(trainer: Trainer):
-    """``Trainer.run`` on a trainer whose ``_setup`` already ran (so the test could look at the untrained model)."""
-    trainer._setup = lambda: None  # type: ignore[method-assign]
-    return trainer.run()
 
 
 def test_best_checkpoint_holds_the_ema_weights_of_the_best_epoch(tmp_path: Path, ethanol_data: MolecularDataset):
@@ -178,20 +172,15 @@ def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_pat
     straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
 
     trainer = Trainer(config_from_dict(small_run(tmp_path / "broken", **options)), dataset=ethanol_data, log=quiet)
-    original_setup = trainer._setup
+    trainer.setup()
+    schedule_step = trainer.schedule.step
 
-    def setup_then_break_at_step_7() -> None:
-        original_setup()
-        schedule_step = trainer.schedule.step
+    def step_that_dies_in_step_7() -> None:
+        if trainer.schedule.steps == 7:
+            raise KeyboardInterrupt
+        schedule_step()
 
-        def step() -> None:
-            if trainer.schedule.steps == 7:
-                raise KeyboardInterrupt
-            schedule_step()
-
-        trainer.schedule.step = step  # type: ignore[method-assign]
-
-    trainer._setup = setup_then_break_at_step_7  # type: ignore[method-assign]
+    trainer.schedule.step = step_that_dies_in_step_7  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     state = read_checkpoint(tmp_path / "broken" / "last_checkpoint.pt")["extra"]["training_state"]

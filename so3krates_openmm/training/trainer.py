@@ -150,6 +150,7 @@ class Trainer:
         self.log = log if self.context.is_main else (lambda message: None)
         self.output = Path(config.output)
         self._dataset = dataset
+        self._ready = False
 
     # ------------------------------------------------------------------ set-up
     def _load_state(self) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
@@ -170,7 +171,14 @@ class Trainer:
         check_resumable(state["config"], self.config)
         return checkpoint, state
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
+        """Load the data (and the state of a resumed run), build the model, fit shifts, create the optimiser.
+
+        Called by :meth:`run`; calling it first (once) gives access to the untrained model and the splits.
+        """
+        if self._ready:
+            return
+        self._ready = True
         config = self.config
         checkpoint, state = self._load_state()
         dataset = self._dataset if self._dataset is not None else load_training_data(config)
@@ -284,7 +292,7 @@ class Trainer:
         self.log(f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}; scale {scale:.4g}")
 
     # ----------------------------------------------------------------- epochs
-    def _train_epoch(self, epoch: int, start_batch: int = 0, loss_sum_start: float = 0.0) -> float:
+    def train_epoch(self, epoch: int, start_batch: int = 0, loss_sum_start: float = 0.0) -> float:
         """One pass over the training split; returns the mean loss over its global batches.
 
         ``start_batch`` and ``loss_sum_start`` continue an epoch interrupted after a mid-epoch
@@ -445,7 +453,7 @@ class Trainer:
 
     def run(self) -> TrainingResult:
         """Train until a stop criterion holds, then evaluate the best checkpoint on the test split."""
-        self._setup()
+        self.setup()
         self._started = time.monotonic()
         self._last_save = self._started
         last_plot = time.monotonic()
@@ -456,9 +464,9 @@ class Trainer:
                 progress, self.epoch_in_progress = self.epoch_in_progress, None
                 if int(progress["epoch"]) != epoch:
                     raise TrainingError(f"damaged training state: epoch {progress['epoch']} in progress after {self.epoch}")
-                train_loss = self._train_epoch(epoch, int(progress["batches_done"]), float(progress["loss_sum"]))
+                train_loss = self.train_epoch(epoch, int(progress["batches_done"]), float(progress["loss_sum"]))
             else:
-                train_loss = self._train_epoch(epoch)
+                train_loss = self.train_epoch(epoch)
             validation = self.evaluate(self.valid_data)
             self.epoch = epoch
             row = {
