@@ -508,7 +508,7 @@ class Trainer:
         if self.context.is_main and self.metrics:
             plot_learning_curve(self.output / CURVE_FILE, self.metrics, self.energy_unit)
         self.context.barrier()
-        report = self._test_report()
+        report = self._test_report(stop_reason)
         return TrainingResult(
             output=self.output,
             best_checkpoint=self.output / BEST_CHECKPOINT,
@@ -519,7 +519,7 @@ class Trainer:
             test_report=report,
         )
 
-    def _test_report(self) -> Optional[Dict[str, Any]]:
+    def _test_report(self, stop_reason: str) -> Optional[Dict[str, Any]]:
         """Errors of the best checkpoint on the test split; written as JSON and printed by the main process."""
         if len(self.test_data) == 0:
             self.log("no test frames (--test-size 0): no test report")
@@ -537,6 +537,12 @@ class Trainer:
             "data": self.data_source,
             "energy_unit": self.energy_unit,
             "force_unit": f"{self.energy_unit}/Angstrom",
+            "split_sizes": {"train": len(self.split[0]), "valid": len(self.split[1]), "test": len(self.split[2])},
+            "seed": self.config.seed,
+            "model": self.model.config.to_dict(),
+            "parameters": sum(p.numel() for p in self.parameters),
+            "training": {"epochs": self.epoch, "steps": self.schedule.steps, "batch_size": self.batch_size,
+                         "processes": self.context.world_size, "time_s": self.elapsed, "stop_reason": stop_reason},
             "errors": errors,
             "errors_meV": in_mev(errors, self.energy_unit),
         }
