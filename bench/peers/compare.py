@@ -35,8 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -59,17 +60,22 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
 
 
-def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> List[Dict[str, Any]]:
+def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
     """Time this project's model in OpenMM (TorchForce), paper size and small, on each structure."""
     import torch
 
     sys.path.insert(0, str(HERE))
-    from peer_common import Molecule, count_pairs, time_call, time_openmm_step  # the peers' own helpers
-
     from so3krates_openmm import SO3krates, SO3kratesConfig
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.export import export_checkpoint
     from so3krates_openmm.openmm_force import create_system
+
+    from peer_common import (  # the peers' own helpers
+        Molecule,
+        count_pairs,
+        time_call,
+        time_openmm_step,
+    )
 
     torch.set_num_threads(threads)
     records = []
@@ -89,7 +95,7 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
                 system = create_system(structure, model_path)
                 numbers = torch.tensor(molecule.atomic_numbers)
                 positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
-                record: Dict[str, Any] = {
+                record: dict[str, Any] = {
                     "model": key,
                     "description": f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
                     "route": "TorchScript export -> openmm-torch TorchForce",
@@ -122,7 +128,7 @@ def peer_python(peer: str) -> Path:
     return python
 
 
-def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> Dict[str, Any]:
+def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> dict[str, Any]:
     """Run ``<peer>_step.py`` in its venv and return its JSON record."""
     python = peer_python(peer)
     command = [str(python), str(HERE / PEER_SCRIPTS[peer]), *map(str, structure_paths),
@@ -137,7 +143,7 @@ def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: 
     })
     environment.pop("VIRTUAL_ENV", None)
     print(f"[compare] {peer}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    completed = subprocess.run(command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=PEER_TIMEOUT_S)
+    completed = subprocess.run(command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=PEER_TIMEOUT_S, check=False)
     for line in reversed(completed.stdout.splitlines()):
         line = line.strip()
         if line.startswith("{"):
@@ -153,7 +159,7 @@ def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: 
     )
 
 
-def format_table(records: List[Dict[str, Any]], structures: List[str]) -> str:
+def format_table(records: list[dict[str, Any]], structures: list[str]) -> str:
     """Rows per model and structure: ms/step (median, spread, minimum), bare ms, ratios to SO3krates.
 
     Ratios are of medians (``/paper``, ``/small``) and of minima (``min/paper``),
@@ -162,11 +168,11 @@ def format_table(records: List[Dict[str, Any]], structures: List[str]) -> str:
     median = {(r["model"], r["structure"]): r["openmm_step_ms"] for r in records if r["model"].startswith("so3krates")}
     minimum = {(r["model"], r["structure"]): r.get("openmm_step_min_ms") for r in records if r["model"].startswith("so3krates")}
 
-    def ratio(value: Optional[float], reference: Optional[float]) -> str:
+    def ratio(value: float | None, reference: float | None) -> str:
         return f"{value / reference:.2f}" if value and reference else "-"
 
     header = (
-        f"{'model':<17}{'structure':<19}{'atoms':>6}{'pairs':>6}{'ms/step':>9}{'±':>7}{'min ms':>9}{'bare ms':>9}"
+        f"{'model':<17}{'structure':<19}{'atoms':>6}{'pairs':>6}{'ms/step':>10}{'±':>8}{'min ms':>10}{'bare ms':>10}"
         f"{'/paper':>8}{'/small':>8}{'min/paper':>10}  route"
     )
     lines = [header, "-" * (len(header) + 40)]
@@ -174,10 +180,10 @@ def format_table(records: List[Dict[str, Any]], structures: List[str]) -> str:
         for r in (r for r in records if r["structure"] == structure):
             step = r["openmm_step_ms"]
             step_min = r.get("openmm_step_min_ms")
-            bare = f"{r['bare_ms']:9.2f}" if "bare_ms" in r else f"{'-':>9}"
+            bare = f"{r['bare_ms']:10.2f}" if "bare_ms" in r else f"{'-':>10}"
             lines.append(
-                f"{r['model']:<17}{structure:<19}{r['atoms']:>6}{r.get('pairs', 0):>6}{step:>9.2f}"
-                f"{r['openmm_step_iqr_half_ms']:>7.2f}{(step_min or float('nan')):>9.2f}{bare}"
+                f"{r['model']:<17}{structure:<19}{r['atoms']:>6}{r.get('pairs', 0):>6}{step:>10.2f}"
+                f"{r['openmm_step_iqr_half_ms']:>8.2f}{(step_min or float('nan')):>10.2f}{bare}"
                 f"{ratio(step, median.get(('so3krates-paper', structure))):>8}"
                 f"{ratio(step, median.get(('so3krates-small', structure))):>8}"
                 f"{ratio(step_min, minimum.get(('so3krates-paper', structure))):>10}  {r['route']}"
@@ -206,7 +212,7 @@ def main() -> int:
     structures = [p.resolve() for p in args.structures]
     dry_run = any(PRETRAINED not in p.parents for p in structures)
     started = time.time()
-    print(f"# peer step-time benchmark | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+    print(f"# peer step-time benchmark | {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
           f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads={args.threads} | "
           f"repeats={args.repeats} warm-up={args.warmup} | CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
     print(f"# command: {shlex.join([sys.executable, *sys.argv])} | niceness {os.nice(0)} (peers inherit it)")
@@ -214,9 +220,9 @@ def main() -> int:
         print("# DRY RUN: not all structures are the shipped ones; do not record these figures")
     print(f"# load average before: {load_average()}", flush=True)
 
-    records: List[Dict[str, Any]] = []
-    failures: Dict[str, str] = {}
-    peer_versions: Dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    peer_versions: dict[str, Any] = {}
     if not args.skip_so3krates:
         import openmm
         import torch

@@ -29,11 +29,21 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 
-from peer_common import Molecule, configure_torch, count_pairs, emit, log, parse_args, read_molecule, time_call, time_openmm_step
+from peer_common import (
+    Molecule,
+    configure_torch,
+    count_pairs,
+    emit,
+    log,
+    parse_args,
+    read_molecule,
+    time_call,
+    time_openmm_step,
+)
 
 CUTOFF_ANGSTROM = 5.0
 EV_TO_KJ_MOL = 96.4853
@@ -76,7 +86,7 @@ def build_mace(hidden_irreps: str, molecule: Molecule) -> Any:
     return model.float().eval()
 
 
-def bare_input(model: Any, molecule: Molecule) -> Dict[str, Any]:
+def bare_input(model: Any, molecule: Molecule) -> dict[str, Any]:
     """The input dict openmm-ml's MACE force builds each step, for a non-periodic molecule."""
     import torch
     from mace.data.neighborhood import get_neighborhood
@@ -124,7 +134,7 @@ def main() -> None:
                 model_path = Path(workdir) / f"mace_{key}_{molecule.name}.model"
                 torch.save(model, model_path)
                 system = MLPotential("mace", modelPath=str(model_path)).createSystem(molecule.topology, precision="single")
-                record: Dict[str, Any] = {
+                record: dict[str, Any] = {
                     "model": f"mace-{key}",
                     "description": description,
                     "route": "openmm-ml 1.8 MLPotential('mace') -> openmm.PythonForce",

@@ -20,9 +20,20 @@ The bare time is one model call (energy and forces) on a ready input dict
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from peer_common import Molecule, configure_torch, count_pairs, emit, log, parse_args, read_molecule, time_call, time_openmm_step
+from peer_common import (
+    Molecule,
+    configure_torch,
+    count_pairs,
+    emit,
+    log,
+    parse_args,
+    read_molecule,
+    time_call,
+    time_openmm_step,
+)
 
 CUTOFF_ANGSTROM = 5.0
 MODELS = {"lmax1": "NequIP l_max 1, 32 features, 4 layers"}
@@ -67,14 +78,13 @@ def serve_model(model: Any) -> Iterator[None]:
         load_utils.load_saved_model = original
 
 
-def bare_input(model: Any, molecule: Molecule) -> Dict[str, Any]:
+def bare_input(model: Any, molecule: Molecule) -> dict[str, Any]:
     """The input dict openmm-ml's NequIP force builds each step (non-periodic)."""
     import torch
     from nequip.data._nl import compute_neighborlist_
-
-    type_index = {name: i for i, name in enumerate(model.metadata["type_names"].split())}
     from openmm.app import Element
 
+    type_index = {name: i for i, name in enumerate(model.metadata["type_names"].split())}
     types = [type_index[Element.getByAtomicNumber(z).symbol] for z in molecule.atomic_numbers]
     data = {
         "pos": torch.tensor(molecule.positions_angstrom, dtype=torch.float64),
@@ -104,7 +114,7 @@ def main() -> None:
             )
             with serve_model(model):
                 system = potential.createSystem(molecule.topology, precision="single")
-            record: Dict[str, Any] = {
+            record: dict[str, Any] = {
                 "model": f"nequip-{key}",
                 "description": MODELS[key],
                 "route": "openmm-ml 1.8 MLPotential('nequip') -> openmm.PythonForce",

@@ -19,10 +19,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,14 +41,14 @@ class Molecule:
     name: str
     topology: Any  # openmm.app.Topology
     positions_nm: np.ndarray  # (N, 3) float64
-    atomic_numbers: List[int]
+    atomic_numbers: list[int]
 
     @property
     def n_atoms(self) -> int:
         return len(self.atomic_numbers)
 
     @property
-    def elements(self) -> List[int]:
+    def elements(self) -> list[int]:
         """The sorted, distinct atomic numbers of the structure."""
         return sorted(set(self.atomic_numbers))
 
@@ -112,7 +113,7 @@ def configure_torch(threads: int) -> None:
     torch.set_default_dtype(torch.float32)
 
 
-def time_call(function: Callable[[], object], repeats: int, warmup: int) -> Dict[str, float]:
+def time_call(function: Callable[[], object], repeats: int, warmup: int) -> dict[str, float]:
     """Median, interquartile half-range and minimum of the wall time of ``function`` in ms.
 
     The minimum is the figure least disturbed by other jobs on a shared machine.
@@ -132,7 +133,7 @@ def time_call(function: Callable[[], object], repeats: int, warmup: int) -> Dict
     }
 
 
-def time_openmm_step(system: Any, molecule: Molecule, threads: int, repeats: int, warmup: int) -> Dict[str, Any]:
+def time_openmm_step(system: Any, molecule: Molecule, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
     """Median wall time of one Langevin step (CPU platform), plus a sanity check of the force.
 
     The potential energy and the largest force at the start must be finite and
@@ -168,9 +169,9 @@ def time_openmm_step(system: Any, molecule: Molecule, threads: int, repeats: int
     }
 
 
-def versions(packages: Sequence[str]) -> Dict[str, Optional[str]]:
+def versions(packages: Sequence[str]) -> dict[str, str | None]:
     """Installed versions of ``packages`` (None when one is missing)."""
-    found: Dict[str, Optional[str]] = {}
+    found: dict[str, str | None] = {}
     for name in packages:
         try:
             found[name] = metadata.version(name)
@@ -179,7 +180,7 @@ def versions(packages: Sequence[str]) -> Dict[str, Optional[str]]:
     return found
 
 
-def emit(peer: str, args: argparse.Namespace, packages: Sequence[str], results: List[Dict[str, Any]]) -> None:
+def emit(peer: str, args: argparse.Namespace, packages: Sequence[str], results: list[dict[str, Any]]) -> None:
     """Print the script's single JSON result line on stdout."""
     import torch
 

@@ -21,15 +21,25 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
-from peer_common import Molecule, configure_torch, count_pairs, emit, log, parse_args, read_molecule, time_call, time_openmm_step
+from peer_common import (
+    Molecule,
+    configure_torch,
+    count_pairs,
+    emit,
+    log,
+    parse_args,
+    read_molecule,
+    time_call,
+    time_openmm_step,
+)
 
 CUTOFF_ANGSTROM = 5.0
 MODELS = {"2x128": "TensorNet 2 layers, 128 channels"}
 
 
-def hyperparameters(molecule: Molecule) -> Dict[str, Any]:
+def hyperparameters(molecule: Molecule) -> dict[str, Any]:
     """torchmd-net training arguments of the benchmarked TensorNet."""
     return {
         "model": "tensornet",
@@ -85,7 +95,7 @@ def main() -> None:
                 log(f"{MODELS[key]} on {molecule.name} ({molecule.n_atoms} atoms)")
                 checkpoint = write_checkpoint(molecule, Path(workdir) / f"tensornet_{molecule.name}.ckpt")
                 system = MLPotential("torchmdnet", modelPath=str(checkpoint)).createSystem(molecule.topology)
-                record: Dict[str, Any] = {
+                record: dict[str, Any] = {
                     "model": f"tensornet-{key}",
                     "description": MODELS[key],
                     "route": "openmm-ml 1.8 MLPotential('torchmdnet') -> openmm.PythonForce (torch.compile inductor)",
