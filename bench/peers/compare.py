@@ -201,7 +201,15 @@ def main() -> int:
     parser.add_argument("--peers", nargs="*", choices=list(PEER_SCRIPTS), default=list(PEER_SCRIPTS))
     parser.add_argument("--skip-so3krates", action="store_true", help="time only the peers")
     parser.add_argument("--json", type=Path, help="also write all records to this file")
+    parser.add_argument(
+        "--omp-wait-policy", choices=["PASSIVE", "ACTIVE", "inherit"], default="PASSIVE",
+        help="OMP_WAIT_POLICY for every model (set before torch loads; peers inherit it). PASSIVE (default) "
+        "keeps idle OpenMP threads from spinning, which on a loaded machine costs some models many times "
+        "their step time; 'inherit' keeps the caller's environment",
+    )
     args = parser.parse_args()
+    if args.omp_wait_policy != "inherit":
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
 
     missing = [str(p) for p in args.structures if not p.is_file()]
     if missing:
@@ -214,7 +222,8 @@ def main() -> int:
     started = time.time()
     print(f"# peer step-time benchmark | {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
           f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads={args.threads} | "
-          f"repeats={args.repeats} warm-up={args.warmup} | CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
+          f"repeats={args.repeats} warm-up={args.warmup} | OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} | "
+          "CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
     print(f"# command: {shlex.join([sys.executable, *sys.argv])} | niceness {os.nice(0)} (peers inherit it)")
     if dry_run:
         print("# DRY RUN: not all structures are the shipped ones; do not record these figures")
