@@ -39,12 +39,17 @@ def measure(dataset, batch_size: int, frames: int, epochs: int, threads: int, dt
     trainer = Trainer(config, dataset=dataset, log=lambda message: None)
     trainer.setup()
     trainer.train_epoch(1)  # warm-up (allocator, first-call overheads)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(2, 2 + epochs):
         trainer.train_epoch(epoch)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     steps = epochs * -(-frames // batch_size)
-    return {"batch_size": batch_size, "structures_per_s": epochs * frames / seconds, "ms_per_step": 1e3 * seconds / steps}
+    return {
+        "batch_size": batch_size,
+        "structures_per_s": epochs * frames / seconds,
+        "ms_per_step": 1e3 * seconds / steps,
+        "cpu_ms_per_structure": 1e3 * cpu_seconds / (epochs * frames),
+    }
 
 
 def main() -> None:
@@ -63,16 +68,17 @@ def main() -> None:
     print(f"SO3krates training throughput: Ac-Ala3-NHMe ({len(peptide.atomic_numbers)} atoms), paper-size model "
           f"(F=132, T=3, H=4, degrees 1-3, K=32, 5 Å), {args.dtype}, {args.threads} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
-    print("step = forward + forces (autograd, create_graph) + backward + clip + Adam + EMA")
+    print("step = forward + forces (autograd, create_graph) + backward + clip + Adam + EMA; "
+          "CPU ms/structure = process CPU time (all threads), less sensitive to other load than wall time")
     print("load average before: %.2f %.2f %.2f (figures are only comparable on an otherwise idle machine)"
           % os.getloadavg())
-    print(f"{'batch':>5}  {'structures/s':>12}  {'ms/step':>8}")
+    print(f"{'batch':>5}  {'structures/s':>12}  {'ms/step':>8}  {'CPU ms/structure':>16}")
     with tempfile.TemporaryDirectory() as scratch:
         for batch_size in args.batch_sizes:
             result = measure(dataset, batch_size, args.frames, args.epochs, args.threads, args.dtype,
                              f"{scratch}/run{batch_size}")
-            print(f"{result['batch_size']:>5}  {result['structures_per_s']:>12.2f}  {result['ms_per_step']:>8.1f}",
-                  flush=True)
+            print(f"{result['batch_size']:>5}  {result['structures_per_s']:>12.2f}  {result['ms_per_step']:>8.1f}  "
+                  f"{result['cpu_ms_per_structure']:>16.1f}", flush=True)
     print("load average after: %.2f %.2f %.2f" % os.getloadavg())
 
 

@@ -179,6 +179,7 @@ class Trainer:
         if self._ready:
             return
         self._ready = True
+        self._started = self._last_save = time.monotonic()
         config = self.config
         checkpoint, state = self._load_state()
         dataset = self._dataset if self._dataset is not None else load_training_data(config)
