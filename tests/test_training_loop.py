@@ -198,3 +198,13 @@ def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_pat
     weights_a = read_checkpoint(tmp_path / "straight" / "last_checkpoint.pt")["state_dict"]
     weights_b = read_checkpoint(tmp_path / "broken" / "last_checkpoint.pt")["state_dict"]
     assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a)
+
+
+def test_an_epoch_can_be_run_by_hand_after_setup(tmp_path: Path, ethanol_data: MolecularDataset):
+    """The building blocks work outside ``run`` (as the throughput benchmark uses them)."""
+    trainer = Trainer(config_from_dict(small_run(tmp_path / "run", train_size=10, valid_size=5, test_size=5)),
+                      dataset=ethanol_data, log=quiet)
+    trainer.setup()
+    trainer.setup()  # idempotent
+    loss = trainer.train_epoch(1)
+    assert np.isfinite(loss) and loss > 0 and trainer.schedule.steps == 2
