@@ -521,8 +521,11 @@ def generate_reference_data(
         state = consistent
         if len(state.energies) > saved["frames"]:
             checkpoint()
-        log(f"interrupted: {len(state.energies)} frames saved in {partial}; run the same command again "
-            "(or `so3krates-data generate --resume -o OUTPUT`) to continue")
+        if partial.exists():
+            log(f"interrupted: {len(state.energies)} frames saved in {partial}; run the same command again "
+                f"(or `so3krates-data generate --resume -o {output}`) to continue")
+        else:
+            log("interrupted before the first frame was recorded; nothing to resume")
         stopped_early = True
     finally:
         if bar is not None:
