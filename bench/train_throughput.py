@@ -13,6 +13,11 @@ randomly displaced by 0.1 Å and labelled by a random teacher model: the
 labels do not change the cost of a step.
 
 Usage: ``python bench/train_throughput.py [--threads 2] [--frames 60] [--epochs 2]``.
+
+On a machine shared with other busy processes, OpenMP's default of spinning
+while waiting makes 2 threads many times slower than 1;
+``OMP_WAIT_POLICY=PASSIVE`` (set before Python starts) avoids that. The
+header prints the policy in effect.
 """
 
 from __future__ import annotations
@@ -70,8 +75,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}")
     print("step = forward + forces (autograd, create_graph) + backward + clip + Adam + EMA; "
           "CPU ms/structure = process CPU time (all threads), less sensitive to other load than wall time")
-    print("load average before: %.2f %.2f %.2f (figures are only comparable on an otherwise idle machine)"
-          % os.getloadavg())
+    print("load average before: %.2f %.2f %.2f (figures are only comparable on an otherwise idle machine); "
+          "OMP_WAIT_POLICY=%s" % (*os.getloadavg(), os.environ.get("OMP_WAIT_POLICY", "(unset)")))
     print(f"{'batch':>5}  {'structures/s':>12}  {'ms/step':>8}  {'CPU ms/structure':>16}")
     with tempfile.TemporaryDirectory() as scratch:
         for batch_size in args.batch_sizes:
