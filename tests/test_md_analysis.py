@@ -9,16 +9,25 @@ import numpy as np
 import openmm as mm
 import pytest
 from openmm import app, unit
+from test_md_support import catcher_xyz, peptide_pdb  # noqa: F401
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.catcher import centroid_distances, identify_ball
 from so3krates_openmm.md.energy import energy_drift
 from so3krates_openmm.md.platforms import get_platform
-from so3krates_openmm.md.reporters import DCDReporter, VelocityReporter, read_velocities, truncate_dcd
+from so3krates_openmm.md.reporters import (
+    DCDReporter,
+    VelocityReporter,
+    read_velocities,
+    truncate_dcd,
+)
 from so3krates_openmm.md.simulation import make_integrator, resolve_seed
-from so3krates_openmm.md.spectrum import SPEED_OF_LIGHT_CM_PER_PS, finite_difference_velocities, vibrational_spectrum
+from so3krates_openmm.md.spectrum import (
+    SPEED_OF_LIGHT_CM_PER_PS,
+    finite_difference_velocities,
+    vibrational_spectrum,
+)
 from so3krates_openmm.md.trajectory import read_dcd
-from test_md_support import catcher_xyz, peptide_pdb  # noqa: F401
 
 MASS_C, MASS_O = 12.0, 16.0
 K_KJ_MOL_NM2 = 1.8e6  # C=O-like stretch

@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_md_support import PROTOCOLS
 
 from so3krates_openmm.md.commands import langevin_nvt_main
-from so3krates_openmm.md.protocols import ProtocolError, resolve_system_files, steps_from
+from so3krates_openmm.md.protocols import (
+    ProtocolError,
+    resolve_system_files,
+    steps_from,
+)
 from so3krates_openmm.md.schemas import LANGEVIN_NVT, SCHEMAS
-from test_md_support import PROTOCOLS
 
 
 def write(path: Path, text: str) -> Path:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_md_support import (  # noqa: F401  (fixtures)
+    catcher_gentle_model,
+    catcher_xyz,
+    peptide_amber_xml,
+    peptide_gentle_model,
+    peptide_pdb,
+)
 
 from so3krates_openmm.md.commands import (
     catcher_distance_main,
@@ -20,13 +26,6 @@ from so3krates_openmm.md.commands import (
 from so3krates_openmm.md.report import markdown_table, summarize_run
 from so3krates_openmm.md.reporters import read_csv_log
 from so3krates_openmm.md.trajectory import read_dcd
-from test_md_support import (  # noqa: F401  (fixtures)
-    catcher_gentle_model,
-    catcher_xyz,
-    peptide_amber_xml,
-    peptide_gentle_model,
-    peptide_pdb,
-)
 
 QUIET = ["--no-progress", "--platform", "Reference", "--threads", "1", "--seed", "11"]
 
@@ -160,7 +159,8 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     assert code == 0
     summary = json.loads((output / "minima.json").read_text())
     assert summary["snapshots"] == 6 and summary["workers"] == 2
-    rows = list(csv.DictReader(open(output / "minima.csv")))
+    with open(output / "minima.csv") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == summary["distinct_minima"] >= 1
     assert sum(int(r["n_snapshots"]) for r in rows) + summary["rejected_snapshots"] == 6
     energies = [float(r["energy_kJ/mol"]) for r in rows]

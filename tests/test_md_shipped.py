@@ -33,7 +33,7 @@ def shipped(system: str):
 @shipped("ac_ala3_nhme")
 def test_peptide_langevin_stays_stable(tmp_path):
     output = tmp_path / "nvt"
-    assert langevin_nvt_main(["--steps", "100", "--log-interval", "10", "--trajectory-interval", "10",
+    assert langevin_nvt_main(["--steps", "40", "--log-interval", "10", "--trajectory-interval", "10",
                               "--stability-interval", "10", "--output", str(output), *COMMON]) == 0
     stability = json.loads((output / "stability.json").read_text())
     assert stability["stable"] and stability["max_bond_stretch"] < 1.3
@@ -43,16 +43,16 @@ def test_peptide_langevin_stays_stable(tmp_path):
 
 @shipped("ac_ala3_nhme")
 def test_peptide_analysis_protocols(tmp_path):
-    assert nve_main(["--steps", "60", "--equilibration-steps", "20", "--log-interval", "5",
+    assert nve_main(["--steps", "20", "--equilibration-steps", "10", "--log-interval", "5",
                      "--output", str(tmp_path / "nve"), *COMMON]) == 0
     assert json.loads((tmp_path / "nve" / "energy_drift.json").read_text())["n_atoms"] == 42
-    assert spectrum_main(["--steps", "80", "--equilibration-steps", "0", "--velocity-interval", "1",
-                          "--max-lag-ps", "0.01", "--output", str(tmp_path / "spectrum"), *COMMON]) == 0
+    assert spectrum_main(["--steps", "40", "--equilibration-steps", "0", "--velocity-interval", "1",
+                          "--max-lag-ps", "0.005", "--output", str(tmp_path / "spectrum"), *COMMON]) == 0
     assert (tmp_path / "spectrum" / "spectrum.png").exists()
-    assert ramachandran_main(["--steps", "40", "--trajectory-interval", "10", "--output", str(tmp_path / "rama"), *COMMON]) == 0
+    assert ramachandran_main(["--steps", "20", "--trajectory-interval", "10", "--output", str(tmp_path / "rama"), *COMMON]) == 0
     angles = np.loadtxt(tmp_path / "rama" / "ramachandran.csv", delimiter=",", skiprows=1)
-    assert angles.shape == (4, 7)
-    assert minima_main(["--steps", "40", "--snapshot-interval", "20", "--workers", "1", "--max-iterations", "50",
+    assert angles.shape == (2, 7)
+    assert minima_main(["--steps", "20", "--snapshot-interval", "10", "--workers", "1", "--max-iterations", "20",
                         "--output", str(tmp_path / "minima"), *COMMON]) == 0
     assert json.loads((tmp_path / "minima" / "minima.json").read_text())["snapshots"] == 2
 
@@ -60,7 +60,7 @@ def test_peptide_analysis_protocols(tmp_path):
 @shipped("buckyball_catcher")
 def test_catcher_ball_stays_in(tmp_path):
     output = tmp_path / "catcher"
-    assert catcher_distance_main(["--steps", "40", "--trajectory-interval", "10", "--output", str(output), *COMMON]) == 0
+    assert catcher_distance_main(["--steps", "20", "--trajectory-interval", "10", "--output", str(output), *COMMON]) == 0
     summary = json.loads((output / "catcher_distance.json").read_text())
     assert summary["ball_atoms"] == 60 and summary["host_atoms"] == 88
     assert abs(summary["max_distance_angstrom"] - summary["start_distance_angstrom"]) < 1.0

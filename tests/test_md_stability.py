@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import openmm as mm
 import pytest
 from openmm import unit
+from test_md_support import peptide_pdb, peptide_random_model  # noqa: F401
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.commands import langevin_nvt_main
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings
-from so3krates_openmm.md.stability import StabilityChecker, StabilityCriteria, covalent_bonds
+from so3krates_openmm.md.stability import (
+    StabilityChecker,
+    StabilityCriteria,
+    covalent_bonds,
+)
 from so3krates_openmm.md.trajectory import read_dcd
-from test_md_support import peptide_pdb, peptide_random_model  # noqa: F401
 
 REFERENCE = ["--platform", "Reference", "--threads", "1", "--no-progress"]
 

@@ -13,7 +13,11 @@ The scripts in ``md_protocols/`` are thin wrappers around this package:
 
 from so3krates_openmm.md.platforms import available_platforms, get_platform
 from so3krates_openmm.md.runner import RunConfig, RunResult, run_md
-from so3krates_openmm.md.simulation import SimulationSettings, build_simulation, make_integrator
+from so3krates_openmm.md.simulation import (
+    SimulationSettings,
+    build_simulation,
+    make_integrator,
+)
 from so3krates_openmm.md.stability import (
     SimulationUnstable,
     StabilityCriteria,

@@ -10,9 +10,23 @@ Each lives in its own module; this one collects the public functions:
 - Trajectories (:mod:`.trajectory`, :mod:`.reporters`): :func:`read_dcd`, :func:`read_velocities`, :func:`read_csv_log`.
 """
 
-from so3krates_openmm.md.catcher import centroid_distances, identify_ball, plot_distance, write_distance_csv
-from so3krates_openmm.md.energy import energy_drift, plot_energy_drift, plot_energy_trace, write_drift
-from so3krates_openmm.md.ramachandran import backbone_dihedrals, plot_ramachandran, write_dihedrals_csv
+from so3krates_openmm.md.catcher import (
+    centroid_distances,
+    identify_ball,
+    plot_distance,
+    write_distance_csv,
+)
+from so3krates_openmm.md.energy import (
+    energy_drift,
+    plot_energy_drift,
+    plot_energy_trace,
+    write_drift,
+)
+from so3krates_openmm.md.ramachandran import (
+    backbone_dihedrals,
+    plot_ramachandran,
+    write_dihedrals_csv,
+)
 from so3krates_openmm.md.reporters import read_csv_log, read_velocities
 from so3krates_openmm.md.spectrum import (
     finite_difference_velocities,

@@ -10,15 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from so3krates_openmm.data.structures import Structure, read_structure
-from so3krates_openmm.md.protocols import ProtocolError, ProtocolSchema, resolve_system_files, steps_from
-from so3krates_openmm.md.runner import FINAL_STATE, LOG, TRAJECTORY, VELOCITIES, RunConfig, RunResult, run_md
+from so3krates_openmm.md.protocols import (
+    ProtocolError,
+    ProtocolSchema,
+    resolve_system_files,
+    steps_from,
+)
+from so3krates_openmm.md.runner import (
+    FINAL_STATE,
+    LOG,
+    TRAJECTORY,
+    VELOCITIES,
+    RunConfig,
+    RunResult,
+    run_md,
+)
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.stability import StabilityCriteria
 from so3krates_openmm.md.trajectory import DCDTrajectory, read_dcd
@@ -212,7 +224,12 @@ def langevin_nvt_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def nve_main(argv: Optional[Sequence[str]] = None) -> int:
     """``md_protocols/nve.py``: NVE run, energy drift per ns per atom and its plot."""
-    from so3krates_openmm.md.energy import energy_drift, plot_energy_drift, plot_energy_trace, write_drift
+    from so3krates_openmm.md.energy import (
+        energy_drift,
+        plot_energy_drift,
+        plot_energy_trace,
+        write_drift,
+    )
     from so3krates_openmm.md.reporters import read_csv_log
     from so3krates_openmm.md.schemas import NVE
 
@@ -274,7 +291,7 @@ def spectrum_main(argv: Optional[Sequence[str]] = None) -> int:
                     return EXIT_UNSTABLE
                 path = output / VELOCITIES
             velocities, interval_ps = read_velocities(path)
-            skip = int(round(values["skip_ps"] / interval_ps))
+            skip = round(values["skip_ps"] / interval_ps)
             velocities = velocities[skip:]
             source = f"integrator velocities from {path}"
         if velocities.shape[1] != structure.n_atoms:
@@ -297,7 +314,12 @@ def spectrum_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def catcher_distance_main(argv: Optional[Sequence[str]] = None) -> int:
     """``md_protocols/catcher_distance.py``: C60-catcher centroid distance over time."""
-    from so3krates_openmm.md.catcher import centroid_distances, identify_ball, plot_distance, write_distance_csv
+    from so3krates_openmm.md.catcher import (
+        centroid_distances,
+        identify_ball,
+        plot_distance,
+        write_distance_csv,
+    )
     from so3krates_openmm.md.schemas import CATCHER_DISTANCE
 
     def body(values: dict[str, Any]) -> int:
@@ -327,7 +349,11 @@ def catcher_distance_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def ramachandran_main(argv: Optional[Sequence[str]] = None) -> int:
     """``md_protocols/ramachandran.py``: phi/psi of the alanines over a run."""
-    from so3krates_openmm.md.ramachandran import backbone_dihedrals, plot_ramachandran, write_dihedrals_csv
+    from so3krates_openmm.md.ramachandran import (
+        backbone_dihedrals,
+        plot_ramachandran,
+        write_dihedrals_csv,
+    )
     from so3krates_openmm.md.schemas import RAMACHANDRAN
     from so3krates_openmm.md.trajectory import mdtraj_trajectory
 
@@ -353,7 +379,12 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
     """``md_protocols/minima.py``: minima exploration with parallel minimisation."""
     import time
 
-    from so3krates_openmm.md.minima import ModelSystemFactory, deduplicate, minimize_snapshots, write_minima
+    from so3krates_openmm.md.minima import (
+        ModelSystemFactory,
+        deduplicate,
+        minimize_snapshots,
+        write_minima,
+    )
     from so3krates_openmm.md.schemas import MINIMA
 
     def body(values: dict[str, Any]) -> int:

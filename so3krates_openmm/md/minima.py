@@ -131,7 +131,7 @@ def deduplicate(
     structure: Structure,
     *,
     rmsd_threshold_angstrom: float = 0.1,
-    criteria: StabilityCriteria = StabilityCriteria(),
+    criteria: Optional[StabilityCriteria] = None,
 ) -> tuple[list[Minimum], list[MinimizedSnapshot]]:
     """Distinct minima (lowest energy first) and the snapshots rejected (non-finite or bonds changed).
 

@@ -275,7 +275,7 @@ def steps_from(values: dict[str, Any], *, steps_key: str = "steps", ns_key: str 
         else:
             steps = None
     if ns is not None:
-        return int(round(ns * 1e6 / values["timestep_fs"]))
+        return round(ns * 1e6 / values["timestep_fs"])
     if steps is None:
         raise ProtocolError(f"give the run length as --{steps_key.replace('_', '-')} N or --{ns_key} NS")
     return int(steps)

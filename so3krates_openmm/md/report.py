@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from so3krates_openmm.data.structures import read_structure
-from so3krates_openmm.md.stability import minimum_image, covalent_bonds
+from so3krates_openmm.md.stability import covalent_bonds, minimum_image
 from so3krates_openmm.md.trajectory import read_dcd
 
 
@@ -76,7 +76,10 @@ def summarize_run(run_dir: str | Path) -> dict:
             row["frames"] = trajectory.n_frames
             row["bonds"] = bond_statistics(trajectory.positions_angstrom, structure)
             try:
-                from so3krates_openmm.md.catcher import centroid_distances, identify_ball
+                from so3krates_openmm.md.catcher import (
+                    centroid_distances,
+                    identify_ball,
+                )
 
                 atoms = identify_ball(structure)
             except ValueError:

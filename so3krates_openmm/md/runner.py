@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 import openmm as mm
-from openmm import app, unit
+from openmm import app
 
 from so3krates_openmm.data.structures import Structure
 from so3krates_openmm.md.checkpoint import (
@@ -47,7 +47,11 @@ from so3krates_openmm.md.reporters import (
     truncate_dcd,
     truncate_output,
 )
-from so3krates_openmm.md.simulation import SimulationSettings, build_simulation, resolve_seed
+from so3krates_openmm.md.simulation import (
+    SimulationSettings,
+    build_simulation,
+    resolve_seed,
+)
 from so3krates_openmm.md.stability import (
     SimulationUnstable,
     StabilityCriteria,

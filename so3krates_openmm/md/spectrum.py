@@ -104,7 +104,7 @@ def vibrational_spectrum(
     source: str = "velocities",
 ) -> Spectrum:
     """VACF and power spectrum of velocities (frames, atoms, 3) sampled every ``frame_interval_ps``."""
-    max_lag = None if max_lag_ps is None else int(round(max_lag_ps / frame_interval_ps))
+    max_lag = None if max_lag_ps is None else round(max_lag_ps / frame_interval_ps)
     vacf = velocity_autocorrelation(velocities, masses, max_lag)
     wavenumber, intensity = power_spectrum(vacf, frame_interval_ps)
     return Spectrum(wavenumber, intensity, vacf, np.arange(len(vacf)) * frame_interval_ps, source)

@@ -162,7 +162,8 @@ def bond_graph_components(n_atoms: int, bonds: np.ndarray) -> list[np.ndarray]:
 class StabilityChecker:
     """The geometric and energetic checks, independent of OpenMM's reporter machinery."""
 
-    def __init__(self, structure: Structure, criteria: StabilityCriteria = StabilityCriteria()):
+    def __init__(self, structure: Structure, criteria: Optional[StabilityCriteria] = None):
+        criteria = criteria or StabilityCriteria()
         self.criteria = criteria
         self.bonds, self.bond_source = covalent_bonds(structure, criteria.bond_detection_factor)
         self.box = structure.box_angstrom
@@ -227,7 +228,7 @@ class StabilityMonitor:
         interval: int,
         steps_requested: int,
         output_dir: str | Path,
-        criteria: StabilityCriteria = StabilityCriteria(),
+        criteria: Optional[StabilityCriteria] = None,
     ):
         if interval < 1:
             raise ValueError(f"stability check interval must be at least 1 step, got {interval}")
