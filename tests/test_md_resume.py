@@ -118,6 +118,9 @@ def test_resume_refuses_changed_parameters_and_foreign_checkpoints(tmp_path, pep
                        stability=None, progress=False, resume=True, identity={"model": str(peptide_gentle_model)})
     with pytest.raises(ValueError, match=r"parameters changed \(.*timestep_fs: checkpoint 0.5, now 1.0"):
         run_md(structure, model_system(structure, peptide_gentle_model), settings, config)
+    with pytest.raises(ValueError, match="resume and overwrite contradict"):
+        run_md(structure, model_system(structure, peptide_gentle_model), settings,
+               RunConfig(steps=400, output_dir=directory, resume=True, overwrite=True))
     (directory / "checkpoint.zip").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="is not an MD run checkpoint"):
         run(structure, peptide_gentle_model, directory, resume=True)

@@ -181,6 +181,8 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
     """
     if config.steps < 0:
         raise ValueError(f"steps must not be negative, got {config.steps}")
+    if config.resume and config.overwrite:
+        raise ValueError("resume and overwrite contradict each other: give one of --resume, --overwrite")
     for name in ("log_interval", "trajectory_interval", "checkpoint_interval", "stability_interval"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1 step, got {getattr(config, name)}")
