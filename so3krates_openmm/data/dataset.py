@@ -367,4 +367,9 @@ class MolecularDataset:
         for key in ("theory", "settings"):
             if key in self.metadata:
                 lines.append(f"{key}: {self.metadata[key]}")
+        for part in self.metadata.get("parts", []):
+            settings = part.get("settings", {})
+            lines.append(f"part {part.get('file', '?')}: {part.get('frames', '?')} frames, "
+                         f"T = {settings.get('temperatures_K', '?')} K, seed {settings.get('seed', '?')}, "
+                         f"stride {settings.get('stride', '?')}, timestep {settings.get('timestep_fs', '?')} fs")
         return "\n".join(lines)
