@@ -130,3 +130,16 @@ def test_bonds_across_a_periodic_boundary_use_the_minimum_image():
     assert checker.reference_lengths[0] == pytest.approx(0.9)
     assert checker.check(np.array([[9.9, 5.0, 5.0], [0.9, 5.0, 5.0]]), 0.0) is None  # 1.0 Å: fine
     assert "stretched" in checker.check(np.array([[9.0, 5.0, 5.0], [0.9, 5.0, 5.0]]), 0.0)  # 1.9 Å
+
+
+def test_analysis_protocol_says_when_its_run_fell_apart(tmp_path, peptide_pdb, peptide_random_model, capsys):
+    from so3krates_openmm.md.commands import ramachandran_main
+
+    code = ramachandran_main([
+        "--structure", str(peptide_pdb), "--model", str(peptide_random_model), "--steps", "400",
+        "--trajectory-interval", "400", "--stability-interval", "2", "--no-minimize", "--seed", "3",
+        "--output", str(tmp_path / "rama"), *REFERENCE,
+    ])
+    assert code == 1
+    assert "unstable before its first frame" in capsys.readouterr().err
+    assert not json.loads((tmp_path / "rama" / "stability.json").read_text())["stable"]

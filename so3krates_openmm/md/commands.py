@@ -39,6 +39,10 @@ logger = logging.getLogger("so3krates_openmm.md")
 EXIT_OK, EXIT_UNSTABLE, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class RunUnstable(RuntimeError):
+    """The MD run of a protocol became unstable before there was anything to analyse."""
+
+
 def _configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -54,6 +58,9 @@ def _entry(schema: ProtocolSchema, body: Callable[[dict[str, Any]], int], argv: 
         if output.is_dir():
             _write_resolved_protocol(values, output / "protocol_resolved.yaml")
         return code
+    except RunUnstable as error:
+        print(f"{schema.name}: {error}", file=sys.stderr)
+        return EXIT_UNSTABLE
     except (ProtocolError, FileNotFoundError, FileExistsError) as error:
         print(f"{schema.name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -184,13 +191,10 @@ def _trajectory(
         raise ValueError(
             f"{path} has {trajectory.positions_angstrom.shape[1]} atoms but {structure.source} has {structure.n_atoms}"
         )
-    skip = int(np.searchsorted(trajectory.times_ps, trajectory.times_ps[0] + values.get("skip_ps", 0.0) - 1e-9)) if trajectory.n_frames else 0
-    if skip:
-        trajectory = DCDTrajectory(trajectory.positions_angstrom[skip:],
-                                   None if trajectory.unit_cells is None else trajectory.unit_cells[skip:],
-                                   trajectory.frame_interval_ps, trajectory.first_step + skip * trajectory.steps_between_frames,
-                                   trajectory.steps_between_frames)
+    trajectory = trajectory.after(values.get("skip_ps", 0.0))
     if trajectory.n_frames == 0:
+        if result is not None and not _stable(result):
+            raise RunUnstable(f"the run became unstable before its first frame; see {path.parent / 'stability.json'}")
         raise ValueError(f"{path} has no frames to analyse (after skipping {values.get('skip_ps', 0.0)} ps)")
     return trajectory, result
 

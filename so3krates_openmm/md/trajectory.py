@@ -40,6 +40,19 @@ class DCDTrajectory:
         timestep_ps = self.frame_interval_ps / max(self.steps_between_frames, 1)
         return (self.first_step + np.arange(self.n_frames) * self.steps_between_frames) * timestep_ps
 
+    def after(self, skip_ps: float) -> "DCDTrajectory":
+        """The frames from ``skip_ps`` after the first frame on (equilibration dropped)."""
+        if skip_ps <= 0 or self.n_frames == 0:
+            return self
+        skip = int(np.searchsorted(self.times_ps, self.times_ps[0] + skip_ps - 1e-9))
+        return DCDTrajectory(
+            self.positions_angstrom[skip:],
+            None if self.unit_cells is None else self.unit_cells[skip:],
+            self.frame_interval_ps,
+            self.first_step + skip * self.steps_between_frames,
+            self.steps_between_frames,
+        )
+
 
 def read_dcd(path: str | Path) -> DCDTrajectory:
     """Read a DCD file; trailing partial frames (a killed writer) are ignored."""
