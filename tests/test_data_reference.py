@@ -181,3 +181,25 @@ def test_cli_reports_missing_options_and_resume_conflicts(tmp_path, capsys):
     assert len(load_npz(output)) == 8
     assert data_main(["info", str(output)]) == 0
     assert "8 frames, formula(s) H2O" in capsys.readouterr().out
+
+
+def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
+    from so3krates_openmm.data.reference import openblas_library
+
+    environment = dict(os.environ, OMP_NUM_THREADS="1",
+                       PYTHONPATH=str(REPOSITORY) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    environment.pop("LD_PRELOAD", None)
+    environment.pop("SO3KRATES_OPENBLAS_PRELOAD", None)
+    # data_main() without argv behaves as the console script: it may re-execute itself.
+    code = ("import os, sys; from so3krates_openmm.cli import data_main; "
+            "print('LD_PRELOAD=' + os.environ.get('LD_PRELOAD', ''), file=sys.stderr); sys.exit(data_main())")
+    result = subprocess.run([sys.executable, "-c", code, "generate", "--resume", "-o", str(tmp_path / "none.npz")],
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "nothing to resume" in result.stderr
+    library = openblas_library()
+    if library is None:
+        assert "OpenBLAS (Debian libopenblas0-pthread) not found" in result.stderr
+        assert result.stderr.count("LD_PRELOAD=") == 1, "no re-execution without the library"
+    else:
+        assert f"using OpenBLAS from {library}" in result.stderr
+        assert f"LD_PRELOAD={library}" in result.stderr  # printed by the re-executed process
