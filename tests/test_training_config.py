@@ -50,6 +50,9 @@ def test_yaml_and_toml_files_and_flags_override(tmp_path: Path):
     assert overridden.train_size == 0.25 and overridden.batch_size == 8 and overridden.degrees == [1, 2, 3]
     assert overridden.progress is False and overridden.clip_grad is None and overridden.max_time_seconds == 1800
     assert overridden.valid_size == 50  # kept from the file
+    assert parse_config(["--data", "a.npz", "--energy-scale", "2.5"]).energy_scale == 2.5
+    assert parse_config(["--data", "a.npz", "--energy-scale", "none"]).energy_scale == "none"
+    assert parse_config(["--data", "a.npz", "--test-size", "none", "--train-size", "3"]).test_size is None
 
 
 @pytest.mark.parametrize(

@@ -368,7 +368,8 @@ def _flag_parser(annotation: Any, name: str):
         options = list(_arguments(annotation)) if _is_union(annotation) else [annotation]
         if type(None) in options and lowered in ("none", "null"):
             return None
-        for option in options:
+        # numbers first: "2.5" for a str-or-number option is the number
+        for option in sorted(options, key=lambda option: option is str):
             try:
                 if option is int:
                     return int(text)
