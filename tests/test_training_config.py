@@ -51,6 +51,8 @@ def test_yaml_and_toml_files_and_flags_override(tmp_path: Path):
     assert overridden.progress is False and overridden.clip_grad is None and overridden.max_time_seconds == 1800
     assert overridden.valid_size == 50  # kept from the file
     assert parse_config(["--data", "a.npz", "--energy-scale", "2.5"]).energy_scale == 2.5
+    assert parse_config(["--data", "a.npz", "--max-time", "90"]).max_time_seconds == 90
+    assert config_from_dict({"data": "a.npz", "max_time": 7200}).max_time_seconds == 7200  # seconds in a file
     assert parse_config(["--data", "a.npz", "--energy-scale", "none"]).energy_scale == "none"
     assert parse_config(["--data", "a.npz", "--test-size", "none", "--train-size", "3"]).test_size is None
 

@@ -78,7 +78,7 @@ class TrainingConfig:
     )
     eval_batch_size: Optional[int] = _option(None, "structures per evaluation batch; default max(batch size, 16)")
     max_epochs: Optional[int] = _option(None, "stop after this many epochs (default: no limit)")
-    max_time: Optional[str] = _option(
+    max_time: Optional[Union[str, float]] = _option(
         None, "stop at the first epoch end after this much training time, e.g. '2h', '30m', '1h30m', '90s'"
     )
     lr: float = _option(1e-3, "initial learning rate of Adam")
@@ -98,7 +98,7 @@ class TrainingConfig:
     device: str = _option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     threads: Optional[int] = _option(None, "CPU threads per process (torch.set_num_threads)")
     checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
-    checkpoint_interval: Optional[str] = _option(
+    checkpoint_interval: Optional[Union[str, float]] = _option(
         "10m", "also write the last checkpoint within an epoch when this much time has passed since the last "
         "one (e.g. '10m'; none: only at epoch ends); a resumed run continues from that step"
     )
