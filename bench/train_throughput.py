@@ -37,10 +37,10 @@ from so3krates_openmm.training.synthetic import teacher_dataset
 
 def measure(dataset, batch_size: int, frames: int, epochs: int, threads: int, dtype: str, output: str) -> dict:
     """Structures per second of training epochs (after one warm-up epoch)."""
-    config = config_from_dict(dict(
-        data="<bench>", train_size=frames, valid_size=1, test_size=0, batch_size=batch_size, threads=threads,
-        dtype=dtype, output=output, progress=False, patience=None,
-    ))
+    config = config_from_dict({
+        "data": "<bench>", "train_size": frames, "valid_size": 1, "test_size": 0, "batch_size": batch_size, "threads": threads,
+        "dtype": dtype, "output": output, "progress": False, "patience": None,
+    })
     trainer = Trainer(config, dataset=dataset, log=lambda message: None)
     trainer.setup()
     trainer.train_epoch(1)  # warm-up (allocator, first-call overheads)
@@ -75,8 +75,10 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}")
     print("step = forward + forces (autograd, create_graph) + backward + clip + Adam + EMA; "
           "CPU ms/structure = process CPU time (all threads), less sensitive to other load than wall time")
-    print("load average before: %.2f %.2f %.2f (figures are only comparable on an otherwise idle machine); "
-          "OMP_WAIT_POLICY=%s" % (*os.getloadavg(), os.environ.get("OMP_WAIT_POLICY", "(unset)")))
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    print(f"load average before: {load} (figures are only comparable on an otherwise idle machine); "
+          f"OMP_WAIT_POLICY={policy}")
     print(f"{'batch':>5}  {'structures/s':>12}  {'ms/step':>8}  {'CPU ms/structure':>16}")
     with tempfile.TemporaryDirectory() as scratch:
         for batch_size in args.batch_sizes:
@@ -84,7 +86,7 @@ def main() -> None:
                              f"{scratch}/run{batch_size}")
             print(f"{result['batch_size']:>5}  {result['structures_per_s']:>12.2f}  {result['ms_per_step']:>8.1f}  "
                   f"{result['cpu_ms_per_structure']:>16.1f}", flush=True)
-    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
+    print("load average after: " + " ".join(f"{value:.2f}" for value in os.getloadavg()))
 
 
 if __name__ == "__main__":

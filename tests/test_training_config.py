@@ -9,10 +9,17 @@ import pytest
 
 from so3krates_openmm.cli import train_main
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
-from so3krates_openmm.training import ConfigError, TrainingConfig, TrainingError, config_from_dict, parse_config, train
+from so3krates_openmm.training import (
+    ConfigError,
+    TrainingConfig,
+    TrainingError,
+    config_from_dict,
+    parse_config,
+    train,
+)
 from so3krates_openmm.training.config import paper_batch_size, parse_duration
 
-TINY_MODEL = dict(features=8, layers=1, heads=2, degrees=[1, 2], radial_basis_size=4, cutoff=3.0)
+TINY_MODEL = {"features": 8, "layers": 1, "heads": 2, "degrees": [1, 2], "radial_basis_size": 4, "cutoff": 3.0}
 
 
 def tiny_dataset(n_frames: int = 12) -> MolecularDataset:

@@ -20,7 +20,7 @@ from so3krates_openmm.training.synthetic import teacher_dataset
 from so3krates_openmm.units import energy_conversion
 
 #: Student size for the tests (the teacher is F=16, T=1, degrees (1, 2), K=8, 4 Å).
-SMALL_MODEL = dict(features=16, layers=1, heads=2, degrees=[1, 2], radial_basis_size=8, cutoff=4.0)
+SMALL_MODEL = {"features": 16, "layers": 1, "heads": 2, "degrees": [1, 2], "radial_basis_size": 8, "cutoff": 4.0}
 SHIFTS = {1: -310.0, 6: -23750.0, 8: -47100.0}
 
 
@@ -112,7 +112,7 @@ def test_energy_shifts_fitted_by_least_squares_recover_known_shifts(tmp_path: Pa
 
 def test_resumed_run_continues_the_same_curve(tmp_path: Path, ethanol_data: MolecularDataset):
     """4 epochs at once == 2 epochs, stop, resume to 4: same metrics, same weights, no duplicated rows."""
-    options = dict(max_epochs=4, train_size=40, valid_size=20, test_size=20, batch_size=4, clip_grad=1.0)
+    options = {"max_epochs": 4, "train_size": 40, "valid_size": 20, "test_size": 20, "batch_size": 4, "clip_grad": 1.0}
     straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
     options["max_epochs"] = 2
     first = train(config_from_dict(small_run(tmp_path / "resumed", **options)), dataset=ethanol_data, log=quiet)
@@ -145,7 +145,7 @@ def test_resumed_run_continues_the_same_curve(tmp_path: Path, ethanol_data: Mole
 
 
 def test_stop_criteria(tmp_path: Path, ethanol_data: MolecularDataset):
-    base = dict(train_size=20, valid_size=10, test_size=10, batch_size=10, max_epochs=10)
+    base = {"train_size": 20, "valid_size": 10, "test_size": 10, "batch_size": 10, "max_epochs": 10}
     # no learning at all (lr 1e-30): the validation loss never improves after epoch 1
     frozen = train(config_from_dict(small_run(tmp_path / "patience", lr=1e-30, min_lr=0.0, patience=2, **base)),
                    dataset=ethanol_data, log=quiet)
@@ -168,7 +168,7 @@ def test_shifts_of_a_single_molecule_are_an_even_per_atom_share():
 
 def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path: Path, ethanol_data: MolecularDataset):
     """A checkpoint after every step (tiny interval); the run dies in step 7 of 10 of epoch 2 and resumes there."""
-    options = dict(max_epochs=2, train_size=40, valid_size=10, test_size=10, batch_size=8, checkpoint_interval="0.0001s")
+    options = {"max_epochs": 2, "train_size": 40, "valid_size": 10, "test_size": 10, "batch_size": 8, "checkpoint_interval": "0.0001s"}
     straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
 
     trainer = Trainer(config_from_dict(small_run(tmp_path / "broken", **options)), dataset=ethanol_data, log=quiet)

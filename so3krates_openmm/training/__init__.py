@@ -29,16 +29,26 @@ From Python: ``train(config_from_dict({...}), dataset=...)`` with a
 :class:`~so3krates_openmm.data.dataset.MolecularDataset`.
 """
 
-from so3krates_openmm.training.config import ConfigError, TrainingConfig, config_from_dict, parse_config
-from so3krates_openmm.training.trainer import Trainer, TrainingError, TrainingResult, train
+from so3krates_openmm.training.config import (
+    ConfigError,
+    TrainingConfig,
+    config_from_dict,
+    parse_config,
+)
+from so3krates_openmm.training.trainer import (
+    Trainer,
+    TrainingError,
+    TrainingResult,
+    train,
+)
 
 __all__ = [
     "ConfigError",
-    "TrainingConfig",
-    "config_from_dict",
-    "parse_config",
     "Trainer",
+    "TrainingConfig",
     "TrainingError",
     "TrainingResult",
+    "config_from_dict",
+    "parse_config",
     "train",
 ]

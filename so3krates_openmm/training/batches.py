@@ -14,7 +14,8 @@ process its part of a global batch.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class PackedData:
     def __init__(
         self,
         dataset: MolecularDataset,
-        indices: Optional[Sequence[int] | np.ndarray] = None,
+        indices: Sequence[int] | np.ndarray | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -80,7 +81,7 @@ class PackedData:
     def total_atoms(self) -> int:
         return int(self.atomic_numbers.shape[0])
 
-    def batch(self, indices: Tensor, total_atoms: Optional[int] = None) -> Batch:
+    def batch(self, indices: Tensor, total_atoms: int | None = None) -> Batch:
         """The batch of frames ``indices`` (int64 tensor of positions in this packed set).
 
         ``total_atoms`` (the batch's number of atoms, if known on the host) saves a device
@@ -134,7 +135,7 @@ def epoch_generator_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2**63 - 1)
 
 
-def epoch_batches(n_frames: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> List[Tensor]:
+def epoch_batches(n_frames: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[Tensor]:
     """Global batches (int64 index tensors) of one epoch; the last one may be smaller."""
     if shuffle:
         generator = torch.Generator().manual_seed(epoch_generator_seed(seed, epoch))
@@ -144,7 +145,7 @@ def epoch_batches(n_frames: int, batch_size: int, seed: int, epoch: int, shuffle
     return list(torch.split(order, batch_size))
 
 
-def shard(indices: Tensor, rank: int, world_size: int) -> Tuple[Tensor, float]:
+def shard(indices: Tensor, rank: int, world_size: int) -> tuple[Tensor, float]:
     """This process's part of a global batch and the weight of its loss terms.
 
     Frames are dealt round-robin (``indices[rank::world_size]``). A process

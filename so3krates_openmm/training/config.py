@@ -16,9 +16,10 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Union
 
 from so3krates_openmm.model.config import CUTOFF_FUNCTIONS, DTYPES, SO3kratesConfig
 from so3krates_openmm.units import normalise_energy_unit
@@ -47,38 +48,38 @@ class TrainingConfig:
     """All options of a training run (units: Å, the data's energy unit, seconds)."""
 
     # --- data
-    data: Optional[List[str]] = _option(
+    data: list[str] | None = _option(  # noqa: RUF009 (_option returns a dataclasses.field)
         None, "reference data file(s): MD22/sGDML .npz or extended XYZ; several files are concatenated (required)"
     )
-    energy_unit: Optional[str] = _option(
+    energy_unit: str | None = _option(
         None, "energy unit of the data file when the file does not record it (e.g. kcal/mol, eV)"
     )
-    train_size: Union[int, float] = _option(0.8, "training frames (int) or fraction of the data (float)")
-    valid_size: Union[int, float] = _option(0.1, "validation frames (int) or fraction (float)")
-    test_size: Optional[Union[int, float]] = _option(None, "test frames (int) or fraction; default: all the rest")
+    train_size: int | float = _option(0.8, "training frames (int) or fraction of the data (float)")
+    valid_size: int | float = _option(0.1, "validation frames (int) or fraction (float)")
+    test_size: int | float | None = _option(None, "test frames (int) or fraction; default: all the rest")
     seed: int = _option(0, "seed of the split, the weight initialisation and the shuffling")
     # --- model (SO3kratesConfig)
     features: int = _option(132, "invariant feature width F")
     layers: int = _option(3, "number of SO3krates layers T")
     heads: int = _option(4, "attention heads H")
-    degrees: List[int] = _option([1, 2, 3], "spherical-harmonic degrees of the Euclidean variables")
+    degrees: list[int] = _option([1, 2, 3], "spherical-harmonic degrees of the Euclidean variables")  # noqa: RUF009
     radial_basis_size: int = _option(32, "number K of radial basis functions")
     cutoff: float = _option(5.0, "cutoff radius in Å")
     cutoff_function: str = _option("cosine", f"cutoff function, one of {list(CUTOFF_FUNCTIONS)}")
     dtype: str = _option("float32", f"model precision, one of {list(DTYPES)}")
-    energy_scale: Union[str, float] = _option(
+    energy_scale: str | float = _option(
         "rms-forces",
         "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
         "'none', or a number in the data's energy unit",
     )
     # --- optimisation (the paper's recipe)
-    batch_size: Optional[int] = _option(
+    batch_size: int | None = _option(
         None, "structures per step (global, over all processes); default by training-set size: "
         "<500: 1, <1000: 5, <10000: 10, else 100"
     )
-    eval_batch_size: Optional[int] = _option(None, "structures per evaluation batch; default max(batch size, 16)")
-    max_epochs: Optional[int] = _option(None, "stop after this many epochs (default: no limit)")
-    max_time: Optional[Union[str, float]] = _option(
+    eval_batch_size: int | None = _option(None, "structures per evaluation batch; default max(batch size, 16)")
+    max_epochs: int | None = _option(None, "stop after this many epochs (default: no limit)")
+    max_time: str | float | None = _option(
         None, "stop at the first epoch end after this much training time, e.g. '2h', '30m', '1h30m', '90s'"
     )
     lr: float = _option(1e-3, "initial learning rate of Adam")
@@ -87,18 +88,18 @@ class TrainingConfig:
     lr_decay: float = _option(0.7, "learning rate factor per --lr-decay-steps steps (exponential decay)")
     lr_decay_steps: float = _option(1e5, "optimiser steps over which the learning rate falls by --lr-decay")
     min_lr: float = _option(1e-5, "stop when the learning rate falls below this")
-    clip_grad: Optional[float] = _option(10.0, "clip the gradient norm to this (none: no clipping)")
-    ema_decay: Optional[float] = _option(
+    clip_grad: float | None = _option(10.0, "clip the gradient norm to this (none: no clipping)")
+    ema_decay: float | None = _option(
         0.99, "decay of the exponential moving average of the weights used for evaluation (none: no EMA)"
     )
-    patience: Optional[int] = _option(50, "stop after this many epochs without a better validation loss")
+    patience: int | None = _option(50, "stop after this many epochs without a better validation loss")
     # --- run
     output: str = _option("runs/so3krates", "output folder (checkpoints, metrics.csv, plots, test report)")
     resume: bool = _option(False, "continue the run in --output from its last checkpoint")
     device: str = _option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
-    threads: Optional[int] = _option(None, "CPU threads per process (torch.set_num_threads)")
+    threads: int | None = _option(None, "CPU threads per process (torch.set_num_threads)")
     checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
-    checkpoint_interval: Optional[Union[str, float]] = _option(
+    checkpoint_interval: str | float | None = _option(
         "10m", "also write the last checkpoint within an epoch when this much time has passed since the last "
         "one (e.g. '10m'; none: only at epoch ends); a resumed run continues from that step"
     )
@@ -111,12 +112,12 @@ class TrainingConfig:
 
     # ------------------------------------------------------------------ derived
     @property
-    def max_time_seconds(self) -> Optional[float]:
+    def max_time_seconds(self) -> float | None:
         """``max_time`` in seconds, or ``None``."""
         return None if self.max_time is None else parse_duration(self.max_time)
 
     @property
-    def checkpoint_interval_seconds(self) -> Optional[float]:
+    def checkpoint_interval_seconds(self) -> float | None:
         """``checkpoint_interval`` in seconds, or ``None``."""
         return None if self.checkpoint_interval is None else parse_duration(self.checkpoint_interval)
 
@@ -145,12 +146,12 @@ class TrainingConfig:
             energy_unit=energy_unit,
         )
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (for checkpoints and JSON)."""
         return asdict(self)
 
     # --------------------------------------------------------------- validation
-    def validate(self) -> "TrainingConfig":
+    def validate(self) -> TrainingConfig:
         """Check types and values; raise :class:`ConfigError` naming the option. Returns ``self``."""
         hints = typing.get_type_hints(type(self))
         for item in fields(self):
@@ -226,7 +227,7 @@ def paper_batch_size(n_train: int) -> int:
 _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: str | float) -> float:
     """Seconds of a duration such as ``"2h"``, ``"30m"``, ``"1h30m"``, ``"1.5h"``, ``"90s"`` or ``"90"``."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
@@ -266,7 +267,7 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
         return isinstance(value, str)
-    if typing.get_origin(annotation) in (list, List):
+    if typing.get_origin(annotation) in (list, list):
         (item,) = _arguments(annotation)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
     raise TypeError(f"unsupported option type {annotation}")
@@ -277,7 +278,7 @@ def _describe(annotation: Any) -> str:
         return " or ".join(_describe(option) for option in _arguments(annotation))
     if annotation is type(None):
         return "none"
-    if typing.get_origin(annotation) in (list, List):
+    if typing.get_origin(annotation) in (list, list):
         return f"a list of {_describe(_arguments(annotation)[0])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[annotation]
 
@@ -285,7 +286,7 @@ def _describe(annotation: Any) -> str:
 def _coerce(value: Any, annotation: Any) -> Any:
     """Normalise file values: ints stay ints in int|float fields, ints become floats in float fields,
     a single string becomes a one-element list in list-of-strings fields."""
-    if annotation == Optional[List[str]] and isinstance(value, str):
+    if _list_item_type(annotation) is str and isinstance(value, str):
         return [value]
     if _is_union(annotation):
         options = [option for option in _arguments(annotation) if option is not type(None)]
@@ -298,33 +299,35 @@ def _coerce(value: Any, annotation: Any) -> Any:
         return value
     if annotation is float and _matches(value, float):
         return float(value)
-    if typing.get_origin(annotation) in (list, List) and isinstance(value, tuple):
+    if typing.get_origin(annotation) in (list, list) and isinstance(value, tuple):
         return list(value)
     return value
 
 
 # ------------------------------------------------------------------ files
-def read_config_file(path: str | Path) -> Dict[str, Any]:
+def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, keys normalised to underscores."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        import tomllib
 
+        try:
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    elif suffix in (".yaml", ".yml"):
+        import yaml
 
+        try:
             data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"config file {path}: unknown format {path.suffix!r}; use .yaml, .yml or .toml")
-    except ConfigError:
-        raise
-    except Exception as error:
-        raise ConfigError(f"config file {path} cannot be parsed: {error}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    else:
+        raise ConfigError(f"config file {path}: unknown format {path.suffix!r}; use .yaml, .yml or .toml")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -332,7 +335,7 @@ def read_config_file(path: str | Path) -> Dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
-def check_options(values: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
+def check_options(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Reject unknown keys (with a did-you-mean hint) and values of the wrong type; return coerced values."""
     known = [item.name for item in fields(TrainingConfig)]
     for key in values:
@@ -350,7 +353,7 @@ def check_options(values: Dict[str, Any], source: str = "config") -> Dict[str, A
     return coerced
 
 
-def config_from_dict(values: Dict[str, Any], source: str = "config") -> TrainingConfig:
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainingConfig:
     """A validated :class:`TrainingConfig` from a dict of options (defaults for the rest)."""
     try:
         return TrainingConfig(**check_options(values, source)).validate()
@@ -388,12 +391,12 @@ def _list_item_type(annotation: Any) -> Any:
     """``X`` for ``List[X]`` or ``Optional[List[X]]``, else ``None``."""
     options = _arguments(annotation) if _is_union(annotation) else (annotation,)
     for option in options:
-        if typing.get_origin(option) in (list, List):
+        if typing.get_origin(option) in (list, list):
             return _arguments(option)[0]
     return None
 
 
-def _parse_int_list(text: str) -> List[int]:
+def _parse_int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(",", " ").split()]
     except ValueError:
@@ -433,7 +436,7 @@ def build_parser(prog: str = "so3krates-train") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: Optional[Sequence[str]] = None, prog: str = "so3krates-train") -> TrainingConfig:
+def parse_config(argv: Sequence[str] | None = None, prog: str = "so3krates-train") -> TrainingConfig:
     """Defaults <- ``--config`` file <- flags; validated."""
     parser = build_parser(prog)
     namespace, unknown = parser.parse_known_args(argv)
@@ -444,7 +447,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: str = "so3krates-tr
         hint = f"; did you mean {close[0]}?" if close else "; see --help"
         parser.error(f"unrecognised argument(s) {' '.join(unknown)}{hint}")
     arguments = vars(namespace)
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     source = "command line"
     config_path = arguments.pop("config", None)
     if config_path is not None:

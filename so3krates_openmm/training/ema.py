@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +19,10 @@ class ExponentialMovingAverage:
     """
 
     def __init__(self, parameters: Sequence[nn.Parameter], decay: float) -> None:
-        self.parameters: List[nn.Parameter] = list(parameters)
+        self.parameters: list[nn.Parameter] = list(parameters)
         self.decay = float(decay)
         self.num_updates = 0
-        self.shadow: List[Tensor] = [p.detach().clone() for p in self.parameters]
+        self.shadow: list[Tensor] = [p.detach().clone() for p in self.parameters]
 
     def current_decay(self) -> float:
         return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
@@ -47,10 +48,10 @@ class ExponentialMovingAverage:
                 for parameter, saved in zip(self.parameters, backup):
                     parameter.copy_(saved)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": [s.detach().cpu() for s in self.shadow]}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["shadow"]) != len(self.parameters):
             raise ValueError("EMA state does not match the model's parameters")
         self.decay = float(state["decay"])

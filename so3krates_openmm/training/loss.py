@@ -6,8 +6,6 @@ per-structure energies and per-atom force components, in the data's units.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 from torch import Tensor
 
@@ -78,19 +76,19 @@ class ErrorAccumulator:
         self.element_abs.index_add_(0, atomic_numbers, weight * per_atom_abs)
         self.element_count.index_add_(0, atomic_numbers, torch.full_like(per_atom_abs, 3.0 * weight))
 
-    def all_reduce(self, context: "object") -> None:
+    def all_reduce(self, context: object) -> None:
         """Sum the accumulators over the processes of a distributed run (no-op for one process)."""
         for tensor in (self.totals, self.element_abs, self.element_count):
             context.all_reduce_sum(tensor)  # type: ignore[attr-defined]
 
-    def compute(self, energy_weight: Optional[float] = None, force_weight: Optional[float] = None) -> Dict[str, float]:
+    def compute(self, energy_weight: float | None = None, force_weight: float | None = None) -> dict[str, float]:
         """Errors in the data's units: ``energy_mae``, ``energy_rmse``, ``force_mae``, ``force_rmse``
         (per component), ``loss`` when weights are given, and ``force_mae_per_element`` {symbol: value}."""
         structures, energy_abs, energy_sq, components, force_abs, force_sq = self.totals.tolist()
         structures = max(structures, 1.0)
         components = max(components, 1.0)
-        result: Dict[str, object] = {
-            "structures": int(round(self.totals[0].item())),
+        result: dict[str, object] = {
+            "structures": round(self.totals[0].item()),
             "energy_mae": energy_abs / structures,
             "energy_rmse": (energy_sq / structures) ** 0.5,
             "force_mae": force_abs / components,
@@ -104,10 +102,10 @@ class ErrorAccumulator:
         return result  # type: ignore[return-value]
 
 
-def in_mev(metrics: Dict[str, object], energy_unit: str) -> Dict[str, object]:
+def in_mev(metrics: dict[str, object], energy_unit: str) -> dict[str, object]:
     """The error metrics converted to meV (energies) and meV/Å (forces)."""
     factor = energy_conversion(energy_unit, "meV")
-    converted: Dict[str, object] = {}
+    converted: dict[str, object] = {}
     for key in ("energy_mae", "energy_rmse", "force_mae", "force_rmse"):
         if key in metrics:
             converted[key] = float(metrics[key]) * factor  # type: ignore[arg-type]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 #: Columns of ``metrics.csv`` (one row per epoch). Errors in the data's units; time in seconds of training.
 METRIC_COLUMNS = (
@@ -30,17 +31,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def write_metrics_csv(path: str | Path, rows: Sequence[Dict[str, float]]) -> Path:
+def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> Path:
     """Write all epochs' metrics (rewritten whole each time, so a resumed run never duplicates epochs)."""
     path = Path(path)
-    lines: List[str] = [",".join(METRIC_COLUMNS)]
+    lines: list[str] = [",".join(METRIC_COLUMNS)]
     for row in rows:
         lines.append(",".join(_format(row[column]) for column in METRIC_COLUMNS))
     _atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
-def read_metrics_csv(path: str | Path) -> List[Dict[str, float]]:
+def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
     """Rows of a ``metrics.csv`` as dicts of numbers."""
     with open(path, newline="", encoding="utf-8") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
@@ -52,7 +53,7 @@ def _format(value: Any) -> str:
     return repr(float(value))
 
 
-def plot_learning_curve(path: str | Path, rows: Sequence[Dict[str, float]], energy_unit: str) -> Path:
+def plot_learning_curve(path: str | Path, rows: Sequence[dict[str, float]], energy_unit: str) -> Path:
     """Learning-curve PNG: losses and validation force/energy MAE per epoch (log scale)."""
     import matplotlib
 
@@ -78,21 +79,23 @@ def plot_learning_curve(path: str | Path, rows: Sequence[Dict[str, float]], ener
     return path
 
 
-def write_json(path: str | Path, data: Dict[str, Any]) -> Path:
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     path = Path(path)
     _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
-def format_test_report(report: Dict[str, Any]) -> str:
+def format_test_report(report: dict[str, Any]) -> str:
     """A few lines of the test errors, in the data's units and in meV, meV/Å."""
     unit = report["energy_unit"]
     data, mev = report["errors"], report["errors_meV"]
     lines = [
         f"test set: {report['structures']} structures (errors of the best checkpoint, epoch {report['epoch']})",
-        f"  energy MAE  {data['energy_mae']:.5g} {unit}  = {mev['energy_mae']:.4g} meV"
-        f"   (RMSE {data['energy_rmse']:.5g} {unit} = {mev['energy_rmse']:.4g} meV)",
+        (
+            f"  energy MAE  {data['energy_mae']:.5g} {unit}  = {mev['energy_mae']:.4g} meV"
+            f"   (RMSE {data['energy_rmse']:.5g} {unit} = {mev['energy_rmse']:.4g} meV)"
+        ),
         f"  force MAE   {data['force_mae']:.5g} {unit}/Å = {mev['force_mae']:.4g} meV/Å",
         f"  force RMSE  {data['force_rmse']:.5g} {unit}/Å = {mev['force_rmse']:.4g} meV/Å",
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -40,10 +40,10 @@ class ExponentialDecaySchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"initial_lr": self.initial_lr, "decay": self.decay, "decay_steps": self.decay_steps, "steps": self.steps}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial_lr = float(state["initial_lr"])
         self.decay = float(state["decay"])
         self.decay_steps = float(state["decay_steps"])

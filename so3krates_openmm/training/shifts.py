@@ -9,12 +9,12 @@ O(1) outputs to the size of the data's forces (as MACE and NequIP do).
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def fit_energy_shifts(element_counts: np.ndarray, energies: np.ndarray, elements: Sequence[int]) -> Dict[int, float]:
+def fit_energy_shifts(element_counts: np.ndarray, energies: np.ndarray, elements: Sequence[int]) -> dict[int, float]:
     """Per-element shifts ``s`` minimising ``|counts @ s - energies|^2`` (float64).
 
     Args:

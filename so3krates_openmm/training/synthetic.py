@@ -10,7 +10,7 @@ fall far below the target's spread.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ def teacher_model(
 
     ``options`` override :class:`SO3kratesConfig` fields (default F=16, T=1, H=2, degrees (1, 2), K=8, 4 Å).
     """
-    settings = dict(features=16, layers=1, heads=2, degrees=(1, 2), radial_basis_size=8, cutoff=4.0)
+    settings = {"features": 16, "layers": 1, "heads": 2, "degrees": (1, 2), "radial_basis_size": 8, "cutoff": 4.0}
     settings.update(options)
     torch.manual_seed(seed)
     model = SO3krates(
@@ -42,8 +42,8 @@ def teacher_dataset(
     displacement: float = 0.1,
     force_rms: float = 10.0,
     seed: int = 0,
-    shifts: Optional[Dict[int, float]] = None,
-    teacher: Optional[SO3krates] = None,
+    shifts: dict[int, float] | None = None,
+    teacher: SO3krates | None = None,
     energy_unit: str = "kcal/mol",
     chunk: int = 64,
 ) -> MolecularDataset:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,8 +74,8 @@ class TrainingResult:
     epochs: int
     steps: int
     stop_reason: str
-    metrics: List[Dict[str, float]] = field(default_factory=list)
-    test_report: Optional[Dict[str, Any]] = None
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    test_report: dict[str, Any] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,7 +102,7 @@ def load_training_data(config: TrainingConfig) -> MolecularDataset:
     return dataset
 
 
-def check_resumable(saved: Dict[str, Any], current: TrainingConfig) -> None:
+def check_resumable(saved: dict[str, Any], current: TrainingConfig) -> None:
     """Refuse to resume with options that would make it a different run."""
     now = current.to_dict()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
@@ -136,8 +137,8 @@ class Trainer:
     def __init__(
         self,
         config: TrainingConfig,
-        dataset: Optional[MolecularDataset] = None,
-        context: Optional[DistributedContext] = None,
+        dataset: MolecularDataset | None = None,
+        context: DistributedContext | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config.validate()
@@ -153,7 +154,7 @@ class Trainer:
         self._ready = False
 
     # ------------------------------------------------------------------ set-up
-    def _load_state(self) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    def _load_state(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         last = self.output / LAST_CHECKPOINT
         if not self.config.resume:
             if last.exists():
@@ -221,13 +222,13 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, foreach=True)
         self.schedule = ExponentialDecaySchedule(self.optimizer, config.lr, config.lr_decay, config.lr_decay_steps)
         self.ema = ExponentialMovingAverage(self.parameters, config.ema_decay) if config.ema_decay is not None else None
-        self.metrics: List[Dict[str, float]] = []
+        self.metrics: list[dict[str, float]] = []
         self.epoch = 0
         self.best_loss = math.inf
         self.best_epoch = 0
         self.epochs_since_best = 0
         self.elapsed_before = 0.0
-        self.epoch_in_progress: Optional[Dict[str, Any]] = None
+        self.epoch_in_progress: dict[str, Any] | None = None
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
@@ -362,7 +363,7 @@ class Trainer:
         bar.close()
         return float(loss_sum.item()) / len(batches)
 
-    def evaluate(self, data: PackedData, use_ema: bool = True) -> Dict[str, Any]:
+    def evaluate(self, data: PackedData, use_ema: bool = True) -> dict[str, Any]:
         """Energy and force errors (and the loss) on ``data``, with the EMA weights unless ``use_ema=False``.
 
         In a distributed run every process evaluates its shard and the sums are reduced.
@@ -372,7 +373,7 @@ class Trainer:
                 return self._evaluate(data)
         return self._evaluate(data)
 
-    def _evaluate(self, data: PackedData) -> Dict[str, Any]:
+    def _evaluate(self, data: PackedData) -> dict[str, Any]:
         self.model.eval()
         accumulator = ErrorAccumulator(self.device)
         for global_indices in epoch_batches(len(data), self.eval_batch_size, 0, 0, shuffle=False):
@@ -387,7 +388,7 @@ class Trainer:
         return accumulator.compute(self.config.energy_weight, self.config.force_weight)
 
     # ------------------------------------------------------------ checkpoints
-    def _training_summary(self) -> Dict[str, Any]:
+    def _training_summary(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "step": self.schedule.steps,
@@ -399,7 +400,7 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def _save_best(self, validation: Dict[str, Any]) -> None:
+    def _save_best(self, validation: dict[str, Any]) -> None:
         summary = self._training_summary()
         summary["valid"] = {k: v for k, v in validation.items() if k != "force_mae_per_element"}
         if self.ema is not None:
@@ -408,7 +409,7 @@ class Trainer:
         else:
             self.model.save(self.output / BEST_CHECKPOINT, extra={"training": summary})
 
-    def _save_last(self, stop_reason: str, epoch_in_progress: Optional[Dict[str, Any]] = None) -> None:
+    def _save_last(self, stop_reason: str, epoch_in_progress: dict[str, Any] | None = None) -> None:
         """Write the last checkpoint; ``epoch_in_progress`` marks a mid-epoch one (epoch, batches done, loss sum)."""
         state = {
             "epoch": self.epoch,
@@ -520,7 +521,7 @@ class Trainer:
             test_report=report,
         )
 
-    def _test_report(self, stop_reason: str) -> Optional[Dict[str, Any]]:
+    def _test_report(self, stop_reason: str) -> dict[str, Any] | None:
         """Errors of the best checkpoint on the test split; written as JSON and printed by the main process."""
         if len(self.test_data) == 0:
             self.log("no test frames (--test-size 0): no test report")
@@ -555,8 +556,8 @@ class Trainer:
 
 def train(
     config: TrainingConfig,
-    dataset: Optional[MolecularDataset] = None,
-    context: Optional[DistributedContext] = None,
+    dataset: MolecularDataset | None = None,
+    context: DistributedContext | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainingResult:
     """Train as configured (see :class:`Trainer`)."""
