@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads
+# make PyTorch many times slower (bench/RESULTS.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv demo test test-all bench clean
 
