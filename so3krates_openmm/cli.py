@@ -148,12 +148,15 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
                           help=f"frames between partial-file writes (default {defaults.checkpoint_every})")
     generate.add_argument("--float32", action="store_true", default=None,
                           help="store positions and forces as float32 (energies stay float64)")
+    generate.add_argument("--scf-guess", choices=("previous", "fresh"),
+                          help="xTB SCF start: 'previous' wavefunction (default; fresh at checkpoints, so resumes "
+                          "stay exact) or 'fresh' every call (about 2x slower for 148 atoms)")
     generate.add_argument("--energy-unit", help="energy unit written (default kcal/mol for .npz, eV for extended XYZ)")
     generate.add_argument("--resume", action="store_true",
                           help="continue OUTPUT's partial file with its recorded settings (no other options needed)")
     generate.add_argument("--restart", action="store_true", help="discard an existing partial file and start afresh")
     generate.add_argument("--stop-after-frames", type=int,
-                          help="stop (partial file saved) after this many new frames; run again to continue")
+                          help="stop at the first checkpoint after this many new frames; run again to continue")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
     generate.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
 
@@ -248,6 +251,7 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
         "multiplicity": args.multiplicity,
         "checkpoint_every": args.checkpoint_every,
         "float32": args.float32,
+        "scf_guess": args.scf_guess,
     }
     given = {key: value for key, value in options.items() if value is not None}
     try:

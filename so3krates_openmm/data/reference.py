@@ -12,16 +12,18 @@ without recording, then ``frames_per_temperature`` frames, one every
 per temperature. Energies are written in kcal/mol and forces in kcal/(mol Å)
 (MD22 convention) unless asked otherwise.
 
-Resumability: every ``checkpoint_every`` frames (and on Ctrl-C/SIGTERM) the
-frames so far and the MD state (positions, momenta, the random generator's
-state, where in the schedule the run is) are written atomically (temporary
-file + ``os.replace``) to ``<output stem>.partial.npz`` next to the output.
-A new run with the same output continues from it after checking that the
-settings match. Each force call starts the xTB SCF from scratch
-(see :func:`make_calculator`), so the forces depend only on the positions and a
-resumed run reproduces the frames of an uninterrupted run exactly (with one
-OpenMP thread). The partial file is itself an MD22-layout ``.npz`` that
-:func:`~so3krates_openmm.data.formats.load_npz` reads.
+Resumability: every ``checkpoint_every`` frames the frames so far and the MD
+state (positions, momenta, the random generator's state, where in the
+schedule the run is) are written atomically (temporary file +
+``os.replace``) to ``<output stem>.partial.npz`` next to the output. A new
+run with the same output continues from the last checkpoint after checking
+that the settings match (a kill loses at most ``checkpoint_every`` frames of
+work, never frames already saved, and never duplicates one). The xTB SCF
+normally starts from the previous step's wavefunction; at every checkpoint
+frame a fresh calculator recomputes the forces from scratch, exactly as a
+resumed run does, so a resumed run reproduces the frames of an uninterrupted
+run bit for bit (with one OpenMP thread). The partial file is itself an
+MD22-layout ``.npz`` that :func:`~so3krates_openmm.data.formats.load_npz` reads.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class SamplingSettings:
         accuracy: xTB numerical accuracy (1.0 is tblite's default).
         checkpoint_every: frames between partial-file writes.
         float32: store positions and forces as float32 (energies stay float64).
+        scf_guess: ``"previous"``: each SCF starts from the previous step's
+            wavefunction (about 2x faster for 148 atoms), except at checkpoint
+            frames, where a fresh calculator starts from scratch, as a resumed
+            run does; ``"fresh"``: every call starts from scratch.
     """
 
     temperatures_K: list[float]
@@ -89,6 +95,7 @@ class SamplingSettings:
     accuracy: float = 1.0
     checkpoint_every: int = 10
     float32: bool = False
+    scf_guess: str = "previous"
 
     def __post_init__(self) -> None:
         self.temperatures_K = [float(t) for t in self.temperatures_K]
@@ -104,6 +111,8 @@ class SamplingSettings:
             problems.append(f"timestep_fs must be in (0, 5] fs, got {self.timestep_fs}")
         if self.friction_per_ps < 0:
             problems.append(f"friction_per_ps must be >= 0, got {self.friction_per_ps}")
+        if self.scf_guess not in ("previous", "fresh"):
+            problems.append(f"scf_guess must be 'previous' or 'fresh', got {self.scf_guess!r}")
         if self.method not in ("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"):
             problems.append(f"method must be GFN2-xTB, GFN1-xTB or IPEA1-xTB, got {self.method!r}")
         if problems:
@@ -143,13 +152,6 @@ class _RunState:
     compute_seconds: float = 0.0
     force_calls: int = 0
     sessions: int = 1
-
-
-def _snapshot(state: _RunState) -> _RunState:
-    """A copy of ``state`` that later appends to ``state``'s frame lists do not change."""
-    return _RunState(**{**state.__dict__, "energies": list(state.energies),
-                        "positions_frames": list(state.positions_frames),
-                        "forces_frames": list(state.forces_frames)})
 
 
 def structure_fingerprint(structure: Structure) -> str:
@@ -193,16 +195,25 @@ def _cold_start_class():
 
 
 def make_calculator(settings: SamplingSettings):
-    """A tblite ASE calculator for ``settings``: quiet, SCF from scratch on every call (reproducible)."""
-    return _cold_start_class()(
+    """A quiet tblite ASE calculator for ``settings``.
+
+    With ``scf_guess="fresh"`` every calculation starts the SCF from scratch
+    (results depend only on the positions); with ``"previous"`` tblite reuses
+    the last wavefunction as the guess, and a new calculator starts from scratch.
+    """
+    parameters = dict(
         method=settings.method,
         charge=settings.charge,
         multiplicity=settings.multiplicity,
         electronic_temperature=settings.electronic_temperature_K,
         accuracy=settings.accuracy,
-        cache_api=False,
         verbosity=0,
     )
+    if settings.scf_guess == "fresh":
+        return _cold_start_class()(cache_api=False, **parameters)
+    from tblite.ase import TBLite
+
+    return TBLite(**parameters)
 
 
 def theory_label(method: str = "GFN2-xTB") -> str:
@@ -323,6 +334,7 @@ def read_partial(path: str | Path) -> tuple[dict, Structure, _RunState, str]:
         raise DataError(f"{path}: partial file format {int(data['partial_format_version'])} is not "
                         f"{PARTIAL_FORMAT_VERSION}; finish it with the version that wrote it")
     run_settings = json.loads(str(data["settings_json"]))
+    run_settings.setdefault("scf_guess", "fresh")  # partial files written before the option existed
     structure = Structure(data["z"], data["start_positions"], source=str(path))
     state = _RunState(
         temperature_index=int(data["temperature_index"]),
@@ -374,8 +386,8 @@ def generate_reference_data(
             settings match (else raises); ``True`` requires a partial file;
             ``False`` refuses to run when one exists.
         restart: delete an existing partial file and start afresh.
-        stop_after_frames: stop (after writing the partial file) once this
-            many new frames are recorded in this call; ``None`` runs to the end.
+        stop_after_frames: stop at the first checkpoint (partial file written)
+            after at least this many new frames in this call; ``None`` runs to the end.
         progress: show a tqdm progress bar.
         log: where to send progress messages.
 
@@ -451,11 +463,8 @@ def generate_reference_data(
     to_unit = energy_conversion("eV", energy_unit)
     dtype = np.float32 if settings.float32 else np.float64
 
-    saved = {"frames": len(state.energies)}
-
     def checkpoint() -> None:
         _write_partial(partial, structure, run_settings, state, energy_unit)
-        saved["frames"] = len(state.energies)
 
     def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
         raise _Interrupted()
@@ -476,8 +485,6 @@ def generate_reference_data(
                    dynamic_ncols=True, file=sys.stderr)
     new_frames = 0
     stopped_early = False
-    # The state is consistent (resumable) only right after a frame is recorded or at the start.
-    consistent = _snapshot(state)
     try:
         while state.temperature_index < len(settings.temperatures_K):
             temperature = settings.temperatures_K[state.temperature_index]
@@ -485,11 +492,19 @@ def generate_reference_data(
             while state.step_in_temperature < settings.steps_per_temperature:
                 started = time.perf_counter()
                 dynamics.step()
-                state.compute_seconds += time.perf_counter() - started
-                state.force_calls += 1
                 state.step_in_temperature += 1
                 sampled = state.step_in_temperature - settings.equilibration_steps
-                if sampled <= 0 or sampled % settings.stride:
+                is_frame = sampled > 0 and sampled % settings.stride == 0
+                is_checkpoint = is_frame and (len(state.energies) + 1) % settings.checkpoint_every == 0
+                if is_checkpoint and settings.scf_guess == "previous":
+                    # A resumed run starts from a fresh calculator here; so does this one
+                    # (same positions, same SCF start), which keeps both runs identical.
+                    atoms.calc = make_calculator(settings)
+                    atoms.get_forces()
+                    state.force_calls += 1
+                state.compute_seconds += time.perf_counter() - started
+                state.force_calls += 1
+                if not is_frame:
                     continue
                 state.energies.append(float(atoms.get_potential_energy()) * to_unit)
                 state.positions_frames.append(atoms.get_positions().astype(dtype))
@@ -500,32 +515,28 @@ def generate_reference_data(
                 state.positions = atoms.get_positions()
                 state.momenta = atoms.get_momenta()
                 state.rng_state = rng.bit_generator.state
-                consistent = _snapshot(state)
                 new_frames += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(T=f"{temperature:g}K", E=f"{state.energies[-1]:.2f}",
                                     ms_per_call=f"{1000 * state.compute_seconds / max(state.force_calls, 1):.0f}")
                 done = len(state.energies) == settings.total_frames
-                if not done and len(state.energies) % settings.checkpoint_every == 0:
+                if is_checkpoint and not done:
                     checkpoint()
-                if stop_after_frames is not None and new_frames >= stop_after_frames and not done:
-                    checkpoint()
-                    stopped_early = True
-                    break
+                    if stop_after_frames is not None and new_frames >= stop_after_frames:
+                        stopped_early = True
+                        break
                 if state.step_in_temperature == 0:
                     break
             if stopped_early:
                 break
     except (KeyboardInterrupt, _Interrupted):
-        state = consistent
-        if len(state.energies) > saved["frames"]:
-            checkpoint()
         if partial.exists():
-            log(f"interrupted: {len(state.energies)} frames saved in {partial}; run the same command again "
-                f"(or `so3krates-data generate --resume -o {output}`) to continue")
+            frames_saved = len(np.load(partial)["E"])
+            log(f"interrupted: {frames_saved} frames (the last checkpoint) are in {partial}; run the same command "
+                f"again (or `so3krates-data generate --resume -o {output}`) to continue")
         else:
-            log("interrupted before the first frame was recorded; nothing to resume")
+            log("interrupted before the first checkpoint; nothing to resume")
         stopped_early = True
     finally:
         if bar is not None:
@@ -538,7 +549,7 @@ def generate_reference_data(
                 f"frames in {partial}")
         return None
 
-    ms_per_call = 1000.0 * state.compute_seconds / max(state.force_calls, 1)
+    ms_per_step = 1000.0 * state.compute_seconds / max(settings.total_steps, 1)
     metadata = {
         "theory": theory_label(settings.method),
         "settings": run_settings,
@@ -546,9 +557,10 @@ def generate_reference_data(
         "name": Path(structure.source).stem,
         "frame_order": "blocks of frames_per_temperature frames per temperature, in the order of temperatures_K",
         "timing": {
-            "md_steps": state.force_calls,
+            "md_steps": settings.total_steps,
+            "force_calls": state.force_calls,
             "compute_seconds": round(state.compute_seconds, 2),
-            "ms_per_step": round(ms_per_call, 2),
+            "ms_per_step": round(ms_per_step, 2),
             "sessions": state.sessions,
             "openblas_preload": os.environ.get(_OPENBLAS_MARKER) or None,
         },
@@ -567,8 +579,8 @@ def generate_reference_data(
         save_extxyz(dataset, output, energy_unit=energy_unit)
     if partial.exists():
         partial.unlink()
-    log(f"wrote {output}: {len(dataset)} frames, {state.force_calls} MD steps, "
-        f"{state.compute_seconds:.0f} s of force calls ({ms_per_call:.1f} ms per step)")
+    log(f"wrote {output}: {len(dataset)} frames, {settings.total_steps} MD steps, {state.force_calls} force calls, "
+        f"{state.compute_seconds:.0f} s ({ms_per_step:.1f} ms per step)")
     return dataset
 
 
