@@ -41,6 +41,7 @@ def test_peptide_langevin_stays_stable(tmp_path):
     assert np.all(np.isfinite(log["potential_energy_kJ/mol"])) and np.all(log["temperature_K"] < 1000)
 
 
+@pytest.mark.slow  # six model loads and warm-ups: ~2 minutes on a loaded 2-core machine
 @shipped("ac_ala3_nhme")
 def test_peptide_analysis_protocols(tmp_path):
     assert nve_main(["--steps", "20", "--equilibration-steps", "10", "--log-interval", "5",
