@@ -91,18 +91,16 @@ def plot_energy_drift(time_ps: np.ndarray, total_energy_kj_mol: np.ndarray, drif
 
 
 def plot_energy_trace(log: dict[str, np.ndarray], path: str | Path) -> Path:
-    """Potential, kinetic and total energy and temperature against time, from a CSV log."""
+    """Potential and total energy relative to their first value (a model's energies carry large
+    atomic offsets) and temperature against time, from a CSV log."""
     plt = pyplot()
     time_ps = log["time_ps"]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
-    for column, label in (
-        ("potential_energy_kJ/mol", "potential"),
-        ("kinetic_energy_kJ/mol", "kinetic"),
-        ("total_energy_kJ/mol", "total"),
-    ):
-        if column in log:
-            top.plot(time_ps, log[column], lw=0.8, label=label)
-    top.set_ylabel("energy (kJ/mol)")
+    for column, label in (("potential_energy_kJ/mol", "potential"), ("total_energy_kJ/mol", "total")):
+        if column in log and len(log[column]):
+            top.plot(time_ps, log[column] - log[column][0], lw=0.8,
+                     label=f"{label} (first: {log[column][0]:.6g} kJ/mol)")
+    top.set_ylabel("E - E(first sample) (kJ/mol)")
     top.legend()
     if "temperature_K" in log:
         bottom.plot(time_ps, log["temperature_K"], lw=0.8, color="tab:red")
