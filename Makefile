@@ -19,9 +19,9 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
-# A short Langevin MD (2.5 ps at 300 K) of Ac-Ala3-NHMe with the shipped model on the CPU platform.
+# A short Langevin MD (1 ps at 300 K, 0.5 fs steps) of Ac-Ala3-NHMe with the shipped model on the CPU platform.
 demo: $(STAMP)
-	$(PY) md_protocols/langevin_nvt.py --system ac_ala3_nhme --steps 5000 --platform CPU --output $(DEMO_DIR)
+	$(PY) md_protocols/langevin_nvt.py --system ac_ala3_nhme --steps 2000 --platform CPU --threads 1 --seed 1 --output $(DEMO_DIR) --overwrite
 
 # The test suite (fast, CPU only); benchmarks live in bench/.
 test: $(STAMP)
