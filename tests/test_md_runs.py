@@ -170,3 +170,18 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     assert max(energies) < md_log["potential_energy_kJ/mol"].min()
     assert (output / "minima.pdb").read_text().count("MODEL") == len(rows)
     assert (output / "minima_energies.png").exists()
+
+
+def test_langevin_backends_torchforce_and_pythonforce_give_the_same_run(tmp_path, peptide_pdb, peptide_gentle_model):
+    logs = {}
+    for backend in ("torchforce", "pythonforce"):
+        output = tmp_path / backend
+        code = langevin_nvt_main([
+            "--structure", str(peptide_pdb), "--model", str(peptide_gentle_model), "--steps", "40",
+            "--log-interval", "10", "--trajectory-interval", "20", "--no-minimize", "--no-stability-check",
+            "--backend", backend, "--output", str(output), *QUIET,
+        ])
+        assert code == 0
+        logs[backend] = read_csv_log(output / "log.csv")
+    for column in ("potential_energy_kJ/mol", "kinetic_energy_kJ/mol"):
+        np.testing.assert_allclose(logs["pythonforce"][column], logs["torchforce"][column], rtol=1e-6)

@@ -106,7 +106,7 @@ def _run(
     initial_state: Optional[Path] = None,
     trajectory_interval: Optional[int] = None,
 ) -> RunResult:
-    system = model_system(structure, values["model"], cuda_graphs=values["cuda_graphs"])
+    system = model_system(structure, values["model"], cuda_graphs=values["cuda_graphs"], backend=values["backend"])
     config = RunConfig(
         steps=steps,
         output_dir=output_dir,

@@ -16,12 +16,15 @@ def system_parameters(default_system: str) -> list[Parameter]:
         P("system", str, default_system, "shipped showcase system whose structure.pdb and model.pt are used "
           "when --structure/--model are not given", choices=PRETRAINED_SYSTEMS),
         P("structure", Path, None, "starting structure (PDB keeps residues and bonds; XYZ and other ASE formats work)", metavar="FILE"),
-        P("model", Path, None, "exported TorchScript model (.pt) for this structure (so3krates-export), "
-          "or a serialised OpenMM System (.xml) to run the protocol with another force field", metavar="MODEL.pt"),
+        P("model", Path, None, "exported TorchScript model (.pt) for this structure (so3krates-export), a checkpoint "
+          "(exported in memory), or a serialised OpenMM System (.xml) to run the protocol with another force field",
+          metavar="MODEL.pt"),
         P("platform", str, "CPU", "OpenMM platform", choices=KNOWN_PLATFORMS),
         P("threads", int, None, "CPU threads for OpenMM and PyTorch (default: all cores available)", minimum=1, metavar="N"),
         P("precision", str, "mixed", "precision on GPU platforms", choices=GPU_PRECISIONS),
         P("cuda_graphs", bool, False, "capture the model in CUDA graphs (CUDA platform; model exported with --static-pairs)"),
+        P("backend", str, "torchforce", "how OpenMM runs the model: openmm-torch's TorchForce (C++) or openmm.PythonForce "
+          "(the model called from Python; with a checkpoint as --model, the eager model)", choices=("torchforce", "pythonforce")),
         P("seed", int, None, "seed of the integrator and the initial velocities (default: random, recorded in run.json)", minimum=1, metavar="N"),
     ]
 

@@ -74,11 +74,14 @@ def make_integrator(
     raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
 
 
-def model_system(structure: Structure, model_path: str | Path, *, cuda_graphs: bool = False) -> mm.System:
+def model_system(
+    structure: Structure, model_path: str | Path, *, cuda_graphs: bool = False, backend: str = "torchforce"
+) -> mm.System:
     """OpenMM ``System`` for ``structure`` from a model file.
 
-    ``model_path`` is either an exported SO3krates model (``.pt``; the System's
-    only force is its ``TorchForce``) or a serialised OpenMM ``System``
+    ``model_path`` is either an exported SO3krates model (``.pt``) or a
+    checkpoint, run through ``backend`` (``"torchforce"`` or ``"pythonforce"``,
+    see :func:`so3krates_openmm.openmm_force.create_system`), or a serialised OpenMM ``System``
     (``.xml``, e.g. a classical force field to compare against or to test a
     protocol with), whose particle count must match the structure.
     """
@@ -99,7 +102,7 @@ def model_system(structure: Structure, model_path: str | Path, *, cuda_graphs: b
         return system
     from so3krates_openmm.openmm_force import create_system
 
-    return create_system(structure, model_path, use_cuda_graphs=cuda_graphs)
+    return create_system(structure, model_path, use_cuda_graphs=cuda_graphs, backend=backend)
 
 
 def structure_positions_nm(structure: Structure) -> unit.Quantity:
