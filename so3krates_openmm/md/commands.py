@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import openmm as mm
+from openmm import unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.protocols import (
@@ -105,8 +107,10 @@ def _run(
     velocity_interval: int = 0,
     initial_state: Optional[Path] = None,
     trajectory_interval: Optional[int] = None,
+    system: Optional[mm.System] = None,
 ) -> RunResult:
-    system = model_system(structure, values["model"], cuda_graphs=values["cuda_graphs"], backend=values["backend"])
+    if system is None:
+        system = model_system(structure, values["model"], cuda_graphs=values["cuda_graphs"], backend=values["backend"])
     config = RunConfig(
         steps=steps,
         output_dir=output_dir,
@@ -419,3 +423,36 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK if result is None or _stable(result) else EXIT_UNSTABLE
 
     return _entry(MINIMA, body, argv)
+
+
+def mlmm_solvated_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``md_protocols/mlmm_solvated.py``: the molecule in ML, TIP3P water in amber14, periodic, Langevin NVT."""
+    from so3krates_openmm.md.mlmm import solvated_mixed_system
+    from so3krates_openmm.md.protocols import PRETRAINED_DIR
+    from so3krates_openmm.md.schemas import MLMM_SOLVATED
+
+    def body(values: dict[str, Any]) -> int:
+        _inputs(MLMM_SOLVATED, values, need_model=False)
+        if values["checkpoint"] is None:
+            values["checkpoint"] = PRETRAINED_DIR / values["system"] / "best_checkpoint.pt"
+        MLMM_SOLVATED.check_file(values, "checkpoint")
+        values["model"] = values["checkpoint"]
+        setup = solvated_mixed_system(
+            values["structure"], values["checkpoint"], padding_nm=values["padding_nm"],
+            precision=values["ml_precision"], backend=values["backend"],
+        )
+        box = np.asarray(setup.topology.getPeriodicBoxVectors().value_in_unit(unit.angstrom))
+        solvated = Structure(
+            [atom.element.atomic_number for atom in setup.topology.atoms()],
+            np.asarray(setup.positions.value_in_unit(unit.angstrom)),
+            box_angstrom=box,
+            topology=setup.topology,
+            source=f"{values['structure']} in TIP3P",
+        )
+        print(f"{MLMM_SOLVATED.name}: {len(setup.ml_atoms)} ML atoms in {solvated.n_atoms} atoms, "
+              f"box {box[0, 0] / 10:.3f} nm")
+        result = _run(values, solvated, ensemble="nvt", steps=steps_from(values),
+                      output_dir=Path(values["output"]), system=setup.system)
+        return EXIT_OK if _stable(result) else EXIT_UNSTABLE
+
+    return _entry(MLMM_SOLVATED, body, argv)

@@ -157,4 +157,23 @@ MINIMA = ProtocolSchema(
     + stability_parameters(),
 )
 
-SCHEMAS = {schema.name: schema for schema in (LANGEVIN_NVT, NVE, SPECTRUM, CATCHER_DISTANCE, RAMACHANDRAN, MINIMA)}
+MLMM_SOLVATED = ProtocolSchema(
+    "mlmm_solvated",
+    "ML/MM: the molecule modelled by SO3krates (openmm-ml createMixedSystem, mechanical embedding) in a periodic "
+    "TIP3P water box modelled by amber14 with PME; Langevin NVT.",
+    system_parameters("ac_ala3_nhme")
+    + [
+        P("checkpoint", Path, None, "SO3krates checkpoint for the molecule (default: the shipped system's "
+          "best_checkpoint.pt); openmm-ml exports it for the solvated topology", metavar="CHECKPOINT"),
+        P("padding_nm", float, 1.0, "water padding around the molecule, nm", minimum=0.5),
+        P("ml_precision", str, "single", "precision of the ML part", choices=("single", "double")),
+    ]
+    + dynamics_parameters(steps=2_000)
+    + output_parameters("runs/mlmm_solvated")
+    + stability_parameters(),
+)
+
+SCHEMAS = {
+    schema.name: schema
+    for schema in (LANGEVIN_NVT, NVE, SPECTRUM, CATCHER_DISTANCE, RAMACHANDRAN, MINIMA, MLMM_SOLVATED)
+}
