@@ -6,7 +6,12 @@ Each ``*_main`` function is a console script declared in ``setup.py``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads made
+# PyTorch 10-20x slower (bench/RESULTS.md). Takes effect because torch is imported later.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import Optional, Sequence
 
 
