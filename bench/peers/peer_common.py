@@ -1,11 +1,14 @@
-"""Shared helpers of the peer step-time scripts (run inside each peer's venv).
+"""Shared helpers of the peer benchmark scripts (step time and accuracy; run inside each peer's venv).
 
 Each ``<peer>_step.py`` builds its models with random weights, adds them to an
 OpenMM ``System`` by the peer's usual openmm-ml route (an ``openmm.PythonForce``),
 and times single ``LangevinMiddleIntegrator`` steps (0.5 fs) on the CPU platform.
 This module holds what they share: argument parsing, structure reading
 (without this project's package, which the peer venvs do not have), the timing
-loop and the one JSON line each script prints on stdout.
+loop and the one JSON line each script prints on stdout. The accuracy comparison
+(``accuracy.py`` with ``mace_accuracy_train.py`` and ``mace_accuracy_eval.py``)
+shares the extended XYZ exchange format, the error metrics, the result-line
+parsing and the subprocess environment, at the end of this module.
 
 Only openmm, numpy, torch and ase are imported here: all peer venvs have them.
 """
@@ -204,3 +207,175 @@ def emit(peer: str, args: argparse.Namespace, packages: Sequence[str], results: 
 def log(message: str) -> None:
     """Progress on stderr (stdout carries only the result line)."""
     print(f"[{os.path.basename(sys.argv[0])}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy comparison (accuracy.py in the project venv, mace_accuracy_*.py in the MACE venv)
+# --------------------------------------------------------------------------------------------
+
+#: Keys of the reference energy (info) and forces (arrays) in the extended XYZ files given to
+#: the peers; mace_run_train's defaults (``--energy_key``/``--forces_key``), and unlike ASE's
+#: plain ``energy``/``forces`` they are not taken over by a calculator when read back.
+REF_ENERGY_KEY = "REF_energy"
+REF_FORCES_KEY = "REF_forces"
+
+
+def write_reference_extxyz(
+    path: str | Path, atomic_numbers: np.ndarray, positions: np.ndarray, energies_ev: np.ndarray, forces_ev: np.ndarray
+) -> Path:
+    """Write frames of one molecule as extended XYZ with ``REF_energy`` (eV) and ``REF_forces`` (eV/Å).
+
+    Args:
+        path: output file (written to a temporary name, then renamed).
+        atomic_numbers: (N,) atomic numbers shared by all frames.
+        positions: (B, N, 3) in Å.
+        energies_ev: (B,) total energies in eV.
+        forces_ev: (B, N, 3) forces in eV/Å.
+    """
+    from ase import Atoms
+    from ase.io import write
+
+    path = Path(path)
+    frames = []
+    for frame_positions, energy, forces in zip(positions, energies_ev, forces_ev):
+        atoms = Atoms(numbers=atomic_numbers, positions=frame_positions, pbc=False)
+        atoms.info[REF_ENERGY_KEY] = float(energy)
+        atoms.arrays[REF_FORCES_KEY] = np.asarray(forces, dtype=np.float64)
+        frames.append(atoms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(str(temporary), frames, format="extxyz")
+    os.replace(temporary, path)
+    return path
+
+
+def read_reference_extxyz(path: str | Path) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Frames of :func:`write_reference_extxyz`: the ASE ``Atoms``, energies (B,) eV, forces (B, N, 3) eV/Å."""
+    from ase.io import read
+
+    frames = read(str(path), index=":", format="extxyz")
+    energies = np.array([atoms.info[REF_ENERGY_KEY] for atoms in frames], dtype=np.float64)
+    forces = np.stack([atoms.arrays[REF_FORCES_KEY] for atoms in frames]).astype(np.float64)
+    return frames, energies, forces
+
+
+def error_metrics(
+    energies: np.ndarray, reference_energies: np.ndarray, forces: np.ndarray, reference_forces: np.ndarray
+) -> dict[str, float]:
+    """Test errors of predicted against reference energies (B,) and forces (B, N, 3), all in eV(/Å).
+
+    Returns MAE and RMSE of the total energy (eV) and per atom (eV/atom), and
+    MAE and RMSE over all force components (eV/Å), plus the frame count. Each
+    model is scored by this one function, so both are measured the same way.
+    """
+    energies = np.asarray(energies, dtype=np.float64)
+    reference_energies = np.asarray(reference_energies, dtype=np.float64)
+    forces = np.asarray(forces, dtype=np.float64)
+    reference_forces = np.asarray(reference_forces, dtype=np.float64)
+    if energies.shape != reference_energies.shape or forces.shape != reference_forces.shape:
+        raise ValueError(
+            f"prediction shapes {energies.shape}, {forces.shape} differ from the reference "
+            f"{reference_energies.shape}, {reference_forces.shape}"
+        )
+    if not (np.isfinite(energies).all() and np.isfinite(forces).all()):
+        raise ValueError("predictions contain NaN or infinite values")
+    n_atoms = forces.shape[1]
+    energy_error = energies - reference_energies
+    force_error = forces - reference_forces
+    return {
+        "frames": int(energies.shape[0]),
+        "atoms": int(n_atoms),
+        "energy_mae_ev": float(np.abs(energy_error).mean()),
+        "energy_rmse_ev": float(np.sqrt((energy_error**2).mean())),
+        "energy_mae_per_atom_ev": float(np.abs(energy_error).mean() / n_atoms),
+        "force_mae_ev_a": float(np.abs(force_error).mean()),
+        "force_rmse_ev_a": float(np.sqrt((force_error**2).mean())),
+    }
+
+
+def find_result_line(stdout: str) -> dict[str, Any] | None:
+    """The last JSON line of ``stdout`` carrying :data:`RESULT_KEY` (None if there is none)."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get(RESULT_KEY):
+            return record
+    return None
+
+
+def peer_environment(threads: int, extra_pythonpath: str | Path | None = None) -> dict[str, str]:
+    """Environment for a peer subprocess: ``threads`` OpenMP/MKL threads, passive OpenMP waiting,
+    MACE's whole-module unpickling allowed, no inherited ``VIRTUAL_ENV``, and this folder
+    (or ``extra_pythonpath``) on ``PYTHONPATH`` so the scripts import this module."""
+    environment = dict(os.environ)
+    environment.update({
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads stall a shared, loaded machine
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+        "PYTHONPATH": str(extra_pythonpath or Path(__file__).resolve().parent),
+        "PYTHONWARNINGS": "ignore",  # the peers' import-time deprecation chatter
+    })
+    environment.pop("VIRTUAL_ENV", None)
+    return environment
+
+
+class BudgetClock:
+    """The training-time budget of the accuracy comparison, applied the same way to every model.
+
+    The clock starts with the first training epoch (:meth:`start_epoch`; data loading,
+    model set-up and any validation before training are not counted). Once
+    ``budget_seconds`` have passed, :meth:`cut` hands out no more training
+    batches: the epoch in progress ends early, the trainer validates it and
+    checkpoints it if it is the best, as after any epoch, and then stops. So no
+    optimiser step starts after the budget, whatever the length of an epoch.
+    """
+
+    def __init__(self, budget_seconds: float) -> None:
+        self.budget_seconds = budget_seconds
+        self.started: float | None = None
+        self.stopped_at: float | None = None
+        self.epochs = 0  # epochs begun (the last one possibly cut short)
+        self.steps = 0  # training batches handed out
+
+    def elapsed(self) -> float:
+        """Seconds since the first training batch (0 before it)."""
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
+    @property
+    def spent(self) -> bool:
+        return self.started is not None and self.elapsed() >= self.budget_seconds
+
+    def start_epoch(self) -> None:
+        """Count a training epoch; the first one starts the clock."""
+        if self.started is None:
+            self.started = time.monotonic()
+        self.epochs += 1
+
+    def cut(self, iterable: Any, count_steps: bool = True) -> Any:
+        """Yield the training batches of ``iterable`` until the budget is spent (counted as steps)."""
+        for batch in iterable:
+            if self.spent:
+                if self.stopped_at is None:
+                    self.stopped_at = self.elapsed()
+                    log(f"training budget of {self.budget_seconds:.0f} s spent in epoch {self.epochs} "
+                        f"after {self.steps} steps: the epoch ends here")
+                return
+            if count_steps:
+                self.steps += 1
+            yield batch
+
+    def summary(self) -> dict[str, Any]:
+        """Budget, epochs begun, steps, and the training seconds when the budget stopped it."""
+        return {
+            "budget_s": self.budget_seconds,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "stopped_by_budget": self.stopped_at is not None,
+            "budget_stop_s": self.stopped_at,
+        }
