@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""CPU and wall milliseconds per eager energy+forces call of the paper-size SO3krates model.
+
+Paper-size model (F=132, T=3, H=4, degrees 1-3, K=32, r_c = 5 Å), float32,
+random weights (speed does not depend on them), on the shipped starting
+structures: Ac-Ala3-NHMe (42 atoms) and the buckyball catcher (148 atoms).
+One call = ``model(z, positions)`` + ``torch.autograd.grad`` of the energy.
+
+Prints, per system, the median over ``--repeats`` calls of the wall time
+(``time.perf_counter``) and of the CPU time of this process
+(``time.process_time``), the minimum CPU time, and the load average before
+and after. On a machine shared with other jobs the CPU time is the robust
+figure: the wall time also counts the time the process waits for a core (and
+other jobs on the same core still slow the CPU time down through caches and
+memory bandwidth; the minimum is the least affected).
+
+    OMP_WAIT_POLICY=PASSIVE python bench/energy_forces.py [--threads 1] [--repeats 30]
+
+``--code DIR`` imports ``so3krates_openmm`` from another checkout (for
+example an older commit unpacked with ``git archive``) to compare versions
+with the same script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
+
+
+def time_call(function: Callable[[], object], repeats: int, warmup: int) -> Tuple[float, float, float]:
+    """Median wall, median CPU and minimum CPU milliseconds per call of ``function``."""
+    for _ in range(warmup):
+        function()
+    wall: List[float] = []
+    cpu: List[float] = []
+    for _ in range(repeats):
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        function()
+        cpu.append((time.process_time() - cpu_start) * 1e3)
+        wall.append((time.perf_counter() - wall_start) * 1e3)
+    return statistics.median(wall), statistics.median(cpu), min(cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--code", type=Path, help="import so3krates_openmm from this directory instead")
+    args = parser.parse_args()
+    if args.code is not None:
+        sys.path.insert(0, str(args.code.resolve()))
+
+    import torch
+
+    import so3krates_openmm
+    from so3krates_openmm import SO3krates, SO3kratesConfig
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.model.neighbours import neighbour_list
+
+    torch.set_num_threads(args.threads)
+    pretrained = Path(__file__).resolve().parents[1] / "so3krates_openmm" / "pretrained"
+    print("# eager energy+forces, paper-size SO3krates (F=132, T=3, H=4, degrees 1-3, K=32, r_c=5 Å), float32")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} threads={args.threads} | "
+        f"code {Path(so3krates_openmm.__file__).parent} | load average before: {os.getloadavg()[0]:.2f}"
+    )
+    print(f"{'system':<20}{'atoms':>6}{'pairs':>7}{'wall ms':>10}{'CPU ms':>10}{'min CPU ms':>12}")
+    for name in args.systems:
+        structure = read_structure(pretrained / name / "structure.pdb")
+        torch.manual_seed(0)
+        config = SO3kratesConfig(elements=sorted(set(structure.atomic_numbers.tolist())), dtype="float32")
+        model = SO3krates(config).eval()
+        numbers = torch.tensor(structure.atomic_numbers)
+        positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
+        batch = torch.zeros(len(numbers), dtype=torch.long)
+        pairs = neighbour_list(positions, batch, 1, model.cutoff)[0].numel()
+
+        def energy_and_forces() -> None:
+            p = positions.clone().requires_grad_(True)
+            torch.autograd.grad(model(numbers, p).sum(), p)
+
+        wall, cpu, cpu_min = time_call(energy_and_forces, args.repeats, args.warmup)
+        print(f"{name:<20}{structure.n_atoms:>6}{pairs:>7}{wall:>10.2f}{cpu:>10.2f}{cpu_min:>12.2f}")
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
