@@ -45,11 +45,31 @@ class FilterNetwork(nn.Module):
         return radial + spherical
 
 
+def attention_weights(queries: Tensor, filters: Tensor, keys: Tensor, cutoff_weights: Tensor, heads: int) -> Tensor:
+    """Cutoff-weighted attention scores ``phi(d_ij) sum_{f in head h} (q_i)_f (w_ij)_f (k_j)_f``, (E, heads).
+
+    ``queries`` (E, F) of the centres and ``keys`` (E, F) of the neighbours are
+    per ordered pair, in the layout of
+    :func:`~so3krates_openmm.model.neighbours.ordered_pairs` (the P unordered
+    pairs, then the same pairs reversed: E = 2P); the queries carry the score
+    scale. ``filters`` (P, F) are per unordered pair: a filter is symmetric in
+    i and j, so both directions of a pair use it (broadcast, not copied).
+    ``cutoff_weights`` (E,) are ``phi(d_ij)``.
+    """
+    n_unordered, width = filters.shape
+    products = queries.view(2, n_unordered, width) * filters * keys.view(2, n_unordered, width)
+    return products.view(2 * n_unordered, heads, width // heads).sum(-1) * cutoff_weights.unsqueeze(-1)
+
+
 class InvariantAttention(nn.Module):
     """Multi-head attention update of the invariant features, without softmax.
 
     ``alpha^h_ij = (F/H)^-1/2 sum_f (Q^h x_i)_f (w^h_ij)_f (K^h x_j)_f`` and
     ``dx_i = concat_h sum_j phi(d_ij) alpha^h_ij V^h x_j``.
+
+    The projections ``Q x, K x, V x`` are made and gathered by
+    :class:`SO3kratesLayer` (together with those of the Euclidean block), with
+    the scale ``(F/H)^-1/2`` applied to the query weights.
     """
 
     def __init__(self, features: int, heads: int) -> None:
@@ -61,15 +81,22 @@ class InvariantAttention(nn.Module):
         self.key = nn.Linear(features, features, bias=False)
         self.value = nn.Linear(features, features, bias=False)
 
-    def forward(self, features: Tensor, filters: Tensor, cutoff_weights: Tensor, centres: Tensor, neighbours: Tensor) -> Tensor:
-        n_pairs = filters.shape[0]
-        queries = self.query(features).index_select(0, centres)
-        keys = self.key(features).index_select(0, neighbours)
-        values = self.value(features).index_select(0, neighbours).view(n_pairs, self.heads, self.head_width)
-        scores = (queries * filters * keys).view(n_pairs, self.heads, self.head_width).sum(-1)
-        weights = scores * (self.scale * cutoff_weights).unsqueeze(-1)
-        messages = (weights.unsqueeze(-1) * values).reshape(n_pairs, self.heads * self.head_width)
-        return scatter_sum(messages, centres, features.shape[0])
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        filters: Tensor,
+        cutoff_weights: Tensor,
+        centres: Tensor,
+        n_atoms: int,
+    ) -> Tensor:
+        """``dx`` (N, F) from ``(F/H)^-1/2 Q x_i``, ``K x_j``, ``V x_j`` (E, F) per ordered
+        pair and the filters (P, F) per unordered pair (see :func:`attention_weights`)."""
+        n_pairs = queries.shape[0]
+        weights = attention_weights(queries, filters, keys, cutoff_weights, self.heads)
+        messages = weights.unsqueeze(-1) * values.view(n_pairs, self.heads, self.head_width)
+        return scatter_sum(messages.view(n_pairs, self.heads * self.head_width), centres, n_atoms)
 
 
 class EuclideanAttention(nn.Module):
@@ -77,6 +104,10 @@ class EuclideanAttention(nn.Module):
 
     ``beta^l_ij = (F/n_D)^-1/2 sum_f (Q~^l x_i)_f (w~^l_ij)_f (K~^l x_j)_f`` and
     ``dchi^l_i = sum_j phi(d_ij) beta^l_ij Y^l(u_ij)``.
+
+    The projections ``Q~ x, K~ x`` are made and gathered by
+    :class:`SO3kratesLayer` (together with those of the invariant block), with
+    the scale ``(F/n_D)^-1/2`` applied to the query weights.
     """
 
     def __init__(self, features: int, degrees: List[int]) -> None:
@@ -90,20 +121,19 @@ class EuclideanAttention(nn.Module):
 
     def forward(
         self,
-        features: Tensor,
+        queries: Tensor,
+        keys: Tensor,
         filters: Tensor,
         cutoff_weights: Tensor,
         harmonics: Tensor,
         centres: Tensor,
-        neighbours: Tensor,
+        n_atoms: int,
     ) -> Tensor:
-        n_pairs = filters.shape[0]
-        queries = self.query(features).index_select(0, centres)
-        keys = self.key(features).index_select(0, neighbours)
-        scores = (queries * filters * keys).view(n_pairs, self.n_degrees, self.head_width).sum(-1)
-        weights = scores * (self.scale * cutoff_weights).unsqueeze(-1)
+        """``dchi`` (N, m_tot) from ``(F/n_D)^-1/2 Q~ x_i``, ``K~ x_j`` (E, F) and the
+        harmonics (E, m_tot) per ordered pair and the filters (P, F) per unordered pair."""
+        weights = attention_weights(queries, filters, keys, cutoff_weights, self.n_degrees)
         messages = (weights @ self.expansion.to(weights.dtype)) * harmonics
-        return scatter_sum(messages, centres, features.shape[0])
+        return scatter_sum(messages, centres, n_atoms)
 
 
 class ExchangeBlock(nn.Module):
@@ -132,12 +162,17 @@ class SO3kratesLayer(nn.Module):
     """One SO3krates layer: filters, the two attention blocks, residuals, exchange.
 
     Pair tensors are ordered pairs in the layout of
-    :func:`~so3krates_openmm.model.neighbours.ordered_pairs` (unordered pairs,
-    then the same pairs reversed); the radial pre-activations cover the first half.
+    :func:`~so3krates_openmm.model.neighbours.ordered_pairs`: the P unordered
+    pairs (i, j), then the same pairs reversed (j, i). The filters are
+    symmetric in i and j and are computed for the unordered pairs only, from
+    radial pre-activations (P, F). The five projections ``Q x, K x, V x``
+    (invariant block) and ``Q~ x, K~ x`` (Euclidean block) are two matrix
+    products over atoms, with weights concatenated at call time.
     """
 
     def __init__(self, features: int, heads: int, degrees: List[int], radial_basis_size: int) -> None:
         super().__init__()
+        self.features = features
         self.feature_filter = FilterNetwork(radial_basis_size, len(degrees), features)
         self.euclidean_filter = FilterNetwork(radial_basis_size, len(degrees), features)
         self.feature_attention = InvariantAttention(features, heads)
@@ -156,16 +191,35 @@ class SO3kratesLayer(nn.Module):
         centres: Tensor,
         neighbours: Tensor,
     ) -> Tuple[Tensor, Tensor]:
-        # Filters are symmetric in i and j: computed for the first half of the pairs
-        # (each unordered pair once) and repeated for the reversed second half.
         n_unordered = feature_radial.shape[0]
+        n_atoms = features.shape[0]
         difference = euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
         ev_invariants = (difference * difference) @ self.contraction.to(difference.dtype)
-        feature_filters = self.feature_filter(feature_radial, ev_invariants).repeat(2, 1)
-        euclidean_filters = self.euclidean_filter(euclidean_radial, ev_invariants).repeat(2, 1)
-        feature_update = self.feature_attention(features, feature_filters, cutoff_weights, centres, neighbours)
-        euclidean_update = self.euclidean_attention(
-            features, euclidean_filters, cutoff_weights, harmonics, centres, neighbours
+        invariant = self.feature_attention
+        ev = self.euclidean_attention
+        centre_weights = torch.cat([invariant.query.weight * invariant.scale, ev.query.weight * ev.scale])
+        neighbour_weights = torch.cat([invariant.key.weight, ev.key.weight, invariant.value.weight])
+        # Split per atom, gathered per pair one by one: slicing a pair-sized tensor would
+        # cost a pair-sized copy in the backward pass.
+        queries, ev_queries = functional.linear(features, centre_weights).split(self.features, dim=1)
+        keys, ev_keys, values = functional.linear(features, neighbour_weights).split(self.features, dim=1)
+        feature_update = invariant(
+            queries.index_select(0, centres),
+            keys.index_select(0, neighbours),
+            values.index_select(0, neighbours),
+            self.feature_filter(feature_radial, ev_invariants),
+            cutoff_weights,
+            centres,
+            n_atoms,
+        )
+        euclidean_update = ev(
+            ev_queries.index_select(0, centres),
+            ev_keys.index_select(0, neighbours),
+            self.euclidean_filter(euclidean_radial, ev_invariants),
+            cutoff_weights,
+            harmonics,
+            centres,
+            n_atoms,
         )
         return self.exchange(features + feature_update, euclidean + euclidean_update)
 
