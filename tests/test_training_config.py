@@ -160,7 +160,7 @@ def test_help_lists_every_option(capsys):
                  "--layers", "--heads", "--degrees", "--cutoff", "--cutoff-function", "--dtype", "--batch-size",
                  "--max-epochs", "--max-time", "--lr", "--energy-weight", "--force-weight", "--lr-decay",
                  "--lr-decay-steps", "--clip-grad", "--ema-decay", "--patience", "--output", "--resume", "--device",
-                 "--threads", "--config"):
+                 "--threads", "--config", "--init-from"):
         assert flag in text, flag
 
 

@@ -153,9 +153,13 @@ def test_stop_criteria(tmp_path: Path, ethanol_data: MolecularDataset):
     decayed = train(config_from_dict(small_run(tmp_path / "lr", lr_decay=0.1, lr_decay_steps=2.0, **base)),
                     dataset=ethanol_data, log=quiet)
     assert "learning rate" in decayed.stop_reason and decayed.epochs == 3  # 5e-3 * 0.1**(6/2) = 5e-6 < 1e-5
+    # the time budget stops within the first epoch, after its first step (2 batches of 10 an epoch)
     timed = train(config_from_dict(small_run(tmp_path / "time", max_time="0.01s", **base)),
                   dataset=ethanol_data, log=quiet)
-    assert timed.epochs == 1 and "max-time" in timed.stop_reason
+    assert timed.epochs == 0 and timed.steps == 1 and timed.stop_reason.startswith("max_time: reached --max-time")
+    assert [(row["epoch"], row["epoch_fraction"]) for row in timed.metrics] == [(1, 0.5)]
+    assert timed.test_report["training"]["stop_reason"] == timed.stop_reason
+    assert timed.test_report["epoch"] == 1 and timed.test_report["epoch_fraction"] == 0.5
 
 
 def test_shifts_of_a_single_molecule_are_an_even_per_atom_share():
@@ -208,3 +212,52 @@ def test_an_epoch_can_be_run_by_hand_after_setup(tmp_path: Path, ethanol_data: M
     trainer.setup()  # idempotent
     loss = trainer.train_epoch(1)
     assert np.isfinite(loss) and loss > 0 and trainer.schedule.steps == 2
+
+
+def test_time_budget_stops_within_an_epoch_and_a_larger_budget_continues_the_same_run(
+    tmp_path: Path, ethanol_data: MolecularDataset
+):
+    """Budget reached in step 7 (epoch 2 of 5-batch epochs): stop, validate, checkpoint, report; resumed with a
+    larger --max-time the run finishes epoch 2 and ends as an uninterrupted one."""
+    options = {"max_epochs": 3, "train_size": 40, "valid_size": 10, "test_size": 10, "batch_size": 8, "max_time": "1h"}
+    straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
+
+    trainer = Trainer(config_from_dict(small_run(tmp_path / "budget", **options)), dataset=ethanol_data, log=quiet)
+    trainer.setup()
+    schedule_step = trainer.schedule.step
+
+    def step_that_uses_up_the_budget_in_step_7() -> None:
+        schedule_step()
+        if trainer.schedule.steps == 7:
+            trainer.elapsed_before += 3600.0  # the clock, as if the step had taken an hour
+
+    trainer.schedule.step = step_that_uses_up_the_budget_in_step_7  # type: ignore[method-assign]
+    stopped = trainer.run()
+    assert stopped.stop_reason == "max_time: reached --max-time 1h in epoch 2 after 2 of 5 batches"
+    assert stopped.epochs == 1 and stopped.steps == 7
+    output = tmp_path / "budget"
+    rows = read_metrics_csv(output / "metrics.csv")
+    assert [(row["epoch"], row["step"], row["epoch_fraction"]) for row in rows] == [(1, 5, 1.0), (2, 7, 0.4)]
+    assert rows[1]["valid_loss"] == pytest.approx(trainer.evaluate(trainer.valid_data)["loss"], rel=1e-12)
+    state = read_checkpoint(output / "last_checkpoint.pt")["extra"]["training_state"]
+    assert state["epoch"] == 1 and state["step"] == 7 and state["stop_reason"] == stopped.stop_reason
+    assert state["epoch_in_progress"]["batches_done"] == 2
+    report = json.loads((output / "test_report.json").read_text())
+    assert report["training"]["stop_reason"] == stopped.stop_reason and report["training"]["steps"] == 7
+
+    messages: list[str] = []
+    resumed = train(config_from_dict(small_run(output, resume=True, **dict(options, max_time="3h"))),
+                    dataset=ethanol_data, log=messages.append)
+    assert any("in epoch 2 after 2 batches (step 7)" in message for message in messages)
+    assert resumed.steps == straight.steps == 15 and resumed.stop_reason.startswith("max_epochs")
+    rows = read_metrics_csv(output / "metrics.csv")
+    assert [row["epoch_fraction"] for row in rows] == [1.0, 1.0, 1.0]  # epoch 2's cut row was replaced
+    for a, b in zip(straight.metrics, rows, strict=True):
+        for column in METRIC_COLUMNS:
+            if column != "time":
+                assert b[column] == pytest.approx(a[column], rel=1e-12, abs=1e-15), (a["epoch"], column)
+    for name in ("last_checkpoint.pt", "best_checkpoint.pt"):
+        weights_a = read_checkpoint(tmp_path / "straight" / name)["state_dict"]
+        weights_b = read_checkpoint(output / name)["state_dict"]
+        assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a), name
+    assert resumed.test_report["errors"] == straight.test_report["errors"]

@@ -9,6 +9,7 @@ Building blocks, one concern per module:
 - :mod:`.schedule`: exponential learning-rate decay; :mod:`.ema`: weight averaging;
 - :mod:`.distributed`: ``torchrun`` process groups (DDP);
 - :mod:`.reporting`: ``metrics.csv``, learning-curve PNG, test report;
+- :mod:`.finetune`: starting a new run from a checkpoint's weights (``--init-from``);
 - :mod:`.trainer`: the assembled :class:`Trainer` and :func:`train`.
 
 Command line: ``so3krates-train`` or ``python -m so3krates_openmm.training``

@@ -7,6 +7,11 @@ increasing priority, from the field defaults (the paper's recipe, see
 ``train_size: 500`` in the file). Keys in files may be written with
 underscores or dashes. Unknown keys, values of the wrong type and
 inconsistent values are rejected with :class:`ConfigError`.
+
+A config made by :func:`config_from_dict` or :func:`parse_config` remembers
+which options were given (:meth:`TrainingConfig.is_given`): fine-tuning
+(``--init-from``) takes the architecture from the checkpoint and only checks
+the architecture options that were given against it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ RESUMABLE_CHANGES = frozenset(
      "checkpoint_every", "checkpoint_interval"}
 )
 
+#: Options that define the architecture; a fine-tuned run (``init_from``) takes them from the checkpoint.
+ARCHITECTURE_OPTIONS = ("features", "layers", "heads", "degrees", "radial_basis_size", "cutoff", "cutoff_function")
+
+#: Options a resumed run takes from the run it resumes unless they are given (the model is the saved one).
+MODEL_OPTIONS = (*ARCHITECTURE_OPTIONS, "dtype", "init_from")
+
 
 @dataclass
 class TrainingConfig:
@@ -59,6 +70,13 @@ class TrainingConfig:
     test_size: int | float | None = _option(None, "test frames (int) or fraction; default: all the rest")
     seed: int = _option(0, "seed of the split, the weight initialisation and the shuffling")
     # --- model (SO3kratesConfig)
+    init_from: str | None = _option(
+        None, "fine-tune: start a new run (new split, optimiser, energy shifts and scale fitted to the training "
+        "split) from the weights of this SO3krates checkpoint. The architecture (--features, --layers, --heads, "
+        "--degrees, --radial-basis-size, --cutoff, --cutoff-function: if given, they must equal the checkpoint's) "
+        "and, unless --dtype is given, the dtype come from the checkpoint; its elements must include the data's; "
+        "the model takes the data's energy unit. Not with --resume"
+    )
     features: int = _option(132, "invariant feature width F")
     layers: int = _option(3, "number of SO3krates layers T")
     heads: int = _option(4, "attention heads H")
@@ -66,7 +84,9 @@ class TrainingConfig:
     radial_basis_size: int = _option(32, "number K of radial basis functions")
     cutoff: float = _option(5.0, "cutoff radius in Å")
     cutoff_function: str = _option("cosine", f"cutoff function, one of {list(CUTOFF_FUNCTIONS)}")
-    dtype: str = _option("float32", f"model precision, one of {list(DTYPES)}")
+    dtype: str = _option(
+        "float32", f"model precision, one of {list(DTYPES)} (with --init-from: the checkpoint's unless given)"
+    )
     energy_scale: str | float = _option(
         "rms-forces",
         "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
@@ -80,7 +100,8 @@ class TrainingConfig:
     eval_batch_size: int | None = _option(None, "structures per evaluation batch; default max(batch size, 16)")
     max_epochs: int | None = _option(None, "stop after this many epochs (default: no limit)")
     max_time: str | float | None = _option(
-        None, "stop at the first epoch end after this much training time, e.g. '2h', '30m', '1h30m', '90s'"
+        None, "training-time budget, e.g. '2h', '30m', '1h30m', '90s': when it is reached, even within an epoch, "
+        "training stops after the current step, validates, checkpoints (resumable) and writes the test report"
     )
     lr: float = _option(1e-3, "initial learning rate of Adam")
     energy_weight: float = _option(0.01, "weight of the energy MSE in the loss")
@@ -109,6 +130,20 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):
             self.data = [str(self.data)]
+        if isinstance(self.init_from, Path):
+            self.init_from = str(self.init_from)
+        self.given_options: frozenset[str] | None = None  # set by config_from_dict (not an option)
+
+    def is_given(self, name: str) -> bool:
+        """Whether option ``name`` was set explicitly: a key of the file or dict, or a flag.
+
+        For a config built directly (``TrainingConfig(...)``), whether it differs from the default.
+        """
+        if self.given_options is not None:
+            return name in self.given_options
+        item = next(item for item in fields(self) if item.name == name)
+        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
+        return getattr(self, name) != default
 
     # ------------------------------------------------------------------ derived
     @property
@@ -162,6 +197,11 @@ class TrainingConfig:
                 )
         if self.data is None:
             raise ConfigError("no data file: give --data FILE (or 'data:' in the config file)")
+        if self.init_from is not None and self.resume:
+            raise ConfigError(
+                "--init-from and --resume exclude each other: --resume continues the run in --output (its model "
+                "is the saved one), --init-from starts a new run from a checkpoint's weights; drop one of them"
+            )
         if self.energy_unit is not None:
             try:
                 self.energy_unit = normalise_energy_unit(self.energy_unit)
@@ -205,10 +245,13 @@ class TrainingConfig:
                     raise ConfigError(f"option {name!r}: {error}") from None
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"option 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        try:
-            self.model_config([1], "eV")
-        except ValueError as error:
-            raise ConfigError(f"model options: {error}") from None
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"option 'dtype' must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.init_from is None:  # else the architecture is the checkpoint's (given options must equal it)
+            try:
+                self.model_config([1], "eV")
+            except ValueError as error:
+                raise ConfigError(f"model options: {error}") from None
         return self
 
 
@@ -356,7 +399,10 @@ def check_options(values: dict[str, Any], source: str = "config") -> dict[str, A
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainingConfig:
     """A validated :class:`TrainingConfig` from a dict of options (defaults for the rest)."""
     try:
-        return TrainingConfig(**check_options(values, source)).validate()
+        options = check_options(values, source)
+        config = TrainingConfig(**options)
+        config.given_options = frozenset(options)
+        return config.validate()
     except ConfigError as error:
         message = str(error)
         raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None

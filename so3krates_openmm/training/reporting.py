@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: Columns of ``metrics.csv`` (one row per epoch). Errors in the data's units; time in seconds of training.
+#: Columns of ``metrics.csv`` (one row per epoch). Errors in the data's units; time in seconds of training;
+#: ``epoch_fraction``: the fraction of the epoch's batches trained, 1 except for an epoch cut short by the
+#: time budget (``--max-time``; a resumed run replaces that row when it completes the epoch).
 METRIC_COLUMNS = (
     "epoch",
     "step",
@@ -22,7 +24,11 @@ METRIC_COLUMNS = (
     "valid_force_mae",
     "valid_force_rmse",
     "time",
+    "epoch_fraction",
 )
+
+#: Values of columns that rows written by older versions lack.
+_COLUMN_DEFAULTS = {"epoch_fraction": 1.0}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -36,7 +42,7 @@ def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> Pat
     path = Path(path)
     lines: list[str] = [",".join(METRIC_COLUMNS)]
     for row in rows:
-        lines.append(",".join(_format(row[column]) for column in METRIC_COLUMNS))
+        lines.append(",".join(_format(_value(row, column)) for column in METRIC_COLUMNS))
     _atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -47,6 +53,15 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
+def _value(row: dict[str, float], column: str) -> float:
+    return row[column] if column in row or column not in _COLUMN_DEFAULTS else _COLUMN_DEFAULTS[column]
+
+
+def epoch_position(row: dict[str, float]) -> float:
+    """Where a row lies on the epoch axis: ``epoch`` for a complete epoch, less for one cut short."""
+    return row["epoch"] - 1.0 + _value(row, "epoch_fraction")
+
+
 def _format(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
@@ -54,14 +69,15 @@ def _format(value: Any) -> str:
 
 
 def plot_learning_curve(path: str | Path, rows: Sequence[dict[str, float]], energy_unit: str) -> Path:
-    """Learning-curve PNG: losses and validation force/energy MAE per epoch (log scale)."""
+    """Learning-curve PNG: losses and validation force/energy MAE per epoch (log scale; an epoch cut short by
+    the time budget is drawn at its fraction)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     path = Path(path)
-    epochs = [row["epoch"] for row in rows]
+    epochs = [epoch_position(row) for row in rows]
     figure, (loss_axis, error_axis) = pyplot.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in rows], label="train")
     loss_axis.plot(epochs, [row["valid_loss"] for row in rows], label="validation (EMA)")
@@ -90,8 +106,10 @@ def format_test_report(report: dict[str, Any]) -> str:
     """A few lines of the test errors, in the data's units and in meV, meV/Å."""
     unit = report["energy_unit"]
     data, mev = report["errors"], report["errors_meV"]
+    fraction = report.get("epoch_fraction", 1.0)
+    epoch = f"{report['epoch']}" + (f" ({fraction:.0%} of it: time budget)" if fraction < 1.0 else "")
     lines = [
-        f"test set: {report['structures']} structures (errors of the best checkpoint, epoch {report['epoch']})",
+        f"test set: {report['structures']} structures (errors of the best checkpoint, epoch {epoch})",
         (
             f"  energy MAE  {data['energy_mae']:.5g} {unit}  = {mev['energy_mae']:.4g} meV"
             f"   (RMSE {data['energy_rmse']:.5g} {unit} = {mev['energy_rmse']:.4g} meV)"

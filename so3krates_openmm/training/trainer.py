@@ -17,6 +17,17 @@ of batches done and the epoch's running loss). A killed run resumes from the
 last checkpoint and, because shuffling is a function of (seed, epoch) and the
 whole optimiser state is restored, continues exactly as an uninterrupted run
 would (:mod:`so3krates_openmm.training.batches`).
+
+The time budget (``--max-time``) is checked after every optimiser step: a run
+that reaches it within an epoch stops there, validates, saves the best (if
+best) and the last checkpoint (resumable from that step) and writes the test
+report; the epoch's row in ``metrics.csv`` has ``epoch_fraction`` < 1. Resumed
+with a larger budget, the run finishes that epoch (its row is replaced) and
+continues as an uninterrupted run would. (A cut epoch's validation counts for
+the best checkpoint, not for ``--patience``, which counts whole epochs.)
+
+With ``--init-from`` the run starts from a checkpoint's weights instead of a
+random initialisation (:mod:`so3krates_openmm.training.finetune`).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +49,14 @@ from so3krates_openmm.elements import symbol
 from so3krates_openmm.model import SO3krates
 from so3krates_openmm.model.checkpoint import read_checkpoint
 from so3krates_openmm.training.batches import PackedData, epoch_batches, shard
-from so3krates_openmm.training.config import RESUMABLE_CHANGES, TrainingConfig
+from so3krates_openmm.training.config import (
+    MODEL_OPTIONS,
+    RESUMABLE_CHANGES,
+    TrainingConfig,
+)
 from so3krates_openmm.training.distributed import DistributedContext, init_distributed
 from so3krates_openmm.training.ema import ExponentialMovingAverage
+from so3krates_openmm.training.finetune import initial_model
 from so3krates_openmm.training.loss import ErrorAccumulator, in_mev, weighted_mse_loss
 from so3krates_openmm.training.reporting import (
     format_test_report,
@@ -78,6 +94,34 @@ class TrainingResult:
     test_report: dict[str, Any] | None = None
 
 
+@dataclass
+class EpochProgress:
+    """How far one pass over the training split got (all of it, unless the time budget cut it short)."""
+
+    epoch: int
+    batches_done: int
+    batches_total: int
+    loss_sum: float
+
+    @property
+    def complete(self) -> bool:
+        return self.batches_done == self.batches_total
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the epoch's batches trained (``epoch_fraction`` in ``metrics.csv``)."""
+        return self.batches_done / self.batches_total
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean training loss over the batches trained."""
+        return self.loss_sum / max(self.batches_done, 1)
+
+    def state(self) -> dict[str, Any]:
+        """The ``epoch_in_progress`` record of a mid-epoch checkpoint."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "loss_sum": self.loss_sum}
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if name == "auto":
@@ -100,6 +144,18 @@ def load_training_data(config: TrainingConfig) -> MolecularDataset:
     dataset = MolecularDataset.concatenate(parts)
     dataset.metadata["source"] = " + ".join(str(path) for path in config.data or [])
     return dataset
+
+
+def resumed_config(saved: dict[str, Any], current: TrainingConfig) -> TrainingConfig:
+    """``current`` with the model options (:data:`~.config.MODEL_OPTIONS`) it does not give taken from
+    the saved run (the resumed model is the saved one). ``init_from`` is always the saved run's: a fine-tuned
+    run is resumed without ``--init-from`` (the two options exclude each other)."""
+    inherited = {
+        name: saved[name]
+        for name in MODEL_OPTIONS
+        if name in saved and (name == "init_from" or not current.is_given(name))
+    }
+    return replace(current, **inherited) if inherited else current
 
 
 def check_resumable(saved: dict[str, Any], current: TrainingConfig) -> None:
@@ -169,6 +225,7 @@ class Trainer:
         state = checkpoint.get("extra", {}).get("training_state")
         if state is None:
             raise TrainingError(f"{last} holds no training state; it cannot be resumed")
+        self.config = resumed_config(state["config"], self.config)
         check_resumable(state["config"], self.config)
         return checkpoint, state
 
@@ -181,8 +238,8 @@ class Trainer:
             return
         self._ready = True
         self._started = self._last_save = time.monotonic()
-        config = self.config
         checkpoint, state = self._load_state()
+        config = self.config
         dataset = self._dataset if self._dataset is not None else load_training_data(config)
         self.energy_unit = dataset.energy_unit
         if state is not None:
@@ -199,8 +256,17 @@ class Trainer:
             )
         self.split = split
 
+        #: the checkpoint a fine-tuned run started from (path, SHA-256, its training summary), else None
+        self.init_from: dict[str, Any] | None = None
+        self._source_shifts: dict[int, float] = {}
         if checkpoint is not None:
             model = SO3krates.load(self.output / LAST_CHECKPOINT).train()
+            self.init_from = state.get("init_from") if state is not None else None
+        elif config.init_from is not None:
+            torch.manual_seed(config.seed)
+            config, model, self._source_shifts, self.init_from = initial_model(config, dataset)
+            self.config = config
+            model.train()
         else:
             torch.manual_seed(config.seed)
             model = SO3krates(config.model_config(dataset.elements.tolist(), dataset.energy_unit))
@@ -274,13 +340,21 @@ class Trainer:
                 f"cutoff={config.cutoff} Å {config.dtype}, {n_parameters} parameters; batch size {self.batch_size}"
                 f" over {self.context.world_size} process(es), device {self.device}"
             )
+            if self.init_from is not None:
+                known = ", ".join(symbol(z) for z in self.model.config.elements)
+                self.log(
+                    f"fine-tuning from {self.init_from['path']} (sha256 {self.init_from['sha256'][:12]}...): "
+                    f"its weights, elements {known}; energy shifts and scale refitted on this training split"
+                )
 
     def _fit_shifts_and_scale(self) -> None:
         """Least-squares per-element energy shifts and the energy scale from the training split (float64)."""
         elements = list(self.model.config.elements)
-        shifts = fit_energy_shifts(
-            self.train_data.element_counts(elements), self.train_data.energies.cpu().numpy(), elements
-        )
+        counts = self.train_data.element_counts(elements)
+        shifts = fit_energy_shifts(counts, self.train_data.energies.cpu().numpy(), elements)
+        # a fine-tuned model keeps the checkpoint's shifts of elements that the training split lacks
+        absent = [z for z, count in zip(elements, counts.sum(axis=0)) if count == 0 and z in self._source_shifts]
+        shifts.update({z: self._source_shifts[z] for z in absent})
         self.model.set_energy_shifts(shifts)
         if self.config.energy_scale == "rms-forces":
             scale = rms_force(self.train_data.forces.cpu().double().numpy())
@@ -291,15 +365,26 @@ class Trainer:
         with torch.no_grad():
             self.model.energy_scales.fill_(scale)
         shift_text = ", ".join(f"{symbol(z)} {value:.8g}" for z, value in shifts.items())
-        self.log(f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}; scale {scale:.4g}")
+        kept = f" ({', '.join(symbol(z) for z in absent)} from --init-from: not in the training split)" if absent else ""
+        self.log(
+            f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}{kept}; "
+            f"scale {scale:.4g}"
+        )
 
     # ----------------------------------------------------------------- epochs
     def train_epoch(self, epoch: int, start_batch: int = 0, loss_sum_start: float = 0.0) -> float:
         """One pass over the training split; returns the mean loss over its global batches.
 
         ``start_batch`` and ``loss_sum_start`` continue an epoch interrupted after a mid-epoch
-        checkpoint (the batches are the same: they depend on seed and epoch only).
+        checkpoint (the batches are the same: they depend on seed and epoch only). When the time
+        budget (``--max-time``) is reached within the epoch, it ends after the current step
+        (see :meth:`train_batches`) and the mean is over the batches trained.
         """
+        return self.train_batches(epoch, start_batch, loss_sum_start).mean_loss
+
+    def train_batches(self, epoch: int, start_batch: int = 0, loss_sum_start: float = 0.0) -> EpochProgress:
+        """Train epoch ``epoch`` from batch ``start_batch`` to its end or, if earlier, to the step that
+        reaches the time budget; returns how far it got (see :meth:`train_epoch`)."""
         from tqdm import tqdm
 
         config = self.config
@@ -319,6 +404,7 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.context.is_main and config.progress),
         )
+        batches_done = start_batch
         for index, global_indices in enumerate(batches):
             if index < start_batch:
                 continue
@@ -353,15 +439,15 @@ class Trainer:
                     f"lr {self.schedule.lr:.2e}"
                 )
             bar.update(1)
-            if (
-                self.context.is_main
-                and interval is not None
-                and index + 1 < len(batches)
-                and time.monotonic() - self._last_save >= interval
-            ):
-                self._save_last("", {"epoch": epoch, "batches_done": index + 1, "loss_sum": float(loss_sum.item())})
+            batches_done = index + 1
+            if batches_done == len(batches):
+                continue
+            if self._budget_reached():
+                break  # the run validates and checkpoints this state
+            if self.context.is_main and interval is not None and time.monotonic() - self._last_save >= interval:
+                self._save_last("", EpochProgress(epoch, batches_done, len(batches), float(loss_sum.item())).state())
         bar.close()
-        return float(loss_sum.item()) / len(batches)
+        return EpochProgress(epoch, batches_done, len(batches), float(loss_sum.item()))
 
     def evaluate(self, data: PackedData, use_ema: bool = True) -> dict[str, Any]:
         """Energy and force errors (and the loss) on ``data``, with the EMA weights unless ``use_ema=False``.
@@ -398,10 +484,12 @@ class Trainer:
             "split_sizes": [len(part) for part in self.split],
             "seed": self.config.seed,
             "config": self.config.to_dict(),
+            "init_from": self.init_from,
         }
 
-    def _save_best(self, validation: dict[str, Any]) -> None:
+    def _save_best(self, validation: dict[str, Any], progress: EpochProgress) -> None:
         summary = self._training_summary()
+        summary.update(epoch=progress.epoch, epoch_fraction=progress.fraction)
         summary["valid"] = {k: v for k, v in validation.items() if k != "force_mae_per_element"}
         if self.ema is not None:
             with self.ema.applied():
@@ -430,6 +518,7 @@ class Trainer:
             "data_frames": self.data_frames,
             "data_energy_sum": self.data_energy_sum,
             "epoch_in_progress": epoch_in_progress,
+            "init_from": self.init_from,
         }
         self.model.save(self.output / LAST_CHECKPOINT, extra={"training_state": state})
         self._last_save = time.monotonic()
@@ -440,17 +529,26 @@ class Trainer:
         """Seconds of training over this run and the runs it resumes."""
         return self.elapsed_before + (time.monotonic() - self._started)
 
-    def _stop_reason(self) -> str:
-        """Why training must stop now ('' to go on); the same on every process."""
+    def _budget_reached(self) -> bool:
+        """Whether the training time has reached ``--max-time`` (on any process: the answer is shared)."""
+        budget = self.config.max_time_seconds
+        return budget is not None and self.context.all_reduce_max(self.elapsed) >= budget
+
+    def _stop_reason(self, progress: EpochProgress | None = None) -> str:
+        """Why training must stop now ('' to go on), after the epoch ``progress`` (complete unless cut short by
+        the time budget); the same on every process. Starts with a code: max_epochs, min_lr, patience, max_time."""
         config = self.config
+        if progress is not None and not progress.complete:
+            return (f"max_time: reached --max-time {config.max_time} in epoch {progress.epoch} after "
+                    f"{progress.batches_done} of {progress.batches_total} batches")
         if config.max_epochs is not None and self.epoch >= config.max_epochs:
-            return f"reached --max-epochs {config.max_epochs}"
+            return f"max_epochs: reached --max-epochs {config.max_epochs}"
         if self.schedule.lr < config.min_lr:
-            return f"learning rate {self.schedule.lr:.3g} fell below --min-lr {config.min_lr:g}"
+            return f"min_lr: learning rate {self.schedule.lr:.3g} fell below --min-lr {config.min_lr:g}"
         if config.patience is not None and self.epochs_since_best >= config.patience:
-            return f"no better validation loss for {self.epochs_since_best} epochs (--patience {config.patience})"
-        if config.max_time_seconds is not None and self.context.all_reduce_max(self.elapsed) >= config.max_time_seconds:
-            return f"reached --max-time {config.max_time}"
+            return f"patience: no better validation loss for {self.epochs_since_best} epochs (--patience {config.patience})"
+        if self._budget_reached():
+            return f"max_time: reached --max-time {config.max_time}"
         return ""
 
     def run(self) -> TrainingResult:
@@ -463,45 +561,50 @@ class Trainer:
         while not stop_reason:
             epoch = self.epoch + 1
             if self.epoch_in_progress is not None:
-                progress, self.epoch_in_progress = self.epoch_in_progress, None
-                if int(progress["epoch"]) != epoch:
-                    raise TrainingError(f"damaged training state: epoch {progress['epoch']} in progress after {self.epoch}")
-                train_loss = self.train_epoch(epoch, int(progress["batches_done"]), float(progress["loss_sum"]))
+                saved, self.epoch_in_progress = self.epoch_in_progress, None
+                if int(saved["epoch"]) != epoch:
+                    raise TrainingError(f"damaged training state: epoch {saved['epoch']} in progress after {self.epoch}")
+                if self.metrics and self.metrics[-1]["epoch"] == epoch:
+                    self.metrics.pop()  # the row of the epoch cut short by the time budget: now completed
+                progress = self.train_batches(epoch, int(saved["batches_done"]), float(saved["loss_sum"]))
             else:
-                train_loss = self.train_epoch(epoch)
+                progress = self.train_batches(epoch)
             validation = self.evaluate(self.valid_data)
-            self.epoch = epoch
+            if progress.complete:
+                self.epoch = epoch
             row = {
                 "epoch": epoch,
                 "step": self.schedule.steps,
                 "lr": self.schedule.lr,
-                "train_loss": train_loss,
+                "train_loss": progress.mean_loss,
                 "valid_loss": validation["loss"],
                 "valid_energy_mae": validation["energy_mae"],
                 "valid_energy_rmse": validation["energy_rmse"],
                 "valid_force_mae": validation["force_mae"],
                 "valid_force_rmse": validation["force_rmse"],
                 "time": self.elapsed,
+                "epoch_fraction": progress.fraction,
             }
             self.metrics.append(row)
             improved = validation["loss"] < self.best_loss
             if improved:
                 self.best_loss, self.best_epoch, self.epochs_since_best = validation["loss"], epoch, 0
-            else:
+            elif progress.complete:
                 self.epochs_since_best += 1
-            stop_reason = self._stop_reason()
+            stop_reason = self._stop_reason(progress)
             if self.context.is_main:
                 if improved:
-                    self._save_best(validation)
+                    self._save_best(validation, progress)
                 if stop_reason or epoch % self.config.checkpoint_every == 0:
-                    self._save_last(stop_reason)
+                    self._save_last(stop_reason, None if progress.complete else progress.state())
                 write_metrics_csv(self.output / METRICS_FILE, self.metrics)
                 if time.monotonic() - last_plot > PLOT_INTERVAL or stop_reason:
                     plot_learning_curve(self.output / CURVE_FILE, self.metrics, self.energy_unit)
                     last_plot = time.monotonic()
+                cut = "" if progress.complete else f" ({progress.fraction:.0%} of it: time budget)"
                 self.log(
-                    f"epoch {epoch:4d}  step {self.schedule.steps:7d}  lr {self.schedule.lr:.2e}  "
-                    f"train loss {train_loss:.4g}  valid loss {validation['loss']:.4g}  "
+                    f"epoch {epoch:4d}{cut}  step {self.schedule.steps:7d}  lr {self.schedule.lr:.2e}  "
+                    f"train loss {progress.mean_loss:.4g}  valid loss {validation['loss']:.4g}  "
                     f"E MAE {validation['energy_mae']:.4g} {self.energy_unit}  "
                     f"F MAE {validation['force_mae']:.4g} {self.energy_unit}/Å"
                     f"{'  *' if improved else ''}  ({self.elapsed:.0f} s)"
@@ -535,6 +638,7 @@ class Trainer:
         report = {
             "structures": errors.pop("structures"),
             "epoch": int(best["extra"]["training"]["epoch"]),
+            "epoch_fraction": float(best["extra"]["training"].get("epoch_fraction", 1.0)),
             "checkpoint": str(self.output / BEST_CHECKPOINT),
             "data": self.data_source,
             "energy_unit": self.energy_unit,
@@ -547,6 +651,7 @@ class Trainer:
                          "processes": self.context.world_size, "time_s": self.elapsed, "stop_reason": stop_reason},
             "errors": errors,
             "errors_meV": in_mev(errors, self.energy_unit),
+            "init_from": None if self.init_from is None else {k: self.init_from[k] for k in ("path", "sha256")},
         }
         if self.context.is_main:
             write_json(self.output / TEST_REPORT_FILE, report)
