@@ -27,9 +27,10 @@ class FilterNetwork(nn.Module):
     """``w_ij = MLP_rad(e(d_ij)) + MLP_sph(delta_ij)``.
 
     ``MLP_rad: K -> F -> F`` and ``MLP_sph: n_D -> F/4 -> F`` with SiLU between
-    and biases. The first radial layer is applied by the caller for all
-    filters of the model at once (one matrix product per step, see
-    :meth:`SO3krates.forward`), so :meth:`forward` takes its pre-activation.
+    and biases. The first radial layer and its SiLU are applied by the caller
+    for all filters of the model at once (see
+    :meth:`~so3krates_openmm.model.so3krates.SO3krates.radial_hidden`), so
+    :meth:`forward` takes the hidden radial features.
     """
 
     def __init__(self, radial_basis_size: int, n_degrees: int, features: int) -> None:
@@ -39,10 +40,15 @@ class FilterNetwork(nn.Module):
         self.spherical_in = nn.Linear(n_degrees, features // 4)
         self.spherical_out = nn.Linear(features // 4, features)
 
-    def forward(self, radial_preactivation: Tensor, ev_invariants: Tensor) -> Tensor:
-        radial = self.radial_out(functional.silu(radial_preactivation))
-        spherical = self.spherical_out(functional.silu(self.spherical_in(ev_invariants)))
-        return radial + spherical
+    def forward(self, radial_hidden: Tensor, ev_invariants: Tensor) -> Tensor:
+        """Filters (P, F) from ``silu(W_rad_in e(d_ij) + b_rad_in)`` (P, F) and ``delta_ij`` (P, n_D).
+
+        Both output layers accumulate into one tensor (the two output biases
+        added first): ``W_rad_out h_rad + (b_rad_out + b_sph_out) + W_sph_out h_sph``.
+        """
+        radial = functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias + self.spherical_out.bias)
+        spherical_hidden = functional.silu(self.spherical_in(ev_invariants))
+        return torch.addmm(radial, spherical_hidden, self.spherical_out.weight.t())
 
 
 def attention_weights(queries: Tensor, filters: Tensor, keys: Tensor, cutoff_weights: Tensor, heads: int) -> Tensor:
@@ -165,7 +171,7 @@ class SO3kratesLayer(nn.Module):
     :func:`~so3krates_openmm.model.neighbours.ordered_pairs`: the P unordered
     pairs (i, j), then the same pairs reversed (j, i). The filters are
     symmetric in i and j and are computed for the unordered pairs only, from
-    radial pre-activations (P, F). The five projections ``Q x, K x, V x``
+    hidden radial features (P, F). The five projections ``Q x, K x, V x``
     (invariant block) and ``Q~ x, K~ x`` (Euclidean block) are two matrix
     products over atoms, with weights concatenated at call time.
     """
@@ -191,6 +197,9 @@ class SO3kratesLayer(nn.Module):
         centres: Tensor,
         neighbours: Tensor,
     ) -> Tuple[Tensor, Tensor]:
+        """Updated ``(x, chi)``. ``feature_radial``, ``euclidean_radial``: hidden radial
+        features (P, F) of the two filters; cutoff weights (E,) and harmonics (E, m_tot)
+        per ordered pair; ``centres``, ``neighbours`` (E,)."""
         n_unordered = feature_radial.shape[0]
         n_atoms = features.shape[0]
         difference = euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])

@@ -122,7 +122,7 @@ class SO3krates(nn.Module):
         unit_vectors = vectors / distances.unsqueeze(-1)
         cutoff_weights = self.cutoff_function(distances)
         harmonics = self.spherical_harmonics(unit_vectors)
-        radial = self.radial_preactivations(self.radial_basis(distances))
+        radial = self.radial_hidden(self.radial_basis(distances))
         centres, neighbours = ordered_pairs(first, second)
         cutoff_weights = torch.cat([cutoff_weights, cutoff_weights])
         harmonics = torch.cat([harmonics, harmonics * self.parity])
@@ -142,11 +142,12 @@ class SO3krates(nn.Module):
             )
         return self.readout(features).double() * self.energy_scales[species] + self.energy_shifts[species]
 
-    def radial_preactivations(self, radial_basis: Tensor) -> List[Tensor]:
-        """First radial layer of every filter network, as one matrix product.
+    def radial_hidden(self, radial_basis: Tensor) -> List[Tensor]:
+        """First radial layer and SiLU of every filter network, ``silu(W_rad_in e + b_rad_in)``,
+        as one matrix product and one activation.
 
-        Returns 2T tensors (E, F): for each layer the feature filter's and the
-        Euclidean filter's pre-activation.
+        Returns 2T tensors (P, F): for each layer the feature filter's and the
+        Euclidean filter's hidden radial features.
         """
         weights: List[Tensor] = []
         biases: List[Tensor] = []
@@ -155,7 +156,7 @@ class SO3krates(nn.Module):
             weights.append(layer.euclidean_filter.radial_in.weight)
             biases.append(layer.feature_filter.radial_in.bias)
             biases.append(layer.euclidean_filter.radial_in.bias)
-        fused = functional.linear(radial_basis, torch.cat(weights, 0), torch.cat(biases, 0))
+        fused = functional.silu(functional.linear(radial_basis, torch.cat(weights, 0), torch.cat(biases, 0)))
         return list(torch.split(fused, self.features, dim=1))
 
     # ----- Python API (not part of the TorchScript module) -----
