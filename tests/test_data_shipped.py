@@ -52,13 +52,33 @@ def test_peptide_labels_are_gfn2_xtb_energies_and_forces():
         np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
 
 
-def test_catcher_data_so_far_matches_the_structure():
+def test_catcher_data_set_covers_300_and_500_kelvin_in_the_structure_atom_order():
     directory = PRETRAINED / "buckyball_catcher"
-    files = sorted(directory.glob("dataset*.npz"))
-    assert files, f"no data set or partial (resumable) file in {directory}"
+    data = load_dataset(directory / "dataset.npz")
     structure = read_structure(directory / "structure.pdb")
-    for path in files:
-        data = load_dataset(path)
-        assert len(data) >= 5 and data.energy_unit == "kcal/mol"
-        np.testing.assert_array_equal(data.stacked()[0], structure.atomic_numbers)
-        assert "GFN2-xTB" in data.metadata["theory"]
+    assert len(data) >= 400 and data.energy_unit == "kcal/mol"
+    z, positions, energies, _ = data.stacked()
+    np.testing.assert_array_equal(z, structure.atomic_numbers)
+    assert "GFN2-xTB" in data.metadata["theory"]
+    assert [part["settings"]["temperatures_K"] for part in data.metadata["parts"]] == [[300.0], [500.0]]
+    assert sum(part["frames"] for part in data.metadata["parts"]) == len(data)
+    assert len(np.unique(energies)) == len(energies)
+    bonds = np.array([(a.index, b.index) for a, b in structure.topology.bonds()])
+    lengths = np.linalg.norm(positions[:, bonds[:, 0]] - positions[:, bonds[:, 1]], axis=-1)
+    assert lengths.max() < 1.9 and lengths.min() > 0.85
+    # The ball stays in the catcher in every frame (C60 = the last 60 atoms).
+    separation = np.linalg.norm(positions[:, -60:].mean(axis=1) - positions[:, :88].mean(axis=1), axis=-1)
+    assert separation.max() < 7.0
+
+
+def test_catcher_partial_files_continue_the_shipped_data():
+    """The resumable partial files begin with the frames merged into dataset.npz, in order."""
+    directory = PRETRAINED / "buckyball_catcher"
+    shipped = load_dataset(directory / "dataset.npz")
+    positions = shipped.stacked()[1]
+    start = 0
+    for temperature, part in zip((300, 500), shipped.metadata["parts"]):
+        continued = load_dataset(directory / f"dataset_{temperature}K.partial.npz").stacked()[1]
+        assert len(continued) >= part["frames"]
+        np.testing.assert_array_equal(continued[: part["frames"]], positions[start : start + part["frames"]])
+        start += part["frames"]
