@@ -97,7 +97,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: continue from the last completed epoch with the same command and --resume "
+        print(f"\ninterrupted: continue from the last checkpoint (every --checkpoint-interval, and at each epoch end) with the same command and --resume "
               f"(output {config.output})", file=sys.stderr)
         return 130
     finally:

@@ -6,19 +6,16 @@
     .venv/bin/python bench/peers/so3krates_accuracy_train.py --budget-seconds 1800 \\
         --summary OUT.json -- SO3KRATES_TRAIN_ARGS...
 
-``so3krates-train --max-time`` stops only at an epoch end, so an epoch begun
-just before the budget runs on past it. For an equal budget with MACE (whose
-epochs are much longer), this driver runs the project's own
-``so3krates_openmm.cli.train_main`` in-process under the rule of
-:class:`peer_common.BudgetClock`, the same as ``mace_accuracy_train.py``: the
-clock starts with the first epoch; once ``--budget-seconds`` have passed no
-further batch is trained, the epoch in progress ends there, is validated and
-(if best) checkpointed as usual, and ``--max-time`` (set to the budget) ends
-the run, which writes its test report. The wrapper replaces the trainer
-module's ``epoch_batches`` (training calls only; the evaluation calls pass
-``shuffle=False`` and are left alone). The training loss logged for a cut
-epoch is averaged over all of its planned batches, so it reads low; the
-validation errors are unaffected.
+``so3krates-train --max-time`` stops after the optimiser step that reaches
+the budget, but its clock starts with the run (data loading and set-up
+included). For exactly the rule of ``mace_accuracy_train.py`` this driver runs
+the project's own ``so3krates_openmm.cli.train_main`` in-process under
+:class:`peer_common.BudgetClock`: the clock starts with the first epoch; once
+``--budget-seconds`` have passed no further batch is trained, the epoch in
+progress ends there, is validated and (if best) checkpointed as usual, and the
+run writes its test report. The wrapper replaces the trainer module's
+``epoch_batches`` (training calls only; the evaluation calls pass
+``shuffle=False`` and are left alone).
 
 The summary JSON (``--summary``) records epochs begun, steps and the training
 time at the stop.
