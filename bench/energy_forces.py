@@ -60,14 +60,11 @@ def main() -> None:
         sys.path.insert(0, str(args.code.resolve()))
 
     import torch
+    from bench_common import random_paper_model
 
     import so3krates_openmm
-    from so3krates_openmm import SO3krates, SO3kratesConfig
-    from so3krates_openmm.data.structures import read_structure
-    from so3krates_openmm.model.neighbours import neighbour_list
 
     torch.set_num_threads(args.threads)
-    pretrained = Path(__file__).resolve().parents[1] / "so3krates_openmm" / "pretrained"
     print("# eager energy+forces, paper-size SO3krates (F=132, T=3, H=4, degrees 1-3, K=32, r_c=5 Å), float32")
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} threads={args.threads} | "
@@ -75,14 +72,7 @@ def main() -> None:
     )
     print(f"{'system':<20}{'atoms':>6}{'pairs':>7}{'wall ms':>10}{'CPU ms':>10}{'min CPU ms':>12}")
     for name in args.systems:
-        structure = read_structure(pretrained / name / "structure.pdb")
-        torch.manual_seed(0)
-        config = SO3kratesConfig(elements=sorted(set(structure.atomic_numbers.tolist())), dtype="float32")
-        model = SO3krates(config).eval()
-        numbers = torch.tensor(structure.atomic_numbers)
-        positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
-        batch = torch.zeros(len(numbers), dtype=torch.long)
-        pairs = neighbour_list(positions, batch, 1, model.cutoff)[0].numel()
+        structure, model, numbers, positions, pairs = random_paper_model(name)
 
         def energy_and_forces() -> None:
             p = positions.clone().requires_grad_(True)

@@ -25,13 +25,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+from bench_common import random_paper_model
 
-from so3krates_openmm import SO3krates, SO3kratesConfig
-from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.export import build_energy_module, export_checkpoint
-from so3krates_openmm.model.neighbours import neighbour_list
-
-PRETRAINED = Path(__file__).resolve().parents[1] / "so3krates_openmm" / "pretrained"
 
 
 def time_call(function: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[float, float]:
@@ -53,13 +49,7 @@ def benchmark_system(name: str, threads: int, repeats: int, workdir: Path) -> di
 
     from so3krates_openmm.openmm_force import create_system, positions_nm
 
-    structure = read_structure(PRETRAINED / name / "structure.pdb")
-    torch.manual_seed(0)
-    model = SO3krates(SO3kratesConfig(elements=sorted(set(structure.atomic_numbers.tolist())), dtype="float32")).eval()
-    numbers = torch.tensor(structure.atomic_numbers)
-    positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
-    batch = torch.zeros(len(numbers), dtype=torch.long)
-    pairs = neighbour_list(positions, batch, 1, model.cutoff)[0].numel()
+    structure, model, numbers, positions, pairs = random_paper_model(name)
 
     def eager() -> None:
         p = positions.clone().requires_grad_(True)
