@@ -3,7 +3,7 @@ r"""Summarise finished runs as a Markdown table: simulated time, ns/day, stable 
 bond statistics and, for the buckyball catcher, the C60-catcher distance.
 
 Example (after the stability_*.yaml protocols):
-    python md_protocols/stability_report.py runs/stability_* --json runs/stability_summary.json
+    python md_protocols/stability_report.py bench/stability/* --json bench/stability/summary.json
 """
 
 import argparse
