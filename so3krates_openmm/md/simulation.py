@@ -9,6 +9,7 @@ velocities, and an optional local energy minimisation.
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -175,13 +176,37 @@ def build_simulation(
         simulation.context.setPeriodicBoxVectors(*(np.asarray(structure.box_angstrom) * 0.1))
     simulation.context.setPositions(structure_positions_nm(structure))
     if settings.minimize:
+        minimize_from_start(simulation, structure, settings)
+    if set_velocities:
+        simulation.context.setVelocitiesToTemperature(settings.temperature_K * unit.kelvin, settings.seed)
+    return simulation
+
+
+def minimize_from_start(simulation: app.Simulation, structure: Structure, settings: SimulationSettings) -> None:
+    """OpenMM's L-BFGS minimisation of the starting structure, or the unminimised start with a warning.
+
+    The minimiser's first trial steps can move atoms far (an ångström or more) outside the
+    configurations a model was trained on, where an ML potential may give non-finite
+    energies; OpenMM then stops with "Particle coordinate is NaN". The starting structures
+    shipped here are already relaxed with the reference method, so the run continues from
+    the starting positions and says so (pass ``--no-minimize`` to skip the attempt).
+    """
+    try:
         simulation.minimizeEnergy(
             tolerance=settings.minimize_tolerance_kj_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
             maxIterations=settings.minimize_max_iterations,
         )
-    if set_velocities:
-        simulation.context.setVelocitiesToTemperature(settings.temperature_K * unit.kelvin, settings.seed)
-    return simulation
+    except mm.OpenMMException as error:
+        if "NaN" not in str(error):
+            raise
+        warnings.warn(
+            "energy minimisation left the model's domain (OpenMM: particle coordinate is NaN); "
+            "continuing from the unminimised starting structure. Relax the structure with the "
+            "reference method, or pass --no-minimize to skip minimisation.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        simulation.context.setPositions(structure_positions_nm(structure))
 
 
 def potential_energy_kj_mol(simulation: app.Simulation) -> float:
