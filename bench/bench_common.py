@@ -1,7 +1,16 @@
-"""Shared set-up of the benchmark scripts in ``bench/`` (run as ``python bench/SCRIPT.py``)."""
+"""Shared set-up of the benchmark scripts in ``bench/`` (run as ``python bench/SCRIPT.py``).
+
+Only the standard library is imported at module level: the peer benchmarks'
+``peers/peer_common.py`` imports :func:`time_call` from here inside the peer
+venvs, which do not have this project's package.
+"""
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,3 +48,39 @@ def random_paper_model(name: str) -> RandomModelCase:
     batch = torch.zeros(len(numbers), dtype=torch.long)
     pairs = neighbour_list(positions, batch, 1, model.cutoff)[0].numel()
     return RandomModelCase(structure, model, numbers, positions, pairs)
+
+
+@dataclass(frozen=True)
+class CallTiming:
+    """Milliseconds per call of a timed function: wall time (``time.perf_counter``) and CPU time
+    of this process (``time.process_time``, which a shared machine disturbs less)."""
+
+    median_ms: float
+    iqr_half_ms: float  # half the interquartile range of the wall times (0 for a single call)
+    min_ms: float
+    cpu_median_ms: float
+    cpu_min_ms: float
+
+
+def time_call(function: Callable[[], object], repeats: int, warmup: int) -> CallTiming:
+    """Call ``function`` ``warmup`` times untimed, then time ``repeats`` calls.
+
+    The minima are the figures least disturbed by other jobs on a shared machine.
+    """
+    for _ in range(warmup):
+        function()
+    wall: list[float] = []
+    cpu: list[float] = []
+    for _ in range(repeats):
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        function()
+        cpu.append((time.process_time() - cpu_start) * 1e3)
+        wall.append((time.perf_counter() - wall_start) * 1e3)
+    quartiles = statistics.quantiles(wall, n=4) if repeats > 1 else [wall[0]] * 3
+    return CallTiming(
+        median_ms=statistics.median(wall),
+        iqr_half_ms=(quartiles[2] - quartiles[0]) / 2,
+        min_ms=min(wall),
+        cpu_median_ms=statistics.median(cpu),
+        cpu_min_ms=min(cpu),
+    )

@@ -25,27 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+
+from bench_common import random_paper_model, time_call
 
 SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
-
-
-def time_call(function: Callable[[], object], repeats: int, warmup: int) -> Tuple[float, float, float]:
-    """Median wall, median CPU and minimum CPU milliseconds per call of ``function``."""
-    for _ in range(warmup):
-        function()
-    wall: List[float] = []
-    cpu: List[float] = []
-    for _ in range(repeats):
-        wall_start, cpu_start = time.perf_counter(), time.process_time()
-        function()
-        cpu.append((time.process_time() - cpu_start) * 1e3)
-        wall.append((time.perf_counter() - wall_start) * 1e3)
-    return statistics.median(wall), statistics.median(cpu), min(cpu)
 
 
 def main() -> None:
@@ -60,7 +46,6 @@ def main() -> None:
         sys.path.insert(0, str(args.code.resolve()))
 
     import torch
-    from bench_common import random_paper_model
 
     import so3krates_openmm
 
@@ -78,8 +63,11 @@ def main() -> None:
             p = positions.clone().requires_grad_(True)
             torch.autograd.grad(model(numbers, p).sum(), p)
 
-        wall, cpu, cpu_min = time_call(energy_and_forces, args.repeats, args.warmup)
-        print(f"{name:<20}{structure.n_atoms:>6}{pairs:>7}{wall:>10.2f}{cpu:>10.2f}{cpu_min:>12.2f}")
+        timing = time_call(energy_and_forces, args.repeats, args.warmup)
+        print(
+            f"{name:<20}{structure.n_atoms:>6}{pairs:>7}"
+            f"{timing.median_ms:>10.2f}{timing.cpu_median_ms:>10.2f}{timing.cpu_min_ms:>12.2f}"
+        )
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from bench_common import time_call
 
 from so3krates_openmm import SO3krates, SO3kratesConfig
 from so3krates_openmm.model.neighbours import neighbour_list
@@ -50,13 +51,7 @@ def time_energy_forces(model: SO3krates, numbers, positions, box, method: str, r
         energy = model.energy_from_neighbours(numbers, p, batch, 1, first, second, shifts)
         torch.autograd.grad(energy.sum(), p)
 
-    run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(samples))
+    return time_call(run, repeats, warmup=1).median_ms
 
 
 def main() -> None:

@@ -17,30 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from bench_common import random_paper_model
+from bench_common import random_paper_model, time_call
 
 from so3krates_openmm.export import build_energy_module, export_checkpoint
 
-
-def time_call(function: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Median and interquartile half-range of the wall time of ``function`` in ms."""
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append((time.perf_counter() - start) * 1e3)
-    quartiles = statistics.quantiles(samples, n=4)
-    return statistics.median(samples), (quartiles[2] - quartiles[0]) / 2
+#: untimed calls before each timing
+WARMUP = 3
 
 
 def benchmark_system(name: str, threads: int, repeats: int, workdir: Path) -> dict:
@@ -73,9 +61,9 @@ def benchmark_system(name: str, threads: int, repeats: int, workdir: Path) -> di
     context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
 
     results = {"system": name, "atoms": structure.n_atoms, "pairs": pairs}
-    results["eager"] = time_call(eager, repeats)
-    results["torchscript"] = time_call(torchscript, repeats)
-    results["openmm_cpu_step"] = time_call(lambda: integrator.step(1), repeats)
+    results["eager"] = time_call(eager, repeats, WARMUP)
+    results["torchscript"] = time_call(torchscript, repeats, WARMUP)
+    results["openmm_cpu_step"] = time_call(lambda: integrator.step(1), repeats, WARMUP)
     return results
 
 
@@ -96,11 +84,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.systems:
             r = benchmark_system(name, args.threads, args.repeats, Path(workdir))
-            ratio = r["openmm_cpu_step"][0] / r["eager"][0]
+            eager, torchscript, step = r["eager"], r["torchscript"], r["openmm_cpu_step"]
             print(
                 f"{r['system']:<20}{r['atoms']:>6}{r['pairs']:>7}"
-                f"{r['eager'][0]:>9.2f} ±{r['eager'][1]:<4.1f}{r['torchscript'][0]:>13.2f} ±{r['torchscript'][1]:<4.1f}"
-                f"{r['openmm_cpu_step'][0]:>17.2f} ±{r['openmm_cpu_step'][1]:<4.1f}{ratio:>12.2f}"
+                f"{eager.median_ms:>9.2f} ±{eager.iqr_half_ms:<4.1f}{torchscript.median_ms:>13.2f} ±{torchscript.iqr_half_ms:<4.1f}"
+                f"{step.median_ms:>17.2f} ±{step.iqr_half_ms:<4.1f}{step.median_ms / eager.median_ms:>12.2f}"
             )
     print(f"# load average after: {os.getloadavg()[0]:.2f} (figures are only meaningful on an otherwise idle machine)")
 

@@ -65,17 +65,16 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
     import torch
 
     sys.path.insert(0, str(HERE))
+    from peer_common import (  # the peers' own helpers
+        Molecule,
+        parameter_count,
+        step_record,
+    )
+
     from so3krates_openmm import SO3krates, SO3kratesConfig
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.export import export_checkpoint
     from so3krates_openmm.openmm_force import create_system
-
-    from peer_common import (  # the peers' own helpers
-        Molecule,
-        count_pairs,
-        time_call,
-        time_openmm_step,
-    )
 
     torch.set_num_threads(threads)
     records = []
@@ -95,26 +94,16 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
                 system = create_system(structure, model_path)
                 numbers = torch.tensor(molecule.atomic_numbers)
                 positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
-                record: dict[str, Any] = {
-                    "model": key,
-                    "description": f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
-                    "route": "TorchScript export -> openmm-torch TorchForce",
-                    "structure": name,
-                    "atoms": molecule.n_atoms,
-                    "pairs": count_pairs(molecule, float(model.cutoff)),
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                }
-                record.update(time_openmm_step(system, molecule, threads, repeats, warmup))
 
                 def energy_forces() -> None:
                     p = positions.clone().requires_grad_(True)
                     torch.autograd.grad(model(numbers, p).sum(), p)
 
-                bare = time_call(energy_forces, repeats, warmup)
-                record["bare_ms"] = bare["median_ms"]
-                record["bare_iqr_half_ms"] = bare["iqr_half_ms"]
-                records.append(record)
-                print(f"[compare]   step {record['openmm_step_ms']:.2f} ms, bare {bare['median_ms']:.2f} ms", file=sys.stderr, flush=True)
+                records.append(step_record(
+                    key, f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
+                    "TorchScript export -> openmm-torch TorchForce", molecule, float(model.cutoff), system,
+                    threads, repeats, warmup, bare=energy_forces, parameters=parameter_count(model),
+                ))
     return records
 
 

@@ -30,7 +30,6 @@ import os
 # mace-torch unpickles whole modules; torch >= 2.6 refuses that by default.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
-import argparse
 import importlib
 import json
 import sys
@@ -39,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peer_common import RESULT_KEY, BudgetClock, log, versions
+from peer_common import RESULT_KEY, BudgetClock, log, parse_budget_args, versions
 
 
 class BudgetReached(Exception):
@@ -94,15 +93,7 @@ def option(arguments: list[str], name: str, default: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-seconds", type=float, required=True, help="training time budget (s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON summary file to write")
-    parser.add_argument("mace_args", nargs=argparse.REMAINDER, help="-- then mace_run_train's arguments")
-    args = parser.parse_args()
-    mace_args = args.mace_args[1:] if args.mace_args[:1] == ["--"] else args.mace_args
-    if not mace_args:
-        parser.error("give mace_run_train's arguments after --")
+    args, mace_args = parse_budget_args(__doc__.splitlines()[0], "mace_run_train", threads=True)
 
     import torch
 

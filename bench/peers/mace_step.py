@@ -27,22 +27,22 @@ import os
 # mace-torch unpickles whole modules; torch >= 2.6 refuses that by default.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from peer_common import (
     Molecule,
     configure_torch,
     count_pairs,
     emit,
     log,
+    parameter_count,
     parse_args,
     read_molecule,
-    time_call,
-    time_openmm_step,
+    step_record,
 )
 
 CUTOFF_ANGSTROM = 5.0
@@ -134,23 +134,12 @@ def main() -> None:
                 model_path = Path(workdir) / f"mace_{key}_{molecule.name}.model"
                 torch.save(model, model_path)
                 system = MLPotential("mace", modelPath=str(model_path)).createSystem(molecule.topology, precision="single")
-                record: dict[str, Any] = {
-                    "model": f"mace-{key}",
-                    "description": description,
-                    "route": "openmm-ml 1.8 MLPotential('mace') -> openmm.PythonForce",
-                    "structure": molecule.name,
-                    "atoms": molecule.n_atoms,
-                    "pairs": count_pairs(molecule, CUTOFF_ANGSTROM),
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                }
-                record.update(time_openmm_step(system, molecule, args.threads, args.repeats, args.warmup))
-                if not args.no_bare:
-                    data = bare_input(model, molecule)
-                    bare = time_call(lambda: model(data, compute_force=True), args.repeats, args.warmup)
-                    record["bare_ms"] = bare["median_ms"]
-                    record["bare_iqr_half_ms"] = bare["iqr_half_ms"]
-                results.append(record)
-                log(f"  step {record['openmm_step_ms']:.2f} ms, bare {record.get('bare_ms', float('nan')):.2f} ms")
+                bare = None if args.no_bare else functools.partial(model, bare_input(model, molecule), compute_force=True)
+                results.append(step_record(
+                    f"mace-{key}", description, "openmm-ml 1.8 MLPotential('mace') -> openmm.PythonForce",
+                    molecule, CUTOFF_ANGSTROM, system, args.threads, args.repeats, args.warmup,
+                    bare=bare, parameters=parameter_count(model),
+                ))
     emit("mace", args, ["mace-torch", "e3nn"], results)
 
 

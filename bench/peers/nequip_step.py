@@ -20,7 +20,7 @@ The bare time is one model call (energy and forces) on a ready input dict
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from peer_common import (
@@ -29,10 +29,10 @@ from peer_common import (
     count_pairs,
     emit,
     log,
+    parameter_count,
     parse_args,
     read_molecule,
-    time_call,
-    time_openmm_step,
+    step_record,
 )
 
 CUTOFF_ANGSTROM = 5.0
@@ -78,8 +78,11 @@ def serve_model(model: Any) -> Iterator[None]:
         load_utils.load_saved_model = original
 
 
-def bare_input(model: Any, molecule: Molecule) -> dict[str, Any]:
-    """The input dict openmm-ml's NequIP force builds each step (non-periodic)."""
+def bare_call(model: Any, molecule: Molecule) -> Callable[[], object]:
+    """The model's call on the input dict openmm-ml's NequIP force builds each step (non-periodic).
+
+    The dict, neighbour list included, is built here once; each call gets a fresh shallow copy.
+    """
     import torch
     from nequip.data._nl import compute_neighborlist_
     from openmm.app import Element
@@ -92,7 +95,7 @@ def bare_input(model: Any, molecule: Molecule) -> dict[str, Any]:
         "pbc": torch.zeros(3, dtype=torch.bool),
     }
     compute_neighborlist_(data, CUTOFF_ANGSTROM)
-    return data
+    return lambda: model(dict(data))
 
 
 def main() -> None:
@@ -114,23 +117,11 @@ def main() -> None:
             )
             with serve_model(model):
                 system = potential.createSystem(molecule.topology, precision="single")
-            record: dict[str, Any] = {
-                "model": f"nequip-{key}",
-                "description": MODELS[key],
-                "route": "openmm-ml 1.8 MLPotential('nequip') -> openmm.PythonForce",
-                "structure": molecule.name,
-                "atoms": molecule.n_atoms,
-                "pairs": count_pairs(molecule, CUTOFF_ANGSTROM),
-                "parameters": sum(p.numel() for p in model.parameters()),
-            }
-            record.update(time_openmm_step(system, molecule, args.threads, args.repeats, args.warmup))
-            if not args.no_bare:
-                data = bare_input(model, molecule)
-                bare = time_call(lambda: model(dict(data)), args.repeats, args.warmup)
-                record["bare_ms"] = bare["median_ms"]
-                record["bare_iqr_half_ms"] = bare["iqr_half_ms"]
-            results.append(record)
-            log(f"  step {record['openmm_step_ms']:.2f} ms, bare {record.get('bare_ms', float('nan')):.2f} ms")
+            results.append(step_record(
+                f"nequip-{key}", MODELS[key], "openmm-ml 1.8 MLPotential('nequip') -> openmm.PythonForce",
+                molecule, CUTOFF_ANGSTROM, system, args.threads, args.repeats, args.warmup,
+                bare=None if args.no_bare else bare_call(model, molecule), parameters=parameter_count(model),
+            ))
     emit("nequip", args, ["nequip", "e3nn"], results)
 
 

@@ -4,13 +4,16 @@ Each ``<peer>_step.py`` builds its models with random weights, adds them to an
 OpenMM ``System`` by the peer's usual openmm-ml route (an ``openmm.PythonForce``),
 and times single ``LangevinMiddleIntegrator`` steps (0.5 fs) on the CPU platform.
 This module holds what they share: argument parsing, structure reading
-(without this project's package, which the peer venvs do not have), the timing
-loop and the one JSON line each script prints on stdout. The accuracy comparison
-(``accuracy.py`` with ``mace_accuracy_train.py`` and ``mace_accuracy_eval.py``)
-shares the extended XYZ exchange format, the error metrics, the result-line
-parsing and the subprocess environment, at the end of this module.
+(without this project's package, which the peer venvs do not have), the timed
+OpenMM step and the result record of one model on one structure, and the one
+JSON line each script prints on stdout. The accuracy comparison (``accuracy.py``
+with ``mace_accuracy_train.py``, ``so3krates_accuracy_train.py`` and
+``mace_accuracy_eval.py``) shares the extended XYZ exchange format, the error
+metrics, the result-line parsing, the subprocess environment, the training
+budget and the training drivers' command line, at the end of this module.
 
-Only openmm, numpy, torch and ase are imported here: all peer venvs have them.
+Only openmm, numpy, torch and ase are imported here, all of which the peer venvs
+have, and ``bench/bench_common.py`` (the timing loop; standard library only).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for bench_common
+from bench_common import time_call
 
 #: Marker key of the result line, so the driver can tell it from library chatter on stdout.
 RESULT_KEY = "peer_benchmark"
@@ -116,26 +121,6 @@ def configure_torch(threads: int) -> None:
     torch.set_default_dtype(torch.float32)
 
 
-def time_call(function: Callable[[], object], repeats: int, warmup: int) -> dict[str, float]:
-    """Median, interquartile half-range and minimum of the wall time of ``function`` in ms.
-
-    The minimum is the figure least disturbed by other jobs on a shared machine.
-    """
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append((time.perf_counter() - start) * 1e3)
-    quartiles = statistics.quantiles(samples, n=4)
-    return {
-        "median_ms": statistics.median(samples),
-        "iqr_half_ms": (quartiles[2] - quartiles[0]) / 2,
-        "min_ms": min(samples),
-    }
-
-
 def time_openmm_step(system: Any, molecule: Molecule, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
     """Median wall time of one Langevin step (CPU platform), plus a sanity check of the force.
 
@@ -164,12 +149,70 @@ def time_openmm_step(system: Any, molecule: Molecule, threads: int, repeats: int
         raise RuntimeError(f"{molecule.name}: energy became {final} during the timed steps")
     del context
     return {
-        "openmm_step_ms": timing["median_ms"],
-        "openmm_step_iqr_half_ms": timing["iqr_half_ms"],
-        "openmm_step_min_ms": timing["min_ms"],
+        "openmm_step_ms": timing.median_ms,
+        "openmm_step_iqr_half_ms": timing.iqr_half_ms,
+        "openmm_step_min_ms": timing.min_ms,
         "initial_energy_kj_mol": energy_kj_mol,
         "initial_max_force_kj_mol_nm": max_force,
     }
+
+
+def parameter_count(module: Any) -> int:
+    """Number of parameters of a torch module."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def step_record(
+    model: str,
+    description: str,
+    route: str,
+    molecule: Molecule,
+    cutoff_angstrom: float,
+    system: Any,
+    threads: int,
+    repeats: int,
+    warmup: int,
+    bare: Callable[[], object] | None = None,
+    parameters: int | None = None,
+    bare_note: str | None = None,
+) -> dict[str, Any]:
+    """Time one model on one structure (:func:`time_openmm_step`, and ``bare``) and log the result.
+
+    Args:
+        model: the model's name in the table (``mace-L1``).
+        description: its size in words.
+        route: how it enters OpenMM.
+        molecule: the structure.
+        cutoff_angstrom: the model's cutoff, for the pair count.
+        system: the OpenMM ``System`` of ``molecule`` with the model's force.
+        threads, repeats, warmup: as for :func:`time_openmm_step`.
+        bare: the model's own energy+forces call on a ready input, timed as well
+            (None: not timed, e.g. with ``--no-bare``).
+        parameters: the model's parameter count, recorded if given.
+        bare_note: a remark on the bare time, recorded with it.
+
+    Returns:
+        The record for the script's result line.
+    """
+    record: dict[str, Any] = {
+        "model": model,
+        "description": description,
+        "route": route,
+        "structure": molecule.name,
+        "atoms": molecule.n_atoms,
+        "pairs": count_pairs(molecule, cutoff_angstrom),
+    }
+    if parameters is not None:
+        record["parameters"] = parameters
+    record.update(time_openmm_step(system, molecule, threads, repeats, warmup))
+    if bare is not None:
+        timing = time_call(bare, repeats, warmup)
+        record["bare_ms"] = timing.median_ms
+        record["bare_iqr_half_ms"] = timing.iqr_half_ms
+        if bare_note is not None:
+            record["bare_note"] = bare_note
+    log(f"  step {record['openmm_step_ms']:.2f} ms, bare {record.get('bare_ms', float('nan')):.2f} ms")
+    return record
 
 
 def versions(packages: Sequence[str]) -> dict[str, str | None]:
@@ -323,6 +366,30 @@ def peer_environment(threads: int, extra_pythonpath: str | Path | None = None) -
     })
     environment.pop("VIRTUAL_ENV", None)
     return environment
+
+
+def parse_budget_args(
+    description: str, program: str, threads: bool = False
+) -> tuple[argparse.Namespace, list[str]]:
+    """Command line of the budgeted training drivers (``*_accuracy_train.py``).
+
+    ``--budget-seconds`` and ``--summary`` (and ``--threads`` if ``threads``),
+    then ``--`` and the arguments of ``program``, the trainer the driver runs.
+
+    Returns:
+        The parsed options and ``program``'s arguments (without the ``--``).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--budget-seconds", type=float, required=True, help="training time budget (s)")
+    if threads:
+        parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON summary file to write")
+    parser.add_argument("program_args", nargs=argparse.REMAINDER, help=f"-- then {program}'s arguments")
+    args = parser.parse_args()
+    program_args = args.program_args[1:] if args.program_args[:1] == ["--"] else args.program_args
+    if not program_args:
+        parser.error(f"give {program}'s arguments after --")
+    return args, program_args
 
 
 class BudgetClock:

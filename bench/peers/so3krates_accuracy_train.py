@@ -23,13 +23,11 @@ time at the stop.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from peer_common import RESULT_KEY, BudgetClock, log
+from peer_common import RESULT_KEY, BudgetClock, log, parse_budget_args
 
 
 class BudgetedBatches(list):
@@ -67,14 +65,7 @@ def install_budget(clock: BudgetClock) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-seconds", type=float, required=True, help="training time budget (s)")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON summary file to write")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then so3krates-train's arguments")
-    args = parser.parse_args()
-    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    if not train_args:
-        parser.error("give so3krates-train's arguments after --")
+    args, train_args = parse_budget_args(__doc__.splitlines()[0], "so3krates-train")
 
     from so3krates_openmm.cli import train_main
 

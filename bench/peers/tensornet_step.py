@@ -20,19 +20,19 @@ loaded by openmm-ml but not compiled. Prints one JSON line.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from peer_common import (
     Molecule,
     configure_torch,
-    count_pairs,
     emit,
     log,
+    parameter_count,
     parse_args,
     read_molecule,
-    time_call,
-    time_openmm_step,
+    step_record,
 )
 
 CUTOFF_ANGSTROM = 5.0
@@ -68,8 +68,8 @@ def hyperparameters(molecule: Molecule) -> dict[str, Any]:
     }
 
 
-def write_checkpoint(molecule: Molecule, path: Path) -> Path:
-    """Build a random-weight TensorNet and save it as a torchmd-net checkpoint."""
+def write_checkpoint(molecule: Molecule, path: Path) -> int:
+    """Build a random-weight TensorNet, save it as a torchmd-net checkpoint, return its parameter count."""
     import torch
     from torchmdnet.models.model import create_model
 
@@ -78,13 +78,35 @@ def write_checkpoint(molecule: Molecule, path: Path) -> Path:
     model = create_model(dict(args))
     state = {f"model.{name}": value for name, value in model.state_dict().items()}
     torch.save({"hyper_parameters": args, "state_dict": state}, path)
-    return path
+    return parameter_count(model)
+
+
+def bare_call(checkpoint: Path, molecule: Molecule) -> Callable[[], None]:
+    """Energy and forces (autograd) of the checkpoint's eager model, loaded as openmm-ml loads it."""
+    import torch
+    from torchmdnet.models.model import load_model
+
+    model = load_model(
+        str(checkpoint),
+        derivative=False,
+        max_num_neighbors=min(64, molecule.n_atoms),
+        static_shapes=True,
+    ).eval()
+    numbers = torch.tensor(molecule.atomic_numbers, dtype=torch.long)
+    batch = torch.zeros_like(numbers)
+    positions = torch.tensor(molecule.positions_angstrom, dtype=torch.float32)
+
+    def energy_forces() -> None:
+        p = positions.clone().requires_grad_(True)
+        energy = model(z=numbers, pos=p, batch=batch)[0]
+        torch.autograd.grad(energy.sum(), p)
+
+    return energy_forces
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], list(MODELS))
     configure_torch(args.threads)
-    import torch
     from openmmml import MLPotential
 
     results = []
@@ -93,42 +115,16 @@ def main() -> None:
             molecule = read_molecule(path)
             for key in args.models:
                 log(f"{MODELS[key]} on {molecule.name} ({molecule.n_atoms} atoms)")
-                checkpoint = write_checkpoint(molecule, Path(workdir) / f"tensornet_{molecule.name}.ckpt")
+                checkpoint = Path(workdir) / f"tensornet_{molecule.name}.ckpt"
+                parameters = write_checkpoint(molecule, checkpoint)
                 system = MLPotential("torchmdnet", modelPath=str(checkpoint)).createSystem(molecule.topology)
-                record: dict[str, Any] = {
-                    "model": f"tensornet-{key}",
-                    "description": MODELS[key],
-                    "route": "openmm-ml 1.8 MLPotential('torchmdnet') -> openmm.PythonForce (torch.compile inductor)",
-                    "structure": molecule.name,
-                    "atoms": molecule.n_atoms,
-                    "pairs": count_pairs(molecule, CUTOFF_ANGSTROM),
-                }
-                record.update(time_openmm_step(system, molecule, args.threads, args.repeats, args.warmup))
-                if not args.no_bare:
-                    from torchmdnet.models.model import load_model
-
-                    model = load_model(
-                        str(checkpoint),
-                        derivative=False,
-                        max_num_neighbors=min(64, molecule.n_atoms),
-                        static_shapes=True,
-                    ).eval()
-                    record["parameters"] = sum(p.numel() for p in model.parameters())
-                    numbers = torch.tensor(molecule.atomic_numbers, dtype=torch.long)
-                    batch = torch.zeros_like(numbers)
-                    positions = torch.tensor(molecule.positions_angstrom, dtype=torch.float32)
-
-                    def energy_forces() -> None:
-                        p = positions.clone().requires_grad_(True)
-                        energy = model(z=numbers, pos=p, batch=batch)[0]
-                        torch.autograd.grad(energy.sum(), p)
-
-                    bare = time_call(energy_forces, args.repeats, args.warmup)
-                    record["bare_ms"] = bare["median_ms"]
-                    record["bare_iqr_half_ms"] = bare["iqr_half_ms"]
-                    record["bare_note"] = "eager (openmm-ml's step runs the torch.compile'd model)"
-                results.append(record)
-                log(f"  step {record['openmm_step_ms']:.2f} ms, bare {record.get('bare_ms', float('nan')):.2f} ms")
+                results.append(step_record(
+                    f"tensornet-{key}", MODELS[key],
+                    "openmm-ml 1.8 MLPotential('torchmdnet') -> openmm.PythonForce (torch.compile inductor)",
+                    molecule, CUTOFF_ANGSTROM, system, args.threads, args.repeats, args.warmup,
+                    bare=None if args.no_bare else bare_call(checkpoint, molecule), parameters=parameters,
+                    bare_note="eager (openmm-ml's step runs the torch.compile'd model)",
+                ))
     emit("tensornet", args, ["torchmd-net", "warp-lang"], results)
 
 
