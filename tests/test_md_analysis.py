@@ -102,6 +102,13 @@ def test_dcd_reader_matches_mdtraj_and_truncation_fixes_the_header(tmp_path, pep
     with pytest.raises(ValueError, match="cannot be resumed"):
         truncate_dcd(path, size, 10, 10)
 
+    thinned = trajectory.every(30)
+    assert thinned.n_frames == 4 and thinned.steps_between_frames == 30 and thinned.first_step == 10
+    np.testing.assert_array_equal(thinned.positions_angstrom, trajectory.positions_angstrom[::3])
+    np.testing.assert_allclose(thinned.times_ps, trajectory.times_ps[::3])
+    with pytest.raises(ValueError, match="give a multiple of 10"):
+        trajectory.every(25)
+
 
 def test_ball_found_by_residue_name_and_by_bond_graph(tmp_path, catcher_xyz):
     structure = read_structure(catcher_xyz)

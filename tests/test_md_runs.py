@@ -16,6 +16,7 @@ from test_md_support import (  # noqa: F401  (fixtures)
 )
 
 from so3krates_openmm.md.commands import (
+    EXIT_BAD_INPUT,
     catcher_distance_main,
     langevin_nvt_main,
     minima_main,
@@ -170,6 +171,15 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     assert max(energies) < md_log["potential_energy_kJ/mol"].min()
     assert (output / "minima.pdb").read_text().count("MODEL") == len(rows)
     assert (output / "minima_energies.png").exists()
+
+    # Minimise every second frame of the run's own trajectory instead of running MD again.
+    rerun = tmp_path / "from_dcd"
+    arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--dcd", str(output / "md" / "trajectory.dcd"),
+                 "--workers", "1", "--rmsd-threshold", "0.05", "--output", str(rerun), *QUIET]
+    assert minima_main([*arguments, "--snapshot-interval", "1000"]) == 0
+    assert json.loads((rerun / "minima.json").read_text())["snapshots"] == 3
+    assert not (rerun / "md").exists()
+    assert minima_main([*arguments, "--snapshot-interval", "700"]) == EXIT_BAD_INPUT
 
 
 def test_langevin_backends_torchforce_and_pythonforce_give_the_same_run(tmp_path, peptide_pdb, peptide_gentle_model):

@@ -401,6 +401,8 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
         run = lambda: _run(values, structure, ensemble="nvt", steps=steps_from(values), output_dir=output / "md",
                            trajectory_interval=values["snapshot_interval"])
         trajectory, result = _trajectory(values, structure, run, run_dir=output / "md")
+        if values.get("dcd") is not None:
+            trajectory = trajectory.every(values["snapshot_interval"])
         steps = trajectory.first_step + np.arange(trajectory.n_frames) * trajectory.steps_between_frames
         start = time.perf_counter()
         factory = ModelSystemFactory(str(Path(values["structure"]).resolve()), str(Path(values["model"]).resolve()))

@@ -146,7 +146,8 @@ MINIMA = ProtocolSchema(
     system_parameters("ac_ala3_nhme")
     + dynamics_parameters(temperature_K=500.0, steps=20_000)
     + [
-        P("snapshot_interval", int, 200, "steps between snapshots to minimise", minimum=1),
+        P("snapshot_interval", int, 200, "steps between snapshots to minimise (with --dcd: a multiple of its frame interval)",
+          minimum=1),
         P("workers", int, 2, "worker processes (each one thread)", minimum=1),
         P("rmsd_threshold", float, 0.1, "heavy-atom RMSD below which two minima are the same, Å", minimum=0.0),
         P("minimize_tolerance", float, 1.0, "minimiser convergence: root-mean-square force component, kJ/mol/nm", minimum=0.0),

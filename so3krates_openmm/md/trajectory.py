@@ -53,6 +53,22 @@ class DCDTrajectory:
             self.steps_between_frames,
         )
 
+    def every(self, steps: int) -> "DCDTrajectory":
+        """Every frame ``steps`` MD steps apart (a multiple of ``steps_between_frames``), from the first."""
+        if steps < 1 or steps % self.steps_between_frames:
+            raise ValueError(
+                f"cannot take a frame every {steps} steps from a trajectory with a frame every "
+                f"{self.steps_between_frames} steps: give a multiple of {self.steps_between_frames}"
+            )
+        stride = steps // self.steps_between_frames
+        return DCDTrajectory(
+            self.positions_angstrom[::stride],
+            None if self.unit_cells is None else self.unit_cells[::stride],
+            self.frame_interval_ps * stride,
+            self.first_step,
+            steps,
+        )
+
 
 def read_dcd(path: str | Path) -> DCDTrajectory:
     """Read a DCD file; trailing partial frames (a killed writer) are ignored."""
