@@ -35,6 +35,7 @@ setup(
             "so3krates-export=so3krates_openmm.cli:export_main",
             "so3krates-data=so3krates_openmm.cli:data_main",
             "so3krates-train=so3krates_openmm.cli:train_main",
+            "so3krates-eval=so3krates_openmm.cli:eval_main",
         ],
         # openmm-ml finds third-party potentials here: MLPotential("so3krates", modelPath=CHECKPOINT).
         "openmmml.potentials": [

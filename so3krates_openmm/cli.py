@@ -108,8 +108,74 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]``."""
+    parser = argparse.ArgumentParser(
+        prog="so3krates-eval",
+        description="Energy and force errors (MAE, RMSE, force MAE per element; in the data's energy unit and in "
+        "meV) of an SO3krates checkpoint on a data set, computed as the trainer's test report.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint written by so3krates-train (e.g. best_checkpoint.pt)")
+    parser.add_argument("--data", required=True, help="data set: MD22 .npz or anything ASE reads (extended XYZ)")
+    parser.add_argument("--energy-unit", help="unit of the data's energies if the file does not record one")
+    frames = parser.add_mutually_exclusive_group()
+    frames.add_argument("--indices", help="0-based frame indices, e.g. '0-99,150' (default: all frames)")
+    frames.add_argument("--split-file", help="a training run's last_checkpoint.pt, or JSON {\"test\": [...], ...}")
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="test",
+                        help="part of --split-file to evaluate (default test)")
+    parser.add_argument("--max-frames", type=int, help="evaluate at most the first N of the chosen frames")
+    parser.add_argument("--batch-size", type=int, default=16, help="structures per batch (default 16)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    parser.add_argument("--json", help="write the report as JSON to this file")
+    args = parser.parse_args(argv)
+
+    from so3krates_openmm.data.dataset import DataError
+    from so3krates_openmm.model.checkpoint import CheckpointError
+    from so3krates_openmm.training import TrainingError
+
+    try:
+        import numpy as np
+        import torch
+
+        from so3krates_openmm.data.formats import load_dataset
+        from so3krates_openmm.training.evaluation import (
+            evaluate_checkpoint,
+            format_evaluation,
+            read_split,
+        )
+
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        dataset = load_dataset(args.data, **({"energy_unit": args.energy_unit} if args.energy_unit else {}))
+        indices = None
+        if args.indices:
+            from so3krates_openmm.export import parse_atom_indices
+
+            indices = np.asarray(parse_atom_indices(args.indices))
+        elif args.split_file:
+            indices = read_split(args.split_file, args.split)
+        if args.max_frames is not None:
+            if args.max_frames < 1:
+                raise DataError(f"--max-frames must be at least 1, got {args.max_frames}")
+            indices = (np.arange(len(dataset)) if indices is None else indices)[: args.max_frames]
+        report = evaluate_checkpoint(args.checkpoint, dataset, indices, batch_size=args.batch_size,
+                                     device=args.device)
+        if args.json:
+            from so3krates_openmm.training.reporting import write_json
+
+            write_json(args.json, report)
+    except (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    print(format_evaluation(report))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
 def data_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``so3krates-data {generate,build,info}``: GFN2-xTB reference data, showcase molecules, data set summaries.
+    """``so3krates-data {generate,build,merge,label,info}``: GFN2-xTB reference data (sampled, or labels for the
+    frames of an existing trajectory), showcase molecules, merging, data set summaries.
 
     When run as a program (``argv`` is None) the xTB-heavy subcommands re-execute
     themselves with Debian's OpenBLAS preloaded if it is installed (see
@@ -189,6 +255,37 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     merge.add_argument("--float32", action="store_true", help="store positions and forces as float32 in .npz")
     merge.add_argument("--name", help="data set name recorded in the .npz")
 
+    label = commands.add_parser(
+        "label",
+        help="GFN2-xTB energies and forces for the frames of an existing trajectory (resumable)",
+        description="Label frames of an existing trajectory (e.g. a model-driven MD run) with GFN2-xTB (tblite) "
+        "energies and forces, as generate does, and write an MD22-layout .npz (kcal/mol, Angstrom) or extended XYZ "
+        "that `merge` can add to a training set. Input: a DCD with --structure (PDB/XYZ with the same atoms in the "
+        "same order), an extended/multi-frame XYZ, or an .npz with R (and z). The frames so far are saved to "
+        "OUTPUT_STEM.partial.npz every --checkpoint-every frames and on Ctrl-C; the same command again continues.",
+    )
+    label.add_argument("trajectory", help="DCD (with --structure), extended XYZ, or .npz with R (M,N,3) and z (N,)")
+    label.add_argument("--structure", help="PDB or XYZ giving the elements in the trajectory's atom order "
+                       "(required for DCD)")
+    label.add_argument("-o", "--output", required=True, help="output .npz (MD22 layout) or .xyz/.extxyz")
+    label.add_argument("--stride", type=int, default=1, help="label every N-th frame (default 1)")
+    skip = label.add_mutually_exclusive_group()
+    skip.add_argument("--skip", type=int, default=0, help="drop the first N frames (default 0)")
+    skip.add_argument("--skip-ps", type=float, help="drop the first PS picoseconds (DCD input: frame times known)")
+    label.add_argument("--max-frames", type=int, help="label at most N frames (after --skip and --stride)")
+    label.add_argument("--method", choices=("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"), default="GFN2-xTB",
+                       help="tblite method (default GFN2-xTB)")
+    label.add_argument("--charge", type=int, default=0, help="total charge in e (default 0)")
+    label.add_argument("--multiplicity", type=int, default=1, help="spin multiplicity (default 1)")
+    label.add_argument("--energy-unit", help="energy unit written (default kcal/mol for .npz, eV for extended XYZ)")
+    label.add_argument("--checkpoint-every", type=int, default=10, help="frames between partial-file writes (default 10)")
+    label.add_argument("--float32", action="store_true", help="store positions and forces as float32")
+    label.add_argument("--restart", action="store_true", help="discard an existing partial file and start afresh")
+    label.add_argument("--stop-after-frames", type=int,
+                       help="stop at the first partial-file write after this many new frames; run again to continue")
+    label.add_argument("--no-progress", action="store_true", help="no progress bar")
+    label.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+
     info = commands.add_parser("info", help="summarise a data set file (.npz, extended XYZ, or a partial file)")
     info.add_argument("path")
     info.add_argument("--energy-unit", help="unit of the file's energies if it does not record one")
@@ -196,7 +293,7 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    if args.command in ("generate", "build") and argv is None and not args.no_openblas:
+    if args.command in ("generate", "build", "label") and argv is None and not args.no_openblas:
         from so3krates_openmm.data.reference import reexec_with_openblas
 
         reexec_with_openblas(log)
@@ -224,6 +321,28 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
             _fail(str(error))
         print(f"wrote {args.output}: {len(merged)} frames from {len(args.inputs)} files")
         return 0
+
+    if args.command == "label":
+        from so3krates_openmm.data.labelling import (
+            LabelSettings,
+            label_frames,
+            read_frames,
+        )
+
+        try:
+            settings = LabelSettings(
+                method=args.method, charge=args.charge, multiplicity=args.multiplicity, stride=args.stride,
+                skip=args.skip, skip_ps=args.skip_ps, max_frames=args.max_frames,
+                checkpoint_every=args.checkpoint_every, float32=args.float32,
+            )
+            frames = read_frames(args.trajectory, args.structure)
+            inputs = {"trajectory": args.trajectory, **({"structure": args.structure} if args.structure else {})}
+            result = label_frames(frames, args.output, settings, energy_unit=args.energy_unit, restart=args.restart,
+                                  stop_after_frames=args.stop_after_frames, progress=not args.no_progress, log=log,
+                                  inputs=inputs)
+        except (DataError, ValueError, FileNotFoundError) as error:
+            _fail(str(error))
+        return 0 if result is not None else 3  # 3: stopped early; the partial file holds the frames so far
 
     if args.command == "build":
         from so3krates_openmm.data.builders import build_and_write

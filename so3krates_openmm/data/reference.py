@@ -363,6 +363,27 @@ class _Interrupted(Exception):
     pass
 
 
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Interrupted()
+
+
+def interrupt_on_sigterm() -> Any:
+    """Make SIGTERM raise ``_Interrupted`` (as Ctrl-C raises ``KeyboardInterrupt``) so that a long run can save
+    its work; returns the previous handler for :func:`restore_sigterm` (``None`` outside the main thread)."""
+    if not hasattr(signal, "SIGTERM"):
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not in the main thread
+        return None
+
+
+def restore_sigterm(previous_handler: Any) -> None:
+    """Put back the handler :func:`interrupt_on_sigterm` replaced."""
+    if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
 def generate_reference_data(
     structure: Structure | str | Path,
     output: str | Path,
@@ -405,25 +426,14 @@ def generate_reference_data(
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     output = Path(output)
-    suffix = output.suffix.lower()
-    if suffix not in (".npz", ".xyz", ".extxyz"):
-        raise DataError(f"{output}: output must end in .npz (MD22 layout) or .xyz/.extxyz (extended XYZ)")
-    energy_unit = normalise_energy_unit(energy_unit or ("kcal/mol" if suffix == ".npz" else "eV"))
+    energy_unit = output_energy_unit(output, energy_unit)
     if not isinstance(structure, Structure):
         structure = read_structure(structure)
     run_settings = _run_settings(settings, structure)
     partial = partial_path_for(output)
-
-    if restart and partial.exists():
-        partial.unlink()
-        log(f"deleted {partial} (--restart)")
-    if output.exists() and not partial.exists():
-        finished = _finished_settings(output)
-        if finished == run_settings:
-            log(f"{output} is already complete with these settings; nothing to do")
-            return _load_output(output, energy_unit)
-        raise DataError(f"{output} already exists (written with other or unknown settings); "
-                        "choose another output or delete it")
+    finished = check_output(output, run_settings, energy_unit, restart, log)
+    if finished is not None:
+        return finished
 
     if partial.exists():
         if resume is False:
@@ -466,16 +476,7 @@ def generate_reference_data(
     def checkpoint() -> None:
         _write_partial(partial, structure, run_settings, state, energy_unit)
 
-    def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise _Interrupted()
-
-    previous_handler = None
-    if hasattr(signal, "SIGTERM"):
-        try:
-            previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-        except ValueError:  # not in the main thread
-            previous_handler = None
-
+    previous_handler = interrupt_on_sigterm()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -541,8 +542,7 @@ def generate_reference_data(
     finally:
         if bar is not None:
             bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        restore_sigterm(previous_handler)
     if stopped_early:
         if stop_after_frames is not None:
             log(f"stopped after {new_frames} new frames; {len(state.energies)}/{settings.total_frames} "
@@ -573,15 +573,62 @@ def generate_reference_data(
         energy_unit=energy_unit,
         metadata=metadata,
     )
-    if suffix == ".npz":
-        save_npz(dataset, output, float32=settings.float32)
-    else:
-        save_extxyz(dataset, output, energy_unit=energy_unit)
-    if partial.exists():
-        partial.unlink()
+    write_finished(dataset, output, settings.float32, energy_unit)
     log(f"wrote {output}: {len(dataset)} frames, {settings.total_steps} MD steps, {state.force_calls} force calls, "
         f"{state.compute_seconds:.0f} s ({ms_per_step:.1f} ms per step)")
     return dataset
+
+
+def output_energy_unit(output: Path, energy_unit: str | None) -> str:
+    """The energy unit to write to ``output`` (default kcal/mol for ``.npz``, eV for extended XYZ).
+
+    Raises:
+        DataError: ``output`` is neither ``.npz`` nor ``.xyz``/``.extxyz``, or the unit is unknown.
+    """
+    suffix = output.suffix.lower()
+    if suffix not in (".npz", ".xyz", ".extxyz"):
+        raise DataError(f"{output}: output must end in .npz (MD22 layout) or .xyz/.extxyz (extended XYZ)")
+    try:
+        return normalise_energy_unit(energy_unit or ("kcal/mol" if suffix == ".npz" else "eV"))
+    except ValueError as error:
+        raise DataError(str(error)) from error
+
+
+def check_output(output: Path, run_settings: dict, energy_unit: str, restart: bool,
+                 log: Callable[[str], None]) -> MolecularDataset | None:
+    """Before a resumable run: delete the partial file on ``restart``; return the finished data set when
+    ``output`` is already complete with ``run_settings`` (nothing to do), else ``None`` (the run goes on).
+
+    Raises:
+        DataError: ``output`` exists (without a partial file) with other or unknown settings.
+    """
+    partial = partial_path_for(output)
+    if restart and partial.exists():
+        partial.unlink()
+        log(f"deleted {partial} (--restart)")
+    if not output.exists() or partial.exists():
+        return None
+    finished = _finished_settings(output)
+    if finished == run_settings:
+        log(f"{output} is already complete with these settings; nothing to do")
+        return _load_output(output, energy_unit)
+    detail = ""
+    if finished is not None:
+        detail = ": " + "; ".join(_settings_differences(finished, run_settings)).replace("(partial file)", "(existing file)")
+    raise DataError(f"{output} already exists (written with other or unknown settings{detail}); "
+                    "choose another output or delete it")
+
+
+def write_finished(dataset: MolecularDataset, output: Path, float32: bool, energy_unit: str) -> None:
+    """Write a finished run's frames to ``output`` (``.npz``: MD22 layout; else extended XYZ) and delete
+    its partial file."""
+    if output.suffix.lower() == ".npz":
+        save_npz(dataset, output, float32=float32)
+    else:
+        save_extxyz(dataset, output, energy_unit=energy_unit)
+    partial = partial_path_for(output)
+    if partial.exists():
+        partial.unlink()
 
 
 def _finished_settings(output: Path) -> dict | None:

@@ -180,6 +180,37 @@ def validate_data(model: SO3krates, data: PackedData, chunk: int = 256) -> None:
             raise TrainingError(f"bad reference data (frames {start}..{start + batch.num_structures - 1}): {error}") from None
 
 
+def evaluate_model(
+    model: nn.Module,
+    data: PackedData,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    context: DistributedContext | None = None,
+    energy_weight: float | None = None,
+    force_weight: float | None = None,
+) -> dict[str, Any]:
+    """Energy and force errors of ``model`` (in eval mode afterwards) on all frames of ``data``, in its units.
+
+    Batches of ``batch_size`` frames in order; forces are minus the gradient of the energy. In a distributed
+    run (``context``) every process evaluates its shard and the sums are reduced. Returns
+    :meth:`ErrorAccumulator.compute`'s dict (with ``loss`` when both weights are given).
+    """
+    model.eval()
+    device = torch.device(device)
+    rank, world = (context.rank, context.world_size) if context is not None else (0, 1)
+    accumulator = ErrorAccumulator(device)
+    for global_indices in epoch_batches(len(data), batch_size, 0, 0, shuffle=False):
+        local_indices, weight = shard(global_indices.to(device), rank, world)
+        batch = data.batch(local_indices)
+        positions = batch.positions.requires_grad_(True)
+        energies = model(batch.atomic_numbers, positions, batch.batch, batch.num_structures)
+        (gradient,) = torch.autograd.grad(energies.sum(), positions)
+        accumulator.update(energies, batch.energies, -gradient, batch.forces, batch.atomic_numbers, weight)
+    if context is not None:
+        accumulator.all_reduce(context)
+    return accumulator.compute(energy_weight, force_weight)
+
+
 class Trainer:
     """Trains an SO3krates model as configured (see the module docstring for the files it writes).
 
@@ -460,18 +491,10 @@ class Trainer:
         return self._evaluate(data)
 
     def _evaluate(self, data: PackedData) -> dict[str, Any]:
-        self.model.eval()
-        accumulator = ErrorAccumulator(self.device)
-        for global_indices in epoch_batches(len(data), self.eval_batch_size, 0, 0, shuffle=False):
-            local_indices, weight = shard(global_indices.to(self.device), self.context.rank, self.context.world_size)
-            batch = data.batch(local_indices)
-            positions = batch.positions.requires_grad_(True)
-            energies = self.model(batch.atomic_numbers, positions, batch.batch, batch.num_structures)
-            (gradient,) = torch.autograd.grad(energies.sum(), positions)
-            accumulator.update(energies, batch.energies, -gradient, batch.forces, batch.atomic_numbers, weight)
-        accumulator.all_reduce(self.context)
+        errors = evaluate_model(self.model, data, self.eval_batch_size, self.device, self.context,
+                                self.config.energy_weight, self.config.force_weight)
         self.model.train()
-        return accumulator.compute(self.config.energy_weight, self.config.force_weight)
+        return errors
 
     # ------------------------------------------------------------ checkpoints
     def _training_summary(self) -> dict[str, Any]:
