@@ -46,7 +46,6 @@ from peer_common import (
 )
 
 CUTOFF_ANGSTROM = 5.0
-EV_TO_KJ_MOL = 96.4853
 #: model name -> (hidden irreps, description)
 MODELS = {
     "L0": ("64x0e", "MACE 64 ch, L=0, 2 layers"),
