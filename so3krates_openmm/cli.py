@@ -109,7 +109,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]``."""
+    """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]
+    [--per-frame CSV]``."""
     parser = argparse.ArgumentParser(
         prog="so3krates-eval",
         description="Energy and force errors (MAE, RMSE, force MAE per element; in the data's energy unit and in "
@@ -128,6 +129,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     parser.add_argument("--json", help="write the report as JSON to this file")
+    parser.add_argument("--per-frame", metavar="CSV",
+                        help="write each frame's energy error and force errors to this CSV (with the trajectory "
+                        "frame and time of frames from `so3krates-data label`) and plot them to a PNG beside it")
     args = parser.parse_args(argv)
 
     from so3krates_openmm.data.dataset import DataError
@@ -143,6 +147,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             evaluate_checkpoint,
             format_evaluation,
             read_split,
+            write_per_frame,
         )
 
         if args.threads is not None:
@@ -160,7 +165,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DataError(f"--max-frames must be at least 1, got {args.max_frames}")
             indices = (np.arange(len(dataset)) if indices is None else indices)[: args.max_frames]
         report = evaluate_checkpoint(args.checkpoint, dataset, indices, batch_size=args.batch_size,
-                                     device=args.device)
+                                     device=args.device, per_frame=bool(args.per_frame))
+        per_frame_files = write_per_frame(report, args.per_frame) if args.per_frame else ()
         if args.json:
             from so3krates_openmm.training.reporting import write_json
 
@@ -168,8 +174,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     except (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as error:
         _fail(str(error))
     print(format_evaluation(report))
-    if args.json:
-        print(f"wrote {args.json}")
+    for written in (args.json, *per_frame_files):
+        if written:
+            print(f"wrote {written}")
     return 0
 
 

@@ -86,6 +86,34 @@ def test_unknown_elements_and_bad_indices_are_refused(checkpoint, data):
         evaluate_checkpoint(Path(checkpoint).with_name("missing.pt"), data)
 
 
+def test_per_frame_errors_match_each_frame(tmp_path, small_model, checkpoint, data, capsys):
+    from so3krates_openmm.cli import eval_main
+
+    data.metadata.update(frame_indices=[10, 20, 30, 40, 50], frame_times_ps=[1.0, 2.0, 3.0, 4.0, 5.0])
+    report = evaluate_checkpoint(checkpoint, data, indices=[4, 0, 2], batch_size=2, per_frame=True)
+    table = report["per_frame"]
+    assert table["frame"] == [4, 0, 2] and table["source_frame"] == [50, 10, 30]
+    assert table["time_ps"] == [5.0, 1.0, 3.0]
+    numbers = torch.as_tensor(data[0].atomic_numbers)
+    for row, i in enumerate([4, 0, 2]):
+        energy, forces = small_model.energy_and_forces(numbers, torch.as_tensor(data[i].positions))
+        difference = forces.detach().numpy() - data[i].forces
+        assert table["energy_error"][row] == pytest.approx(float(energy[0]) - data[i].energy, rel=1e-9)
+        assert table["force_mae"][row] == pytest.approx(np.abs(difference).mean(), rel=1e-9)
+        assert table["force_max_error"][row] == pytest.approx(np.linalg.norm(difference, axis=1).max(), rel=1e-9)
+    assert np.mean(np.abs(table["energy_error"])) == pytest.approx(report["errors"]["energy_mae"], rel=1e-9)
+
+    path = save_npz(data, tmp_path / "data.npz")
+    csv_path = tmp_path / "errors" / "per_frame.csv"
+    assert eval_main([str(checkpoint), "--data", str(path), "--per-frame", str(csv_path)]) == 0
+    assert f"wrote {csv_path.with_suffix('.png')}" in capsys.readouterr().out
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == ("frame,source_frame,time_ps,energy_error (kcal/mol),force_mae (kcal/mol/Angstrom),"
+                        "force_max_error (kcal/mol/Angstrom)")
+    assert len(lines) == 1 + N_FRAMES and lines[3].startswith("2,30,3,")
+    assert csv_path.with_suffix(".png").stat().st_size > 10_000
+
+
 def test_command_line(tmp_path, small_model, checkpoint, data, capsys):
     from so3krates_openmm.cli import eval_main
 

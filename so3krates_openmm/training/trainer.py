@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.elements import symbol
 from so3krates_openmm.model import SO3krates
 from so3krates_openmm.model.checkpoint import read_checkpoint
-from so3krates_openmm.training.batches import PackedData, epoch_batches, shard
+from so3krates_openmm.training.batches import Batch, PackedData, epoch_batches, shard
 from so3krates_openmm.training.config import (
     MODEL_OPTIONS,
     RESUMABLE_CHANGES,
@@ -188,12 +188,15 @@ def evaluate_model(
     context: DistributedContext | None = None,
     energy_weight: float | None = None,
     force_weight: float | None = None,
+    observer: Callable[[Batch, Tensor, Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """Energy and force errors of ``model`` (in eval mode afterwards) on all frames of ``data``, in its units.
 
     Batches of ``batch_size`` frames in order; forces are minus the gradient of the energy. In a distributed
     run (``context``) every process evaluates its shard and the sums are reduced. Returns
-    :meth:`ErrorAccumulator.compute`'s dict (with ``loss`` when both weights are given).
+    :meth:`ErrorAccumulator.compute`'s dict (with ``loss`` when both weights are given). ``observer``, if
+    given, is called after each batch with the batch, the predicted energies and the predicted forces
+    (detached), e.g. to keep per-frame errors.
     """
     model.eval()
     device = torch.device(device)
@@ -206,6 +209,8 @@ def evaluate_model(
         energies = model(batch.atomic_numbers, positions, batch.batch, batch.num_structures)
         (gradient,) = torch.autograd.grad(energies.sum(), positions)
         accumulator.update(energies, batch.energies, -gradient, batch.forces, batch.atomic_numbers, weight)
+        if observer is not None:
+            observer(batch, energies.detach(), -gradient.detach())
     if context is not None:
         accumulator.all_reduce(context)
     return accumulator.compute(energy_weight, force_weight)
