@@ -271,6 +271,8 @@ def test_command_line(tmp_path, water_dcd, capsys):
     assert data_main(["merge", str(output), str(output), "-o", str(tmp_path / "merged.npz")]) == 0
     assert len(load_npz(tmp_path / "merged.npz")) == 6
     capsys.readouterr()
+    assert data_main(["info", str(tmp_path / "merged.npz")]) == 0
+    assert f"part cli.npz: 3 frames, labelled from {dcd}" in capsys.readouterr().out
     for wrong, message in (
         (["label", str(tmp_path / "nope.dcd"), "--structure", str(structure), "-o", str(output)], "does not exist"),
         (["label", str(dcd), "-o", str(tmp_path / "y.npz")], "give --structure"),

@@ -369,7 +369,13 @@ class MolecularDataset:
                 lines.append(f"{key}: {self.metadata[key]}")
         for part in self.metadata.get("parts", []):
             settings = part.get("settings", {})
-            lines.append(f"part {part.get('file', '?')}: {part.get('frames', '?')} frames, "
-                         f"T = {settings.get('temperatures_K', '?')} K, seed {settings.get('seed', '?')}, "
-                         f"stride {settings.get('stride', '?')}, timestep {settings.get('timestep_fs', '?')} fs")
+            head = f"part {part.get('file', '?')}: {part.get('frames', '?')} frames, "
+            trajectory = part.get("inputs", {}).get("trajectory") if isinstance(part.get("inputs"), dict) else None
+            if trajectory:  # labelled frames of an existing trajectory (so3krates-data label)
+                times = part.get("frame_times_ps") or []
+                span = f", {times[0]:g}-{times[-1]:g} ps" if times else ""
+                lines.append(f"{head}labelled from {trajectory}{span}, stride {settings.get('stride', '?')}")
+            else:
+                lines.append(f"{head}T = {settings.get('temperatures_K', '?')} K, seed {settings.get('seed', '?')}, "
+                             f"stride {settings.get('stride', '?')}, timestep {settings.get('timestep_fs', '?')} fs")
         return "\n".join(lines)
