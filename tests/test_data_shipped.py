@@ -82,3 +82,31 @@ def test_catcher_partial_files_continue_the_shipped_data():
         assert len(continued) >= part["frames"]
         np.testing.assert_array_equal(continued[: part["frames"]], positions[start : start + part["frames"]])
         start += part["frames"]
+
+
+def test_peptide_md_frames_are_labelled_frames_of_the_round0_stability_runs():
+    """md_frames_round1.npz: frames of the first shipped model's 300 K / 500 K runs, relabelled with GFN2-xTB."""
+    import mdtraj
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    directory = PRETRAINED / "ac_ala3_nhme"
+    data = load_dataset(directory / "md_frames_round1.npz")
+    assert len(data) == 450 and data.energy_unit == "kcal/mol" and "GFN2-xTB" in data.metadata["theory"]
+    np.testing.assert_array_equal(data[0].atomic_numbers, read_structure(directory / "structure.pdb").atomic_numbers)
+    round0 = Path(__file__).resolve().parents[1] / "bench" / "stability" / "round0"
+    to_kcal = energy_conversion("eV", "kcal/mol")
+    start = 0
+    for part, temperature in zip(data.metadata["parts"], (300, 500)):
+        assert part["inputs"]["trajectory"].endswith(f"ac_ala3_nhme_{temperature}K/trajectory.dcd")
+        trajectory = mdtraj.load(str(round0 / f"ac_ala3_nhme_{temperature}K" / "trajectory.dcd"),
+                                 top=str(directory / "structure.pdb"))
+        last = start + part["frames"] - 1
+        source = part["frame_indices"][-1]
+        np.testing.assert_allclose(data[last].positions, trajectory.xyz[source] * 10.0, atol=1e-4)
+        frame = data[last]
+        atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
+        atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
+        np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+        start += part["frames"]

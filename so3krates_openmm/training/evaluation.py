@@ -189,8 +189,9 @@ class PerFrameErrors:
         atoms = torch.bincount(batch.batch, minlength=count).double()
         component_sums = torch.zeros(count, dtype=torch.float64, device=difference.device)
         component_sums.index_add_(0, batch.batch, difference.abs().sum(dim=1))
-        largest = torch.zeros(count, dtype=torch.float64, device=difference.device)
-        largest.index_reduce_(0, batch.batch, difference.norm(dim=1), "amax", include_self=False)
+        largest = torch.zeros(count, dtype=torch.float64, device=difference.device).scatter_reduce(
+            0, batch.batch, difference.norm(dim=1), "amax", include_self=False
+        )
         self.energy_error += ((energies.double() - batch.energies.double()) * self.factor).tolist()
         self.force_mae += (component_sums / (3 * atoms) * self.factor).tolist()
         self.force_max_error += (largest * self.factor).tolist()
