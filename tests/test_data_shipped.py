@@ -110,3 +110,27 @@ def test_peptide_md_frames_are_labelled_frames_of_the_round0_stability_runs():
         assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
         np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
         start += part["frames"]
+
+
+def test_catcher_md_frames_are_labelled_frames_of_the_round0_500K_run():
+    """The catcher's md_frames_round1.npz: distinct frames of its first model's 500 K run, relabelled with GFN2-xTB."""
+    import mdtraj
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    directory = PRETRAINED / "buckyball_catcher"
+    data = load_dataset(directory / "md_frames_round1.npz")
+    assert len(data) == 180 and data.energy_unit == "kcal/mol" and "GFN2-xTB" in data.metadata["theory"]
+    np.testing.assert_array_equal(data[0].atomic_numbers, read_structure(directory / "structure.pdb").atomic_numbers)
+    run = Path(__file__).resolve().parents[1] / "bench" / "showcase" / "catcher_round0" / "md_500K" / "trajectory.dcd"
+    trajectory = mdtraj.load(str(run), top=str(directory / "structure.pdb"))
+    # Part 1 was labelled from a copy of the DCD taken while the run was going: its frame numbers index the same file.
+    sources = [index for part in data.metadata["parts"] for index in part["frame_indices"]]
+    assert len(set(sources)) == len(sources) == len(data)
+    np.testing.assert_allclose(data.stacked()[1], trajectory.xyz[sources] * 10.0, atol=1e-4)
+    frame = data[len(data) - 1]
+    atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    to_kcal = energy_conversion("eV", "kcal/mol")
+    assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
+    np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)

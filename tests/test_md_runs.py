@@ -195,39 +195,3 @@ def test_langevin_backends_torchforce_and_pythonforce_give_the_same_run(tmp_path
         logs[backend] = read_csv_log(output / "log.csv")
     for column in ("potential_energy_kJ/mol", "kinetic_energy_kJ/mol"):
         np.testing.assert_allclose(logs["pythonforce"][column], logs["torchforce"][column], rtol=1e-6)
-
-
-def test_minimisation_that_reaches_nan_keeps_the_starting_structure_with_a_warning():
-    """OpenMM's minimiser can step outside a model's domain; the run starts from the structure instead."""
-    import openmm as mm
-
-    from so3krates_openmm.data.structures import Structure
-    from so3krates_openmm.md.simulation import SimulationSettings, minimize_from_start
-
-    class Context:
-        positions = None
-
-        def setPositions(self, positions):  # noqa: N802 (OpenMM's name)
-            self.positions = positions
-
-    class NanMinimizer:
-        context = Context()
-
-        def minimizeEnergy(self, **_):  # noqa: N802
-            self.context.setPositions("garbage")
-            raise mm.OpenMMException("Particle coordinate is NaN.  For more information, see ...")
-
-    structure = Structure(atomic_numbers=np.array([8, 1, 1]),
-                          positions_angstrom=np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]))
-    simulation = NanMinimizer()
-    with pytest.warns(RuntimeWarning, match="unminimised starting structure"):
-        minimize_from_start(simulation, structure, SimulationSettings())
-    restored = np.array(simulation.context.positions.value_in_unit(mm.unit.nanometer))
-    np.testing.assert_allclose(restored, structure.positions_angstrom * 0.1)
-
-    class OtherFailure(NanMinimizer):
-        def minimizeEnergy(self, **_):  # noqa: N802
-            raise mm.OpenMMException("something else")
-
-    with pytest.raises(mm.OpenMMException, match="something else"):
-        minimize_from_start(OtherFailure(), structure, SimulationSettings())

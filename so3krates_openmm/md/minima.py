@@ -2,7 +2,8 @@
 
 1. Run MD (usually at a raised temperature, e.g. 500 K) and keep a snapshot
    every ``snapshot_interval`` steps (the DCD of :func:`~so3krates_openmm.md.runner.run_md`).
-2. Minimise every snapshot with OpenMM's ``LocalEnergyMinimizer`` in worker
+2. Minimise every snapshot with OpenMM's ``LocalEnergyMinimizer`` (in float64 where the
+   float32 model overflows, see :mod:`~so3krates_openmm.md.minimize`) in worker
    processes (``multiprocessing``, spawn start method); each worker builds its
    own System and Context with one thread (OpenMM ``CPU`` Threads=1 and
    ``torch.set_num_threads(1)``), so ``workers`` processes use ``workers`` cores.
@@ -29,6 +30,7 @@ import openmm as mm
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.md.minimize import Minimizer
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.stability import StabilityChecker, StabilityCriteria
 from so3krates_openmm.md.trajectory import mdtraj_trajectory
@@ -80,7 +82,7 @@ def _init_worker(factory: SystemFactory, platform_name: str, tolerance_kj_mol_nm
     system = factory()  # first: a model System imports torch, whose threads get_platform then sets
     platform, properties = get_platform(platform_name, threads=1)
     context = mm.Context(system, mm.VerletIntegrator(0.001), platform, properties)
-    _WORKER.update(context=context, tolerance=tolerance_kj_mol_nm, max_iterations=max_iterations)
+    _WORKER.update(context=context, minimizer=Minimizer(context, tolerance_kj_mol_nm, max_iterations))
 
 
 def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
@@ -88,7 +90,7 @@ def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
     context: mm.Context = _WORKER["context"]
     context.setPositions(np.asarray(positions_angstrom, dtype=np.float64) * 0.1)
     try:
-        mm.LocalEnergyMinimizer.minimize(context, _WORKER["tolerance"], _WORKER["max_iterations"])
+        _WORKER["minimizer"]()
     except mm.OpenMMException as error:
         return MinimizedSnapshot(index, step, float("nan"), np.asarray(positions_angstrom), problem=str(error))
     state = context.getState(getEnergy=True, getPositions=True)

@@ -8,6 +8,7 @@ velocities, and an optional local energy minimisation.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ import openmm as mm
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.md.minimize import FLOAT64_FALLBACK, Minimizer
 from so3krates_openmm.md.platforms import get_platform
+
+logger = logging.getLogger(__name__)
 
 #: Largest seed OpenMM accepts (a C ``int``); 0 would mean "pick one at random".
 MAX_SEED = 2**31 - 1
@@ -185,17 +189,17 @@ def build_simulation(
 def minimize_from_start(simulation: app.Simulation, structure: Structure, settings: SimulationSettings) -> None:
     """OpenMM's L-BFGS minimisation of the starting structure, or the unminimised start with a warning.
 
-    The minimiser's first trial steps can move atoms far (an ångström or more) outside the
-    configurations a model was trained on, where an ML potential may give non-finite
-    energies; OpenMM then stops with "Particle coordinate is NaN". The starting structures
-    shipped here are already relaxed with the reference method, so the run continues from
-    the starting positions and says so (pass ``--no-minimize`` to skip the attempt).
+    The minimiser's first trial step moves atoms far (an ångström or more) outside the
+    configurations a model was trained on, where a float32 model's energy can overflow;
+    :class:`~so3krates_openmm.md.minimize.Minimizer` then repeats the minimisation with a
+    float64 copy of the model. Should that fail too (a System with no float32
+    ``TorchForce``), the run continues from the starting positions and says so (pass
+    ``--no-minimize`` to skip the attempt).
     """
+    minimizer = Minimizer(simulation.context, settings.minimize_tolerance_kj_mol_nm, settings.minimize_max_iterations)
     try:
-        simulation.minimizeEnergy(
-            tolerance=settings.minimize_tolerance_kj_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
-            maxIterations=settings.minimize_max_iterations,
-        )
+        if minimizer() == FLOAT64_FALLBACK:
+            logger.info("the float32 model overflowed on the minimiser's first trial step; minimised with a float64 copy")
     except mm.OpenMMException as error:
         if "NaN" not in str(error):
             raise
