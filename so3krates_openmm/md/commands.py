@@ -409,6 +409,7 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
         snapshots = minimize_snapshots(
             trajectory.positions_angstrom, steps, factory, workers=values["workers"], platform=values["platform"],
             tolerance_kj_mol_nm=values["minimize_tolerance"], max_iterations=values["max_iterations"],
+            progress=values["progress"],
         )
         wall = time.perf_counter() - start
         criteria = _criteria(values) or StabilityCriteria()

@@ -108,18 +108,37 @@ def minimize_snapshots(
     platform: str = "CPU",
     tolerance_kj_mol_nm: float = 1.0,
     max_iterations: int = 0,
+    progress: bool = False,
 ) -> list[MinimizedSnapshot]:
-    """Minimise each snapshot (frames, atoms, 3; Å) in ``workers`` processes; results in input order."""
+    """Minimise each snapshot (frames, atoms, 3; Å) in ``workers`` processes; results in input order.
+
+    With ``progress`` a tqdm bar on stderr counts the minimised snapshots (with ETA).
+    """
+    from tqdm import tqdm
+
     tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom))]
     arguments = (factory, platform, tolerance_kj_mol_nm, max_iterations)
+    bar = tqdm(total=len(tasks), desc="minimising", unit="snapshot", disable=not progress)
     if workers <= 1:
         _init_worker(*arguments)
         try:
-            return [_minimize(task) for task in tasks]
+            return [_counted(_minimize(task), bar) for task in tasks]
         finally:
             _WORKER.clear()
+            bar.close()
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=arguments) as pool:
-        return list(pool.imap(_minimize, tasks, chunksize=max(1, len(tasks) // (4 * workers))))
+        try:
+            chunks = max(1, len(tasks) // (4 * workers))
+            return [_counted(result, bar) for result in pool.imap(_minimize, tasks, chunksize=chunks)]
+        finally:
+            bar.close()
+
+
+def _counted(snapshot: MinimizedSnapshot, bar) -> MinimizedSnapshot:
+    bar.update(1)
+    if np.isfinite(snapshot.energy_kj_mol):
+        bar.set_postfix_str(f"E {snapshot.energy_kj_mol:.1f} kJ/mol", refresh=False)
+    return snapshot
 
 
 def heavy_atom_indices(structure: Structure) -> np.ndarray:
