@@ -181,6 +181,22 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     assert not (rerun / "md").exists()
     assert minima_main([*arguments, "--snapshot-interval", "700"]) == EXIT_BAD_INPUT
 
+    # Killed while minimising: the journal keeps the snapshots done (the last line cut by the kill);
+    # --resume minimises only the rest and ends with the same minima.
+    journal = rerun / "minimised_snapshots.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 4 and len(json.loads(lines[0])["steps"]) == 3
+    expected = (rerun / "minima.csv").read_text()
+    journal.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:40])
+    (rerun / "minima.csv").unlink()
+    assert minima_main([*arguments, "--snapshot-interval", "1000"]) == EXIT_BAD_INPUT  # neither --resume nor --overwrite
+    assert minima_main([*arguments, "--snapshot-interval", "1000", "--resume"]) == 0
+    assert (rerun / "minima.csv").read_text() == expected
+    assert [json.loads(line)["index"] for line in journal.read_text().splitlines()[1:]] == [0, 1, 2]
+    # A journal of other settings is refused, not mixed in.
+    assert minima_main([*arguments, "--snapshot-interval", "1000", "--resume", "--max-iterations", "5"]) == EXIT_BAD_INPUT
+    assert minima_main([*arguments, "--snapshot-interval", "1000", "--overwrite", "--max-iterations", "5"]) == 0
+
 
 def test_langevin_backends_torchforce_and_pythonforce_give_the_same_run(tmp_path, peptide_pdb, peptide_gentle_model):
     logs = {}

@@ -388,6 +388,7 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
     import time
 
     from so3krates_openmm.md.minima import (
+        MINIMA_JOURNAL,
         ModelSystemFactory,
         deduplicate,
         minimize_snapshots,
@@ -406,10 +407,16 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
         steps = trajectory.first_step + np.arange(trajectory.n_frames) * trajectory.steps_between_frames
         start = time.perf_counter()
         factory = ModelSystemFactory(str(Path(values["structure"]).resolve()), str(Path(values["model"]).resolve()))
+        journal = output / MINIMA_JOURNAL
+        if journal.is_file() and not values["resume"]:
+            if not values["overwrite"]:
+                raise ValueError(f"{journal} holds snapshots minimised by an earlier run: pass --resume to continue "
+                                 "it or --overwrite to start again")
+            journal.unlink()
         snapshots = minimize_snapshots(
             trajectory.positions_angstrom, steps, factory, workers=values["workers"], platform=values["platform"],
             tolerance_kj_mol_nm=values["minimize_tolerance"], max_iterations=values["max_iterations"],
-            progress=values["progress"],
+            progress=values["progress"], journal=journal,
         )
         wall = time.perf_counter() - start
         criteria = _criteria(values) or StabilityCriteria()
@@ -417,6 +424,7 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
         summary = {
             "snapshots": len(snapshots), "workers": values["workers"], "minimisation_wall_seconds": wall,
             "rmsd_threshold_angstrom": values["rmsd_threshold"], "temperature_K": values["temperature"],
+            "journal": str(journal),
             "md_steps": int(steps[-1]) if len(steps) else 0, "snapshot_interval": int(trajectory.steps_between_frames),
         }
         write_minima(output, minima, rejected, structure, summary)

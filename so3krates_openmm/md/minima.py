@@ -99,6 +99,71 @@ def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
     return MinimizedSnapshot(index, step, float(energy), np.asarray(positions))
 
 
+JOURNAL_FORMAT = "so3krates-openmm minimised snapshots/1"
+#: File name of the journal in a minima run's output directory.
+MINIMA_JOURNAL = "minimised_snapshots.jsonl"
+
+
+def journal_header(
+    positions_angstrom: np.ndarray, steps: Sequence[int], factory: SystemFactory, tolerance_kj_mol_nm: float, max_iterations: int
+) -> dict:
+    """What a journal of minimised snapshots belongs to: the snapshots, the System recipe, the minimiser settings."""
+    import hashlib
+
+    snapshots = np.ascontiguousarray(positions_angstrom, dtype=np.float64)
+    header = {
+        "format": JOURNAL_FORMAT,
+        "snapshots_sha256": hashlib.sha256(snapshots.tobytes()).hexdigest(),
+        "steps": [int(step) for step in steps],
+        "system": repr(factory),
+        "tolerance_kj_mol_nm": float(tolerance_kj_mol_nm),
+        "max_iterations": int(max_iterations),
+    }
+    model_path = getattr(factory, "model_path", None)
+    if model_path is not None and Path(model_path).is_file():
+        from so3krates_openmm.model.checkpoint import file_sha256
+
+        header["model_sha256"] = file_sha256(model_path)
+    return header
+
+
+def read_journal(path: Path, header: dict) -> dict[int, MinimizedSnapshot]:
+    """Snapshots minimised by an earlier (killed) run, by index; rewrites ``path`` without a line cut by the kill.
+
+    Raises ``ValueError`` when the journal belongs to other snapshots, another model or other settings.
+    """
+    lines = path.read_text().splitlines()
+    if not lines:
+        return {}
+    recorded = json.loads(lines[0])
+    if recorded != header:
+        changed = sorted(key for key in set(recorded) | set(header) if recorded.get(key) != header.get(key))
+        raise ValueError(
+            f"{path} holds snapshots minimised for another run (different {', '.join(changed)}); "
+            "pass --overwrite to start again, or another --output"
+        )
+    done: dict[int, MinimizedSnapshot] = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the last line, cut by the kill: that snapshot is minimised again
+        done[record["index"]] = MinimizedSnapshot(
+            record["index"], record["step"], float(record["energy_kj_mol"]),
+            np.asarray(record["positions_angstrom"]), record["problem"],
+        )
+    path.write_text("".join(line + "\n" for line in lines[: 1 + len(done)]))
+    return done
+
+
+def _journal_line(snapshot: MinimizedSnapshot) -> str:
+    return json.dumps({
+        "index": snapshot.index, "step": snapshot.step, "energy_kj_mol": snapshot.energy_kj_mol,
+        "positions_angstrom": np.round(np.asarray(snapshot.positions_angstrom, dtype=np.float64), 6).tolist(),
+        "problem": snapshot.problem,
+    }) + "\n"
+
+
 def minimize_snapshots(
     positions_angstrom: np.ndarray,
     steps: Sequence[int],
@@ -109,36 +174,58 @@ def minimize_snapshots(
     tolerance_kj_mol_nm: float = 1.0,
     max_iterations: int = 0,
     progress: bool = False,
+    journal: Optional[Path] = None,
 ) -> list[MinimizedSnapshot]:
     """Minimise each snapshot (frames, atoms, 3; Å) in ``workers`` processes; results in input order.
 
-    With ``progress`` a tqdm bar on stderr counts the minimised snapshots (with ETA).
+    With ``journal`` (a JSON-lines file) each minimised snapshot is appended as it
+    finishes, and the snapshots an earlier, killed run already wrote there are
+    not minimised again (see :func:`read_journal`). With ``progress`` a tqdm bar
+    on stderr counts the minimised snapshots (with ETA).
     """
     from tqdm import tqdm
 
     tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom))]
+    done: dict[int, MinimizedSnapshot] = {}
+    handle = None
+    if journal is not None:
+        header = journal_header(positions_angstrom, steps, factory, tolerance_kj_mol_nm, max_iterations)
+        if journal.is_file():
+            done = read_journal(journal, header)
+        else:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            journal.write_text(json.dumps(header) + "\n")
+        handle = open(journal, "a")
+    todo = [task for task in tasks if task[0] not in done]
+    bar = tqdm(total=len(tasks), initial=len(done), desc="minimising", unit="snapshot", disable=not progress)
+
+    def record(snapshot: MinimizedSnapshot) -> None:
+        done[snapshot.index] = snapshot
+        if handle is not None:
+            handle.write(_journal_line(snapshot))
+            handle.flush()
+        bar.update(1)
+        if np.isfinite(snapshot.energy_kj_mol):
+            bar.set_postfix_str(f"E {snapshot.energy_kj_mol:.1f} kJ/mol", refresh=False)
+
     arguments = (factory, platform, tolerance_kj_mol_nm, max_iterations)
-    bar = tqdm(total=len(tasks), desc="minimising", unit="snapshot", disable=not progress)
-    if workers <= 1:
-        _init_worker(*arguments)
-        try:
-            return [_counted(_minimize(task), bar) for task in tasks]
-        finally:
-            _WORKER.clear()
-            bar.close()
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=arguments) as pool:
-        try:
-            chunks = max(1, len(tasks) // (4 * workers))
-            return [_counted(result, bar) for result in pool.imap(_minimize, tasks, chunksize=chunks)]
-        finally:
-            bar.close()
-
-
-def _counted(snapshot: MinimizedSnapshot, bar) -> MinimizedSnapshot:
-    bar.update(1)
-    if np.isfinite(snapshot.energy_kj_mol):
-        bar.set_postfix_str(f"E {snapshot.energy_kj_mol:.1f} kJ/mol", refresh=False)
-    return snapshot
+    try:
+        if todo and workers <= 1:
+            _init_worker(*arguments)
+            try:
+                for task in todo:
+                    record(_minimize(task))
+            finally:
+                _WORKER.clear()
+        elif todo:
+            with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=arguments) as pool:
+                for snapshot in pool.imap(_minimize, todo, chunksize=max(1, len(todo) // (4 * workers))):
+                    record(snapshot)
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    return [done[index] for index in range(len(tasks))]
 
 
 def heavy_atom_indices(structure: Structure) -> np.ndarray:
