@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import openmm as mm
 import pytest
@@ -11,6 +13,7 @@ from test_md_support import peptide_gentle_model, peptide_pdb  # noqa: F401  (fi
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.minimize import (
     AS_GIVEN,
+    DESCENT_FIRST,
     FLOAT64_FALLBACK,
     Minimizer,
     float64_system,
@@ -102,3 +105,31 @@ def test_float32_overflow_on_the_first_trial_step_is_minimised_in_float64():
     assert np.isfinite(energy) and start_energy - 5.0 < energy < start_energy and moved.max() < 0.01
     # A System that minimises without trouble is minimised as given.
     assert Minimizer(context, 10.0)() == AS_GIVEN
+
+
+@pytest.mark.skipif(not all(path.is_file() for path in pretrained_files("ac_ala3_nhme").values()),
+                    reason="shipped ac_ala3_nhme model not present")
+def test_line_search_that_ends_above_the_start_is_redone_after_steepest_descent():
+    """Frame 650 (65 ps) of the shipped peptide model's 500 K run: OpenMM's L-BFGS alone stops 760 kJ/mol above it."""
+    import mdtraj
+
+    files = pretrained_files("ac_ala3_nhme")
+    run = Path(__file__).resolve().parents[1] / "bench" / "stability" / "ac_ala3_nhme_500K" / "trajectory.dcd"
+    snapshot = mdtraj.load_frame(str(run), 650, top=str(files["structure"])).xyz[0]
+    system = model_system(read_structure(files["structure"]), files["model"])
+    context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+
+    def energy_and_rms_force() -> tuple[float, float]:
+        state = context.getState(getEnergy=True, getForces=True)
+        forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        return state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole), float(np.sqrt(np.mean(forces**2)))
+
+    context.setPositions(snapshot)
+    start_energy, _ = energy_and_rms_force()
+    mm.LocalEnergyMinimizer.minimize(context, 1.0, 0)
+    plain_energy, plain_rms_force = energy_and_rms_force()
+    assert plain_energy > start_energy + 100.0 and plain_rms_force > 1000.0
+    context.setPositions(snapshot)
+    assert Minimizer(context, 1.0)().startswith(DESCENT_FIRST)
+    energy, rms_force = energy_and_rms_force()
+    assert energy < start_energy - 100.0 and rms_force < 10.0

@@ -30,7 +30,7 @@ import openmm as mm
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
-from so3krates_openmm.md.minimize import Minimizer
+from so3krates_openmm.md.minimize import MinimizationError, Minimizer
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.stability import StabilityChecker, StabilityCriteria
 from so3krates_openmm.md.trajectory import mdtraj_trajectory
@@ -91,7 +91,7 @@ def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
     context.setPositions(np.asarray(positions_angstrom, dtype=np.float64) * 0.1)
     try:
         _WORKER["minimizer"]()
-    except mm.OpenMMException as error:
+    except (mm.OpenMMException, MinimizationError) as error:
         return MinimizedSnapshot(index, step, float("nan"), np.asarray(positions_angstrom), problem=str(error))
     state = context.getState(getEnergy=True, getPositions=True)
     energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)

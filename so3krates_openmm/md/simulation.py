@@ -20,7 +20,7 @@ import openmm as mm
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure
-from so3krates_openmm.md.minimize import FLOAT64_FALLBACK, Minimizer
+from so3krates_openmm.md.minimize import AS_GIVEN, MinimizationError, Minimizer
 from so3krates_openmm.md.platforms import get_platform
 
 logger = logging.getLogger(__name__)
@@ -198,15 +198,15 @@ def minimize_from_start(simulation: app.Simulation, structure: Structure, settin
     """
     minimizer = Minimizer(simulation.context, settings.minimize_tolerance_kj_mol_nm, settings.minimize_max_iterations)
     try:
-        if minimizer() == FLOAT64_FALLBACK:
-            logger.info("the float32 model overflowed on the minimiser's first trial step; minimised with a float64 copy")
-    except mm.OpenMMException as error:
-        if "NaN" not in str(error):
+        how = minimizer()
+        if how != AS_GIVEN:
+            logger.info("OpenMM's L-BFGS alone failed on this model; minimised with: %s", how)
+    except (mm.OpenMMException, MinimizationError) as error:
+        if isinstance(error, mm.OpenMMException) and "NaN" not in str(error):
             raise
         warnings.warn(
-            "energy minimisation left the model's domain (OpenMM: particle coordinate is NaN); "
-            "continuing from the unminimised starting structure. Relax the structure with the "
-            "reference method, or pass --no-minimize to skip minimisation.",
+            f"energy minimisation failed ({error}); continuing from the unminimised starting structure. "
+            "Relax the structure with the reference method, or pass --no-minimize to skip minimisation.",
             RuntimeWarning,
             stacklevel=2,
         )
