@@ -219,7 +219,8 @@ def minimize_snapshots(
                 _WORKER.clear()
         elif todo:
             with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=arguments) as pool:
-                for snapshot in pool.imap(_minimize, todo, chunksize=max(1, len(todo) // (4 * workers))):
+                # One snapshot per task, in any order: the bar and the journal follow every finished snapshot.
+                for snapshot in pool.imap_unordered(_minimize, todo):
                     record(snapshot)
     finally:
         bar.close()
