@@ -160,6 +160,7 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     assert code == 0
     summary = json.loads((output / "minima.json").read_text())
     assert summary["snapshots"] == 6 and summary["workers"] == 2
+    assert summary["minimisation_worker_seconds"] > 0.0
     with open(output / "minima.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == summary["distinct_minima"] >= 1

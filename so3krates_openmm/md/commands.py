@@ -423,6 +423,7 @@ def minima_main(argv: Optional[Sequence[str]] = None) -> int:
         minima, rejected = deduplicate(snapshots, structure, rmsd_threshold_angstrom=values["rmsd_threshold"], criteria=criteria)
         summary = {
             "snapshots": len(snapshots), "workers": values["workers"], "minimisation_wall_seconds": wall,
+            "minimisation_worker_seconds": float(np.nansum([snapshot.seconds for snapshot in snapshots])),
             "rmsd_threshold_angstrom": values["rmsd_threshold"], "temperature_K": values["temperature"],
             "journal": str(journal),
             "md_steps": int(steps[-1]) if len(steps) else 0, "snapshot_interval": int(trajectory.steps_between_frames),

@@ -53,13 +53,14 @@ class ModelSystemFactory:
 
 @dataclass
 class MinimizedSnapshot:
-    """One snapshot after minimisation: its index, MD step, energy (kJ/mol) and positions (Å)."""
+    """One snapshot after minimisation: its index, MD step, energy (kJ/mol), positions (Å) and worker seconds spent."""
 
     index: int
     step: int
     energy_kj_mol: float
     positions_angstrom: np.ndarray
     problem: Optional[str] = None
+    seconds: float = float("nan")
 
 
 @dataclass
@@ -86,17 +87,21 @@ def _init_worker(factory: SystemFactory, platform_name: str, tolerance_kj_mol_nm
 
 
 def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
+    import time
+
     index, step, positions_angstrom = task
+    start = time.perf_counter()
     context: mm.Context = _WORKER["context"]
     context.setPositions(np.asarray(positions_angstrom, dtype=np.float64) * 0.1)
     try:
         _WORKER["minimizer"]()
     except (mm.OpenMMException, MinimizationError) as error:
-        return MinimizedSnapshot(index, step, float("nan"), np.asarray(positions_angstrom), problem=str(error))
+        return MinimizedSnapshot(index, step, float("nan"), np.asarray(positions_angstrom), problem=str(error),
+                                 seconds=time.perf_counter() - start)
     state = context.getState(getEnergy=True, getPositions=True)
     energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     positions = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-    return MinimizedSnapshot(index, step, float(energy), np.asarray(positions))
+    return MinimizedSnapshot(index, step, float(energy), np.asarray(positions), seconds=time.perf_counter() - start)
 
 
 JOURNAL_FORMAT = "so3krates-openmm minimised snapshots/1"
@@ -150,7 +155,7 @@ def read_journal(path: Path, header: dict) -> dict[int, MinimizedSnapshot]:
             break  # the last line, cut by the kill: that snapshot is minimised again
         done[record["index"]] = MinimizedSnapshot(
             record["index"], record["step"], float(record["energy_kj_mol"]),
-            np.asarray(record["positions_angstrom"]), record["problem"],
+            np.asarray(record["positions_angstrom"]), record["problem"], record.get("seconds", float("nan")),
         )
     path.write_text("".join(line + "\n" for line in lines[: 1 + len(done)]))
     return done
@@ -160,7 +165,7 @@ def _journal_line(snapshot: MinimizedSnapshot) -> str:
     return json.dumps({
         "index": snapshot.index, "step": snapshot.step, "energy_kj_mol": snapshot.energy_kj_mol,
         "positions_angstrom": np.round(np.asarray(snapshot.positions_angstrom, dtype=np.float64), 6).tolist(),
-        "problem": snapshot.problem,
+        "problem": snapshot.problem, "seconds": snapshot.seconds,
     }) + "\n"
 
 
@@ -308,6 +313,7 @@ def write_minima(output_dir: str | Path, minima: Sequence[Minimum], rejected: Se
         axis.hist(relative, bins=max(5, min(50, len(relative))), color="tab:blue", edgecolor="k", lw=0.5)
     axis.set_xlabel("energy above the lowest minimum (kJ/mol)")
     axis.set_ylabel("distinct minima")
+    axis.yaxis.get_major_locator().set_params(integer=True)
     axis.set_title(f"{len(minima)} distinct minima from {summary.get('snapshots', '?')} snapshots")
     save_figure(figure, paths["minima_energies.png"])
     summary = dict(summary, distinct_minima=len(minima), rejected_snapshots=len(rejected),
