@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-r"""Summarise finished runs as a Markdown table: simulated time, ns/day, stable fraction,
+r"""Summarise MD runs as a Markdown table: simulated time, ns/day, stable fraction,
 bond statistics and, for the buckyball catcher, the C60-catcher distance.
+
+A run still in progress (no run.json yet) is summarised from its checkpoint and log so far.
 
 Example (after the stability_*.yaml protocols):
     python md_protocols/stability_report.py bench/stability/* --json bench/stability/summary.json
@@ -16,14 +18,14 @@ from so3krates_openmm.md.report import markdown_table, summarize_run
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with run.json)")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (--output of langevin_nvt.py; finished or in progress)")
     parser.add_argument("--json", type=Path, help="also write every row, with per-element-pair bond statistics, as JSON")
     arguments = parser.parse_args(argv)
-    missing = [str(run) for run in arguments.runs if not (run / "run.json").is_file()]
-    if missing:
-        print(f"stability_report: error: no run.json in {', '.join(missing)}", file=sys.stderr)
+    try:
+        rows = [summarize_run(run) for run in arguments.runs]
+    except (FileNotFoundError, ValueError) as error:
+        print(f"stability_report: error: {error}", file=sys.stderr)
         return 2
-    rows = [summarize_run(run) for run in arguments.runs]
     print(markdown_table(rows))
     if arguments.json:
         arguments.json.write_text(json.dumps(rows, indent=2) + "\n")

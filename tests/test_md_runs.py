@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -57,6 +58,16 @@ def test_langevin_nvt_200_steps_stay_finite_and_write_everything(tmp_path, pepti
     assert row["steps"] == 200 and row["simulated_ps"] == pytest.approx(0.1) and row["frames"] == 4
     assert row["bonds"]["C-H"]["bonds"] == 18 and row["bonds"]["N-H"]["bonds"] == 4
     assert "c60_distance_angstrom" not in row and "| nvt | 300 | 0.5 | 0.1 |" in markdown_table([row])
+    # The same directory as it was while running (no run.json or stability.json yet): summarised from
+    # its checkpoint and log, marked in progress; a directory that is no run is named in the error.
+    running = tmp_path / "running"
+    shutil.copytree(output, running, ignore=shutil.ignore_patterns("run.json", "stability.json"))
+    row = summarize_run(running)
+    assert row["in_progress"] and row["steps"] == 200 and row["stable_fraction"] is None and row["frames"] == 4
+    assert row["ns_per_day"] == pytest.approx(float(np.median(log["ns_per_day"])))
+    assert "| running | 300 | 0.5 | 0.1 |" in markdown_table([row]) and "| in progress |" in markdown_table([row])
+    with pytest.raises(FileNotFoundError, match="neither run.json .* nor checkpoint.zip"):
+        summarize_run(tmp_path)
     # A second run into the same directory must not silently overwrite it.
     again = langevin_nvt_main(["--structure", str(peptide_pdb), "--model", str(peptide_gentle_model),
                                "--steps", "10", "--output", str(output), *QUIET])

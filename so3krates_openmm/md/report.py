@@ -5,7 +5,9 @@
 ``trajectory.dcd``) and the structure recorded in it, and returns one row:
 simulated time, ns/day, stable fraction, bond-length statistics over the
 trajectory per element pair, and for a buckyball catcher the C60-catcher
-centroid distance statistics.
+centroid distance statistics. A run still in progress (or killed, not yet
+resumed) has no ``run.json``: its row is read from ``checkpoint.zip`` and
+``log.csv`` and marked ``in_progress``, with no stable fraction yet.
 """
 
 from __future__ import annotations
@@ -48,26 +50,51 @@ def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: Optional[n
     return statistics
 
 
+def _run_progress(directory: Path) -> dict:
+    """Identity, steps done, speed and platform of a finished run or of one in progress."""
+    if (directory / "run.json").is_file():
+        info = json.loads((directory / "run.json").read_text())
+        return {"identity": info["identity"], "steps": info["final_step"], "ns_per_day": info.get("ns_per_day"),
+                "platform": info.get("platform"), "in_progress": False}
+    if not (directory / "checkpoint.zip").is_file():
+        raise FileNotFoundError(
+            f"{directory} is not an MD run directory: it has neither run.json (a finished run) nor "
+            "checkpoint.zip (a run in progress); give the --output directory of langevin_nvt.py"
+        )
+    from so3krates_openmm.md.checkpoint import read_checkpoint
+    from so3krates_openmm.md.reporters import read_csv_log
+
+    checkpoint = read_checkpoint(directory / "checkpoint.zip")
+    log = read_csv_log(directory / "log.csv") if (directory / "log.csv").is_file() else {}
+    steps = log.get("step", np.array([]))
+    speed = log.get("ns_per_day", np.array([]))
+    speed = speed[np.isfinite(speed)]
+    return {"identity": checkpoint.identity, "steps": int(steps[-1]) if len(steps) else checkpoint.step,
+            "ns_per_day": float(np.median(speed)) if len(speed) else None, "platform": None, "in_progress": True}
+
+
 def summarize_run(run_dir: str | Path) -> dict:
-    """One row describing a finished (or stopped) run directory."""
+    """One row describing a run directory: finished, stopped by the monitor, or still in progress."""
     directory = Path(run_dir)
-    info = json.loads((directory / "run.json").read_text())
+    progress = _run_progress(directory)
+    identity = progress["identity"]
     row = {
         "run": str(directory),
-        "temperature_K": info["identity"].get("temperature_K"),
-        "timestep_fs": info["identity"].get("timestep_fs"),
-        "ensemble": info["identity"].get("ensemble"),
-        "platform": info.get("platform"),
-        "steps": info["final_step"],
-        "simulated_ps": info["final_step"] * info["identity"]["timestep_fs"] * 1e-3,
-        "ns_per_day": info.get("ns_per_day"),
+        "temperature_K": identity.get("temperature_K"),
+        "timestep_fs": identity.get("timestep_fs"),
+        "ensemble": identity.get("ensemble"),
+        "platform": progress["platform"],
+        "steps": progress["steps"],
+        "simulated_ps": progress["steps"] * identity["timestep_fs"] * 1e-3,
+        "ns_per_day": progress["ns_per_day"],
         "stable_fraction": None,
+        "in_progress": progress["in_progress"],
     }
     stability_path = directory / "stability.json"
-    if stability_path.exists():
+    if stability_path.exists() and not progress["in_progress"]:
         stability = json.loads(stability_path.read_text())
         row.update(stable_fraction=stability["stable_fraction"], reason=stability["reason"] or "completed")
-    structure_path = info["identity"].get("structure")
+    structure_path = identity.get("structure")
     trajectory_path = directory / "trajectory.dcd"
     if structure_path and Path(structure_path).is_file() and trajectory_path.exists():
         structure = read_structure(structure_path)
@@ -104,9 +131,13 @@ def markdown_table(rows: Sequence[dict]) -> str:
         stretch = max((b["max_stretch"] for b in row.get("bonds", {}).values()), default=float("nan"))
         c60 = row.get("c60_distance_angstrom")
         c60_text = "-" if c60 is None else f"{c60['mean']:.2f} ± {c60['std']:.2f} (start {c60['start']:.2f}, max {c60['max']:.2f})"
-        fraction = "-" if row["stable_fraction"] is None else f"{row['stable_fraction']:.3f}"
+        if row.get("in_progress"):
+            fraction = "in progress"
+        else:
+            fraction = "-" if row["stable_fraction"] is None else f"{row['stable_fraction']:.3f}"
+        speed = "-" if row["ns_per_day"] is None else f"{row['ns_per_day']:.3g}"
         lines.append(
             f"| {Path(row['run']).name} | {row['temperature_K']:g} | {row['timestep_fs']:g} | {row['simulated_ps']:.4g} | "
-            f"{row['ns_per_day']:.3g} | {fraction} | {stretch:.3f}x | {c60_text} |"
+            f"{speed} | {fraction} | {stretch:.3f}x | {c60_text} |"
         )
     return "\n".join(lines)
