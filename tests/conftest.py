@@ -1,4 +1,6 @@
-"""Shared fixtures: small float64 models and small molecules (fast on 2 CPU cores)."""
+"""Shared fixtures: small float64 models and small molecules (fast on 2 CPU cores), and the
+session-wide MD fixtures (a peptide PDB, an amber14 System, exported random models, a
+catcher-like structure) built once per test session by ``md_support``."""
 
 from __future__ import annotations
 
@@ -7,13 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from md_support import (
+    REPOSITORY,
+    export_random_model,
+    write_amber_system,
+    write_catcher_like_xyz,
+    write_peptide_pdb,
+)
 
 from so3krates_openmm import SO3krates, SO3kratesConfig
-from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.data.structures import Structure, read_structure
 
 torch.set_num_threads(1)
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 SHARED = REPOSITORY.parent / "shared"
 
 #: Ethanol + a water molecule (Å): H, C, O, several neighbours within and beyond 3 Å.
@@ -77,3 +85,35 @@ def random_rotation(seed: int) -> torch.Tensor:
     if torch.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+@pytest.fixture(scope="session")
+def peptide_pdb(tmp_path_factory) -> Path:
+    return write_peptide_pdb(tmp_path_factory.mktemp("peptide") / "ac_ala3_nhme.pdb")
+
+
+@pytest.fixture(scope="session")
+def peptide_amber_xml(peptide_pdb: Path) -> Path:
+    return write_amber_system(peptide_pdb, peptide_pdb.with_name("amber14_system.xml"))
+
+
+@pytest.fixture(scope="session")
+def peptide_random_model(peptide_pdb: Path) -> Path:
+    """Random weights in eV: strong, unphysical forces (the molecule falls apart in tens of steps)."""
+    return export_random_model(read_structure(peptide_pdb), peptide_pdb.parent / "random_eV")
+
+
+@pytest.fixture(scope="session")
+def peptide_gentle_model(peptide_pdb: Path) -> Path:
+    """Random weights in meV: weak forces, finite dynamics for hundreds of steps."""
+    return export_random_model(read_structure(peptide_pdb), peptide_pdb.parent / "random_meV", energy_unit="meV")
+
+
+@pytest.fixture(scope="session")
+def catcher_xyz(tmp_path_factory) -> Path:
+    return write_catcher_like_xyz(tmp_path_factory.mktemp("catcher") / "catcher_like.xyz")
+
+
+@pytest.fixture(scope="session")
+def catcher_gentle_model(catcher_xyz: Path) -> Path:
+    return export_random_model(read_structure(catcher_xyz), catcher_xyz.parent / "random_meV", energy_unit="meV")

@@ -15,7 +15,11 @@ from so3krates_openmm import SO3krates
 from so3krates_openmm.cli import export_main
 from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
 from so3krates_openmm.export import ExportError, export_checkpoint, read_export_metadata
-from so3krates_openmm.model.checkpoint import CHECKPOINT_FORMAT_VERSION, CheckpointError, checkpoint_dict
+from so3krates_openmm.model.checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
+    CheckpointError,
+    checkpoint_dict,
+)
 from so3krates_openmm.openmm_force import create_system, positions_nm
 
 KJ_PER_KCAL = 4.184

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
-from so3krates_openmm.data.formats import load_ase, load_dataset, load_npz, save_extxyz, save_npz
+from so3krates_openmm.data.formats import (
+    load_ase,
+    load_dataset,
+    load_npz,
+    save_extxyz,
+    save_npz,
+)
 
 KCAL_PER_EV = 96.4853321 / 4.184
 
@@ -227,8 +233,6 @@ def test_save_extxyz_round_trip_keeps_units(tmp_path):
 def test_merge_concatenates_parts_in_order_and_refuses_mixed_theories(tmp_path):
     from so3krates_openmm.cli import data_main
     from so3krates_openmm.data.formats import merge_datasets
-
-    rng = np.random.default_rng(8)
 
     def part(unit: str, theory: str, seed: int) -> MolecularDataset:
         r = np.random.default_rng(seed)

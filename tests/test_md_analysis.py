@@ -9,7 +9,6 @@ import numpy as np
 import openmm as mm
 import pytest
 from openmm import app, unit
-from test_md_support import catcher_xyz, peptide_pdb  # noqa: F401
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.catcher import centroid_distances, identify_ball

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from test_md_support import peptide_gentle_model, peptide_pdb  # noqa: F401  (fixtures)
 
 from so3krates_openmm.md.commands import mlmm_solvated_main
 from so3krates_openmm.md.mlmm import solvated_mixed_system

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_md_support import PROTOCOLS
+from md_support import PROTOCOLS
 
 from so3krates_openmm.md.commands import langevin_nvt_main
 from so3krates_openmm.md.protocols import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_md_support import PROTOCOLS, REPOSITORY, peptide_gentle_model, peptide_pdb  # noqa: F401
+from md_support import PROTOCOLS, REPOSITORY
 
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.md.checkpoint import read_checkpoint

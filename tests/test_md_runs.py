@@ -8,13 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from test_md_support import (  # noqa: F401  (fixtures)
-    catcher_gentle_model,
-    catcher_xyz,
-    peptide_amber_xml,
-    peptide_gentle_model,
-    peptide_pdb,
-)
 
 from so3krates_openmm.md.commands import (
     EXIT_BAD_INPUT,

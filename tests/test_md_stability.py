@@ -8,7 +8,6 @@ import numpy as np
 import openmm as mm
 import pytest
 from openmm import unit
-from test_md_support import peptide_pdb, peptide_random_model  # noqa: F401
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.commands import langevin_nvt_main

@@ -8,7 +8,6 @@ import numpy as np
 import openmm as mm
 import pytest
 from openmm import app, unit
-from test_md_support import peptide_gentle_model, peptide_pdb  # noqa: F401  (fixtures)
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.minimize import (

@@ -6,10 +6,9 @@ import itertools
 
 import pytest
 import torch
+from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS
 
 from so3krates_openmm.model.neighbours import neighbour_list
-
-from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS
 
 NUMBERS = torch.tensor(ETHANOL_WATER_NUMBERS)
 POSITIONS = torch.tensor(ETHANOL_WATER_POSITIONS)

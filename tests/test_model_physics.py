@@ -6,11 +6,16 @@ import math
 
 import pytest
 import torch
+from conftest import (
+    ETHANOL_WATER_NUMBERS,
+    ETHANOL_WATER_POSITIONS,
+    random_rotation,
+    randomise,
+    small_config,
+)
 
 from so3krates_openmm import SO3krates
 from so3krates_openmm.model.basis import SphericalHarmonics, degree_contraction_matrix
-
-from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS, randomise, random_rotation, small_config
 
 NUMBERS = torch.tensor(ETHANOL_WATER_NUMBERS)
 POSITIONS = torch.tensor(ETHANOL_WATER_POSITIONS)

@@ -13,19 +13,28 @@ the speed work (commit ecde956).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Dict
 
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    ETHANOL_WATER_NUMBERS,
+    ETHANOL_WATER_POSITIONS,
+    REPOSITORY,
+    randomise,
+    small_config,
+)
 from torch.nn import functional
 
 from so3krates_openmm import SO3krates
 from so3krates_openmm.data.structures import read_structure
-from so3krates_openmm.model.basis import CutoffFunction, PhysNetRadialBasis, SphericalHarmonics, degree_contraction_matrix
-
-from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS, REPOSITORY, randomise, small_config
+from so3krates_openmm.model.basis import (
+    CutoffFunction,
+    PhysNetRadialBasis,
+    SphericalHarmonics,
+    degree_contraction_matrix,
+)
 
 SHIPPED = REPOSITORY / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme"
 

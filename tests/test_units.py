@@ -2,7 +2,11 @@
 
 import pytest
 
-from so3krates_openmm.units import energy_conversion, length_conversion, normalise_energy_unit
+from so3krates_openmm.units import (
+    energy_conversion,
+    length_conversion,
+    normalise_energy_unit,
+)
 
 
 def test_conversion_factors_are_the_documented_constants():

@@ -1,4 +1,4 @@
-"""Shared builders for the MD tests (imported by the other ``test_md_*`` modules; no tests here).
+"""Builders for the MD tests (their session fixtures are in ``conftest.py``).
 
 - Ac-Ala3-NHMe built from its SMILES with RDKit, named ACE/ALA/NME by walking the
   backbone, hydrogens added by OpenMM's Modeller (so the PDB has residues and bonds);
@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import openmm as mm
-import pytest
 import torch
 from openmm import app, unit
 
 from so3krates_openmm import SO3krates, SO3kratesConfig
-from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
+from so3krates_openmm.data.structures import Structure, write_xyz
 from so3krates_openmm.export import export_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -94,35 +93,3 @@ def write_catcher_like_xyz(path: Path) -> Path:
     positions = np.concatenate([host.positions, ball.positions])
     write_xyz(path, Structure(numbers, positions), comment="benzene + C60")
     return path
-
-
-@pytest.fixture(scope="session")
-def peptide_pdb(tmp_path_factory) -> Path:
-    return write_peptide_pdb(tmp_path_factory.mktemp("peptide") / "ac_ala3_nhme.pdb")
-
-
-@pytest.fixture(scope="session")
-def peptide_amber_xml(peptide_pdb: Path) -> Path:
-    return write_amber_system(peptide_pdb, peptide_pdb.with_name("amber14_system.xml"))
-
-
-@pytest.fixture(scope="session")
-def peptide_random_model(peptide_pdb: Path) -> Path:
-    """Random weights in eV: strong, unphysical forces (the molecule falls apart in tens of steps)."""
-    return export_random_model(read_structure(peptide_pdb), peptide_pdb.parent / "random_eV")
-
-
-@pytest.fixture(scope="session")
-def peptide_gentle_model(peptide_pdb: Path) -> Path:
-    """Random weights in meV: weak forces, finite dynamics for hundreds of steps."""
-    return export_random_model(read_structure(peptide_pdb), peptide_pdb.parent / "random_meV", energy_unit="meV")
-
-
-@pytest.fixture(scope="session")
-def catcher_xyz(tmp_path_factory) -> Path:
-    return write_catcher_like_xyz(tmp_path_factory.mktemp("catcher") / "catcher_like.xyz")
-
-
-@pytest.fixture(scope="session")
-def catcher_gentle_model(catcher_xyz: Path) -> Path:
-    return export_random_model(read_structure(catcher_xyz), catcher_xyz.parent / "random_meV", energy_unit="meV")
