@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from so3krates_openmm.memory import reuse_freed_memory
 from so3krates_openmm.model.checkpoint import load_model
 from so3krates_openmm.model.neighbours import neighbour_list
 from so3krates_openmm.units import energy_conversion
@@ -65,6 +66,8 @@ class SO3kratesCalculator(Calculator):
         super().__init__(**kwargs)
         self.model = load_model(checkpoint, map_location=device).to(getattr(torch, dtype))
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.ev_per_model_unit = energy_conversion(self.model.config.energy_unit, "eV")
 
     @property
