@@ -7,11 +7,12 @@ after such blocks are freed) with ``mmap`` and returns them with ``munmap``;
 the next step then touches brand-new pages, each a kernel page fault that
 zeroes 4 KiB, and freed memory at the top of the heap is handed back to the
 kernel only to be faulted in again. Measured on this project's 2-core machine
-(OpenMM CPU step of the shipped models, 1 thread, ``bench/malloc.py``): 1 900
-page faults and 4.5 ms of system time per step at 42 atoms, 9 000 and 21 ms at
-148 atoms. Raising the mmap and trim thresholds with ``mallopt`` keeps freed
-blocks in the heap for reuse: 3 and 200 faults per step, and the steps take
-15 % less CPU time (``bench/RESULTS.md``, "Freed memory").
+(OpenMM CPU step of the shipped models, 1 thread, ``bench/malloc.py``): about
+1 900 page faults and 3-4.5 ms of system time per step at 42 atoms, 5 000-9 000
+and 9-21 ms at 148 atoms. Raising the mmap and trim thresholds with
+``mallopt`` keeps freed blocks in the heap for reuse: the faults and the system
+time go away, and a step takes 5-17 % less CPU time (``bench/RESULTS.md``,
+"Freed memory").
 
 :func:`reuse_freed_memory` is called by
 :func:`~so3krates_openmm.md.platforms.get_platform` (every protocol), by the
