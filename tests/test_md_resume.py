@@ -8,6 +8,7 @@ comparison is exact (frame by frame, row by row).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,11 @@ from md_support import PROTOCOLS, REPOSITORY
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.md.checkpoint import read_checkpoint
 from so3krates_openmm.md.commands import langevin_nvt_main
-from so3krates_openmm.md.reporters import read_csv_log, read_velocities
+from so3krates_openmm.md.reporters import (
+    OutputReplacedError,
+    read_csv_log,
+    read_velocities,
+)
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.trajectory import read_dcd
@@ -106,6 +111,34 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, peptide_pdb,
     again = run(structure, peptide_gentle_model, broken, resume=True)
     assert again.start_step == again.final_step == 400
     assert_same_outputs(tmp_path / "reference", broken)
+
+
+class ReplaceFileAt(InterruptAt):
+    """Reporter that, at ``step``, rewrites ``path`` the way ``git stash``/``git checkout`` do:
+    the same bytes in a new file renamed over the old one."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(step)
+        self.path = path
+
+    def report(self, simulation, state):
+        copy = self.path.with_name(self.path.name + ".new")
+        copy.write_bytes(self.path.read_bytes())
+        os.replace(copy, self.path)
+
+
+def test_output_replaced_during_a_run_stops_it_before_the_next_checkpoint(tmp_path, peptide_pdb, peptide_gentle_model):
+    structure = read_structure(peptide_pdb)
+    run(structure, peptide_gentle_model, tmp_path / "reference")
+    directory = tmp_path / "replaced"
+    with pytest.raises(OutputReplacedError, match="trajectory.dcd was replaced by another program.*--resume"):
+        run(structure, peptide_gentle_model, directory, reporters=[ReplaceFileAt(200, directory / "trajectory.dcd")])
+    # The checkpoint before the replacement stays; records written to the replaced file since are not
+    # counted as saved, so resuming from it leaves no hole.
+    assert read_checkpoint(directory / "checkpoint.zip").step == 150
+    resumed = run(structure, peptide_gentle_model, directory, resume=True)
+    assert resumed.resumed_from_step == 150 and resumed.final_step == 400
+    assert_same_outputs(tmp_path / "reference", directory)
 
 
 def test_resume_refuses_changed_parameters_and_foreign_checkpoints(tmp_path, peptide_pdb, peptide_gentle_model):

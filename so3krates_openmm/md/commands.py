@@ -24,6 +24,7 @@ from so3krates_openmm.md.protocols import (
     resolve_system_files,
     steps_from,
 )
+from so3krates_openmm.md.reporters import OutputReplacedError
 from so3krates_openmm.md.runner import (
     FINAL_STATE,
     LOG,
@@ -66,7 +67,7 @@ def _entry(schema: ProtocolSchema, body: Callable[[dict[str, Any]], int], argv: 
     except (ProtocolError, FileNotFoundError, FileExistsError) as error:
         print(f"{schema.name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ValueError as error:
+    except (ValueError, OutputReplacedError) as error:
         print(f"{schema.name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -55,9 +55,34 @@ def _file_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _sync(handle) -> None:
+class OutputReplacedError(RuntimeError):
+    """An output file was replaced or deleted by another program while the run was writing it."""
+
+
+def _sync(handle, path: Path) -> None:
+    """Flush ``handle`` to disk and check that ``path`` is still the file it writes.
+
+    Another program that rewrites a run's output while the run goes on (``git
+    stash`` or ``git checkout`` of committed run files, an editor, a copy)
+    leaves the run writing to a file that no longer has a name: every record
+    after that would be lost while the checkpoints carried on. The run stops
+    instead, before its next checkpoint, so that ``--resume`` continues from the
+    last checkpoint with no hole in the outputs.
+    """
     handle.flush()
     os.fsync(handle.fileno())
+    written = os.fstat(handle.fileno())
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        named = None
+    if named is None or (named.st_ino, named.st_dev) != (written.st_ino, written.st_dev):
+        raise OutputReplacedError(
+            f"{path} was {'deleted' if named is None else 'replaced'} by another program while this run was "
+            "writing it (git stash/checkout of run files, an editor, a copy?); the run stops before its next "
+            "checkpoint so that nothing is lost: continue it with --resume, and leave the output directory "
+            "alone while a run writes to it"
+        )
 
 
 def truncate_output(path: str | Path, n_bytes: int) -> None:
@@ -122,7 +147,7 @@ class CSVLogReporter:
 
     def checkpoint_record(self) -> dict:
         """Flush to disk and return ``{"bytes", "rows"}`` for the checkpoint."""
-        _sync(self._handle)
+        _sync(self._handle, self.path)
         return {"bytes": _file_size(self.path), "rows": self._rows}
 
     def close(self) -> None:
@@ -195,7 +220,7 @@ class DCDReporter:
 
     def checkpoint_record(self) -> dict:
         """Flush to disk and return ``{"bytes", "frames"}`` for the checkpoint."""
-        _sync(self._handle)
+        _sync(self._handle, self.path)
         return {"bytes": _file_size(self.path), "frames": self.frames}
 
     def close(self) -> None:
@@ -257,7 +282,7 @@ class VelocityReporter:
 
     def checkpoint_record(self) -> dict:
         """Flush to disk and return ``{"bytes", "frames"}`` for the checkpoint."""
-        _sync(self._handle)
+        _sync(self._handle, self.path)
         size = _file_size(self.path)
         return {"bytes": size, "frames": (size - _VELOCITY_HEADER.size) // (12 * self.n_atoms)}
 
