@@ -26,6 +26,7 @@ switched off by ``SO3KRATES_MALLOPT=0``.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 
@@ -37,6 +38,7 @@ M_MMAP_THRESHOLD = -3
 THRESHOLD_BYTES = 1 << 30
 
 _applied: bool | None = None
+logger = logging.getLogger(__name__)
 
 
 def _reason_to_skip() -> str | None:
@@ -63,7 +65,9 @@ def reuse_freed_memory() -> bool:
     global _applied
     if _applied is not None:
         return _applied
-    if _reason_to_skip() is not None:
+    reason = _reason_to_skip()
+    if reason is not None:
+        logger.debug("malloc left as it is: %s", reason)
         _applied = False
         return False
     try:
