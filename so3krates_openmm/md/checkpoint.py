@@ -65,15 +65,23 @@ def write_checkpoint(path: str | Path, simulation: app.Simulation, identity: dic
         "outputs": outputs,
         "extra": checkpoint.extra,
     }
+    _write_zip_atomically(path, {
+        "meta.json": json.dumps(meta, indent=1).encode("utf-8"),
+        "context.chk": checkpoint.context_checkpoint,
+        "state.xml": checkpoint.state_xml.encode("utf-8"),
+    })
+    return checkpoint
+
+
+def _write_zip_atomically(path: Path, members: dict[str, bytes]) -> None:
+    """Write a zip of ``members`` to a temporary file, sync it, then rename it over ``path``."""
     temporary = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("meta.json", json.dumps(meta, indent=1))
-        archive.writestr("context.chk", checkpoint.context_checkpoint)
-        archive.writestr("state.xml", checkpoint.state_xml)
+        for name, content in members.items():
+            archive.writestr(name, content)
     with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    return checkpoint
 
 
 def read_checkpoint(path: str | Path) -> RunCheckpoint:
@@ -127,3 +135,20 @@ def identity_differences(recorded: dict, current: dict) -> list[str]:
     """Keys whose values differ between a checkpoint's identity and the current run's."""
     keys = sorted(set(recorded) | set(current))
     return [f"{key}: checkpoint {recorded.get(key)!r}, now {current.get(key)!r}" for key in keys if recorded.get(key) != current.get(key)]
+
+
+def update_checkpoint_outputs(path: str | Path, outputs: dict[str, dict]) -> None:
+    """Replace the output records of checkpoint ``path`` (atomically), keeping its state.
+
+    For tools that rewrite a finished run's output files (e.g. filling a gap in
+    its records): without it, a later ``--resume`` would cut the files back to
+    the sizes recorded before.
+    """
+    path = Path(path)
+    read_checkpoint(path)  # a clear error for what is not a checkpoint
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    meta = json.loads(members["meta.json"])
+    meta["outputs"] = {**meta["outputs"], **outputs}
+    members["meta.json"] = json.dumps(meta, indent=1).encode("utf-8")
+    _write_zip_atomically(path, members)

@@ -163,6 +163,20 @@ def _run_identity(config: RunConfig, settings: SimulationSettings, n_atoms: int)
     return _jsonable(identity)
 
 
+def warm_up_forces(context: mm.Context, evaluations: int = 2) -> None:
+    """Evaluate the forces ``evaluations`` times before the first step.
+
+    A TorchScript model runs its first call through the profiling executor's
+    unoptimised graph, whose energies and forces differ from those of later
+    calls in the last bits (float32). Without this, the first step after a
+    resume (a new Context loads the model anew) would use such a force where
+    the uninterrupted run used an optimised one, and the two trajectories would
+    drift apart from the last bits on.
+    """
+    for _ in range(evaluations):
+        context.getState(getForces=True)
+
+
 def _check_output_dir(directory: Path, config: RunConfig) -> None:
     previous = [name for name in (CHECKPOINT, TRAJECTORY, LOG) if (directory / name).exists()]
     if previous and not (config.resume or config.overwrite):
@@ -233,6 +247,8 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
     else:
         for name in (CHECKPOINT, STABILITY, "last_good_state.xml", "last_good.pdb", FINAL_STATE, FINAL_PDB):
             (directory / name).unlink(missing_ok=True)
+
+    warm_up_forces(simulation.context)
 
     outputs = {
         "log": CSVLogReporter(directory / LOG, config.log_interval, system, settings.timestep_fs, append=resuming),

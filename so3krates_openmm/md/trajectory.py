@@ -70,12 +70,30 @@ class DCDTrajectory:
         )
 
 
-def read_dcd(path: str | Path) -> DCDTrajectory:
-    """Read a DCD file; trailing partial frames (a killed writer) are ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"trajectory {str(path)!r} does not exist")
-    data = path.read_bytes()
+@dataclass(frozen=True)
+class DCDLayout:
+    """Where the parts of a DCD file are: byte order, header size, bytes per frame, frames.
+
+    ``frame_bytes(data, index)`` gives one frame's raw bytes (unit cell, x, y, z records).
+    """
+
+    endian: str
+    header_bytes: int
+    frame_bytes_each: int
+    n_frames: int
+    n_atoms: int
+    first_step: int
+    steps_between_frames: int
+    timestep_akma: float
+    has_cell: bool
+
+    def frame_bytes(self, data: bytes, index: int) -> bytes:
+        start = self.header_bytes + index * self.frame_bytes_each
+        return data[start : start + self.frame_bytes_each]
+
+
+def dcd_layout(data: bytes, path: str | Path = "DCD data") -> DCDLayout:
+    """Parse the header of DCD file contents ``data``; trailing partial frames are not counted."""
     endian = None
     for candidate in ("<", ">"):
         if len(data) >= 8 and struct.unpack(candidate + "i", data[:4])[0] == 84 and data[4:8] == b"CORD":
@@ -83,34 +101,45 @@ def read_dcd(path: str | Path) -> DCDTrajectory:
     if endian is None:
         raise ValueError(f"{path} is not a DCD file (no CORD header)")
     icntrl = struct.unpack(endian + "20i", data[8:88])
-    first_step, steps_between_frames = icntrl[1], icntrl[2]
-    delta = struct.unpack(endian + "f", data[44:48])[0]
-    has_cell = icntrl[10] != 0
     if icntrl[11] != 0:
         raise ValueError(f"{path}: 4-dimensional DCD files are not supported")
+    if icntrl[8] != 0:
+        raise ValueError(f"{path}: DCD files with fixed atoms are not supported")
     offset = 92
     title_bytes = struct.unpack(endian + "i", data[offset : offset + 4])[0]
     offset += 4 + title_bytes + 4
     n_atoms = struct.unpack(endian + "i", data[offset + 4 : offset + 8])[0]
     offset += 12
-    if icntrl[8] != 0:
-        raise ValueError(f"{path}: DCD files with fixed atoms are not supported")
-    cell_size = 56 if has_cell else 0
-    frame_size = cell_size + 3 * (8 + 4 * n_atoms)
-    n_frames = (len(data) - offset) // frame_size
+    has_cell = icntrl[10] != 0
+    frame_size = (56 if has_cell else 0) + 3 * (8 + 4 * n_atoms)
+    return DCDLayout(
+        endian=endian, header_bytes=offset, frame_bytes_each=frame_size, n_frames=(len(data) - offset) // frame_size,
+        n_atoms=n_atoms, first_step=icntrl[1], steps_between_frames=icntrl[2],
+        timestep_akma=struct.unpack(endian + "f", data[44:48])[0], has_cell=has_cell,
+    )
+
+
+def read_dcd(path: str | Path) -> DCDTrajectory:
+    """Read a DCD file; trailing partial frames (a killed writer) are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trajectory {str(path)!r} does not exist")
+    data = path.read_bytes()
+    layout = dcd_layout(data, path)
+    n_frames, n_atoms = layout.n_frames, layout.n_atoms
     positions = np.empty((n_frames, n_atoms, 3), dtype=np.float64)
-    cells = np.empty((n_frames, 6), dtype=np.float64) if has_cell else None
-    dtype = np.dtype(endian + "f4")
+    cells = np.empty((n_frames, 6), dtype=np.float64) if layout.has_cell else None
+    dtype = np.dtype(layout.endian + "f4")
     for frame in range(n_frames):
-        start = offset + frame * frame_size
-        if has_cell:
-            cells[frame] = np.frombuffer(data, dtype=endian + "f8", count=6, offset=start + 4)
-        start += cell_size
+        start = layout.header_bytes + frame * layout.frame_bytes_each
+        if layout.has_cell:
+            cells[frame] = np.frombuffer(data, dtype=layout.endian + "f8", count=6, offset=start + 4)
+            start += 56
         for axis in range(3):
             positions[frame, :, axis] = np.frombuffer(data, dtype=dtype, count=n_atoms, offset=start + 4)
             start += 8 + 4 * n_atoms
-    frame_interval_ps = delta * AKMA_TIME_PS * max(steps_between_frames, 1)
-    return DCDTrajectory(positions, cells, frame_interval_ps, first_step, steps_between_frames)
+    frame_interval_ps = layout.timestep_akma * AKMA_TIME_PS * max(layout.steps_between_frames, 1)
+    return DCDTrajectory(positions, cells, frame_interval_ps, layout.first_step, layout.steps_between_frames)
 
 
 def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: Optional[np.ndarray] = None):
