@@ -114,3 +114,14 @@ def test_a_recomputation_that_differs_or_falls_short_writes_nothing(runs, tmp_pa
     with pytest.raises(FileNotFoundError, match="still running or was killed"):
         fill_record_gaps(holed, in_progress)
     assert {name: (holed / name).read_bytes() for name in before} == before
+
+
+def test_a_run_trajectory_with_a_gap_reads_with_the_right_frame_steps(runs):
+    base, _, _ = runs
+    holed = holed_copy(base, "holed_read")
+    trajectory = read_dcd(holed / "trajectory.dcd")
+    expected = [step for step in range(INTERVAL, 401, INTERVAL) if not 140 <= step <= 260]
+    np.testing.assert_array_equal(trajectory.steps, expected)
+    np.testing.assert_allclose(trajectory.times_ps, np.asarray(expected) * 0.5e-3, rtol=1e-6)
+    assert trajectory.after(0.1).steps[0] == 280  # 0.1 ps after the first frame (10 fs), across the gap
+    assert read_dcd(base / "reference" / "trajectory.dcd").frame_steps is None  # no gap: the header's steps

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from so3krates_openmm.md.checkpoint import identity_differences, update_checkpoint_outputs
-from so3krates_openmm.md.trajectory import dcd_layout
+from so3krates_openmm.md.trajectory import dcd_layout, find_gaps
 
 #: Log columns that a recomputation reproduces bitwise, and those it reproduces to the last bits
 #: (OpenMM sums the kinetic energy afresh after a checkpoint load; seen: 3e-14 relative).
@@ -93,11 +93,6 @@ def _same_row(header: str, line_a: str, line_b: str) -> bool:
     exact = all(a[name] == b[name] for name in EXACT_COLUMNS)
     rounded = all(np.isclose(a[name], b[name], rtol=ROUNDED_RTOL, atol=0.0) for name in ROUNDED_COLUMNS)
     return exact and rounded
-
-
-def find_gaps(steps: list[int], interval: int) -> list[tuple[int, int]]:
-    """(last step before, first step after) each place where ``steps`` jump by more than ``interval``."""
-    return [(a, b) for a, b in zip(steps, steps[1:]) if b - a > interval]
 
 
 def _compare(shared: list[int], fresh_from: int, same, what: str, gaps: list[tuple[int, int]]) -> int:

@@ -29,6 +29,14 @@ class DCDTrajectory:
     frame_interval_ps: float
     first_step: int
     steps_between_frames: int
+    frame_steps: Optional[np.ndarray] = None
+
+    @property
+    def steps(self) -> np.ndarray:
+        """The MD step of each frame (from the run's log where its records have a gap)."""
+        if self.frame_steps is not None:
+            return self.frame_steps
+        return self.first_step + np.arange(self.n_frames) * self.steps_between_frames
 
     @property
     def n_frames(self) -> int:
@@ -38,7 +46,7 @@ class DCDTrajectory:
     def times_ps(self) -> np.ndarray:
         """Time of each frame in ps (first frame at ``first_step`` steps)."""
         timestep_ps = self.frame_interval_ps / max(self.steps_between_frames, 1)
-        return (self.first_step + np.arange(self.n_frames) * self.steps_between_frames) * timestep_ps
+        return self.steps * timestep_ps
 
     def after(self, skip_ps: float) -> "DCDTrajectory":
         """The frames from ``skip_ps`` after the first frame on (equilibration dropped)."""
@@ -49,8 +57,9 @@ class DCDTrajectory:
             self.positions_angstrom[skip:],
             None if self.unit_cells is None else self.unit_cells[skip:],
             self.frame_interval_ps,
-            self.first_step + skip * self.steps_between_frames,
+            int(self.steps[skip]) if skip < self.n_frames else self.first_step + skip * self.steps_between_frames,
             self.steps_between_frames,
+            None if self.frame_steps is None else self.frame_steps[skip:],
         )
 
     def every(self, steps: int) -> "DCDTrajectory":
@@ -67,6 +76,7 @@ class DCDTrajectory:
             self.frame_interval_ps * stride,
             self.first_step,
             steps,
+            None if self.frame_steps is None else self.frame_steps[::stride],
         )
 
 
@@ -119,8 +129,45 @@ def dcd_layout(data: bytes, path: str | Path = "DCD data") -> DCDLayout:
     )
 
 
+def find_gaps(steps, interval: int) -> list[tuple[int, int]]:
+    """(last step before, first step after) each place where ``steps`` jump by more than ``interval``."""
+    return [(int(a), int(b)) for a, b in zip(steps, steps[1:]) if b - a > interval]
+
+
+def _frame_steps_from_log(path: Path, layout: DCDLayout) -> Optional[np.ndarray]:
+    """Frame steps of a run's DCD whose ``log.csv`` beside it has gaps (lost records), else ``None``.
+
+    The frames are every ``steps_between_frames`` steps from that step on,
+    except the steps inside the log's gaps (both files lost the same records).
+    """
+    log = path.with_name("log.csv")
+    if not log.is_file() or layout.steps_between_frames < 1:
+        return None
+    with open(log, encoding="utf-8") as handle:
+        handle.readline()
+        steps = [int(line.split(",", 1)[0]) for line in handle if line.strip()]
+    if len(steps) < 2:
+        return None
+    gaps = find_gaps(steps, min(b - a for a, b in zip(steps, steps[1:])))
+    if not gaps:
+        return None
+    interval = layout.steps_between_frames
+    frame_steps = []
+    step = interval
+    while len(frame_steps) < layout.n_frames:
+        if not any(before < step < after for before, after in gaps):
+            frame_steps.append(step)
+        step += interval
+    return np.asarray(frame_steps, dtype=np.int64)
+
+
 def read_dcd(path: str | Path) -> DCDTrajectory:
-    """Read a DCD file; trailing partial frames (a killed writer) are ignored."""
+    """Read a DCD file; trailing partial frames (a killed writer) are ignored.
+
+    A run's trajectory (``log.csv`` beside it) whose records have a gap gets
+    each frame's step from the log (:attr:`DCDTrajectory.steps`), so that times
+    after the gap are right.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trajectory {str(path)!r} does not exist")
@@ -139,7 +186,9 @@ def read_dcd(path: str | Path) -> DCDTrajectory:
             positions[frame, :, axis] = np.frombuffer(data, dtype=dtype, count=n_atoms, offset=start + 4)
             start += 8 + 4 * n_atoms
     frame_interval_ps = layout.timestep_akma * AKMA_TIME_PS * max(layout.steps_between_frames, 1)
-    return DCDTrajectory(positions, cells, frame_interval_ps, layout.first_step, layout.steps_between_frames)
+    frame_steps = _frame_steps_from_log(path, layout)
+    first_step = layout.first_step if frame_steps is None or not len(frame_steps) else int(frame_steps[0])
+    return DCDTrajectory(positions, cells, frame_interval_ps, first_step, layout.steps_between_frames, frame_steps)
 
 
 def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: Optional[np.ndarray] = None):
