@@ -13,6 +13,7 @@ from test_md_resume import assert_same_log
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.md.checkpoint import read_checkpoint
 from so3krates_openmm.md.gaps import RecordMismatchError, fill_record_gaps
+from so3krates_openmm.md.plotting import broken_at_gaps
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.trajectory import dcd_layout, read_dcd
@@ -125,3 +126,9 @@ def test_a_run_trajectory_with_a_gap_reads_with_the_right_frame_steps(runs):
     np.testing.assert_allclose(trajectory.times_ps, np.asarray(expected) * 0.5e-3, rtol=1e-6)
     assert trajectory.after(0.1).steps[0] == 280  # 0.1 ps after the first frame (10 fs), across the gap
     assert read_dcd(base / "reference" / "trajectory.dcd").frame_steps is None  # no gap: the header's steps
+
+
+def test_plots_break_their_line_at_a_gap():
+    times, values = broken_at_gaps(np.array([0.0, 1.0, 2.0, 9.0, 10.0]), np.arange(5.0))
+    np.testing.assert_array_equal(np.isnan(times), [False, False, False, True, False, False])
+    np.testing.assert_array_equal(values[~np.isnan(values)], np.arange(5.0))

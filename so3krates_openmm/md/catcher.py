@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from so3krates_openmm.data.structures import Structure
-from so3krates_openmm.md.plotting import pyplot, save_figure
+from so3krates_openmm.md.plotting import broken_at_gaps, pyplot, save_figure
 from so3krates_openmm.md.stability import bond_graph_components, covalent_bonds
 
 C60_SIZE = 60
@@ -82,7 +82,7 @@ def plot_distance(time_ps: np.ndarray, distance_angstrom: np.ndarray, path: str 
     """Distance between the ball and catcher centres against time."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 3.8))
-    axis.plot(time_ps, distance_angstrom, lw=0.8)
+    axis.plot(*broken_at_gaps(time_ps, distance_angstrom), lw=0.8)
     if reference_angstrom is not None:
         axis.axhline(reference_angstrom, color="k", ls="--", lw=0.8, label="starting structure")
         axis.legend()
