@@ -16,6 +16,7 @@ synced, then ``os.replace``), holding
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -73,15 +74,23 @@ def write_checkpoint(path: str | Path, simulation: app.Simulation, identity: dic
     return checkpoint
 
 
-def _write_zip_atomically(path: Path, members: dict[str, bytes]) -> None:
-    """Write a zip of ``members`` to a temporary file, sync it, then rename it over ``path``."""
+def write_bytes_atomically(path: Path, content: bytes) -> None:
+    """Write ``content`` to a temporary file beside ``path``, sync it, then rename it over ``path``."""
     temporary = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    with open(temporary, "rb") as handle:
+    with open(temporary, "wb") as handle:
+        handle.write(content)
+        handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _write_zip_atomically(path: Path, members: dict[str, bytes]) -> None:
+    """Write a zip of ``members`` over ``path`` atomically."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | Path) -> RunCheckpoint:

@@ -17,15 +17,14 @@ sizes in its ``checkpoint.zip``). Nothing is written when a check fails.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from so3krates_openmm.md.checkpoint import identity_differences, update_checkpoint_outputs
-from so3krates_openmm.md.trajectory import dcd_layout, find_gaps
+from so3krates_openmm.md.checkpoint import identity_differences, update_checkpoint_outputs, write_bytes_atomically
+from so3krates_openmm.md.trajectory import dcd_layout, find_gaps, frame_steps_around_gaps
 
 #: Log columns that a recomputation reproduces bitwise, and those it reproduces to the last bits
 #: (OpenMM sums the kinetic energy afresh after a checkpoint load; seen: 3e-14 relative).
@@ -113,15 +112,6 @@ def _compare(shared: list[int], fresh_from: int, same, what: str, gaps: list[tup
     return len(fresh)
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def fill_record_gaps(run_dir: str | Path, recomputed_dir: str | Path) -> GapFill:
     """Fill the gaps in ``run_dir``'s log and DCD from ``recomputed_dir`` (see module docstring).
 
@@ -164,13 +154,13 @@ def fill_record_gaps(run_dir: str | Path, recomputed_dir: str | Path) -> GapFill
     if (recomputed_layout.n_atoms, recomputed_layout.frame_bytes_each) != (run_layout.n_atoms, run_layout.frame_bytes_each):
         raise ValueError(f"the trajectories of {run_dir} and {recomputed_dir} have different atoms or frame layouts")
     all_frame_steps = range(trajectory_interval, int(run_info["final_step"]) + 1, trajectory_interval)
-    missing_frames = {step for step in all_frame_steps if any(before < step < after for before, after in gaps)}
-    run_frame_steps = [step for step in all_frame_steps if step not in missing_frames]
-    if len(run_frame_steps) != run_layout.n_frames:
+    run_frame_steps = frame_steps_around_gaps(trajectory_interval, gaps, run_layout.n_frames).tolist()
+    if run_frame_steps[-1:] != list(all_frame_steps[-1:]):
         raise ValueError(
-            f"{run_dir / 'trajectory.dcd'} has {run_layout.n_frames} frames but the log's gaps leave "
-            f"{len(run_frame_steps)} of the run's {len(all_frame_steps)}: trajectory and log lost different records"
+            f"{run_dir / 'trajectory.dcd'} has {run_layout.n_frames} frames, which with the log's gaps do not end at "
+            f"the run's last frame (step {all_frame_steps[-1]}): trajectory and log lost different records"
         )
+    missing_frames = set(all_frame_steps) - set(run_frame_steps)
     run_frames = {step: run_layout.frame_bytes(run_dcd, index) for index, step in enumerate(run_frame_steps)}
     recomputed_frames = {trajectory_interval * (index + 1): recomputed_layout.frame_bytes(recomputed_dcd, index)
                          for index in range(recomputed_layout.n_frames)}
@@ -192,8 +182,8 @@ def fill_record_gaps(run_dir: str | Path, recomputed_dir: str | Path) -> GapFill
 
     result = GapFill(gaps=gaps, recomputed_from_step=fresh_from, log_rows_added=len(missing_rows),
                      frames_added=len(missing_frames), log_rows_compared=rows_compared, frames_compared=frames_compared)
-    _write_atomically(run_dir / "log.csv", log_text.encode("utf-8"))
-    _write_atomically(run_dir / "trajectory.dcd", dcd)
+    write_bytes_atomically(run_dir / "log.csv", log_text.encode("utf-8"))
+    write_bytes_atomically(run_dir / "trajectory.dcd", dcd)
     if (run_dir / "checkpoint.zip").is_file():
         update_checkpoint_outputs(run_dir / "checkpoint.zip", {
             "log": {"bytes": len(log_text.encode("utf-8")), "rows": len(rows)},

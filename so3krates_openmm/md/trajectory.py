@@ -134,12 +134,21 @@ def find_gaps(steps, interval: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(steps, steps[1:]) if b - a > interval]
 
 
-def _frame_steps_from_log(path: Path, layout: DCDLayout) -> Optional[np.ndarray]:
-    """Frame steps of a run's DCD whose ``log.csv`` beside it has gaps (lost records), else ``None``.
+def frame_steps_around_gaps(interval: int, gaps: list[tuple[int, int]], n_frames: int) -> np.ndarray:
+    """Steps of the first ``n_frames`` frames written every ``interval`` steps (the first at
+    ``interval``), leaving out the steps strictly inside ``gaps`` (lost records)."""
+    frame_steps = []
+    step = interval
+    while len(frame_steps) < n_frames:
+        if not any(before < step < after for before, after in gaps):
+            frame_steps.append(step)
+        step += interval
+    return np.asarray(frame_steps, dtype=np.int64)
 
-    The frames are every ``steps_between_frames`` steps from that step on,
-    except the steps inside the log's gaps (both files lost the same records).
-    """
+
+def _frame_steps_from_log(path: Path, layout: DCDLayout) -> Optional[np.ndarray]:
+    """Frame steps of a run's DCD whose ``log.csv`` beside it has gaps (lost records), else ``None``
+    (both files lost the same records)."""
     log = path.with_name("log.csv")
     if not log.is_file() or layout.steps_between_frames < 1:
         return None
@@ -151,14 +160,7 @@ def _frame_steps_from_log(path: Path, layout: DCDLayout) -> Optional[np.ndarray]
     gaps = find_gaps(steps, min(b - a for a, b in zip(steps, steps[1:])))
     if not gaps:
         return None
-    interval = layout.steps_between_frames
-    frame_steps = []
-    step = interval
-    while len(frame_steps) < layout.n_frames:
-        if not any(before < step < after for before, after in gaps):
-            frame_steps.append(step)
-        step += interval
-    return np.asarray(frame_steps, dtype=np.int64)
+    return frame_steps_around_gaps(layout.steps_between_frames, gaps, layout.n_frames)
 
 
 def read_dcd(path: str | Path) -> DCDTrajectory:
