@@ -61,21 +61,22 @@ class EagerModelCallback:
 class ScriptedModuleCallback:
     """PythonForce computation running an exported TorchScript module (positions of all particles)."""
 
-    def __init__(self, module: torch.jit.ScriptModule, periodic: bool) -> None:
+    def __init__(self, module: torch.jit.ScriptModule, periodic: bool, device: torch.device | str = "cpu") -> None:
         self.module = module
         self.periodic = periodic
+        self.device = torch.device(device)
 
     def __call__(self, state: "openmm.State") -> Tuple[float, np.ndarray]:
         positions_nm, box_nm = _positions_and_box_nm(state, self.periodic)
-        positions = torch.as_tensor(positions_nm, dtype=torch.float64).requires_grad_(True)
-        box = None if box_nm is None else torch.as_tensor(box_nm, dtype=torch.float64)
+        positions = torch.as_tensor(positions_nm, dtype=torch.float64, device=self.device).requires_grad_(True)
+        box = None if box_nm is None else torch.as_tensor(box_nm, dtype=torch.float64, device=self.device)
         output = self.module(positions, box) if box is not None else self.module(positions)
         if isinstance(output, tuple):
             energy, forces = output
         else:
             (gradient,) = torch.autograd.grad(output, positions)
             energy, forces = output, -gradient
-        return float(energy.detach()), forces.detach().double().numpy()
+        return float(energy.detach()), forces.detach().double().cpu().numpy()
 
 
 def create_python_force(
