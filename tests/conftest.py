@@ -4,6 +4,7 @@ catcher-like structure) built once per test session by ``md_support``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,21 @@ from so3krates_openmm.data.structures import Structure, read_structure
 torch.set_num_threads(1)
 
 SHARED = REPOSITORY.parent / "shared"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ``../shared`` (next to the checkout, not in the repository).
+
+    Missing: the test is skipped on a developer's machine, but fails in CI
+    (environment ``CI=true``), where ``../shared`` must be provided.
+    """
+    path = SHARED / relative
+    if not path.is_file():
+        message = f"{path} is missing: the test needs ../shared/{relative} next to the checkout"
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}; CI must provide ../shared", pytrace=False)
+        pytest.skip(message)
+    return path
 
 #: Ethanol + a water molecule (Å): H, C, O, several neighbours within and beyond 3 Å.
 ETHANOL_WATER_NUMBERS = [6, 6, 8, 1, 1, 1, 1, 1, 1, 8, 1, 1]

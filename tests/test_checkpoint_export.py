@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from openmm import unit
 
-from so3krates_openmm import SO3krates
+from so3krates_openmm import SO3krates, SO3kratesConfig
 from so3krates_openmm.cli import export_main
 from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
 from so3krates_openmm.export import ExportError, export_checkpoint, read_export_metadata
@@ -19,8 +20,10 @@ from so3krates_openmm.model.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
     checkpoint_dict,
+    file_sha256,
+    read_checkpoint,
 )
-from so3krates_openmm.openmm_force import create_system, positions_nm
+from so3krates_openmm.openmm_force import create_system, create_torch_force, positions_nm
 
 KJ_PER_KCAL = 4.184
 
@@ -224,7 +227,46 @@ def test_200_langevin_steps_stay_finite(tmp_path, checkpoint, molecule):
     state = context.getState(getEnergy=True, getPositions=True)
     assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     assert np.all(np.isfinite(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
-    assert json.loads(json.dumps(read_export_metadata(path)))["dtype"] == "float32"
+
+
+def test_metadata_round_trips_through_a_checkpoint_file_and_an_exported_pt(tmp_path, small_model, molecule):
+    """What training writes into a checkpoint comes back from the file, and what the export writes
+    into the .pt describes that checkpoint (config, hash, units, atoms) and survives openmm-torch loading it."""
+    import openmmtorch
+
+    extra = {"training": {"epoch": 7, "valid_loss": 0.125}, "data": ["dataset.npz"]}
+    small_model.set_energy_shifts({1: -0.1234567890123, 6: -37.8, 7: -54.5, 8: -75.0000000001})
+    path = small_model.save(tmp_path / "run" / "best_checkpoint.pt", extra=extra)
+    data = read_checkpoint(path)
+    assert data["extra"] == extra and data["config"] == small_model.config.to_dict()
+    assert data["energy_unit"] == "kcal/mol" and data["length_unit"] == small_model.config.length_unit
+    assert data["energy_shifts"] == {1: -0.1234567890123, 6: -37.8, 7: -54.5, 8: -75.0000000001}  # float64 exactly
+    loaded = SO3krates.load(path)
+    assert loaded.config == small_model.config and torch.equal(loaded.energy_shifts, small_model.energy_shifts)
+    for name, value in small_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+    exported = export_checkpoint(path, tmp_path / "model.pt", structure=molecule, atom_indices=range(9), outputs_forces=True)
+    metadata = read_export_metadata(exported)
+    assert SO3kratesConfig.from_dict(metadata["config"]) == small_model.config
+    assert metadata["checkpoint"] == "best_checkpoint.pt"
+    assert metadata["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() == file_sha256(path)
+    assert metadata["atomic_numbers"] == molecule.atomic_numbers[:9].tolist() and metadata["atom_indices"] == list(range(9))
+    assert metadata["n_particles"] == 12 and metadata["elements"] == list(small_model.config.elements)
+    assert metadata["cutoff_nm"] == small_model.config.cutoff / 10.0 and metadata["kj_per_mol_per_checkpoint_energy_unit"] == 4.184
+    assert (metadata["dtype"], metadata["periodic"], metadata["outputs_forces"], metadata["static_pairs"]) == ("float32", False, True, False)
+    # torch.jit.load reads the same metadata, and the glue sets openmm-torch's flags from it.
+    extra_files = {"so3krates_metadata.json": ""}
+    torch.jit.load(str(exported), _extra_files=extra_files)
+    assert json.loads(extra_files["so3krates_metadata.json"]) == metadata
+    force = create_torch_force(exported)
+    assert isinstance(force, openmmtorch.TorchForce)
+    assert force.getOutputsForces() and not force.usesPeriodicBoundaryConditions()
+    # A different checkpoint (one weight changed) is told apart by the hash in the export.
+    with torch.no_grad():
+        small_model.embedding.weight[0, 0] += 1e-6
+    other = export_checkpoint(small_model.save(tmp_path / "other.pt"), tmp_path / "other_model.pt", structure=molecule)
+    assert read_export_metadata(other)["checkpoint_sha256"] != metadata["checkpoint_sha256"]
 
 
 def test_static_pair_export_equals_pruned_export(tmp_path, checkpoint, molecule):

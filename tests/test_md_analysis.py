@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import openmm as mm
 import pytest
+from conftest import shared_file
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
@@ -192,12 +193,8 @@ def test_minima_deduplication_superposes_and_rejects_broken_molecules(peptide_pd
     assert any("stretched" in s.problem for s in rejected) and any("nan" in s.problem for s in rejected)
 
 
-SHARED_CATCHER = Path(__file__).resolve().parents[2] / "shared" / "data" / "buckycatcher_reference.xyz"
-
-
-@pytest.mark.skipif(not SHARED_CATCHER.is_file(), reason="the shared reference geometry is not on this machine")
 def test_ball_found_in_the_published_buckyball_catcher():
-    structure = read_structure(SHARED_CATCHER)
+    structure = read_structure(shared_file("data/buckycatcher_reference.xyz"))
     atoms = identify_ball(structure)
     assert len(atoms.ball) == 60 and len(atoms.host) == 88
     assert np.all(structure.atomic_numbers[atoms.host][structure.atomic_numbers[atoms.host] != 6] == 1)

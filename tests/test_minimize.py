@@ -82,6 +82,7 @@ def test_minimisation_that_reaches_nan_keeps_the_starting_structure_with_a_warni
                                structure.positions_angstrom)
 
 
+@pytest.mark.artifacts
 @pytest.mark.skipif(not all(path.is_file() for path in pretrained_files("buckyball_catcher").values()),
                     reason="shipped buckyball_catcher model not present")
 def test_float32_overflow_on_the_first_trial_step_is_minimised_in_float64():
@@ -106,6 +107,7 @@ def test_float32_overflow_on_the_first_trial_step_is_minimised_in_float64():
     assert Minimizer(context, 10.0)() == AS_GIVEN
 
 
+@pytest.mark.artifacts
 @pytest.mark.skipif(not all(path.is_file() for path in pretrained_files("ac_ala3_nhme").values()),
                     reason="shipped ac_ala3_nhme model not present")
 def test_line_search_that_ends_above_the_start_is_redone_after_steepest_descent():

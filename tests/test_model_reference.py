@@ -132,6 +132,7 @@ def shipped() -> tuple[SO3krates, np.ndarray, np.ndarray]:
     return SO3krates.load(SHIPPED / "best_checkpoint.pt").eval(), structure.atomic_numbers, structure.positions_angstrom
 
 
+@pytest.mark.artifacts
 def test_shipped_checkpoint_in_float64_equals_plain_reference(shipped):
     model, numbers, positions = shipped
     model64 = SO3krates.load(SHIPPED / "best_checkpoint.pt").double().eval()
@@ -191,6 +192,7 @@ PINNED_FORCES = [
 ]
 
 
+@pytest.mark.artifacts
 def test_shipped_checkpoint_gives_the_pinned_energy_and_forces(shipped):
     model, numbers, positions = shipped
     assert model.dtype == torch.float32
