@@ -103,7 +103,9 @@ class SO3kratesCalculator(Calculator):
             stress = rotation.T @ strain_derivative @ rotation / abs(np.linalg.det(box))
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress * self.ev_per_model_unit)
 
-    def _evaluate(self, positions: np.ndarray, box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _evaluate(
+        self, positions: np.ndarray, box: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Per-atom energies, dE/dR (Å^-1) and, for a cell, dE/d(strain), all in the model's energy unit.
 
         A symmetric strain ``e`` deforms positions, box and so the periodic
@@ -128,7 +130,9 @@ class SO3kratesCalculator(Calculator):
         gradient = torch.zeros_like(coordinates) if gradients[0] is None else gradients[0]
         strain_derivative = None
         if box is not None:
-            strain_derivative = np.zeros((3, 3)) if gradients[1] is None else gradients[1].detach().cpu().double().numpy()
+            strain_derivative = (
+                np.zeros((3, 3)) if gradients[1] is None else gradients[1].detach().cpu().double().numpy()
+            )
         return (
             atomic_energies.detach().cpu().double().numpy(),
             gradient.detach().cpu().double().numpy(),

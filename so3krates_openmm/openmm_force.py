@@ -56,7 +56,9 @@ def is_exported_model(model_path: str | Path) -> bool:
     return True
 
 
-def _torch_force(module_or_path: Any, periodic: bool, outputs_forces: bool, use_cuda_graphs: bool, force_group: int) -> "openmm.Force":
+def _torch_force(
+    module_or_path: Any, periodic: bool, outputs_forces: bool, use_cuda_graphs: bool, force_group: int
+) -> openmm.Force:
     import openmmtorch
 
     properties = {"useCUDAGraphs": "true" if use_cuda_graphs else "false", "CUDAGraphWarmupSteps": "10"}
@@ -67,7 +69,7 @@ def _torch_force(module_or_path: Any, periodic: bool, outputs_forces: bool, use_
     return force
 
 
-def create_torch_force(model_path: str | Path, *, use_cuda_graphs: bool = False, force_group: int = 0) -> "openmm.Force":
+def create_torch_force(model_path: str | Path, *, use_cuda_graphs: bool = False, force_group: int = 0) -> openmm.Force:
     """An openmm-torch ``TorchForce`` for an exported ``.pt``.
 
     Periodicity and whether the module returns forces are read from the
@@ -98,7 +100,8 @@ def check_model_matches(metadata: dict[str, Any], atomic_numbers: Sequence[int],
     indices = metadata["atom_indices"] if metadata["atom_indices"] is not None else range(len(atomic_numbers))
     structure_numbers = [int(atomic_numbers[i]) for i in indices]
     if structure_numbers != list(metadata["atomic_numbers"]):
-        first = next(k for k, (a, b) in enumerate(zip(structure_numbers, metadata["atomic_numbers"])) if a != b)
+        pairs = zip(structure_numbers, metadata["atomic_numbers"], strict=True)
+        first = next(k for k, (a, b) in enumerate(pairs) if a != b)
         raise ValueError(
             f"{model_path} was exported for another structure: modelled atom {first} is "
             f"{symbol(metadata['atomic_numbers'][first])} in the model but {symbol(structure_numbers[first])} "
@@ -119,7 +122,7 @@ def create_force(
     compile_model: bool = False,
     device: str | None = None,
     force_group: int = 0,
-) -> "openmm.Force":
+) -> openmm.Force:
     """The model as an OpenMM ``Force`` for a System whose particles have ``atomic_numbers``.
 
     Args:
@@ -185,7 +188,7 @@ def create_system(
     dtype: str = "float32",
     device: str | None = None,
     force_group: int = 0,
-) -> "openmm.System":
+) -> openmm.System:
     """A ``System`` with one particle per atom (masses from elements) and the model's force.
 
     ``system_input`` is an OpenMM ``Topology`` (elements from its atoms, the
@@ -241,7 +244,8 @@ def _particles(system_input: Structure | app.Topology | str | Path) -> tuple[lis
         system_input = read_structure(system_input)
     if not isinstance(system_input, Structure):
         raise TypeError(
-            f"create_system takes an openmm.app.Topology, a Structure or a structure file, not {type(system_input).__name__}"
+            "create_system takes an openmm.app.Topology, a Structure or a structure file, "
+            f"not {type(system_input).__name__}"
         )
     return [int(z) for z in system_input.atomic_numbers], system_input.box_angstrom, str(system_input.source)
 
@@ -291,7 +295,7 @@ def check_known_elements(atomic_numbers: Sequence[int], elements: Sequence[int],
             )
 
 
-def torch_device(device: "str | torch.device | None") -> "torch.device":
+def torch_device(device: str | torch.device | None) -> torch.device:
     """A torch device; ``None`` is CUDA when torch sees a GPU, else the CPU (openmm-ml's rule)."""
     import torch
 
@@ -310,6 +314,6 @@ def _check_box_fits(box_angstrom: np.ndarray | None, cutoff_nm: float, model_pat
         )
 
 
-def positions_nm(structure: Structure) -> "unit.Quantity":
+def positions_nm(structure: Structure) -> unit.Quantity:
     """Positions of a structure as an OpenMM quantity in nm."""
     return unit.Quantity(structure.positions_angstrom / ANGSTROM_PER_NM, unit.nanometer)

@@ -94,7 +94,9 @@ class SO3kratesPotentialImpl(MLPotentialImpl):
         elif precision in PRECISIONS:
             dtype = PRECISIONS[precision]
         else:
-            raise ValueError(f"precision must be None (the checkpoint's dtype), 'single' or 'double', got {precision!r}")
+            raise ValueError(
+                f"precision must be None (the checkpoint's dtype), 'single' or 'double', got {precision!r}"
+            )
         atom_indices = None if atoms is None else list(atoms)
         vectors = topology.getPeriodicBoxVectors()
         periodic = vectors is not None or system.usesPeriodicBoundaryConditions()

@@ -62,7 +62,9 @@ ETHANOL_WATER_POSITIONS = np.array(
 
 def small_config(**overrides) -> SO3kratesConfig:
     """A small model of the paper's architecture: F=24, T=2, degrees (1, 2, 3), float64."""
-    values = dict(features=24, layers=2, heads=4, radial_basis_size=8, cutoff=3.0, dtype="float64", energy_unit="kcal/mol")
+    values = dict(
+        features=24, layers=2, heads=4, radial_basis_size=8, cutoff=3.0, dtype="float64", energy_unit="kcal/mol"
+    )
     values.update(overrides)
     return SO3kratesConfig(**values)
 

@@ -58,7 +58,9 @@ def test_mlpotential_periodic_energy_unchanged_when_molecule_is_split_across_the
 
     box_nm = 0.64
     topology = molecule.openmm_topology()
-    topology.setPeriodicBoxVectors([openmm.Vec3(box_nm, 0, 0), openmm.Vec3(0, box_nm, 0), openmm.Vec3(0, 0, box_nm)] * unit.nanometer)
+    topology.setPeriodicBoxVectors(
+        [openmm.Vec3(box_nm, 0, 0), openmm.Vec3(0, box_nm, 0), openmm.Vec3(0, 0, box_nm)] * unit.nanometer
+    )
     system = MLPotential("so3krates", modelPath=str(checkpoint)).createSystem(topology, precision="double")
     inside = molecule.positions_angstrom / 10.0 + 0.1
     energy, forces = energy_forces(system, inside)
@@ -80,7 +82,9 @@ def mm_system(structure: Structure, atoms: list[int] | None = None) -> openmm.Sy
     for index in range(structure.n_atoms):
         system.addParticle(12.0)
         included = index in atoms
-        nonbonded.addParticle(charges[int(structure.atomic_numbers[index])] if included else 0.0, 0.3, 0.5 if included else 0.0)
+        nonbonded.addParticle(
+            charges[int(structure.atomic_numbers[index])] if included else 0.0, 0.3, 0.5 if included else 0.0
+        )
     for i in atoms:
         for j in atoms:
             distance = float(np.linalg.norm(positions[i] - positions[j]))
@@ -124,7 +128,10 @@ def checkpoint_energy(checkpoint, molecule, **options) -> float:
 def test_mlpotential_precision_none_keeps_the_checkpoint_dtype(tmp_path, molecule, checkpoint_dtype):
     model = randomise(SO3krates(small_config(dtype=checkpoint_dtype))).eval()
     checkpoint = model.save(tmp_path / f"{checkpoint_dtype}.pt")
-    energies = {precision: checkpoint_energy(checkpoint, molecule, precision=precision) for precision in (None, "single", "double")}
+    energies = {
+        precision: checkpoint_energy(checkpoint, molecule, precision=precision)
+        for precision in (None, "single", "double")
+    }
     same = "double" if checkpoint_dtype == "float64" else "single"
     other = "single" if same == "double" else "double"
     assert energies[None] == energies[same]
@@ -157,7 +164,9 @@ def test_create_system_from_an_openmm_topology(tmp_path, small_model, checkpoint
     with open(pdb_file, "w") as handle:
         app.PDBFile.writeFile(periodic.openmm_topology(), positions_nm(periodic), handle)
     pdb = app.PDBFile(str(pdb_file))
-    exported = export_checkpoint(checkpoint, tmp_path / "periodic.pt", structure=periodic, periodic=True, dtype="float64")
+    exported = export_checkpoint(
+        checkpoint, tmp_path / "periodic.pt", structure=periodic, periodic=True, dtype="float64"
+    )
     expected_energy, expected_forces = reference(small_model, periodic, box)
     for model_path in (checkpoint, exported):
         system = create_system(pdb.topology, model_path, dtype="float64")
@@ -183,7 +192,9 @@ def test_create_system_rejects_topologies_the_model_cannot_model(tmp_path, check
     iron = molecule.openmm_topology()
     list(iron.atoms())[4].element = app.Element.getBySymbol("Fe")
     for model_path in (checkpoint, exported):
-        with pytest.raises(ValueError, match=r"does not know element\(s\) Fe \(first: atom 4, Fe\); it was trained on H, C, N, O"):
+        with pytest.raises(
+            ValueError, match=r"does not know element\(s\) Fe \(first: atom 4, Fe\); it was trained on H, C, N, O"
+        ):
             create_system(iron, model_path)
     no_element = molecule.openmm_topology()
     list(no_element.atoms())[2].element = None
@@ -195,7 +206,11 @@ def test_create_system_rejects_topologies_the_model_cannot_model(tmp_path, check
 
 @pytest.mark.parametrize("source", ["checkpoint", "exported"])
 def test_pythonforce_and_torchforce_give_the_same_energy_and_forces(tmp_path, checkpoint, molecule, source):
-    model_path = checkpoint if source == "checkpoint" else export_checkpoint(checkpoint, tmp_path / "m.pt", structure=molecule, dtype="float64")
+    model_path = (
+        checkpoint
+        if source == "checkpoint"
+        else export_checkpoint(checkpoint, tmp_path / "m.pt", structure=molecule, dtype="float64")
+    )
     results = {}
     for backend in ("torchforce", "pythonforce"):
         system = create_system(molecule, model_path, backend=backend, dtype="float64")
@@ -208,9 +223,12 @@ def test_pythonforce_and_torchforce_give_the_same_energy_and_forces(tmp_path, ch
 
 @pytest.mark.slow
 def test_pythonforce_with_torch_compile_matches_eager(checkpoint, molecule):
-    eager = energy_forces(create_system(molecule, checkpoint, backend="pythonforce", dtype="float64"), positions_nm(molecule))
+    eager = energy_forces(
+        create_system(molecule, checkpoint, backend="pythonforce", dtype="float64"), positions_nm(molecule)
+    )
     compiled = energy_forces(
-        create_system(molecule, checkpoint, backend="pythonforce", dtype="float64", compile_model=True), positions_nm(molecule)
+        create_system(molecule, checkpoint, backend="pythonforce", dtype="float64", compile_model=True),
+        positions_nm(molecule),
     )
     assert abs(compiled[0] - eager[0]) < 1e-8 * abs(eager[0])
     np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-6, atol=1e-6)
@@ -246,7 +264,9 @@ def test_ase_calculator_with_optimiser_and_rotated_periodic_cell(checkpoint, mol
     rotated.rotate(20, "x", rotate_cell=True)
     rotated.calc = SO3kratesCalculator(checkpoint)
     assert abs(rotated.get_potential_energy() - energy) < 1e-9 * abs(energy)
-    np.testing.assert_allclose(rotated.get_forces(), forces @ np.linalg.inv(cell) @ rotated.cell.array, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(
+        rotated.get_forces(), forces @ np.linalg.inv(cell) @ rotated.cell.array, rtol=1e-7, atol=1e-8
+    )
 
 
 def test_ase_calculator_rejects_unknown_elements(checkpoint):

@@ -12,13 +12,11 @@ import json
 import numpy as np
 import openmm
 import pytest
-import torch
 from openmm import unit
 
 from so3krates_openmm import SO3krates, create_system, read_structure
 from so3krates_openmm.export import read_export_metadata
 from so3krates_openmm.md.catcher import centroid_distances, identify_ball
-
 from so3krates_openmm.md.commands import (
     catcher_distance_main,
     langevin_nvt_main,
@@ -29,7 +27,6 @@ from so3krates_openmm.md.commands import (
 )
 from so3krates_openmm.md.protocols import pretrained_files
 from so3krates_openmm.md.reporters import read_csv_log
-
 from so3krates_openmm.md.stability import covalent_bonds
 from so3krates_openmm.model.checkpoint import file_sha256
 
@@ -63,18 +60,39 @@ def test_peptide_analysis_protocols(tmp_path):
     assert spectrum_main(["--steps", "40", "--equilibration-steps", "0", "--velocity-interval", "1",
                           "--max-lag-ps", "0.005", "--output", str(tmp_path / "spectrum"), *COMMON]) == 0
     assert (tmp_path / "spectrum" / "spectrum.png").exists()
-    assert ramachandran_main(["--steps", "20", "--trajectory-interval", "10", "--output", str(tmp_path / "rama"), *COMMON]) == 0
+    assert (
+        ramachandran_main(["--steps", "20", "--trajectory-interval", "10", "--output", str(tmp_path / "rama"), *COMMON])
+        == 0
+    )
     angles = np.loadtxt(tmp_path / "rama" / "ramachandran.csv", delimiter=",", skiprows=1)
     assert angles.shape == (2, 7)
-    assert minima_main(["--steps", "20", "--snapshot-interval", "10", "--workers", "1", "--max-iterations", "20",
-                        "--output", str(tmp_path / "minima"), *COMMON]) == 0
+    assert (
+        minima_main(
+            [
+                "--steps",
+                "20",
+                "--snapshot-interval",
+                "10",
+                "--workers",
+                "1",
+                "--max-iterations",
+                "20",
+                "--output",
+                str(tmp_path / "minima"),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "minima" / "minima.json").read_text())["snapshots"] == 2
 
 
 @shipped("buckyball_catcher")
 def test_catcher_distance_protocol_writes_its_summary(tmp_path):
     output = tmp_path / "catcher"
-    assert catcher_distance_main(["--steps", "20", "--trajectory-interval", "10", "--output", str(output), *COMMON]) == 0
+    assert (
+        catcher_distance_main(["--steps", "20", "--trajectory-interval", "10", "--output", str(output), *COMMON]) == 0
+    )
     summary = json.loads((output / "catcher_distance.json").read_text())
     assert summary["ball_atoms"] == 60 and summary["host_atoms"] == 88
     assert abs(summary["max_distance_angstrom"] - summary["start_distance_angstrom"]) < 1.0
@@ -91,7 +109,9 @@ PINNED_ENERGIES_KJ_PER_MOL = {
 
 def context_for(system: openmm.System, platform: str = "Reference") -> openmm.Context:
     properties = {"Threads": "1"} if platform == "CPU" else {}
-    return openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName(platform), properties)
+    return openmm.Context(
+        system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName(platform), properties
+    )
 
 
 def energy_and_forces(context: openmm.Context, positions_angstrom: np.ndarray) -> tuple[float, np.ndarray]:
@@ -115,7 +135,9 @@ def test_shipped_model_and_checkpoint_give_the_pinned_energies(system_name):
     model = SO3krates.load(checkpoint).double()
     eager_energy, eager_forces = model.energy_and_forces(structure.atomic_numbers, structure.positions_angstrom)
     kj = metadata["kj_per_mol_per_checkpoint_energy_unit"]
-    energy, forces = energy_and_forces(context_for(create_system(structure, files["model"])), structure.positions_angstrom)
+    energy, forces = energy_and_forces(
+        context_for(create_system(structure, files["model"])), structure.positions_angstrom
+    )
     pinned_checkpoint, pinned_export = PINNED_ENERGIES_KJ_PER_MOL[system_name]
     assert float(eager_energy[0]) * kj == pytest.approx(pinned_checkpoint, abs=1e-4)
     assert energy == pytest.approx(pinned_export, rel=1e-6)
@@ -137,7 +159,7 @@ def test_catcher_model_holds_the_ball():
     opening /= np.linalg.norm(opening)
 
     def moved(distance: float) -> tuple[float, float]:
-        """Energy change (kJ/mol) and force on the ball along the opening (kJ/mol/Å) with the ball moved by ``distance`` Å."""
+        """Energy (kJ/mol) and force on the ball along the opening (kJ/mol/Å), the ball moved by ``distance`` Å."""
         shifted = positions.copy()
         shifted[atoms.ball] += distance * opening
         energy, forces = energy_and_forces(context, shifted)
@@ -167,7 +189,9 @@ def test_catcher_ball_stays_in_and_bonds_hold_over_400_langevin_steps():
     context.setPositions(structure.positions_angstrom / 10.0)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 3)
     start_distance = centroid_distances(structure.positions_angstrom[None], atoms)[0]
-    start_lengths = np.linalg.norm(structure.positions_angstrom[bonds[:, 0]] - structure.positions_angstrom[bonds[:, 1]], axis=1)
+    start_lengths = np.linalg.norm(
+        structure.positions_angstrom[bonds[:, 0]] - structure.positions_angstrom[bonds[:, 1]], axis=1
+    )
     for _ in range(20):
         integrator.step(20)
         state = context.getState(getEnergy=True, getPositions=True)

@@ -27,12 +27,15 @@ step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(50):
     step()
-print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50}))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"applied": applied, "faults_per_step": faults / 50}))
 """
 
 
 def run_child(**environment: str) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_") and key != "SO3KRATES_MALLOPT"}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("MALLOC_") and key != "SO3KRATES_MALLOPT"
+    }
     env.update(environment)
     output = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])

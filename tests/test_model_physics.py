@@ -117,7 +117,9 @@ def test_energy_and_forces_continuous_as_a_neighbour_crosses_the_cutoff(cutoff_f
 
 
 def test_isolated_atoms_have_finite_energy_and_zero_force(small_model):
-    single_energy, single_forces = small_model.energy_and_forces(torch.tensor([8]), torch.zeros(1, 3, dtype=torch.float64))
+    single_energy, single_forces = small_model.energy_and_forces(
+        torch.tensor([8]), torch.zeros(1, 3, dtype=torch.float64)
+    )
     assert torch.isfinite(single_energy).all()
     assert torch.equal(single_forces, torch.zeros(1, 3, dtype=torch.float64))
     far = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)
