@@ -120,7 +120,7 @@ def create_force(
     dtype: str = "float32",
     use_cuda_graphs: bool = False,
     compile_model: bool = False,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     force_group: int = 0,
 ) -> openmm.Force:
     """The model as an OpenMM ``Force`` for a System whose particles have ``atomic_numbers``.
@@ -186,7 +186,7 @@ def create_system(
     use_cuda_graphs: bool = False,
     compile_model: bool = False,
     dtype: str = "float32",
-    device: str | None = None,
+    device: str | torch.device | None = None,
     force_group: int = 0,
 ) -> openmm.System:
     """A ``System`` with one particle per atom (masses from elements) and the model's force.
