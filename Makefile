@@ -9,7 +9,7 @@ DEMO_DIR ?= runs/demo
 # make PyTorch many times slower (bench/RESULTS.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo lint test test-all bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) md_protocols/langevin_nvt.py --system ac_ala3_nhme --steps 2000 --platform CPU --threads 1 --seed 1 --output $(DEMO_DIR) --overwrite
 
-# The test suite (fast, CPU only); benchmarks live in bench/.
-test: $(STAMP)
+# Ruff (ruff.toml): pyflakes, pycodestyle, import order, bugbear, pyupgrade.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# The linter, then the test suite (fast, CPU only); benchmarks live in bench/.
+# Tests that pin the shipped data and models are marked `artifacts` (`-m artifacts` selects them).
+test: lint
 	$(PY) -m pytest -q tests
 
 # Also the tests marked slow.
-test-all: $(STAMP)
+test-all: lint
 	$(PY) -m pytest -q -m "" tests
 
 bench: $(STAMP)

@@ -29,7 +29,7 @@ setup(
         "scipy",
         "openmmml==1.8",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "ruff"]},
     entry_points={
         "console_scripts": [
             "so3krates-export=so3krates_openmm.cli:export_main",

@@ -2,11 +2,14 @@
 
 Typical use::
 
-    from so3krates_openmm.data.structures import read_structure
-    from so3krates_openmm.openmm_force import create_system
+    from openmm.app import PDBFile
+    from so3krates_openmm import create_system, create_torch_force, read_structure
 
-    structure = read_structure("structure.pdb")
-    system = create_system(structure, "model.pt")            # masses from elements
+    pdb = PDBFile("structure.pdb")
+    system = create_system(pdb.topology, "model.pt")          # elements and box from the Topology
+    # positions go to the Context or Simulation, as with openmm-ml's createSystem(topology):
+    # simulation.context.setPositions(pdb.positions)
+    system = create_system(read_structure("structure.xyz"), "model.pt")  # or a Structure / a file
     # or, to add the model to a System of your own:
     system.addForce(create_torch_force("model.pt"))
 
@@ -16,23 +19,29 @@ metadata stored in it) or a checkpoint (scripted and self-checked in memory
 for these particles). Two backends:
 
 - ``"torchforce"`` (default): openmm-torch's ``TorchForce`` runs the TorchScript
-  module in C++; ``use_cuda_graphs`` is passed through on the CUDA platform.
+  module in C++ on the OpenMM platform's device; ``use_cuda_graphs`` is passed
+  through on the CUDA platform.
 - ``"pythonforce"``: ``openmm.PythonForce`` calls the model from Python each step
-  (eager, or ``torch.compile``d with ``compile_model=True``, from a checkpoint).
+  on a torch ``device`` (eager, or ``torch.compile``d with ``compile_model=True``,
+  from a checkpoint).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openmm
-from openmm import unit
+from openmm import app, unit
 
-from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.elements import masses_dalton, symbol
 from so3krates_openmm.export import ANGSTROM_PER_NM, read_export_metadata, script_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("torchforce", "pythonforce")
 read_model_metadata = read_export_metadata
@@ -47,7 +56,9 @@ def is_exported_model(model_path: str | Path) -> bool:
     return True
 
 
-def _torch_force(module_or_path: Any, periodic: bool, outputs_forces: bool, use_cuda_graphs: bool, force_group: int) -> "openmm.Force":
+def _torch_force(
+    module_or_path: Any, periodic: bool, outputs_forces: bool, use_cuda_graphs: bool, force_group: int
+) -> openmm.Force:
     import openmmtorch
 
     properties = {"useCUDAGraphs": "true" if use_cuda_graphs else "false", "CUDAGraphWarmupSteps": "10"}
@@ -58,7 +69,7 @@ def _torch_force(module_or_path: Any, periodic: bool, outputs_forces: bool, use_
     return force
 
 
-def create_torch_force(model_path: str | Path, *, use_cuda_graphs: bool = False, force_group: int = 0) -> "openmm.Force":
+def create_torch_force(model_path: str | Path, *, use_cuda_graphs: bool = False, force_group: int = 0) -> openmm.Force:
     """An openmm-torch ``TorchForce`` for an exported ``.pt``.
 
     Periodicity and whether the module returns forces are read from the
@@ -71,7 +82,7 @@ def create_torch_force(model_path: str | Path, *, use_cuda_graphs: bool = False,
     return _torch_force(str(model_path), metadata["periodic"], metadata["outputs_forces"], use_cuda_graphs, force_group)
 
 
-def _check_cuda_graphs(metadata: Dict[str, Any], use_cuda_graphs: bool, model_path: str | Path) -> None:
+def _check_cuda_graphs(metadata: dict[str, Any], use_cuda_graphs: bool, model_path: str | Path) -> None:
     if use_cuda_graphs and not metadata.get("static_pairs", False):
         raise ValueError(
             f"{model_path} prunes its pair list every step, which CUDA graphs cannot capture: "
@@ -79,7 +90,7 @@ def _check_cuda_graphs(metadata: Dict[str, Any], use_cuda_graphs: bool, model_pa
         )
 
 
-def check_model_matches(metadata: Dict[str, Any], atomic_numbers: Sequence[int], model_path: str | Path) -> None:
+def check_model_matches(metadata: dict[str, Any], atomic_numbers: Sequence[int], model_path: str | Path) -> None:
     """Raise ``ValueError`` unless the exported model fits these particles."""
     if metadata["n_particles"] != len(atomic_numbers):
         raise ValueError(
@@ -89,7 +100,8 @@ def check_model_matches(metadata: Dict[str, Any], atomic_numbers: Sequence[int],
     indices = metadata["atom_indices"] if metadata["atom_indices"] is not None else range(len(atomic_numbers))
     structure_numbers = [int(atomic_numbers[i]) for i in indices]
     if structure_numbers != list(metadata["atomic_numbers"]):
-        first = next(k for k, (a, b) in enumerate(zip(structure_numbers, metadata["atomic_numbers"])) if a != b)
+        pairs = zip(structure_numbers, metadata["atomic_numbers"], strict=True)
+        first = next(k for k, (a, b) in enumerate(pairs) if a != b)
         raise ValueError(
             f"{model_path} was exported for another structure: modelled atom {first} is "
             f"{symbol(metadata['atomic_numbers'][first])} in the model but {symbol(structure_numbers[first])} "
@@ -101,15 +113,16 @@ def create_force(
     model_path: str | Path,
     atomic_numbers: Sequence[int],
     *,
-    atom_indices: Optional[Sequence[int]] = None,
+    atom_indices: Sequence[int] | None = None,
     periodic: bool = False,
-    box_angstrom: Optional[np.ndarray] = None,
+    box_angstrom: np.ndarray | None = None,
     backend: str = "torchforce",
     dtype: str = "float32",
     use_cuda_graphs: bool = False,
     compile_model: bool = False,
+    device: str | torch.device | None = None,
     force_group: int = 0,
-) -> "openmm.Force":
+) -> openmm.Force:
     """The model as an OpenMM ``Force`` for a System whose particles have ``atomic_numbers``.
 
     Args:
@@ -123,6 +136,9 @@ def create_force(
         dtype: compute precision when scripting a checkpoint.
         use_cuda_graphs: passed to openmm-torch (CUDA platform only).
         compile_model: ``torch.compile`` the eager model (``pythonforce`` with a checkpoint).
+        device: torch device the ``pythonforce`` backend runs the model on (as
+            openmm-ml's ``device``); ``None`` picks CUDA when torch sees a GPU,
+            else the CPU. ``TorchForce`` runs on the OpenMM platform's device instead.
         force_group: OpenMM force group.
     """
     from so3krates_openmm.model.checkpoint import load_model
@@ -131,6 +147,8 @@ def create_force(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     numbers = [int(z) for z in atomic_numbers]
+    modelled = numbers if atom_indices is None else [numbers[i] for i in atom_indices]
+    check_known_elements(modelled, model_elements(model_path), model_path)
     if is_exported_model(model_path):
         metadata = read_export_metadata(model_path)
         check_model_matches(metadata, numbers, model_path)
@@ -140,7 +158,8 @@ def create_force(
             return create_torch_force(model_path, use_cuda_graphs=use_cuda_graphs, force_group=force_group)
         import torch
 
-        callback = ScriptedModuleCallback(torch.jit.load(str(model_path)), metadata["periodic"])
+        module = torch.jit.load(str(model_path), map_location=torch_device(device))
+        callback = ScriptedModuleCallback(module, metadata["periodic"], torch_device(device))
         return create_python_force(callback, metadata["periodic"], force_group=force_group)
     if backend == "torchforce":
         module, metadata, _ = script_checkpoint(
@@ -154,70 +173,147 @@ def create_force(
         return _torch_force(module, periodic, metadata["outputs_forces"], use_cuda_graphs, force_group)
     import torch
 
-    model = load_model(model_path).to(getattr(torch, dtype))
-    modelled = numbers if atom_indices is None else [numbers[i] for i in atom_indices]
+    model = load_model(model_path, map_location=torch_device(device)).to(getattr(torch, dtype))
     callback = EagerModelCallback(model, modelled, periodic, compile_model)
     return create_python_force(callback, periodic, atom_indices, force_group)
 
 
 def create_system(
-    structure: Structure,
+    system_input: Structure | app.Topology | str | Path,
     model_path: str | Path,
     *,
     backend: str = "torchforce",
     use_cuda_graphs: bool = False,
     compile_model: bool = False,
     dtype: str = "float32",
+    device: str | torch.device | None = None,
     force_group: int = 0,
-) -> "openmm.System":
+) -> openmm.System:
     """A ``System`` with one particle per atom (masses from elements) and the model's force.
 
+    ``system_input`` is an OpenMM ``Topology`` (elements from its atoms, the
+    periodic box from ``topology.getPeriodicBoxVectors()``; positions are set
+    on the ``Context`` afterwards, as with openmm-ml's ``createSystem``), a
+    :class:`~so3krates_openmm.data.structures.Structure`, or a structure file
+    (PDB, XYZ, anything :func:`~so3krates_openmm.data.structures.read_structure` reads).
+
     ``model_path`` is an exported ``.pt`` or a checkpoint. A periodic model
-    (or any model, when the structure has a box and ``model_path`` is a
-    checkpoint) gets the structure's box as default periodic box vectors; the
-    box must be at least twice the model cutoff wide.
+    (or any model, when the input has a box and ``model_path`` is a
+    checkpoint) gets the input's box as default periodic box vectors; the
+    box must be at least twice the model cutoff wide. Other arguments as for
+    :func:`create_force`.
     """
-    periodic = structure.box_angstrom is not None
+    atomic_numbers, box_angstrom, source = _particles(system_input)
+    periodic = box_angstrom is not None
     if is_exported_model(model_path):
         metadata = read_export_metadata(model_path)
-        check_model_matches(metadata, structure.atomic_numbers, model_path)
         _check_cuda_graphs(metadata, use_cuda_graphs, model_path)
         periodic = bool(metadata["periodic"])
         if periodic:
-            _check_box_fits(structure, metadata["cutoff_nm"], model_path)
+            _check_box_fits(box_angstrom, metadata["cutoff_nm"], model_path, source)
     system = openmm.System()
-    for mass in masses_dalton(structure.atomic_numbers):
+    for mass in masses_dalton(atomic_numbers):
         system.addParticle(mass * unit.dalton)
     if periodic:
-        box_nm = structure.box_angstrom / ANGSTROM_PER_NM
+        box_nm = box_angstrom / ANGSTROM_PER_NM
         system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) * unit.nanometer for row in box_nm])
     system.addForce(
         create_force(
             model_path,
-            structure.atomic_numbers,
+            atomic_numbers,
             periodic=periodic,
-            box_angstrom=structure.box_angstrom,
+            box_angstrom=box_angstrom,
             backend=backend,
             dtype=dtype,
             use_cuda_graphs=use_cuda_graphs,
             compile_model=compile_model,
+            device=device,
             force_group=force_group,
         )
     )
     return system
 
 
-def _check_box_fits(structure: Structure, cutoff_nm: float, model_path: str | Path) -> None:
-    if structure.box_angstrom is None:
-        raise ValueError(f"{model_path} is periodic but the structure {structure.source} has no box")
-    smallest = float(min(np.diag(structure.box_angstrom))) / ANGSTROM_PER_NM
+def _particles(system_input: Structure | app.Topology | str | Path) -> tuple[list[int], np.ndarray | None, str]:
+    """Atomic numbers, periodic box (Å, rows are vectors, or ``None``) and a name for messages."""
+    if isinstance(system_input, app.Topology):
+        vectors = system_input.getPeriodicBoxVectors()
+        box = None if vectors is None else np.array([v.value_in_unit(unit.angstrom) for v in vectors])
+        return topology_atomic_numbers(system_input), box, "the topology"
+    if isinstance(system_input, (str, Path)):
+        system_input = read_structure(system_input)
+    if not isinstance(system_input, Structure):
+        raise TypeError(
+            "create_system takes an openmm.app.Topology, a Structure or a structure file, "
+            f"not {type(system_input).__name__}"
+        )
+    return [int(z) for z in system_input.atomic_numbers], system_input.box_angstrom, str(system_input.source)
+
+
+def topology_atomic_numbers(topology: app.Topology, atom_indices: Sequence[int] | None = None) -> list[int]:
+    """Atomic numbers of a ``Topology``'s atoms.
+
+    Every modelled atom (``atom_indices``, all when ``None``) needs an element:
+    ``ValueError`` names the first one without. Other particles without an
+    element (virtual sites of an MM water model) get 0.
+    """
+    modelled = None if atom_indices is None else set(int(i) for i in atom_indices)
+    numbers = []
+    for atom in topology.atoms():
+        if atom.element is not None:
+            numbers.append(int(atom.element.atomic_number))
+        elif modelled is not None and atom.index not in modelled:
+            numbers.append(0)
+        else:
+            raise ValueError(
+                f"atom {atom.index} ({atom.name!r} of residue {atom.residue.name} {atom.residue.id}) has no element: "
+                "the model needs the element of every atom it models (give the PDB element columns 77-78, "
+                "or set atom.element; virtual sites and extra particles cannot be modelled)"
+            )
+    return numbers
+
+
+def model_elements(model_path: str | Path) -> list[int]:
+    """Atomic numbers the model knows, from an exported ``.pt``'s metadata or a checkpoint's config."""
+    from so3krates_openmm.model.checkpoint import read_checkpoint
+
+    if is_exported_model(model_path):
+        return [int(z) for z in read_export_metadata(model_path)["elements"]]
+    return [int(z) for z in read_checkpoint(model_path)["config"]["elements"]]
+
+
+def check_known_elements(atomic_numbers: Sequence[int], elements: Sequence[int], model_path: str | Path) -> None:
+    """Raise ``ValueError`` naming the first atom whose element the model does not know."""
+    known = set(int(z) for z in elements)
+    for index, z in enumerate(atomic_numbers):
+        if int(z) not in known:
+            unknown = sorted({int(n) for n in atomic_numbers if int(n) not in known})
+            raise ValueError(
+                f"the model {model_path} does not know element(s) {', '.join(symbol(n) for n in unknown)} "
+                f"(first: atom {index}, {symbol(int(z))}); it was trained on "
+                f"{', '.join(symbol(n) for n in sorted(known))}"
+            )
+
+
+def torch_device(device: str | torch.device | None) -> torch.device:
+    """A torch device; ``None`` is CUDA when torch sees a GPU, else the CPU (openmm-ml's rule)."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_box_fits(box_angstrom: np.ndarray | None, cutoff_nm: float, model_path: str | Path, source: str) -> None:
+    if box_angstrom is None:
+        raise ValueError(f"{model_path} is periodic but {source} has no periodic box")
+    smallest = float(min(np.diag(box_angstrom))) / ANGSTROM_PER_NM
     if smallest < 2.0 * cutoff_nm:
         raise ValueError(
-            f"the model cutoff ({cutoff_nm} nm) exceeds half the smallest box width "
-            f"({smallest:.4g} nm) of {structure.source}"
+            f"the model cutoff ({cutoff_nm} nm) exceeds half the smallest box width ({smallest:.4g} nm) of {source}"
         )
 
 
-def positions_nm(structure: Structure) -> "unit.Quantity":
+def positions_nm(structure: Structure) -> unit.Quantity:
     """Positions of a structure as an OpenMM quantity in nm."""
     return unit.Quantity(structure.positions_angstrom / ANGSTROM_PER_NM, unit.nanometer)

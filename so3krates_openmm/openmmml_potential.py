@@ -10,15 +10,23 @@ Registered through the entry-point group ``openmmml.potentials`` (see
 
 The potential scripts and self-checks the checkpoint for the topology's
 atoms itself (no separate export step). Options of ``createSystem`` /
-``createMixedSystem``: ``precision`` (``"single"`` default, or ``"double"``),
-``backend`` (``"torchforce"`` default, or ``"pythonforce"``),
-``useCUDAGraphs`` and ``compileModel``.
+``createMixedSystem``, named and meant as in openmm-ml's own potentials
+(``macepotential.py``):
+
+- ``precision``: ``None`` (default) computes in the checkpoint's dtype,
+  ``"single"`` in float32, ``"double"`` in float64.
+- ``device``: torch device (string or ``torch.device``) the model runs on with
+  ``backend="pythonforce"``; by default CUDA when torch sees a GPU, else the
+  CPU. With ``TorchForce`` openmm-torch runs the model on the device of the
+  OpenMM platform the ``Context`` uses, so ``device`` does not apply there.
+- ``backend``: ``"torchforce"`` (default) or ``"pythonforce"``.
+- ``useCUDAGraphs`` and ``compileModel``.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 import openmm
@@ -31,14 +39,14 @@ PRECISIONS = {"single": "float32", "double": "float64"}
 class SO3kratesPotentialImplFactory(MLPotentialImplFactory):
     """Creates :class:`SO3kratesPotentialImpl` objects for openmm-ml."""
 
-    def createImpl(self, name: str, modelPath: Optional[str] = None, **args) -> MLPotentialImpl:
+    def createImpl(self, name: str, modelPath: str | None = None, **args) -> MLPotentialImpl:
         return SO3kratesPotentialImpl(name, modelPath)
 
 
 class SO3kratesPotentialImpl(MLPotentialImpl):
     """An SO3krates checkpoint as an openmm-ml potential (short-ranged: cutoff r_c)."""
 
-    def __init__(self, name: str, modelPath: Optional[str]) -> None:
+    def __init__(self, name: str, modelPath: str | None) -> None:
         if modelPath is None:
             raise ValueError("give the checkpoint: MLPotential('so3krates', modelPath='best_checkpoint.pt')")
         self.name = name
@@ -48,15 +56,22 @@ class SO3kratesPotentialImpl(MLPotentialImpl):
         self,
         topology: openmm.app.Topology,
         system: openmm.System,
-        atoms: Optional[Iterable[int]],
+        atoms: Iterable[int] | None,
         forceGroup: int,
-        precision: str = "single",
+        precision: str | None = None,
         backend: str = "torchforce",
         useCUDAGraphs: bool = False,
         compileModel: bool = False,
         **args,
     ) -> None:
-        from so3krates_openmm.openmm_force import create_force
+        """Add the model's force for ``atoms`` (all when ``None``) of ``topology`` to ``system``.
+
+        ``precision``: ``None`` for the checkpoint's dtype, ``"single"`` or
+        ``"double"``. ``device`` (in ``args``): torch device of the
+        ``pythonforce`` backend, chosen as by openmm-ml when not given.
+        """
+        from so3krates_openmm.model.checkpoint import read_checkpoint
+        from so3krates_openmm.openmm_force import create_force, topology_atomic_numbers
 
         if backend == "torchforce" and system.getNumParticles() == 0:
             # openmm-ml builds the ML terms of createMixedSystem(interpolate=True) in an empty
@@ -68,13 +83,21 @@ class SO3kratesPotentialImpl(MLPotentialImpl):
                 stacklevel=2,
             )
             backend = "pythonforce"
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        atomic_numbers = []
-        for atom in topology.atoms():
-            if atom.element is None:
-                raise ValueError(f"atom {atom.name} of residue {atom.residue.name} has no element")
-            atomic_numbers.append(atom.element.atomic_number)
+        if backend == "torchforce" and "device" in args:
+            warnings.warn(
+                "so3krates: TorchForce runs the model on the device of the OpenMM platform; "
+                "'device' applies to backend='pythonforce' only",
+                stacklevel=2,
+            )
+        if precision is None:
+            dtype = read_checkpoint(self.modelPath)["config"]["dtype"]
+        elif precision in PRECISIONS:
+            dtype = PRECISIONS[precision]
+        else:
+            raise ValueError(
+                f"precision must be None (the checkpoint's dtype), 'single' or 'double', got {precision!r}"
+            )
+        atom_indices = None if atoms is None else list(atoms)
         vectors = topology.getPeriodicBoxVectors()
         periodic = vectors is not None or system.usesPeriodicBoundaryConditions()
         if vectors is None and periodic:
@@ -82,14 +105,15 @@ class SO3kratesPotentialImpl(MLPotentialImpl):
         box_angstrom = None if vectors is None else np.asarray([v.value_in_unit(unit.angstrom) for v in vectors])
         force = create_force(
             self.modelPath,
-            atomic_numbers,
-            atom_indices=None if atoms is None else list(atoms),
+            topology_atomic_numbers(topology, atom_indices),
+            atom_indices=atom_indices,
             periodic=periodic,
             box_angstrom=box_angstrom,
             backend=backend,
-            dtype=PRECISIONS[precision],
+            dtype=dtype,
             use_cuda_graphs=useCUDAGraphs,
             compile_model=compileModel,
+            device=self._getTorchDevice(args),
             force_group=forceGroup,
         )
         system.addForce(force)

@@ -8,7 +8,7 @@ its own potentials.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import openmm
@@ -21,7 +21,7 @@ from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT, energy_conversion
 ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
 
 
-def _positions_and_box_nm(state: "openmm.State", periodic: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _positions_and_box_nm(state: openmm.State, periodic: bool) -> tuple[np.ndarray, np.ndarray | None]:
     positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     if not np.all(np.isfinite(positions)):
         raise ValueError("so3krates: positions contain NaN or infinite values (the simulation has become unstable)")
@@ -36,7 +36,9 @@ class EagerModelCallback:
     particle subset) and returns energy (kJ/mol) and forces (kJ/mol/nm).
     """
 
-    def __init__(self, model: SO3krates, atomic_numbers: Sequence[int], periodic: bool, compile_model: bool = False) -> None:
+    def __init__(
+        self, model: SO3krates, atomic_numbers: Sequence[int], periodic: bool, compile_model: bool = False
+    ) -> None:
         model.check_elements(torch.as_tensor(list(atomic_numbers)))
         self.model = model.eval()
         self.device = model.embedding.weight.device
@@ -46,9 +48,11 @@ class EagerModelCallback:
         self.kj_per_mol = energy_conversion(model.config.energy_unit, "kJ/mol")
         self.energy_function: Callable = torch.compile(model, dynamic=True) if compile_model else model
 
-    def __call__(self, state: "openmm.State") -> Tuple[float, np.ndarray]:
+    def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
         positions_nm, box_nm = _positions_and_box_nm(state, self.periodic)
-        positions = torch.as_tensor(positions_nm * ANGSTROM_PER_NM, dtype=self.dtype, device=self.device).requires_grad_(True)
+        positions = torch.as_tensor(
+            positions_nm * ANGSTROM_PER_NM, dtype=self.dtype, device=self.device
+        ).requires_grad_(True)
         boxes = None
         if box_nm is not None:
             boxes = torch.as_tensor(box_nm * ANGSTROM_PER_NM, dtype=self.dtype, device=self.device).reshape(1, 3, 3)
@@ -61,29 +65,30 @@ class EagerModelCallback:
 class ScriptedModuleCallback:
     """PythonForce computation running an exported TorchScript module (positions of all particles)."""
 
-    def __init__(self, module: torch.jit.ScriptModule, periodic: bool) -> None:
+    def __init__(self, module: torch.jit.ScriptModule, periodic: bool, device: torch.device | str = "cpu") -> None:
         self.module = module
         self.periodic = periodic
+        self.device = torch.device(device)
 
-    def __call__(self, state: "openmm.State") -> Tuple[float, np.ndarray]:
+    def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
         positions_nm, box_nm = _positions_and_box_nm(state, self.periodic)
-        positions = torch.as_tensor(positions_nm, dtype=torch.float64).requires_grad_(True)
-        box = None if box_nm is None else torch.as_tensor(box_nm, dtype=torch.float64)
+        positions = torch.as_tensor(positions_nm, dtype=torch.float64, device=self.device).requires_grad_(True)
+        box = None if box_nm is None else torch.as_tensor(box_nm, dtype=torch.float64, device=self.device)
         output = self.module(positions, box) if box is not None else self.module(positions)
         if isinstance(output, tuple):
             energy, forces = output
         else:
             (gradient,) = torch.autograd.grad(output, positions)
             energy, forces = output, -gradient
-        return float(energy.detach()), forces.detach().double().numpy()
+        return float(energy.detach()), forces.detach().double().cpu().numpy()
 
 
 def create_python_force(
-    computation: Callable[["openmm.State"], Tuple[float, np.ndarray]],
+    computation: Callable[[openmm.State], tuple[float, np.ndarray]],
     periodic: bool,
-    particles: Optional[Sequence[int]] = None,
+    particles: Sequence[int] | None = None,
     force_group: int = 0,
-) -> "openmm.Force":
+) -> openmm.Force:
     """An ``openmm.PythonForce`` around a computation; ``particles`` restricts it to a subset."""
     if not hasattr(openmm, "PythonForce"):
         raise RuntimeError(f"openmm.PythonForce needs OpenMM >= 8.5; this is OpenMM {openmm.__version__}")

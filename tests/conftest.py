@@ -4,6 +4,10 @@ catcher-like structure) built once per test session by ``md_support``."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,50 @@ from so3krates_openmm.data.structures import Structure, read_structure
 torch.set_num_threads(1)
 
 SHARED = REPOSITORY.parent / "shared"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ``../shared`` (next to the checkout, not in the repository).
+
+    Missing: the test is skipped on a developer's machine, but fails in CI
+    (environment ``CI=true``), where ``../shared`` must be provided.
+    """
+    path = SHARED / relative
+    if not path.is_file():
+        message = f"{path} is missing: the test needs ../shared/{relative} next to the checkout"
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}; CI must provide ../shared", pytrace=False)
+        pytest.skip(message)
+    return path
+
+#: A fresh Python process: ``{setup}`` (which sets ``applied``), then the minor page faults per
+#: "step" that allocates, writes and frees pair-sized arrays as one model evaluation does.
+ALLOCATION_CHILD = """
+import json, resource
+import numpy as np
+{setup}
+def step():
+    blocks = [np.ones((5000, 132 * (1 + k % 3)), dtype=np.float32) for k in range(6)]
+    del blocks
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    step()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({{"applied": applied, "faults_per_step": faults / 50}}))
+"""
+
+
+def page_faults_in_child(setup: str, **environment: str) -> dict:
+    """``{"applied": ..., "faults_per_step": ...}`` of :data:`ALLOCATION_CHILD` run with ``setup``
+    (glibc's ``MALLOC_*`` and ``SO3KRATES_MALLOPT`` removed from the environment, then ``environment`` added)."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("MALLOC_") and key != "SO3KRATES_MALLOPT"}
+    env.update(environment)
+    child = ALLOCATION_CHILD.format(setup=setup)
+    output = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
 
 #: Ethanol + a water molecule (Å): H, C, O, several neighbours within and beyond 3 Å.
 ETHANOL_WATER_NUMBERS = [6, 6, 8, 1, 1, 1, 1, 1, 1, 8, 1, 1]
@@ -46,7 +94,9 @@ ETHANOL_WATER_POSITIONS = np.array(
 
 def small_config(**overrides) -> SO3kratesConfig:
     """A small model of the paper's architecture: F=24, T=2, degrees (1, 2, 3), float64."""
-    values = dict(features=24, layers=2, heads=4, radial_basis_size=8, cutoff=3.0, dtype="float64", energy_unit="kcal/mol")
+    values = dict(
+        features=24, layers=2, heads=4, radial_basis_size=8, cutoff=3.0, dtype="float64", energy_unit="kcal/mol"
+    )
     values.update(overrides)
     return SO3kratesConfig(**values)
 

@@ -54,7 +54,9 @@ def write_peptide_pdb(path: Path, seed: int = 7) -> Path:
     forcefield = app.ForceField("amber14-all.xml")
     modeller.addHydrogens(forcefield)
     system = forcefield.createSystem(modeller.topology)
-    simulation = app.Simulation(modeller.topology, system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    simulation = app.Simulation(
+        modeller.topology, system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference")
+    )
     simulation.context.setPositions(modeller.positions)
     simulation.minimizeEnergy()
     with open(path, "w") as handle:
@@ -74,8 +76,12 @@ def export_random_model(structure: Structure, directory: Path, *, energy_unit: s
     """A small SO3krates (F=24, one layer) with random weights, exported for ``structure``."""
     torch.manual_seed(seed)
     config = SO3kratesConfig(
-        elements=sorted(set(int(z) for z in structure.atomic_numbers)), features=24, layers=1,
-        radial_basis_size=8, cutoff=3.0, energy_unit=energy_unit,
+        elements=sorted(set(int(z) for z in structure.atomic_numbers)),
+        features=24,
+        layers=1,
+        radial_basis_size=8,
+        cutoff=3.0,
+        energy_unit=energy_unit,
     )
     directory.mkdir(parents=True, exist_ok=True)
     checkpoint = SO3krates(config).save(directory / "random_checkpoint.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from openmm import unit
 
-from so3krates_openmm import SO3krates
+from so3krates_openmm import SO3krates, SO3kratesConfig
 from so3krates_openmm.cli import export_main
 from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
 from so3krates_openmm.export import ExportError, export_checkpoint, read_export_metadata
@@ -19,8 +20,10 @@ from so3krates_openmm.model.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
     checkpoint_dict,
+    file_sha256,
+    read_checkpoint,
 )
-from so3krates_openmm.openmm_force import create_system, positions_nm
+from so3krates_openmm.openmm_force import create_system, create_torch_force, positions_nm
 
 KJ_PER_KCAL = 4.184
 
@@ -81,23 +84,33 @@ def evaluate_module(module, positions_nm: torch.Tensor, box_nm=None):
 
 
 @pytest.mark.parametrize("outputs_forces", [False, True])
-def test_exported_module_equals_eager_model_in_openmm_units(tmp_path, small_model, checkpoint, molecule, outputs_forces):
-    path = export_checkpoint(checkpoint, tmp_path / "model.pt", structure=molecule, dtype="float64", outputs_forces=outputs_forces)
+def test_exported_module_equals_eager_model_in_openmm_units(
+    tmp_path, small_model, checkpoint, molecule, outputs_forces
+):
+    path = export_checkpoint(
+        checkpoint, tmp_path / "model.pt", structure=molecule, dtype="float64", outputs_forces=outputs_forces
+    )
     module = torch.jit.load(str(path))
     perturbed = molecule.positions_angstrom + np.random.default_rng(5).normal(scale=0.03, size=(molecule.n_atoms, 3))
     energy, forces = evaluate_module(module, torch.tensor(perturbed / 10.0))
-    reference_energy, reference_forces = small_model.energy_and_forces(torch.tensor(molecule.atomic_numbers), torch.tensor(perturbed))
+    reference_energy, reference_forces = small_model.energy_and_forces(
+        torch.tensor(molecule.atomic_numbers), torch.tensor(perturbed)
+    )
     assert abs(float(energy) - float(reference_energy) * KJ_PER_KCAL) < 1e-9 * abs(float(energy))
     torch.testing.assert_close(forces, reference_forces * KJ_PER_KCAL * 10.0, rtol=1e-9, atol=1e-9)
     metadata = read_export_metadata(path)
-    assert metadata["checkpoint_energy_unit"] == "kcal/mol" and metadata["kj_per_mol_per_checkpoint_energy_unit"] == 4.184
+    assert (
+        metadata["checkpoint_energy_unit"] == "kcal/mol" and metadata["kj_per_mol_per_checkpoint_energy_unit"] == 4.184
+    )
     assert metadata["atomic_numbers"] == molecule.atomic_numbers.tolist() and metadata["periodic"] is False
     assert len(metadata["checkpoint_sha256"]) == 64
 
 
 def test_export_of_a_sub_system_gives_zero_force_on_other_particles(tmp_path, small_model, checkpoint, molecule):
     atoms = list(range(9))  # ethanol only; the water is "MM"
-    path = export_checkpoint(checkpoint, tmp_path / "ml.pt", structure=molecule, atom_indices=atoms, dtype="float64", outputs_forces=True)
+    path = export_checkpoint(
+        checkpoint, tmp_path / "ml.pt", structure=molecule, atom_indices=atoms, dtype="float64", outputs_forces=True
+    )
     energy, forces = evaluate_module(torch.jit.load(str(path)), torch.tensor(molecule.positions_angstrom / 10.0))
     reference_energy, reference_forces = small_model.energy_and_forces(
         torch.tensor(molecule.atomic_numbers[:9]), torch.tensor(molecule.positions_angstrom[:9])
@@ -149,8 +162,12 @@ def openmm_energy_forces(system, positions, platform_name, box=None):
 
 @pytest.mark.parametrize("platform_name", ["Reference", "CPU"])
 @pytest.mark.parametrize("outputs_forces", [False, True])
-def test_openmm_energy_and_forces_equal_the_eager_model(tmp_path, small_model, checkpoint, molecule, platform_name, outputs_forces):
-    path = export_checkpoint(checkpoint, tmp_path / "model.pt", structure=molecule, dtype="float64", outputs_forces=outputs_forces)
+def test_openmm_energy_and_forces_equal_the_eager_model(
+    tmp_path, small_model, checkpoint, molecule, platform_name, outputs_forces
+):
+    path = export_checkpoint(
+        checkpoint, tmp_path / "model.pt", structure=molecule, dtype="float64", outputs_forces=outputs_forces
+    )
     system = create_system(molecule, path)
     energy, forces = openmm_energy_forces(system, positions_nm(molecule), platform_name)
     reference_energy, reference_forces = small_model.energy_and_forces(
@@ -200,7 +217,9 @@ def test_openmm_forces_equal_finite_differences_of_openmm_energy(tmp_path, check
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     base = molecule.positions_angstrom / 10.0
     context.setPositions(base)
-    forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    forces = (
+        context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    )
     step = 1e-6
     for atom, axis in [(0, 0), (2, 1), (10, 2)]:
         energies = []
@@ -208,8 +227,12 @@ def test_openmm_forces_equal_finite_differences_of_openmm_energy(tmp_path, check
             moved = base.copy()
             moved[atom, axis] += sign * step
             context.setPositions(moved)
-            energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        assert abs(-(energies[0] - energies[1]) / (2 * step) - forces[atom, axis]) < 1e-5 * max(1.0, abs(forces[atom, axis]))
+            energies.append(
+                context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            )
+        assert abs(-(energies[0] - energies[1]) / (2 * step) - forces[atom, axis]) < 1e-5 * max(
+            1.0, abs(forces[atom, axis])
+        )
 
 
 def test_200_langevin_steps_stay_finite(tmp_path, checkpoint, molecule):
@@ -224,7 +247,58 @@ def test_200_langevin_steps_stay_finite(tmp_path, checkpoint, molecule):
     state = context.getState(getEnergy=True, getPositions=True)
     assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     assert np.all(np.isfinite(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
-    assert json.loads(json.dumps(read_export_metadata(path)))["dtype"] == "float32"
+
+
+def test_metadata_round_trips_through_a_checkpoint_file_and_an_exported_pt(tmp_path, small_model, molecule):
+    """What training writes into a checkpoint comes back from the file, and what the export writes
+    into the .pt describes that checkpoint (config, hash, units, atoms) and survives openmm-torch loading it."""
+    import openmmtorch
+
+    extra = {"training": {"epoch": 7, "valid_loss": 0.125}, "data": ["dataset.npz"]}
+    small_model.set_energy_shifts({1: -0.1234567890123, 6: -37.8, 7: -54.5, 8: -75.0000000001})
+    path = small_model.save(tmp_path / "run" / "best_checkpoint.pt", extra=extra)
+    data = read_checkpoint(path)
+    assert data["extra"] == extra and data["config"] == small_model.config.to_dict()
+    assert data["energy_unit"] == "kcal/mol" and data["length_unit"] == small_model.config.length_unit
+    assert data["energy_shifts"] == {1: -0.1234567890123, 6: -37.8, 7: -54.5, 8: -75.0000000001}  # float64 exactly
+    loaded = SO3krates.load(path)
+    assert loaded.config == small_model.config and torch.equal(loaded.energy_shifts, small_model.energy_shifts)
+    for name, value in small_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+    exported = export_checkpoint(
+        path, tmp_path / "model.pt", structure=molecule, atom_indices=range(9), outputs_forces=True
+    )
+    metadata = read_export_metadata(exported)
+    assert SO3kratesConfig.from_dict(metadata["config"]) == small_model.config
+    assert metadata["checkpoint"] == "best_checkpoint.pt"
+    assert metadata["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() == file_sha256(path)
+    assert metadata["atomic_numbers"] == molecule.atomic_numbers[:9].tolist() and metadata["atom_indices"] == list(
+        range(9)
+    )
+    assert metadata["n_particles"] == 12 and metadata["elements"] == list(small_model.config.elements)
+    assert (
+        metadata["cutoff_nm"] == small_model.config.cutoff / 10.0
+        and metadata["kj_per_mol_per_checkpoint_energy_unit"] == 4.184
+    )
+    assert (metadata["dtype"], metadata["periodic"], metadata["outputs_forces"], metadata["static_pairs"]) == (
+        "float32",
+        False,
+        True,
+        False,
+    )
+    # torch.jit.load reads the same metadata, and the glue sets openmm-torch's flags from it.
+    extra_files = {"so3krates_metadata.json": ""}
+    torch.jit.load(str(exported), _extra_files=extra_files)
+    assert json.loads(extra_files["so3krates_metadata.json"]) == metadata
+    force = create_torch_force(exported)
+    assert isinstance(force, openmmtorch.TorchForce)
+    assert force.getOutputsForces() and not force.usesPeriodicBoundaryConditions()
+    # A different checkpoint (one weight changed) is told apart by the hash in the export.
+    with torch.no_grad():
+        small_model.embedding.weight[0, 0] += 1e-6
+    other = export_checkpoint(small_model.save(tmp_path / "other.pt"), tmp_path / "other_model.pt", structure=molecule)
+    assert read_export_metadata(other)["checkpoint_sha256"] != metadata["checkpoint_sha256"]
 
 
 def test_static_pair_export_equals_pruned_export(tmp_path, checkpoint, molecule):
@@ -232,7 +306,9 @@ def test_static_pair_export_equals_pruned_export(tmp_path, checkpoint, molecule)
     positions = torch.tensor(molecule.positions_angstrom / 10.0)
     results = []
     for static_pairs in (False, True):
-        path = export_checkpoint(checkpoint, tmp_path / f"m{static_pairs}.pt", structure=molecule, dtype="float64", static_pairs=static_pairs)
+        path = export_checkpoint(
+            checkpoint, tmp_path / f"m{static_pairs}.pt", structure=molecule, dtype="float64", static_pairs=static_pairs
+        )
         assert read_export_metadata(path)["static_pairs"] is static_pairs
         results.append(evaluate_module(torch.jit.load(str(path)), positions))
     assert abs(float(results[0][0] - results[1][0])) < 1e-9 * abs(float(results[0][0]))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 from so3krates_openmm.data.builders import (
     build_ac_ala3_nhme,
@@ -24,7 +25,6 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 PRETRAINED = REPOSITORY / "so3krates_openmm" / "pretrained"
 PEPTIDE_PDB = PRETRAINED / "ac_ala3_nhme" / "structure.pdb"
 CATCHER_PDB = PRETRAINED / "buckyball_catcher" / "structure.pdb"
-CATCHER_REFERENCE = REPOSITORY.parent / "shared" / "data" / "buckycatcher_reference.xyz"
 
 
 def bond_graph_from_distances(numbers: np.ndarray, positions: np.ndarray):
@@ -90,12 +90,14 @@ def check_peptide_pdb(path: Path) -> None:
     assert nx.is_connected(distance_graph)
 
 
+@pytest.mark.artifacts
 def test_shipped_peptide_has_residues_bonds_dihedrals_and_amber_templates():
     check_peptide_pdb(PEPTIDE_PDB)
     xyz = read_structure(PEPTIDE_PDB.with_suffix(".xyz"))
     np.testing.assert_allclose(xyz.positions_angstrom, read_structure(PEPTIDE_PDB).positions_angstrom, atol=6e-4)
 
 
+@pytest.mark.artifacts
 def test_peptide_builder_names_atoms_like_the_shipped_structure(tmp_path):
     built = build_ac_ala3_nhme(relax=False, log=lambda m: None)  # RDKit only: fast
     path = write_pdb(built, tmp_path / "peptide.pdb")
@@ -106,6 +108,7 @@ def test_peptide_builder_names_atoms_like_the_shipped_structure(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.artifacts
 def test_peptide_builder_with_xtb_relaxation_reproduces_the_shipped_structure(tmp_path):
     built = build_ac_ala3_nhme(log=lambda m: None)
     shipped = read_structure(PEPTIDE_PDB)
@@ -113,9 +116,7 @@ def test_peptide_builder_with_xtb_relaxation_reproduces_the_shipped_structure(tm
 
 
 def reference_catcher():
-    if not CATCHER_REFERENCE.is_file():
-        pytest.skip(f"validation reference {CATCHER_REFERENCE} is not present (it lives outside the repository)")
-    return read_structure(CATCHER_REFERENCE)
+    return read_structure(shared_file("data/buckycatcher_reference.xyz"))
 
 
 def split_ball_and_catcher(graph):
@@ -164,6 +165,7 @@ def check_catcher(structure) -> None:
         assert 6.0 < np.linalg.norm(hub - centre) < 7.5, "each corannulene hub stacks on the ball (~6.7 Angstrom)"
 
 
+@pytest.mark.artifacts
 def test_shipped_buckyball_catcher_matches_the_reference_graph_and_holds_the_ball():
     structure = read_structure(CATCHER_PDB)
     residues = [(r.name, len(list(r.atoms()))) for r in structure.topology.residues()]
@@ -173,6 +175,7 @@ def test_shipped_buckyball_catcher_matches_the_reference_graph_and_holds_the_bal
     np.testing.assert_allclose(xyz.positions_angstrom, structure.positions_angstrom, atol=6e-4)
 
 
+@pytest.mark.artifacts
 def test_reference_geometry_is_not_copied_into_the_project():
     reference = reference_catcher()
     shipped = read_structure(CATCHER_PDB).positions_angstrom

@@ -100,12 +100,12 @@ def test_split_is_disjoint_complete_and_reproducible():
     assert not indices[0] & indices[1] and not indices[0] & indices[2] and not indices[1] & indices[2]
     assert set().union(*indices) == set(range(20))
     again = data.split(12, 5, None, seed=7)
-    for a, b in zip((train, valid, test), again):
+    for a, b in zip((train, valid, test), again, strict=True):
         np.testing.assert_array_equal(a.energies, b.energies)
     other = data.split(12, 5, None, seed=8)
     assert other[0].metadata["split"]["indices"] != train.metadata["split"]["indices"]
     # Frames in a part are the frames of the parent at the recorded indices.
-    for i, frame in zip(train.metadata["split"]["indices"], train):
+    for i, frame in zip(train.metadata["split"]["indices"], train, strict=True):
         np.testing.assert_array_equal(frame.positions, data[i].positions)
         assert frame.energy == data[i].energy
     fractions = data.split(0.5, 0.25, 0.25, seed=0)

@@ -170,7 +170,7 @@ def test_extxyz_from_ase_loads_energies_and_forces_in_ev(tmp_path):
     write(path, [a for a, _, _ in frames], format="extxyz")
     data = load_dataset(path)
     assert data.energy_unit == "eV" and len(data) == 4
-    for frame, (atoms, energy, forces) in zip(data, frames):
+    for frame, (_, energy, forces) in zip(data, frames, strict=True):
         assert frame.atomic_numbers.tolist() == [6, 1, 1, 1, 1]
         assert frame.energy == pytest.approx(energy, abs=1e-8)
         np.testing.assert_allclose(frame.forces, forces, atol=1e-8)  # text: 8 decimals

@@ -152,6 +152,7 @@ def test_command_line(tmp_path, small_model, checkpoint, data, capsys):
         assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
 
+@pytest.mark.artifacts
 def test_shipped_checkpoint_on_frames_of_its_test_split():
     shipped = Path(__file__).resolve().parents[1] / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme"
     from so3krates_openmm.data.formats import load_npz

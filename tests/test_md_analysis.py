@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import openmm as mm
 import pytest
+from conftest import shared_file
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
@@ -41,7 +42,9 @@ def diatomic_simulation(tmp_path: Path, steps: int, velocity_interval: int, dcd_
     bond.addBond(0, 1, 0.12, K_KJ_MOL_NM2)
     system.addForce(bond)
     topology = Structure([6, 8], [[0, 0, 0], [1.2, 0, 0]]).openmm_topology()
-    simulation = app.Simulation(topology, system, make_integrator("nve", timestep_fs=0.25), mm.Platform.getPlatformByName("Reference"))
+    simulation = app.Simulation(
+        topology, system, make_integrator("nve", timestep_fs=0.25), mm.Platform.getPlatformByName("Reference")
+    )
     simulation.context.setPositions([[0, 0, 0], [0.125, 0.01, 0]] * unit.nanometer)
     simulation.reporters.append(VelocityReporter(tmp_path / "v.vel", velocity_interval, 2, 0.25))
     simulation.reporters.append(DCDReporter(tmp_path / "x.dcd", dcd_interval, topology, 0.25))
@@ -63,7 +66,9 @@ def test_spectrum_peak_at_the_harmonic_frequency(tmp_path):
     trajectory = read_dcd(tmp_path / "x.dcd")
     from_positions = vibrational_spectrum(
         finite_difference_velocities(trajectory.positions_angstrom, trajectory.frame_interval_ps),
-        trajectory.frame_interval_ps, max_lag_ps=0.5, source="positions",
+        trajectory.frame_interval_ps,
+        max_lag_ps=0.5,
+        source="positions",
     )
     assert from_positions.peak_wavenumbers(1)[0] == pytest.approx(expected_cm, abs=resolution_cm)
 
@@ -89,7 +94,9 @@ def test_dcd_reader_matches_mdtraj_and_truncation_fixes_the_header(tmp_path, pep
     trajectory = read_dcd(path)
     assert trajectory.n_frames == 10 and trajectory.first_step == 10 and trajectory.steps_between_frames == 10
     np.testing.assert_allclose(trajectory.times_ps, np.arange(1, 11) * 0.0025, rtol=1e-6)
-    reference = mdtraj.load_dcd(str(path), top=mdtraj.Topology.from_openmm(Structure([6, 8], [[0, 0, 0], [1, 0, 0]]).openmm_topology()))
+    reference = mdtraj.load_dcd(
+        str(path), top=mdtraj.Topology.from_openmm(Structure([6, 8], [[0, 0, 0], [1, 0, 0]]).openmm_topology())
+    )
     np.testing.assert_allclose(trajectory.positions_angstrom, reference.xyz * 10, atol=1e-5)
     frame_bytes = 3 * (8 + 4 * 2)
     size = path.stat().st_size
@@ -142,7 +149,9 @@ def test_platform_choice_and_clear_errors():
         torch.set_num_threads(1)  # the suite's setting (tests/conftest.py)
     available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     if "CUDA" not in available:
-        with pytest.raises(ValueError, match=r"'CUDA' is not available on this machine; available platforms: Reference, CPU"):
+        with pytest.raises(
+            ValueError, match=r"'CUDA' is not available on this machine; available platforms: Reference, CPU"
+        ):
             get_platform("CUDA")
     with pytest.raises(ValueError, match="unknown OpenMM platform 'Metal'"):
         get_platform("Metal")
@@ -192,17 +201,15 @@ def test_minima_deduplication_superposes_and_rejects_broken_molecules(peptide_pd
     assert any("stretched" in s.problem for s in rejected) and any("nan" in s.problem for s in rejected)
 
 
-SHARED_CATCHER = Path(__file__).resolve().parents[2] / "shared" / "data" / "buckycatcher_reference.xyz"
-
-
-@pytest.mark.skipif(not SHARED_CATCHER.is_file(), reason="the shared reference geometry is not on this machine")
 def test_ball_found_in_the_published_buckyball_catcher():
-    structure = read_structure(SHARED_CATCHER)
+    structure = read_structure(shared_file("data/buckycatcher_reference.xyz"))
     atoms = identify_ball(structure)
     assert len(atoms.ball) == 60 and len(atoms.host) == 88
     assert np.all(structure.atomic_numbers[atoms.host][structure.atomic_numbers[atoms.host] != 6] == 1)
     distance = centroid_distances(structure.positions_angstrom[None], atoms)[0]
-    radius = np.linalg.norm(structure.positions_angstrom[atoms.ball] - structure.positions_angstrom[atoms.ball].mean(0), axis=1).mean()
+    radius = np.linalg.norm(
+        structure.positions_angstrom[atoms.ball] - structure.positions_angstrom[atoms.ball].mean(0), axis=1
+    ).mean()
     assert 3.5 < radius < 3.6  # C60
     # The ball sits in the cleft (4.9 Å from the catcher's centroid in this geometry); a ball
     # resting outside would be at least its radius plus a carbon contact (~7 Å) away.

@@ -85,7 +85,8 @@ def assert_same_outputs(reference: Path, other: Path) -> None:
             handle.seek(8)
             assert int.from_bytes(handle.read(4), "little") == a.n_frames
     assert_same_log(reference / "log.csv", other / "log.csv")
-    np.testing.assert_array_equal(read_velocities(reference / "velocities.vel")[0], read_velocities(other / "velocities.vel")[0])
+    np.testing.assert_array_equal(read_velocities(reference / "velocities.vel")[0],
+                                  read_velocities(other / "velocities.vel")[0])
     # The files hold float32 positions and velocities; the final states are in full (double) precision.
     states = [mm.XmlSerializer.deserialize((path / "final_state.xml").read_text()) for path in (reference, other)]
     for name in ("getPositions", "getVelocities"):
@@ -198,7 +199,8 @@ def test_killed_process_resumes_without_lost_or_duplicated_frames(tmp_path, pept
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert 0 < read_checkpoint(killed / "checkpoint.zip").step < 800
 
-    resumed = subprocess.run(script + ["--output", str(killed), "--resume"], cwd=REPOSITORY, capture_output=True, text=True, timeout=300, check=False)
+    resumed = subprocess.run(script + ["--output", str(killed), "--resume"], cwd=REPOSITORY, capture_output=True,
+                             text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step" in resumed.stdout
     a, b = read_dcd(tmp_path / "reference" / "trajectory.dcd"), read_dcd(killed / "trajectory.dcd")

@@ -133,7 +133,8 @@ def test_catcher_distance_run_and_existing_dcd(tmp_path, catcher_xyz, catcher_ge
     assert summarize_run(output)["c60_distance_angstrom"]["max"] == pytest.approx(summary["max_distance_angstrom"])
     assert catcher_distance_main(["--structure", str(catcher_xyz), "--dcd", str(output / "trajectory.dcd"),
                                   "--output", str(tmp_path / "again")]) == 0
-    np.testing.assert_allclose(np.loadtxt(tmp_path / "again" / "catcher_distance.csv", delimiter=",", skiprows=1), table)
+    again = np.loadtxt(tmp_path / "again" / "catcher_distance.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(again, table)
 
 
 def test_ramachandran_three_alanines(tmp_path, peptide_pdb, peptide_amber_xml):
@@ -179,8 +180,9 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
 
     # Minimise every second frame of the run's own trajectory instead of running MD again.
     rerun = tmp_path / "from_dcd"
-    arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--dcd", str(output / "md" / "trajectory.dcd"),
-                 "--workers", "1", "--rmsd-threshold", "0.05", "--output", str(rerun), *QUIET]
+    arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml),
+                 "--dcd", str(output / "md" / "trajectory.dcd"), "--workers", "1", "--rmsd-threshold", "0.05",
+                 "--output", str(rerun), *QUIET]
     assert minima_main([*arguments, "--snapshot-interval", "1000"]) == 0
     assert json.loads((rerun / "minima.json").read_text())["snapshots"] == 3
     assert not (rerun / "md").exists()
@@ -194,12 +196,14 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     expected = (rerun / "minima.csv").read_text()
     journal.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:40])
     (rerun / "minima.csv").unlink()
-    assert minima_main([*arguments, "--snapshot-interval", "1000"]) == EXIT_BAD_INPUT  # neither --resume nor --overwrite
+    # Neither --resume nor --overwrite.
+    assert minima_main([*arguments, "--snapshot-interval", "1000"]) == EXIT_BAD_INPUT
     assert minima_main([*arguments, "--snapshot-interval", "1000", "--resume"]) == 0
     assert (rerun / "minima.csv").read_text() == expected
     assert [json.loads(line)["index"] for line in journal.read_text().splitlines()[1:]] == [0, 1, 2]
     # A journal of other settings is refused, not mixed in.
-    assert minima_main([*arguments, "--snapshot-interval", "1000", "--resume", "--max-iterations", "5"]) == EXIT_BAD_INPUT
+    other_settings = [*arguments, "--snapshot-interval", "1000", "--resume", "--max-iterations", "5"]
+    assert minima_main(other_settings) == EXIT_BAD_INPUT
     assert minima_main([*arguments, "--snapshot-interval", "1000", "--overwrite", "--max-iterations", "5"]) == 0
 
 

@@ -86,7 +86,8 @@ C_H_AND_DISTANT_H = ([6, 1, 1], [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [3.0, 0.0, 0.
 def test_each_criterion_fires_with_a_clear_reason(tmp_path, atoms, energy, reason):
     structure, system = _pair_system(*atoms, energy)
     settings = SimulationSettings(platform="Reference", threads=1, seed=1, temperature_K=300.0, timestep_fs=0.5)
-    result = run_md(structure, system, settings, RunConfig(steps=2000, output_dir=tmp_path, stability_interval=5, progress=False))
+    config = RunConfig(steps=2000, output_dir=tmp_path, stability_interval=5, progress=False)
+    result = run_md(structure, system, settings, config)
     assert result.stability is not None and not result.stability.stable
     assert reason in result.stability.reason
     assert 0 <= result.stability.last_good_step < result.stability.failure_step <= 2000
@@ -96,7 +97,8 @@ def test_each_criterion_fires_with_a_clear_reason(tmp_path, atoms, energy, reaso
 def test_stable_run_reports_fraction_one(tmp_path):
     structure, system = _pair_system(*C_H, "2e5*(r-0.1)^2")
     settings = SimulationSettings(platform="Reference", threads=1, seed=1, temperature_K=300.0, timestep_fs=0.5)
-    result = run_md(structure, system, settings, RunConfig(steps=303, output_dir=tmp_path, stability_interval=50, progress=False))
+    config = RunConfig(steps=303, output_dir=tmp_path, stability_interval=50, progress=False)
+    result = run_md(structure, system, settings, config)
     assert result.stability.stable and result.stability.stable_fraction == 1.0
     assert result.stability.last_good_step == 303  # checked at the end too, not only every 50 steps
     assert 1.0 < result.stability.max_bond_stretch < 1.5

@@ -3,39 +3,20 @@ where the user chose otherwise. Each case is a fresh process: mallopt cannot be 
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import subprocess
-import sys
 
 import pytest
+from conftest import page_faults_in_child
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
 )
 
-CHILD = """
-import json, resource
-import numpy as np
-from so3krates_openmm.memory import reuse_freed_memory
-applied = reuse_freed_memory()
-def step():  # like one model evaluation: pair-sized arrays held together, written, then all freed
-    blocks = [np.ones((5000, 132 * (1 + k % 3)), dtype=np.float32) for k in range(6)]
-    del blocks
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
-    step()
-print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50}))
-"""
-
 
 def run_child(**environment: str) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_") and key != "SO3KRATES_MALLOPT"}
-    env.update(environment)
-    output = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return page_faults_in_child(
+        "from so3krates_openmm.memory import reuse_freed_memory\napplied = reuse_freed_memory()", **environment
+    )
 
 
 def test_freed_pair_sized_blocks_are_reused_without_page_faults():

@@ -69,7 +69,9 @@ def _nan_system() -> mm.System:
 
 def test_minimisation_that_reaches_nan_keeps_the_starting_structure_with_a_warning():
     """No float32 model to retry in float64: the run starts from the structure, with a warning."""
-    structure = Structure(atomic_numbers=np.array([6, 6]), positions_angstrom=np.array([[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]]))
+    structure = Structure(
+        atomic_numbers=np.array([6, 6]), positions_angstrom=np.array([[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]])
+    )
     settings = SimulationSettings(platform="CPU", threads=1, minimize=True, seed=3)
     with pytest.warns(RuntimeWarning, match="unminimised starting structure"):
         simulation = build_simulation(structure, _nan_system(), settings, set_velocities=False)
@@ -78,12 +80,17 @@ def test_minimisation_that_reaches_nan_keeps_the_starting_structure_with_a_warni
     context = simulation.context
     with pytest.raises(mm.OpenMMException, match="NaN"):
         Minimizer(context, 1.0)()
-    np.testing.assert_allclose(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom),
-                               structure.positions_angstrom)
+    np.testing.assert_allclose(
+        context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom),
+        structure.positions_angstrom,
+    )
 
 
-@pytest.mark.skipif(not all(path.is_file() for path in pretrained_files("buckyball_catcher").values()),
-                    reason="shipped buckyball_catcher model not present")
+@pytest.mark.artifacts
+@pytest.mark.skipif(
+    not all(path.is_file() for path in pretrained_files("buckyball_catcher").values()),
+    reason="shipped buckyball_catcher model not present",
+)
 def test_float32_overflow_on_the_first_trial_step_is_minimised_in_float64():
     """The shipped catcher model overflows in float32 where OpenMM's first L-BFGS step puts two carbons 0.25 Å apart."""
     files = pretrained_files("buckyball_catcher")
@@ -106,8 +113,11 @@ def test_float32_overflow_on_the_first_trial_step_is_minimised_in_float64():
     assert Minimizer(context, 10.0)() == AS_GIVEN
 
 
-@pytest.mark.skipif(not all(path.is_file() for path in pretrained_files("ac_ala3_nhme").values()),
-                    reason="shipped ac_ala3_nhme model not present")
+@pytest.mark.artifacts
+@pytest.mark.skipif(
+    not all(path.is_file() for path in pretrained_files("ac_ala3_nhme").values()),
+    reason="shipped ac_ala3_nhme model not present",
+)
 def test_line_search_that_ends_above_the_start_is_redone_after_steepest_descent():
     """Frame 650 (65 ps) of the shipped peptide model's 500 K run: OpenMM's L-BFGS alone stops 760 kJ/mol above it."""
     import mdtraj

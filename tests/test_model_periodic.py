@@ -29,7 +29,10 @@ def explicit_replica_energy(model, numbers, positions, box) -> float:
     With a cutoff of 3 Å and 2 layers an atomic energy depends on atoms within 6 Å,
     and every box width here exceeds that, so the cluster is an exact reference.
     """
-    replicas = [positions + (torch.tensor(shift, dtype=torch.float64) @ box) for shift in itertools.product((0, -1, 1), repeat=3)]
+    replicas = [
+        positions + (torch.tensor(shift, dtype=torch.float64) @ box)
+        for shift in itertools.product((0, -1, 1), repeat=3)
+    ]
     cluster = torch.cat(replicas)
     cluster_numbers = numbers.repeat(len(replicas))
     batch = torch.zeros(len(cluster), dtype=torch.long)

@@ -47,11 +47,25 @@ def test_energy_invariant_under_rotation_translation_reflection(small_model, see
     assert relative(energy(small_model, POSITIONS @ reflection @ rotation.T), reference) < 1e-10
 
 
-def test_energy_invariant_under_permutation_of_same_element_atoms(small_model):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_energy_invariant_and_forces_permuted_under_a_permutation_of_the_atoms(small_model, seed):
+    """Relabelling the atoms (each keeps its element and position) leaves the energy and permutes the forces."""
+    reference_energy, reference_forces = small_model.energy_and_forces(NUMBERS, POSITIONS)
+    permutation = torch.randperm(len(NUMBERS), generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(NUMBERS[permutation], NUMBERS)  # atoms of different elements change places
+    permuted_energy, permuted_forces = small_model.energy_and_forces(NUMBERS[permutation], POSITIONS[permutation])
+    assert relative(float(permuted_energy), float(reference_energy)) < 1e-10
+    torch.testing.assert_close(permuted_forces, reference_forces[permutation], rtol=1e-9, atol=1e-12)
+    # Guard: moving the positions without their elements is another molecule with another energy.
+    assert relative(energy(small_model, POSITIONS[permutation]), float(reference_energy)) > 1e-6
+
+
+def test_energy_invariant_under_exchange_of_same_element_atoms(small_model):
+    """Swapping positions of atoms of the same element (H and H, C and C, O and O) is the same molecule."""
     reference_energy, reference_forces = small_model.energy_and_forces(NUMBERS, POSITIONS)
     permutation = torch.tensor([1, 0, 9, 10, 4, 3, 11, 7, 6, 2, 8, 5])
-    assert torch.equal(NUMBERS[permutation], NUMBERS[permutation])  # well-formed index
-    assert all(NUMBERS[permutation][k] == NUMBERS[k] for k in range(len(NUMBERS)))
+    assert torch.equal(NUMBERS[permutation], NUMBERS)  # only same-element atoms exchanged
+    assert not torch.equal(permutation, torch.arange(len(NUMBERS)))
     permuted_energy, permuted_forces = small_model.energy_and_forces(NUMBERS, POSITIONS[permutation])
     assert relative(float(permuted_energy), float(reference_energy)) < 1e-10
     torch.testing.assert_close(permuted_forces, reference_forces[permutation], rtol=1e-9, atol=1e-12)
@@ -103,7 +117,9 @@ def test_energy_and_forces_continuous_as_a_neighbour_crosses_the_cutoff(cutoff_f
 
 
 def test_isolated_atoms_have_finite_energy_and_zero_force(small_model):
-    single_energy, single_forces = small_model.energy_and_forces(torch.tensor([8]), torch.zeros(1, 3, dtype=torch.float64))
+    single_energy, single_forces = small_model.energy_and_forces(
+        torch.tensor([8]), torch.zeros(1, 3, dtype=torch.float64)
+    )
     assert torch.isfinite(single_energy).all()
     assert torch.equal(single_forces, torch.zeros(1, 3, dtype=torch.float64))
     far = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)

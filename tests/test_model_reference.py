@@ -13,7 +13,6 @@ the speed work (commit ecde956).
 from __future__ import annotations
 
 import math
-from typing import Dict
 
 import numpy as np
 import pytest
@@ -42,7 +41,7 @@ SHIPPED = REPOSITORY / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme"
 def reference_energy(model: SO3krates, numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Total energy (0-d, float64) of one structure, computed from the equations in float64."""
     config = model.config
-    p: Dict[str, torch.Tensor] = {name: value.double() for name, value in model.state_dict().items()}
+    p: dict[str, torch.Tensor] = {name: value.double() for name, value in model.state_dict().items()}
     features, heads, degrees = config.features, config.heads, list(config.degrees)
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,9 @@ def reference_energy(model: SO3krates, numbers: torch.Tensor, positions: torch.T
     def mlp(name_in: str, name_out: str, x: torch.Tensor) -> torch.Tensor:
         return linear(name_out, functional.silu(linear(name_in, x)))
 
-    degree_of_component = torch.repeat_interleave(torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees]))
+    degree_of_component = torch.repeat_interleave(
+        torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees])
+    )
 
     def contract(v: torch.Tensor, layer: str) -> torch.Tensor:
         """``c_l(v) = (2l+1)^-1/2 sum_m (v^l_m)^2`` with the layer's stored constants
@@ -60,7 +61,9 @@ def reference_energy(model: SO3krates, numbers: torch.Tensor, positions: torch.T
         torch.testing.assert_close(contraction, degree_contraction_matrix(degrees), rtol=1e-7, atol=0.0)
         return (v * v) @ contraction
 
-    def attention_scores(queries: torch.Tensor, filters: torch.Tensor, keys: torch.Tensor, n_heads: int) -> torch.Tensor:
+    def attention_scores(
+        queries: torch.Tensor, filters: torch.Tensor, keys: torch.Tensor, n_heads: int
+    ) -> torch.Tensor:
         width = features // n_heads
         return (queries * filters * keys).view(-1, n_heads, width).sum(-1) * width**-0.5
 
@@ -72,7 +75,9 @@ def reference_energy(model: SO3krates, numbers: torch.Tensor, positions: torch.T
     phi = CutoffFunction(config.cutoff, config.cutoff_function)(distances)
     # PhysNet basis exp(-beta (exp(-d) - mu_k)^2) with the stored centres mu_k (a float32 model rounds them).
     centres = p["radial_basis.centres"]
-    torch.testing.assert_close(centres, PhysNetRadialBasis(config.radial_basis_size, config.cutoff).centres, rtol=1e-7, atol=0.0)
+    torch.testing.assert_close(
+        centres, PhysNetRadialBasis(config.radial_basis_size, config.cutoff).centres, rtol=1e-7, atol=0.0
+    )
     beta = ((2.0 / config.radial_basis_size) * (1.0 - math.exp(-config.cutoff))) ** -2
     basis = torch.exp(-beta * (torch.exp(-distances).unsqueeze(-1) - centres) ** 2)
     harmonics = SphericalHarmonics(degrees)(vectors / distances.unsqueeze(-1))
@@ -132,6 +137,7 @@ def shipped() -> tuple[SO3krates, np.ndarray, np.ndarray]:
     return SO3krates.load(SHIPPED / "best_checkpoint.pt").eval(), structure.atomic_numbers, structure.positions_angstrom
 
 
+@pytest.mark.artifacts
 def test_shipped_checkpoint_in_float64_equals_plain_reference(shipped):
     model, numbers, positions = shipped
     model64 = SO3krates.load(SHIPPED / "best_checkpoint.pt").double().eval()
@@ -191,6 +197,7 @@ PINNED_FORCES = [
 ]
 
 
+@pytest.mark.artifacts
 def test_shipped_checkpoint_gives_the_pinned_energy_and_forces(shipped):
     model, numbers, positions = shipped
     assert model.dtype == torch.float32

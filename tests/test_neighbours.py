@@ -9,7 +9,8 @@ from so3krates_openmm.model.neighbours import neighbour_list
 
 
 def pair_set(first, second, shifts) -> set:
-    return {(int(i), int(j), tuple(round(float(x), 6) for x in s)) for i, j, s in zip(first, second, shifts)}
+    pairs = zip(first, second, shifts, strict=True)
+    return {(int(i), int(j), tuple(round(float(x), 6) for x in s)) for i, j, s in pairs}
 
 
 def random_system(seed: int, n_atoms: int, side: float):
@@ -56,7 +57,7 @@ def test_cell_list_batches_keep_structures_apart():
     reference = neighbour_list(positions, batch, 2, 3.0, method="all_pairs")
     cells = neighbour_list(positions, batch, 2, 3.0, method="cell_list")
     assert pair_set(*cells) == pair_set(*reference)
-    assert all(batch[i] == batch[j] for i, j in zip(cells[0][:200], cells[1][:200]))
+    assert all(batch[i] == batch[j] for i, j in zip(cells[0][:200], cells[1][:200], strict=True))
 
 
 def test_small_periodic_box_falls_back_to_all_pairs():

@@ -54,8 +54,9 @@ def test_two_processes_reach_the_weights_of_one(tmp_path: Path):
     assert "over 2 process(es)" in completed.stdout
 
     config = config_from_dict({
-        "data": str(data_file), "output": str(tmp_path / "single"), "train_size": 14, "valid_size": 6, "test_size": 4, "batch_size": 4,
-        "max_epochs": 3, "features": 16, "layers": 1, "heads": 2, "degrees": [1, 2], "radial_basis_size": 8, "cutoff": 4.0,
+        "data": str(data_file), "output": str(tmp_path / "single"),
+        "train_size": 14, "valid_size": 6, "test_size": 4, "batch_size": 4, "max_epochs": 3,
+        "features": 16, "layers": 1, "heads": 2, "degrees": [1, 2], "radial_basis_size": 8, "cutoff": 4.0,
         "dtype": "float64", "lr": 0.005, "threads": 1, "progress": False, "ema_decay": 0.9,
     })
     single = train(config, log=lambda message: None)
@@ -66,7 +67,8 @@ def test_two_processes_reach_the_weights_of_one(tmp_path: Path):
         two = read_checkpoint(tmp_path / "ddp" / name)["state_dict"]
         for key, value in one.items():
             if value.is_floating_point():
-                np.testing.assert_allclose(two[key].numpy(), value.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"{name}: {key}")
+                np.testing.assert_allclose(two[key].numpy(), value.numpy(), rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{name}: {key}")
             else:
                 assert torch.equal(two[key], value)
     rows_one = read_metrics_csv(tmp_path / "single" / "metrics.csv")

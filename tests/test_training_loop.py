@@ -132,7 +132,7 @@ def test_resumed_run_continues_the_same_curve(tmp_path: Path, ethanol_data: Mole
     rows_straight = read_metrics_csv(tmp_path / "straight" / "metrics.csv")
     rows_resumed = read_metrics_csv(tmp_path / "resumed" / "metrics.csv")
     assert [row["epoch"] for row in rows_resumed] == [1, 2, 3, 4]
-    for a, b in zip(rows_straight, rows_resumed):
+    for a, b in zip(rows_straight, rows_resumed, strict=True):
         for column in METRIC_COLUMNS:
             if column != "time":
                 assert a[column] == pytest.approx(b[column], rel=1e-12, abs=1e-15), column
@@ -174,9 +174,18 @@ def test_shifts_of_a_single_molecule_are_an_even_per_atom_share():
     assert shifts[6] == pytest.approx(shifts[1]) == pytest.approx(shifts[8]) == pytest.approx(np.mean(energies) / 9)
 
 
-def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path: Path, ethanol_data: MolecularDataset):
+def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(
+    tmp_path: Path, ethanol_data: MolecularDataset
+):
     """A checkpoint after every step (tiny interval); the run dies in step 7 of 10 of epoch 2 and resumes there."""
-    options = {"max_epochs": 2, "train_size": 40, "valid_size": 10, "test_size": 10, "batch_size": 8, "checkpoint_interval": "0.0001s"}
+    options = {
+        "max_epochs": 2,
+        "train_size": 40,
+        "valid_size": 10,
+        "test_size": 10,
+        "batch_size": 8,
+        "checkpoint_interval": "0.0001s",
+    }
     straight = train(config_from_dict(small_run(tmp_path / "straight", **options)), dataset=ethanol_data, log=quiet)
 
     trainer = Trainer(config_from_dict(small_run(tmp_path / "broken", **options)), dataset=ethanol_data, log=quiet)
@@ -195,8 +204,11 @@ def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_pat
     assert state["epoch"] == 1 and state["epoch_in_progress"]["batches_done"] == 2 and state["step"] == 7
 
     messages: list[str] = []
-    resumed = train(config_from_dict(small_run(tmp_path / "broken", resume=True, **options)), dataset=ethanol_data,
-                    log=messages.append)
+    resumed = train(
+        config_from_dict(small_run(tmp_path / "broken", resume=True, **options)),
+        dataset=ethanol_data,
+        log=messages.append,
+    )
     assert any("in epoch 2 after 2 batches (step 7)" in message for message in messages)
     assert resumed.steps == straight.steps == 10
     for a, b in zip(straight.metrics, resumed.metrics, strict=True):
@@ -210,8 +222,11 @@ def test_run_interrupted_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_pat
 
 def test_an_epoch_can_be_run_by_hand_after_setup(tmp_path: Path, ethanol_data: MolecularDataset):
     """The building blocks work outside ``run`` (as the throughput benchmark uses them)."""
-    trainer = Trainer(config_from_dict(small_run(tmp_path / "run", train_size=10, valid_size=5, test_size=5)),
-                      dataset=ethanol_data, log=quiet)
+    trainer = Trainer(
+        config_from_dict(small_run(tmp_path / "run", train_size=10, valid_size=5, test_size=5)),
+        dataset=ethanol_data,
+        log=quiet,
+    )
     trainer.setup()
     trainer.setup()  # idempotent
     loss = trainer.train_epoch(1)
@@ -250,8 +265,11 @@ def test_time_budget_stops_within_an_epoch_and_a_larger_budget_continues_the_sam
     assert report["training"]["stop_reason"] == stopped.stop_reason and report["training"]["steps"] == 7
 
     messages: list[str] = []
-    resumed = train(config_from_dict(small_run(output, resume=True, **dict(options, max_time="3h"))),
-                    dataset=ethanol_data, log=messages.append)
+    resumed = train(
+        config_from_dict(small_run(output, resume=True, **dict(options, max_time="3h"))),
+        dataset=ethanol_data,
+        log=messages.append,
+    )
     assert any("in epoch 2 after 2 batches (step 7)" in message for message in messages)
     assert resumed.steps == straight.steps == 15 and resumed.stop_reason.startswith("max_epochs")
     rows = read_metrics_csv(output / "metrics.csv")
