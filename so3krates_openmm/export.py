@@ -315,7 +315,7 @@ def export_checkpoint(
     """Export ``checkpoint`` to a TorchScript file at ``output``; returns the path.
 
     Args:
-        checkpoint: a checkpoint written by training or :meth:`SO3krates.save`.
+        checkpoint: a checkpoint written by training or :func:`~so3krates_openmm.model.checkpoint.save_checkpoint`.
         output: the ``.pt`` to write (atomically, only after the self-check passed).
         structure: the System's structure (all particles); its positions are
             used for the self-check and its box for periodic exports.

@@ -11,7 +11,6 @@ import pytest
 import torch
 from openmm import unit
 
-from so3krates_openmm import SO3krates
 from so3krates_openmm.cli import export_main
 from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
 from so3krates_openmm.export import ExportError, export_checkpoint, read_export_metadata
@@ -19,6 +18,7 @@ from so3krates_openmm.model.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
     checkpoint_dict,
+    load_model,
 )
 from so3krates_openmm.openmm_force import create_system, positions_nm
 
@@ -26,7 +26,7 @@ KJ_PER_KCAL = 4.184
 
 
 def test_checkpoint_round_trip(small_model, checkpoint, molecule):
-    loaded = SO3krates.load(checkpoint)
+    loaded = load_model(checkpoint)
     assert loaded.config == small_model.config
     assert loaded.energy_shifts.dtype == torch.float64
     torch.testing.assert_close(loaded.energy_shifts, small_model.energy_shifts, rtol=0, atol=0)
@@ -40,19 +40,19 @@ def test_not_a_checkpoint_and_newer_format_are_clear_errors(tmp_path, small_mode
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="not a so3krates-openmm checkpoint"):
-        SO3krates.load(junk)
+        load_model(junk)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": small_model.state_dict()}, foreign)
     with pytest.raises(CheckpointError, match="another model"):
-        SO3krates.load(foreign)
+        load_model(foreign)
     newer = tmp_path / "newer.pt"
     data = checkpoint_dict(small_model)
     data["format_version"] = CHECKPOINT_FORMAT_VERSION + 1
     torch.save(data, newer)
     with pytest.raises(CheckpointError, match="newer"):
-        SO3krates.load(newer)
+        load_model(newer)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        SO3krates.load(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt")
 
 
 def test_bad_inputs_are_clear_errors(small_model, molecule):

@@ -77,7 +77,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if _is_torchscript_archive(path):
         raise CheckpointError(
             f"{path} is an exported TorchScript model, not a checkpoint: pass the checkpoint written "
-            "by so3krates-train or SO3krates.save"
+            "by so3krates-train or save_checkpoint"
         )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
