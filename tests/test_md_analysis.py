@@ -26,7 +26,7 @@ from so3krates_openmm.md.spectrum import (
     finite_difference_velocities,
     vibrational_spectrum,
 )
-from so3krates_openmm.md.trajectory import read_dcd
+from so3krates_openmm.data.trajectory import read_dcd
 
 MASS_C, MASS_O = 12.0, 16.0
 K_KJ_MOL_NM2 = 1.8e6  # C=O-like stretch

@@ -31,7 +31,7 @@ from so3krates_openmm.md.reporters import (
 )
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
-from so3krates_openmm.md.trajectory import read_dcd
+from so3krates_openmm.data.trajectory import read_dcd
 
 EXACT_COLUMNS = ("step", "time_ps", "potential_energy_kJ/mol")
 # OpenMM recomputes the kinetic energy of a leapfrog-type integrator from cached forces; after a

@@ -20,7 +20,7 @@ from so3krates_openmm.md.commands import (
 )
 from so3krates_openmm.md.report import markdown_table, summarize_run
 from so3krates_openmm.md.reporters import read_csv_log
-from so3krates_openmm.md.trajectory import read_dcd
+from so3krates_openmm.data.trajectory import read_dcd
 
 QUIET = ["--no-progress", "--platform", "Reference", "--threads", "1", "--seed", "11"]
 

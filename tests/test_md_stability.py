@@ -18,7 +18,7 @@ from so3krates_openmm.md.stability import (
     StabilityCriteria,
     covalent_bonds,
 )
-from so3krates_openmm.md.trajectory import read_dcd
+from so3krates_openmm.data.trajectory import read_dcd
 
 REFERENCE = ["--platform", "Reference", "--threads", "1", "--no-progress"]
 

@@ -35,7 +35,7 @@ from so3krates_openmm.md.spectrum import (
     write_spectrum_csv,
     write_vacf_csv,
 )
-from so3krates_openmm.md.trajectory import mdtraj_trajectory, read_dcd
+from so3krates_openmm.data.trajectory import mdtraj_trajectory, read_dcd
 
 __all__ = [
     "backbone_dihedrals",

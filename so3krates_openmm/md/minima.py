@@ -33,7 +33,7 @@ from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.minimize import MinimizationError, Minimizer
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.stability import StabilityChecker, StabilityCriteria
-from so3krates_openmm.md.trajectory import mdtraj_trajectory
+from so3krates_openmm.data.trajectory import mdtraj_trajectory
 
 SystemFactory = Callable[[], mm.System]
 
