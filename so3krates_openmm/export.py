@@ -18,7 +18,6 @@ relative 1e-9), and the file written must load and give the same numbers.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 
 from so3krates_openmm import __version__
 from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.model.checkpoint import file_sha256, load_model
 from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, structure_pairs
 from so3krates_openmm.model.so3krates import SO3krates
@@ -330,17 +330,12 @@ def export_checkpoint(
     module, metadata, self_check = script_checkpoint(
         checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs, seed=seed
     )
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    try:
+
+    def write_and_verify(temporary: Path) -> None:
         torch.jit.save(module, str(temporary), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
         self_check.verify(torch.jit.load(str(temporary)), _tolerance(dtype), f"the written {dtype} module")
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, output)
-    return output
+
+    return write_atomically(output, write_and_verify)
 
 
 def _grid_positions(n_particles: int, spacing_angstrom: float = 1.6) -> np.ndarray:

@@ -20,7 +20,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Layers, lowest first: (name, module prefixes). A prefix names a module or a whole subpackage.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("units, elements, files", ("units", "elements", "io", "memory")),
+    ("units, elements, files", ("units", "elements", "files", "memory")),
     ("model", ("model",)),
     ("data", ("data",)),
     ("training and export", ("training", "export")),
