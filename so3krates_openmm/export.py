@@ -33,11 +33,10 @@ from so3krates_openmm.files import write_atomically
 from so3krates_openmm.model.checkpoint import file_sha256, load_model
 from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, structure_pairs
 from so3krates_openmm.model.so3krates import SO3krates
-from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT, energy_conversion
+from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
 
 METADATA_FILE = "so3krates_metadata.json"
 EXPORT_FORMAT_VERSION = 1
-ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
 #: Relative tolerance of the float64 self-check (scripted vs eager).
 SELF_CHECK_RTOL = 1e-9
 #: Relative tolerance of a float32 module against the float64 eager model.

@@ -32,7 +32,8 @@ from openmm import unit
 
 from so3krates_openmm.data.structures import Structure
 from so3krates_openmm.elements import masses_dalton, symbol
-from so3krates_openmm.export import ANGSTROM_PER_NM, read_export_metadata, script_checkpoint
+from so3krates_openmm.export import read_export_metadata, script_checkpoint
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 BACKENDS = ("torchforce", "pythonforce")
 read_model_metadata = read_export_metadata

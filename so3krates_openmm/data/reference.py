@@ -14,8 +14,8 @@ per temperature. Energies are written in kcal/mol and forces in kcal/(mol Å)
 
 Resumability: every ``checkpoint_every`` frames the frames so far and the MD
 state (positions, momenta, the random generator's state, where in the
-schedule the run is) are written atomically (temporary file +
-``files.write_atomically``) to ``<output stem>.partial.npz`` next to the output. A new
+schedule the run is) are written atomically
+(:func:`~so3krates_openmm.files.write_atomically`) to ``<output stem>.partial.npz`` next to the output. A new
 run with the same output continues from the last checkpoint after checking
 that the settings match (a kill loses at most ``checkpoint_every`` frames of
 work, never frames already saved, and never duplicates one). The xTB SCF

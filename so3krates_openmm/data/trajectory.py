@@ -21,8 +21,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-#: DCD time unit (AKMA) in ps.
-AKMA_TIME_PS = 0.04888821
+from so3krates_openmm.units import ANGSTROM_PER_NM, PS_PER_AKMA_TIME
 
 
 @dataclass
@@ -193,7 +192,7 @@ def read_dcd(path: str | Path) -> DCDTrajectory:
             xyz, cell_lengths, cell_angles = dcd.read()
         positions = np.asarray(xyz, dtype=np.float64)
         cells = None if cell_lengths is None else np.concatenate([cell_lengths, cell_angles], axis=1).astype(np.float64)
-    frame_interval_ps = header.timestep_akma * AKMA_TIME_PS * max(header.steps_between_frames, 1)
+    frame_interval_ps = header.timestep_akma * PS_PER_AKMA_TIME * max(header.steps_between_frames, 1)
     frame_steps = _frame_steps_from_log(path, header.steps_between_frames, len(positions))
     first_step = header.first_step if frame_steps is None or not len(frame_steps) else int(frame_steps[0])
     return DCDTrajectory(positions, cells, frame_interval_ps, first_step, header.steps_between_frames, frame_steps)
@@ -204,5 +203,5 @@ def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: Option
     import mdtraj
 
     md_topology = mdtraj.Topology.from_openmm(topology)
-    xyz = np.asarray(positions_angstrom, dtype=np.float32).reshape(-1, md_topology.n_atoms, 3) * 0.1
+    xyz = np.asarray(positions_angstrom, dtype=np.float32).reshape(-1, md_topology.n_atoms, 3) / ANGSTROM_PER_NM
     return mdtraj.Trajectory(xyz, md_topology, time=times_ps)
