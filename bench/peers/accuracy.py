@@ -83,7 +83,7 @@ from peer_common import (
     write_reference_extxyz,
 )
 
-DEFAULT_DATA = ROOT / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme" / "dataset.npz"
+DEFAULT_DATA = ROOT / "datasets" / "ac_ala3_nhme" / "dataset.npz"
 PARTS = ("train", "valid", "test")
 #: SO3krates training seconds per optimiser step (paper size, batch 10, 42 atoms, 1 thread of
 #: its own; measured 2.2 s when the core was shared with other jobs), which sets the learning-rate
