@@ -40,7 +40,8 @@ setup(
         "scipy",
         "openmmml==1.8",
     ],
-    extras_require={"test": ["pytest"]},
+    # wheel: building the package without build isolation (tests/test_install.py) with setuptools < 70.1.
+    extras_require={"test": ["pytest", "wheel"]},
     entry_points={
         "console_scripts": [
             "so3krates-export=so3krates_openmm.cli:export_main",
