@@ -10,8 +10,19 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["so3krates_openmm", "so3krates_openmm.*"]),
-    include_package_data=True,
-    package_data={"so3krates_openmm": ["pretrained/*/*", "md/protocols/*.yaml"]},
+    license="MIT",
+    # The installed package ships what the showcase needs: per pretrained system the best checkpoint,
+    # the exported model, the structure files and the DATA/PROVENANCE notes (data sets, training
+    # records and long runs stay in the repository: datasets/, bench/).
+    package_data={
+        "so3krates_openmm": [
+            "pretrained/*/best_checkpoint.pt",
+            "pretrained/*/model.pt",
+            "pretrained/*/structure.pdb",
+            "pretrained/*/structure.xyz",
+            "pretrained/*/*.md",
+        ]
+    },
     install_requires=[
         # openmm-torch's C++ plugin is tied to the torch minor version (C++ ABI):
         # these three pins move together (see ../shared/design/openmm-ecosystem.md).
@@ -29,7 +40,8 @@ setup(
         "scipy",
         "openmmml==1.8",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    # wheel: building the package without build isolation (tests/test_install.py) with setuptools < 70.1.
+    extras_require={"test": ["pytest", "ruff", "wheel"]},
     entry_points={
         "console_scripts": [
             "so3krates-export=so3krates_openmm.cli:export_main",

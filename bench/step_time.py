@@ -26,6 +26,7 @@ import torch
 from bench_common import random_paper_model, time_call
 
 from so3krates_openmm.export import build_energy_module, export_checkpoint
+from so3krates_openmm.model.checkpoint import save_checkpoint
 
 #: untimed calls before each timing
 WARMUP = 3
@@ -52,7 +53,7 @@ def benchmark_system(name: str, threads: int, repeats: int, workdir: Path) -> di
         energy = scripted(p)
         torch.autograd.grad(energy, p)
 
-    checkpoint = model.save(workdir / f"{name}_checkpoint.pt")
+    checkpoint = save_checkpoint(model, workdir / f"{name}_checkpoint.pt")
     model_path = export_checkpoint(checkpoint, workdir / f"{name}.pt", structure=structure, dtype="float32")
     system = create_system(structure, model_path)
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.5 * unit.femtosecond)

@@ -61,7 +61,7 @@ class SO3kratesCalculator(Calculator):
     """ASE calculator for an SO3krates checkpoint.
 
     Args:
-        checkpoint: checkpoint written by ``so3krates-train`` or ``SO3krates.save``.
+        checkpoint: checkpoint written by ``so3krates-train`` or ``save_checkpoint``.
         device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
         dtype: ``"float64"`` (default; for optimisation) or ``"float32"`` (faster MD).
     """

@@ -28,7 +28,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         description="Export an SO3krates checkpoint to a TorchScript .pt for openmm-torch's TorchForce "
         "(positions in nm -> energy in kJ/mol). The export checks itself against the eager model.",
     )
-    parser.add_argument("checkpoint", help="checkpoint written by so3krates-train or SO3krates.save")
+    parser.add_argument("checkpoint", help="checkpoint written by so3krates-train or save_checkpoint")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--structure", help="PDB or XYZ file with all particles of the OpenMM System")
     source.add_argument("--atomic-numbers", help="comma-separated atomic numbers of all particles, e.g. 6,1,1,1,1")

@@ -18,7 +18,6 @@ relative 1e-9), and the file written must load and give the same numbers.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,14 @@ from torch import Tensor, nn
 
 from so3krates_openmm import __version__
 from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.model.checkpoint import file_sha256, load_model
 from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, structure_pairs
 from so3krates_openmm.model.so3krates import SO3krates
-from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT, energy_conversion
+from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
 
 METADATA_FILE = "so3krates_metadata.json"
 EXPORT_FORMAT_VERSION = 1
-ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
 #: Relative tolerance of the float64 self-check (scripted vs eager).
 SELF_CHECK_RTOL = 1e-9
 #: Relative tolerance of a float32 module against the float64 eager model.
@@ -315,7 +314,7 @@ def export_checkpoint(
     """Export ``checkpoint`` to a TorchScript file at ``output``; returns the path.
 
     Args:
-        checkpoint: a checkpoint written by training or :meth:`SO3krates.save`.
+        checkpoint: a checkpoint written by training or :func:`~so3krates_openmm.model.checkpoint.save_checkpoint`.
         output: the ``.pt`` to write (atomically, only after the self-check passed).
         structure: the System's structure (all particles); its positions are
             used for the self-check and its box for periodic exports.
@@ -330,17 +329,12 @@ def export_checkpoint(
     module, metadata, self_check = script_checkpoint(
         checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs, seed=seed
     )
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    try:
+
+    def write_and_verify(temporary: Path) -> None:
         torch.jit.save(module, str(temporary), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
         self_check.verify(torch.jit.load(str(temporary)), _tolerance(dtype), f"the written {dtype} module")
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, output)
-    return output
+
+    return write_atomically(output, write_and_verify)
 
 
 def _grid_positions(n_particles: int, spacing_angstrom: float = 1.6) -> np.ndarray:

@@ -38,7 +38,8 @@ from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.elements import masses_dalton, symbol
-from so3krates_openmm.export import ANGSTROM_PER_NM, read_export_metadata, script_checkpoint
+from so3krates_openmm.export import read_export_metadata, script_checkpoint
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 if TYPE_CHECKING:
     import torch

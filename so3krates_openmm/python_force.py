@@ -16,9 +16,7 @@ import torch
 from openmm import unit
 
 from so3krates_openmm.model.so3krates import SO3krates
-from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT, energy_conversion
-
-ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
+from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
 
 
 def _positions_and_box_nm(state: openmm.State, periodic: bool) -> tuple[np.ndarray, np.ndarray | None]:

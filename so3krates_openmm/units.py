@@ -24,6 +24,12 @@ ANGSTROM_PER_LENGTH_UNIT: dict[str, float] = {
     "Bohr": 0.529177210903,
 }
 
+#: Å per nm, the factor at every boundary between the model (Å) and OpenMM (nm).
+ANGSTROM_PER_NM: float = ANGSTROM_PER_LENGTH_UNIT["nm"]
+
+#: ps per AKMA time unit (CHARMM's, in which a DCD header gives the time step).
+PS_PER_AKMA_TIME: float = 0.04888821
+
 _ENERGY_ALIASES = {
     "kj/mol": "kJ/mol",
     "kcal/mol": "kcal/mol",

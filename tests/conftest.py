@@ -23,6 +23,7 @@ from md_support import (
 
 from so3krates_openmm import SO3krates, SO3kratesConfig
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.model.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -124,7 +125,7 @@ def molecule() -> Structure:
 
 @pytest.fixture
 def checkpoint(tmp_path: Path, small_model: SO3krates) -> Path:
-    return small_model.save(tmp_path / "small_checkpoint.pt")
+    return save_checkpoint(small_model, tmp_path / "small_checkpoint.pt")
 
 
 def random_rotation(seed: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from openmm import app, unit
 from so3krates_openmm import SO3krates, SO3kratesConfig
 from so3krates_openmm.data.structures import Structure, write_xyz
 from so3krates_openmm.export import export_checkpoint
+from so3krates_openmm.model.checkpoint import save_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PROTOCOLS = REPOSITORY / "md_protocols"
@@ -84,7 +85,7 @@ def export_random_model(structure: Structure, directory: Path, *, energy_unit: s
         energy_unit=energy_unit,
     )
     directory.mkdir(parents=True, exist_ok=True)
-    checkpoint = SO3krates(config).save(directory / "random_checkpoint.pt")
+    checkpoint = save_checkpoint(SO3krates(config), directory / "random_checkpoint.pt")
     return export_checkpoint(checkpoint, directory / "model.pt", structure=structure)
 
 

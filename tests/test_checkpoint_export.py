@@ -12,7 +12,7 @@ import pytest
 import torch
 from openmm import unit
 
-from so3krates_openmm import SO3krates, SO3kratesConfig
+from so3krates_openmm import SO3kratesConfig
 from so3krates_openmm.cli import export_main
 from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
 from so3krates_openmm.export import ExportError, export_checkpoint, read_export_metadata
@@ -21,7 +21,9 @@ from so3krates_openmm.model.checkpoint import (
     CheckpointError,
     checkpoint_dict,
     file_sha256,
+    load_model,
     read_checkpoint,
+    save_checkpoint,
 )
 from so3krates_openmm.openmm_force import create_system, create_torch_force, positions_nm
 
@@ -29,7 +31,7 @@ KJ_PER_KCAL = 4.184
 
 
 def test_checkpoint_round_trip(small_model, checkpoint, molecule):
-    loaded = SO3krates.load(checkpoint)
+    loaded = load_model(checkpoint)
     assert loaded.config == small_model.config
     assert loaded.energy_shifts.dtype == torch.float64
     torch.testing.assert_close(loaded.energy_shifts, small_model.energy_shifts, rtol=0, atol=0)
@@ -43,19 +45,19 @@ def test_not_a_checkpoint_and_newer_format_are_clear_errors(tmp_path, small_mode
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="not a so3krates-openmm checkpoint"):
-        SO3krates.load(junk)
+        load_model(junk)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": small_model.state_dict()}, foreign)
     with pytest.raises(CheckpointError, match="another model"):
-        SO3krates.load(foreign)
+        load_model(foreign)
     newer = tmp_path / "newer.pt"
     data = checkpoint_dict(small_model)
     data["format_version"] = CHECKPOINT_FORMAT_VERSION + 1
     torch.save(data, newer)
     with pytest.raises(CheckpointError, match="newer"):
-        SO3krates.load(newer)
+        load_model(newer)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        SO3krates.load(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt")
 
 
 def test_bad_inputs_are_clear_errors(small_model, molecule):
@@ -256,12 +258,12 @@ def test_metadata_round_trips_through_a_checkpoint_file_and_an_exported_pt(tmp_p
 
     extra = {"training": {"epoch": 7, "valid_loss": 0.125}, "data": ["dataset.npz"]}
     small_model.set_energy_shifts({1: -0.1234567890123, 6: -37.8, 7: -54.5, 8: -75.0000000001})
-    path = small_model.save(tmp_path / "run" / "best_checkpoint.pt", extra=extra)
+    path = save_checkpoint(small_model, tmp_path / "run" / "best_checkpoint.pt", extra=extra)
     data = read_checkpoint(path)
     assert data["extra"] == extra and data["config"] == small_model.config.to_dict()
     assert data["energy_unit"] == "kcal/mol" and data["length_unit"] == small_model.config.length_unit
     assert data["energy_shifts"] == {1: -0.1234567890123, 6: -37.8, 7: -54.5, 8: -75.0000000001}  # float64 exactly
-    loaded = SO3krates.load(path)
+    loaded = load_model(path)
     assert loaded.config == small_model.config and torch.equal(loaded.energy_shifts, small_model.energy_shifts)
     for name, value in small_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
@@ -297,7 +299,8 @@ def test_metadata_round_trips_through_a_checkpoint_file_and_an_exported_pt(tmp_p
     # A different checkpoint (one weight changed) is told apart by the hash in the export.
     with torch.no_grad():
         small_model.embedding.weight[0, 0] += 1e-6
-    other = export_checkpoint(small_model.save(tmp_path / "other.pt"), tmp_path / "other_model.pt", structure=molecule)
+    other = export_checkpoint(save_checkpoint(small_model, tmp_path / "other.pt"), tmp_path / "other_model.pt",
+                              structure=molecule)
     assert read_export_metadata(other)["checkpoint_sha256"] != metadata["checkpoint_sha256"]
 
 

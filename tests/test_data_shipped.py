@@ -12,11 +12,12 @@ from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.units import energy_conversion
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "so3krates_openmm" / "pretrained"
+DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 pytestmark = pytest.mark.artifacts  # pins the shipped data sets: update when the data are regenerated
 
 
 def test_peptide_data_set_covers_300_to_700_kelvin_in_the_structure_atom_order():
-    path = PRETRAINED / "ac_ala3_nhme" / "dataset.npz"
+    path = DATASETS / "ac_ala3_nhme" / "dataset.npz"
     data = load_dataset(path)
     structure = read_structure(PRETRAINED / "ac_ala3_nhme" / "structure.pdb")
     assert len(data) >= 2000 and data.energy_unit == "kcal/mol"
@@ -42,7 +43,7 @@ def test_peptide_labels_are_gfn2_xtb_energies_and_forces():
     from ase import Atoms
     from tblite.ase import TBLite
 
-    data = load_dataset(PRETRAINED / "ac_ala3_nhme" / "dataset.npz")
+    data = load_dataset(DATASETS / "ac_ala3_nhme" / "dataset.npz")
     to_kcal = energy_conversion("eV", "kcal/mol")
     for index in (0, 1500):
         frame = data[index]
@@ -54,9 +55,9 @@ def test_peptide_labels_are_gfn2_xtb_energies_and_forces():
 
 
 def test_catcher_data_set_covers_300_and_500_kelvin_in_the_structure_atom_order():
-    directory = PRETRAINED / "buckyball_catcher"
+    directory = DATASETS / "buckyball_catcher"
     data = load_dataset(directory / "dataset.npz")
-    structure = read_structure(directory / "structure.pdb")
+    structure = read_structure(PRETRAINED / directory.name / "structure.pdb")
     assert len(data) >= 400 and data.energy_unit == "kcal/mol"
     z, positions, energies, _ = data.stacked()
     np.testing.assert_array_equal(z, structure.atomic_numbers)
@@ -74,7 +75,7 @@ def test_catcher_data_set_covers_300_and_500_kelvin_in_the_structure_atom_order(
 
 def test_catcher_partial_files_continue_the_shipped_data():
     """The resumable partial files begin with the frames merged into dataset.npz, in order."""
-    directory = PRETRAINED / "buckyball_catcher"
+    directory = DATASETS / "buckyball_catcher"
     shipped = load_dataset(directory / "dataset.npz")
     positions = shipped.stacked()[1]
     start = 0
@@ -91,17 +92,18 @@ def test_peptide_md_frames_are_labelled_frames_of_the_round0_stability_runs():
     from ase import Atoms
     from tblite.ase import TBLite
 
-    directory = PRETRAINED / "ac_ala3_nhme"
+    directory = DATASETS / "ac_ala3_nhme"
     data = load_dataset(directory / "md_frames_round1.npz")
     assert len(data) == 450 and data.energy_unit == "kcal/mol" and "GFN2-xTB" in data.metadata["theory"]
-    np.testing.assert_array_equal(data[0].atomic_numbers, read_structure(directory / "structure.pdb").atomic_numbers)
+    structure = read_structure(PRETRAINED / directory.name / "structure.pdb")
+    np.testing.assert_array_equal(data[0].atomic_numbers, structure.atomic_numbers)
     round0 = Path(__file__).resolve().parents[1] / "bench" / "stability" / "round0"
     to_kcal = energy_conversion("eV", "kcal/mol")
     start = 0
     for part, temperature in zip(data.metadata["parts"], (300, 500), strict=True):
         assert part["inputs"]["trajectory"].endswith(f"ac_ala3_nhme_{temperature}K/trajectory.dcd")
         trajectory = mdtraj.load(str(round0 / f"ac_ala3_nhme_{temperature}K" / "trajectory.dcd"),
-                                 top=str(directory / "structure.pdb"))
+                                 top=str(PRETRAINED / directory.name / "structure.pdb"))
         last = start + part["frames"] - 1
         source = part["frame_indices"][-1]
         np.testing.assert_allclose(data[last].positions, trajectory.xyz[source] * 10.0, atol=1e-4)
@@ -119,12 +121,13 @@ def test_catcher_md_frames_are_labelled_frames_of_the_round0_500K_run():
     from ase import Atoms
     from tblite.ase import TBLite
 
-    directory = PRETRAINED / "buckyball_catcher"
+    directory = DATASETS / "buckyball_catcher"
     data = load_dataset(directory / "md_frames_round1.npz")
     assert len(data) == 180 and data.energy_unit == "kcal/mol" and "GFN2-xTB" in data.metadata["theory"]
-    np.testing.assert_array_equal(data[0].atomic_numbers, read_structure(directory / "structure.pdb").atomic_numbers)
+    structure = read_structure(PRETRAINED / directory.name / "structure.pdb")
+    np.testing.assert_array_equal(data[0].atomic_numbers, structure.atomic_numbers)
     run = Path(__file__).resolve().parents[1] / "bench" / "showcase" / "catcher_round0" / "md_500K" / "trajectory.dcd"
-    trajectory = mdtraj.load(str(run), top=str(directory / "structure.pdb"))
+    trajectory = mdtraj.load(str(run), top=str(PRETRAINED / directory.name / "structure.pdb"))
     # Part 1 was labelled from a copy of the DCD taken while the run was going: its frame numbers index the same file.
     sources = [index for part in data.metadata["parts"] for index in part["frame_indices"]]
     assert len(set(sources)) == len(sources) == len(data)

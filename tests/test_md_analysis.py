@@ -12,6 +12,7 @@ from conftest import shared_file
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.catcher import centroid_distances, identify_ball
 from so3krates_openmm.md.energy import energy_drift
 from so3krates_openmm.md.platforms import get_platform
@@ -27,7 +28,6 @@ from so3krates_openmm.md.spectrum import (
     finite_difference_velocities,
     vibrational_spectrum,
 )
-from so3krates_openmm.md.trajectory import read_dcd
 
 MASS_C, MASS_O = 12.0, 16.0
 K_KJ_MOL_NM2 = 1.8e6  # C=O-like stretch

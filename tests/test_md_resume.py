@@ -22,6 +22,7 @@ import pytest
 from md_support import PROTOCOLS, REPOSITORY
 
 from so3krates_openmm.data.structures import read_structure
+from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.checkpoint import read_checkpoint
 from so3krates_openmm.md.commands import langevin_nvt_main
 from so3krates_openmm.md.reporters import (
@@ -31,7 +32,6 @@ from so3krates_openmm.md.reporters import (
 )
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
-from so3krates_openmm.md.trajectory import read_dcd
 
 EXACT_COLUMNS = ("step", "time_ps", "potential_energy_kJ/mol")
 # OpenMM recomputes the kinetic energy of a leapfrog-type integrator from cached forces; after a

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.commands import (
     EXIT_BAD_INPUT,
     catcher_distance_main,
@@ -20,7 +21,6 @@ from so3krates_openmm.md.commands import (
 )
 from so3krates_openmm.md.report import markdown_table, summarize_run
 from so3krates_openmm.md.reporters import read_csv_log
-from so3krates_openmm.md.trajectory import read_dcd
 
 QUIET = ["--no-progress", "--platform", "Reference", "--threads", "1", "--seed", "11"]
 

@@ -14,7 +14,7 @@ import openmm
 import pytest
 from openmm import unit
 
-from so3krates_openmm import SO3krates, create_system, read_structure
+from so3krates_openmm import create_system, read_structure
 from so3krates_openmm.export import read_export_metadata
 from so3krates_openmm.md.catcher import centroid_distances, identify_ball
 from so3krates_openmm.md.commands import (
@@ -28,7 +28,7 @@ from so3krates_openmm.md.commands import (
 from so3krates_openmm.md.protocols import pretrained_files
 from so3krates_openmm.md.reporters import read_csv_log
 from so3krates_openmm.md.stability import covalent_bonds
-from so3krates_openmm.model.checkpoint import file_sha256
+from so3krates_openmm.model.checkpoint import file_sha256, load_model
 
 pytestmark = pytest.mark.artifacts
 COMMON = ["--platform", "CPU", "--threads", "1", "--seed", "5", "--no-progress"]
@@ -132,7 +132,7 @@ def test_shipped_model_and_checkpoint_give_the_pinned_energies(system_name):
     metadata = read_export_metadata(files["model"])
     assert metadata["checkpoint_sha256"] == file_sha256(checkpoint)  # model.pt is the export of best_checkpoint.pt
     structure = read_structure(files["structure"])
-    model = SO3krates.load(checkpoint).double()
+    model = load_model(checkpoint).double()
     eager_energy, eager_forces = model.energy_and_forces(structure.atomic_numbers, structure.positions_angstrom)
     kj = metadata["kj_per_mol_per_checkpoint_energy_unit"]
     energy, forces = energy_and_forces(

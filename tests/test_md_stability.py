@@ -10,6 +10,7 @@ import pytest
 from openmm import unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.commands import langevin_nvt_main
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings
@@ -18,7 +19,6 @@ from so3krates_openmm.md.stability import (
     StabilityCriteria,
     covalent_bonds,
 )
-from so3krates_openmm.md.trajectory import read_dcd
 
 REFERENCE = ["--platform", "Reference", "--threads", "1", "--no-progress"]
 

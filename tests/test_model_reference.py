@@ -34,6 +34,7 @@ from so3krates_openmm.model.basis import (
     SphericalHarmonics,
     degree_contraction_matrix,
 )
+from so3krates_openmm.model.checkpoint import load_model
 
 SHIPPED = REPOSITORY / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme"
 
@@ -134,13 +135,13 @@ def test_model_equals_plain_float64_reference(cutoff_function):
 @pytest.fixture(scope="module")
 def shipped() -> tuple[SO3krates, np.ndarray, np.ndarray]:
     structure = read_structure(SHIPPED / "structure.pdb")
-    return SO3krates.load(SHIPPED / "best_checkpoint.pt").eval(), structure.atomic_numbers, structure.positions_angstrom
+    return load_model(SHIPPED / "best_checkpoint.pt").eval(), structure.atomic_numbers, structure.positions_angstrom
 
 
 @pytest.mark.artifacts
 def test_shipped_checkpoint_in_float64_equals_plain_reference(shipped):
     model, numbers, positions = shipped
-    model64 = SO3krates.load(SHIPPED / "best_checkpoint.pt").double().eval()
+    model64 = load_model(SHIPPED / "best_checkpoint.pt").double().eval()
     energy, forces = model64.energy_and_forces(numbers, positions)
     reference, reference_forces = reference_energy_and_forces(model, numbers, positions)
     assert abs(float(energy[0]) - reference) <= 1e-10 * abs(reference)

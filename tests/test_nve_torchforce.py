@@ -17,6 +17,7 @@ from openmm import unit
 
 from so3krates_openmm import SO3krates, create_system, export_checkpoint
 from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.model.checkpoint import save_checkpoint
 
 TIME_STEP_FS = 0.5
 STEPS = 300
@@ -65,7 +66,7 @@ def conservation(time_ps: np.ndarray, total: np.ndarray, potential: np.ndarray, 
 def test_nve_with_the_so3krates_torchforce_conserves_energy(tmp_path):
     model = randomise(SO3krates(small_config(cutoff_function="polynomial")), seed=1).eval()
     molecule = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy(), source="ethanol+water")
-    path = export_checkpoint(model.save(tmp_path / "random.pt"), tmp_path / "model.pt", structure=molecule,
+    path = export_checkpoint(save_checkpoint(model, tmp_path / "random.pt"), tmp_path / "model.pt", structure=molecule,
                              dtype="float64", outputs_forces=True)
     system = create_system(molecule, path)
     time_ps, total, potential = nve_energies(system, molecule)

@@ -9,11 +9,10 @@ import pytest
 import torch
 from ase.build import molecule
 
-from so3krates_openmm import SO3krates
 from so3krates_openmm.cli import train_main
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.data.formats import save_npz
-from so3krates_openmm.model.checkpoint import file_sha256, read_checkpoint
+from so3krates_openmm.model.checkpoint import file_sha256, load_model, read_checkpoint
 from so3krates_openmm.training import (
     ConfigError,
     Trainer,
@@ -107,7 +106,7 @@ def test_a_fine_tuned_run_resumes_without_init_from(tmp_path: Path, source: Path
 
 
 def test_other_unit_and_dtype_fewer_elements(tmp_path: Path, source: Path, ethanol_data: MolecularDataset):
-    source_model = SO3krates.load(source)
+    source_model = load_model(source)
     # energies in eV, --dtype float32: the model now predicts eV (shifts and scale refitted), weights cast
     in_ev = ethanol_data.converted("eV")
     trainer = Trainer(config_from_dict(fine_tune(tmp_path / "ev", source, dtype="float32")), dataset=in_ev, log=quiet)

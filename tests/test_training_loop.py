@@ -10,9 +10,8 @@ import pytest
 import torch
 from ase.build import molecule
 
-from so3krates_openmm import SO3krates
 from so3krates_openmm.data.dataset import MolecularDataset
-from so3krates_openmm.model.checkpoint import read_checkpoint
+from so3krates_openmm.model.checkpoint import load_model, read_checkpoint
 from so3krates_openmm.training import Trainer, TrainingError, config_from_dict, train
 from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv
 from so3krates_openmm.training.shifts import fit_energy_shifts
@@ -79,7 +78,7 @@ def test_best_checkpoint_holds_the_ema_weights_of_the_best_epoch(tmp_path: Path,
     best = read_checkpoint(tmp_path / "run" / "best_checkpoint.pt")
     assert best["extra"]["training"]["epoch"] == best_epoch["epoch"]
     # the saved model reproduces the validation loss recorded for that epoch
-    trainer.model.load_state_dict(SO3krates.load(tmp_path / "run" / "best_checkpoint.pt").state_dict())
+    trainer.model.load_state_dict(load_model(tmp_path / "run" / "best_checkpoint.pt").state_dict())
     again = trainer.evaluate(trainer.valid_data, use_ema=False)
     assert again["loss"] == pytest.approx(best_epoch["valid_loss"], rel=1e-6)
     # the last checkpoint holds the raw weights, not the average
@@ -103,7 +102,7 @@ def test_energy_shifts_fitted_by_least_squares_recover_known_shifts(tmp_path: Pa
                                         batch_size=10, energy_scale="none"))
     trainer = Trainer(config, dataset=dataset, log=quiet)
     trainer.run()
-    model = SO3krates.load(tmp_path / "run" / "best_checkpoint.pt")
+    model = load_model(tmp_path / "run" / "best_checkpoint.pt")
     fitted = {int(z): float(model.energy_shifts[i]) for i, z in enumerate(model.config.elements)}
     for z, value in SHIFTS.items():
         assert fitted[z] == pytest.approx(value, rel=1e-10, abs=1e-7)

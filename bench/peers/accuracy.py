@@ -83,7 +83,7 @@ from peer_common import (
     write_reference_extxyz,
 )
 
-DEFAULT_DATA = ROOT / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme" / "dataset.npz"
+DEFAULT_DATA = ROOT / "datasets" / "ac_ala3_nhme" / "dataset.npz"
 PARTS = ("train", "valid", "test")
 #: SO3krates training seconds per optimiser step (paper size, batch 10, 42 atoms, 1 thread of
 #: its own; measured 2.2 s when the core was shared with other jobs), which sets the learning-rate
@@ -290,12 +290,12 @@ def predict_so3krates(checkpoint: Path, test_npz: Path, threads: int, batch: int
     """Energies (B,) eV and forces (B, N, 3) eV/Å of an SO3krates checkpoint on the test frames; parameters."""
     import torch
 
-    from so3krates_openmm import SO3krates
+    from so3krates_openmm.model.checkpoint import load_model
     from so3krates_openmm.data.formats import load_dataset
     from so3krates_openmm.units import energy_conversion
 
     torch.set_num_threads(threads)
-    model = SO3krates.load(checkpoint).eval()
+    model = load_model(checkpoint).eval()
     data = load_dataset(test_npz).converted(model.config.energy_unit)
     numbers, positions, _, _ = data.stacked()
     n_frames, n_atoms = positions.shape[:2]

@@ -74,6 +74,7 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
     from so3krates_openmm import SO3krates, SO3kratesConfig
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.export import export_checkpoint
+    from so3krates_openmm.model.checkpoint import save_checkpoint
     from so3krates_openmm.openmm_force import create_system
 
     torch.set_num_threads(threads)
@@ -89,7 +90,7 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
                 torch.manual_seed(0)
                 config = SO3kratesConfig(elements=elements, features=features, layers=layers, dtype="float32")
                 model = SO3krates(config).eval()
-                checkpoint = model.save(Path(workdir) / f"{key}_{name}.ckpt.pt")
+                checkpoint = save_checkpoint(model, Path(workdir) / f"{key}_{name}.ckpt.pt")
                 model_path = export_checkpoint(checkpoint, Path(workdir) / f"{key}_{name}.pt", structure=structure, dtype="float32")
                 system = create_system(structure, model_path)
                 numbers = torch.tensor(molecule.atomic_numbers)

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from so3krates_openmm.data.structures import Structure, write_xyz
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 AC_ALA3_NHME_SMILES = "CC(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)NC"
 """Ac-Ala3-NHMe with L-alanines; the heavy-atom order is used to name the atoms."""
@@ -154,7 +155,7 @@ def write_pdb(structure: Structure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        app.PDBFile.writeFile(structure.topology, structure.positions_angstrom * 0.1 * unit.nanometer,
+        app.PDBFile.writeFile(structure.topology, structure.positions_angstrom / ANGSTROM_PER_NM * unit.nanometer,
                               handle, keepIds=False)
     return path
 

@@ -23,7 +23,6 @@ unit per Å; use ``dataset.converted(unit)`` for another energy unit.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.units import length_conversion, normalise_energy_unit, normalise_length_unit
 
 NPZ_REQUIRED_KEYS = ("R", "E", "F", "z")
@@ -265,19 +265,14 @@ def load_dataset(path: str | Path, **kwargs: Any) -> MolecularDataset:
     return load_ase(path, **kwargs)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(file_object)`` to a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to a compressed ``.npz`` file at ``path`` (atomically; ``path`` is used as given)."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    return write_atomically(path, write)
 
 
 def save_npz(
@@ -321,8 +316,7 @@ def save_npz(
         "name": np.array(name or str(metadata.get("name", path.stem))),
         "metadata_json": np.array(json.dumps(metadata, default=str, sort_keys=True)),
     }
-    _atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
-    return path
+    return write_npz(path, arrays)
 
 
 def save_extxyz(dataset: MolecularDataset, path: str | Path, energy_unit: str = "eV") -> Path:
@@ -346,15 +340,7 @@ def save_extxyz(dataset: MolecularDataset, path: str | Path, energy_unit: str = 
         atoms.calc = SinglePointCalculator(atoms, energy=frame.energy, forces=frame.forces)
         frames.append(atoms)
 
-    def write_frames(handle) -> None:
-        import io
-
-        text = io.StringIO()
-        write(text, frames, format="extxyz")
-        handle.write(text.getvalue().encode())
-
-    _atomic_write(path, write_frames)
-    return path
+    return write_atomically(path, lambda temporary: write(str(temporary), frames, format="extxyz"))
 
 
 def merge_datasets(

@@ -4,7 +4,7 @@ Use case: label frames of a model-driven MD run to see how the model does
 where MD takes it, and add them to the training set (``so3krates-data merge``).
 
 Input (:func:`read_frames`): a DCD (OpenMM's, read by
-:func:`so3krates_openmm.md.trajectory.read_dcd`) together with a structure
+:func:`so3krates_openmm.data.trajectory.read_dcd`) together with a structure
 file (PDB/XYZ) that gives the elements in the DCD's atom order; or an
 extended/multi-frame XYZ; or an ``.npz`` with positions ``R`` (M, N, 3) and
 atomic numbers ``z`` (N,) (an MD22-layout data set works; ``r_unit`` is
@@ -192,7 +192,7 @@ def read_frames(path: str | Path, structure: str | Path | None = None) -> Trajec
     numbers_from_structure = _structure_numbers(structure) if structure is not None else None
     times = None
     if suffix == ".dcd":
-        from so3krates_openmm.md.trajectory import read_dcd
+        from so3krates_openmm.data.trajectory import read_dcd
 
         if numbers_from_structure is None:
             raise DataError(f"{path}: a DCD file holds no elements; give --structure (PDB or XYZ with the same "

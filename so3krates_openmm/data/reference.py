@@ -14,8 +14,8 @@ per temperature. Energies are written in kcal/mol and forces in kcal/(mol Å)
 
 Resumability: every ``checkpoint_every`` frames the frames so far and the MD
 state (positions, momenta, the random generator's state, where in the
-schedule the run is) are written atomically (temporary file +
-``os.replace``) to ``<output stem>.partial.npz`` next to the output. A new
+schedule the run is) are written atomically
+(:func:`~so3krates_openmm.files.write_atomically`) to ``<output stem>.partial.npz`` next to the output. A new
 run with the same output continues from the last checkpoint after checking
 that the settings match (a kill loses at most ``checkpoint_every`` frames of
 work, never frames already saved, and never duplicates one). The xTB SCF
@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
-from so3krates_openmm.data.formats import _atomic_write, load_npz, save_extxyz, save_npz
+from so3krates_openmm.data.formats import load_npz, save_extxyz, save_npz, write_npz
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.elements import formula
 from so3krates_openmm.units import energy_conversion, normalise_energy_unit
@@ -313,7 +313,7 @@ def _write_partial(path: Path, structure: Structure, run_settings: dict, state: 
         "force_calls": np.array(state.force_calls),
         "sessions": np.array(state.sessions),
     }
-    _atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
+    write_npz(path, arrays)
 
 
 def read_partial(path: str | Path) -> tuple[dict, Structure, _RunState, str]:

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from so3krates_openmm.elements import atomic_number, symbol
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Structure:
             element = app.Element.getByAtomicNumber(int(z))
             topology.addAtom(f"{element.symbol}{index + 1}", element, residue)
         if self.box_angstrom is not None:
-            topology.setPeriodicBoxVectors(self.box_angstrom * 0.1 * unit.nanometer)
+            topology.setPeriodicBoxVectors(self.box_angstrom / ANGSTROM_PER_NM * unit.nanometer)
         return topology
 
 

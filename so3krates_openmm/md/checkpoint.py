@@ -1,7 +1,7 @@
 """Run checkpoints: the Context's exact state plus how far every output file got.
 
 A checkpoint is one zip file, replaced atomically (written to a temporary file,
-synced, then ``os.replace``), holding
+synced, then renamed: :func:`~so3krates_openmm.files.write_atomically`), holding
 
 - ``context.chk``: ``Context.createCheckpoint()`` (positions, velocities, step
   count and the integrator's random number state: continuing from it is exact
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import openmm as mm
 from openmm import app
+
+from so3krates_openmm.files import write_atomically
 
 CHECKPOINT_FORMAT = 1
 
@@ -74,23 +75,13 @@ def write_checkpoint(path: str | Path, simulation: app.Simulation, identity: dic
     return checkpoint
 
 
-def write_bytes_atomically(path: Path, content: bytes) -> None:
-    """Write ``content`` to a temporary file beside ``path``, sync it, then rename it over ``path``."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _write_zip_atomically(path: Path, members: dict[str, bytes]) -> None:
     """Write a zip of ``members`` over ``path`` atomically."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, content in members.items():
             archive.writestr(name, content)
-    write_bytes_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | Path) -> RunCheckpoint:
@@ -144,20 +135,3 @@ def identity_differences(recorded: dict, current: dict) -> list[str]:
     """Keys whose values differ between a checkpoint's identity and the current run's."""
     keys = sorted(set(recorded) | set(current))
     return [f"{key}: checkpoint {recorded.get(key)!r}, now {current.get(key)!r}" for key in keys if recorded.get(key) != current.get(key)]
-
-
-def update_checkpoint_outputs(path: str | Path, outputs: dict[str, dict]) -> None:
-    """Replace the output records of checkpoint ``path`` (atomically), keeping its state.
-
-    For tools that rewrite a finished run's output files (e.g. filling a gap in
-    its records): without it, a later ``--resume`` would cut the files back to
-    the sizes recorded before.
-    """
-    path = Path(path)
-    read_checkpoint(path)  # a clear error for what is not a checkpoint
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    meta = json.loads(members["meta.json"])
-    meta["outputs"] = {**meta["outputs"], **outputs}
-    members["meta.json"] = json.dumps(meta, indent=1).encode("utf-8")
-    _write_zip_atomically(path, members)

@@ -18,6 +18,7 @@ import openmm as mm
 from openmm import unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.data.trajectory import DCDTrajectory, read_dcd
 from so3krates_openmm.md.protocols import (
     ProtocolError,
     ProtocolSchema,
@@ -36,7 +37,6 @@ from so3krates_openmm.md.runner import (
 )
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.stability import StabilityCriteria
-from so3krates_openmm.md.trajectory import DCDTrajectory, read_dcd
 
 logger = logging.getLogger("so3krates_openmm.md")
 EXIT_OK, EXIT_UNSTABLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -364,7 +364,7 @@ def ramachandran_main(argv: Optional[Sequence[str]] = None) -> int:
         write_dihedrals_csv,
     )
     from so3krates_openmm.md.schemas import RAMACHANDRAN
-    from so3krates_openmm.md.trajectory import mdtraj_trajectory
+    from so3krates_openmm.data.trajectory import mdtraj_trajectory
 
     def body(values: dict[str, Any]) -> int:
         output = Path(values["output"])

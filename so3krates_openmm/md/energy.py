@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from so3krates_openmm.md.plotting import pyplot, save_figure
+from so3krates_openmm.units import KJ_PER_MOL_PER_ENERGY_UNIT
 
-#: kJ/mol per meV (1 eV = 96.4853321 kJ/mol).
-KJ_MOL_PER_MEV = 0.0964853321
+#: kJ/mol per meV.
+KJ_MOL_PER_MEV = KJ_PER_MOL_PER_ENERGY_UNIT["meV"]
 
 
 @dataclass

@@ -30,10 +30,11 @@ import openmm as mm
 from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.data.trajectory import mdtraj_trajectory
 from so3krates_openmm.md.minimize import MinimizationError, Minimizer
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.stability import StabilityChecker, StabilityCriteria
-from so3krates_openmm.md.trajectory import mdtraj_trajectory
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 SystemFactory = Callable[[], mm.System]
 
@@ -92,7 +93,7 @@ def _minimize(task: tuple[int, int, np.ndarray]) -> MinimizedSnapshot:
     index, step, positions_angstrom = task
     start = time.perf_counter()
     context: mm.Context = _WORKER["context"]
-    context.setPositions(np.asarray(positions_angstrom, dtype=np.float64) * 0.1)
+    context.setPositions(np.asarray(positions_angstrom, dtype=np.float64) / ANGSTROM_PER_NM)
     try:
         _WORKER["minimizer"]()
     except (mm.OpenMMException, MinimizationError) as error:

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from so3krates_openmm.data.structures import read_structure
+from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.stability import covalent_bonds, minimum_image
-from so3krates_openmm.md.trajectory import read_dcd
 
 
 def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: Optional[np.ndarray] = None) -> dict[str, dict]:

@@ -22,6 +22,8 @@ from openmm import app, unit
 from so3krates_openmm.data.structures import Structure
 from so3krates_openmm.md.minimize import AS_GIVEN, MinimizationError, Minimizer
 from so3krates_openmm.md.platforms import get_platform
+from so3krates_openmm.openmm_force import positions_nm
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +112,6 @@ def model_system(
     return create_system(structure, model_path, use_cuda_graphs=cuda_graphs, backend=backend)
 
 
-def structure_positions_nm(structure: Structure) -> unit.Quantity:
-    """Positions of a structure as an OpenMM quantity in nm."""
-    return (np.asarray(structure.positions_angstrom) * 0.1) * unit.nanometer
-
-
 @dataclass
 class SimulationSettings:
     """Everything needed to set up a simulation besides the System itself.
@@ -177,8 +174,8 @@ def build_simulation(
     )
     simulation = app.Simulation(structure.openmm_topology(), system, integrator, platform, properties)
     if structure.box_angstrom is not None:
-        simulation.context.setPeriodicBoxVectors(*(np.asarray(structure.box_angstrom) * 0.1))
-    simulation.context.setPositions(structure_positions_nm(structure))
+        simulation.context.setPeriodicBoxVectors(*(np.asarray(structure.box_angstrom) / ANGSTROM_PER_NM))
+    simulation.context.setPositions(positions_nm(structure))
     if settings.minimize:
         minimize_from_start(simulation, structure, settings)
     if set_velocities:
@@ -210,7 +207,7 @@ def minimize_from_start(simulation: app.Simulation, structure: Structure, settin
             RuntimeWarning,
             stacklevel=2,
         )
-        simulation.context.setPositions(structure_positions_nm(structure))
+        simulation.context.setPositions(positions_nm(structure))
 
 
 def potential_energy_kj_mol(simulation: app.Simulation) -> float:

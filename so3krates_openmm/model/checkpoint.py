@@ -14,13 +14,13 @@ never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.model.config import SO3kratesConfig
 
 CHECKPOINT_FORMAT = "so3krates-openmm-checkpoint"
@@ -47,19 +47,10 @@ def checkpoint_dict(model: "torch.nn.Module", extra: Optional[Dict[str, Any]] = 
     }
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-    return path
-
-
 def save_checkpoint(model: "torch.nn.Module", path: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``model`` (an :class:`SO3krates`) to ``path`` atomically."""
-    return atomic_torch_save(checkpoint_dict(model, extra), path)
+    data = checkpoint_dict(model, extra)
+    return write_atomically(path, lambda temporary: torch.save(data, temporary))
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
@@ -77,7 +68,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if _is_torchscript_archive(path):
         raise CheckpointError(
             f"{path} is an exported TorchScript model, not a checkpoint: pass the checkpoint written "
-            "by so3krates-train or SO3krates.save"
+            "by so3krates-train or save_checkpoint"
         )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)

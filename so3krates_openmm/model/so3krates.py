@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -247,17 +246,3 @@ class SO3krates(nn.Module):
             if index < 0:
                 raise ValueError(f"element {symbol(int(z))} is not in the model's elements")
             self.energy_shifts[index] = float(value)
-
-    @torch.jit.unused
-    def save(self, path: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
-        """Write a checkpoint (see :mod:`so3krates_openmm.model.checkpoint`)."""
-        from so3krates_openmm.model.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, path, extra)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "SO3krates":
-        """Load a model from a checkpoint written by :meth:`save`."""
-        from so3krates_openmm.model.checkpoint import load_model
-
-        return load_model(path, map_location)

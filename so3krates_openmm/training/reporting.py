@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from so3krates_openmm.files import write_atomically
 
 #: Columns of ``metrics.csv`` (one row per epoch). Errors in the data's units; time in seconds of training;
 #: ``epoch_fraction``: the fraction of the epoch's batches trained, 1 except for an epoch cut short by the
@@ -31,20 +32,13 @@ METRIC_COLUMNS = (
 _COLUMN_DEFAULTS = {"epoch_fraction": 1.0}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> Path:
     """Write all epochs' metrics (rewritten whole each time, so a resumed run never duplicates epochs)."""
     path = Path(path)
     lines: list[str] = [",".join(METRIC_COLUMNS)]
     for row in rows:
         lines.append(",".join(_format(_value(row, column)) for column in METRIC_COLUMNS))
-    _atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return write_atomically(path, "\n".join(lines) + "\n")
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
@@ -88,18 +82,15 @@ def plot_learning_curve(path: str | Path, rows: Sequence[dict[str, float]], ener
     error_axis.set(xlabel="epoch", yscale="log", title="validation errors")
     error_axis.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    figure.savefig(temporary, dpi=100)
-    pyplot.close(figure)
-    os.replace(temporary, path)
-    return path
+    try:
+        return write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
+    finally:
+        pyplot.close(figure)
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON, atomically."""
-    path = Path(path)
-    _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    return path
+    return write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def format_test_report(report: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 One run writes into its output folder:
 
 - ``best_checkpoint.pt``: a plain model checkpoint (EMA weights of the epoch
-  with the lowest validation loss) for ``so3krates-export`` and ``SO3krates.load``;
+  with the lowest validation loss) for ``so3krates-export`` and ``load_model``;
 - ``last_checkpoint.pt``: the current (raw) weights plus the whole training
   state in ``extra["training_state"]`` (epoch, step, optimiser, schedule, EMA,
   RNG state, early-stopping state, metrics so far, split indices, config),
@@ -48,7 +48,7 @@ from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.elements import symbol
 from so3krates_openmm.memory import reuse_freed_memory
 from so3krates_openmm.model import SO3krates
-from so3krates_openmm.model.checkpoint import read_checkpoint
+from so3krates_openmm.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from so3krates_openmm.training.batches import Batch, PackedData, epoch_batches, shard
 from so3krates_openmm.training.config import (
     MODEL_OPTIONS,
@@ -299,7 +299,7 @@ class Trainer:
         self.init_from: dict[str, Any] | None = None
         self._source_shifts: dict[int, float] = {}
         if checkpoint is not None:
-            model = SO3krates.load(self.output / LAST_CHECKPOINT).train()
+            model = load_model(self.output / LAST_CHECKPOINT).train()
             self.init_from = state.get("init_from") if state is not None else None
         elif config.init_from is not None:
             torch.manual_seed(config.seed)
@@ -524,9 +524,9 @@ class Trainer:
         summary["valid"] = {k: v for k, v in validation.items() if k != "force_mae_per_element"}
         if self.ema is not None:
             with self.ema.applied():
-                self.model.save(self.output / BEST_CHECKPOINT, extra={"training": summary})
+                save_checkpoint(self.model, self.output / BEST_CHECKPOINT, extra={"training": summary})
         else:
-            self.model.save(self.output / BEST_CHECKPOINT, extra={"training": summary})
+            save_checkpoint(self.model, self.output / BEST_CHECKPOINT, extra={"training": summary})
 
     def _save_last(self, stop_reason: str, epoch_in_progress: dict[str, Any] | None = None) -> None:
         """Write the last checkpoint; ``epoch_in_progress`` marks a mid-epoch one (epoch, batches done, loss sum)."""
@@ -551,7 +551,7 @@ class Trainer:
             "epoch_in_progress": epoch_in_progress,
             "init_from": self.init_from,
         }
-        self.model.save(self.output / LAST_CHECKPOINT, extra={"training_state": state})
+        save_checkpoint(self.model, self.output / LAST_CHECKPOINT, extra={"training_state": state})
         self._last_save = time.monotonic()
 
     # --------------------------------------------------------------- the run
