@@ -17,6 +17,7 @@ from openmm import app, unit
 
 from so3krates_openmm import SO3krates, SO3kratesCalculator, create_system, export_checkpoint
 from so3krates_openmm.data.structures import Structure, write_xyz
+from so3krates_openmm.model.checkpoint import save_checkpoint
 from so3krates_openmm.openmm_force import positions_nm
 
 KJ_PER_KCAL = 4.184
@@ -129,7 +130,7 @@ def checkpoint_energy(checkpoint, molecule, **options) -> float:
 @pytest.mark.parametrize("checkpoint_dtype", ["float32", "float64"])
 def test_mlpotential_precision_none_keeps_the_checkpoint_dtype(tmp_path, molecule, checkpoint_dtype):
     model = randomise(SO3krates(small_config(dtype=checkpoint_dtype))).eval()
-    checkpoint = model.save(tmp_path / f"{checkpoint_dtype}.pt")
+    checkpoint = save_checkpoint(model, tmp_path / f"{checkpoint_dtype}.pt")
     energies = {
         precision: checkpoint_energy(checkpoint, molecule, precision=precision)
         for precision in (None, "single", "double")
