@@ -140,14 +140,21 @@ def test_reporter_resumes_without_duplicates(tmp_path: Path) -> None:
     reporter = CommitteeReporter(committee, ETHANOL_WATER_NUMBERS, tmp_path / "u.csv", 5, save_threshold=0.0)
     simulation.reporters.append(reporter)
     simulation.step(10)
-    record = reporter.checkpoint_record()
-    simulation.step(10)  # records after the checkpoint, then a "kill"
+    record = reporter.checkpoint_record()  # a checkpoint at step 10
+    simulation.step(10)  # records of steps 15 and 20, then a "kill"
     reporter.close()
-    CommitteeReporter.truncate(tmp_path / "u.csv", tmp_path / "u.xyz", record)
     resumed = CommitteeReporter(committee, ETHANOL_WATER_NUMBERS, tmp_path / "u.csv", 5, save_threshold=0.0,
-                                append=True)
+                                resume_step=10)
     assert resumed.checkpoint_record() == record
+    simulation = _simulation()
+    simulation.currentStep = 10
+    simulation.reporters.append(resumed)
+    simulation.step(5)
     resumed.close()
+    np.testing.assert_array_equal(read_disagreement_csv(tmp_path / "u.csv")["step"], [5, 10, 15])
+    from ase.io import read
+
+    assert [frame.info["step"] for frame in read(tmp_path / "u.xyz", index=":")] == [5, 10, 15]
 
 
 def test_reporter_rejects_stop_below_save() -> None:

@@ -22,9 +22,10 @@ In your own OpenMM script::
         print(stop)
     reporter.close()
 
-Both output files grow by whole records only; :meth:`~CommitteeReporter.checkpoint_record`
-and ``append=True`` let a checkpointed run resume them without lost or
-duplicated records (the same protocol as :mod:`so3krates_openmm.md.reporters`).
+Both output files grow by whole records only, each tagged with its MD step: a
+run resumed from a checkpoint at step S passes ``resume_step=S``, and the
+records written after S (before the kill) are cut, so nothing is lost or
+duplicated.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from openmm import app, unit
 
 from so3krates_openmm.elements import symbol
 from so3krates_openmm.md.plotting import pyplot, save_figure
-from so3krates_openmm.md.reporters import _count_csv_rows, truncate_output
+from so3krates_openmm.md.reporters import truncate_output
 from so3krates_openmm.model.committee import Committee, Disagreement
 from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT
 
@@ -89,7 +90,8 @@ class CommitteeReporter:
             disagreement passes this; ``None`` never stops.
         atoms: indices of the committee's atoms among the System's particles (ML/MM);
             default: all particles.
-        append: continue existing files (a resumed run) instead of starting new ones.
+        resume_step: continue existing files of a run resumed at this step, cutting the
+            records of later steps; ``None`` starts new files.
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class CommitteeReporter:
         save_threshold: Optional[float] = None,
         stop_threshold: Optional[float] = None,
         atoms: Optional[Sequence[int]] = None,
-        append: bool = False,
+        resume_step: Optional[int] = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"report interval must be at least 1 step, got {interval}")
@@ -124,14 +126,16 @@ class CommitteeReporter:
         self.save_threshold = save_threshold
         self.stop_threshold = stop_threshold
         self.columns = csv_columns(committee.energy_unit)
-        existing = append and self.path.exists() and self.path.stat().st_size > 0
-        self._rows = _count_csv_rows(self.path) if existing else 0
-        self._frames = _count_xyz_frames(self.frames_path, n_atoms) if append and self.frames_path.exists() else 0
+        existing = resume_step is not None and self.path.exists() and self.path.stat().st_size > 0
+        self._rows = self._frames = 0
+        if existing:
+            self._rows = _cut_csv_after(self.path, resume_step)
+            self._frames = _cut_xyz_after(self.frames_path, resume_step) if self.frames_path.exists() else 0
         self._handle = open(self.path, "a" if existing else "w", encoding="utf-8")
         if not existing:
             self._handle.write(",".join(self.columns) + "\n")
             self._handle.flush()
-        self._frames_handle = open(self.frames_path, "a" if append else "w", encoding="utf-8")
+        self._frames_handle = open(self.frames_path, "a" if existing else "w", encoding="utf-8")
 
     @property
     def frames_saved(self) -> int:
@@ -191,12 +195,6 @@ class CommitteeReporter:
             "frames": self._frames,
         }
 
-    @staticmethod
-    def truncate(path: str | Path, frames_path: str | Path, record: dict) -> None:
-        """Cut both files back to a :meth:`checkpoint_record` (before resuming with ``append=True``)."""
-        truncate_output(path, record["bytes"])
-        truncate_output(frames_path, record["frames_bytes"])
-
     def close(self, figure_path: Optional[str | Path] = None) -> Optional[Path]:
         """Close the files and draw the disagreement over time (default: ``path`` with ``.png``)."""
         self._handle.close()
@@ -207,10 +205,37 @@ class CommitteeReporter:
                                  save_threshold=self.save_threshold, stop_threshold=self.stop_threshold)
 
 
-def _count_xyz_frames(path: Path, n_atoms: int) -> int:
-    with open(path, encoding="utf-8") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines // (n_atoms + 2)
+def _cut_csv_after(path: Path, step: int) -> int:
+    """Cut the rows of steps after ``step`` from a reporter's CSV file; returns the rows kept."""
+    offset, rows = 0, 0
+    with open(path, "rb") as handle:
+        offset = len(handle.readline())
+        for line in handle:
+            if line.strip() and int(line.split(b",", 1)[0]) > step:
+                break
+            offset += len(line)
+            rows += bool(line.strip())
+    truncate_output(path, offset)
+    return rows
+
+
+def _cut_xyz_after(path: Path, step: int) -> int:
+    """Cut the frames of steps after ``step`` from a reporter's XYZ file; returns the frames kept."""
+    offset, frames = 0, 0
+    with open(path, "rb") as handle:
+        while True:
+            count = handle.readline()
+            if not count.strip():
+                break
+            comment = handle.readline()
+            body = b"".join(handle.readline() for _ in range(int(count)))
+            frame_step = int(comment.split(b" step=", 1)[1].split(b" ", 1)[0])
+            if frame_step > step:
+                break
+            offset += len(count) + len(comment) + len(body)
+            frames += 1
+    truncate_output(path, offset)
+    return frames
 
 
 def read_disagreement_csv(path: str | Path) -> dict[str, np.ndarray]:
