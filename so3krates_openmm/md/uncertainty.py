@@ -173,8 +173,8 @@ class CommitteeReporter:
         lattice = "" if box is None else 'Lattice="' + " ".join(f"{v:.8f}" for v in box.reshape(-1)) + '" pbc="T T T" '
         comment = (
             f'{lattice}Properties=species:S:1:pos:R:3 step={step} time_ps={time_ps:.6f} '
-            f"force_std_max={float(disagreement.force_std_max[0]):.6g} "
-            f"energy_std={float(disagreement.energy_std[0]):.6g} energy_unit={disagreement.energy_unit}"
+            f"force_std_max={float(disagreement.force_std_max[0])!r} "
+            f"energy_std={float(disagreement.energy_std[0])!r} energy_unit={disagreement.energy_unit}"
         )
         lines = [str(len(positions)), comment]
         lines += [

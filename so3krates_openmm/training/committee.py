@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.training.config import TrainingConfig
@@ -48,6 +48,7 @@ def train_committee(
     members: int = DEFAULT_MEMBERS,
     dataset: Optional[MolecularDataset] = None,
     log: Callable[[str], None] = print,
+    member_init_from: Optional[Sequence[str | Path]] = None,
 ) -> CommitteeResult:
     """Fine-tune ``members`` models from ``config.init_from`` into ``config.output/member_<k>``.
 
@@ -58,10 +59,14 @@ def train_committee(
         members: committee size K (at least 2).
         dataset: the data, if already loaded (otherwise ``config.data`` is read by each run).
         log: where progress lines go.
+        member_init_from: one checkpoint per member to start from instead of ``config.init_from``
+            (e.g. the members of the previous active-learning iteration).
     """
     if members < 2:
         raise ValueError(f"a committee needs at least 2 members, got {members}")
-    if not config.init_from:
+    if member_init_from is not None and len(member_init_from) != members:
+        raise ValueError(f"{len(member_init_from)} starting checkpoints for {members} members")
+    if not config.init_from and member_init_from is None:
         raise ValueError(
             "a committee is fine-tuned from one trained checkpoint: give init_from (--init-from CHECKPOINT)"
         )
@@ -74,7 +79,7 @@ def train_committee(
             seed=config.seed + index,
             output=str(output),
             resume=started,
-            init_from=None if started else config.init_from,
+            init_from=None if started else str(member_init_from[index]) if member_init_from else config.init_from,
         )
         log(f"committee member {index + 1}/{members}: {'resuming' if started else 'training'} in {output}")
         results.append(train(member_config, dataset=dataset, log=log))
