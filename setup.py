@@ -28,6 +28,7 @@ setup(
         "rdkit",
         "scipy",
         "openmmml==1.8",
+        "distributed",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
