@@ -39,6 +39,7 @@ setup(
         "rdkit",
         "scipy",
         "openmmml==1.8",
+        "distributed",
     ],
     # wheel: building the package without build isolation (tests/test_install.py) with setuptools < 70.1.
     extras_require={"test": ["pytest", "ruff", "wheel"]},

@@ -10,7 +10,11 @@
   from ``ase.build.molecule("C60")``; the ball is placed where the axes of the
   two corannulene bowls meet, and the complex is relaxed with GFN2-xTB.
 
-Both return a :class:`~so3krates_openmm.data.structures.Structure` whose
+* :func:`build_docosahexaenoic_acid`: docosahexaenoic acid (DHA, C22H32O2,
+  56 atoms, all-cis 22:6 n-3; an MD22 molecule), from a SMILES (RDKit, MMFF),
+  one residue ``DHA`` with atoms named by element and index; then relaxed with GFN2-xTB.
+
+All return a :class:`~so3krates_openmm.data.structures.Structure` whose
 ``topology`` is an OpenMM ``Topology`` with residues and bonds; write it with
 :func:`write_pdb` (PDB with CONECT records) and
 :func:`~so3krates_openmm.data.structures.write_xyz`.
@@ -35,6 +39,9 @@ BUCKYCATCHER_SMILES = (
     "c1ccc2ccc4ccc5ccc3c3c5c4c2c13"
 )
 """The C60H28 catcher: tetraphenylene with a corannulene fused on two opposite benzo rings."""
+
+DHA_SMILES = "CC/C=C\\C/C=C\\C/C=C\\C/C=C\\C/C=C\\C/C=C\\CCC(=O)O"
+"""Docosahexaenoic acid, (4Z,7Z,10Z,13Z,16Z,19Z)-docosa-4,7,10,13,16,19-hexaenoic acid (C22H32O2)."""
 
 # (residue index, residue name, atom name) of each heavy atom of AC_ALA3_NHME_SMILES, in SMILES order.
 _PEPTIDE_HEAVY = [
@@ -214,6 +221,40 @@ def build_ac_ala3_nhme(
                      source="build_ac_ala3_nhme", comment=f"Ac-Ala3-NHMe, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
 
 
+def build_docosahexaenoic_acid(
+    seed: int = 7, relax: bool = True, fmax: float = 0.01, log: Callable[[str], None] = _log_default
+) -> Structure:
+    """Docosahexaenoic acid (56 atoms, all six double bonds cis), relaxed with GFN2-xTB.
+
+    One residue ``DHA``; atoms named by element and running index in SMILES order
+    (C1 the methyl end ... C22 the carboxyl carbon, then O1, O2 and the hydrogens
+    H1...H32, each after the heavy atoms), bonds from RDKit.
+
+    Args:
+        seed: RDKit ETKDG random seed (the conformer of the flexible chain depends on it).
+        relax: relax with GFN2-xTB (BFGS until max |F| < ``fmax`` eV/Å); else the MMFF geometry.
+        fmax: force threshold in eV/Å.
+    """
+    from rdkit import Chem
+
+    molecule, conformer_ids = _embed(DHA_SMILES, seed)
+    if Chem.rdMolDescriptors.CalcMolFormula(molecule) != "C22H32O2":
+        raise RuntimeError(f"RDKit made {Chem.rdMolDescriptors.CalcMolFormula(molecule)} from the DHA SMILES")
+    numbers = np.array([atom.GetAtomicNum() for atom in molecule.GetAtoms()], dtype=np.int64)
+    counts: dict[str, int] = {}
+    names = []
+    for atom in molecule.GetAtoms():
+        counts[atom.GetSymbol()] = counts.get(atom.GetSymbol(), 0) + 1
+        names.append((f"{atom.GetSymbol()}{counts[atom.GetSymbol()]}", atom.GetAtomicNum()))
+    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in molecule.GetBonds()]
+    positions = molecule.GetConformer(conformer_ids[0]).GetPositions()
+    if relax:
+        log("relaxing docosahexaenoic acid with GFN2-xTB")
+        positions, _, _ = relax_with_xtb(numbers, positions, fmax=fmax, log=log, label="DHA")
+    return Structure(numbers, positions, topology=_topology([("DHA", names)], bonds),
+                     source="build_docosahexaenoic_acid", comment=f"DHA C22H32O2, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
+
+
 def corannulene_bowls(numbers: np.ndarray, bonds: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
     """The corannulene units of a molecular graph: hub (5-ring), spoke and rim carbon indices.
 
@@ -358,7 +399,8 @@ def build_buckyball_catcher(
                      comment=f"C60@C60H28 buckyball catcher, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
 
 
-BUILDERS = {"ac_ala3_nhme": build_ac_ala3_nhme, "buckyball_catcher": build_buckyball_catcher}
+BUILDERS = {"ac_ala3_nhme": build_ac_ala3_nhme, "buckyball_catcher": build_buckyball_catcher,
+            "dha": build_docosahexaenoic_acid}
 
 
 def build_and_write(

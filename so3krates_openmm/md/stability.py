@@ -300,3 +300,57 @@ class StabilityMonitor:
 def write_stability_report(path: str | Path, result: StabilityResult) -> None:
     """Write a :class:`StabilityResult` as JSON."""
     Path(path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+#: Largest deviation of a bond from its equilibrium length (Å) before a run counts as broken (Fu et al. 2023).
+FU_BOND_DEVIATION_ANGSTROM = 0.5
+
+
+def stability_coefficient(
+    positions_angstrom: np.ndarray,
+    times_ps: np.ndarray,
+    total_ps: float,
+    bonds: np.ndarray,
+    equilibrium_angstrom: np.ndarray,
+    *,
+    max_deviation_angstrom: float = FU_BOND_DEVIATION_ANGSTROM,
+    box_angstrom: Optional[np.ndarray] = None,
+) -> float:
+    """Stability coefficient of Fu et al. ("Forces are not enough", TMLR 2023) for one trajectory.
+
+    The fraction of the requested simulation time ``total_ps`` completed before
+    any bond ``(i, j)`` deviates from its equilibrium length by more than
+    ``max_deviation_angstrom``: the time of the last frame before the first
+    failing frame, over ``total_ps``; 1.0 when no frame fails and the frames reach
+    ``total_ps`` (a run that ended early without a failing frame gets the time of
+    its last frame).
+
+    Args:
+        positions_angstrom: (T, N, 3) frames in Å, in time order.
+        times_ps: (T,) time of each frame in ps.
+        total_ps: the requested length of the run, ps.
+        bonds: (M, 2) atom indices, e.g. :func:`covalent_bonds` of the starting structure.
+        equilibrium_angstrom: (M,) equilibrium lengths, e.g. the starting structure's.
+        max_deviation_angstrom: tolerated deviation, Å (0.5 Å as in Fu et al.).
+        box_angstrom: periodic box (3, 3) in Å for minimum-image distances, or ``None``.
+    """
+    positions = np.asarray(positions_angstrom, dtype=np.float64)
+    times = np.asarray(times_ps, dtype=np.float64)
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    equilibrium = np.asarray(equilibrium_angstrom, dtype=np.float64)
+    if positions.ndim != 3 or positions.shape[2] != 3 or len(times) != len(positions):
+        raise ValueError(f"expected (T, N, 3) positions and T times, got {positions.shape} and {times.shape}")
+    if len(equilibrium) != len(bonds):
+        raise ValueError(f"{len(bonds)} bonds but {len(equilibrium)} equilibrium lengths")
+    if total_ps <= 0:
+        raise ValueError(f"total_ps must be positive, got {total_ps}")
+    if len(times) > 1 and np.any(np.diff(times) <= 0):
+        raise ValueError("frame times must increase")
+    vectors = minimum_image(positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]], box_angstrom)
+    deviation = np.abs(np.linalg.norm(vectors, axis=-1) - equilibrium)  # (T, M)
+    failing = np.flatnonzero((deviation > max_deviation_angstrom).any(axis=1))
+    if len(failing) == 0:
+        completed = times[-1] if len(times) else 0.0
+    else:
+        completed = times[failing[0] - 1] if failing[0] > 0 else 0.0
+    return float(min(max(completed, 0.0) / total_ps, 1.0))

@@ -1,0 +1,459 @@
+"""Active learning as one loop: committee MD in OpenMM -> diverse selection -> GFN2-xTB labels -> fine-tuning.
+
+One iteration ``i`` (folder ``iteration_<i>``) with committee ``committee_<i>``:
+
+1. **md**: Langevin MD at each temperature, driven by member 0 of the committee
+   through TorchForce, with a :class:`~so3krates_openmm.md.uncertainty.CommitteeReporter`
+   that evaluates the whole committee every ``evaluate_every`` steps and keeps
+   every evaluated frame with its disagreement (``md_<T>K/uncertainty.{csv,xyz,png}``);
+   a hard limit (``stop_threshold``) ends a run before the model drives the molecule apart.
+2. **converged?** the loop stops when the 95th percentile of the maximum force
+   disagreement along this iteration's MD is below ``target_force_std``.
+3. **select**: the ``frames_per_iteration`` frames of highest disagreement that
+   are pairwise diverse (:func:`~so3krates_openmm.data.selection.select_diverse`),
+   plus ``random_frames_per_iteration`` frames drawn at random from the rest: the
+   random frames measure the error along MD without the selection's bias and
+   calibrate the uncertainty (``selected.npz``).
+4. **label**: GFN2-xTB energies and forces of those frames (the labeller of
+   ``so3krates-data label``, resumable frame by frame; ``labelled.npz``).
+5. **merge**: the previous training data plus the new frames (``train_data.npz``).
+6. **fine-tune**: every member continues from its own checkpoint on the merged
+   data (``committee_<i+1>``, resumable member by member).
+7. **report**: errors of the MD-driving member on the new frames before and after
+   fine-tuning, its test errors, the disagreement distribution, and the Spearman
+   correlation between disagreement and true force error (``report.json``, ``report.png``).
+
+Iteration 0 first trains ``committee_00`` from the starting checkpoint on the
+starting data. Every stage writes its result atomically and is skipped when the
+result exists, and the long stages (MD, labelling, training) resume from their
+own checkpoints, so the same call after a kill at any moment continues where it
+stopped, with nothing lost or done twice. ``summary.json`` collects the iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from ase.io import read as ase_read
+from scipy.stats import spearmanr
+
+from so3krates_openmm.data.dataset import MolecularDataset
+from so3krates_openmm.data.formats import _atomic_write, load_dataset, merge_datasets
+from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
+from so3krates_openmm.data.selection import select_diverse
+from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.md.checkpoint import read_checkpoint as read_md_checkpoint
+from so3krates_openmm.md.plotting import pyplot, save_figure
+from so3krates_openmm.md.runner import CHECKPOINT, RUN_INFO, RunConfig, run_md
+from so3krates_openmm.md.simulation import SimulationSettings, model_system
+from so3krates_openmm.md.uncertainty import CommitteeReporter, UncertaintyLimitExceeded, read_disagreement_csv
+from so3krates_openmm.model.committee import Committee
+from so3krates_openmm.training.committee import DEFAULT_MEMBERS, member_directory, train_committee
+from so3krates_openmm.training.config import TrainingConfig, config_from_dict
+from so3krates_openmm.training.evaluation import evaluate_checkpoint
+from so3krates_openmm.training.trainer import BEST_CHECKPOINT
+
+logger = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+REPORT = "report.json"
+
+
+@dataclass
+class ActiveLearningSettings:
+    """Everything the loop needs (units: K, ps, fs, Å, the data's energy unit).
+
+    Attributes:
+        structure: starting structure (PDB/XYZ) of every MD run.
+        checkpoint: the trained SO3krates checkpoint the committee is fine-tuned from.
+        data: the training data of that checkpoint (files merged with the new labels).
+        output: folder of the loop (created; resumable).
+        temperatures_K: Langevin temperatures of the MD stage.
+        iterations: at most this many iterations.
+        members: committee size K.
+        md_ps: simulated time per temperature and iteration, ps.
+        timestep_fs: MD time step, fs.
+        friction_per_ps: Langevin friction, 1/ps.
+        evaluate_every: MD steps between committee evaluations.
+        checkpoint_interval: MD steps between MD checkpoints.
+        stop_threshold: end an MD run when the maximum force disagreement passes this
+            (energy unit/Å); ``None``: never.
+        select_threshold: frames below this disagreement are never selected.
+        frames_per_iteration: frames selected by disagreement per iteration.
+        random_frames_per_iteration: further frames drawn at random (error along MD, calibration).
+        min_rmsd_angstrom: selected frames differ pairwise by at least this RMSD (heavy atoms), Å.
+        min_separation_steps: selected frames of one run lie at least this many steps apart.
+        target_force_std: stop when the 95th percentile of the maximum force disagreement
+            along an iteration's MD is below this (energy unit/Å); ``None``: run all iterations.
+        label: the GFN2-xTB settings of the labeller.
+        training: options of each member's fine-tuning run (:class:`TrainingConfig` names,
+            e.g. ``max_epochs``, ``max_time``, ``lr``); data, output, seed and init_from are set by the loop.
+        platform: OpenMM platform of the MD stage.
+        threads: CPU threads of MD and training (``None``: all cores).
+        seed: seeds the MD runs, the random frames and the committee's splits.
+    """
+
+    structure: str
+    checkpoint: str
+    data: list[str]
+    output: str = "runs/active_learning"
+    temperatures_K: list[float] = field(default_factory=lambda: [300.0, 500.0])
+    iterations: int = 3
+    members: int = DEFAULT_MEMBERS
+    md_ps: float = 10.0
+    timestep_fs: float = 0.5
+    friction_per_ps: float = 1.0
+    evaluate_every: int = 100
+    checkpoint_interval: int = 2000
+    stop_threshold: Optional[float] = None
+    select_threshold: float = 0.0
+    frames_per_iteration: int = 50
+    random_frames_per_iteration: int = 10
+    min_rmsd_angstrom: float = 0.25
+    min_separation_steps: int = 400
+    target_force_std: Optional[float] = None
+    label: LabelSettings = field(default_factory=LabelSettings)
+    training: dict[str, Any] = field(default_factory=lambda: {"max_epochs": 20, "lr": 5e-4})
+    platform: str = "CPU"
+    threads: Optional[int] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        if not self.data:
+            problems.append("data: give the training data of the checkpoint (merged with the new labels)")
+        for name in ("iterations", "evaluate_every", "checkpoint_interval"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.members < 2:
+            problems.append(f"members must be at least 2, got {self.members}")
+        if not self.temperatures_K or any(t <= 0 for t in self.temperatures_K):
+            problems.append(f"temperatures_K must be positive, got {self.temperatures_K}")
+        if self.md_ps <= 0 or self.timestep_fs <= 0:
+            problems.append("md_ps and timestep_fs must be positive")
+        if self.frames_per_iteration < 1 or self.random_frames_per_iteration < 0:
+            problems.append("frames_per_iteration must be >= 1 and random_frames_per_iteration >= 0")
+        reserved = sorted({"data", "output", "seed", "init_from", "resume"} & set(self.training))
+        if reserved:
+            problems.append(f"training options {reserved} are set by the loop; leave them out")
+        if isinstance(self.label, dict):
+            self.label = LabelSettings(**self.label)
+        if problems:
+            raise ValueError("invalid active-learning settings: " + "; ".join(problems))
+        self.temperatures_K = [float(t) for t in self.temperatures_K]
+
+    @property
+    def md_steps(self) -> int:
+        return int(round(self.md_ps * 1000.0 / self.timestep_fs))
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """Where the loop's files are for iteration ``i``."""
+
+    output: Path
+
+    def committee(self, i: int) -> Path:
+        return self.output / f"committee_{i:02d}"
+
+    def iteration(self, i: int) -> Path:
+        return self.output / f"iteration_{i:02d}"
+
+    def md(self, i: int, temperature_K: float) -> Path:
+        return self.iteration(i) / f"md_{temperature_K:g}K"
+
+    def members(self, i: int, k: int) -> list[Path]:
+        return [member_directory(self.committee(i), m) / BEST_CHECKPOINT for m in range(k)]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _force_std_max(csv_path: Path) -> np.ndarray:
+    """The maximum force disagreement column of a :class:`CommitteeReporter` CSV file."""
+    return next(v for k, v in read_disagreement_csv(csv_path).items() if k.startswith("force_std_max_"))
+
+
+def _training_config(settings: ActiveLearningSettings, data: Path, output: Path, seed: int) -> TrainingConfig:
+    options = {"threads": settings.threads, **settings.training, "data": [str(data)], "output": str(output),
+               "seed": seed, "init_from": settings.checkpoint}
+    return config_from_dict(options, source="active-learning training options")
+
+
+class ActiveLearning:
+    """The loop (see the module docstring); :meth:`run` runs or resumes it."""
+
+    def __init__(self, settings: ActiveLearningSettings, log: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.log = log
+        self.paths = LoopState(Path(settings.output))
+        self.structure: Structure = read_structure(settings.structure)
+        for name in ("checkpoint", "structure"):
+            if not Path(getattr(settings, name)).is_file():
+                raise FileNotFoundError(f"{name} {getattr(settings, name)!r} does not exist")
+        for path in settings.data:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"training data {path!r} does not exist")
+        self._check_settings_unchanged()
+
+    def _check_settings_unchanged(self) -> None:
+        """A resumed loop must be the same loop: refuse other settings, naming them."""
+        record = self.paths.output / "settings.json"
+        current = json.loads(json.dumps(asdict(self.settings), default=str))
+        if record.exists():
+            saved = json.loads(record.read_text())
+            changed = sorted(k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k])
+            if changed:
+                raise ValueError(
+                    f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only iterations "
+                    "and target_force_std may change when resuming. Use another output folder."
+                )
+        self.paths.output.mkdir(parents=True, exist_ok=True)
+        _write_json(record, current)
+
+    # ----- stages
+
+    def initial_committee(self) -> list[Path]:
+        s = self.settings
+        data = self.paths.output / "train_data_00.npz"
+        if not data.exists():
+            merge_datasets(list(s.data), data)
+        config = _training_config(s, data, self.paths.committee(0), s.seed)
+        result = train_committee(config, s.members, log=self.log)
+        return result.checkpoints
+
+    def md(self, i: int, committee: Committee, driver: Path) -> dict[float, Path]:
+        """Stage 1: MD with the uncertainty reporter at every temperature; returns the reporters' CSV files."""
+        s = self.settings
+        csv_files = {}
+        for t_index, temperature in enumerate(s.temperatures_K):
+            directory = self.paths.md(i, temperature)
+            csv_files[temperature] = directory / "uncertainty.csv"
+            if (directory / RUN_INFO).exists() or (directory / "stopped.json").exists():
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            resume_step = None
+            if (directory / CHECKPOINT).exists():
+                resume_step = read_md_checkpoint(directory / CHECKPOINT).step
+            reporter = CommitteeReporter(committee, self.structure.atomic_numbers, csv_files[temperature],
+                                         s.evaluate_every, save_threshold=0.0, stop_threshold=s.stop_threshold,
+                                         resume_step=resume_step)
+            settings = SimulationSettings(ensemble="nvt", temperature_K=temperature, friction_per_ps=s.friction_per_ps,
+                                          timestep_fs=s.timestep_fs, platform=s.platform, threads=s.threads,
+                                          seed=1 + s.seed + 1000 * i + t_index, minimize=True)
+            config = RunConfig(steps=s.md_steps, output_dir=directory, log_interval=s.evaluate_every,
+                               trajectory_interval=s.evaluate_every, checkpoint_interval=s.checkpoint_interval,
+                               resume=resume_step is not None, overwrite=resume_step is None, identity={"model": str(driver), "structure": s.structure},
+                               reporters=[reporter])
+            self.log(f"iteration {i}: MD at {temperature:g} K, {s.md_ps:g} ps ({directory})")
+            try:
+                result = run_md(self.structure, model_system(self.structure, driver), settings, config)
+                if result.stability is not None and not result.stability.stable:
+                    _write_json(directory / "stopped.json", {"reason": "unstable", "step": result.final_step})
+            except UncertaintyLimitExceeded as stop:
+                self.log(f"iteration {i}: {stop}")
+                _write_json(directory / "stopped.json", {"reason": "uncertainty", "step": stop.step,
+                                                          "force_std_max": stop.force_std_max})
+            finally:
+                reporter.close()
+        return csv_files
+
+    def candidates(self, i: int) -> dict[str, np.ndarray]:
+        """Every evaluated frame of iteration ``i``'s MD: positions (Å), scores, temperature, step."""
+        positions, scores, temperatures, steps = [], [], [], []
+        for temperature in self.settings.temperatures_K:
+            path = self.paths.md(i, temperature) / "uncertainty.xyz"
+            if not path.exists() or path.stat().st_size == 0:
+                continue
+            for atoms in ase_read(path, index=":"):
+                positions.append(atoms.positions)
+                scores.append(float(atoms.info["force_std_max"]))
+                temperatures.append(temperature)
+                steps.append(int(atoms.info["step"]))
+        if not positions:
+            raise RuntimeError(f"iteration {i}: the MD runs evaluated no frame; lower evaluate_every or run longer")
+        return {"positions": np.asarray(positions), "scores": np.asarray(scores),
+                "temperatures_K": np.asarray(temperatures), "steps": np.asarray(steps, dtype=np.int64)}
+
+    def select(self, i: int) -> Path:
+        """Stage 3: diverse high-disagreement frames plus random ones -> ``selected.npz``."""
+        s = self.settings
+        path = self.paths.iteration(i) / "selected.npz"
+        if path.exists():
+            return path
+        pool = self.candidates(i)
+        heavy = np.flatnonzero(np.asarray(self.structure.atomic_numbers) > 1)
+        run_index = np.asarray([s.temperatures_K.index(t) for t in pool["temperatures_K"]])
+        chosen = select_diverse(pool["scores"], pool["positions"], s.frames_per_iteration,
+                                threshold=s.select_threshold, min_rmsd_angstrom=s.min_rmsd_angstrom,
+                                min_separation=s.min_separation_steps, atom_indices=heavy if len(heavy) >= 3 else None,
+                                # runs at different temperatures never count as close in time
+                                frame_numbers=pool["steps"] + run_index * (10 * s.md_steps + 10 * s.min_separation_steps))
+        rest = np.setdiff1d(np.arange(len(pool["scores"])), chosen)
+        rng = np.random.default_rng(s.seed + 7919 * (i + 1))
+        random = rng.choice(rest, size=min(s.random_frames_per_iteration, len(rest)), replace=False)
+        indices = np.concatenate([chosen, np.sort(random)]).astype(np.int64)
+        kind = np.array(["selected"] * len(chosen) + ["random"] * len(random))
+        arrays = {"R": pool["positions"][indices], "z": np.asarray(self.structure.atomic_numbers),
+                  "force_std_max": pool["scores"][indices], "temperature_K": pool["temperatures_K"][indices],
+                  "step": pool["steps"][indices], "kind": kind}
+        _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        self.log(f"iteration {i}: selected {len(chosen)} frames by disagreement and {len(random)} at random "
+                 f"from {len(pool['scores'])}")
+        return path
+
+    def label(self, i: int, selected: Path) -> Path:
+        """Stage 4: GFN2-xTB labels of the selected frames -> ``labelled.npz`` (resumable)."""
+        output = self.paths.iteration(i) / "labelled.npz"
+        if output.exists():
+            return output
+        with np.load(selected) as data:
+            frames = TrajectoryFrames(np.asarray(data["z"]), np.asarray(data["R"]), None, str(selected))
+        self.log(f"iteration {i}: labelling {frames.n_frames} frames with {self.settings.label.method}")
+        label_frames(frames, output, self.settings.label, log=self.log, inputs={"selected": str(selected)})
+        return output
+
+    def merge(self, i: int, labelled: Path) -> Path:
+        """Stage 5: previous training data + the new frames -> ``train_data.npz``."""
+        output = self.paths.iteration(i) / "train_data.npz"
+        if not output.exists():
+            merge_datasets([self.training_data(i), labelled], output)
+        return output
+
+    def training_data(self, i: int) -> Path:
+        """The data committee ``i`` was trained on."""
+        return self.paths.output / "train_data_00.npz" if i == 0 else self.paths.iteration(i - 1) / "train_data.npz"
+
+    def fine_tune(self, i: int, data: Path) -> list[Path]:
+        """Stage 6: every member of committee ``i`` continues on the merged data -> committee ``i + 1``."""
+        s = self.settings
+        config = _training_config(s, data, self.paths.committee(i + 1), s.seed)
+        result = train_committee(config, s.members, log=self.log,
+                                 member_init_from=self.paths.members(i, s.members))
+        return result.checkpoints
+
+    def report(self, i: int, before: Path, after: list[Path], labelled: Path, selected: Path,
+               csv_files: dict[float, Path]) -> dict[str, Any]:
+        """Stage 7: errors before/after on the new frames, test errors, disagreement, calibration."""
+        path = self.paths.iteration(i) / REPORT
+        if path.exists():
+            return json.loads(path.read_text())
+        data = load_dataset(labelled)
+        with np.load(selected) as arrays:
+            kind = np.asarray(arrays["kind"])
+            disagreement = np.asarray(arrays["force_std_max"])
+        errors_before = evaluate_checkpoint(before, data, per_frame=True)
+        errors_after = evaluate_checkpoint(after[0], data, per_frame=True)
+        random = np.flatnonzero(kind == "random")
+        chosen = np.flatnonzero(kind == "selected")
+
+        def mae(report: dict, frames: np.ndarray, key: str) -> Optional[float]:
+            values = np.asarray(report["per_frame"][key])[frames]
+            return float(np.mean(np.abs(values))) if len(values) else None
+
+        true_error = np.asarray(errors_before["per_frame"]["force_max_error"])
+        rho = spearmanr(disagreement, true_error).statistic if len(true_error) > 2 else float("nan")
+        test = json.loads((after[0].parent / "test_report.json").read_text())
+        md = {}
+        for temperature, csv_path in csv_files.items():
+            force = _force_std_max(csv_path)
+            md[f"{temperature:g}"] = {"frames": int(len(force)), "percentiles": {
+                str(q): float(np.percentile(force, q)) for q in (50, 90, 95, 99)}, "max": float(force.max())}
+        unit = data.energy_unit
+        report = {
+            "iteration": i,
+            "energy_unit": unit,
+            "force_unit": f"{unit}/Angstrom",
+            "frames_selected": int(len(chosen)),
+            "frames_random": int(len(random)),
+            "md_disagreement": md,
+            "md_disagreement_p95": float(np.percentile(np.concatenate([_force_std_max(p) for p in csv_files.values()]),
+                                                       95)),
+            "before": {"selected_energy_mae": mae(errors_before, chosen, "energy_error"),
+                       "selected_force_mae": mae(errors_before, chosen, "force_mae"),
+                       "md_energy_mae": mae(errors_before, random, "energy_error"),
+                       "md_force_mae": mae(errors_before, random, "force_mae")},
+            "after": {"selected_energy_mae": mae(errors_after, chosen, "energy_error"),
+                      "selected_force_mae": mae(errors_after, chosen, "force_mae"),
+                      "md_energy_mae": mae(errors_after, random, "energy_error"),
+                      "md_force_mae": mae(errors_after, random, "force_mae"),
+                      "test_energy_mae": test["errors"]["energy_mae"], "test_force_mae": test["errors"]["force_mae"]},
+            "uncertainty_error_spearman": float(rho),
+            "calibration": {"force_std_max": disagreement.tolist(), "force_max_error": true_error.tolist(),
+                            "kind": kind.tolist()},
+        }
+        self._plot(i, report)
+        _write_json(path, report)
+        return report
+
+    def _plot(self, i: int, report: dict[str, Any]) -> None:
+        plt = pyplot()
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        for temperature in self.settings.temperatures_K:
+            force = _force_std_max(self.paths.md(i, temperature) / "uncertainty.csv")
+            left.hist(force, bins=30, alpha=0.6, label=f"{temperature:g} K")
+        left.set_xlabel(f"committee max force std ({report['force_unit'].replace('Angstrom', 'Å')})")
+        left.set_ylabel("MD frames")
+        left.legend(fontsize=8)
+        calibration = report["calibration"]
+        kind = np.asarray(calibration["kind"])
+        for name, marker in (("selected", "o"), ("random", "s")):
+            mask = kind == name
+            right.scatter(np.asarray(calibration["force_std_max"])[mask], np.asarray(calibration["force_max_error"])[mask],
+                          s=12, marker=marker, label=name)
+        right.set_xlabel("committee max force std")
+        right.set_ylabel("true max force error (GFN2-xTB)")
+        right.set_title(f"Spearman {report['uncertainty_error_spearman']:.2f}", fontsize=9)
+        right.legend(fontsize=8)
+        save_figure(figure, self.paths.iteration(i) / "report.png")
+
+    # ----- the loop
+
+    def run(self) -> dict[str, Any]:
+        """Run or resume the loop; returns the summary (also written to ``summary.json``)."""
+        s = self.settings
+        start = time.monotonic()
+        members = self.initial_committee()
+        reports, converged = [], False
+        for i in range(s.iterations):
+            elapsed = time.monotonic() - start
+            eta = "" if i == 0 or not reports else f", ETA ~{elapsed / len(reports) * (s.iterations - i) / 60:.0f} min"
+            self.log(f"active learning: iteration {i + 1}/{s.iterations}{eta}")
+            committee = Committee.from_checkpoints(members)
+            csv_files = self.md(i, committee, members[0])
+            p95 = float(np.percentile(np.concatenate([_force_std_max(p) for p in csv_files.values()]), 95))
+            if s.target_force_std is not None and p95 < s.target_force_std:
+                self.log(f"iteration {i}: 95th percentile of the force disagreement {p95:.3g} is below the target "
+                         f"{s.target_force_std:g}: converged")
+                converged = True
+                break
+            selected = self.select(i)
+            labelled = self.label(i, selected)
+            data = self.merge(i, labelled)
+            after = self.fine_tune(i, data)
+            reports.append(self.report(i, members[0], after, labelled, selected, csv_files))
+            members = after
+        summary = {
+            "iterations": len(reports),
+            "converged": converged,
+            "frames_labelled": sum(r["frames_selected"] + r["frames_random"] for r in reports),
+            "committee": [str(p) for p in members],
+            "reports": [{k: v for k, v in r.items() if k != "calibration"} for r in reports],
+        }
+        _write_json(self.paths.output / SUMMARY, summary)
+        return summary
+
+
+def run_active_learning(settings: ActiveLearningSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run or resume the active-learning loop of ``settings`` (see :class:`ActiveLearning`)."""
+    return ActiveLearning(settings, log).run()

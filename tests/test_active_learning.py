@@ -1,0 +1,134 @@
+"""The active-learning loop end to end on water (GFN2-xTB labels, tiny committee, short MD), and its resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from so3krates_openmm.active_learning import ActiveLearningSettings, LoopState, run_active_learning
+from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
+from so3krates_openmm.data.structures import Structure, write_xyz
+from so3krates_openmm.md.uncertainty import CommitteeReporter, read_disagreement_csv
+from so3krates_openmm.training import config_from_dict, train
+
+SMALL_MODEL = {"features": 16, "layers": 1, "heads": 2, "degrees": [1, 2], "radial_basis_size": 8, "cutoff": 4.0}
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory) -> dict[str, Path]:
+    """Water: a structure, 40 GFN2-xTB-labelled perturbed frames and a source model trained on them."""
+    directory = tmp_path_factory.mktemp("al_start")
+    atoms = molecule("H2O")
+    structure = directory / "water.xyz"
+    write_xyz(structure, Structure(atoms.numbers, atoms.positions))
+    rng = np.random.default_rng(0)
+    frames = TrajectoryFrames(atoms.numbers, atoms.positions[None] + rng.normal(scale=0.05, size=(40, 3, 3)), None,
+                              "perturbed water")
+    data = directory / "water_xtb.npz"
+    label_frames(frames, data, LabelSettings(), progress=False, log=quiet)
+    output = directory / "source"
+    train(config_from_dict(dict(data=str(data), output=str(output), lr=5e-3, max_epochs=3, dtype="float64",
+                                threads=1, progress=False, train_size=30, valid_size=5, test_size=5, batch_size=5,
+                                **SMALL_MODEL)), log=quiet)
+    return {"structure": structure, "data": data, "checkpoint": output / "best_checkpoint.pt"}
+
+
+def settings_for(start: dict[str, Path], output: Path, **overrides) -> ActiveLearningSettings:
+    values = dict(structure=str(start["structure"]), checkpoint=str(start["checkpoint"]), data=[str(start["data"])],
+                  output=str(output), temperatures_K=[300.0, 500.0], iterations=2, members=2, md_ps=0.05,
+                  evaluate_every=10, checkpoint_interval=40, frames_per_iteration=3, random_frames_per_iteration=2,
+                  min_rmsd_angstrom=0.01, min_separation_steps=10, threads=1,
+                  training={"max_epochs": 1, "lr": 1e-3, "progress": False, "train_size": 0.7, "valid_size": 0.15,
+                            "batch_size": 5})
+    values.update(overrides)
+    return ActiveLearningSettings(**values)
+
+
+def test_loop_runs_two_iterations_and_reports(tmp_path: Path, start: dict[str, Path]) -> None:
+    summary = run_active_learning(settings_for(start, tmp_path / "loop"), log=quiet)
+    assert summary["iterations"] == 2 and not summary["converged"]
+    assert summary["frames_labelled"] == 2 * (3 + 2)
+    paths = LoopState(tmp_path / "loop")
+    for i in (0, 1):
+        report = json.loads((paths.iteration(i) / "report.json").read_text())
+        assert report["frames_selected"] == 3 and report["frames_random"] == 2
+        assert set(report["md_disagreement"]) == {"300", "500"}
+        assert report["md_disagreement"]["300"]["frames"] == 10  # 100 steps, every 10
+        for key in ("selected_energy_mae", "selected_force_mae", "md_energy_mae", "md_force_mae"):
+            assert np.isfinite(report["before"][key]) and np.isfinite(report["after"][key])
+        assert np.isfinite(report["after"]["test_force_mae"])
+        assert -1.0 <= report["uncertainty_error_spearman"] <= 1.0
+        assert (paths.iteration(i) / "report.png").stat().st_size > 0
+    # Committee 2 members were fine-tuned from committee 1's, on data that grew by 5 frames per iteration.
+    with np.load(paths.iteration(1) / "train_data.npz") as data:
+        assert len(data["E"]) == 40 + 10
+    assert all(p.exists() for p in paths.members(2, 2))
+    # The MD stage saw the committee's disagreement: the selected frames are the most uncertain of the runs.
+    with np.load(paths.iteration(0) / "selected.npz") as selected:
+        top = np.max(np.concatenate([
+            read_disagreement_csv(paths.md(0, t) / "uncertainty.csv")[next(
+                k for k in read_disagreement_csv(paths.md(0, t) / "uncertainty.csv") if k.startswith("force_std_max"))]
+            for t in (300.0, 500.0)]))
+        assert selected["force_std_max"][0] == pytest.approx(top, rel=1e-12)
+        assert list(selected["kind"]) == ["selected"] * 3 + ["random"] * 2
+
+
+def test_loop_resumes_after_kills_between_and_inside_stages(tmp_path: Path, start: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "loop"
+    settings = settings_for(start, output, iterations=1)
+
+    # A kill inside the MD stage: after the 7th committee evaluation at 300 K (a checkpoint at step 40 exists).
+    calls = {"n": 0}
+    original = CommitteeReporter.report
+
+    def killed(self, simulation, state):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        original(self, simulation, state)
+
+    monkeypatch.setattr(CommitteeReporter, "report", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_active_learning(settings, log=quiet)
+    monkeypatch.setattr(CommitteeReporter, "report", original)
+    paths = LoopState(output)
+    assert not (paths.md(0, 300.0) / "run.json").exists()
+
+    # A kill between stages: right when labelling starts.
+    def kill_at_labelling(message: str) -> None:
+        if "labelling" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_active_learning(settings, log=kill_at_labelling)
+    steps = read_disagreement_csv(paths.md(0, 300.0) / "uncertainty.csv")["step"]
+    np.testing.assert_array_equal(steps, np.arange(10, 101, 10))  # no record lost or duplicated
+    selected_stamp = (paths.iteration(0) / "selected.npz").stat().st_mtime_ns
+    md_stamp = (paths.md(0, 500.0) / "run.json").stat().st_mtime_ns
+
+    summary = run_active_learning(settings, log=quiet)
+    assert summary["iterations"] == 1
+    assert (paths.iteration(0) / "selected.npz").stat().st_mtime_ns == selected_stamp  # not redone
+    assert (paths.md(0, 500.0) / "run.json").stat().st_mtime_ns == md_stamp
+
+    # Other settings on the same folder are refused, naming them.
+    with pytest.raises(ValueError, match="md_ps"):
+        run_active_learning(settings_for(start, output, iterations=1, md_ps=0.1), log=quiet)
+
+
+def test_settings_are_checked(start: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="set by the loop"):
+        settings_for(start, tmp_path, training={"seed": 3})
+    with pytest.raises(ValueError, match="members"):
+        settings_for(start, tmp_path, members=1)
+    with pytest.raises(FileNotFoundError, match="training data"):
+        run_active_learning(settings_for(start, tmp_path / "x", data=[str(tmp_path / "missing.npz")]), log=quiet)
