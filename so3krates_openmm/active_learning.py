@@ -44,10 +44,11 @@ from ase.io import read as ase_read
 from scipy.stats import spearmanr
 
 from so3krates_openmm.data.dataset import MolecularDataset
-from so3krates_openmm.data.formats import _atomic_write, load_dataset, merge_datasets
+from so3krates_openmm.data.formats import load_dataset, merge_datasets
 from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
 from so3krates_openmm.data.selection import select_diverse
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.checkpoint import read_checkpoint as read_md_checkpoint
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.runner import CHECKPOINT, RUN_INFO, RunConfig, run_md
@@ -175,8 +176,7 @@ class LoopState:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _force_std_max(csv_path: Path) -> np.ndarray:
@@ -307,7 +307,7 @@ class ActiveLearning:
         arrays = {"R": pool["positions"][indices], "z": np.asarray(self.structure.atomic_numbers),
                   "force_std_max": pool["scores"][indices], "temperature_K": pool["temperatures_K"][indices],
                   "step": pool["steps"][indices], "kind": kind}
-        _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
         self.log(f"iteration {i}: selected {len(chosen)} frames by disagreement and {len(random)} at random "
                  f"from {len(pool['scores'])}")
         return path

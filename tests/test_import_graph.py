@@ -20,12 +20,13 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Layers, lowest first: (name, module prefixes). A prefix names a module or a whole subpackage.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("units, elements, files", ("units", "elements", "files", "memory")),
+    ("units, elements, files, tasks", ("units", "elements", "files", "memory", "tasks")),
     ("model", ("model",)),
     ("data", ("data",)),
     ("training and export", ("training", "export")),
     ("OpenMM glue and ASE", ("openmm_force", "python_force", "openmmml_potential", "ase_calculator")),
     ("md", ("md",)),
+    ("workflows over md, labelling and training", ("active_learning",)),
     ("command line", ("cli", "commands")),
 ]
 #: Names the package's own modules may import from the facade ``so3krates_openmm`` itself.

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import mdtraj
 import numpy as np
 
-from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 
 def select_diverse(
@@ -66,8 +66,7 @@ def select_diverse(
     numbers = np.arange(len(scores)) if frame_numbers is None else np.asarray(frame_numbers, dtype=np.int64)
     if numbers.shape != scores.shape:
         raise ValueError(f"{len(numbers)} frame numbers for {len(scores)} frames")
-    nm = ANGSTROM_PER_LENGTH_UNIT["nm"]
-    trajectory = mdtraj.Trajectory((positions / nm).astype(np.float32), None)
+    trajectory = mdtraj.Trajectory((positions / ANGSTROM_PER_NM).astype(np.float32), None)
     atoms = None if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
     order = np.flatnonzero(scores >= threshold)
     order = order[np.argsort(-scores[order], kind="stable")]
@@ -78,7 +77,7 @@ def select_diverse(
         if taken and min_separation > 0 and np.min(np.abs(numbers[taken] - numbers[index])) <= min_separation:
             continue
         if taken and min_rmsd_angstrom > 0:
-            rmsd = mdtraj.rmsd(trajectory[taken], trajectory, frame=int(index), atom_indices=atoms) * nm
+            rmsd = mdtraj.rmsd(trajectory[taken], trajectory, frame=int(index), atom_indices=atoms) * ANGSTROM_PER_NM
             if float(rmsd.min()) < min_rmsd_angstrom:
                 continue
         taken.append(int(index))

@@ -42,9 +42,7 @@ from so3krates_openmm.elements import symbol
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.reporters import truncate_output
 from so3krates_openmm.model.committee import Committee, Disagreement
-from so3krates_openmm.units import ANGSTROM_PER_LENGTH_UNIT
-
-ANGSTROM_PER_NM = ANGSTROM_PER_LENGTH_UNIT["nm"]
+from so3krates_openmm.units import ANGSTROM_PER_NM
 
 
 class UncertaintyLimitExceeded(RuntimeError):
