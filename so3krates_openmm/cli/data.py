@@ -1,192 +1,24 @@
-"""Command-line entry points (thin layers over the library).
-
-Each ``*_main`` function is a console script declared in ``setup.py``.
-"""
+"""``so3krates-data {generate,build,merge,label,info}``: GFN2-xTB reference data (sampled, or labels for the
+frames of an existing trajectory), showcase molecules, merging, data set summaries (:mod:`so3krates_openmm.data`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Sequence
+from typing import Optional
 
-# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads made
-# PyTorch 10-20x slower (bench/RESULTS.md). Takes effect because torch is imported later.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from typing import Optional, Sequence
+from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, error, tune_process
 
-
-def _fail(message: str) -> "None":
-    """Print an error for a person (no traceback) and exit with status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+PROG = "so3krates-data"
 
 
-def export_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``so3krates-export CHECKPOINT --structure FILE -o model.pt``."""
-    parser = argparse.ArgumentParser(
-        prog="so3krates-export",
-        description="Export an SO3krates checkpoint to a TorchScript .pt for openmm-torch's TorchForce "
-        "(positions in nm -> energy in kJ/mol). The export checks itself against the eager model.",
-    )
-    parser.add_argument("checkpoint", help="checkpoint written by so3krates-train or SO3krates.save")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--structure", help="PDB or XYZ file with all particles of the OpenMM System")
-    source.add_argument("--atomic-numbers", help="comma-separated atomic numbers of all particles, e.g. 6,1,1,1,1")
-    parser.add_argument("-o", "--output", required=True, help="TorchScript file to write, e.g. model.pt")
-    parser.add_argument("--atoms", help="0-based indices of the ML atoms for ML/MM, e.g. '0-41' (default: all)")
-    parser.add_argument("--periodic", action="store_true", help="the module takes the periodic box (minimum image)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute precision")
-    parser.add_argument("--outputs-forces", action="store_true", help="return (energy, forces): TorchForce.setOutputsForces(True)")
-    parser.add_argument(
-        "--static-pairs", action="store_true", help="fixed all-pairs edge list, needed for CUDA graphs (O(N^2) work)"
-    )
-    args = parser.parse_args(argv)
-
-    from so3krates_openmm.data.structures import read_structure
-    from so3krates_openmm.export import export_checkpoint, parse_atom_indices, read_export_metadata
-
-    try:
-        structure = read_structure(args.structure) if args.structure else None
-        numbers = None
-        if args.atomic_numbers:
-            from so3krates_openmm.elements import atomic_numbers_of
-
-            numbers = atomic_numbers_of(part for part in args.atomic_numbers.split(",") if part.strip())
-        atoms = parse_atom_indices(args.atoms) if args.atoms else None
-        path = export_checkpoint(
-            args.checkpoint,
-            args.output,
-            structure=structure,
-            atomic_numbers=numbers,
-            atom_indices=atoms,
-            periodic=args.periodic,
-            dtype=args.dtype,
-            outputs_forces=args.outputs_forces,
-            static_pairs=args.static_pairs,
-        )
-    except (OSError, ValueError, RuntimeError) as error:
-        _fail(str(error))
-    metadata = read_export_metadata(path)
-    print(
-        f"wrote {path}: {len(metadata['atomic_numbers'])} modelled atoms of {metadata['n_particles']} particles, "
-        f"{metadata['dtype']}, cutoff {metadata['cutoff_nm']} nm, periodic={metadata['periodic']}, "
-        f"from checkpoint {metadata['checkpoint']} (sha256 {metadata['checkpoint_sha256'][:12]}); self-check passed"
-    )
-    return 0
-
-
-def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``so3krates-train [--config FILE] --data FILE [--option value ...]``.
-
-    Multi-process: ``torchrun --nproc_per_node 2 -m so3krates_openmm.training --data FILE ...``
-    (the batch size is global: each process takes its share of every batch).
-    """
-    from so3krates_openmm.data.dataset import DataError
-    from so3krates_openmm.model.checkpoint import CheckpointError
-    from so3krates_openmm.training import ConfigError, Trainer, TrainingError, parse_config
-    from so3krates_openmm.training.distributed import shutdown_distributed
-
-    try:
-        config = parse_config(argv)
-    except ConfigError as error:
-        _fail(str(error))
-    trainer = None
-    try:
-        trainer = Trainer(config)
-        result = trainer.run()
-    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError) as error:
-        _fail(str(error))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue from the last checkpoint (every --checkpoint-interval, and at each epoch end) with the same command and --resume "
-              f"(output {config.output})", file=sys.stderr)
-        return 130
-    finally:
-        if trainer is not None:
-            shutdown_distributed(trainer.context)
-    if trainer.context.is_main:
-        print(f"best checkpoint: {result.best_checkpoint} ({result.epochs} epochs, {result.steps} steps)")
-    return 0
-
-
-def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]
-    [--per-frame CSV]``."""
-    parser = argparse.ArgumentParser(
-        prog="so3krates-eval",
-        description="Energy and force errors (MAE, RMSE, force MAE per element; in the data's energy unit and in "
-        "meV) of an SO3krates checkpoint on a data set, computed as the trainer's test report.",
-    )
-    parser.add_argument("checkpoint", help="checkpoint written by so3krates-train (e.g. best_checkpoint.pt)")
-    parser.add_argument("--data", required=True, help="data set: MD22 .npz or anything ASE reads (extended XYZ)")
-    parser.add_argument("--energy-unit", help="unit of the data's energies if the file does not record one")
-    frames = parser.add_mutually_exclusive_group()
-    frames.add_argument("--indices", help="0-based frame indices, e.g. '0-99,150' (default: all frames)")
-    frames.add_argument("--split-file", help="a training run's last_checkpoint.pt, or JSON {\"test\": [...], ...}")
-    parser.add_argument("--split", choices=("train", "valid", "test"), default="test",
-                        help="part of --split-file to evaluate (default test)")
-    parser.add_argument("--max-frames", type=int, help="evaluate at most the first N of the chosen frames")
-    parser.add_argument("--batch-size", type=int, default=16, help="structures per batch (default 16)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
-    parser.add_argument("--json", help="write the report as JSON to this file")
-    parser.add_argument("--per-frame", metavar="CSV",
-                        help="write each frame's energy error and force errors to this CSV (with the trajectory "
-                        "frame and time of frames from `so3krates-data label`) and plot them to a PNG beside it")
-    args = parser.parse_args(argv)
-
-    from so3krates_openmm.data.dataset import DataError
-    from so3krates_openmm.model.checkpoint import CheckpointError
-    from so3krates_openmm.training import TrainingError
-
-    try:
-        import numpy as np
-        import torch
-
-        from so3krates_openmm.data.formats import load_dataset
-        from so3krates_openmm.training.evaluation import (
-            evaluate_checkpoint,
-            format_evaluation,
-            read_split,
-            write_per_frame,
-        )
-
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        dataset = load_dataset(args.data, **({"energy_unit": args.energy_unit} if args.energy_unit else {}))
-        indices = None
-        if args.indices:
-            from so3krates_openmm.export import parse_atom_indices
-
-            indices = np.asarray(parse_atom_indices(args.indices))
-        elif args.split_file:
-            indices = read_split(args.split_file, args.split)
-        if args.max_frames is not None:
-            if args.max_frames < 1:
-                raise DataError(f"--max-frames must be at least 1, got {args.max_frames}")
-            indices = (np.arange(len(dataset)) if indices is None else indices)[: args.max_frames]
-        report = evaluate_checkpoint(args.checkpoint, dataset, indices, batch_size=args.batch_size,
-                                     device=args.device, per_frame=bool(args.per_frame))
-        per_frame_files = write_per_frame(report, args.per_frame) if args.per_frame else ()
-        if args.json:
-            from so3krates_openmm.training.reporting import write_json
-
-            write_json(args.json, report)
-    except (DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as error:
-        _fail(str(error))
-    print(format_evaluation(report))
-    for written in (args.json, *per_frame_files):
-        if written:
-            print(f"wrote {written}")
-    return 0
-
-
-def data_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``so3krates-data {generate,build,merge,label,info}``: GFN2-xTB reference data (sampled, or labels for the
-    frames of an existing trajectory), showcase molecules, merging, data set summaries.
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand; exit code 0 done, 2 bad input, 3 stopped early (the partial file holds the frames).
 
     When run as a program (``argv`` is None) the xTB-heavy subcommands re-execute
-    themselves with Debian's OpenBLAS preloaded if it is installed (see
-    :func:`so3krates_openmm.data.reference.reexec_with_openblas`).
+    themselves with Debian's OpenBLAS preloaded if it is installed (``configure_process(openblas=True)``),
+    unless given ``--no-openblas`` or ``--no-process-tuning``.
     """
     from so3krates_openmm.data.reference import SamplingSettings
 
@@ -237,6 +69,7 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
                           help="stop at the first checkpoint after this many new frames; run again to continue")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
     generate.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+    generate.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
 
     build = commands.add_parser(
         "build",
@@ -250,6 +83,7 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     build.add_argument("--fmax", type=float, default=0.01, help="relaxation threshold in eV/Angstrom (default 0.01)")
     build.add_argument("--no-relax", action="store_true", help="skip the GFN2-xTB relaxation (RDKit/MMFF geometry)")
     build.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+    build.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
 
     merge = commands.add_parser(
         "merge",
@@ -292,6 +126,7 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
                        help="stop at the first partial-file write after this many new frames; run again to continue")
     label.add_argument("--no-progress", action="store_true", help="no progress bar")
     label.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+    label.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
 
     info = commands.add_parser("info", help="summarise a data set file (.npz, extended XYZ, or a partial file)")
     info.add_argument("path")
@@ -300,10 +135,8 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    if args.command in ("generate", "build", "label") and argv is None and not args.no_openblas:
-        from so3krates_openmm.data.reference import reexec_with_openblas
-
-        reexec_with_openblas(log)
+    if args.command in ("generate", "build", "label"):
+        tune_process(argv, openblas=not args.no_openblas, log=log)
 
     from so3krates_openmm.data.dataset import DataError
 
@@ -312,8 +145,8 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             dataset = load_dataset(args.path, **({"energy_unit": args.energy_unit} if args.energy_unit else {}))
-        except (DataError, FileNotFoundError) as error:
-            _fail(str(error))
+        except (DataError, FileNotFoundError) as problem:
+            return error(PROG, problem)
         print(dataset.summary())
         return 0
 
@@ -324,8 +157,8 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             merged = merge_datasets([Path(p) for p in args.inputs], args.output, float32=args.float32, name=args.name)
-        except (DataError, FileNotFoundError) as error:
-            _fail(str(error))
+        except (DataError, FileNotFoundError) as problem:
+            return error(PROG, problem)
         print(f"wrote {args.output}: {len(merged)} frames from {len(args.inputs)} files")
         return 0
 
@@ -347,8 +180,8 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
             result = label_frames(frames, args.output, settings, energy_unit=args.energy_unit, restart=args.restart,
                                   stop_after_frames=args.stop_after_frames, progress=not args.no_progress, log=log,
                                   inputs=inputs)
-        except (DataError, ValueError, FileNotFoundError) as error:
-            _fail(str(error))
+        except (DataError, ValueError, FileNotFoundError) as problem:
+            return error(PROG, problem)
         return 0 if result is not None else 3  # 3: stopped early; the partial file holds the frames so far
 
     if args.command == "build":
@@ -357,17 +190,12 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             build_and_write(args.molecule, args.output_dir, seed=args.seed, relax=not args.no_relax,
                             fmax=args.fmax, log=log)
-        except (RuntimeError, ValueError, OSError) as error:
-            _fail(str(error))
+        except (RuntimeError, ValueError, OSError) as problem:
+            return error(PROG, problem)
         return 0
 
-    from dataclasses import asdict
-
-    from so3krates_openmm.data.reference import (
-        generate_reference_data,
-        partial_path_for,
-        settings_from_partial,
-    )
+    from so3krates_openmm.data.reference import generate_reference_data, resumed_settings
+    from so3krates_openmm.data.structures import read_structure
 
     options = {
         "temperatures_K": args.temperatures,
@@ -387,29 +215,13 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     given = {key: value for key, value in options.items() if value is not None}
     try:
         if args.resume:
-            partial = partial_path_for(args.output)
-            if not partial.exists():
-                _fail(f"--resume: {partial} does not exist (nothing to resume)")
-            settings, structure = settings_from_partial(partial)
-            recorded = asdict(settings)
-            conflicts = [f"{k}={v!r} (partial file: {recorded[k]!r})" for k, v in given.items() if recorded[k] != v
-                         and not (k == "temperatures_K" and [float(t) for t in v] == recorded[k])]
-            if conflicts:
-                _fail(f"--resume: options differ from the partial run's settings: {', '.join(conflicts)}")
-            if args.structure:
-                from so3krates_openmm.data.reference import structure_fingerprint
-                from so3krates_openmm.data.structures import read_structure
-
-                if structure_fingerprint(read_structure(args.structure)) != structure_fingerprint(structure):
-                    _fail(f"--resume: {args.structure} is not the starting structure recorded in {partial}")
+            settings, structure = resumed_settings(args.output, given, args.structure)
         else:
             missing = [flag for flag, key in (("--structure", "structure"), ("--temperatures", "temperatures"),
                                               ("--frames-per-temperature", "frames_per_temperature"))
                        if getattr(args, key) is None]
             if missing:
-                _fail(f"generate needs {', '.join(missing)} (or --resume to continue a partial run)")
-            from so3krates_openmm.data.structures import read_structure
-
+                return error(PROG, f"generate needs {', '.join(missing)} (or --resume to continue a partial run)")
             structure = read_structure(args.structure)
             settings = SamplingSettings(**given)
         result = generate_reference_data(
@@ -423,8 +235,12 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
             progress=not args.no_progress,
             log=log,
         )
-    except (DataError, ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+    except (DataError, ValueError, FileNotFoundError) as problem:
+        return error(PROG, problem)
     if result is None:
         return 3  # stopped before the end; the partial file holds the work so far
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
