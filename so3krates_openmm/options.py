@@ -141,6 +141,11 @@ def _one_line(message: str, known: Sequence[str]) -> str:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the valid keys"
         return f"unknown key {key!r}{hint}"
+    unrecognised = re.match(r"unrecognized arguments: (\S+)", lines[0])
+    if unrecognised:
+        flags = ["--" + name.replace("_", "-") for name in known]
+        close = difflib.get_close_matches(unrecognised.group(1).split("=")[0], flags, n=1, cutoff=0.6)
+        return " ".join(lines) + (f"; did you mean {close[0]}?" if close else "; see --help")
     match = re.match(r'Parser key "([^"]+)"(?: element \d+)?:\s*(.*)', lines[0])
     if not match:
         return " ".join(lines)
@@ -151,7 +156,7 @@ def _one_line(message: str, known: Sequence[str]) -> str:
         reasons = [rest] if rest else [line for line in lines[1:] if not line.startswith(("Given value", "Subtypes"))]
     reasons = [re.sub(r"Expected a <class '(\w+)'>", r"expected \1", re.sub(r"Not of type Path_fr: ", "", reason))
                for reason in reasons]
-    text = f"option {key!r}: {'; '.join(dict.fromkeys(reasons))}"
+    text = f"{'config file' if key == 'config_files' else f'option {key!r}'}: {'; '.join(dict.fromkeys(reasons))}"
     if given is not None and given.lower() == "none":
         text += " (write null for no value)"
     elif given is not None:
@@ -159,6 +164,17 @@ def _one_line(message: str, known: Sequence[str]) -> str:
     if re.search(r"(Got value|Given value): \S*,", str(message)):
         text += "; separate several values by spaces on the command line (--degrees 1 2 3), write a list in a file"
     return text
+
+
+def _options_error(error: argparse.ArgumentError, cls: type) -> OptionsError:
+    """jsonargparse's error as an :class:`OptionsError` with a one-line message naming the key."""
+    names = [item.name for item in dataclasses.fields(cls) if item.init]
+    if re.search(r"does not support item assignment|is not iterable", str(error)):  # one value for a list
+        hints = typing.get_type_hints(cls)
+        lists = [name for name in names if _list_item(hints[name]) is not None]
+        return OptionsError(f"a list option ({', '.join(lists)}) has a single value in a file: write it as a list, "
+                            f"e.g. '{lists[0] if lists else 'key'}: [a, b]'")
+    return OptionsError(_one_line(str(error), names))
 
 
 def parse_options(
@@ -175,12 +191,7 @@ def parse_options(
         explicit = parser.parse_args(argv, defaults=False)
         namespace = parser.parse_args(argv)
     except argparse.ArgumentError as error:
-        if "does not support item assignment" in str(error):  # jsonargparse's reaction to one value for a list
-            hints = typing.get_type_hints(cls)
-            lists = [name for name in names if _list_item(hints[name]) is not None]
-            raise OptionsError(f"a list option ({', '.join(lists)}) has a single value in a file: write it as a "
-                               f"list, e.g. '{lists[0] if lists else 'key'}: [a, b]'") from None
-        raise OptionsError(_one_line(str(error), names)) from None
+        raise _options_error(error, cls) from None
     given = frozenset(name for name in names if name in explicit)
     values = {name: _plain(namespace[name]) for name in names}
     try:
@@ -208,7 +219,7 @@ def parse_object(parser: ArgumentParser, cls: type, values: dict[str, Any]) -> A
     try:
         namespace = parser.parse_object(values)
     except argparse.ArgumentError as error:
-        raise OptionsError(_one_line(str(error), names)) from None
+        raise _options_error(error, cls) from None
     return cls(**{name: _plain(namespace[name]) for name in names})
 
 

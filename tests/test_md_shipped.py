@@ -10,14 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from so3krates_openmm.md.commands import (
-    catcher_distance_main,
-    langevin_nvt_main,
-    minima_main,
-    nve_main,
-    ramachandran_main,
-    spectrum_main,
-)
+from so3krates_openmm.cli.catcher_distance import main as catcher_distance_main
+from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
+from so3krates_openmm.cli.minima import main as minima_main
+from so3krates_openmm.cli.nve import main as nve_main
+from so3krates_openmm.cli.ramachandran import main as ramachandran_main
+from so3krates_openmm.cli.spectrum import main as spectrum_main
 from so3krates_openmm.md.protocols import pretrained_files
 from so3krates_openmm.md.reporters import read_csv_log
 

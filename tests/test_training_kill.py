@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase.build import molecule
 
-from so3krates_openmm.cli import train_main
+from so3krates_openmm.cli.train import main as train_main
 from so3krates_openmm.data.formats import save_npz
 from so3krates_openmm.model.checkpoint import read_checkpoint
 from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv

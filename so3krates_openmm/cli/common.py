@@ -43,6 +43,37 @@ def error(prog: str, message: Any) -> int:
     return EXIT_BAD_INPUT
 
 
+def protocol_parser(cls: type):
+    """The parser of an MD protocol: ``--protocol FILE`` plus one flag per field of its options class ``cls``."""
+    from so3krates_openmm.options import add_switch, options_parser
+
+    parser = options_parser(
+        cls, prog=cls.name, description=cls.__doc__, config_flag="--protocol", name_key="protocol",
+        config_help="YAML protocol file (keys as in --help with underscores, e.g. 'timestep_fs: 0.5'); flags "
+        "override its values; relative input paths in it are relative to the file",
+    )
+    add_switch(parser, NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP)
+    return parser
+
+
+def parse_protocol(cls: type, argv: Optional[Sequence[str]]) -> tuple[Any, list[str]]:
+    """The options (an instance of ``cls``) of a protocol command line and the protocol files read.
+
+    A run length given as a flag (``--steps`` or ``--ns``) replaces the other one from a file. Raises
+    :class:`~so3krates_openmm.options.OptionsError`.
+    """
+    from so3krates_openmm.options import flags_given, parse_options
+
+    parser = protocol_parser(cls)
+    options, namespace, _ = parse_options(parser, cls, argv)
+    flags = flags_given(parser, argv)
+    if "ns" in flags and "steps" not in flags:
+        options.steps = None
+    elif "steps" in flags and "ns" not in flags:
+        options.ns = None
+    return options, [str(path) for path in namespace.config_files or ()]
+
+
 def run_protocol(options_class: str, recipe_name: str, argv: Optional[Sequence[str]]) -> int:
     """The whole program of one MD protocol: parse ``--protocol FILE`` and flags into the options class
     :mod:`so3krates_openmm.md.protocols`.``options_class``, run the recipe
@@ -55,24 +86,13 @@ def run_protocol(options_class: str, recipe_name: str, argv: Optional[Sequence[s
     from so3krates_openmm.md import protocols, recipes
     from so3krates_openmm.md.protocols import ProtocolError, write_resolved_protocol
     from so3krates_openmm.md.reporters import OutputReplacedError
-    from so3krates_openmm.options import OptionsError, add_switch, flags_given, options_parser, parse_options
+    from so3krates_openmm.options import OptionsError
 
     cls = getattr(protocols, options_class)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    parser = options_parser(
-        cls, prog=cls.name, description=cls.__doc__, config_flag="--protocol", name_key="protocol",
-        config_help="YAML protocol file (keys as in --help with underscores, e.g. 'timestep_fs: 0.5'); flags "
-        "override its values; relative input paths in it are relative to the file",
-    )
-    add_switch(parser, NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP)
     try:
-        options, namespace, _ = parse_options(parser, cls, argv)
-        flags = flags_given(parser, argv)
-        if "ns" in flags and "steps" not in flags:
-            options.steps = None  # a run length on the command line replaces the file's
-        elif "steps" in flags and "ns" not in flags:
-            options.ns = None
+        options, files = parse_protocol(cls, argv)
         result = getattr(recipes, recipe_name)(options)
     except recipes.RunUnstable as unstable:
         print(f"{cls.name}: {unstable}", file=sys.stderr)
@@ -82,7 +102,6 @@ def run_protocol(options_class: str, recipe_name: str, argv: Optional[Sequence[s
         return error(cls.name, bad)
     output = Path(options.output)
     if output.is_dir():
-        files = [str(path) for path in namespace.config_files or ()]
         write_resolved_protocol(options, output / "protocol_resolved.yaml", seed=result.seed,
                                 source=f"defaults < {', '.join(files) or 'no protocol file'} < flags")
     return EXIT_OK if result.stable else EXIT_UNSTABLE
