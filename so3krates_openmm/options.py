@@ -79,6 +79,11 @@ def _list_item(annotation: Any) -> Any:
     return typing.get_args(base)[0] if typing.get_origin(base) is list else None
 
 
+def option_names(cls: type) -> list[str]:
+    """The option names of the dataclass ``cls`` (its fields set by ``__init__``)."""
+    return [item.name for item in dataclasses.fields(cls) if item.init]
+
+
 def field_default(item: dataclasses.Field) -> Any:
     """The default value of a dataclass field."""
     if item.default is not dataclasses.MISSING:
@@ -162,13 +167,14 @@ def _one_line(message: str, known: Sequence[str]) -> str:
     elif given is not None:
         text += f" (given: {given})"
     if re.search(r"(Got value|Given value): \S*,", str(message)):
-        text += "; separate several values by spaces on the command line (--degrees 1 2 3), write a list in a file"
+        text += (f"; separate several values by spaces on the command line (--{key.replace('_', '-')} 1 2 3), "
+                 "write a list in a file")
     return text
 
 
 def _options_error(error: argparse.ArgumentError, cls: type) -> OptionsError:
     """jsonargparse's error as an :class:`OptionsError` with a one-line message naming the key."""
-    names = [item.name for item in dataclasses.fields(cls) if item.init]
+    names = option_names(cls)
     if re.search(r"does not support item assignment|is not iterable", str(error)):  # one value for a list
         hints = typing.get_type_hints(cls)
         lists = [name for name in names if _list_item(hints[name]) is not None]
@@ -186,7 +192,7 @@ def parse_options(
     namespace (for switches that are not options) and the names of the options
     given in a file or as a flag. Raises :class:`OptionsError` with a one-line message.
     """
-    names = [item.name for item in dataclasses.fields(cls) if item.init]
+    names = option_names(cls)
     try:
         explicit = parser.parse_args(argv, defaults=False)
         namespace = parser.parse_args(argv)
@@ -215,7 +221,7 @@ def _plain(value: Any) -> Any:
 
 def parse_object(parser: ArgumentParser, cls: type, values: dict[str, Any]) -> Any:
     """An instance of the dataclass ``cls`` from a dict, checked as a config file is (unknown keys, types)."""
-    names = [item.name for item in dataclasses.fields(cls) if item.init]
+    names = option_names(cls)
     try:
         namespace = parser.parse_object(values)
     except argparse.ArgumentError as error:

@@ -190,7 +190,7 @@ def test_cli_reports_missing_options_and_resume_conflicts(tmp_path, capsys):
 
 
 def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
-    from so3krates_openmm.data.reference import openblas_library
+    from so3krates_openmm.runtime import openblas_library
 
     environment = dict(os.environ, OMP_NUM_THREADS="1",
                        PYTHONPATH=str(REPOSITORY) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -209,3 +209,8 @@ def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
     else:
         assert f"using OpenBLAS from {library}" in result.stderr
         assert f"LD_PRELOAD={library}" in result.stderr  # printed by the re-executed process
+    # --no-openblas (and --no-process-tuning) keep the process as it is
+    for flag in ("--no-openblas", "--no-process-tuning"):
+        result = subprocess.run([sys.executable, "-c", code, "generate", "--resume", "-o", str(tmp_path / "none.npz"),
+                                 flag], env=environment, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and result.stderr.count("LD_PRELOAD=") == 1 and "OpenBLAS" not in result.stderr

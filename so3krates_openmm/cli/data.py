@@ -13,6 +13,12 @@ from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HEL
 PROG = "so3krates-data"
 
 
+def _add_process_flags(parser: argparse.ArgumentParser) -> None:
+    """The process-setting flags of the xTB subcommands."""
+    parser.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
+    parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one subcommand; exit code 0 done, 2 bad input, 3 stopped early (the partial file holds the frames).
 
@@ -68,8 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     generate.add_argument("--stop-after-frames", type=int,
                           help="stop at the first checkpoint after this many new frames; run again to continue")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    generate.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
-    generate.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
+    _add_process_flags(generate)
 
     build = commands.add_parser(
         "build",
@@ -82,8 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     build.add_argument("--seed", type=int, default=7, help="RDKit embedding seed (default 7)")
     build.add_argument("--fmax", type=float, default=0.01, help="relaxation threshold in eV/Angstrom (default 0.01)")
     build.add_argument("--no-relax", action="store_true", help="skip the GFN2-xTB relaxation (RDKit/MMFF geometry)")
-    build.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
-    build.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
+    _add_process_flags(build)
 
     merge = commands.add_parser(
         "merge",
@@ -125,8 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     label.add_argument("--stop-after-frames", type=int,
                        help="stop at the first partial-file write after this many new frames; run again to continue")
     label.add_argument("--no-progress", action="store_true", help="no progress bar")
-    label.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
-    label.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
+    _add_process_flags(label)
 
     info = commands.add_parser("info", help="summarise a data set file (.npz, extended XYZ, or a partial file)")
     info.add_argument("path")

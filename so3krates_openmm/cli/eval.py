@@ -12,7 +12,7 @@ from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HEL
 PROG = "so3krates-eval"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]
     [--per-frame CSV]``."""
     parser = argparse.ArgumentParser(
