@@ -65,8 +65,9 @@ def test_yaml_files_and_flags_override(tmp_path: Path):
     (tmp_path / "run.toml").write_text('data = "a.npz"\n')
     with pytest.raises(ConfigError, match="TOML config files are no longer read; write the same keys as YAML"):
         parse_config(["--config", str(tmp_path / "run.toml")])
-    with pytest.raises(ConfigError, match="write null for no value"):
-        parse_config(["--data", "a.npz", "--clip-grad", "none"])
+    for flag in ("--clip-grad", "--checkpoint-interval"):
+        with pytest.raises(ConfigError, match="write null for no value"):
+            parse_config(["--data", "a.npz", flag, "none"])
     with pytest.raises(ConfigError, match=r"separate several values by spaces on the command line \(--degrees 1 2 3\)"):
         parse_config(["--data", "a.npz", "--degrees", "1,2"])
     (tmp_path / "one.yaml").write_text("data: a.npz\n")

@@ -234,7 +234,8 @@ class TrainingConfig:
                 try:
                     parse_duration(getattr(self, name))
                 except ConfigError as error:
-                    raise ConfigError(f"option {name!r}: {error}") from None
+                    hint = " (write null for no value)" if str(getattr(self, name)).lower() == "none" else ""
+                    raise ConfigError(f"option {name!r}: {error}{hint}") from None
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"option 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.dtype not in DTYPES:
