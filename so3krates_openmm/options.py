@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from jsonargparse.typing import Path_fr, registered_types, restricted_number_type
 
 
@@ -185,7 +185,7 @@ def _options_error(error: argparse.ArgumentError, cls: type) -> OptionsError:
 
 def parse_options(
     parser: ArgumentParser, cls: type, argv: Optional[Sequence[str]] = None
-) -> tuple[Any, argparse.Namespace, frozenset[str]]:
+) -> tuple[Any, Namespace, frozenset[str]]:
     """Parse ``argv`` into an instance of the dataclass ``cls``.
 
     Returns ``(options, namespace, given)``: the options, the whole parsed

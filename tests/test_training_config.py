@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +188,10 @@ def test_several_data_files_are_concatenated(tmp_path: Path, capsys):
     output = capsys.readouterr().out
     assert "first.npz + " in output and "14 frames" in output and "energies in kcal/mol" in output
     assert result.test_report["structures"] == 2
+
+
+def test_old_module_spelling_names_the_new_one():
+    completed = subprocess.run([sys.executable, "-m", "so3krates_openmm.training", "--data", "x.npz"],
+                               capture_output=True, text=True, timeout=120, check=False,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert completed.returncode == 2 and "python -m so3krates_openmm.cli.train" in completed.stderr
