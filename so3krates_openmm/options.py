@@ -159,8 +159,9 @@ def _one_line(message: str, known: Sequence[str]) -> str:
     reasons = [line[2:] for line in lines[1:] if line.startswith("- ") and "NoneType" not in line]
     if not reasons:
         reasons = [rest] if rest else [line for line in lines[1:] if not line.startswith(("Given value", "Subtypes"))]
-    reasons = [re.sub(r"Expected a <class '(\w+)'>", r"expected \1", re.sub(r"Not of type Path_fr: ", "", reason))
-               for reason in reasons]
+    for pattern, replacement in ((r"Not of type Path_fr: ", ""), (r"Expected a <class '(\w+)'>", r"expected \1"),
+                                 (r"Expected a typing\.Literal\[(.*)\]", r"expected one of \1")):
+        reasons = [re.sub(pattern, replacement, reason) for reason in reasons]
     text = f"{'config file' if key == 'config_files' else f'option {key!r}'}: {'; '.join(dict.fromkeys(reasons))}"
     if given is not None and given.lower() == "none":
         text += " (write null for no value)"

@@ -91,3 +91,15 @@ print(json.dumps({"omp": os.environ["OMP_WAIT_POLICY"], "applied": applied}))
 """
     report = run_child(code)
     assert report == {"omp": "ACTIVE", "applied": {"omp_passive": False, "malloc": False, "openblas": False}}
+
+
+@pytest.mark.parametrize("command", ["train", "export", "data", "eval", "langevin_nvt", "nve", "spectrum",
+                                     "catcher_distance", "ramachandran", "minima", "mlmm_solvated",
+                                     "stability_report"])
+def test_every_command_module_answers_help(command):
+    # python -m so3krates_openmm.cli.<command> and the console script of setup.py run the same main()
+    completed = subprocess.run([sys.executable, "-m", f"so3krates_openmm.cli.{command}", "--help"],
+                               env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, capture_output=True, text=True,
+                               timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "usage:" in completed.stdout
