@@ -18,6 +18,10 @@ console script                     module (``python -m ...``)      library
 =================================  ==============================  ==========================================
 
 The MD programs are also the scripts ``md_protocols/<name>.py``.
+All parse with jsonargparse: train and the MD protocols from their typed options
+(:mod:`so3krates_openmm.options`: flags + a YAML ``--config``/``--protocol`` file), the
+flag-only commands (export, eval, data, stability report) with its argparse-compatible parser.
+
 Every program first applies :func:`so3krates_openmm.runtime.configure_process`
 (before PyTorch is imported) unless given ``--no-process-tuning``. Exit codes:
 0 done, 1 the MD run became unstable, 2 bad input (a one-line ``error:`` message),

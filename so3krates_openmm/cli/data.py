@@ -3,17 +3,18 @@ frames of an existing trajectory), showcase molecules, merging, data set summari
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import Optional
+
+from jsonargparse import ArgumentParser
 
 from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, error, tune_process
 
 PROG = "so3krates-data"
 
 
-def _add_process_flags(parser: argparse.ArgumentParser) -> None:
+def _add_process_flags(parser: ArgumentParser) -> None:
     """The process-setting flags of the xTB subcommands."""
     parser.add_argument("--no-openblas", action="store_true", help="do not preload Debian's OpenBLAS")
     parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
@@ -29,16 +30,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from so3krates_openmm.data.reference import SamplingSettings
 
     defaults = SamplingSettings(temperatures_K=[300.0], frames_per_temperature=1)
-    parser = argparse.ArgumentParser(
-        prog="so3krates-data",
+    parser = ArgumentParser(
+        prog=PROG,
         description="Reference data for SO3krates without the internet: Langevin MD sampling labelled with "
         "GFN2-xTB (tblite), offline builders of the showcase molecules, and data set summaries.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser(
-        "generate",
-        help="sample frames by Langevin MD with GFN2-xTB energies and forces (resumable)",
+    generate = ArgumentParser(
         description="Sample configurations by Langevin MD (ASE) with GFN2-xTB (tblite) as the reference and write "
         "an MD22-layout .npz (kcal/mol, Angstrom) or extended XYZ. Every --checkpoint-every frames the work so far "
         "is saved atomically to OUTPUT_STEM.partial.npz; running the same command again (or --resume -o OUTPUT) "
@@ -76,9 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_process_flags(generate)
 
-    build = commands.add_parser(
-        "build",
-        help="build a showcase molecule offline and relax it with GFN2-xTB",
+    build = ArgumentParser(
         description="Build Ac-Ala3-NHMe (ACE-ALA-ALA-ALA-NME PDB with bonds) or the C60@C60H28 buckyball catcher "
         "from SMILES (RDKit) and ASE's C60, relax with GFN2-xTB and write OUTPUT_DIR/structure.pdb and structure.xyz.",
     )
@@ -89,9 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     build.add_argument("--no-relax", action="store_true", help="skip the GFN2-xTB relaxation (RDKit/MMFF geometry)")
     _add_process_flags(build)
 
-    merge = commands.add_parser(
-        "merge",
-        help="concatenate data set files (e.g. runs at different temperatures) into one",
+    merge = ArgumentParser(
         description="Concatenate data sets in the given order into one .npz (MD22 layout, one molecule) or extended "
         "XYZ. Energies are converted to the first file's unit; each part's metadata is kept under 'parts'.",
     )
@@ -100,9 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     merge.add_argument("--float32", action="store_true", help="store positions and forces as float32 in .npz")
     merge.add_argument("--name", help="data set name recorded in the .npz")
 
-    label = commands.add_parser(
-        "label",
-        help="GFN2-xTB energies and forces for the frames of an existing trajectory (resumable)",
+    label = ArgumentParser(
         description="Label frames of an existing trajectory (e.g. a model-driven MD run) with GFN2-xTB (tblite) "
         "energies and forces, as generate does, and write an MD22-layout .npz (kcal/mol, Angstrom) or extended XYZ "
         "that `merge` can add to a training set. Input: a DCD with --structure (PDB/XYZ with the same atoms in the "
@@ -131,19 +123,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     label.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_process_flags(label)
 
-    info = commands.add_parser("info", help="summarise a data set file (.npz, extended XYZ, or a partial file)")
+    info = ArgumentParser(
+        description="Summarise a data set file (.npz, extended XYZ, or a partial file).")
     info.add_argument("path")
     info.add_argument("--energy-unit", help="unit of the file's energies if it does not record one")
 
-    args = parser.parse_args(argv)
+    commands = parser.add_subcommands(dest="command")
+    commands.add_subcommand("generate", generate,
+                            help="sample frames by Langevin MD with GFN2-xTB energies and forces (resumable)")
+    commands.add_subcommand("build", build,
+                            help="build a showcase molecule offline and relax it with GFN2-xTB")
+    commands.add_subcommand("merge", merge,
+                            help="concatenate data set files (e.g. runs at different temperatures) into one")
+    commands.add_subcommand("label", label,
+                            help="GFN2-xTB energies and forces for the frames of an existing trajectory (resumable)")
+    commands.add_subcommand("info", info,
+                            help="summarise a data set file (.npz, extended XYZ, or a partial file)")
+
+    arguments = parser.parse_args(argv)
+    command = arguments.command
+    args = arguments[command]
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    if args.command in ("generate", "build", "label"):
+    if command in ("generate", "build", "label"):
         tune_process(argv, openblas=not args.no_openblas, log=log)
 
     from so3krates_openmm.data.dataset import DataError
 
-    if args.command == "info":
+    if command == "info":
         from so3krates_openmm.data.formats import load_dataset
 
         try:
@@ -153,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(dataset.summary())
         return 0
 
-    if args.command == "merge":
+    if command == "merge":
         from pathlib import Path
 
         from so3krates_openmm.data.formats import merge_datasets
@@ -165,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wrote {args.output}: {len(merged)} frames from {len(args.inputs)} files")
         return 0
 
-    if args.command == "label":
+    if command == "label":
         from so3krates_openmm.data.labelling import (
             LabelSettings,
             label_frames,
@@ -187,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return error(PROG, problem)
         return 0 if result is not None else 3  # 3: stopped early; the partial file holds the frames so far
 
-    if args.command == "build":
+    if command == "build":
         from so3krates_openmm.data.builders import build_and_write
 
         try:

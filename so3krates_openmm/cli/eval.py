@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import Optional
+
+from jsonargparse import ArgumentParser
 
 from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, error, tune_process
 
@@ -15,7 +16,7 @@ PROG = "so3krates-eval"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]
     [--per-frame CSV]``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Energy and force errors (MAE, RMSE, force MAE per element; in the data's energy unit and in "
         "meV) of an SO3krates checkpoint on a data set, computed as the trainer's test report.",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import Optional
+
+from jsonargparse import ArgumentParser
 
 from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, error, tune_process
 
@@ -14,7 +15,7 @@ PROG = "so3krates-export"
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``so3krates-export CHECKPOINT --structure FILE -o model.pt``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Export an SO3krates checkpoint to a TorchScript .pt for openmm-torch's TorchForce "
         "(positions in nm -> energy in kJ/mol). The export checks itself against the eager model.",
