@@ -35,6 +35,7 @@ setup(
         "tqdm",
         "matplotlib",
         "pyyaml",
+        "jsonargparse>=4.40",  # options: flags + YAML files (so3krates_openmm/options.py)
         "tblite==0.8.0",
         "rdkit",
         "scipy",
@@ -45,10 +46,19 @@ setup(
     extras_require={"test": ["pytest", "ruff", "wheel"]},
     entry_points={
         "console_scripts": [
-            "so3krates-export=so3krates_openmm.cli:export_main",
-            "so3krates-data=so3krates_openmm.cli:data_main",
-            "so3krates-train=so3krates_openmm.cli:train_main",
-            "so3krates-eval=so3krates_openmm.cli:eval_main",
+            "so3krates-export=so3krates_openmm.cli.export:main",
+            "so3krates-data=so3krates_openmm.cli.data:main",
+            "so3krates-train=so3krates_openmm.cli.train:main",
+            "so3krates-eval=so3krates_openmm.cli.eval:main",
+            # the md_protocols/*.py scripts
+            "so3krates-md-langevin-nvt=so3krates_openmm.cli.langevin_nvt:main",
+            "so3krates-md-nve=so3krates_openmm.cli.nve:main",
+            "so3krates-md-spectrum=so3krates_openmm.cli.spectrum:main",
+            "so3krates-md-catcher-distance=so3krates_openmm.cli.catcher_distance:main",
+            "so3krates-md-ramachandran=so3krates_openmm.cli.ramachandran:main",
+            "so3krates-md-minima=so3krates_openmm.cli.minima:main",
+            "so3krates-md-mlmm-solvated=so3krates_openmm.cli.mlmm_solvated:main",
+            "so3krates-md-stability-report=so3krates_openmm.cli.stability_report:main",
         ],
         # openmm-ml finds third-party potentials here: MLPotential("so3krates", modelPath=CHECKPOINT).
         "openmmml.potentials": [

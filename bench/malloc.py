@@ -39,11 +39,14 @@ def measure(name: str, steps: int, warmup: int) -> dict:
 
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.md.platforms import get_platform
+    from so3krates_openmm.memory import reuse_freed_memory
     from so3krates_openmm.openmm_force import create_system, positions_nm
+
+    reuse_freed_memory()  # as the commands do (runtime.configure_process); SO3KRATES_MALLOPT=0 switches it off
 
     structure = read_structure(PRETRAINED / name / "structure.pdb")
     system = create_system(structure, PRETRAINED / name / "model.pt")
-    platform, properties = get_platform("CPU", threads=1)  # calls reuse_freed_memory() unless switched off
+    platform, properties = get_platform("CPU", threads=1)
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.5 * unit.femtoseconds)
     integrator.setRandomNumberSeed(1)
     context = openmm.Context(system, integrator, platform, properties)

@@ -8,7 +8,7 @@ Example:
 
 import sys
 
-from so3krates_openmm.cli import export_main
+from so3krates_openmm.cli.export import main
 
 if __name__ == "__main__":
-    sys.exit(export_main())
+    sys.exit(main())

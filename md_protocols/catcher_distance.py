@@ -7,18 +7,13 @@ Examples:
 
 Writes catcher_distance.csv, catcher_distance.png and catcher_distance.json.
 
-Every option can also be set in a YAML protocol file (`--protocol catcher_distance.yaml`);
+Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol catcher_distance.yaml`);
 flags override the file. `--help` lists all options with units and defaults.
 """
 
-import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: with more threads than free cores
-# (a shared machine) spinning made PyTorch 10-20x slower here. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from so3krates_openmm.md.commands import catcher_distance_main
+from so3krates_openmm.cli.catcher_distance import main
 
 if __name__ == "__main__":
-    sys.exit(catcher_distance_main())
+    sys.exit(main())

@@ -11,18 +11,13 @@ Writes trajectory.dcd, log.csv, checkpoint.zip, final_state.xml, final.pdb,
 energy.png, run.json and stability.json to --output. A run killed at any
 moment continues with --resume (same flags) without lost or duplicated frames.
 
-Every option can also be set in a YAML protocol file (`--protocol langevin_nvt.yaml`);
+Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol langevin_nvt.yaml`);
 flags override the file. `--help` lists all options with units and defaults.
 """
 
-import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: with more threads than free cores
-# (a shared machine) spinning made PyTorch 10-20x slower here. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from so3krates_openmm.md.commands import langevin_nvt_main
+from so3krates_openmm.cli.langevin_nvt import main
 
 if __name__ == "__main__":
-    sys.exit(langevin_nvt_main())
+    sys.exit(main())

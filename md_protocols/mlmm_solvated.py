@@ -10,17 +10,13 @@ The molecule's internal energy comes from the SO3krates checkpoint through openm
 the molecule-water interactions from amber14 + TIP3P with PME. Writes the usual run
 files (trajectory.dcd, log.csv, checkpoint.zip for --resume, final.pdb, stability.json).
 
-Every option can also be set in a YAML protocol file (`--protocol mlmm_solvated.yaml`);
+Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol mlmm_solvated.yaml`);
 flags override the file. `--help` lists all options with units and defaults.
 """
 
-import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning (see langevin_nvt.py). Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from so3krates_openmm.md.commands import mlmm_solvated_main
+from so3krates_openmm.cli.mlmm_solvated import main
 
 if __name__ == "__main__":
-    sys.exit(mlmm_solvated_main())
+    sys.exit(main())

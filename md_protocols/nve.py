@@ -8,18 +8,13 @@ Examples:
 Runs --equilibration-steps of Langevin NVT, then velocity Verlet; writes
 energy_drift.json, energy_drift.png and energy.png.
 
-Every option can also be set in a YAML protocol file (`--protocol nve.yaml`);
+Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol nve.yaml`);
 flags override the file. `--help` lists all options with units and defaults.
 """
 
-import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: with more threads than free cores
-# (a shared machine) spinning made PyTorch 10-20x slower here. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from so3krates_openmm.md.commands import nve_main
+from so3krates_openmm.cli.nve import main
 
 if __name__ == "__main__":
-    sys.exit(nve_main())
+    sys.exit(main())

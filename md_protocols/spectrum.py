@@ -8,18 +8,13 @@ Examples:
 
 Writes spectrum.csv (wavenumber in cm^-1, intensity), vacf.csv and spectrum.png.
 
-Every option can also be set in a YAML protocol file (`--protocol spectrum.yaml`);
+Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol spectrum.yaml`);
 flags override the file. `--help` lists all options with units and defaults.
 """
 
-import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: with more threads than free cores
-# (a shared machine) spinning made PyTorch 10-20x slower here. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from so3krates_openmm.md.commands import spectrum_main
+from so3krates_openmm.cli.spectrum import main
 
 if __name__ == "__main__":
-    sys.exit(spectrum_main())
+    sys.exit(main())

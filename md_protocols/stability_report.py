@@ -8,29 +8,9 @@ Example (after the stability_*.yaml protocols):
     python md_protocols/stability_report.py bench/stability/* --json bench/stability/summary.json
 """
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from so3krates_openmm.md.report import markdown_table, summarize_run
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (--output of langevin_nvt.py; finished or in progress)")
-    parser.add_argument("--json", type=Path, help="also write every row, with per-element-pair bond statistics, as JSON")
-    arguments = parser.parse_args(argv)
-    try:
-        rows = [summarize_run(run) for run in arguments.runs]
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stability_report: error: {error}", file=sys.stderr)
-        return 2
-    print(markdown_table(rows))
-    if arguments.json:
-        arguments.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
-
+from so3krates_openmm.cli.stability_report import main
 
 if __name__ == "__main__":
     sys.exit(main())

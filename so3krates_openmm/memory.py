@@ -15,9 +15,9 @@ time go away, and a step takes 5-17 % less CPU time (``bench/RESULTS.md``,
 "Freed memory").
 
 :func:`reuse_freed_memory` is called by
-:func:`~so3krates_openmm.md.platforms.get_platform` (every protocol), by the
-trainer and by the ASE calculator on the CPU; call it yourself when you build a ``TorchForce``
-System in your own script. It only acts on Linux with glibc, leaves a
+:func:`so3krates_openmm.runtime.configure_process`, which every command-line
+entry point runs unless given ``--no-process-tuning``; call either yourself in
+a script of your own that runs a ``TorchForce`` System. It only acts on Linux with glibc, leaves a
 process alone whose ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
 is set or that preloads another allocator (jemalloc, tcmalloc), and is
 switched off by ``SO3KRATES_MALLOPT=0``.

@@ -138,7 +138,7 @@ def test_invalid_settings_are_rejected():
 def _cli(arguments: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     environment = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                        PYTHONPATH=str(REPOSITORY) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = "import sys; from so3krates_openmm.cli import data_main; sys.exit(data_main(sys.argv[1:]))"
+    code = "import sys; from so3krates_openmm.cli.data import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, "generate", *arguments], cwd=cwd, env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -172,20 +172,16 @@ def test_cli_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_frames
 
 
 def test_cli_reports_missing_options_and_resume_conflicts(tmp_path, capsys):
-    from so3krates_openmm.cli import data_main
+    from so3krates_openmm.cli.data import main as data_main
 
-    with pytest.raises(SystemExit) as exit_info:
-        data_main(["generate", "-o", str(tmp_path / "x.npz"), "--temperatures", "300"])
-    assert exit_info.value.code == 2
+    assert data_main(["generate", "-o", str(tmp_path / "x.npz"), "--temperatures", "300"]) == 2
     assert "--structure" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        data_main(["generate", "--resume", "-o", str(tmp_path / "x.npz")])
+    assert data_main(["generate", "--resume", "-o", str(tmp_path / "x.npz")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 
     output = tmp_path / "w.npz"
     generate_reference_data(WATER, output, small_settings(), stop_after_frames=1, progress=False, log=lambda m: None)
-    with pytest.raises(SystemExit):
-        data_main(["generate", "--resume", "-o", str(output), "--seed", "99"])
+    assert data_main(["generate", "--resume", "-o", str(output), "--seed", "99"]) == 2
     assert "seed=99 (partial file: 11)" in capsys.readouterr().err
     assert data_main(["generate", "--resume", "-o", str(output), "--no-progress"]) == 0
     assert len(load_npz(output)) == 8
@@ -194,14 +190,14 @@ def test_cli_reports_missing_options_and_resume_conflicts(tmp_path, capsys):
 
 
 def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
-    from so3krates_openmm.data.reference import openblas_library
+    from so3krates_openmm.runtime import openblas_library
 
     environment = dict(os.environ, OMP_NUM_THREADS="1",
                        PYTHONPATH=str(REPOSITORY) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     environment.pop("LD_PRELOAD", None)
     environment.pop("SO3KRATES_OPENBLAS_PRELOAD", None)
     # data_main() without argv behaves as the console script: it may re-execute itself.
-    code = ("import os, sys; from so3krates_openmm.cli import data_main; "
+    code = ("import os, sys; from so3krates_openmm.cli.data import main as data_main; "
             "print('LD_PRELOAD=' + os.environ.get('LD_PRELOAD', ''), file=sys.stderr); sys.exit(data_main())")
     result = subprocess.run([sys.executable, "-c", code, "generate", "--resume", "-o", str(tmp_path / "none.npz")],
                             env=environment, capture_output=True, text=True, timeout=300)
@@ -213,3 +209,8 @@ def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
     else:
         assert f"using OpenBLAS from {library}" in result.stderr
         assert f"LD_PRELOAD={library}" in result.stderr  # printed by the re-executed process
+    # --no-openblas (and --no-process-tuning) keep the process as it is
+    for flag in ("--no-openblas", "--no-process-tuning"):
+        result = subprocess.run([sys.executable, "-c", code, "generate", "--resume", "-o", str(tmp_path / "none.npz"),
+                                 flag], env=environment, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and result.stderr.count("LD_PRELOAD=") == 1 and "OpenBLAS" not in result.stderr

@@ -87,7 +87,7 @@ def test_unknown_elements_and_bad_indices_are_refused(checkpoint, data):
 
 
 def test_per_frame_errors_match_each_frame(tmp_path, small_model, checkpoint, data, capsys):
-    from so3krates_openmm.cli import eval_main
+    from so3krates_openmm.cli.eval import main as eval_main
 
     data.metadata.update(frame_indices=[10, 20, 30, 40, 50], frame_times_ps=[1.0, 2.0, 3.0, 4.0, 5.0])
     report = evaluate_checkpoint(checkpoint, data, indices=[4, 0, 2], batch_size=2, per_frame=True)
@@ -115,7 +115,7 @@ def test_per_frame_errors_match_each_frame(tmp_path, small_model, checkpoint, da
 
 
 def test_command_line(tmp_path, small_model, checkpoint, data, capsys):
-    from so3krates_openmm.cli import eval_main
+    from so3krates_openmm.cli.eval import main as eval_main
 
     path = save_npz(data, tmp_path / "data.npz")
     output = tmp_path / "report.json"
@@ -145,11 +145,9 @@ def test_command_line(tmp_path, small_model, checkpoint, data, capsys):
         (["--data", str(path), "--split-file", str(checkpoint)], "holds no training split"),
         (["--data", str(path), "--indices", "0-9"], "out of range"),
     ):
-        with pytest.raises(SystemExit) as exit_info:
-            eval_main([str(checkpoint), *arguments])
-        assert exit_info.value.code == 2
+        assert eval_main([str(checkpoint), *arguments]) == 2
         error = capsys.readouterr().err
-        assert error.startswith("error: ") and message in error and error.count("\n") == 1
+        assert error.startswith("so3krates-eval: error: ") and message in error and error.count("\n") == 1
 
 
 @pytest.mark.artifacts

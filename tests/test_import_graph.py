@@ -20,7 +20,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Layers, lowest first: (name, module prefixes). A prefix names a module or a whole subpackage.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("units, elements, files, tasks", ("units", "elements", "files", "memory", "tasks")),
+    ("units, elements, files, options, process settings, tasks",
+     ("units", "elements", "files", "memory", "options", "runtime", "tasks")),
     ("model", ("model",)),
     ("data", ("data",)),
     ("training and export", ("training", "export")),

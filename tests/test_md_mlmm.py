@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from so3krates_openmm.md.commands import mlmm_solvated_main
+from so3krates_openmm.cli.mlmm_solvated import main as mlmm_solvated_main
 from so3krates_openmm.md.mlmm import solvated_mixed_system
 from so3krates_openmm.md.reporters import read_csv_log
 

@@ -11,7 +11,7 @@ from openmm import unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.trajectory import read_dcd
-from so3krates_openmm.md.commands import langevin_nvt_main
+from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings
 from so3krates_openmm.md.stability import (
@@ -134,7 +134,7 @@ def test_bonds_across_a_periodic_boundary_use_the_minimum_image():
 
 
 def test_analysis_protocol_says_when_its_run_fell_apart(tmp_path, peptide_pdb, peptide_random_model, capsys):
-    from so3krates_openmm.md.commands import ramachandran_main
+    from so3krates_openmm.cli.ramachandran import main as ramachandran_main
 
     code = ramachandran_main([
         "--structure", str(peptide_pdb), "--model", str(peptide_random_model), "--steps", "400",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase.build import molecule
 
-from so3krates_openmm.cli import train_main
+from so3krates_openmm.cli.train import main as train_main
 from so3krates_openmm.data.formats import save_npz
 from so3krates_openmm.model.checkpoint import read_checkpoint
 from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv
@@ -36,7 +36,7 @@ def test_killed_run_resumes_the_same_curve(tmp_path: Path, capsys):
     data = save_npz(teacher_dataset(ethanol.numbers, ethanol.positions, 32, force_rms=20.0), tmp_path / "ethanol.npz")
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "so3krates_openmm.training",
+    command = [sys.executable, "-m", "so3krates_openmm.cli.train",
                "--data", str(data), "--output", str(killed), *OPTIONS]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPOSITORY))
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -253,7 +253,7 @@ def so3krates_command(args: argparse.Namespace, split: Split, output: Path) -> l
         "--lr-decay-steps", str(so3krates_lr_decay_steps(budget_s, args.so3krates_step_seconds)),
         "--min-lr", "1e-8",
         "--threads", str(args.threads), "--device", "cpu",
-        "--checkpoint-interval", "none",
+        "--checkpoint-interval", "null",
         "--no-progress",
         "--output", str(output),
         *shlex.split(args.so3krates_args),

@@ -9,7 +9,7 @@
 ``so3krates-train --max-time`` stops after the optimiser step that reaches
 the budget, but its clock starts with the run (data loading and set-up
 included). For exactly the rule of ``mace_accuracy_train.py`` this driver runs
-the project's own ``so3krates_openmm.cli.train_main`` in-process under
+the project's own ``so3krates_openmm.cli.train.main`` in-process under
 :class:`peer_common.BudgetClock`: the clock starts with the first epoch; once
 ``--budget-seconds`` have passed no further batch is trained, the epoch in
 progress ends there, is validated and (if best) checkpointed as usual, and the
@@ -67,7 +67,7 @@ def install_budget(clock: BudgetClock) -> None:
 def main() -> None:
     args, train_args = parse_budget_args(__doc__.splitlines()[0], "so3krates-train")
 
-    from so3krates_openmm.cli import train_main
+    from so3krates_openmm.cli.train import main as train_main
 
     clock = BudgetClock(args.budget_seconds)
     install_budget(clock)

@@ -37,7 +37,6 @@ saving the frames before it.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +48,6 @@ import numpy as np
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
 from so3krates_openmm.data.formats import load_npz, save_npz
 from so3krates_openmm.data.reference import (
-    _OPENBLAS_MARKER,
     SamplingSettings,
     _Interrupted,
     _settings_differences,
@@ -63,6 +61,7 @@ from so3krates_openmm.data.reference import (
     write_finished,
 )
 from so3krates_openmm.elements import atomic_number, formula
+from so3krates_openmm.runtime import preloaded_openblas
 from so3krates_openmm.units import (
     energy_conversion,
     length_conversion,
@@ -368,7 +367,7 @@ def label_frames(
         if frames.times_ps is not None:
             record["frame_times_ps"] = [round(float(t), 6) for t in frames.times_ps[chosen]]
         record["timing"] = {"compute_seconds": round(compute_seconds, 2), "sessions": sessions,
-                            "openblas_preload": os.environ.get(_OPENBLAS_MARKER) or None}
+                            "openblas_preload": preloaded_openblas()}
         return MolecularDataset(
             frames.atomic_numbers, frames.positions[chosen].astype(dtype).reshape(count, -1, 3),
             np.array([e for e, _ in labels[:count]], dtype=np.float64),

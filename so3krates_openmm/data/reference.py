@@ -28,12 +28,9 @@ MD22-layout ``.npz`` that :func:`~so3krates_openmm.data.formats.load_npz` reads.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,15 +42,10 @@ from so3krates_openmm.data.dataset import DataError, MolecularDataset
 from so3krates_openmm.data.formats import load_npz, save_extxyz, save_npz, write_npz
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.elements import formula
+from so3krates_openmm.runtime import preloaded_openblas
 from so3krates_openmm.units import energy_conversion, normalise_energy_unit
 
 PARTIAL_FORMAT_VERSION = 1
-OPENBLAS_PATTERNS = (
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r*.so",
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas*.so*",
-    "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas*.so*",
-)
-_OPENBLAS_MARKER = "SO3KRATES_OPENBLAS_PRELOAD"
 
 
 @dataclass
@@ -227,46 +219,6 @@ def theory_label(method: str = "GFN2-xTB") -> str:
     return f"{method} (tblite {tblite_version} via ASE; semi-empirical reference, not DFT)"
 
 
-def openblas_library() -> str | None:
-    """Path of Debian's pthread OpenBLAS (package ``libopenblas0-pthread``) if installed, else None."""
-    for pattern in OPENBLAS_PATTERNS:
-        matches = sorted(glob.glob(pattern))
-        if matches:
-            return matches[0]
-    return None
-
-
-def reexec_with_openblas(log: Callable[[str], None] = print) -> None:
-    """Re-run this process with Debian's OpenBLAS preloaded, when present (about 2-5x faster xTB).
-
-    tblite's wheel ships a slow reference BLAS; ``LD_PRELOAD`` of
-    ``libopenblasp-r0.3.*.so`` replaces it with the same results. Does nothing
-    when the library is missing, when it is already preloaded, or when the
-    environment variable ``SO3KRATES_NO_OPENBLAS=1`` is set. Only for
-    command-line entry points: it replaces the running process (``os.execv``).
-    """
-    if os.environ.get("SO3KRATES_NO_OPENBLAS") == "1":
-        return
-    preloaded = os.environ.get("LD_PRELOAD", "")
-    if os.environ.get(_OPENBLAS_MARKER):
-        if os.environ[_OPENBLAS_MARKER] in preloaded:
-            log(f"using OpenBLAS from {os.environ[_OPENBLAS_MARKER]} (LD_PRELOAD) for GFN2-xTB")
-        return
-    library = openblas_library()
-    if library is None:
-        log("OpenBLAS (Debian libopenblas0-pthread) not found: xTB runs on the wheel's bundled BLAS "
-            "(slower; `apt-get install libopenblas0-pthread` speeds it up)")
-        return
-    if library in preloaded:
-        return
-    environment = dict(os.environ)
-    environment["LD_PRELOAD"] = f"{library}:{preloaded}" if preloaded else library
-    environment[_OPENBLAS_MARKER] = library
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable] + list(sys.orig_argv[1:]), environment)
-
-
 def _settings_differences(a: dict, b: dict) -> list[str]:
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} (partial file) != {b.get(k)!r} (this run)" for k in keys if a.get(k) != b.get(k)]
@@ -357,6 +309,34 @@ def settings_from_partial(path: str | Path) -> tuple[SamplingSettings, Structure
     run_settings, structure, _, _ = read_partial(path)
     fields = {k: v for k, v in run_settings.items() if k in SamplingSettings.__dataclass_fields__}
     return SamplingSettings(**fields), structure
+
+
+def resumed_settings(
+    output: str | Path, overrides: dict[str, Any], structure: str | Path | None = None
+) -> tuple[SamplingSettings, Structure]:
+    """The settings and starting structure of the partial run of ``output``, for resuming it.
+
+    ``overrides`` are sampling settings given anew (e.g. on the command line):
+    each must equal the recorded one; ``structure``, if given, must be the
+    recorded starting structure. Raises :class:`DataError` naming every conflict.
+    """
+    partial = partial_path_for(output)
+    if not partial.exists():
+        raise DataError(f"--resume: {partial} does not exist (nothing to resume)")
+    settings, recorded_structure = settings_from_partial(partial)
+    recorded = asdict(settings)
+    unknown = sorted(set(overrides) - set(recorded))
+    if unknown:
+        raise DataError(f"unknown sampling settings {unknown}; known: {sorted(recorded)}")
+    conflicts = [f"{key}={value!r} (partial file: {recorded[key]!r})" for key, value in overrides.items()
+                 if recorded[key] != value
+                 and not (key == "temperatures_K" and [float(t) for t in value] == recorded[key])]
+    if conflicts:
+        raise DataError(f"--resume: options differ from the partial run's settings: {', '.join(conflicts)}")
+    if structure is not None and structure_fingerprint(read_structure(structure)) != structure_fingerprint(
+            recorded_structure):
+        raise DataError(f"--resume: {structure} is not the starting structure recorded in {partial}")
+    return settings, recorded_structure
 
 
 class _Interrupted(Exception):
@@ -562,7 +542,7 @@ def generate_reference_data(
             "compute_seconds": round(state.compute_seconds, 2),
             "ms_per_step": round(ms_per_step, 2),
             "sessions": state.sessions,
-            "openblas_preload": os.environ.get(_OPENBLAS_MARKER) or None,
+            "openblas_preload": preloaded_openblas(),
         },
     }
     dataset = MolecularDataset(

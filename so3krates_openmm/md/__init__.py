@@ -1,6 +1,6 @@
 """OpenMM simulation layer: platforms, simulations, resumable reporters, stability, analysis.
 
-The scripts in ``md_protocols/`` are thin wrappers around this package:
+The scripts in ``md_protocols/`` (through :mod:`so3krates_openmm.cli`) are thin wrappers around this package:
 
 - :mod:`.platforms` and :mod:`.simulation`: platform, threads, integrator, seeds, ``Simulation``.
 - :mod:`.reporters` and :mod:`.checkpoint`: CSV log, DCD, velocities, progress; checkpoints and exact resume.
@@ -8,7 +8,8 @@ The scripts in ``md_protocols/`` are thin wrappers around this package:
 - :mod:`.runner`: :func:`run_md`, a complete production run in one call.
 - :mod:`.energy`, :mod:`.spectrum`, :mod:`.catcher`, :mod:`.ramachandran`: analyses and their plots.
 - :mod:`.minima`: minima exploration in parallel worker processes.
-- :mod:`.protocols`: protocol files (YAML) with schemas, merged with command-line flags.
+- :mod:`.protocols`: each protocol's typed options (dataclasses; flags and YAML files via :mod:`so3krates_openmm.options`).
+- :mod:`.recipes`: one function per protocol (run or read a trajectory, analyse, write results).
 """
 
 from so3krates_openmm.md.platforms import available_platforms, get_platform

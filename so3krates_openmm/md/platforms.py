@@ -2,8 +2,7 @@
 
 On the CPU, PyTorch (which evaluates the TorchForce model) and OpenMM's own
 ``CPU`` platform both start thread pools; left alone they oversubscribe the
-cores. Every protocol therefore sets both counts from one ``threads`` value
-(and keeps freed memory for reuse, :mod:`so3krates_openmm.memory`).
+cores. Every protocol therefore sets both counts from one ``threads`` value.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import Optional
 
 import openmm as mm
 
-from so3krates_openmm.memory import reuse_freed_memory
 
 #: Platform names that protocols accept, in OpenMM's spelling.
 KNOWN_PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL", "HIP")
@@ -106,7 +104,6 @@ def get_platform(
             message += f". Loading it failed with: {reasons[0]}"
         raise ValueError(message)
     set_torch_threads(n_threads)
-    reuse_freed_memory()
     platform = mm.Platform.getPlatformByName(canonical)
     properties: dict[str, str] = {}
     if canonical == "CPU":

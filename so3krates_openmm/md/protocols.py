@@ -1,221 +1,264 @@
-"""Protocol files (YAML) and command-line flags, checked against a schema per protocol.
+"""The MD protocols' options as typed dataclasses (keys, types, defaults, units, help).
 
-A protocol is described by a :class:`ProtocolSchema`: a list of
-:class:`Parameter` s with type, default, whether required, allowed choices
-and, for files, whether they must exist. One schema gives both
+Each protocol of ``md_protocols/`` has one options class here (for example
+:class:`LangevinNVTOptions`), assembled from groups shared by the protocols
+(structure and model, dynamics, output, stability monitor, trajectory input).
+The recipes in :mod:`so3krates_openmm.md.recipes` take these objects; the
+command-line layer (:mod:`so3krates_openmm.cli`) turns every field into a flag
+(``timestep_fs`` -> ``--timestep-fs``) and a key of a YAML protocol file
+(``--protocol FILE``), with ``help`` and ``minimum`` from the field metadata.
+Input files (``input_file``) must exist; in a protocol file a relative path is
+relative to that file.
 
-- the command-line parser (``--temperature 300``, ``--no-minimize``, ...; a
-  key ``timestep_fs`` is the flag ``--timestep-fs``), and
-- the checks of a protocol file given with ``--protocol FILE``.
+From Python::
 
-Values are taken from the schema defaults, then the protocol file, then the
-flags given on the command line (flags win). Relative paths in a protocol file
-are relative to that file. Errors name the file and key: an unknown key
-suggests the closest valid one, a wrong type says what was expected, a missing
-structure or model file says which key pointed to it.
+    from so3krates_openmm.md.protocols import LangevinNVTOptions
+    from so3krates_openmm.md.recipes import run_langevin_nvt
+    run_langevin_nvt(LangevinNVTOptions(system="ac_ala3_nhme", steps=2000, output=Path("runs/nvt")))
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 PRETRAINED_SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
+PretrainedSystem = Literal["ac_ala3_nhme", "buckyball_catcher"]
+Platform = Literal["Reference", "CPU", "CUDA", "OpenCL", "HIP"]
+Precision = Literal["single", "mixed", "double"]
 
 
 class ProtocolError(ValueError):
-    """A protocol file or command line that does not fit the protocol's schema."""
+    """Options of a protocol that cannot be used together (the message says what to change)."""
 
 
-@dataclass(frozen=True)
-class Parameter:
-    """One key of a protocol.
-
-    Attributes:
-        name: key in the protocol file; the flag is ``--`` + name with ``_`` -> ``-``.
-        type: ``int``, ``float``, ``bool``, ``str`` or ``Path``.
-        default: value when neither file nor flag gives one (``None``: unset).
-        help: description, with the unit.
-        required: must be given (file or flag) unless it has a default.
-        choices: allowed values.
-        must_exist: for ``Path``: the file must exist.
-        minimum: smallest allowed value for numbers.
-        input_file: for ``Path``: a relative path in a protocol file is relative to that
-            file (inputs such as structures); otherwise (outputs) to the working directory.
-        metavar: placeholder in ``--help`` (default: the key in capitals).
-    """
-
-    name: str
-    type: type
-    default: Any = None
-    help: str = ""
-    required: bool = False
-    choices: Optional[tuple] = None
-    must_exist: bool = False
-    minimum: Optional[float] = None
-    input_file: bool = True
-    metavar: Optional[str] = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a file path"}
-
-
-def _coerce(parameter: Parameter, value: Any, where: str) -> Any:
-    """Check the type of a value from a protocol file and convert it (int -> float, str -> Path)."""
-    if value is None:
-        if parameter.required:
-            raise ProtocolError(f"{where}: key {parameter.name!r} is required and may not be empty")
-        return None
-    expected = parameter.type
-    ok = (
-        (expected is bool and isinstance(value, bool))
-        or (expected is int and isinstance(value, int) and not isinstance(value, bool))
-        or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (expected in (str, Path) and isinstance(value, str))
-    )
-    if not ok:
-        raise ProtocolError(
-            f"{where}: key {parameter.name!r} must be {_TYPE_NAMES[expected]}, "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    value = expected(value)
-    _check_range(parameter, value, where)
-    return value
-
-
-def _check_range(parameter: Parameter, value: Any, where: str) -> None:
-    if parameter.choices is not None and value not in parameter.choices:
-        raise ProtocolError(
-            f"{where}: key {parameter.name!r} must be one of {', '.join(map(str, parameter.choices))}; got {value!r}"
-        )
-    if parameter.minimum is not None and value < parameter.minimum:
-        raise ProtocolError(f"{where}: key {parameter.name!r} must be at least {parameter.minimum}, got {value!r}")
+def option(default: Any, help: str, *, minimum: Optional[float] = None, input_file: bool = False) -> Any:
+    """A dataclass field with its help text (unit included), smallest allowed value and whether it names an
+    input file that must exist."""
+    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum, "input_file": input_file})
 
 
 @dataclass
-class ProtocolSchema:
-    """The parameters of one protocol; builds its parser and reads its files."""
+class SystemOptions:
+    """Structure, model and platform."""
 
-    name: str
-    description: str
-    parameters: list[Parameter] = field(default_factory=list)
+    system: Optional[PretrainedSystem] = option(
+        "ac_ala3_nhme", "shipped showcase system whose structure.pdb and model.pt are used when "
+        "--structure/--model are not given")
+    structure: Optional[Path] = option(
+        None, "starting structure (PDB keeps residues and bonds; XYZ and other ASE formats work)", input_file=True)
+    model: Optional[Path] = option(
+        None, "exported TorchScript model (.pt) for this structure (so3krates-export), a checkpoint (exported in "
+        "memory), or a serialised OpenMM System (.xml) to run the protocol with another force field", input_file=True)
+    platform: Platform = option("CPU", "OpenMM platform")
+    threads: Optional[int] = option(None, "CPU threads for OpenMM and PyTorch (default: all cores available)",
+                                    minimum=1)
+    precision: Precision = option("mixed", "precision on GPU platforms")
+    cuda_graphs: bool = option(False, "capture the model in CUDA graphs (CUDA platform; model exported with "
+                                      "--static-pairs)")
+    backend: Literal["torchforce", "pythonforce"] = option(
+        "torchforce", "how OpenMM runs the model: openmm-torch's TorchForce (C++) or openmm.PythonForce (the model "
+        "called from Python; with a checkpoint as --model, the eager model)")
+    seed: Optional[int] = option(None, "seed of the integrator and the initial velocities (default: random, "
+                                       "recorded in run.json)", minimum=1)
 
-    def __post_init__(self) -> None:
-        names = [p.name for p in self.parameters]
-        duplicates = {n for n in names if names.count(n) > 1}
-        if duplicates:
-            raise ValueError(f"schema {self.name}: duplicate parameters {sorted(duplicates)}")
-        self._by_name = {p.name: p for p in self.parameters}
+    def system_files(self, *, need_model: bool = True) -> tuple[Path, Optional[Path]]:
+        """``(structure, model)``: the given files, else those of the shipped ``system``; checked to exist."""
+        shipped = pretrained_files(self.system) if self.system else {}
+        files = {}
+        for key in ("structure", "model") if need_model else ("structure",):
+            path = getattr(self, key)
+            if path is None:
+                if not shipped:
+                    raise ProtocolError(f"no {key} given: pass --{key} FILE or choose a pretrained --system")
+                path = shipped[key]
+                if not path.is_file():
+                    raise ProtocolError(f"the shipped {key} of {self.system!r} is not present ({path}); pass --{key} FILE")
+            elif not Path(path).is_file():
+                raise ProtocolError(f"{key} file {str(path)!r} does not exist (key {key!r})")
+            files[key] = Path(path)
+        return files["structure"], files.get("model")
 
-    def __getitem__(self, name: str) -> Parameter:
-        return self._by_name[name]
+
+@dataclass
+class DynamicsOptions:
+    """Integrator and run length (``steps`` or ``ns``)."""
+
+    #: Run length when neither ``steps`` nor ``ns`` is given.
+    default_steps: ClassVar[int] = 10_000
+
+    temperature: float = option(300.0, "temperature in K (bath, and initial velocities)", minimum=0.0)
+    timestep_fs: float = option(0.5, "time step in fs", minimum=0.0)
+    steps: Optional[int] = option(None, "number of MD steps (or give --ns; default: the protocol's run length)",
+                                  minimum=0)
+    ns: Optional[float] = option(None, "run length in ns (instead of --steps)", minimum=0.0)
+    minimize: bool = option(True, "minimise the starting structure before assigning velocities")
 
     @property
-    def keys(self) -> list[str]:
-        return list(self._by_name)
+    def n_steps(self) -> int:
+        """Number of MD steps: from ``steps``, or ``ns`` and ``timestep_fs``, or the protocol's default."""
+        if self.steps is not None and self.ns is not None:
+            raise ProtocolError(f"give either steps ({self.steps}) or ns ({self.ns}), not both")
+        if self.ns is not None:
+            return round(self.ns * 1e6 / self.timestep_fs)
+        return int(self.steps) if self.steps is not None else self.default_steps
 
-    def parser(self) -> argparse.ArgumentParser:
-        """Command-line parser: one flag per parameter plus ``--protocol FILE``.
 
-        Flags have no argparse defaults, so that only the flags actually given
-        override the protocol file.
-        """
-        parser = argparse.ArgumentParser(
-            prog=self.name,
-            description=self.description,
-            argument_default=argparse.SUPPRESS,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
-        parser.add_argument("--protocol", type=Path, metavar="FILE", help="YAML protocol file; flags override its values")
-        for p in self.parameters:
-            text = p.help + (f" (default: {p.default})" if p.default is not None else "")
-            if p.type is bool:
-                parser.add_argument(p.flag, dest=p.name, action=argparse.BooleanOptionalAction, help=text)
-            else:
-                parser.add_argument(
-                    p.flag, dest=p.name, type=p.type, choices=p.choices, help=text,
-                    metavar=(p.metavar or p.name.upper()) if p.choices is None else None,
-                )
-        return parser
+@dataclass
+class LangevinOptions:
+    """The Langevin bath's friction."""
 
-    def read_file(self, path: str | Path) -> dict[str, Any]:
-        """Values of a protocol file, checked (unknown keys, types, ranges); paths made absolute."""
-        path = Path(path)
-        if not path.is_file():
-            raise ProtocolError(f"protocol file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ProtocolError(f"{path}: not valid YAML: {error}") from error
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ProtocolError(f"{path}: a protocol file must be a mapping of keys to values, got {type(data).__name__}")
-        declared = data.pop("protocol", None)
-        if declared is not None and declared != self.name:
-            raise ProtocolError(f"{path}: this file is for protocol {declared!r}, not {self.name!r}")
-        values = {}
-        for key, value in data.items():
-            if key not in self._by_name:
-                close = difflib.get_close_matches(str(key), self.keys, n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(self.keys)}"
-                raise ProtocolError(f"{path}: unknown key {key!r} for protocol {self.name}{hint}")
-            parameter = self._by_name[key]
-            value = _coerce(parameter, value, str(path))
-            if parameter.type is Path and parameter.input_file and value is not None and not value.is_absolute():
-                value = (path.parent / value).resolve()
-            values[key] = value
-        return values
+    friction: float = option(1.0, "Langevin friction coefficient in 1/ps", minimum=0.0)
 
-    def resolve(self, argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-        """Parse ``argv`` and merge defaults < protocol file < flags; check required keys and files.
 
-        The result maps every parameter name to its value and records where
-        each value came from under ``"_source"`` (for error messages).
-        """
-        arguments = vars(self.parser().parse_args(argv))
-        protocol = arguments.pop("protocol", None)
-        values = {p.name: p.default for p in self.parameters}
-        source = {p.name: "default" for p in self.parameters}
-        if protocol is not None:
-            for key, value in self.read_file(protocol).items():
-                values[key], source[key] = value, f"{protocol}"
-        for key, value in arguments.items():
-            parameter = self._by_name[key]
-            if value is not None:
-                _check_range(parameter, value, f"command line ({parameter.flag})")
-            values[key], source[key] = value, f"command line ({parameter.flag})"
-        values["_source"] = source
-        values["_protocol_file"] = protocol
-        for parameter in self.parameters:
-            if parameter.required and values[parameter.name] is None:
-                raise ProtocolError(
-                    f"{self.name}: {parameter.name!r} is required: give {parameter.flag} or set it in the protocol file"
-                )
-            if parameter.must_exist:
-                self.check_file(values, parameter.name)
-        return values
+@dataclass
+class NVEEquilibrationOptions:
+    """The Langevin equilibration (friction 1/ps) before an NVE run."""
 
-    def check_file(self, values: dict[str, Any], key: str) -> Optional[Path]:
-        """The path under ``key``, checked to exist; the error names the key and where it was set."""
-        path = values.get(key)
-        if path is None:
-            return None
-        path = Path(path)
-        if not path.is_file():
-            where = values.get("_source", {}).get(key, "default")
-            raise ProtocolError(f"{where}: {key} file {str(path)!r} does not exist (key {key!r})")
-        return path
+    equilibration_steps: int = option(1000, "Langevin NVT steps (friction 1/ps) before the NVE run", minimum=0)
+
+
+@dataclass
+class OutputOptions:
+    """Output directory, report intervals, checkpoints and resume."""
+
+    output: Path = option(Path("runs/md"), "output directory (relative to the working directory)")
+    log_interval: int = option(100, "CSV log interval in steps", minimum=1)
+    trajectory_interval: int = option(100, "DCD frame interval in steps", minimum=1)
+    checkpoint_interval: int = option(10_000, "checkpoint interval in steps", minimum=1)
+    resume: bool = option(False, "continue the run in --output from its last checkpoint")
+    overwrite: bool = option(False, "replace a previous run in --output")
+    progress: bool = option(True, "progress bar with ETA on stderr")
+
+
+@dataclass
+class StabilityOptions:
+    """The stability monitor."""
+
+    stability_check: bool = option(True, "stop when bonds break, atoms collide or the energy is NaN")
+    stability_interval: int = option(100, "steps between stability checks", minimum=1)
+    bond_stretch_factor: float = option(1.5, "a bond breaks when longer than this times its starting length",
+                                        minimum=1.0)
+    collision_factor: float = option(0.5, "non-bonded atoms collide when closer than this times the sum of their "
+                                          "covalent radii", minimum=0.0)
+
+
+@dataclass
+class TrajectoryInputOptions:
+    """Analyse an existing trajectory instead of running MD."""
+
+    dcd: Optional[Path] = option(None, "analyse this existing DCD (atoms in the order of --structure) instead of "
+                                       "running MD", input_file=True)
+    skip_ps: float = option(0.0, "discard this much of the start of the trajectory as equilibration, ps", minimum=0.0)
+
+
+# Field order in --help and in files follows the MRO from the last base to the first.
+@dataclass
+class LangevinNVTOptions(StabilityOptions, OutputOptions, LangevinOptions, DynamicsOptions, SystemOptions):
+    """Langevin NVT production (LangevinMiddleIntegrator) with checkpoints, --resume and the stability monitor."""
+
+    name: ClassVar[str] = "langevin_nvt"
+    output: Path = option(Path("runs/langevin_nvt"), "output directory (relative to the working directory)")
+    velocity_interval: int = option(0, "write velocities every N steps (0: none)", minimum=0)
+
+
+@dataclass
+class NVEOptions(StabilityOptions, OutputOptions, NVEEquilibrationOptions, DynamicsOptions, SystemOptions):
+    """NVE energy conservation: velocity Verlet after a Langevin equilibration; drift per ns per atom and its plot."""
+
+    name: ClassVar[str] = "nve"
+    output: Path = option(Path("runs/nve"), "output directory (relative to the working directory)")
+    log_interval: int = option(10, "CSV log interval in steps", minimum=1)
+    log: Optional[Path] = option(None, "analyse this existing CSV log (log.csv of an NVE run) instead of running MD",
+                                 input_file=True)
+
+
+@dataclass
+class SpectrumOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, NVEEquilibrationOptions,
+                      DynamicsOptions, SystemOptions):
+    """Vibrational power spectrum from the velocity autocorrelation function of an NVE run (paper Fig. 1b)."""
+
+    name: ClassVar[str] = "spectrum"
+    default_steps: ClassVar[int] = 20_000
+    output: Path = option(Path("runs/spectrum"), "output directory (relative to the working directory)")
+    velocity_interval: int = option(2, "steps between velocity samples (the spectrum reaches 1/(2 dt) in cm^-1)",
+                                    minimum=1)
+    max_lag_ps: float = option(1.0, "longest VACF lag in ps (sets the resolution, 1/(2 max_lag))", minimum=0.0)
+    max_wavenumber: float = option(4000.0, "upper end of the plotted spectrum, cm^-1", minimum=0.0)
+    mass_weighted: bool = option(True, "weight each atom's VACF by its mass")
+    velocities: Optional[Path] = option(None, "analyse this existing velocity file (velocities.vel) instead of "
+                                              "running MD", input_file=True)
+
+
+@dataclass
+class CatcherDistanceOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, LangevinOptions,
+                             DynamicsOptions, SystemOptions):
+    """Buckyball catcher: distance between the C60 centre and the catcher's centre over a Langevin run."""
+
+    name: ClassVar[str] = "catcher_distance"
+    system: Optional[PretrainedSystem] = option(
+        "buckyball_catcher", "shipped showcase system whose structure.pdb and model.pt are used when "
+        "--structure/--model are not given")
+    output: Path = option(Path("runs/catcher_distance"), "output directory (relative to the working directory)")
+    ball_residue: Optional[str] = option(None, "residue name of the C60 (default: the 60-carbon component of the "
+                                               "bond graph)")
+
+
+@dataclass
+class RamachandranOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, LangevinOptions, DynamicsOptions,
+                          SystemOptions):
+    """Ac-Ala3-NHMe: Ramachandran (phi, psi) plot of the three alanines over a Langevin run."""
+
+    name: ClassVar[str] = "ramachandran"
+    output: Path = option(Path("runs/ramachandran"), "output directory (relative to the working directory)")
+    residue_name: str = option("ALA", "residues to plot (those with both phi and psi)")
+
+
+@dataclass
+class MinimaOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, LangevinOptions, DynamicsOptions,
+                    SystemOptions):
+    """Minima exploration: Langevin MD at raised temperature, snapshots minimised in parallel workers, duplicates
+    removed by heavy-atom RMSD."""
+
+    name: ClassVar[str] = "minima"
+    default_steps: ClassVar[int] = 20_000
+    temperature: float = option(500.0, "temperature in K (bath, and initial velocities)", minimum=0.0)
+    output: Path = option(Path("runs/minima"), "output directory (relative to the working directory)")
+    snapshot_interval: int = option(200, "steps between snapshots to minimise (with --dcd: a multiple of its frame "
+                                         "interval)", minimum=1)
+    workers: int = option(2, "worker processes (each one thread)", minimum=1)
+    rmsd_threshold: float = option(0.1, "heavy-atom RMSD below which two minima are the same, Å", minimum=0.0)
+    minimize_tolerance: float = option(1.0, "minimiser convergence: root-mean-square force component, kJ/mol/nm",
+                                       minimum=0.0)
+    max_iterations: int = option(0, "minimiser iteration limit per snapshot (0: until converged)", minimum=0)
+
+
+@dataclass
+class MLMMSolvatedOptions(StabilityOptions, OutputOptions, LangevinOptions, DynamicsOptions, SystemOptions):
+    """ML/MM: the molecule modelled by SO3krates (openmm-ml createMixedSystem, mechanical embedding) in a periodic
+    TIP3P water box modelled by amber14 with PME; Langevin NVT."""
+
+    name: ClassVar[str] = "mlmm_solvated"
+    default_steps: ClassVar[int] = 2_000
+    output: Path = option(Path("runs/mlmm_solvated"), "output directory (relative to the working directory)")
+    checkpoint: Optional[Path] = option(None, "SO3krates checkpoint for the molecule (default: the shipped system's "
+                                              "best_checkpoint.pt); openmm-ml exports it for the solvated topology",
+                                        input_file=True)
+    padding_nm: float = option(1.0, "water padding around the molecule, nm", minimum=0.5)
+    ml_precision: Literal["single", "double"] = option("single", "precision of the ML part")
+
+
+#: Every protocol's options class by protocol name.
+PROTOCOLS: dict[str, type] = {
+    cls.name: cls
+    for cls in (LangevinNVTOptions, NVEOptions, SpectrumOptions, CatcherDistanceOptions, RamachandranOptions,
+                MinimaOptions, MLMMSolvatedOptions)
+}
 
 
 def pretrained_files(system: str) -> dict[str, Path]:
@@ -226,56 +269,20 @@ def pretrained_files(system: str) -> dict[str, Path]:
     return {"structure": directory / "structure.pdb", "model": directory / "model.pt"}
 
 
-def resolve_system_files(schema: ProtocolSchema, values: dict[str, Any], *, need_model: bool = True) -> None:
-    """Fill ``structure`` and ``model`` from the pretrained ``system`` when not given, and check they exist.
-
-    Modifies ``values`` in place. Raises :class:`ProtocolError` naming the key
-    (and the file or flag that set it) when a file is missing.
-    """
-    system = values.get("system")
-    shipped = pretrained_files(system) if system else {}
-    keys = ("structure", "model") if need_model else ("structure",)
-    for key in keys:
-        if values.get(key) is None:
-            if not shipped:
-                raise ProtocolError(f"{schema.name}: no {key} given: pass --{key} FILE or choose a pretrained --system")
-            values[key] = shipped[key]
-            values["_source"][key] = f"pretrained system {system!r}"
-            if not shipped[key].is_file():
-                raise ProtocolError(
-                    f"{schema.name}: the shipped {key} of {system!r} is not present ({shipped[key]}); "
-                    f"pass --{key} FILE"
-                )
-        schema.check_file(values, key)
-
-
-def _rank(source: str) -> int:
-    """Precedence of where a value came from: default < protocol file < command line."""
-    if source == "default" or source.startswith("pretrained"):
-        return 0
-    return 2 if source.startswith("command line") else 1
-
-
-def steps_from(values: dict[str, Any], *, steps_key: str = "steps", ns_key: str = "ns") -> int:
-    """Number of MD steps from ``steps`` or ``ns`` (with ``timestep_fs``).
-
-    When both are set, the one from the higher-precedence source wins (command
-    line over protocol file over default); both from the same source is an error.
-    """
-    steps, ns = values.get(steps_key), values.get(ns_key)
-    source = values.get("_source", {})
-    if steps is not None and ns is not None:
-        steps_rank, ns_rank = _rank(source.get(steps_key, "default")), _rank(source.get(ns_key, "default"))
-        if steps_rank == ns_rank:
-            raise ProtocolError(
-                f"give either {steps_key} or {ns_key}, not both (both set by {source.get(steps_key, 'default')})"
-            )
-        if steps_rank > ns_rank:
-            ns = None
-        else:
-            steps = None
-    if ns is not None:
-        return round(ns * 1e6 / values["timestep_fs"])
-    if steps is None:
-        raise ProtocolError(f"give the run length as --{steps_key.replace('_', '-')} N or --{ns_key} NS")
-    return int(steps)
+def write_resolved_protocol(options: Any, path: Path, *, seed: Optional[int], source: str) -> None:
+    """Every key's final value as a protocol file for ``--protocol`` (the run length in steps, the seed used,
+    input files as absolute paths)."""
+    resolved: dict[str, Any] = {"protocol": options.name}
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if item.name in ("resume", "overwrite", "ns"):
+            continue
+        if item.name == "steps":
+            value = options.n_steps
+        if item.name == "seed" and value is None:
+            value = seed
+        if isinstance(value, Path):
+            value = str(value.resolve() if item.metadata.get("input_file") else value)
+        if value is not None:
+            resolved[item.name] = value
+    path.write_text(f"# values used ({source})\n" + yaml.safe_dump(resolved, sort_keys=False))

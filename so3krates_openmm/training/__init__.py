@@ -12,9 +12,9 @@ Building blocks, one concern per module:
 - :mod:`.finetune`: starting a new run from a checkpoint's weights (``--init-from``);
 - :mod:`.trainer`: the assembled :class:`Trainer` and :func:`train`.
 
-Command line: ``so3krates-train`` or ``python -m so3krates_openmm.training``
-(also under ``torchrun --nproc_per_node P -m so3krates_openmm.training``).
-Every option is a flag and a key of a YAML/TOML file, for example::
+Command line: ``so3krates-train`` or ``python -m so3krates_openmm.cli.train``
+(also under ``torchrun --nproc_per_node P -m so3krates_openmm.cli.train``).
+Every option is a flag and a key of a YAML file, for example::
 
     # peptide.yaml -- so3krates-train --config peptide.yaml --max-time 6h
     data: [runs/data/ac_ala3_nhme_300K.npz, runs/data/ac_ala3_nhme_500K.npz]
@@ -34,7 +34,6 @@ from so3krates_openmm.training.config import (
     ConfigError,
     TrainingConfig,
     config_from_dict,
-    parse_config,
 )
 from so3krates_openmm.training.trainer import (
     Trainer,
@@ -50,6 +49,5 @@ __all__ = [
     "TrainingError",
     "TrainingResult",
     "config_from_dict",
-    "parse_config",
     "train",
 ]

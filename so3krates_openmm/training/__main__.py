@@ -1,6 +1,7 @@
-"""``python -m so3krates_openmm.training`` (and ``torchrun ... -m so3krates_openmm.training``): see ``so3krates-train``."""
+"""``python -m so3krates_openmm.training`` moved: the command line lives in :mod:`so3krates_openmm.cli.train`."""
 
-from so3krates_openmm.cli import train_main
+import sys
 
-if __name__ == "__main__":
-    raise SystemExit(train_main())
+print("error: `python -m so3krates_openmm.training` is now `python -m so3krates_openmm.cli.train` (or `so3krates-train`; "
+      "under torchrun: `torchrun --nproc_per_node P -m so3krates_openmm.cli.train ...`)", file=sys.stderr)
+sys.exit(2)

@@ -1,14 +1,16 @@
-"""Training options (``TrainingConfig``): defaults, config files, command-line flags, validation.
+"""Training options (``TrainingConfig``): the paper's defaults and the checks of their values.
 
-Every option is a field of :class:`TrainingConfig`. Values come, in
-increasing priority, from the field defaults (the paper's recipe, see
-``../shared/design/so3krates-architecture.md``), a YAML or TOML file
-(``--config``), and command-line flags (``--train-size 1000`` overrides
-``train_size: 500`` in the file). Keys in files may be written with
-underscores or dashes. Unknown keys, values of the wrong type and
-inconsistent values are rejected with :class:`ConfigError`.
+Every option is a field of :class:`TrainingConfig` with its help text. The
+command line (``so3krates-train``, :mod:`so3krates_openmm.cli.train`) reads
+them, in increasing priority, from the field defaults (the paper's recipe, see
+``../shared/design/so3krates-architecture.md``), YAML files (``--config``) and
+flags (``--train-size 1000`` overrides ``train_size: 500`` in the file), through
+the project's one options layer (:mod:`so3krates_openmm.options`, jsonargparse).
+From Python, :func:`config_from_dict` checks a dict the same way. Unknown keys,
+values of the wrong type and inconsistent values are rejected with
+:class:`ConfigError`.
 
-A config made by :func:`config_from_dict` or :func:`parse_config` remembers
+A config made by :func:`config_from_dict` or the command line remembers
 which options were given (:meth:`TrainingConfig.is_given`): fine-tuning
 (``--init-from``) takes the architecture from the checkpoint and only checks
 the architecture options that were given against it.
@@ -16,17 +18,14 @@ the architecture options that were given against it.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import re
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from so3krates_openmm.model.config import CUTOFF_FUNCTIONS, DTYPES, SO3kratesConfig
+from so3krates_openmm.options import OptionsError, options_parser, parse_object
 from so3krates_openmm.units import normalise_energy_unit
 
 
@@ -87,7 +86,7 @@ class TrainingConfig:
     dtype: str = _option(
         "float32", f"model precision, one of {list(DTYPES)} (with --init-from: the checkpoint's unless given)"
     )
-    energy_scale: str | float = _option(
+    energy_scale: float | str = _option(
         "rms-forces",
         "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
         "'none', or a number in the data's energy unit",
@@ -99,7 +98,7 @@ class TrainingConfig:
     )
     eval_batch_size: int | None = _option(None, "structures per evaluation batch; default max(batch size, 16)")
     max_epochs: int | None = _option(None, "stop after this many epochs (default: no limit)")
-    max_time: str | float | None = _option(
+    max_time: float | str | None = _option(
         None, "training-time budget, e.g. '2h', '30m', '1h30m', '90s': when it is reached, even within an epoch, "
         "training stops after the current step, validates, checkpoints (resumable) and writes the test report"
     )
@@ -109,9 +108,9 @@ class TrainingConfig:
     lr_decay: float = _option(0.7, "learning rate factor per --lr-decay-steps steps (exponential decay)")
     lr_decay_steps: float = _option(1e5, "optimiser steps over which the learning rate falls by --lr-decay")
     min_lr: float = _option(1e-5, "stop when the learning rate falls below this")
-    clip_grad: float | None = _option(10.0, "clip the gradient norm to this (none: no clipping)")
+    clip_grad: float | None = _option(10.0, "clip the gradient norm to this (null: no clipping)")
     ema_decay: float | None = _option(
-        0.99, "decay of the exponential moving average of the weights used for evaluation (none: no EMA)"
+        0.99, "decay of the exponential moving average of the weights used for evaluation (null: no EMA)"
     )
     patience: int | None = _option(50, "stop after this many epochs without a better validation loss")
     # --- run
@@ -120,9 +119,9 @@ class TrainingConfig:
     device: str = _option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     threads: int | None = _option(None, "CPU threads per process (torch.set_num_threads)")
     checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
-    checkpoint_interval: str | float | None = _option(
+    checkpoint_interval: float | str | None = _option(
         "10m", "also write the last checkpoint within an epoch when this much time has passed since the last "
-        "one (e.g. '10m'; none: only at epoch ends); a resumed run continues from that step"
+        "one (e.g. '10m'; null: only at epoch ends); a resumed run continues from that step"
     )
     log_every: int = _option(10, "update the progress bar's running errors every N steps")
     progress: bool = _option(True, "show a progress bar")
@@ -188,13 +187,6 @@ class TrainingConfig:
     # --------------------------------------------------------------- validation
     def validate(self) -> TrainingConfig:
         """Check types and values; raise :class:`ConfigError` naming the option. Returns ``self``."""
-        hints = typing.get_type_hints(type(self))
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not _matches(value, hints[item.name]):
-                raise ConfigError(
-                    f"option {item.name!r} must be {_describe(hints[item.name])}, got {value!r} ({type(value).__name__})"
-                )
         if self.data is None:
             raise ConfigError("no data file: give --data FILE (or 'data:' in the config file)")
         if self.init_from is not None and self.resume:
@@ -242,7 +234,8 @@ class TrainingConfig:
                 try:
                     parse_duration(getattr(self, name))
                 except ConfigError as error:
-                    raise ConfigError(f"option {name!r}: {error}") from None
+                    hint = " (write null for no value)" if str(getattr(self, name)).lower() == "none" else ""
+                    raise ConfigError(f"option {name!r}: {error}{hint}") from None
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"option 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.dtype not in DTYPES:
@@ -287,222 +280,19 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
-# ------------------------------------------------------------------ type checks
-def _arguments(annotation: Any) -> tuple:
-    return typing.get_args(annotation)
-
-
-def _is_union(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (Union, types.UnionType)
-
-
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` is acceptable for a field of type ``annotation`` (ints count as floats, bools as nothing else)."""
-    if _is_union(annotation):
-        return any(_matches(value, option) for option in _arguments(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if typing.get_origin(annotation) in (list, list):
-        (item,) = _arguments(annotation)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    raise TypeError(f"unsupported option type {annotation}")
-
-
-def _describe(annotation: Any) -> str:
-    if _is_union(annotation):
-        return " or ".join(_describe(option) for option in _arguments(annotation))
-    if annotation is type(None):
-        return "none"
-    if typing.get_origin(annotation) in (list, list):
-        return f"a list of {_describe(_arguments(annotation)[0])}"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[annotation]
-
-
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Normalise file values: ints stay ints in int|float fields, ints become floats in float fields,
-    a single string becomes a one-element list in list-of-strings fields."""
-    if _list_item_type(annotation) is str and isinstance(value, str):
-        return [value]
-    if _is_union(annotation):
-        options = [option for option in _arguments(annotation) if option is not type(None)]
-        if value is None or any(option is int for option in options) and _matches(value, int):
-            return value
-        if any(option is float for option in options) and _matches(value, float):
-            return float(value)
-        if any(option is str for option in options) and isinstance(value, str):
-            return value
-        return value
-    if annotation is float and _matches(value, float):
-        return float(value)
-    if typing.get_origin(annotation) in (list, list) and isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-# ------------------------------------------------------------------ files
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, keys normalised to underscores."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-    else:
-        raise ConfigError(f"config file {path}: unknown format {path.suffix!r}; use .yaml, .yml or .toml")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
-    return {str(key).replace("-", "_"): value for key, value in data.items()}
-
-
-def check_options(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Reject unknown keys (with a did-you-mean hint) and values of the wrong type; return coerced values."""
-    known = [item.name for item in fields(TrainingConfig)]
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(known)}"
-            raise ConfigError(f"{source}: unknown option {key!r}{hint}")
-    hints = typing.get_type_hints(TrainingConfig)
-    coerced = {key: _coerce(value, hints[key]) for key, value in values.items()}
-    for key, value in coerced.items():
-        if not _matches(value, hints[key]):
-            raise ConfigError(
-                f"{source}: option {key!r} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
-            )
-    return coerced
-
-
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainingConfig:
-    """A validated :class:`TrainingConfig` from a dict of options (defaults for the rest)."""
-    try:
-        options = check_options(values, source)
-        config = TrainingConfig(**options)
-        config.given_options = frozenset(options)
-        return config.validate()
-    except ConfigError as error:
-        message = str(error)
-        raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+    """A validated :class:`TrainingConfig` from a dict of options (defaults for the rest).
 
-
-# ------------------------------------------------------------------ command line
-def _flag_parser(annotation: Any, name: str):
-    """A converter from command-line text to the field's type."""
-
-    def convert(text: str) -> Any:
-        lowered = text.strip().lower()
-        options = list(_arguments(annotation)) if _is_union(annotation) else [annotation]
-        if type(None) in options and lowered in ("none", "null"):
-            return None
-        # numbers first: "2.5" for a str-or-number option is the number
-        for option in sorted(options, key=lambda option: option is str):
-            try:
-                if option is int:
-                    return int(text)
-                if option is float:
-                    return float(text)
-            except ValueError:
-                continue
-            if option is str:
-                return text
-        raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} must be {_describe(annotation)}, got {text!r}")
-
-    return convert
-
-
-def _list_item_type(annotation: Any) -> Any:
-    """``X`` for ``List[X]`` or ``Optional[List[X]]``, else ``None``."""
-    options = _arguments(annotation) if _is_union(annotation) else (annotation,)
-    for option in options:
-        if typing.get_origin(option) in (list, list):
-            return _arguments(option)[0]
-    return None
-
-
-def _parse_int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers such as '1,2,3', got {text!r}") from None
-
-
-def build_parser(prog: str = "so3krates-train") -> argparse.ArgumentParser:
-    """The command-line parser: ``--config FILE`` plus one flag per :class:`TrainingConfig` field.
-
-    Flags default to ``argparse.SUPPRESS`` so that only flags actually given
-    override the file.
+    Keys and value types are checked as for a config file (:mod:`so3krates_openmm.options`);
+    ``source`` starts every error message.
     """
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train an SO3krates force field on reference energies and forces "
-        "(single process, or several with torchrun).",
-        argument_default=argparse.SUPPRESS,
-        allow_abbrev=False,
-    )
-    parser.add_argument("--config", help="YAML or TOML file of options; flags override it")
-    hints = typing.get_type_hints(TrainingConfig)
-    for item in fields(TrainingConfig):
-        flag = "--" + item.name.replace("_", "-")
-        annotation = hints[item.name]
-        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
-        help_text = f"{item.metadata.get('help', '')} (default: {default})"
-        if annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif _list_item_type(annotation) is not None:
-            if _list_item_type(annotation) is int:
-                parser.add_argument(flag, nargs="+", type=_parse_int_list, help=help_text, metavar="L")
-            else:
-                parser.add_argument(flag, nargs="+", help=help_text, metavar="FILE")
-        else:
-            parser.add_argument(flag, type=_flag_parser(annotation, item.name), help=help_text,
-                                metavar=item.name.upper())
-    return parser
-
-
-def parse_config(argv: Sequence[str] | None = None, prog: str = "so3krates-train") -> TrainingConfig:
-    """Defaults <- ``--config`` file <- flags; validated."""
-    parser = build_parser(prog)
-    namespace, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
-        first = unknown[0].split("=")[0]
-        close = difflib.get_close_matches(first, flags, n=1, cutoff=0.6) if first.startswith("--") else []
-        hint = f"; did you mean {close[0]}?" if close else "; see --help"
-        parser.error(f"unrecognised argument(s) {' '.join(unknown)}{hint}")
-    arguments = vars(namespace)
-    values: dict[str, Any] = {}
-    source = "command line"
-    config_path = arguments.pop("config", None)
-    if config_path is not None:
-        values.update(read_config_file(config_path))
-        source = f"config file {config_path}"
-    if "degrees" in arguments:
-        arguments["degrees"] = [degree for group in arguments["degrees"] for degree in group]
-    values = check_options(values, source)
-    values.update(arguments)
-    if arguments:
-        source = "command line" if config_path is None else f"{source} with command-line flags"
-    return config_from_dict(values, source)
+    plain = {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+    if isinstance(plain.get("data"), str):
+        plain["data"] = [plain["data"]]
+    try:
+        parser = options_parser(TrainingConfig, prog="so3krates-train", description="")
+        config = parse_object(parser, TrainingConfig, plain)
+        config.given_options = frozenset(plain)
+        return config.validate()
+    except (ConfigError, OptionsError) as error:
+        raise ConfigError(f"{source}: {error}") from None

@@ -46,7 +46,6 @@ from torch import Tensor, nn
 
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.elements import symbol
-from so3krates_openmm.memory import reuse_freed_memory
 from so3krates_openmm.model import SO3krates
 from so3krates_openmm.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from so3krates_openmm.training.batches import Batch, PackedData, epoch_batches, shard
@@ -238,8 +237,6 @@ class Trainer:
         self.device = resolve_device(config.device)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        if self.device.type == "cpu":
-            reuse_freed_memory()
         self.context = context if context is not None else init_distributed(self.device)
         if self.device.type == "cuda" and self.context.enabled:
             self.device = torch.device("cuda", self.context.local_rank)
