@@ -49,6 +49,7 @@ setup(
             "so3krates-export=so3krates_openmm.cli.export:main",
             "so3krates-data=so3krates_openmm.cli.data:main",
             "so3krates-train=so3krates_openmm.cli.train:main",
+            "so3krates-active-learning=so3krates_openmm.cli.active_learning:main",
             "so3krates-eval=so3krates_openmm.cli.eval:main",
             # the md_protocols/*.py scripts
             "so3krates-md-langevin-nvt=so3krates_openmm.cli.langevin_nvt:main",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,6 +55,7 @@ from so3krates_openmm.md.runner import CHECKPOINT, RUN_INFO, RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.uncertainty import CommitteeReporter, UncertaintyLimitExceeded, read_disagreement_csv
 from so3krates_openmm.model.committee import Committee
+from so3krates_openmm.options import option
 from so3krates_openmm.training.committee import DEFAULT_MEMBERS, member_directory, train_committee
 from so3krates_openmm.training.config import TrainingConfig, config_from_dict
 from so3krates_openmm.training.evaluation import evaluate_checkpoint
@@ -68,67 +69,51 @@ REPORT = "report.json"
 
 @dataclass
 class ActiveLearningSettings:
-    """Everything the loop needs (units: K, ps, fs, Å, the data's energy unit).
+    """Everything the loop needs (units: K, ps, fs, Å, the data's energy unit); the command line
+    ``so3krates-active-learning`` and its YAML file have one key per field."""
 
-    Attributes:
-        structure: starting structure (PDB/XYZ) of every MD run.
-        checkpoint: the trained SO3krates checkpoint the committee is fine-tuned from.
-        data: the training data of that checkpoint (files merged with the new labels).
-        output: folder of the loop (created; resumable).
-        temperatures_K: Langevin temperatures of the MD stage.
-        iterations: at most this many iterations.
-        members: committee size K.
-        md_ps: simulated time per temperature and iteration, ps.
-        timestep_fs: MD time step, fs.
-        friction_per_ps: Langevin friction, 1/ps.
-        evaluate_every: MD steps between committee evaluations.
-        checkpoint_interval: MD steps between MD checkpoints.
-        stop_threshold: end an MD run when the maximum force disagreement passes this
-            (energy unit/Å); ``None``: never.
-        select_threshold: frames below this disagreement are never selected.
-        frames_per_iteration: frames selected by disagreement per iteration.
-        random_frames_per_iteration: further frames drawn at random (error along MD, calibration).
-        min_rmsd_angstrom: selected frames differ pairwise by at least this RMSD (heavy atoms), Å.
-        min_separation_steps: selected frames of one run lie at least this many steps apart.
-        target_force_std: stop when the 95th percentile of the maximum force disagreement
-            along an iteration's MD is below this (energy unit/Å); ``None``: run all iterations.
-        label: the GFN2-xTB settings of the labeller.
-        training: options of each member's fine-tuning run (:class:`TrainingConfig` names,
-            e.g. ``max_epochs``, ``max_time``, ``lr``); data, output, seed and init_from are set by the loop.
-        platform: OpenMM platform of the MD stage.
-        threads: CPU threads of MD and training (``None``: all cores).
-        seed: seeds the MD runs, the random frames and the committee's splits.
-    """
-
-    structure: str
-    checkpoint: str
-    data: list[str]
-    output: str = "runs/active_learning"
-    temperatures_K: list[float] = field(default_factory=lambda: [300.0, 500.0])
-    iterations: int = 3
-    members: int = DEFAULT_MEMBERS
-    md_ps: float = 10.0
-    timestep_fs: float = 0.5
-    friction_per_ps: float = 1.0
-    evaluate_every: int = 100
-    checkpoint_interval: int = 2000
-    stop_threshold: Optional[float] = None
-    select_threshold: float = 0.0
-    frames_per_iteration: int = 50
-    random_frames_per_iteration: int = 10
-    min_rmsd_angstrom: float = 0.25
-    min_separation_steps: int = 400
-    target_force_std: Optional[float] = None
-    label: LabelSettings = field(default_factory=LabelSettings)
-    training: dict[str, Any] = field(default_factory=lambda: {"max_epochs": 20, "lr": 5e-4})
-    platform: str = "CPU"
-    threads: Optional[int] = None
-    seed: int = 0
+    structure: Optional[Path] = option(None, "starting structure (PDB/XYZ) of every MD run", input_file=True)
+    checkpoint: Optional[Path] = option(None, "trained SO3krates checkpoint the committee is fine-tuned from", input_file=True)
+    data: list[Path] = option([], "training data of that checkpoint (.npz/extended XYZ), merged with the new labels")
+    output: Path = option(Path("runs/active_learning"), "folder of the loop (resumed when it exists)")
+    temperatures_K: list[float] = option([300.0, 500.0], "Langevin temperatures of the MD stage, K")
+    iterations: int = option(3, "at most this many iterations", minimum=1)
+    members: int = option(DEFAULT_MEMBERS, "committee size K", minimum=2)
+    md_ps: float = option(10.0, "simulated time per temperature and iteration, ps")
+    timestep_fs: float = option(0.5, "MD time step, fs")
+    friction_per_ps: float = option(1.0, "Langevin friction, 1/ps")
+    evaluate_every: int = option(100, "MD steps between committee evaluations (frames kept as candidates)",
+                                 minimum=1)
+    checkpoint_interval: int = option(2000, "MD steps between MD checkpoints", minimum=1)
+    stop_threshold: Optional[float] = option(
+        None, "end an MD run when the maximum force disagreement passes this (energy unit/Å); null: never")
+    select_threshold: float = option(0.0, "frames below this maximum force disagreement are never selected")
+    frames_per_iteration: int = option(50, "frames selected by disagreement per iteration", minimum=1)
+    random_frames_per_iteration: int = option(
+        10, "further frames drawn at random per iteration (unbiased error along MD, calibration)", minimum=0)
+    min_rmsd_angstrom: float = option(0.25, "selected frames differ pairwise by at least this heavy-atom RMSD, Å")
+    min_separation_steps: int = option(400, "selected frames of one run lie at least this many MD steps apart",
+                                       minimum=0)
+    target_force_std: Optional[float] = option(
+        None, "stop when the 95th percentile of the maximum force disagreement along an iteration's MD is below "
+        "this (energy unit/Å); null: run all iterations")
+    label: dict[str, Any] = option({}, "GFN2-xTB settings of the labeller (LabelSettings keys, e.g. {charge: 0})")
+    training: dict[str, Any] = option(
+        {"max_epochs": 20, "lr": 5e-4}, "options of each member's fine-tuning run (so3krates-train keys, e.g. "
+        "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); data, output, seed and init_from are set by the loop")
+    platform: str = option("CPU", "OpenMM platform of the MD stage (CUDA on a GPU)")
+    threads: Optional[int] = option(None, "CPU threads of MD and training (default: all cores)", minimum=1)
+    seed: int = option(0, "seeds the MD runs, the random frames and the committee's splits", minimum=0)
 
     def __post_init__(self) -> None:
         problems = []
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
+        for name in ("structure", "checkpoint"):
+            if getattr(self, name) is None:
+                problems.append(f"{name}: required (--{name} FILE)")
+            else:
+                setattr(self, name, Path(getattr(self, name)))
+        self.data = [Path(path) for path in ([self.data] if isinstance(self.data, (str, Path)) else self.data)]
+        self.output = Path(self.output)
         if not self.data:
             problems.append("data: give the training data of the checkpoint (merged with the new labels)")
         for name in ("iterations", "evaluate_every", "checkpoint_interval"):
@@ -145,11 +130,19 @@ class ActiveLearningSettings:
         reserved = sorted({"data", "output", "seed", "init_from", "resume"} & set(self.training))
         if reserved:
             problems.append(f"training options {reserved} are set by the loop; leave them out")
-        if isinstance(self.label, dict):
-            self.label = LabelSettings(**self.label)
+        known = {item.name for item in fields(LabelSettings)}
+        unknown = sorted(set(self.label) - known)
+        if unknown:
+            problems.append(f"label: unknown key(s) {unknown}; known: {sorted(known)}")
         if problems:
             raise ValueError("invalid active-learning settings: " + "; ".join(problems))
         self.temperatures_K = [float(t) for t in self.temperatures_K]
+        self.label_settings  # noqa: B018 - checks the values now, not in the labelling stage
+
+    @property
+    def label_settings(self) -> LabelSettings:
+        """The labeller's settings from :attr:`label`."""
+        return LabelSettings(**self.label)
 
     @property
     def md_steps(self) -> int:
@@ -186,7 +179,7 @@ def _force_std_max(csv_path: Path) -> np.ndarray:
 
 def _training_config(settings: ActiveLearningSettings, data: Path, output: Path, seed: int) -> TrainingConfig:
     options = {"threads": settings.threads, **settings.training, "data": [str(data)], "output": str(output),
-               "seed": seed, "init_from": settings.checkpoint}
+               "seed": seed, "init_from": str(settings.checkpoint)}
     return config_from_dict(options, source="active-learning training options")
 
 
@@ -227,7 +220,7 @@ class ActiveLearning:
         s = self.settings
         data = self.paths.output / "train_data_00.npz"
         if not data.exists():
-            merge_datasets(list(s.data), data)
+            merge_datasets([str(path) for path in s.data], data)
         config = _training_config(s, data, self.paths.committee(0), s.seed)
         result = train_committee(config, s.members, log=self.log)
         return result.checkpoints
@@ -253,7 +246,7 @@ class ActiveLearning:
                                           seed=1 + s.seed + 1000 * i + t_index, minimize=True)
             config = RunConfig(steps=s.md_steps, output_dir=directory, log_interval=s.evaluate_every,
                                trajectory_interval=s.evaluate_every, checkpoint_interval=s.checkpoint_interval,
-                               resume=resume_step is not None, overwrite=resume_step is None, identity={"model": str(driver), "structure": s.structure},
+                               resume=resume_step is not None, overwrite=resume_step is None, identity={"model": str(driver), "structure": str(s.structure)},
                                reporters=[reporter])
             self.log(f"iteration {i}: MD at {temperature:g} K, {s.md_ps:g} ps ({directory})")
             try:
@@ -319,8 +312,8 @@ class ActiveLearning:
             return output
         with np.load(selected) as data:
             frames = TrajectoryFrames(np.asarray(data["z"]), np.asarray(data["R"]), None, str(selected))
-        self.log(f"iteration {i}: labelling {frames.n_frames} frames with {self.settings.label.method}")
-        label_frames(frames, output, self.settings.label, log=self.log, inputs={"selected": str(selected)})
+        self.log(f"iteration {i}: labelling {frames.n_frames} frames with {self.settings.label_settings.method}")
+        label_frames(frames, output, self.settings.label_settings, log=self.log, inputs={"selected": str(selected)})
         return output
 
     def merge(self, i: int, labelled: Path) -> Path:

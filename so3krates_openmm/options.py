@@ -39,6 +39,15 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 from jsonargparse.typing import Path_fr, registered_types, restricted_number_type
 
 
+def option(default: Any, help: str, *, minimum: Optional[float] = None, input_file: bool = False) -> Any:
+    """A dataclass field declaring one option: its default (a list default is copied per instance), help text
+    (unit included), smallest allowed value and whether it names an input file that must exist."""
+    metadata = {"help": help, "minimum": minimum, "input_file": input_file}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 class OptionsError(ValueError):
     """Options that do not fit their declaration (unknown key, wrong type, out of range, missing file)."""
 

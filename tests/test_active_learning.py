@@ -132,3 +132,24 @@ def test_settings_are_checked(start: dict[str, Path], tmp_path: Path) -> None:
         settings_for(start, tmp_path, members=1)
     with pytest.raises(FileNotFoundError, match="training data"):
         run_active_learning(settings_for(start, tmp_path / "x", data=[str(tmp_path / "missing.npz")]), log=quiet)
+
+
+def test_command_line_with_a_yaml_file_converges_and_names_bad_keys(tmp_path: Path, start: dict[str, Path],
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from so3krates_openmm.cli.active_learning import main
+
+    config = tmp_path / "loop.yaml"
+    config.write_text(
+        f"structure: {start['structure']}\ncheckpoint: {start['checkpoint']}\ndata: [{start['data']}]\n"
+        f"output: {tmp_path / 'loop'}\ntemperatures_K: [300]\nmembers: 2\nmd_ps: 0.05\nevaluate_every: 10\n"
+        "threads: 1\ntraining: {max_epochs: 1, progress: false, train_size: 0.7, valid_size: 0.15, batch_size: 5}\n"
+    )
+    # A target far above any disagreement: the loop stops after the first MD stage, converged, nothing labelled.
+    assert main(["--config", str(config), "--target-force-std", "1e9", "--no-process-tuning"]) == 0
+    summary = json.loads((tmp_path / "loop" / "summary.json").read_text())
+    assert summary["converged"] and summary["iterations"] == 0 and summary["frames_labelled"] == 0
+    assert not (tmp_path / "loop" / "iteration_00" / "selected.npz").exists()
+    capsys.readouterr()
+    config.write_text(config.read_text() + "md_picoseconds: 1\n")
+    assert main(["--config", str(config), "--no-process-tuning"]) == 2
+    assert "md_picoseconds" in capsys.readouterr().err

@@ -26,6 +26,8 @@ from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
+from so3krates_openmm.options import option
+
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 PRETRAINED_SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
 PretrainedSystem = Literal["ac_ala3_nhme", "buckyball_catcher"]
@@ -35,12 +37,6 @@ Precision = Literal["single", "mixed", "double"]
 
 class ProtocolError(ValueError):
     """Options of a protocol that cannot be used together (the message says what to change)."""
-
-
-def option(default: Any, help: str, *, minimum: Optional[float] = None, input_file: bool = False) -> Any:
-    """A dataclass field with its help text (unit included), smallest allowed value and whether it names an
-    input file that must exist."""
-    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum, "input_file": input_file})
 
 
 @dataclass

@@ -20,24 +20,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from so3krates_openmm.model.config import CUTOFF_FUNCTIONS, DTYPES, SO3kratesConfig
-from so3krates_openmm.options import OptionsError, options_parser, parse_object
+from so3krates_openmm.options import OptionsError, option, options_parser, parse_object
 from so3krates_openmm.units import normalise_energy_unit
 
 
 class ConfigError(ValueError):
     """A training configuration that cannot be used (the message says why and how to fix it)."""
-
-
-def _option(default: Any, help: str) -> Any:
-    """A dataclass field with a help text (used for ``--help``)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 #: Options that may differ between a run and its resumption (stop criteria and machine).
@@ -58,73 +51,73 @@ class TrainingConfig:
     """All options of a training run (units: Å, the data's energy unit, seconds)."""
 
     # --- data
-    data: list[str] | None = _option(  # noqa: RUF009 (_option returns a dataclasses.field)
+    data: list[str] | None = option(  # noqa: RUF009 (option returns a dataclasses.field)
         None, "reference data file(s): MD22/sGDML .npz or extended XYZ; several files are concatenated (required)"
     )
-    energy_unit: str | None = _option(
+    energy_unit: str | None = option(
         None, "energy unit of the data file when the file does not record it (e.g. kcal/mol, eV)"
     )
-    train_size: int | float = _option(0.8, "training frames (int) or fraction of the data (float)")
-    valid_size: int | float = _option(0.1, "validation frames (int) or fraction (float)")
-    test_size: int | float | None = _option(None, "test frames (int) or fraction; default: all the rest")
-    seed: int = _option(0, "seed of the split, the weight initialisation and the shuffling")
+    train_size: int | float = option(0.8, "training frames (int) or fraction of the data (float)")
+    valid_size: int | float = option(0.1, "validation frames (int) or fraction (float)")
+    test_size: int | float | None = option(None, "test frames (int) or fraction; default: all the rest")
+    seed: int = option(0, "seed of the split, the weight initialisation and the shuffling")
     # --- model (SO3kratesConfig)
-    init_from: str | None = _option(
+    init_from: str | None = option(
         None, "fine-tune: start a new run (new split, optimiser, energy shifts and scale fitted to the training "
         "split) from the weights of this SO3krates checkpoint. The architecture (--features, --layers, --heads, "
         "--degrees, --radial-basis-size, --cutoff, --cutoff-function: if given, they must equal the checkpoint's) "
         "and, unless --dtype is given, the dtype come from the checkpoint; its elements must include the data's; "
         "the model takes the data's energy unit. Not with --resume"
     )
-    features: int = _option(132, "invariant feature width F")
-    layers: int = _option(3, "number of SO3krates layers T")
-    heads: int = _option(4, "attention heads H")
-    degrees: list[int] = _option([1, 2, 3], "spherical-harmonic degrees of the Euclidean variables")  # noqa: RUF009
-    radial_basis_size: int = _option(32, "number K of radial basis functions")
-    cutoff: float = _option(5.0, "cutoff radius in Å")
-    cutoff_function: str = _option("cosine", f"cutoff function, one of {list(CUTOFF_FUNCTIONS)}")
-    dtype: str = _option(
+    features: int = option(132, "invariant feature width F")
+    layers: int = option(3, "number of SO3krates layers T")
+    heads: int = option(4, "attention heads H")
+    degrees: list[int] = option([1, 2, 3], "spherical-harmonic degrees of the Euclidean variables")  # noqa: RUF009
+    radial_basis_size: int = option(32, "number K of radial basis functions")
+    cutoff: float = option(5.0, "cutoff radius in Å")
+    cutoff_function: str = option("cosine", f"cutoff function, one of {list(CUTOFF_FUNCTIONS)}")
+    dtype: str = option(
         "float32", f"model precision, one of {list(DTYPES)} (with --init-from: the checkpoint's unless given)"
     )
-    energy_scale: float | str = _option(
+    energy_scale: float | str = option(
         "rms-forces",
         "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
         "'none', or a number in the data's energy unit",
     )
     # --- optimisation (the paper's recipe)
-    batch_size: int | None = _option(
+    batch_size: int | None = option(
         None, "structures per step (global, over all processes); default by training-set size: "
         "<500: 1, <1000: 5, <10000: 10, else 100"
     )
-    eval_batch_size: int | None = _option(None, "structures per evaluation batch; default max(batch size, 16)")
-    max_epochs: int | None = _option(None, "stop after this many epochs (default: no limit)")
-    max_time: float | str | None = _option(
+    eval_batch_size: int | None = option(None, "structures per evaluation batch; default max(batch size, 16)")
+    max_epochs: int | None = option(None, "stop after this many epochs (default: no limit)")
+    max_time: float | str | None = option(
         None, "training-time budget, e.g. '2h', '30m', '1h30m', '90s': when it is reached, even within an epoch, "
         "training stops after the current step, validates, checkpoints (resumable) and writes the test report"
     )
-    lr: float = _option(1e-3, "initial learning rate of Adam")
-    energy_weight: float = _option(0.01, "weight of the energy MSE in the loss")
-    force_weight: float = _option(0.99, "weight of the force-component MSE in the loss")
-    lr_decay: float = _option(0.7, "learning rate factor per --lr-decay-steps steps (exponential decay)")
-    lr_decay_steps: float = _option(1e5, "optimiser steps over which the learning rate falls by --lr-decay")
-    min_lr: float = _option(1e-5, "stop when the learning rate falls below this")
-    clip_grad: float | None = _option(10.0, "clip the gradient norm to this (null: no clipping)")
-    ema_decay: float | None = _option(
+    lr: float = option(1e-3, "initial learning rate of Adam")
+    energy_weight: float = option(0.01, "weight of the energy MSE in the loss")
+    force_weight: float = option(0.99, "weight of the force-component MSE in the loss")
+    lr_decay: float = option(0.7, "learning rate factor per --lr-decay-steps steps (exponential decay)")
+    lr_decay_steps: float = option(1e5, "optimiser steps over which the learning rate falls by --lr-decay")
+    min_lr: float = option(1e-5, "stop when the learning rate falls below this")
+    clip_grad: float | None = option(10.0, "clip the gradient norm to this (null: no clipping)")
+    ema_decay: float | None = option(
         0.99, "decay of the exponential moving average of the weights used for evaluation (null: no EMA)"
     )
-    patience: int | None = _option(50, "stop after this many epochs without a better validation loss")
+    patience: int | None = option(50, "stop after this many epochs without a better validation loss")
     # --- run
-    output: str = _option("runs/so3krates", "output folder (checkpoints, metrics.csv, plots, test report)")
-    resume: bool = _option(False, "continue the run in --output from its last checkpoint")
-    device: str = _option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
-    threads: int | None = _option(None, "CPU threads per process (torch.set_num_threads)")
-    checkpoint_every: int = _option(1, "write the last checkpoint every N epochs")
-    checkpoint_interval: float | str | None = _option(
+    output: str = option("runs/so3krates", "output folder (checkpoints, metrics.csv, plots, test report)")
+    resume: bool = option(False, "continue the run in --output from its last checkpoint")
+    device: str = option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
+    threads: int | None = option(None, "CPU threads per process (torch.set_num_threads)")
+    checkpoint_every: int = option(1, "write the last checkpoint every N epochs")
+    checkpoint_interval: float | str | None = option(
         "10m", "also write the last checkpoint within an epoch when this much time has passed since the last "
         "one (e.g. '10m'; null: only at epoch ends); a resumed run continues from that step"
     )
-    log_every: int = _option(10, "update the progress bar's running errors every N steps")
-    progress: bool = _option(True, "show a progress bar")
+    log_every: int = option(10, "update the progress bar's running errors every N steps")
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):
