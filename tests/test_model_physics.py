@@ -1,4 +1,8 @@
-"""Physics of the model: symmetries, forces as gradients, smoothness at the cutoff, batching."""
+"""Physics of the model: symmetries, forces as gradients, smoothness at the cutoff, batching.
+
+Every test that takes ``small_model`` runs on the equivariant model and on the invariant ablation
+(``degrees=()``, the paper's comparison model).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,13 @@ from so3krates_openmm.model.basis import SphericalHarmonics, degree_contraction_
 
 NUMBERS = torch.tensor(ETHANOL_WATER_NUMBERS)
 POSITIONS = torch.tensor(ETHANOL_WATER_POSITIONS)
+
+
+@pytest.fixture(params=["equivariant", "invariant"])
+def small_model(request) -> SO3krates:
+    torch.manual_seed(0)
+    config = small_config() if request.param == "equivariant" else small_config(degrees=())
+    return randomise(SO3krates(config)).eval()
 
 
 def energy(model: SO3krates, positions: torch.Tensor, numbers: torch.Tensor = NUMBERS) -> float:
@@ -92,10 +103,11 @@ def test_forces_equal_central_finite_differences(small_model):
         assert abs(numerical - float(forces[atom, axis])) < 1e-6 + 1e-5 * abs(numerical)
 
 
+@pytest.mark.parametrize("degrees", [(1, 2, 3), ()], ids=["equivariant", "invariant"])
 @pytest.mark.parametrize("cutoff_function", ["cosine", "polynomial"])
-def test_energy_and_forces_continuous_as_a_neighbour_crosses_the_cutoff(cutoff_function):
+def test_energy_and_forces_continuous_as_a_neighbour_crosses_the_cutoff(cutoff_function, degrees):
     torch.manual_seed(3)
-    model = randomise(SO3krates(small_config(cutoff_function=cutoff_function)))
+    model = randomise(SO3krates(small_config(cutoff_function=cutoff_function, degrees=degrees)))
     cutoff = model.cutoff
     numbers = torch.tensor([6, 8, 1])
     base = torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)

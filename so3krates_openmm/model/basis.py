@@ -114,9 +114,11 @@ class SphericalHarmonics(nn.Module):
     in order, ``m = -l..l`` within a degree.
     """
 
+    __constants__ = ["degrees"]  # a constant tuple: TorchScript unrolls the loop, also over no degrees
+
     def __init__(self, degrees: List[int]) -> None:
         super().__init__()
-        self.degrees = [int(l) for l in degrees]
+        self.degrees = tuple(int(l) for l in degrees)
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
         x = unit_vectors[:, 0]

@@ -24,7 +24,9 @@ class SO3kratesConfig:
             ``heads``, by the number of degrees and by 4.
         layers: number of SO3krates layers T (paper: 3).
         heads: attention heads H of the invariant block (paper: 4).
-        degrees: spherical-harmonic degrees of the Euclidean variables (paper: (1, 2, 3)).
+        degrees: spherical-harmonic degrees of the Euclidean variables (paper: (1, 2, 3));
+            empty for the paper's invariant ablation (no Euclidean variables and attention,
+            filters of the radial basis only, everything else identical).
         radial_basis_size: number K of PhysNet radial functions (paper: 32).
         cutoff: cutoff radius r_c in Å (paper: 5.0).
         cutoff_function: ``"cosine"`` (paper) or ``"polynomial"`` (C2-smooth PhysNet
@@ -58,13 +60,13 @@ class SO3kratesConfig:
         """Raise ``ValueError`` naming the first inconsistent hyperparameter."""
         if not self.elements:
             raise ValueError("config.elements is empty: the model must know at least one element")
-        if not self.degrees or len(set(self.degrees)) != len(self.degrees):
-            raise ValueError(f"config.degrees must be distinct degrees, got {self.degrees}")
+        if len(set(self.degrees)) != len(self.degrees):
+            raise ValueError(f"config.degrees must be distinct degrees (or empty: the invariant model), got {self.degrees}")
         if any(not 0 <= l <= MAX_DEGREE for l in self.degrees):
             raise ValueError(f"config.degrees must lie in 0..{MAX_DEGREE}, got {self.degrees}")
         if self.layers < 1 or self.heads < 1 or self.features < 1 or self.radial_basis_size < 1:
             raise ValueError("config.layers, heads, features and radial_basis_size must be positive")
-        for divisor, name in ((self.heads, "heads"), (len(self.degrees), "the number of degrees"), (4, "4")):
+        for divisor, name in ((self.heads, "heads"), (max(len(self.degrees), 1), "the number of degrees"), (4, "4")):
             if self.features % divisor:
                 raise ValueError(f"config.features={self.features} must be divisible by {name} ({divisor})")
         if not self.cutoff > 0:
@@ -75,6 +77,12 @@ class SO3kratesConfig:
             raise ValueError(f"config.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.length_unit != "Angstrom":
             raise ValueError("config.length_unit must be 'Angstrom': convert positions to Å when loading data")
+
+    @property
+    def equivariant(self) -> bool:
+        """False for the invariant ablation (``degrees=()``): no Euclidean variables, no Euclidean
+        attention, filters of the radial basis only."""
+        return len(self.degrees) > 0
 
     @property
     def m_tot(self) -> int:

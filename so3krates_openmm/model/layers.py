@@ -37,15 +37,19 @@ class FilterNetwork(nn.Module):
         super().__init__()
         self.radial_in = nn.Linear(radial_basis_size, features)
         self.radial_out = nn.Linear(features, features)
-        self.spherical_in = nn.Linear(n_degrees, features // 4)
-        self.spherical_out = nn.Linear(features // 4, features)
+        if n_degrees > 0:  # the invariant model (no degrees) has filters of the radial basis only
+            self.spherical_in = nn.Linear(n_degrees, features // 4)
+            self.spherical_out = nn.Linear(features // 4, features)
 
     def forward(self, radial_hidden: Tensor, ev_invariants: Tensor) -> Tensor:
         """Filters (P, F) from ``silu(W_rad_in e(d_ij) + b_rad_in)`` (P, F) and ``delta_ij`` (P, n_D).
 
         Both output layers accumulate into one tensor (the two output biases
         added first): ``W_rad_out h_rad + (b_rad_out + b_sph_out) + W_sph_out h_sph``.
+        Without degrees: ``W_rad_out h_rad + b_rad_out``.
         """
+        if not hasattr(self, "spherical_in"):
+            return functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias)
         radial = functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias + self.spherical_out.bias)
         spherical_hidden = functional.silu(self.spherical_in(ev_invariants))
         return torch.addmm(radial, spherical_hidden, self.spherical_out.weight.t())
@@ -180,9 +184,10 @@ class SO3kratesLayer(nn.Module):
         super().__init__()
         self.features = features
         self.feature_filter = FilterNetwork(radial_basis_size, len(degrees), features)
-        self.euclidean_filter = FilterNetwork(radial_basis_size, len(degrees), features)
         self.feature_attention = InvariantAttention(features, heads)
-        self.euclidean_attention = EuclideanAttention(features, degrees)
+        if degrees:  # the invariant model (no degrees) has no Euclidean filter and attention
+            self.euclidean_filter = FilterNetwork(radial_basis_size, len(degrees), features)
+            self.euclidean_attention = EuclideanAttention(features, degrees)
         self.exchange = ExchangeBlock(features, degrees)
         self.register_buffer("contraction", degree_contraction_matrix(degrees))
 
@@ -202,9 +207,23 @@ class SO3kratesLayer(nn.Module):
         per ordered pair; ``centres``, ``neighbours`` (E,)."""
         n_unordered = feature_radial.shape[0]
         n_atoms = features.shape[0]
+        invariant = self.feature_attention
+        if not hasattr(self, "euclidean_attention"):  # the invariant model: x_i += dx_i, then the exchange's linear
+            queries = functional.linear(features, invariant.query.weight * invariant.scale)
+            keys, values = functional.linear(features, torch.cat([invariant.key.weight, invariant.value.weight])).split(
+                self.features, dim=1)
+            feature_update = invariant(
+                queries.index_select(0, centres),
+                keys.index_select(0, neighbours),
+                values.index_select(0, neighbours),
+                self.feature_filter(feature_radial, euclidean.new_zeros(n_unordered, 0)),
+                cutoff_weights,
+                centres,
+                n_atoms,
+            )
+            return self.exchange(features + feature_update, euclidean)
         difference = euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
         ev_invariants = (difference * difference) @ self.contraction.to(difference.dtype)
-        invariant = self.feature_attention
         ev = self.euclidean_attention
         centre_weights = torch.cat([invariant.query.weight * invariant.scale, ev.query.weight * ev.scale])
         neighbour_weights = torch.cat([invariant.key.weight, ev.key.weight, invariant.value.weight])

@@ -120,11 +120,15 @@ class SO3krates(nn.Module):
         distances = torch.linalg.vector_norm(vectors, dim=1)
         unit_vectors = vectors / distances.unsqueeze(-1)
         cutoff_weights = self.cutoff_function(distances)
-        harmonics = self.spherical_harmonics(unit_vectors)
         radial = self.radial_hidden(self.radial_basis(distances))
         centres, neighbours = ordered_pairs(first, second)
         cutoff_weights = torch.cat([cutoff_weights, cutoff_weights])
-        harmonics = torch.cat([harmonics, harmonics * self.parity])
+        if self.m_tot > 0:
+            harmonics = self.spherical_harmonics(unit_vectors)
+            harmonics = torch.cat([harmonics, harmonics * self.parity])
+        else:  # the invariant model: no Euclidean variables
+            harmonics = unit_vectors.new_zeros(centres.shape[0], 0)
+        per_layer = len(radial) // self.n_layers
 
         features = self.embedding(species)
         euclidean = torch.zeros(positions.shape[0], self.m_tot, dtype=positions.dtype, device=positions.device)
@@ -132,8 +136,8 @@ class SO3krates(nn.Module):
             features, euclidean = layer(
                 features,
                 euclidean,
-                radial[2 * index],
-                radial[2 * index + 1],
+                radial[per_layer * index],
+                radial[per_layer * index + per_layer - 1],
                 cutoff_weights,
                 harmonics,
                 centres,
@@ -146,15 +150,16 @@ class SO3krates(nn.Module):
         as one matrix product and one activation.
 
         Returns 2T tensors (P, F): for each layer the feature filter's and the
-        Euclidean filter's hidden radial features.
+        Euclidean filter's hidden radial features (T for the invariant model: feature filters only).
         """
         weights: List[Tensor] = []
         biases: List[Tensor] = []
         for layer in self.layers:
             weights.append(layer.feature_filter.radial_in.weight)
-            weights.append(layer.euclidean_filter.radial_in.weight)
             biases.append(layer.feature_filter.radial_in.bias)
-            biases.append(layer.euclidean_filter.radial_in.bias)
+            if hasattr(layer, "euclidean_filter"):
+                weights.append(layer.euclidean_filter.radial_in.weight)
+                biases.append(layer.euclidean_filter.radial_in.bias)
         fused = functional.silu(functional.linear(radial_basis, torch.cat(weights, 0), torch.cat(biases, 0)))
         return list(torch.split(fused, self.features, dim=1))
 
