@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from so3krates_openmm.model.basis import SphericalHarmonics
+from so3krates_openmm.model.kernels import load as load_kernels
 from so3krates_openmm.model.so3krates import SO3krates
 
 KERNELS = ("fused", "torch")
@@ -79,17 +80,18 @@ class FastSO3krates(nn.Module):
 
     Args:
         model: the reference model (its dtype is the compute dtype).
-        kernels: ``"fused"`` (C++/OpenMP per-pair chain on the CPU) or ``"torch"``.
+        kernels: ``"fused"`` (C++/OpenMP per-pair chain on the CPU; builds the
+            operators on first use) or ``"torch"``.
     """
+
+    __constants__ = ["use_fused"]
 
     def __init__(self, model: SO3krates, kernels: str = "torch") -> None:
         super().__init__()
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; use one of {KERNELS}")
         if kernels == "fused":
-            from so3krates_openmm.model import kernels as fused_kernels
-
-            fused_kernels.load()
+            load_kernels()
         self.use_fused = kernels == "fused"
         config = model.config
         dtype = model.dtype
@@ -112,6 +114,7 @@ class FastSO3krates(nn.Module):
         constant("embedding", model.embedding.weight)
         constant("radial_centres", model.radial_basis.centres.to(dtype))
         constant("parity", model.parity.to(dtype))
+        constant("component_degree", torch.repeat_interleave(torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees])))
         exponents, coefficients, derivative = harmonic_polynomials(degrees)
         constant("monomial_exponents", exponents)
         constant("harmonic_coefficients", coefficients.to(dtype))
@@ -207,7 +210,9 @@ class FastSO3krates(nn.Module):
         decay = torch.exp(-distances)
         offsets = decay.unsqueeze(-1) - self.radial_centres
         radial_basis = torch.exp(-self.beta * offsets * offsets)
-        radial_pre = functional.linear(radial_basis, self.radial_in_weight, self.radial_in_bias)
+        # Hidden radial features of all 2T filters, transposed (2T F, P): each filter's block
+        # is contiguous, so the backward pass writes its gradient in place.
+        radial_pre = torch.addmm(self.radial_in_bias.unsqueeze(1), self.radial_in_weight, radial_basis.t())
         radial = functional.silu(radial_pre)
 
         # ----- forward through the layers, keeping what the backward pass needs -----
@@ -221,12 +226,12 @@ class FastSO3krates(nn.Module):
             spherical = functional.silu(spherical_pre)
             quarter = spherical.shape[1] // 2
             feature_filters = torch.addmm(
-                torch.addmm(self.filter_bias[t, 0], radial[:, 2 * t * features : (2 * t + 1) * features], self.feature_radial_out[t].t()),
+                torch.addmm(self.filter_bias[t, 0], radial[2 * t * features : (2 * t + 1) * features].t(), self.feature_radial_out[t].t()),
                 spherical[:, :quarter],
                 self.feature_spherical_out[t].t(),
             )
             euclidean_filters = torch.addmm(
-                torch.addmm(self.filter_bias[t, 1], radial[:, (2 * t + 1) * features : (2 * t + 2) * features], self.euclidean_radial_out[t].t()),
+                torch.addmm(self.filter_bias[t, 1], radial[(2 * t + 1) * features : (2 * t + 2) * features].t(), self.euclidean_radial_out[t].t()),
                 spherical[:, quarter:],
                 self.euclidean_spherical_out[t].t(),
             )
@@ -253,7 +258,7 @@ class FastSO3krates(nn.Module):
         hidden_gradient = torch.ops.aten.silu_backward(output_gradient.unsqueeze(1) * self.readout_output_weight, hidden_pre)
         x_gradient = hidden_gradient @ self.readout_hidden_weight
         chi_gradient = torch.zeros_like(chi)
-        radial_gradient = torch.zeros_like(radial_pre)
+        radial_gradient = torch.empty_like(radial_pre)
         cutoff_gradient = torch.zeros_like(cutoff_weights)
         harmonics_gradient = torch.zeros_like(harmonics)
         for t in range(self.n_layers - 1, -1, -1):
@@ -273,8 +278,10 @@ class FastSO3krates(nn.Module):
             harmonics_gradient = harmonics_gradient + layer_harmonics_gradient
             x_gradient = torch.addmm(x_gradient, projection_gradient, self.projection[t])
             # filter networks
-            radial_gradient[:, 2 * t * features : (2 * t + 1) * features] = filter_gradient @ self.feature_radial_out[t]
-            radial_gradient[:, (2 * t + 1) * features : (2 * t + 2) * features] = ev_filter_gradient @ self.euclidean_radial_out[t]
+            torch.mm(self.feature_radial_out[t].t(), filter_gradient.t(), out=radial_gradient[2 * t * features : (2 * t + 1) * features])
+            torch.mm(
+                self.euclidean_radial_out[t].t(), ev_filter_gradient.t(), out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features]
+            )
             spherical_gradient = torch.cat(
                 [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
             )
@@ -283,7 +290,7 @@ class FastSO3krates(nn.Module):
             chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
 
         # ----- geometry backward -----
-        basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre) @ self.radial_in_weight
+        basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight
         distance_gradient = (
             cutoff_gradient * cutoff_slopes
             + (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
@@ -312,6 +319,11 @@ class FastSO3krates(nn.Module):
         Scores ``[s_ij^h, s_ji^h, s~_ij^l, s~_ji^l]`` are the sums over a head of
         ``q w k`` before the cutoff weight.
         """
+        if self.use_fused and projections.device.type == "cpu":
+            return torch.ops.so3krates.pair_forward(
+                projections, feature_filters, euclidean_filters, cutoff_weights, harmonics,
+                self.parity, self.component_degree, first, second, self.heads, self.n_degrees,
+            )
         n_atoms = projections.shape[0]
         n_pairs = first.shape[0]
         features = self.features
@@ -351,6 +363,11 @@ class FastSO3krates(nn.Module):
         """Backward of :meth:`pair_forward`: from the gradients of ``dx`` (N, F) and ``dchi``
         (N, m_tot) to those of the projections (N, 5F), the two filters (P, F), the cutoff
         weights (P,) and the harmonics (P, m_tot)."""
+        if self.use_fused and projections.device.type == "cpu":
+            return torch.ops.so3krates.pair_backward(
+                update_gradient, ev_update_gradient, projections, feature_filters, euclidean_filters, cutoff_weights,
+                harmonics, self.parity, self.component_degree, scores, first, second, self.heads, self.n_degrees,
+            )
         n_pairs = first.shape[0]
         features = self.features
         heads = self.heads
