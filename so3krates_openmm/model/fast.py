@@ -99,6 +99,8 @@ class FastSO3krates(nn.Module):
         self.features = int(config.features)
         self.heads = int(config.heads)
         self.n_degrees = len(degrees)
+        self.head_width = self.features // self.heads
+        self.degree_width = self.features // self.n_degrees
         self.m_tot = int(config.m_tot)
         self.n_layers = int(config.layers)
         self.cutoff = float(config.cutoff)
@@ -120,6 +122,7 @@ class FastSO3krates(nn.Module):
         constant("harmonic_coefficients", coefficients.to(dtype))
         constant("harmonic_derivatives", derivative.to(dtype))
         self.max_degree = max(degrees)
+        self.n_monomials = int(exponents.shape[0])
         layers = list(model.layers)
         constant("radial_in_weight", torch.cat([w for l in layers for w in (l.feature_filter.radial_in.weight, l.euclidean_filter.radial_in.weight)]))
         constant("radial_in_bias", torch.cat([b for l in layers for b in (l.feature_filter.radial_in.bias, l.euclidean_filter.radial_in.bias)]))
@@ -175,132 +178,134 @@ class FastSO3krates(nn.Module):
         Inputs as for :meth:`SO3krates.energy_from_neighbours` (positions in Å,
         each unordered pair once). Forces are minus the gradient.
         """
-        dtype = self.embedding.dtype
-        positions = positions.to(dtype)
-        n_atoms = positions.shape[0]
-        n_pairs = first.shape[0]
-        features = self.features
-        species = self.species_index[atomic_numbers]
+        # The gradient is derived by hand: nothing is recorded for autograd.
+        with torch.no_grad():
+            dtype = self.embedding.dtype
+            positions = positions.to(dtype)
+            n_atoms = positions.shape[0]
+            n_pairs = first.shape[0]
+            features = self.features
+            species = self.species_index[atomic_numbers]
 
-        # ----- geometry (per unordered pair) -----
-        vectors = positions.index_select(0, second) - positions.index_select(0, first) + shifts.to(dtype)
-        distances = torch.linalg.vector_norm(vectors, dim=1)
-        unit_vectors = vectors / distances.unsqueeze(-1)
-        power_list = [torch.ones_like(unit_vectors), unit_vectors]
-        for _ in range(2, self.max_degree + 1):
-            power_list.append(power_list[-1] * unit_vectors)
-        powers = torch.stack(power_list, 2)  # (P, 3, max degree + 1)
-        monomials = (
-            powers[:, 0].index_select(1, self.monomial_exponents[:, 0])
-            * powers[:, 1].index_select(1, self.monomial_exponents[:, 1])
-            * powers[:, 2].index_select(1, self.monomial_exponents[:, 2])
-        )
-        harmonics = monomials @ self.harmonic_coefficients
-        scaled = distances * (math.pi / self.cutoff)
-        inside = distances < self.cutoff
-        if self.polynomial_cutoff:
-            x = distances / self.cutoff
-            x2 = x * x
-            cutoff_weights = torch.where(inside, 1.0 + x2 * x * (-10.0 + x * (15.0 - 6.0 * x)), torch.zeros_like(x))
-            one_minus = 1.0 - x
-            cutoff_slopes = torch.where(inside, (-30.0 / self.cutoff) * x2 * one_minus * one_minus, torch.zeros_like(x))
-        else:
-            cutoff_weights = torch.where(inside, 0.5 * (torch.cos(scaled) + 1.0), torch.zeros_like(scaled))
-            cutoff_slopes = torch.where(inside, (-0.5 * math.pi / self.cutoff) * torch.sin(scaled), torch.zeros_like(scaled))
-        decay = torch.exp(-distances)
-        offsets = decay.unsqueeze(-1) - self.radial_centres
-        radial_basis = torch.exp(-self.beta * offsets * offsets)
-        # Hidden radial features of all 2T filters, transposed (2T F, P): each filter's block
-        # is contiguous, so the backward pass writes its gradient in place.
-        radial_pre = torch.addmm(self.radial_in_bias.unsqueeze(1), self.radial_in_weight, radial_basis.t())
-        radial = functional.silu(radial_pre)
+            # ----- geometry (per unordered pair) -----
+            vectors = positions.index_select(0, second) - positions.index_select(0, first) + shifts.to(dtype)
+            distances = torch.linalg.vector_norm(vectors, dim=1)
+            unit_vectors = vectors / distances.unsqueeze(-1)
+            power_list = [torch.ones_like(unit_vectors), unit_vectors]
+            for _ in range(2, self.max_degree + 1):
+                power_list.append(power_list[-1] * unit_vectors)
+            powers = torch.stack(power_list, 2)  # (P, 3, max degree + 1)
+            monomials = (
+                powers[:, 0].index_select(1, self.monomial_exponents[:, 0])
+                * powers[:, 1].index_select(1, self.monomial_exponents[:, 1])
+                * powers[:, 2].index_select(1, self.monomial_exponents[:, 2])
+            )
+            harmonics = monomials @ self.harmonic_coefficients
+            scaled = distances * (math.pi / self.cutoff)
+            inside = distances < self.cutoff
+            if self.polynomial_cutoff:
+                x = distances / self.cutoff
+                x2 = x * x
+                cutoff_weights = torch.where(inside, 1.0 + x2 * x * (-10.0 + x * (15.0 - 6.0 * x)), torch.zeros_like(x))
+                one_minus = 1.0 - x
+                cutoff_slopes = torch.where(inside, (-30.0 / self.cutoff) * x2 * one_minus * one_minus, torch.zeros_like(x))
+            else:
+                cutoff_weights = torch.where(inside, 0.5 * (torch.cos(scaled) + 1.0), torch.zeros_like(scaled))
+                cutoff_slopes = torch.where(inside, (-0.5 * math.pi / self.cutoff) * torch.sin(scaled), torch.zeros_like(scaled))
+            decay = torch.exp(-distances)
+            offsets = decay.unsqueeze(-1) - self.radial_centres
+            radial_basis = torch.exp(-self.beta * offsets * offsets)
+            # Hidden radial features of all 2T filters, transposed (2T F, P): each filter's block
+            # is contiguous, so the backward pass writes its gradient in place.
+            radial_pre = torch.addmm(self.radial_in_bias.unsqueeze(1), self.radial_in_weight, radial_basis.t())
+            radial = functional.silu(radial_pre)
 
-        # ----- forward through the layers, keeping what the backward pass needs -----
-        x = self.embedding.index_select(0, species)
-        chi = torch.zeros(n_atoms, self.m_tot, dtype=dtype, device=positions.device)
-        saved: List[List[Tensor]] = []
-        for t in range(self.n_layers):
-            difference = chi.index_select(0, second) - chi.index_select(0, first)
-            ev_invariants = (difference * difference) @ self.pair_contraction[t]
-            spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
-            spherical = functional.silu(spherical_pre)
-            quarter = spherical.shape[1] // 2
-            feature_filters = torch.addmm(
-                torch.addmm(self.filter_bias[t, 0], radial[2 * t * features : (2 * t + 1) * features].t(), self.feature_radial_out[t].t()),
-                spherical[:, :quarter],
-                self.feature_spherical_out[t].t(),
-            )
-            euclidean_filters = torch.addmm(
-                torch.addmm(self.filter_bias[t, 1], radial[(2 * t + 1) * features : (2 * t + 2) * features].t(), self.euclidean_radial_out[t].t()),
-                spherical[:, quarter:],
-                self.euclidean_spherical_out[t].t(),
-            )
-            projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
-            update, ev_update, scores = self.pair_forward(
-                projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, first, second
-            )
-            x1 = x + update
-            chi1 = chi + ev_update
-            invariants = (chi1 * chi1) @ self.exchange_contraction[t]
-            mixed = torch.addmm(self.exchange_bias[t], torch.cat([x1, invariants], 1), self.exchange_weight[t].t())
-            degree_scales = mixed[:, features:] @ self.expansion[t]
-            saved.append([difference, spherical_pre, feature_filters, euclidean_filters, projections, scores, chi1, degree_scales])
-            x = x1 + mixed[:, :features]
-            chi = chi1 + degree_scales * chi1
+            # ----- forward through the layers, keeping what the backward pass needs -----
+            x = self.embedding.index_select(0, species)
+            chi = torch.zeros(n_atoms, self.m_tot, dtype=dtype, device=positions.device)
+            saved: List[List[Tensor]] = []
+            for t in range(self.n_layers):
+                difference = chi.index_select(0, second) - chi.index_select(0, first)
+                ev_invariants = (difference * difference) @ self.pair_contraction[t]
+                spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
+                spherical = functional.silu(spherical_pre)
+                quarter = spherical.shape[1] // 2
+                feature_filters = torch.addmm(
+                    torch.addmm(self.filter_bias[t, 0], radial[2 * t * features : (2 * t + 1) * features].t(), self.feature_radial_out[t].t()),
+                    spherical[:, :quarter],
+                    self.feature_spherical_out[t].t(),
+                )
+                euclidean_filters = torch.addmm(
+                    torch.addmm(self.filter_bias[t, 1], radial[(2 * t + 1) * features : (2 * t + 2) * features].t(), self.euclidean_radial_out[t].t()),
+                    spherical[:, quarter:],
+                    self.euclidean_spherical_out[t].t(),
+                )
+                projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
+                update, ev_update, scores = self.pair_forward(
+                    projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, first, second
+                )
+                x1 = x + update
+                chi1 = chi + ev_update
+                invariants = (chi1 * chi1) @ self.exchange_contraction[t]
+                mixed = torch.addmm(self.exchange_bias[t], torch.cat([x1, invariants], 1), self.exchange_weight[t].t())
+                degree_scales = mixed[:, features:] @ self.expansion[t]
+                saved.append([difference, spherical_pre, feature_filters, euclidean_filters, projections, scores, chi1, degree_scales])
+                x = x1 + mixed[:, :features]
+                chi = chi1 + degree_scales * chi1
 
-        hidden_pre = functional.linear(x, self.readout_hidden_weight, self.readout_hidden_bias)
-        outputs = functional.silu(hidden_pre) @ self.readout_output_weight + self.readout_output_bias
-        atomic_energies = outputs.double() * self.energy_scales[species] + self.energy_shifts[species]
-        energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device).index_add_(0, batch, atomic_energies)
+            hidden_pre = functional.linear(x, self.readout_hidden_weight, self.readout_hidden_bias)
+            outputs = functional.silu(hidden_pre) @ self.readout_output_weight + self.readout_output_bias
+            atomic_energies = outputs.double() * self.energy_scales[species] + self.energy_shifts[species]
+            energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device).index_add_(0, batch, atomic_energies)
 
-        # ----- backward: gradient of the sum of the energies -----
-        output_gradient = self.energy_scales[species].to(dtype)
-        hidden_gradient = torch.ops.aten.silu_backward(output_gradient.unsqueeze(1) * self.readout_output_weight, hidden_pre)
-        x_gradient = hidden_gradient @ self.readout_hidden_weight
-        chi_gradient = torch.zeros_like(chi)
-        radial_gradient = torch.empty_like(radial_pre)
-        cutoff_gradient = torch.zeros_like(cutoff_weights)
-        harmonics_gradient = torch.zeros_like(harmonics)
-        for t in range(self.n_layers - 1, -1, -1):
-            difference, spherical_pre, feature_filters, euclidean_filters, projections, scores, chi1, degree_scales = saved[t]
-            # exchange block
-            mixed_gradient = torch.cat([x_gradient, ((chi_gradient * chi1) @ self.expansion[t].t())], 1)
-            input_gradient = mixed_gradient @ self.exchange_weight[t]
-            x_gradient = x_gradient + input_gradient[:, :features]
-            chi_gradient = chi_gradient * (1.0 + degree_scales) + 2.0 * chi1 * (
-                input_gradient[:, features:] @ self.exchange_contraction[t].t()
-            )
-            # attention blocks (per-pair chain)
-            projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient, layer_harmonics_gradient = self.pair_backward(
-                x_gradient, chi_gradient, projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, scores, first, second
-            )
-            cutoff_gradient = cutoff_gradient + layer_cutoff_gradient
-            harmonics_gradient = harmonics_gradient + layer_harmonics_gradient
-            x_gradient = torch.addmm(x_gradient, projection_gradient, self.projection[t])
-            # filter networks
-            torch.mm(self.feature_radial_out[t].t(), filter_gradient.t(), out=radial_gradient[2 * t * features : (2 * t + 1) * features])
-            torch.mm(
-                self.euclidean_radial_out[t].t(), ev_filter_gradient.t(), out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features]
-            )
-            spherical_gradient = torch.cat(
-                [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
-            )
-            invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
-            difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
-            chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
+            # ----- backward: gradient of the sum of the energies -----
+            output_gradient = self.energy_scales[species].to(dtype)
+            hidden_gradient = torch.ops.aten.silu_backward(output_gradient.unsqueeze(1) * self.readout_output_weight, hidden_pre)
+            x_gradient = hidden_gradient @ self.readout_hidden_weight
+            chi_gradient = torch.zeros_like(chi)
+            radial_gradient = torch.empty_like(radial_pre)
+            cutoff_gradient = torch.zeros_like(cutoff_weights)
+            harmonics_gradient = torch.zeros_like(harmonics)
+            for t in range(self.n_layers - 1, -1, -1):
+                difference, spherical_pre, feature_filters, euclidean_filters, projections, scores, chi1, degree_scales = saved[t]
+                # exchange block
+                mixed_gradient = torch.cat([x_gradient, ((chi_gradient * chi1) @ self.expansion[t].t())], 1)
+                input_gradient = mixed_gradient @ self.exchange_weight[t]
+                x_gradient = x_gradient + input_gradient[:, :features]
+                chi_gradient = chi_gradient * (1.0 + degree_scales) + 2.0 * chi1 * (
+                    input_gradient[:, features:] @ self.exchange_contraction[t].t()
+                )
+                # attention blocks (per-pair chain)
+                projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient, layer_harmonics_gradient = self.pair_backward(
+                    x_gradient, chi_gradient, projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, scores, first, second
+                )
+                cutoff_gradient = cutoff_gradient + layer_cutoff_gradient
+                harmonics_gradient = harmonics_gradient + layer_harmonics_gradient
+                x_gradient = torch.addmm(x_gradient, projection_gradient, self.projection[t])
+                # filter networks
+                torch.mm(self.feature_radial_out[t].t(), filter_gradient.t(), out=radial_gradient[2 * t * features : (2 * t + 1) * features])
+                torch.mm(
+                    self.euclidean_radial_out[t].t(), ev_filter_gradient.t(), out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features]
+                )
+                spherical_gradient = torch.cat(
+                    [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
+                )
+                invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
+                difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
+                chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
 
-        # ----- geometry backward -----
-        basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight
-        distance_gradient = (
-            cutoff_gradient * cutoff_slopes
-            + (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
-        )
-        derivative_terms = harmonics_gradient @ self.harmonic_derivatives  # (P, 3 M)
-        unit_gradient = (derivative_terms.view(n_pairs, 3, -1) * monomials.unsqueeze(1)).sum(-1)
-        radial_part = (unit_gradient * unit_vectors).sum(1, keepdim=True)
-        vector_gradient = (unit_gradient - radial_part * unit_vectors) / distances.unsqueeze(-1) + distance_gradient.unsqueeze(-1) * unit_vectors
-        gradient = torch.zeros_like(positions).index_add_(0, second, vector_gradient).index_add_(0, first, -vector_gradient)
-        return energies, gradient
+            # ----- geometry backward -----
+            basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight
+            distance_gradient = (
+                cutoff_gradient * cutoff_slopes
+                + (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
+            )
+            derivative_terms = harmonics_gradient @ self.harmonic_derivatives  # (P, 3 M)
+            unit_gradient = (derivative_terms.view(n_pairs, 3, self.n_monomials) * monomials.unsqueeze(1)).sum(-1)
+            radial_part = (unit_gradient * unit_vectors).sum(1, keepdim=True)
+            vector_gradient = (unit_gradient - radial_part * unit_vectors) / distances.unsqueeze(-1) + distance_gradient.unsqueeze(-1) * unit_vectors
+            gradient = torch.zeros_like(positions).index_add_(0, second, vector_gradient).index_add_(0, first, -vector_gradient)
+            return energies, gradient
 
     def pair_forward(
         self,
@@ -331,13 +336,13 @@ class FastSO3krates(nn.Module):
         n_degrees = self.n_degrees
         queries_i, ev_queries_i, keys_i, ev_keys_i, values_i = projections.index_select(0, first).split(features, 1)
         queries_j, ev_queries_j, keys_j, ev_keys_j, values_j = projections.index_select(0, second).split(features, 1)
-        scores_ij = (queries_i * feature_filters * keys_j).view(n_pairs, heads, -1).sum(-1)
-        scores_ji = (queries_j * feature_filters * keys_i).view(n_pairs, heads, -1).sum(-1)
-        ev_scores_ij = (ev_queries_i * euclidean_filters * ev_keys_j).view(n_pairs, n_degrees, -1).sum(-1)
-        ev_scores_ji = (ev_queries_j * euclidean_filters * ev_keys_i).view(n_pairs, n_degrees, -1).sum(-1)
+        scores_ij = (queries_i * feature_filters * keys_j).view(n_pairs, heads, self.head_width).sum(-1)
+        scores_ji = (queries_j * feature_filters * keys_i).view(n_pairs, heads, self.head_width).sum(-1)
+        ev_scores_ij = (ev_queries_i * euclidean_filters * ev_keys_j).view(n_pairs, n_degrees, self.degree_width).sum(-1)
+        ev_scores_ji = (ev_queries_j * euclidean_filters * ev_keys_i).view(n_pairs, n_degrees, self.degree_width).sum(-1)
         weights = cutoff_weights.unsqueeze(-1)
-        messages_i = ((scores_ij * weights).unsqueeze(-1) * values_j.view(n_pairs, heads, -1)).view(n_pairs, features)
-        messages_j = ((scores_ji * weights).unsqueeze(-1) * values_i.view(n_pairs, heads, -1)).view(n_pairs, features)
+        messages_i = ((scores_ij * weights).unsqueeze(-1) * values_j.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        messages_j = ((scores_ji * weights).unsqueeze(-1) * values_i.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
         update = torch.zeros(n_atoms, features, dtype=projections.dtype, device=projections.device)
         update = update.index_add_(0, first, messages_i).index_add_(0, second, messages_j)
         expansion = self.expansion[0]
@@ -381,18 +386,18 @@ class FastSO3krates(nn.Module):
         # invariant block: messages_i = phi s_ij v_j (to i), messages_j = phi s_ji v_i (to j)
         weighted_ij = (scores_ij * weights).unsqueeze(-1)
         weighted_ji = (scores_ji * weights).unsqueeze(-1)
-        values_j_gradient = (weighted_ij * gradient_i.view(n_pairs, heads, -1)).view(n_pairs, features)
-        values_i_gradient = (weighted_ji * gradient_j.view(n_pairs, heads, -1)).view(n_pairs, features)
-        weighted_score_ij = (gradient_i * values_j).view(n_pairs, heads, -1).sum(-1)  # d/d(phi s_ij)
-        weighted_score_ji = (gradient_j * values_i).view(n_pairs, heads, -1).sum(-1)
+        values_j_gradient = (weighted_ij * gradient_i.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        values_i_gradient = (weighted_ji * gradient_j.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        weighted_score_ij = (gradient_i * values_j).view(n_pairs, heads, self.head_width).sum(-1)  # d/d(phi s_ij)
+        weighted_score_ji = (gradient_j * values_i).view(n_pairs, heads, self.head_width).sum(-1)
         cutoff_gradient = (weighted_score_ij * scores_ij + weighted_score_ji * scores_ji).sum(1)
         score_ij = (weighted_score_ij * weights).unsqueeze(-1)
         score_ji = (weighted_score_ji * weights).unsqueeze(-1)
         qk_ij = queries_i * keys_j
         qk_ji = queries_j * keys_i
-        filter_gradient = (score_ij * qk_ij.view(n_pairs, heads, -1) + score_ji * qk_ji.view(n_pairs, heads, -1)).view(n_pairs, features)
-        wf_ij = (score_ij * feature_filters.view(n_pairs, heads, -1)).view(n_pairs, features)
-        wf_ji = (score_ji * feature_filters.view(n_pairs, heads, -1)).view(n_pairs, features)
+        filter_gradient = (score_ij * qk_ij.view(n_pairs, heads, self.head_width) + score_ji * qk_ji.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        wf_ij = (score_ij * feature_filters.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        wf_ji = (score_ji * feature_filters.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
         # Euclidean block: ev_messages_i = phi (s~_ij E) Y, ev_messages_j = phi (s~_ji E) (parity Y)
         expansion = self.expansion[0]
         ev_gradient_i = ev_update_gradient.index_select(0, first)
@@ -409,10 +414,10 @@ class FastSO3krates(nn.Module):
         ev_qk_ij = ev_queries_i * ev_keys_j
         ev_qk_ji = ev_queries_j * ev_keys_i
         ev_filter_gradient = (
-            ev_score_ij * ev_qk_ij.view(n_pairs, n_degrees, -1) + ev_score_ji * ev_qk_ji.view(n_pairs, n_degrees, -1)
+            ev_score_ij * ev_qk_ij.view(n_pairs, n_degrees, self.degree_width) + ev_score_ji * ev_qk_ji.view(n_pairs, n_degrees, self.degree_width)
         ).view(n_pairs, features)
-        ew_ij = (ev_score_ij * euclidean_filters.view(n_pairs, n_degrees, -1)).view(n_pairs, features)
-        ew_ji = (ev_score_ji * euclidean_filters.view(n_pairs, n_degrees, -1)).view(n_pairs, features)
+        ew_ij = (ev_score_ij * euclidean_filters.view(n_pairs, n_degrees, self.degree_width)).view(n_pairs, features)
+        ew_ji = (ev_score_ji * euclidean_filters.view(n_pairs, n_degrees, self.degree_width)).view(n_pairs, features)
         # gradients of the projections at the first (i) and second (j) atom of each pair
         at_first_gradient = torch.cat(
             [wf_ij * keys_j, ew_ij * ev_keys_j, wf_ji * queries_j, ew_ji * ev_queries_j, values_i_gradient], 1
