@@ -101,6 +101,7 @@ class FastSO3krates(nn.Module):
         self.n_degrees = len(degrees)
         self.head_width = self.features // self.heads
         self.degree_width = self.features // self.n_degrees
+        self.spherical_width = self.features // 4
         self.m_tot = int(config.m_tot)
         self.n_layers = int(config.layers)
         self.cutoff = float(config.cutoff)
@@ -229,17 +230,12 @@ class FastSO3krates(nn.Module):
                 ev_invariants = (difference * difference) @ self.pair_contraction[t]
                 spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
                 spherical = functional.silu(spherical_pre)
-                quarter = spherical.shape[1] // 2
                 feature_filters = torch.addmm(
-                    torch.addmm(self.filter_bias[t, 0], radial[2 * t * features : (2 * t + 1) * features].t(), self.feature_radial_out[t].t()),
-                    spherical[:, :quarter],
-                    self.feature_spherical_out[t].t(),
-                )
+                    self.filter_bias[t, 0], radial[2 * t * features : (2 * t + 1) * features].t(), self.feature_radial_out[t].t()
+                ).addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
                 euclidean_filters = torch.addmm(
-                    torch.addmm(self.filter_bias[t, 1], radial[(2 * t + 1) * features : (2 * t + 2) * features].t(), self.euclidean_radial_out[t].t()),
-                    spherical[:, quarter:],
-                    self.euclidean_spherical_out[t].t(),
-                )
+                    self.filter_bias[t, 1], radial[(2 * t + 1) * features : (2 * t + 2) * features].t(), self.euclidean_radial_out[t].t()
+                ).addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
                 projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
                 update, ev_update, scores = self.pair_forward(
                     projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, first, second
