@@ -226,16 +226,29 @@ class FastSO3krates(nn.Module):
             chi = torch.zeros(n_atoms, self.m_tot, dtype=dtype, device=positions.device)
             saved: List[List[Tensor]] = []
             for t in range(self.n_layers):
-                difference = chi.index_select(0, second) - chi.index_select(0, first)
-                ev_invariants = (difference * difference) @ self.pair_contraction[t]
-                spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
-                spherical = functional.silu(spherical_pre)
-                feature_filters = torch.addmm(
-                    self.filter_bias[t, 0], radial[2 * t * features : (2 * t + 1) * features].t(), self.feature_radial_out[t].t()
-                ).addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
-                euclidean_filters = torch.addmm(
-                    self.filter_bias[t, 1], radial[(2 * t + 1) * features : (2 * t + 2) * features].t(), self.euclidean_radial_out[t].t()
-                ).addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
+                feature_radial = radial[2 * t * features : (2 * t + 1) * features].t()
+                euclidean_radial = radial[(2 * t + 1) * features : (2 * t + 2) * features].t()
+                if t == 0:
+                    # chi = 0: every delta_ij is 0, the spherical filter part is one constant vector
+                    # (and its gradient with respect to chi vanishes)
+                    difference = chi
+                    spherical_pre = chi
+                    spherical = functional.silu(self.spherical_in_bias[0])
+                    feature_bias = self.filter_bias[0, 0] + self.feature_spherical_out[0] @ spherical[: self.spherical_width]
+                    euclidean_bias = self.filter_bias[0, 1] + self.euclidean_spherical_out[0] @ spherical[self.spherical_width :]
+                    feature_filters = torch.addmm(feature_bias, feature_radial, self.feature_radial_out[0].t())
+                    euclidean_filters = torch.addmm(euclidean_bias, euclidean_radial, self.euclidean_radial_out[0].t())
+                else:
+                    difference = chi.index_select(0, second) - chi.index_select(0, first)
+                    ev_invariants = (difference * difference) @ self.pair_contraction[t]
+                    spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
+                    spherical = functional.silu(spherical_pre)
+                    feature_filters = torch.addmm(self.filter_bias[t, 0], feature_radial, self.feature_radial_out[t].t()).addmm_(
+                        spherical[:, : self.spherical_width], self.feature_spherical_out[t].t()
+                    )
+                    euclidean_filters = torch.addmm(self.filter_bias[t, 1], euclidean_radial, self.euclidean_radial_out[t].t()).addmm_(
+                        spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t()
+                    )
                 projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
                 update, ev_update, scores = self.pair_forward(
                     projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, first, second
@@ -283,12 +296,13 @@ class FastSO3krates(nn.Module):
                 torch.mm(
                     self.euclidean_radial_out[t].t(), ev_filter_gradient.t(), out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features]
                 )
-                spherical_gradient = torch.cat(
-                    [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
-                )
-                invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
-                difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
-                chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
+                if t > 0:
+                    spherical_gradient = torch.cat(
+                        [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
+                    )
+                    invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
+                    difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
+                    chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
 
             # ----- geometry backward -----
             basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight

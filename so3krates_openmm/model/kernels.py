@@ -3,7 +3,7 @@
 The sources (``csrc/*.cpp``, shipped with the package) register the
 TorchScript operators ``torch.ops.so3krates.pair_forward`` and
 ``torch.ops.so3krates.pair_backward`` (CPU, float32 and float64). They are
-compiled once per source version and torch version with
+compiled once per source version, torch version and CPU type with
 ``torch.utils.cpp_extension`` (needs a C++ compiler; ``g++`` and ``ninja``)
 into ``$SO3KRATES_KERNELS_DIR`` (default ``~/.cache/so3krates_openmm/kernels``),
 and later imports only load the library.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -25,8 +26,8 @@ import torch
 
 SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.cpp"))
 LIBRARY_NAME = "so3krates_kernels"
-#: compiler flags; no -march=native so that a cached build runs on any x86-64 machine of a cluster
-CFLAGS = ["-O3", "-fopenmp", "-std=c++17"]
+#: compiler flags; -march=native: the cache key includes the CPU's model and flags (one build per CPU type)
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 
 class KernelsUnavailable(RuntimeError):
@@ -39,8 +40,19 @@ def cache_directory() -> Path:
     for source in SOURCES:
         digest.update(source.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
+    digest.update(_cpu_description().encode())
     root = Path(os.environ.get("SO3KRATES_KERNELS_DIR", Path.home() / ".cache" / "so3krates_openmm" / "kernels"))
     return root / f"torch{torch.__version__}-{digest.hexdigest()[:16]}"
+
+
+def _cpu_description() -> str:
+    """The CPU model and instruction-set flags (Linux ``/proc/cpuinfo``), else the platform's name."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    return "\n".join(wanted) or platform.machine()
 
 
 def library_path() -> Path:
@@ -86,7 +98,7 @@ def _build(directory: Path) -> None:
             "(e.g. apt-get install g++), or export with --kernels reference"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"so3krates_openmm: compiling the fused kernels into {directory} (once)", file=sys.stderr)
+    print(f"so3krates_openmm: compiling the fused kernels into {directory} (once per CPU type)", file=sys.stderr)
     try:
         cpp_extension.load(
             name=LIBRARY_NAME,
