@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["so3krates_openmm", "so3krates_openmm.*"]),
     include_package_data=True,
-    package_data={"so3krates_openmm": ["pretrained/*/*", "md/protocols/*.yaml"]},
+    # model/csrc: C++ sources of the fused kernels, compiled on first use (so3krates_openmm.model.kernels)
+    package_data={"so3krates_openmm": ["pretrained/*/*", "md/protocols/*.yaml", "model/csrc/*.cpp"]},
     install_requires=[
         # openmm-torch's C++ plugin is tied to the torch minor version (C++ ABI):
         # these three pins move together (see ../shared/design/openmm-ecosystem.md).

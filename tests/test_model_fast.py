@@ -248,3 +248,10 @@ def test_fused_export_runs_in_openmm_torchforce(tmp_path, random_model):
     (reference_energy, reference_forces), (energy, forces) = results
     assert abs(energy - reference_energy) < FLOAT32_ENERGY_RTOL * abs(reference_energy)
     assert np.abs(forces - reference_forces).max() < FLOAT32_FORCES_RTOL * np.abs(reference_forces).max()
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SO3KRATES_KERNELS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(kernels.KernelsUnavailable, match="need a C\\+\\+ compiler.*--kernels reference"):
+        kernels._build(kernels.cache_directory())

@@ -8,10 +8,12 @@ compiled once per source version, torch version and CPU type with
 into ``$SO3KRATES_KERNELS_DIR`` (default ``~/.cache/so3krates_openmm/kernels``),
 and later imports only load the library.
 
-``import so3krates_openmm`` calls :func:`load` with ``build=False``: it loads
-the operators when they are built already, so that a model exported with
-``--kernels fused`` runs in plain OpenMM after that one import. Exporting or
-building a fused model builds them when needed (:func:`load`).
+``import so3krates_openmm.model`` calls :func:`load` with ``build=False``: it
+loads the operators when they are built already, so that a model exported
+with ``--kernels fused`` runs in plain OpenMM after that one import. Exporting
+or building a fused model builds them when needed (:func:`load`); ``make venv``
+builds them once. Without a compiler the ``reference`` and ``analytic`` kinds
+still work.
 """
 
 from __future__ import annotations
