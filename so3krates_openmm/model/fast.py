@@ -14,7 +14,8 @@ PyTorch operations (``kernels="torch"``, device-agnostic) or in the C++/OpenMP
 operators of :mod:`so3krates_openmm.model.kernels` (``kernels="fused"``, CPU;
 tensors on other devices take the PyTorch route), which never materialise
 pair x F intermediates. The big products (radial filter layers, projections)
-are ``torch.mm``/``addmm`` in both.
+are ``torch.mm``/``addmm_`` in both (``addmm`` with a bias is avoided: TorchScript
+splits it into a product and an out-of-place sum).
 
 Conventions as in the reference: P unordered pairs (i = first, j = second),
 ``r_ij = R_j - R_i + shift`` in Å; the harmonics of the reversed pair follow
@@ -125,8 +126,12 @@ class FastSO3krates(nn.Module):
         self.max_degree = max(degrees)
         self.n_monomials = int(exponents.shape[0])
         layers = list(model.layers)
-        constant("radial_in_weight", torch.cat([w for l in layers for w in (l.feature_filter.radial_in.weight, l.euclidean_filter.radial_in.weight)]))
-        constant("radial_in_bias", torch.cat([b for l in layers for b in (l.feature_filter.radial_in.bias, l.euclidean_filter.radial_in.bias)]))
+        # First radial layer of all 2T filters, (2T F, K + 1): the bias is the last column (times a basis "function" 1).
+        constant("radial_in_weight", torch.cat([
+            torch.cat([f.radial_in.weight, f.radial_in.bias.unsqueeze(1)], 1)
+            for layer in layers for f in (layer.feature_filter, layer.euclidean_filter)
+        ]))
+        self.radial_basis_size = int(config.radial_basis_size)
         stacks: dict = {name: [] for name in (
             "projection", "feature_radial_out", "euclidean_radial_out", "filter_bias", "spherical_in_weight",
             "spherical_in_bias", "feature_spherical_out", "euclidean_spherical_out", "pair_contraction",
@@ -218,7 +223,7 @@ class FastSO3krates(nn.Module):
             radial_basis = torch.exp(-self.beta * offsets * offsets)
             # Hidden radial features of all 2T filters, transposed (2T F, P): each filter's block
             # is contiguous, so the backward pass writes its gradient in place.
-            radial_pre = torch.addmm(self.radial_in_bias.unsqueeze(1), self.radial_in_weight, radial_basis.t())
+            radial_pre = self.radial_in_weight @ torch.cat([radial_basis, torch.ones_like(distances).unsqueeze(1)], 1).t()
             radial = functional.silu(radial_pre)
 
             # ----- forward through the layers, keeping what the backward pass needs -----
@@ -236,17 +241,17 @@ class FastSO3krates(nn.Module):
                     spherical = functional.silu(self.spherical_in_bias[0])
                     feature_bias = self.filter_bias[0, 0] + self.feature_spherical_out[0] @ spherical[: self.spherical_width]
                     euclidean_bias = self.filter_bias[0, 1] + self.euclidean_spherical_out[0] @ spherical[self.spherical_width :]
-                    feature_filters = torch.addmm(feature_bias, feature_radial, self.feature_radial_out[0].t())
-                    euclidean_filters = torch.addmm(euclidean_bias, euclidean_radial, self.euclidean_radial_out[0].t())
+                    feature_filters = torch.mm(feature_radial, self.feature_radial_out[0].t()).add_(feature_bias)
+                    euclidean_filters = torch.mm(euclidean_radial, self.euclidean_radial_out[0].t()).add_(euclidean_bias)
                 else:
                     difference = chi.index_select(0, second) - chi.index_select(0, first)
                     ev_invariants = (difference * difference) @ self.pair_contraction[t]
                     spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
                     spherical = functional.silu(spherical_pre)
-                    feature_filters = torch.addmm(self.filter_bias[t, 0], feature_radial, self.feature_radial_out[t].t()).addmm_(
+                    feature_filters = torch.mm(feature_radial, self.feature_radial_out[t].t()).add_(self.filter_bias[t, 0]).addmm_(
                         spherical[:, : self.spherical_width], self.feature_spherical_out[t].t()
                     )
-                    euclidean_filters = torch.addmm(self.filter_bias[t, 1], euclidean_radial, self.euclidean_radial_out[t].t()).addmm_(
+                    euclidean_filters = torch.mm(euclidean_radial, self.euclidean_radial_out[t].t()).add_(self.filter_bias[t, 1]).addmm_(
                         spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t()
                     )
                 projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
@@ -305,7 +310,7 @@ class FastSO3krates(nn.Module):
                     chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
 
             # ----- geometry backward -----
-            basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight
+            basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight[:, : self.radial_basis_size]
             distance_gradient = (
                 cutoff_gradient * cutoff_slopes
                 + (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
