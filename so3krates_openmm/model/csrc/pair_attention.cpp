@@ -64,16 +64,17 @@ void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, con
         std::vector<T> eij(D), eji(D);
         for (int64_t p = begin; p < end; ++p) {
             const int64_t i = first[p], j = second[p];
-            const T* ai = proj + i * stride;
-            const T* aj = proj + j * stride;
-            const T* w = ff + p * F;
-            const T* we = ef + p * F;
+            const T* __restrict__ ai = proj + i * stride;
+            const T* __restrict__ aj = proj + j * stride;
+            const T* __restrict__ w = ff + p * F;
+            const T* __restrict__ we = ef + p * F;
             const T phi = cut[p];
-            T* out = scores + p * score_width;
-            T* ui = update + i * F;
-            T* uj = update + j * F;
+            T* __restrict__ out = scores + p * score_width;
+            T* __restrict__ ui = update + i * F;
+            T* __restrict__ uj = update + j * F;
             for (int64_t h = 0; h < H; ++h) {
                 T sij = 0, sji = 0;
+#pragma omp simd reduction(+ : sij, sji)
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
                     sij += ai[f] * w[f] * aj[2 * F + f];
                     sji += aj[f] * w[f] * ai[2 * F + f];
@@ -81,6 +82,7 @@ void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, con
                 out[h] = sij;
                 out[H + h] = sji;
                 const T cij = phi * sij, cji = phi * sji;
+#pragma omp simd
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
                     ui[f] += cij * aj[4 * F + f];
                     uj[f] += cji * ai[4 * F + f];
@@ -88,6 +90,7 @@ void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, con
             }
             for (int64_t l = 0; l < D; ++l) {
                 T sij = 0, sji = 0;
+#pragma omp simd reduction(+ : sij, sji)
                 for (int64_t f = l * dw; f < (l + 1) * dw; ++f) {
                     sij += ai[F + f] * we[f] * aj[3 * F + f];
                     sji += aj[F + f] * we[f] * ai[3 * F + f];
@@ -148,29 +151,31 @@ void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, co
         std::vector<T> gij(D), gji(D), eij(D), eji(D);
         for (int64_t p = begin; p < end; ++p) {
             const int64_t i = first[p], j = second[p];
-            const T* ai = proj + i * stride;
-            const T* aj = proj + j * stride;
-            const T* w = ff + p * F;
-            const T* we = ef + p * F;
+            const T* __restrict__ ai = proj + i * stride;
+            const T* __restrict__ aj = proj + j * stride;
+            const T* __restrict__ w = ff + p * F;
+            const T* __restrict__ we = ef + p * F;
             const T phi = cut[p];
-            const T* sc = scores + p * score_width;
-            const T* gi = gu + i * F;
-            const T* gj = gu + j * F;
-            T* bi = grad + i * stride;
-            T* bj = grad + j * stride;
-            T* gw = ff_grad + p * F;
-            T* gwe = ef_grad + p * F;
+            const T* __restrict__ sc = scores + p * score_width;
+            const T* __restrict__ gi = gu + i * F;
+            const T* __restrict__ gj = gu + j * F;
+            T* __restrict__ bi = grad + i * stride;
+            T* __restrict__ bj = grad + j * stride;
+            T* __restrict__ gw = ff_grad + p * F;
+            T* __restrict__ gwe = ef_grad + p * F;
             T phi_grad = 0;
             // invariant block: update_i += phi s_ij v_j, update_j += phi s_ji v_i
             for (int64_t h = 0; h < H; ++h) {
                 const T sij = sc[h], sji = sc[H + h];
                 T dij = 0, dji = 0;  // gradients of phi s_ij and phi s_ji
+#pragma omp simd reduction(+ : dij, dji)
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
                     dij += gi[f] * aj[4 * F + f];
                     dji += gj[f] * ai[4 * F + f];
                 }
                 phi_grad += dij * sij + dji * sji;
                 const T vij = phi * sij, vji = phi * sji, cij = phi * dij, cji = phi * dji;
+#pragma omp simd
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
                     const T qi = ai[f], ki = ai[2 * F + f], qj = aj[f], kj = aj[2 * F + f], wf = w[f];
                     gw[f] = cij * qi * kj + cji * qj * ki;
@@ -203,6 +208,7 @@ void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, co
             for (int64_t l = 0; l < D; ++l) {
                 phi_grad += gij[l] * sc[2 * H + l] + gji[l] * sc[2 * H + D + l];
                 const T cij = phi * gij[l], cji = phi * gji[l];
+#pragma omp simd
                 for (int64_t f = l * dw; f < (l + 1) * dw; ++f) {
                     const T qi = ai[F + f], ki = ai[3 * F + f], qj = aj[F + f], kj = aj[3 * F + f], wf = we[f];
                     gwe[f] = cij * qi * kj + cji * qj * ki;
