@@ -15,6 +15,8 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# the fused C++ kernels of the fast path, compiled once into ~/.cache (needs g++; optional)
+	$(PY) -c "from so3krates_openmm.model import kernels; kernels.load()" || echo "fused kernels not built: --kernels fused unavailable"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -21,6 +21,8 @@ setup(
             "pretrained/*/structure.pdb",
             "pretrained/*/structure.xyz",
             "pretrained/*/*.md",
+            # C++ sources of the fused kernels, compiled on first use (so3krates_openmm.model.kernels)
+            "model/csrc/*.cpp",
         ]
     },
     install_requires=[

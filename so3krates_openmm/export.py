@@ -10,6 +10,20 @@ Model metadata (elements, atomic numbers, atom indices, cutoff, units, dtype,
 periodicity, hash of the source checkpoint) is stored in the ``.pt`` as the
 extra file ``so3krates_metadata.json``; :func:`read_export_metadata` reads it.
 
+Three kinds of module (``kernels``, recorded in the metadata):
+
+- ``"reference"``: the readable model, forces by autograd (by openmm-torch, or
+  inside the module with ``outputs_forces``); pure TorchScript.
+- ``"analytic"``: :class:`~so3krates_openmm.model.fast.FastSO3krates`, energy
+  and forces in one pass with a hand-derived backward; pure TorchScript, any device.
+- ``"fused"``: the same with the per-pair chain in the C++/OpenMP operators of
+  :mod:`so3krates_openmm.model.kernels` on the CPU (the PyTorch chain on other
+  devices). Loading such a ``.pt`` needs the operators registered in the
+  process: ``import so3krates_openmm.model`` does that (after the first fused
+  export on the machine has built them).
+
+The two fast kinds always return ``(energy, forces)`` (``outputs_forces`` is implied).
+
 Every export checks itself before anything is written: the scripted module's
 energy and forces on a perturbed frame must equal the eager model's (float64,
 relative 1e-9), and the file written must load and give the same numbers.
@@ -31,7 +45,8 @@ from so3krates_openmm import __version__
 from so3krates_openmm.data.structures import Structure
 from so3krates_openmm.files import write_atomically
 from so3krates_openmm.model.checkpoint import file_sha256, load_model
-from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, structure_pairs
+from so3krates_openmm.model.fast import FastSO3krates
+from so3krates_openmm.model.neighbours import check_box, minimum_image_shifts, neighbour_list, structure_pairs
 from so3krates_openmm.model.so3krates import SO3krates
 from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
 
@@ -41,14 +56,17 @@ EXPORT_FORMAT_VERSION = 1
 SELF_CHECK_RTOL = 1e-9
 #: Relative tolerance of a float32 module against the float64 eager model.
 FLOAT32_CHECK_RTOL = 1e-3
+#: Kinds of exported module (see the module docstring); the first is the default.
+KERNELS = ("reference", "analytic", "fused")
 
 
 class ExportError(RuntimeError):
     """The export failed its self-check or got inconsistent input; nothing was written."""
 
 
-class SO3kratesEnergy(nn.Module):
-    """TorchScript module: positions (nm) [+ box (nm)] -> energy (kJ/mol).
+class OpenMMContract(nn.Module):
+    """Input side of openmm-torch's contract shared by every exported module: particle
+    selection, nm -> Å, checks, periodic box and the pair list.
 
     Args:
         model: the SO3krates model (its dtype is the compute dtype).
@@ -60,6 +78,9 @@ class SO3kratesEnergy(nn.Module):
         static_pairs: keep every pair of modelled atoms in the edge list
             (fixed shapes, no host synchronisation: for CUDA graphs; O(M^2)
             work) instead of pruning pairs beyond the cutoff each step.
+        kernels: ``"reference"``: the module holds the model as ``self.model``;
+            ``"fused"`` or ``"torch"``: it holds ``self.fast``, a
+            :class:`~so3krates_openmm.model.fast.FastSO3krates` with these kernels.
     """
 
     def __init__(
@@ -70,9 +91,13 @@ class SO3kratesEnergy(nn.Module):
         n_particles: int,
         periodic: bool,
         static_pairs: bool = False,
+        kernels: str = "reference",
     ) -> None:
         super().__init__()
-        self.model = model
+        if kernels == "reference":
+            self.model = model
+        else:
+            self.fast = FastSO3krates(model, kernels)
         self.register_buffer("atomic_numbers", atomic_numbers.to(torch.long))
         self.use_subset = atom_indices is not None
         indices = atom_indices if atom_indices is not None else torch.arange(len(atomic_numbers))
@@ -81,22 +106,25 @@ class SO3kratesEnergy(nn.Module):
         self.periodic = bool(periodic)
         self.static_pairs = bool(static_pairs)
         self.angstrom_per_nm = float(ANGSTROM_PER_NM)
+        self.cutoff = float(model.cutoff)
         self.cutoff_nm = float(model.cutoff) / ANGSTROM_PER_NM
         self.kj_per_mol_per_model_unit = float(energy_conversion(model.config.energy_unit, "kJ/mol"))
+        self.register_buffer("dtype_probe", torch.zeros(0, dtype=model.dtype))
         self.register_buffer("batch", torch.zeros(len(atomic_numbers), dtype=torch.long))
         first, second = structure_pairs(self.batch, 1)
         self.register_buffer("all_first", first)
         self.register_buffer("all_second", second)
 
-    def energy(self, positions: Tensor, box: Optional[Tensor]) -> Tensor:
-        """Energy in kJ/mol (0-d, float64) of positions (n_particles, 3) in nm."""
+    def coordinates_and_pairs(self, positions: Tensor, box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Modelled coordinates (M, 3) in Å in the model dtype and the unordered pairs
+        ``first``, ``second``, ``shifts`` (Å) of the model, from positions (n_particles, 3) in nm."""
         if not positions.is_cuda:
             # Input checks need the host; skipped on GPUs so that CUDA graphs can capture the step.
             if positions.shape[0] != self.n_particles:
                 raise RuntimeError("so3krates: the System has a different number of particles than the model was exported for")
             if not bool(torch.isfinite(positions).all()):
                 raise RuntimeError("so3krates: positions contain NaN or infinite values (the simulation has become unstable)")
-        dtype = self.model.embedding.weight.dtype
+        dtype = self.dtype_probe.dtype
         selected = positions[self.atom_indices] if self.use_subset else positions
         coordinates = selected.to(dtype) * self.angstrom_per_nm
         boxes: Optional[Tensor] = None
@@ -113,11 +141,19 @@ class SO3kratesEnergy(nn.Module):
                 shifts = torch.zeros_like(vectors)
             else:
                 shifts = minimum_image_shifts(vectors.detach(), boxes.expand(vectors.shape[0], 3, 3))
-            energies = self.model.energy_from_neighbours(
-                self.atomic_numbers, coordinates, self.batch, 1, self.all_first, self.all_second, shifts
-            )
-        else:
-            energies = self.model(self.atomic_numbers, coordinates, self.batch, 1, boxes, True)
+            return coordinates, self.all_first, self.all_second, shifts
+        first, second, shifts = neighbour_list(coordinates, self.batch, 1, self.cutoff, boxes, True)
+        return coordinates, first, second, shifts
+
+
+class SO3kratesEnergy(OpenMMContract):
+    """TorchScript module: positions (nm) [+ box (nm)] -> energy (kJ/mol), the reference model
+    (arguments: :class:`OpenMMContract`, ``kernels="reference"``)."""
+
+    def energy(self, positions: Tensor, box: Optional[Tensor]) -> Tensor:
+        """Energy in kJ/mol (0-d, float64) of positions (n_particles, 3) in nm."""
+        coordinates, first, second, shifts = self.coordinates_and_pairs(positions, box)
+        energies = self.model.energy_from_neighbours(self.atomic_numbers, coordinates, self.batch, 1, first, second, shifts)
         # "+ 0 * sum": the energy depends on the positions even when no pair is within the cutoff,
         # so that openmm-torch's backward pass always has a gradient (zero) to read.
         return energies[0] * self.kj_per_mol_per_model_unit + 0.0 * coordinates.sum()
@@ -141,6 +177,22 @@ class SO3kratesEnergyForces(SO3kratesEnergy):
         if gradient is None:
             gradient = torch.zeros_like(positions)
         return energy, -gradient
+
+
+class SO3kratesFastEnergyForces(OpenMMContract):
+    """TorchScript module: positions (nm) [+ box (nm)] -> ``(energy kJ/mol, forces kJ/mol/nm)``
+    by :class:`~so3krates_openmm.model.fast.FastSO3krates`, no autograd (arguments:
+    :class:`OpenMMContract` with ``kernels`` ``"fused"`` or ``"torch"``)."""
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        coordinates, first, second, shifts = self.coordinates_and_pairs(positions, box)
+        energies, gradient = self.fast(self.atomic_numbers, coordinates, self.batch, 1, first, second, shifts)
+        scale = self.kj_per_mol_per_model_unit
+        # dE/dR in kJ/mol/nm = dE/dR in model units per Å * kJ/mol per unit * Å per nm
+        forces = gradient.to(positions.dtype) * (-scale * self.angstrom_per_nm)
+        if self.use_subset:
+            forces = torch.zeros_like(positions).index_copy_(0, self.atom_indices, forces)
+        return energies[0] * scale, forces
 
 
 def parse_atom_indices(text: str) -> list[int]:
@@ -172,14 +224,22 @@ def build_energy_module(
     periodic: bool = False,
     outputs_forces: bool = False,
     static_pairs: bool = False,
-) -> SO3kratesEnergy:
-    """The (unscripted) OpenMM-contract module for ``model``; see :class:`SO3kratesEnergy`."""
+    kernels: str = "reference",
+) -> OpenMMContract:
+    """The (unscripted) OpenMM-contract module for ``model``: :class:`SO3kratesEnergy`,
+    :class:`SO3kratesEnergyForces` (``outputs_forces``) or, for ``kernels`` ``"analytic"``
+    and ``"fused"``, :class:`SO3kratesFastEnergyForces`."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; use one of {KERNELS}")
     numbers = torch.as_tensor(list(atomic_numbers), dtype=torch.long)
     indices = None if atom_indices is None else torch.as_tensor(list(atom_indices), dtype=torch.long)
     particles = int(n_particles if n_particles is not None else len(numbers))
     if indices is not None and (len(indices) != len(numbers) or int(indices.max()) >= particles):
         raise ExportError(f"atom indices must be {len(numbers)} indices below the System's {particles} particles")
     model.check_elements(numbers)
+    if kernels != "reference":
+        fast_kernels = "fused" if kernels == "fused" else "torch"
+        return SO3kratesFastEnergyForces(model.eval(), numbers, indices, particles, periodic, static_pairs, fast_kernels)
     cls = SO3kratesEnergyForces if outputs_forces else SO3kratesEnergy
     return cls(model.eval(), numbers, indices, particles, periodic, static_pairs)
 
@@ -252,6 +312,7 @@ def script_checkpoint(
     static_pairs: bool = False,
     box_angstrom: Optional[np.ndarray] = None,
     seed: int = 0,
+    kernels: str = "reference",
 ) -> Tuple[torch.jit.ScriptModule, Dict[str, Any], SelfCheck]:
     """The self-checked TorchScript module of a checkpoint, its metadata, and the check.
 
@@ -262,6 +323,9 @@ def script_checkpoint(
     """
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; use one of {KERNELS}")
+    outputs_forces = outputs_forces or kernels != "reference"
     if (structure is None) == (atomic_numbers is None):
         raise ValueError("give exactly one of a structure or a list of atomic numbers")
     all_numbers = [int(z) for z in (structure.atomic_numbers if structure is not None else atomic_numbers)]
@@ -285,13 +349,15 @@ def script_checkpoint(
     self_check = SelfCheck.create(reference_model, model_numbers, indices, positions_angstrom, box_angstrom, seed)
 
     def scripted(model: SO3krates) -> torch.jit.ScriptModule:
-        module = build_energy_module(model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs)
+        module = build_energy_module(model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs, kernels)
         return torch.jit.script(module)
 
     self_check.verify(scripted(reference_model), SELF_CHECK_RTOL, "the scripted float64 module")
     final = scripted(load_model(checkpoint).to(getattr(torch, dtype)))
     self_check.verify(final, _tolerance(dtype), f"the scripted {dtype} module")
-    metadata = _metadata(reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype, outputs_forces, static_pairs)
+    metadata = _metadata(
+        reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype, outputs_forces, static_pairs, kernels
+    )
     return final, metadata, self_check
 
 
@@ -310,6 +376,7 @@ def export_checkpoint(
     outputs_forces: bool = False,
     static_pairs: bool = False,
     seed: int = 0,
+    kernels: str = "reference",
 ) -> Path:
     """Export ``checkpoint`` to a TorchScript file at ``output``; returns the path.
 
@@ -325,9 +392,11 @@ def export_checkpoint(
         outputs_forces: module returns ``(energy, forces)`` (``TorchForce.setOutputsForces(True)``).
         static_pairs: fixed all-pairs edge list (for CUDA graphs), see :class:`SO3kratesEnergy`.
         seed: seed of the self-check's perturbation.
+        kernels: kind of module, one of :data:`KERNELS` (see the module docstring);
+            ``"analytic"`` and ``"fused"`` imply ``outputs_forces``.
     """
     module, metadata, self_check = script_checkpoint(
-        checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs, seed=seed
+        checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs, seed=seed, kernels=kernels
     )
 
     def write_and_verify(temporary: Path) -> None:
@@ -354,6 +423,7 @@ def _metadata(
     dtype: str,
     outputs_forces: bool,
     static_pairs: bool,
+    kernels: str,
 ) -> Dict[str, Any]:
     config = model.config
     return {
@@ -372,6 +442,7 @@ def _metadata(
         "periodic": periodic,
         "outputs_forces": outputs_forces,
         "static_pairs": static_pairs,
+        "kernels": kernels,
         "dtype": dtype,
         "checkpoint": Path(checkpoint).name,
         "checkpoint_sha256": file_sha256(checkpoint),

@@ -118,11 +118,13 @@ def peer_python(peer: str) -> Path:
     return python
 
 
-def run_peer(peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Run ``<peer>_step.py`` in its venv and return its JSON record."""
+def run_peer(
+    peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int, extra_args: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run ``<peer>_step.py`` in its venv (with ``extra_args``, e.g. ``--models L0``) and return its JSON record."""
     python = peer_python(peer)
     command = [str(python), str(HERE / PEER_SCRIPTS[peer]), *map(str, structure_paths),
-               "--threads", str(threads), "--repeats", str(repeats), "--warmup", str(warmup)]
+               "--threads", str(threads), "--repeats", str(repeats), "--warmup", str(warmup), *extra_args]
     environment = dict(os.environ)
     environment.update({
         "OMP_NUM_THREADS": str(threads),

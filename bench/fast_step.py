@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""OpenMM step time of the fast SO3krates path against the reference export and MACE L=0, in one run.
+
+    .venv/bin/python bench/fast_step.py [--threads 1 2] [--repeats 30] [--rounds 2] [--kernels reference analytic fused]
+                                        [--no-mace] [--profile] [--json FILE]
+
+For each thread count (OpenMM CPU ``Threads`` = ``torch.set_num_threads``) and
+each shipped structure (42-atom Ac-Ala3-NHMe, 148-atom buckyball catcher) it
+times one ``LangevinMiddleIntegrator`` step (0.5 fs, CPU platform, float32,
+paper-size model F=132 T=3 with random weights: speed does not depend on them)
+of each export kind (``so3krates-export --kernels``):
+
+- ``reference``: the readable model, forces by autograd in openmm-torch;
+- ``analytic``: energy and forces with the hand-derived backward, pure TorchScript;
+- ``fused``: the same with the C++/OpenMP per-pair kernels;
+
+and MACE L=0 (64x0e, openmm-ml) in its venv (``bash bench/peers/setup_venvs.sh mace``)
+unless ``--no-mace``. It prints ms/step (per model the best median of
+``--rounds`` rounds run in alternating order, and the fastest single step), the ratios reference/fast and
+MACE/fast, and the targets of issue 19 (<= 5 ms at 42 atoms and <= 25 ms at
+148 atoms at the best thread count; MACE L=0 / SO3krates >= 6 and >= 5 at one
+thread). ``--profile`` adds a torch.profiler table per kind (top operators by
+self CPU time, one energy+forces of the catcher's exported module, 1 thread).
+On a shared machine compare within one run; record figures only from an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(HERE))
+
+from compare import DEFAULT_STRUCTURES, load_average, run_peer  # noqa: E402
+
+KINDS = ("reference", "analytic", "fused")
+#: targets of issue 19: ms/step at the best thread count, and MACE L=0 / SO3krates at one thread
+STEP_TARGET_MS = {42: 5.0, 148: 25.0}
+MACE_RATIO_TARGET = {42: 6.0, 148: 5.0}
+
+
+def export_paper_model(structure: Any, kind: str, workdir: Path) -> Path:
+    """A paper-size random-weight float32 SO3krates for ``structure``, exported as ``kind``."""
+    import torch
+
+    from so3krates_openmm import SO3krates, SO3kratesConfig
+    from so3krates_openmm.export import export_checkpoint
+
+    torch.manual_seed(0)
+    config = SO3kratesConfig(elements=sorted(set(structure.atomic_numbers.tolist())), dtype="float32")
+    checkpoint = SO3krates(config).eval().save(workdir / f"{structure.n_atoms}_checkpoint.pt")
+    return export_checkpoint(checkpoint, workdir / f"{structure.n_atoms}_{kind}.pt", structure=structure, dtype="float32", kernels=kind)
+
+
+def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int, workdir: Path) -> list[dict[str, Any]]:
+    import torch
+    from peer_common import Molecule, step_record
+
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.openmm_force import create_system
+
+    torch.set_num_threads(threads)
+    records = []
+    for path in DEFAULT_STRUCTURES:
+        structure = read_structure(path)
+        name = path.parent.name
+        molecule = Molecule(name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist())
+        for kind in kinds:
+            print(f"[fast_step] {kind} on {name}, {threads} thread(s)", file=sys.stderr, flush=True)
+            system = create_system(structure, export_paper_model(structure, kind, workdir))
+            record = step_record(f"so3krates-{kind}", "SO3krates F=132 T=3 H=4 degrees 1-3 K=32 r_c=5 Å",
+                                 f"so3krates-export --kernels {kind} -> TorchForce", molecule, 5.0, system, threads, repeats, warmup)
+            record["threads"] = threads
+            records.append(record)
+    return records
+
+
+def profile_tables(kinds: list[str], workdir: Path, rows: int = 12) -> str:
+    """torch.profiler tables (top ``rows`` operators by self CPU time) of one energy+forces call of the
+    catcher's exported module of each kind, 1 thread, as openmm-torch calls it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from so3krates_openmm.data.structures import read_structure
+
+    torch.set_num_threads(1)
+    structure = read_structure(DEFAULT_STRUCTURES[1])
+    positions = torch.tensor(structure.positions_angstrom / 10.0, dtype=torch.float64)
+    tables = []
+    for kind in kinds:
+        module = torch.jit.load(str(export_paper_model(structure, kind, workdir)))
+
+        def call() -> None:
+            if kind == "reference":
+                p = positions.clone().requires_grad_(True)
+                torch.autograd.grad(module(p), p)
+            else:
+                module(positions)
+
+        for _ in range(5):
+            call()
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for _ in range(5):
+                call()
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        tables.append(f"## profile: {kind}, buckyball catcher, 1 thread, 5 calls\n{table}")
+    return "\n".join(tables)
+
+
+def mace_records(threads: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    record = run_peer("mace", DEFAULT_STRUCTURES, threads, repeats, warmup, ["--models", "L0", "--no-bare"])
+    for entry in record["results"]:
+        entry["threads"] = threads
+    return record["results"]
+
+
+def best_of_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, structure and thread count: the round with the lowest median, with the
+    fastest single step of all rounds (``openmm_step_min_ms``)."""
+    best: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for record in records:
+        key = (record["model"], record["atoms"], record["threads"])
+        if key not in best or record["openmm_step_ms"] < best[key]["openmm_step_ms"]:
+            fastest = min(record["openmm_step_min_ms"], best[key]["openmm_step_min_ms"]) if key in best else record["openmm_step_min_ms"]
+            best[key] = dict(record, openmm_step_min_ms=fastest)
+        else:
+            best[key]["openmm_step_min_ms"] = min(best[key]["openmm_step_min_ms"], record["openmm_step_min_ms"])
+    return list(best.values())
+
+
+def summary(records: list[dict[str, Any]], kinds: list[str], thread_counts: list[int], statistic: str) -> str:
+    """Table of ms/step (``statistic``: ``openmm_step_ms`` median or ``openmm_step_min_ms``) and ratios."""
+    step = {(r["model"], r["atoms"], r["threads"]): r[statistic] for r in records}
+    fastest = kinds[-1]
+    lines = [f"{'model':<22}{'atoms':>6}" + "".join(f"{f'{t} thr ms':>12}" for t in thread_counts)
+             + "".join(f"{f'ref/this {t}':>13}" for t in thread_counts) + "".join(f"{f'mace/this {t}':>14}" for t in thread_counts)]
+    models = [f"so3krates-{k}" for k in kinds] + (["mace-L0"] if any(r["model"] == "mace-L0" for r in records) else [])
+    for atoms in sorted({r["atoms"] for r in records}):
+        for model in models:
+            times = [step.get((model, atoms, t)) for t in thread_counts]
+            refs = [step.get(("so3krates-reference", atoms, t)) for t in thread_counts]
+            maces = [step.get(("mace-L0", atoms, t)) for t in thread_counts]
+            cells = "".join(f"{x:>12.2f}" if x else f"{'-':>12}" for x in times)
+            cells += "".join(f"{r / x:>13.2f}" if x and r else f"{'-':>13}" for x, r in zip(times, refs))
+            cells += "".join(f"{m / x:>14.2f}" if x and m else f"{'-':>14}" for x, m in zip(times, maces))
+            lines.append(f"{model:<22}{atoms:>6}{cells}")
+    lines.append("")
+    for atoms, target in STEP_TARGET_MS.items():
+        times = [step[(f"so3krates-{fastest}", atoms, t)] for t in thread_counts if (f"so3krates-{fastest}", atoms, t) in step]
+        if times:
+            best = min(times)
+            lines.append(f"# target {atoms} atoms: {fastest} best {best:.2f} ms/step <= {target} ms: {'MET' if best <= target else 'NOT MET'}")
+        mace, fast = step.get(("mace-L0", atoms, 1)), step.get((f"so3krates-{fastest}", atoms, 1))
+        if mace and fast:
+            ratio = mace / fast
+            goal = MACE_RATIO_TARGET[atoms]
+            lines.append(f"# target {atoms} atoms: MACE L=0 / {fastest} at 1 thread {ratio:.2f} >= {goal}: {'MET' if ratio >= goal else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (OpenMM and torch)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed single steps per model, structure and thread count")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--kernels", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="export kinds to time; the last one is checked against the targets")
+    parser.add_argument("--rounds", type=int, default=2, help="time everything this many times, alternating the order")
+    parser.add_argument("--no-mace", action="store_true", help="skip MACE L=0 (needs bench/peers/.venvs/mace)")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of the catcher")
+    parser.add_argument("--json", type=Path, help="also write all records to this file")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    started = time.time()
+    print(f"# fast step benchmark | {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
+          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads {args.threads} | "
+          f"repeats={args.repeats} | OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} | CPU platform, float32, LangevinMiddle 0.5 fs")
+    print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"# load average before: {load_average()}", flush=True)
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="so3krates_fast_step_") as workdir:
+        for round_index in range(args.rounds):
+            parts = [(threads, part) for threads in args.threads for part in ["so3krates"] + ([] if args.no_mace else ["mace"])]
+            for threads, part in parts if round_index % 2 == 0 else parts[::-1]:
+                if part == "so3krates":
+                    found = so3krates_records(threads, args.kernels, args.repeats, args.warmup, Path(workdir))
+                else:
+                    found = mace_records(threads, args.repeats, args.warmup)
+                for record in found:
+                    record["round"] = round_index + 1
+                records += found
+                print(f"# round {round_index + 1}: load average after {part}, {threads} thread(s): {load_average()}", flush=True)
+        best = best_of_rounds(records)
+        print()
+        print(f"## ms/step, median of {args.repeats} steps (best of {args.rounds} rounds)")
+        print(summary(best, args.kernels, args.threads, "openmm_step_ms"))
+        print()
+        print("## ms/step, fastest single step of all rounds (the least disturbed by other jobs)")
+        print(summary(best, args.kernels, args.threads, "openmm_step_min_ms"))
+        if args.profile:
+            print()
+            print(profile_tables(args.kernels, Path(workdir)))
+    print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"records": records, "threads": args.threads, "kernels": args.kernels}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The fast path (hand-derived backward, fused C++ kernels) against the reference model.
+
+:class:`~so3krates_openmm.model.so3krates.SO3krates` with autograd forces is
+the executable spec; :class:`~so3krates_openmm.model.fast.FastSO3krates` must
+give the same energies and forces: to 1e-10 relative in float64 (random
+weights, both shipped checkpoints, periodic boxes, batches) and to
+``FLOAT32_*`` below in float32 (against the float64 reference).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS, REPOSITORY, randomise, small_config
+
+from so3krates_openmm import SO3krates
+from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.export import METADATA_FILE, build_energy_module, export_checkpoint, read_export_metadata
+from so3krates_openmm.model import kernels
+from so3krates_openmm.model.fast import FastSO3krates, harmonic_polynomials
+from so3krates_openmm.model.neighbours import neighbour_list
+
+PRETRAINED = REPOSITORY / "so3krates_openmm" / "pretrained"
+SHIPPED = ["ac_ala3_nhme", "buckyball_catcher"]
+NUMBERS = torch.tensor(ETHANOL_WATER_NUMBERS)
+POSITIONS = torch.tensor(ETHANOL_WATER_POSITIONS, dtype=torch.float64)
+TRICLINIC = torch.tensor([[6.4, 0.0, 0.0], [1.2, 6.3, 0.0], [-1.0, 1.5, 6.2]], dtype=torch.float64)
+#: float64 agreement of the fast path with the reference (relative to the largest value)
+FLOAT64_RTOL = 1e-10
+#: float32 fast path against the float64 reference: energy relative to |E| and forces relative
+#: to the largest force component (the same order as the float32 reference itself reaches)
+FLOAT32_ENERGY_RTOL = 1e-6
+FLOAT32_FORCES_RTOL = 2e-4
+#: pair-chain implementations: the PyTorch chain (the route on CUDA) and the fused C++ operators
+FAST_KERNELS = ["torch", "fused"]
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    reference = reference.detach()
+    return float((value.detach().double() - reference.double()).abs().max()) / max(float(reference.abs().max()), 1e-300)
+
+
+def fast_energies_and_forces(fast, model, numbers, positions, batch=None, num_structures=1, boxes=None, prune=True):
+    """Energies and forces of the fast module with the reference model's own neighbour list."""
+    positions = positions.to(model.dtype)
+    if batch is None:
+        batch = torch.zeros(len(numbers), dtype=torch.long)
+    first, second, shifts = neighbour_list(positions, batch, num_structures, model.cutoff, boxes, prune)
+    energies, gradient = fast(numbers, positions, batch, num_structures, first, second, shifts)
+    return energies, -gradient
+
+
+def reference_energies_and_forces(model, numbers, positions, batch=None, num_structures=1, boxes=None, prune=True):
+    positions = positions.to(model.dtype).detach().requires_grad_(True)
+    energies = model(numbers, positions, batch, num_structures, boxes, prune)
+    (gradient,) = torch.autograd.grad(energies.sum(), positions)
+    return energies.detach(), -gradient
+
+
+def assert_agree(fast_result, reference_result, rtol: float = FLOAT64_RTOL) -> None:
+    (energies, forces), (reference_energies, reference_forces) = fast_result, reference_result
+    assert relative_error(energies, reference_energies) < rtol
+    assert relative_error(forces, reference_forces) < rtol
+
+
+@pytest.fixture(scope="module")
+def random_model() -> SO3krates:
+    torch.manual_seed(0)
+    return randomise(SO3krates(small_config())).eval()
+
+
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"cutoff_function": "polynomial"}, {"degrees": (0, 1, 2, 4), "heads": 2, "features": 16}, {"layers": 1, "heads": 1}],
+    ids=["paper-layout", "polynomial-cutoff", "degrees-0124", "one-layer-one-head"],
+)
+def test_random_weights_match_the_reference_in_float64(kernel, overrides):
+    torch.manual_seed(1)
+    model = randomise(SO3krates(small_config(**overrides)), seed=3).eval()
+    fast = FastSO3krates(model, kernel)
+    assert_agree(fast_energies_and_forces(fast, model, NUMBERS, POSITIONS), reference_energies_and_forces(model, NUMBERS, POSITIONS))
+
+
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+def test_batch_with_periodic_boxes_matches_the_reference(kernel, random_model):
+    """Two structures in one batch, each with its own triclinic box, molecules across the box edge."""
+    shifted = POSITIONS + torch.tensor([5.0, 5.5, 6.0], dtype=torch.float64)
+    positions = torch.cat([POSITIONS, shifted])
+    numbers = torch.cat([NUMBERS, NUMBERS])
+    batch = torch.repeat_interleave(torch.arange(2), len(NUMBERS))
+    boxes = torch.stack([TRICLINIC, TRICLINIC * 1.1])
+    fast = FastSO3krates(random_model, kernel)
+    result = fast_energies_and_forces(fast, random_model, numbers, positions, batch, 2, boxes)
+    reference = reference_energies_and_forces(random_model, numbers, positions, batch, 2, boxes)
+    assert_agree(result, reference)
+    assert result[0].shape == (2,)
+
+
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+def test_unpruned_pairs_the_cuda_graph_shapes_match_the_reference(kernel, random_model):
+    """All pairs kept (``--static-pairs``): pairs beyond the cutoff contribute exactly zero."""
+    fast = FastSO3krates(random_model, kernel)
+    result = fast_energies_and_forces(fast, random_model, NUMBERS, POSITIONS * 1.5, prune=False)
+    assert_agree(result, reference_energies_and_forces(random_model, NUMBERS, POSITIONS * 1.5, prune=False))
+
+
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+def test_isolated_atoms_have_the_shifted_energy_and_zero_force(kernel, random_model):
+    positions = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)
+    numbers = torch.tensor([1, 8])
+    fast = FastSO3krates(random_model, kernel)
+    energies, forces = fast_energies_and_forces(fast, random_model, numbers, positions)
+    assert torch.equal(forces, torch.zeros_like(forces))
+    assert relative_error(energies, random_model(numbers, positions)) < FLOAT64_RTOL
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+def test_shipped_checkpoints_match_the_reference(name, kernel):
+    structure = read_structure(PRETRAINED / name / "structure.pdb")
+    numbers = torch.tensor(structure.atomic_numbers)
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.tensor(structure.positions_angstrom) + 0.05 * torch.randn(structure.n_atoms, 3, generator=generator, dtype=torch.float64)
+    model = SO3krates.load(PRETRAINED / name / "best_checkpoint.pt").double().eval()
+    reference = reference_energies_and_forces(model, numbers, positions)
+    assert_agree(fast_energies_and_forces(FastSO3krates(model, kernel), model, numbers, positions), reference)
+    model32 = SO3krates.load(PRETRAINED / name / "best_checkpoint.pt").float().eval()
+    energies, forces = fast_energies_and_forces(FastSO3krates(model32, kernel), model32, numbers, positions)
+    assert relative_error(energies, reference[0]) < FLOAT32_ENERGY_RTOL
+    assert relative_error(forces, reference[1]) < FLOAT32_FORCES_RTOL
+
+
+@pytest.mark.parametrize("kernel", FAST_KERNELS)
+def test_scripted_fast_module_equals_the_eager_one(kernel, random_model):
+    fast = FastSO3krates(random_model, kernel)
+    scripted = torch.jit.script(fast)
+    eager_result = fast_energies_and_forces(fast, random_model, NUMBERS, POSITIONS)
+    assert_agree(fast_energies_and_forces(scripted, random_model, NUMBERS, POSITIONS), eager_result, 1e-13)
+    code = scripted.pair_forward.code + scripted.pair_backward.code
+    # The PyTorch-only module must load without the C++ operators.
+    assert ("so3krates.pair_forward" in code) == (kernel == "fused")
+
+
+def test_harmonic_polynomials_reproduce_the_reference_harmonics_and_their_derivatives():
+    from so3krates_openmm.model.basis import SphericalHarmonics
+
+    degrees = [0, 1, 2, 3, 4]
+    exponents, coefficients, derivatives = harmonic_polynomials(degrees)
+    points = torch.nn.functional.normalize(torch.randn(20, 3, dtype=torch.float64), dim=1).requires_grad_(True)
+    monomials = torch.prod(points.unsqueeze(1) ** exponents.double(), dim=-1)
+    values = SphericalHarmonics(degrees)(points)
+    torch.testing.assert_close(monomials @ coefficients, values, rtol=0, atol=1e-13)
+    weights = torch.randn_like(values)
+    (expected,) = torch.autograd.grad((values * weights).sum(), points)
+    derived = ((weights @ derivatives).view(20, 3, -1) * monomials.unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(derived, expected, rtol=0, atol=1e-12)
+
+
+def test_fused_operators_reject_inconsistent_shapes(random_model):
+    kernels.load()
+    projections = torch.zeros(3, 5 * 24, dtype=torch.float64)
+    filters = torch.zeros(2, 24, dtype=torch.float64)
+    index = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="per-pair inputs disagree"):
+        torch.ops.so3krates.pair_forward(
+            projections, filters, filters, torch.zeros(5, dtype=torch.float64), torch.zeros(2, 15, dtype=torch.float64),
+            torch.ones(15, dtype=torch.float64), torch.zeros(15, dtype=torch.long), index, index, 4, 3,
+        )
+
+
+def test_unknown_kernels_are_a_clear_error(random_model):
+    with pytest.raises(ValueError, match="unknown kernels"):
+        FastSO3krates(random_model, "cuda")
+
+
+# ----- export and OpenMM -----
+
+
+@pytest.mark.parametrize("kernels_kind", ["analytic", "fused"])
+def test_export_kinds_match_the_reference_export_and_record_their_kind(tmp_path, random_model, kernels_kind):
+    checkpoint = random_model.save(tmp_path / "checkpoint.pt")
+    structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy(), box_angstrom=TRICLINIC.numpy())
+    common = dict(structure=structure, periodic=True, dtype="float64")
+    reference_path = export_checkpoint(checkpoint, tmp_path / "reference.pt", **common)
+    fast_path = export_checkpoint(checkpoint, tmp_path / f"{kernels_kind}.pt", kernels=kernels_kind, **common)
+    metadata = read_export_metadata(fast_path)
+    assert metadata["kernels"] == kernels_kind and metadata["outputs_forces"] is True
+    assert read_export_metadata(reference_path)["kernels"] == "reference"
+    positions = torch.tensor(ETHANOL_WATER_POSITIONS / 10.0 + 0.31, requires_grad=True)
+    box = TRICLINIC / 10.0
+    reference_energy = torch.jit.load(str(reference_path))(positions, box)
+    (gradient,) = torch.autograd.grad(reference_energy, positions)
+    # openmm-torch freezes the module; TorchScript optimises it after the first calls
+    frozen = torch.jit.freeze(torch.jit.load(str(fast_path)).eval())
+    for _ in range(3):
+        energy, forces = frozen(positions.detach(), box)
+        assert relative_error(energy, reference_energy) < FLOAT64_RTOL
+        assert relative_error(forces, -gradient) < FLOAT64_RTOL
+    with zipfile.ZipFile(fast_path) as archive:
+        stored = [n for n in archive.namelist() if n.endswith(METADATA_FILE)]
+        assert json.loads(archive.read(stored[0]))["kernels"] == kernels_kind
+
+
+def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(random_model):
+    """ML/MM sub-system (forces zero elsewhere) and the all-pairs list of CUDA graphs."""
+    n_particles = len(ETHANOL_WATER_NUMBERS) + 3
+    indices = list(range(2, 2 + len(ETHANOL_WATER_NUMBERS)))
+    numbers = ETHANOL_WATER_NUMBERS
+    positions = torch.zeros(n_particles, 3, dtype=torch.float64)
+    positions[indices] = POSITIONS / 10.0
+    positions[[0, 1, n_particles - 1]] = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]], dtype=torch.float64)
+    reference = torch.jit.script(build_energy_module(random_model, numbers, indices, n_particles, False, True, True))
+    fast = torch.jit.script(build_energy_module(random_model, numbers, indices, n_particles, False, True, True, "fused"))
+    assert_agree(fast(positions), reference(positions))
+    assert torch.equal(fast(positions)[1][[0, 1, n_particles - 1]], torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_fused_export_runs_in_openmm_torchforce(tmp_path, random_model):
+    import openmm
+    import openmmtorch
+    from openmm import unit
+
+    checkpoint = random_model.save(tmp_path / "checkpoint.pt")
+    structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy())
+    results = []
+    for kind in ("reference", "fused"):
+        path = export_checkpoint(checkpoint, tmp_path / f"{kind}.pt", structure=structure, dtype="float32", kernels=kind)
+        system = openmm.System()
+        for _ in ETHANOL_WATER_NUMBERS:
+            system.addParticle(12.0)
+        force = openmmtorch.TorchForce(str(path))
+        force.setOutputsForces(read_export_metadata(path)["outputs_forces"])
+        system.addForce(force)
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(ETHANOL_WATER_POSITIONS / 10.0 * unit.nanometer)
+        state = context.getState(getEnergy=True, getForces=True)
+        results.append(
+            (
+                state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+                np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)),
+            )
+        )
+    (reference_energy, reference_forces), (energy, forces) = results
+    assert abs(energy - reference_energy) < FLOAT32_ENERGY_RTOL * abs(reference_energy)
+    assert np.abs(forces - reference_forces).max() < FLOAT32_FORCES_RTOL * np.abs(reference_forces).max()
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SO3KRATES_KERNELS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(kernels.KernelsUnavailable, match="need a C\\+\\+ compiler.*--kernels reference"):
+        kernels._build(kernels.cache_directory())
