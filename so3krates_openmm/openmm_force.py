@@ -80,6 +80,10 @@ def create_torch_force(model_path: str | Path, *, use_cuda_graphs: bool = False,
     """
     metadata = read_export_metadata(model_path)
     _check_cuda_graphs(metadata, use_cuda_graphs, model_path)
+    if metadata.get("kernels") == "fused":  # the .pt calls the so3krates:: operators: register them first
+        from so3krates_openmm.model import kernels
+
+        kernels.load()
     return _torch_force(str(model_path), metadata["periodic"], metadata["outputs_forces"], use_cuda_graphs, force_group)
 
 

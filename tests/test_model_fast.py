@@ -21,6 +21,7 @@ from so3krates_openmm import SO3krates
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.export import METADATA_FILE, build_energy_module, export_checkpoint, read_export_metadata
 from so3krates_openmm.model import kernels
+from so3krates_openmm.model.checkpoint import load_model, save_checkpoint
 from so3krates_openmm.model.fast import FastSO3krates, harmonic_polynomials
 from so3krates_openmm.model.neighbours import neighbour_list
 
@@ -126,10 +127,10 @@ def test_shipped_checkpoints_match_the_reference(name, kernel):
     numbers = torch.tensor(structure.atomic_numbers)
     generator = torch.Generator().manual_seed(0)
     positions = torch.tensor(structure.positions_angstrom) + 0.05 * torch.randn(structure.n_atoms, 3, generator=generator, dtype=torch.float64)
-    model = SO3krates.load(PRETRAINED / name / "best_checkpoint.pt").double().eval()
+    model = load_model(PRETRAINED / name / "best_checkpoint.pt").double().eval()
     reference = reference_energies_and_forces(model, numbers, positions)
     assert_agree(fast_energies_and_forces(FastSO3krates(model, kernel), model, numbers, positions), reference)
-    model32 = SO3krates.load(PRETRAINED / name / "best_checkpoint.pt").float().eval()
+    model32 = load_model(PRETRAINED / name / "best_checkpoint.pt").float().eval()
     energies, forces = fast_energies_and_forces(FastSO3krates(model32, kernel), model32, numbers, positions)
     assert relative_error(energies, reference[0]) < FLOAT32_ENERGY_RTOL
     assert relative_error(forces, reference[1]) < FLOAT32_FORCES_RTOL
@@ -183,7 +184,7 @@ def test_unknown_kernels_are_a_clear_error(random_model):
 
 @pytest.mark.parametrize("kernels_kind", ["analytic", "fused"])
 def test_export_kinds_match_the_reference_export_and_record_their_kind(tmp_path, random_model, kernels_kind):
-    checkpoint = random_model.save(tmp_path / "checkpoint.pt")
+    checkpoint = save_checkpoint(random_model, tmp_path / "checkpoint.pt")
     structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy(), box_angstrom=TRICLINIC.numpy())
     common = dict(structure=structure, periodic=True, dtype="float64")
     reference_path = export_checkpoint(checkpoint, tmp_path / "reference.pt", **common)
@@ -225,7 +226,7 @@ def test_fused_export_runs_in_openmm_torchforce(tmp_path, random_model):
     import openmmtorch
     from openmm import unit
 
-    checkpoint = random_model.save(tmp_path / "checkpoint.pt")
+    checkpoint = save_checkpoint(random_model, tmp_path / "checkpoint.pt")
     structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy())
     results = []
     for kind in ("reference", "fused"):

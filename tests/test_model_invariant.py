@@ -71,3 +71,10 @@ def test_so3krates_train_trains_the_invariant_model_from_a_yaml_file(tmp_path: P
                       "batch_size: 5\nthreads: 1\nprogress: false\n")
     assert train_main(["--config", str(config), "--no-process-tuning"]) == 0
     assert load_model(tmp_path / "run" / "best_checkpoint.pt").config.degrees == ()
+
+
+def test_fast_export_refuses_the_invariant_model(tmp_path: Path) -> None:
+    checkpoint = save_checkpoint(randomise(SO3krates(small_config(degrees=()))), tmp_path / "invariant.pt")
+    molecule = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS)
+    with pytest.raises(ValueError, match="kernels='reference'"):
+        export_checkpoint(checkpoint, tmp_path / "model.pt", structure=molecule, kernels="analytic")

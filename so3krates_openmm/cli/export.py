@@ -32,6 +32,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--static-pairs", action="store_true", help="fixed all-pairs edge list, needed for CUDA graphs (O(N^2) work)"
     )
+    parser.add_argument(
+        "--kernels", choices=("reference", "analytic", "fused"), default="reference",
+        help="reference: the readable model, forces by autograd; analytic: hand-derived forces in pure TorchScript; "
+        "fused: analytic with C++/OpenMP pair kernels (load them with `import so3krates_openmm.model` before "
+        "openmm-torch reads the .pt); the fast kinds return forces. Recorded in the .pt's metadata")
     parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     args = parser.parse_args(argv)
     tune_process(argv)
@@ -56,6 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             periodic=args.periodic,
             dtype=args.dtype,
             outputs_forces=args.outputs_forces,
+            kernels=args.kernels,
             static_pairs=args.static_pairs,
         )
     except (OSError, ValueError, RuntimeError) as problem:
@@ -63,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     metadata = read_export_metadata(path)
     print(
         f"wrote {path}: {len(metadata['atomic_numbers'])} modelled atoms of {metadata['n_particles']} particles, "
-        f"{metadata['dtype']}, cutoff {metadata['cutoff_nm']} nm, periodic={metadata['periodic']}, "
+        f"{metadata['dtype']}, kernels {metadata.get('kernels', 'reference')}, cutoff {metadata['cutoff_nm']} nm, "
+        f"periodic={metadata['periodic']}, "
         f"from checkpoint {metadata['checkpoint']} (sha256 {metadata['checkpoint_sha256'][:12]}); self-check passed"
     )
     return 0

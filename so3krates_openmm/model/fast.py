@@ -91,6 +91,9 @@ class FastSO3krates(nn.Module):
         super().__init__()
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; use one of {KERNELS}")
+        if not model.config.equivariant:
+            raise ValueError("the fast path computes the equivariant model; export the invariant model "
+                             "(degrees=()) with kernels='reference'")
         if kernels == "fused":
             load_kernels()
         self.use_fused = kernels == "fused"
