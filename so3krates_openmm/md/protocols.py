@@ -94,6 +94,10 @@ class DynamicsOptions:
                                   minimum=0)
     ns: Optional[float] = option(None, "run length in ns (instead of --steps)", minimum=0.0)
     minimize: bool = option(True, "minimise the starting structure before assigning velocities")
+    hydrogen_mass: Optional[float] = option(
+        None, "hydrogen mass repartitioning: hydrogens get this mass in amu (e.g. 3), taken from their bonded "
+        "partner (as ForceField.createSystem(hydrogenMass=...)); allows longer time steps, keeps the "
+        "configurational distribution, changes the dynamics (not for spectra)", minimum=0.0)
 
     @property
     def n_steps(self) -> int:

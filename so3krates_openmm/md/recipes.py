@@ -81,6 +81,7 @@ class _Runner:
             precision=options.precision,
             seed=options.seed,
             minimize=options.minimize,
+            hydrogen_mass_amu=options.hydrogen_mass,
         )
 
     def run(self, structure: Structure, *, ensemble: str, steps: int, output_dir: Path, velocity_interval: int = 0,

@@ -141,6 +141,40 @@ class SimulationSettings:
     minimize: bool = False
     minimize_tolerance_kj_mol_nm: float = 10.0
     minimize_max_iterations: int = 0
+    hydrogen_mass_amu: Optional[float] = None
+
+
+def repartition_hydrogen_mass(system: mm.System, bonds: np.ndarray, hydrogen_mass_amu: float) -> int:
+    """Hydrogen mass repartitioning, as ``ForceField.createSystem(hydrogenMass=...)`` does, in place.
+
+    Every hydrogen bonded to a heavier atom gets ``hydrogen_mass_amu``; the mass it gains is taken from
+    its bonded partner, so the total mass (and the configurational distribution) stays the same while the
+    fastest vibrations slow down and a longer time step becomes stable. The dynamics change (spectra and
+    kinetics from such runs are not those of the real masses). Returns the number of hydrogens changed.
+
+    Args:
+        system: the System whose particle masses are changed.
+        bonds: (M, 2) bonded atom pairs (e.g. :func:`~so3krates_openmm.md.stability.covalent_bonds`).
+        hydrogen_mass_amu: the new hydrogen mass in amu (Da), e.g. 3 or 4.
+    """
+    if not hydrogen_mass_amu > 0:
+        raise ValueError(f"hydrogen mass must be positive, got {hydrogen_mass_amu} amu")
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
+    changed = 0
+    for i, j in np.asarray(bonds, dtype=np.int64).reshape(-1, 2):
+        for hydrogen, partner in ((i, j), (j, i)):
+            if 0.5 < masses[hydrogen] < 1.5 and masses[partner] > 1.5:  # a hydrogen (any isotope below 1.5 Da)
+                transfer = hydrogen_mass_amu - masses[hydrogen]
+                if masses[partner] - transfer < 1.0:
+                    raise ValueError(
+                        f"repartitioning to {hydrogen_mass_amu} amu leaves atom {partner} with "
+                        f"{masses[partner] - transfer:.2f} amu: choose a smaller hydrogen mass")
+                system.setParticleMass(int(hydrogen), hydrogen_mass_amu * unit.dalton)
+                system.setParticleMass(int(partner), (masses[partner] - transfer) * unit.dalton)
+                masses[partner] -= transfer
+                masses[hydrogen] = hydrogen_mass_amu
+                changed += 1
+    return changed
 
 
 def build_simulation(
@@ -152,6 +186,8 @@ def build_simulation(
 ) -> app.Simulation:
     """Create a ``Simulation`` for ``structure`` and ``system`` as ``settings`` say.
 
+    With ``settings.hydrogen_mass_amu`` the System's hydrogen masses are repartitioned
+    first (:func:`repartition_hydrogen_mass`, in place; bonds of the structure).
     Positions come from the structure (Å -> nm), the periodic box too when the
     structure has one. With ``set_velocities`` the velocities are drawn from the
     Maxwell-Boltzmann distribution at ``settings.temperature_K`` with the
@@ -163,6 +199,10 @@ def build_simulation(
             f"the System has {system.getNumParticles()} particles but {structure.source} "
             f"has {structure.n_atoms} atoms"
         )
+    if settings.hydrogen_mass_amu is not None:
+        from so3krates_openmm.md.stability import covalent_bonds
+
+        repartition_hydrogen_mass(system, covalent_bonds(structure)[0], settings.hydrogen_mass_amu)
     settings.seed = resolve_seed(settings.seed)
     platform, properties = get_platform(settings.platform, threads=settings.threads, precision=settings.precision)
     integrator = make_integrator(
