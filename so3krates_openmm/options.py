@@ -39,7 +39,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 from jsonargparse.typing import Path_fr, registered_types, restricted_number_type
 
 
-def option(default: Any, help: str, *, minimum: Optional[float] = None, input_file: bool = False) -> Any:
+def option(default: Any, help: str, *, minimum: float | None = None, input_file: bool = False) -> Any:
     """A dataclass field declaring one option: its default (a list default is copied per instance), help text
     (unit included), smallest allowed value and whether it names an input file that must exist."""
     metadata = {"help": help, "minimum": minimum, "input_file": input_file}
@@ -107,7 +107,7 @@ def options_parser(
     description: str,
     config_flag: str = "--config",
     config_help: str = "YAML file of options (keys as the flags' names with underscores); flags override it",
-    name_key: Optional[str] = None,
+    name_key: str | None = None,
 ) -> ArgumentParser:
     """A parser with one flag per field of the dataclass ``cls`` and a config-file option ``config_flag``.
 
@@ -194,7 +194,7 @@ def _options_error(error: argparse.ArgumentError, cls: type) -> OptionsError:
 
 
 def parse_options(
-    parser: ArgumentParser, cls: type, argv: Optional[Sequence[str]] = None
+    parser: ArgumentParser, cls: type, argv: Sequence[str] | None = None
 ) -> tuple[Any, Namespace, frozenset[str]]:
     """Parse ``argv`` into an instance of the dataclass ``cls``.
 
@@ -239,7 +239,7 @@ def parse_object(parser: ArgumentParser, cls: type, values: dict[str, Any]) -> A
     return cls(**{name: _plain(namespace[name]) for name in names})
 
 
-def flags_given(parser: ArgumentParser, argv: Optional[Sequence[str]]) -> set[str]:
+def flags_given(parser: ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """Names of the options set by flags on the command line (``--flag value`` or ``--flag=value``), not by a file."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     written = {argument.split("=", 1)[0] for argument in arguments if argument.startswith("--")}

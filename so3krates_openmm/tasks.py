@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 #: Objects a worker process keeps between tasks (see :func:`worker_cache`).
 _WORKER_CACHE: dict[str, Any] = {}
@@ -96,7 +96,7 @@ def run_tasks(
     journal: str | Path,
     *,
     header: Mapping[str, Any],
-    scheduler: Optional[str] = None,
+    scheduler: str | None = None,
     workers: int = 2,
     progress: bool = True,
     description: str = "tasks",

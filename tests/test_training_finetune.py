@@ -9,7 +9,6 @@ import pytest
 import torch
 from ase.build import molecule
 
-from so3krates_openmm import SO3krates
 from so3krates_openmm.cli.train import main as train_main
 from so3krates_openmm.cli.train import parse_config
 from so3krates_openmm.data.dataset import MolecularDataset

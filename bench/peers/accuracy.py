@@ -290,8 +290,8 @@ def predict_so3krates(checkpoint: Path, test_npz: Path, threads: int, batch: int
     """Energies (B,) eV and forces (B, N, 3) eV/Å of an SO3krates checkpoint on the test frames; parameters."""
     import torch
 
-    from so3krates_openmm.model.checkpoint import load_model
     from so3krates_openmm.data.formats import load_dataset
+    from so3krates_openmm.model.checkpoint import load_model
     from so3krates_openmm.units import energy_conversion
 
     torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 
@@ -20,7 +19,7 @@ def _add_process_flags(parser: ArgumentParser) -> None:
     parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; exit code 0 done, 2 bad input, 3 stopped early (the partial file holds the frames).
 
     When run as a program (``argv`` is None) the xTB-heavy subcommands re-execute

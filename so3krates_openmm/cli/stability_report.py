@@ -11,14 +11,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 
 from so3krates_openmm.cli.common import EXIT_OK, error
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the table of the run directories in ``argv``; exit code 0, or 2 for a missing or unreadable run."""
     parser = ArgumentParser(prog="stability_report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path,

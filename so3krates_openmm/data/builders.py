@@ -23,8 +23,8 @@ All return a :class:`~so3krates_openmm.data.structures.Structure` whose
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

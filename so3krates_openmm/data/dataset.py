@@ -18,8 +18,9 @@ For frame-by-frame access use ``dataset[i]``, which returns a :class:`Frame`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -232,7 +233,7 @@ class MolecularDataset:
         return str(self.metadata.get("source", "<memory>"))
 
     # ------------------------------------------------------------ operations
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "MolecularDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> MolecularDataset:
         """A new data set with the frames ``indices`` (in that order; repeats allowed)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < -len(self) or indices.max() >= len(self)):
@@ -292,7 +293,7 @@ class MolecularDataset:
 
     def split(
         self, train: int | float, valid: int | float, test: int | float | None = None, seed: int = 0
-    ) -> tuple["MolecularDataset", "MolecularDataset", "MolecularDataset"]:
+    ) -> tuple[MolecularDataset, MolecularDataset, MolecularDataset]:
         """Disjoint train/validation/test data sets (see :meth:`split_indices`).
 
         Each part's ``metadata["split"]`` records ``part``, ``seed`` and its
@@ -306,7 +307,7 @@ class MolecularDataset:
         return tuple(parts)  # type: ignore[return-value]
 
     @staticmethod
-    def concatenate(datasets: Iterable["MolecularDataset"], energy_unit: str | None = None) -> "MolecularDataset":
+    def concatenate(datasets: Iterable[MolecularDataset], energy_unit: str | None = None) -> MolecularDataset:
         """One data set with the frames of all ``datasets`` in order.
 
         Energies are converted to ``energy_unit`` (default: the first data
@@ -329,7 +330,7 @@ class MolecularDataset:
         metadata["concatenated_from"] = [copy.deepcopy(d.metadata) for d in datasets]
         return MolecularDataset(numbers, positions, np.array(energies), forces, unit, metadata)
 
-    def converted(self, energy_unit: str) -> "MolecularDataset":
+    def converted(self, energy_unit: str) -> MolecularDataset:
         """A copy with energies and forces in ``energy_unit`` (forces per Å).
 
         The factor is :func:`so3krates_openmm.units.energy_conversion`; the same

@@ -32,9 +32,10 @@ import hashlib
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -401,7 +402,8 @@ def generate_reference_data(
         DataError: settings differ from the partial file's, or a finished
             output with other settings already exists.
     """
-    from ase import Atoms, units as ase_units
+    from ase import Atoms
+    from ase import units as ase_units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 

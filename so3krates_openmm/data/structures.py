@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -31,7 +30,7 @@ class Structure:
 
     atomic_numbers: np.ndarray
     positions_angstrom: np.ndarray
-    box_angstrom: Optional[np.ndarray] = None
+    box_angstrom: np.ndarray | None = None
     topology: object = None
     source: str = "<memory>"
     comment: str = field(default="")

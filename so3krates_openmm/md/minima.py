@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import openmm as mm
@@ -60,7 +60,7 @@ class MinimizedSnapshot:
     step: int
     energy_kj_mol: float
     positions_angstrom: np.ndarray
-    problem: Optional[str] = None
+    problem: str | None = None
     seconds: float = float("nan")
 
 
@@ -180,7 +180,7 @@ def minimize_snapshots(
     tolerance_kj_mol_nm: float = 1.0,
     max_iterations: int = 0,
     progress: bool = False,
-    journal: Optional[Path] = None,
+    journal: Path | None = None,
 ) -> list[MinimizedSnapshot]:
     """Minimise each snapshot (frames, atoms, 3; Å) in ``workers`` processes; results in input order.
 
@@ -246,7 +246,7 @@ def deduplicate(
     structure: Structure,
     *,
     rmsd_threshold_angstrom: float = 0.1,
-    criteria: Optional[StabilityCriteria] = None,
+    criteria: StabilityCriteria | None = None,
 ) -> tuple[list[Minimum], list[MinimizedSnapshot]]:
     """Distinct minima (lowest energy first) and the snapshots rejected (non-finite or bonds changed).
 

@@ -13,8 +13,8 @@ resumed) has no ``run.json``: its row is read from ``checkpoint.zip`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.stability import covalent_bonds, minimum_image
 
 
-def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: Optional[np.ndarray] = None) -> dict[str, dict]:
+def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: np.ndarray | None = None) -> dict[str, dict]:
     """Bond lengths over frames (frames, atoms, 3; Å) per element pair (``C-H``, ``N-H``: C first, H last).
 
     For each pair: number of bonds, mean and standard deviation of the length

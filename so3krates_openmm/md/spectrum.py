@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -56,7 +55,7 @@ def finite_difference_velocities(positions: np.ndarray, frame_interval_ps: float
     return (positions[2:] - positions[:-2]) / (2.0 * frame_interval_ps)
 
 
-def velocity_autocorrelation(velocities: np.ndarray, masses: Optional[np.ndarray] = None, max_lag: Optional[int] = None) -> np.ndarray:
+def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray | None = None, max_lag: int | None = None) -> np.ndarray:
     """Normalised, mass-weighted VACF over lags 0..max_lag (frames), averaged over time origins.
 
     Args:
@@ -99,8 +98,8 @@ def vibrational_spectrum(
     velocities: np.ndarray,
     frame_interval_ps: float,
     *,
-    masses: Optional[np.ndarray] = None,
-    max_lag_ps: Optional[float] = None,
+    masses: np.ndarray | None = None,
+    max_lag_ps: float | None = None,
     source: str = "velocities",
 ) -> Spectrum:
     """VACF and power spectrum of velocities (frames, atoms, 3) sampled every ``frame_interval_ps``."""

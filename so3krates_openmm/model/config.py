@@ -97,7 +97,7 @@ class SO3kratesConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SO3kratesConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SO3kratesConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
