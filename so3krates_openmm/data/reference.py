@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
