@@ -60,7 +60,9 @@ def _without_none(annotation: Any) -> tuple[Any, bool]:
     """``(X, True)`` for ``Optional[X]``, else ``(annotation, False)``."""
     if _is_union(annotation) and type(None) in typing.get_args(annotation):
         rest = tuple(option for option in typing.get_args(annotation) if option is not type(None))
-        return (rest[0] if len(rest) == 1 else Union[rest]), True
+        # typing.Union takes the tuple of members (``|`` cannot); the type objects built here are what
+        # jsonargparse gets and shows in --help and errors, so they keep the typing forms.
+        return (rest[0] if len(rest) == 1 else Union[rest]), True  # noqa: UP007
     return annotation, False
 
 
@@ -71,7 +73,7 @@ def _flag_type(annotation: Any, metadata: dict) -> Any:
         base = Path_fr
     elif metadata.get("minimum") is not None and base in (int, float):
         base = _at_least(base, metadata["minimum"])
-    return Optional[base] if optional else base
+    return Optional[base] if optional else base  # noqa: UP045 (a typing.Union for jsonargparse, as above)
 
 
 def _at_least(base: type, minimum: float) -> type:
@@ -117,7 +119,7 @@ def options_parser(
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     if name_key is not None:
         # Before the config option: a file's key ``protocol`` must match this argument, not ``--protocol``.
-        parser.add_argument(f"--{name_key}-name", dest=name_key, type=Optional[typing.Literal[cls.name]],
+        parser.add_argument(f"--{name_key}-name", dest=name_key, type=Optional[typing.Literal[cls.name]],  # noqa: UP045
                             default=None, help=f"the {name_key} a file is written for (checked)")
     parser.add_argument(config_flag, dest="config_files", action=ActionConfigFile, metavar="FILE", help=config_help)
     hints = typing.get_type_hints(cls)

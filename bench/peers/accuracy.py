@@ -75,8 +75,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from compare import load_average, peer_python
-from peer_common import (
+# The sibling scripts are importable only after the sys.path entry above.
+from compare import load_average, peer_python  # noqa: E402
+from peer_common import (  # noqa: E402
     error_metrics,
     find_result_line,
     peer_environment,
@@ -146,7 +147,7 @@ def make_split(data: Path, train: int, valid: int, test: int | None, seed: int, 
     npz: dict[str, Path] = {}
     xyz: dict[str, Path] = {}
     indices: dict[str, list[int]] = {}
-    for name, part in zip(PARTS, parts):
+    for name, part in zip(PARTS, parts, strict=True):
         indices[name] = list(part.metadata["split"]["indices"])
         npz[name] = save_npz(part, work / f"{name}.npz")
         numbers, positions, energies, forces = part.converted("eV").stacked()

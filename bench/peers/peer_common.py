@@ -280,7 +280,7 @@ def write_reference_extxyz(
 
     path = Path(path)
     frames = []
-    for frame_positions, energy, forces in zip(positions, energies_ev, forces_ev):
+    for frame_positions, energy, forces in zip(positions, energies_ev, forces_ev, strict=True):
         atoms = Atoms(numbers=atomic_numbers, positions=frame_positions, pbc=False)
         atoms.info[REF_ENERGY_KEY] = float(energy)
         atoms.arrays[REF_FORCES_KEY] = np.asarray(forces, dtype=np.float64)

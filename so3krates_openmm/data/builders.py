@@ -188,14 +188,14 @@ def build_ac_ala3_nhme(
         raise RuntimeError(f"unexpected heavy-atom order {elements} from RDKit; expected {_PEPTIDE_HEAVY_ELEMENTS}")
 
     label_of: dict[int, tuple[int, str, str]] = {}
-    for atom, (residue_index, residue_name, atom_name) in zip(heavy, _PEPTIDE_HEAVY):
+    for atom, (residue_index, residue_name, atom_name) in zip(heavy, _PEPTIDE_HEAVY, strict=True):
         label_of[atom.GetIdx()] = (residue_index, residue_name, atom_name)
         hydrogens = sorted(n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1)
         names = _HYDROGEN_NAMES.get((residue_name, atom_name), [])
         if len(hydrogens) != len(names):
             raise RuntimeError(f"{residue_name}{residue_index} {atom_name} has {len(hydrogens)} hydrogens, "
                                f"expected {len(names)}")
-        for h, name in zip(hydrogens, names):
+        for h, name in zip(hydrogens, names, strict=True):
             label_of[h] = (residue_index, residue_name, name)
 
     residue_names = ["ACE", "ALA", "ALA", "ALA", "NME"]

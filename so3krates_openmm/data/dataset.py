@@ -126,7 +126,7 @@ class MolecularDataset:
             raise DataError(f"{source}: the number of frames differs between arrays: {counts}")
 
         n_atoms = np.zeros(n_frames, dtype=np.int64)
-        for i, (z, r, f) in enumerate(zip(number_list, position_list, force_list)):
+        for i, (z, r, f) in enumerate(zip(number_list, position_list, force_list, strict=True)):
             n = len(z)
             if np.ndim(z) != 1 or n == 0:
                 raise DataError(f"{source}: frame {i}: atomic numbers must be a non-empty 1-d array")
@@ -300,7 +300,7 @@ class MolecularDataset:
         ``indices`` into this data set.
         """
         parts = []
-        for name, indices in zip(("train", "valid", "test"), self.split_indices(train, valid, test, seed)):
+        for name, indices in zip(("train", "valid", "test"), self.split_indices(train, valid, test, seed), strict=True):
             part = self.subset(indices)
             part.metadata["split"] = {"part": name, "seed": int(seed), "indices": indices.tolist()}
             parts.append(part)

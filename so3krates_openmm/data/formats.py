@@ -363,7 +363,7 @@ def merge_datasets(
         "parts": [
             {"file": Path(path).name, "frames": len(part),
              **{k: v for k, v in part.metadata.items() if k not in ("source", "concatenated_from")}}
-            for path, part in zip(inputs, parts)
+            for path, part in zip(inputs, parts, strict=True)
         ],
     }
     if name:

@@ -354,7 +354,7 @@ def label_frames(
             raise DataError(f"{partial}: the settings of this run differ from the partial run's: "
                             + "; ".join(differences) + ". Use the same input and settings to continue it, "
                             "or --restart to discard the partial file.")
-        labels = [(float(e), f) for e, f in zip(previous.energies, previous.stacked()[3])]
+        labels = [(float(e), f) for e, f in zip(previous.energies, previous.stacked()[3], strict=True)]
         sessions = int(previous.metadata.get("timing", {}).get("sessions", 1)) + 1
         compute_seconds = float(previous.metadata.get("timing", {}).get("compute_seconds", 0.0))
         log(f"resuming from {partial}: {len(labels)} of {len(indices)} frames labelled")

@@ -138,6 +138,6 @@ def _read_pdb(path: Path) -> Structure:
 def write_xyz(path: str | Path, structure: Structure, comment: str = "") -> None:
     """Write a structure as a plain XYZ file (Å)."""
     lines = [str(structure.n_atoms), comment or structure.comment]
-    for sym, (x, y, z) in zip(structure.symbols, structure.positions_angstrom):
+    for sym, (x, y, z) in zip(structure.symbols, structure.positions_angstrom, strict=True):
         lines.append(f"{sym:2s} {x:16.10f} {y:16.10f} {z:16.10f}")
     Path(path).write_text("\n".join(lines) + "\n")

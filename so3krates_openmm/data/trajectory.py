@@ -139,7 +139,7 @@ def _c_stdout_discarded() -> Iterator[None]:
 
 def _gaps(steps: list[int], interval: int) -> list[tuple[int, int]]:
     """(last step before, first step after) each place where ``steps`` jump by more than ``interval``."""
-    return [(a, b) for a, b in zip(steps, steps[1:]) if b - a > interval]
+    return [(a, b) for a, b in zip(steps, steps[1:], strict=False) if b - a > interval]
 
 
 def _frame_steps_from_log(path: Path, steps_between_frames: int, n_frames: int) -> np.ndarray | None:
@@ -156,7 +156,7 @@ def _frame_steps_from_log(path: Path, steps_between_frames: int, n_frames: int) 
         steps = [int(line.split(",", 1)[0]) for line in handle if line.strip()]
     if len(steps) < 2:
         return None
-    gaps = _gaps(steps, min(b - a for a, b in zip(steps, steps[1:])))
+    gaps = _gaps(steps, min(b - a for a, b in zip(steps, steps[1:], strict=False)))
     if not gaps:
         return None
     frame_steps = []

@@ -191,7 +191,7 @@ def minimize_snapshots(
     """
     from tqdm import tqdm
 
-    tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom))]
+    tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom, strict=True))]
     done: dict[int, MinimizedSnapshot] = {}
     handle = None
     if journal is not None:

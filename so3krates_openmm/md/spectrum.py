@@ -116,7 +116,7 @@ def write_spectrum_csv(path: str | Path, spectrum: Spectrum, max_wavenumber_cm: 
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(f"# velocity source: {spectrum.source}\n")
         handle.write("wavenumber_cm-1,intensity\n")
-        for x, y in zip(spectrum.wavenumber_cm[keep], spectrum.intensity[keep]):
+        for x, y in zip(spectrum.wavenumber_cm[keep], spectrum.intensity[keep], strict=True):
             handle.write(f"{x:.3f},{y:.6e}\n")
     return path
 

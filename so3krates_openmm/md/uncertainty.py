@@ -176,7 +176,7 @@ class CommitteeReporter:
         )
         lines = [str(len(positions)), comment]
         lines += [
-            f"{symbol(int(z)):2s} {x:.8f} {y:.8f} {zz:.8f}" for z, (x, y, zz) in zip(self.atomic_numbers, positions)
+            f"{symbol(int(z)):2s} {x:.8f} {y:.8f} {zz:.8f}" for z, (x, y, zz) in zip(self.atomic_numbers, positions, strict=True)
         ]
         self._frames_handle.write("\n".join(lines) + "\n")
         self._frames_handle.flush()

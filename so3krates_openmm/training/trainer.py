@@ -389,7 +389,7 @@ class Trainer:
         counts = self.train_data.element_counts(elements)
         shifts = fit_energy_shifts(counts, self.train_data.energies.cpu().numpy(), elements)
         # a fine-tuned model keeps the checkpoint's shifts of elements that the training split lacks
-        absent = [z for z, count in zip(elements, counts.sum(axis=0)) if count == 0 and z in self._source_shifts]
+        absent = [z for z, count in zip(elements, counts.sum(axis=0), strict=True) if count == 0 and z in self._source_shifts]
         shifts.update({z: self._source_shifts[z] for z in absent})
         self.model.set_energy_shifts(shifts)
         if self.config.energy_scale == "rms-forces":
@@ -535,7 +535,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": {"torch": torch.get_rng_state()},
             "metrics": self.metrics,
-            "split": {name: torch.as_tensor(part) for name, part in zip(("train", "valid", "test"), self.split)},
+            "split": {name: torch.as_tensor(part) for name, part in zip(("train", "valid", "test"), self.split, strict=True)},
             "config": self.config.to_dict(),
             "best_valid_loss": self.best_loss,
             "best_epoch": self.best_epoch,
