@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     label.add_argument("--charge", type=int, default=0, help="total charge in e (default 0)")
     label.add_argument("--multiplicity", type=int, default=1, help="spin multiplicity (default 1)")
     label.add_argument("--energy-unit", help="energy unit written (default kcal/mol for .npz, eV for extended XYZ)")
-    label.add_argument("--checkpoint-every", type=int, default=10, help="frames between partial-file writes (default 10)")
+    label.add_argument("--checkpoint-every", type=int, default=10,
+                       help="frames between partial-file writes (default 10)")
     label.add_argument("--float32", action="store_true", help="store positions and forces as float32")
     label.add_argument("--restart", action="store_true", help="discard an existing partial file and start afresh")
     label.add_argument("--stop-after-frames", type=int,

@@ -1,4 +1,5 @@
-"""``so3krates-eval CHECKPOINT --data FILE``: energy and force errors of a checkpoint on a data set (:mod:`so3krates_openmm.training.evaluation`)."""
+"""``so3krates-eval CHECKPOINT --data FILE``: energy and force errors of a checkpoint on a data set
+(:mod:`so3krates_openmm.training.evaluation`)."""
 
 from __future__ import annotations
 

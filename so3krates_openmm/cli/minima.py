@@ -1,4 +1,5 @@
-"""``md_protocols/minima.py``: minima exploration with parallel minimisation (:func:`so3krates_openmm.md.recipes.run_minima`)."""
+"""``md_protocols/minima.py``: minima exploration with parallel minimisation
+(:func:`so3krates_openmm.md.recipes.run_minima`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from so3krates_openmm.cli.common import run_protocol
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the protocol with ``argv`` (flags and ``--protocol FILE``); the exit code: 0 done, 1 unstable, 2 bad input."""
+    """Run the protocol with ``argv`` (flags and ``--protocol FILE``); the exit code: 0 done, 1 unstable,
+    2 bad input."""
     return run_protocol("MinimaOptions", "run_minima", argv)
 
 

@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="stability_report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path,
                         help="run directories (--output of langevin_nvt.py; finished or in progress)")
-    parser.add_argument("--json", type=Path, help="also write every row, with per-element-pair bond statistics, as JSON")
+    parser.add_argument("--json", type=Path,
+                        help="also write every row, with per-element-pair bond statistics, as JSON")
     arguments = parser.parse_args(argv)
     from so3krates_openmm.md.report import markdown_table, summarize_run
 

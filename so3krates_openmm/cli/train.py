@@ -1,4 +1,5 @@
-"""``so3krates-train [--config FILE.yaml] --data FILE [--option value ...]``: train SO3krates (:mod:`so3krates_openmm.training`).
+"""``so3krates-train [--config FILE.yaml] --data FILE [--option value ...]``: train SO3krates
+(:mod:`so3krates_openmm.training`).
 
 Multi-process: ``torchrun --nproc_per_node 2 -m so3krates_openmm.cli.train --data FILE ...``
 (the batch size is global: each process takes its share of every batch).
