@@ -77,7 +77,9 @@ def write_distance_csv(path: str | Path, time_ps: np.ndarray, distance_angstrom:
     return path
 
 
-def plot_distance(time_ps: np.ndarray, distance_angstrom: np.ndarray, path: str | Path, reference_angstrom: float | None = None) -> Path:
+def plot_distance(
+    time_ps: np.ndarray, distance_angstrom: np.ndarray, path: str | Path, reference_angstrom: float | None = None
+) -> Path:
     """Distance between the ball and catcher centres against time."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 3.8))

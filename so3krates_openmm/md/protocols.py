@@ -74,7 +74,9 @@ class SystemOptions:
                     raise ProtocolError(f"no {key} given: pass --{key} FILE or choose a pretrained --system")
                 path = shipped[key]
                 if not path.is_file():
-                    raise ProtocolError(f"the shipped {key} of {self.system!r} is not present ({path}); pass --{key} FILE")
+                    raise ProtocolError(
+                        f"the shipped {key} of {self.system!r} is not present ({path}); pass --{key} FILE"
+                    )
             elif not Path(path).is_file():
                 raise ProtocolError(f"{key} file {str(path)!r} does not exist (key {key!r})")
             files[key] = Path(path)

@@ -143,7 +143,9 @@ class _Runner:
         trajectory = trajectory.after(skip_ps)
         if trajectory.n_frames == 0:
             if result is not None and not is_stable(result):
-                raise RunUnstable(f"the run became unstable before its first frame; see {path.parent / 'stability.json'}")
+                raise RunUnstable(
+                    f"the run became unstable before its first frame; see {path.parent / 'stability.json'}"
+                )
             raise ValueError(f"{path} has no frames to analyse (after skipping {skip_ps} ps)")
         return trajectory, result
 
@@ -247,7 +249,9 @@ def run_spectrum(options: SpectrumOptions, log: Log = print) -> ProtocolResult:
         velocities = velocities[round(options.skip_ps / interval_ps):]
         source = f"integrator velocities from {path}"
     if velocities.shape[1] != structure.n_atoms:
-        raise ValueError(f"the velocities have {velocities.shape[1]} atoms but {structure.source} has {structure.n_atoms}")
+        raise ValueError(
+            f"the velocities have {velocities.shape[1]} atoms but {structure.source} has {structure.n_atoms}"
+        )
     masses = np.asarray(masses_dalton(structure.atomic_numbers)) if options.mass_weighted else None
     spectrum = vibrational_spectrum(velocities, interval_ps, masses=masses, max_lag_ps=options.max_lag_ps,
                                     source=source)

@@ -268,7 +268,9 @@ class VelocityReporter:
             self._handle = open(self.path, "ab")
         else:
             self._handle = open(self.path, "wb")
-            self._handle.write(_VELOCITY_HEADER.pack(_VELOCITY_MAGIC, self.n_atoms, self.interval, timestep_fs * 1e-3, self.interval))
+            self._handle.write(
+                _VELOCITY_HEADER.pack(_VELOCITY_MAGIC, self.n_atoms, self.interval, timestep_fs * 1e-3, self.interval)
+            )
             self._handle.flush()
 
     def describeNextReport(self, simulation: app.Simulation) -> dict:

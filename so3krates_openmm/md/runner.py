@@ -283,7 +283,9 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
             simulation.step(target - current)
             save_checkpoint()
         if monitor is not None and monitor.result().last_good_step != simulation.currentStep:
-            monitor.report(simulation, simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True))
+            monitor.report(
+                simulation, simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+            )
         if monitor is not None:
             stability = monitor.result()
     except SimulationUnstable as unstable:

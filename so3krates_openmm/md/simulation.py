@@ -103,7 +103,8 @@ def model_system(
             raise ValueError(f"{model_path} holds a serialised {type(system).__name__}, not a System")
         if system.getNumParticles() != structure.n_atoms:
             raise ValueError(
-                f"{model_path} has {system.getNumParticles()} particles but {structure.source} has {structure.n_atoms} atoms"
+                f"{model_path} has {system.getNumParticles()} particles but {structure.source} has "
+                f"{structure.n_atoms} atoms"
             )
         return system
     from so3krates_openmm.openmm_force import create_system

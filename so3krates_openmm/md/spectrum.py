@@ -55,7 +55,9 @@ def finite_difference_velocities(positions: np.ndarray, frame_interval_ps: float
     return (positions[2:] - positions[:-2]) / (2.0 * frame_interval_ps)
 
 
-def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray | None = None, max_lag: int | None = None) -> np.ndarray:
+def velocity_autocorrelation(
+    velocities: np.ndarray, masses: np.ndarray | None = None, max_lag: int | None = None
+) -> np.ndarray:
     """Normalised, mass-weighted VACF over lags 0..max_lag (frames), averaged over time origins.
 
     Args:
@@ -124,7 +126,8 @@ def write_spectrum_csv(path: str | Path, spectrum: Spectrum, max_wavenumber_cm: 
 def write_vacf_csv(path: str | Path, spectrum: Spectrum) -> Path:
     """CSV with columns ``lag_ps,vacf``."""
     path = Path(path)
-    np.savetxt(path, np.stack([spectrum.lag_ps, spectrum.vacf], axis=1), delimiter=",", header="lag_ps,vacf", comments="", fmt="%.6g")
+    np.savetxt(path, np.stack([spectrum.lag_ps, spectrum.vacf], axis=1), delimiter=",", header="lag_ps,vacf",
+               comments="", fmt="%.6g")
     return path
 
 

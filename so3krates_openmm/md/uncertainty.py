@@ -14,7 +14,8 @@ In your own OpenMM script::
     from so3krates_openmm.model.committee import Committee
     from so3krates_openmm.md.uncertainty import CommitteeReporter, UncertaintyLimitExceeded
     committee = Committee.from_checkpoints(["member0.pt", "member1.pt", "member2.pt", "member3.pt"])
-    reporter = CommitteeReporter(committee, atomic_numbers, "uncertainty.csv", 100, save_threshold=1.0, stop_threshold=5.0)
+    reporter = CommitteeReporter(committee, atomic_numbers, "uncertainty.csv", 100,
+                                 save_threshold=1.0, stop_threshold=5.0)
     simulation.reporters.append(reporter)
     try:
         simulation.step(100_000)
@@ -176,7 +177,8 @@ class CommitteeReporter:
         )
         lines = [str(len(positions)), comment]
         lines += [
-            f"{symbol(int(z)):2s} {x:.8f} {y:.8f} {zz:.8f}" for z, (x, y, zz) in zip(self.atomic_numbers, positions, strict=True)
+            f"{symbol(int(z)):2s} {x:.8f} {y:.8f} {zz:.8f}"
+            for z, (x, y, zz) in zip(self.atomic_numbers, positions, strict=True)
         ]
         self._frames_handle.write("\n".join(lines) + "\n")
         self._frames_handle.flush()
