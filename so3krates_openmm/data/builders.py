@@ -252,7 +252,8 @@ def build_docosahexaenoic_acid(
         log("relaxing docosahexaenoic acid with GFN2-xTB")
         positions, _, _ = relax_with_xtb(numbers, positions, fmax=fmax, log=log, label="DHA")
     return Structure(numbers, positions, topology=_topology([("DHA", names)], bonds),
-                     source="build_docosahexaenoic_acid", comment=f"DHA C22H32O2, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
+                     source="build_docosahexaenoic_acid",
+                     comment=f"DHA C22H32O2, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
 
 
 def corannulene_bowls(numbers: np.ndarray, bonds: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
@@ -407,7 +408,8 @@ def build_and_write(
     name: str, output_dir: str | Path, seed: int = 7, relax: bool = True, fmax: float = 0.01,
     log: Callable[[str], None] = _log_default,
 ) -> tuple[Path, Path]:
-    """Build ``name`` (a key of :data:`BUILDERS`) and write ``structure.pdb`` and ``structure.xyz`` in ``output_dir``."""
+    """Build ``name`` (a key of :data:`BUILDERS`) and write ``structure.pdb`` and ``structure.xyz`` in
+    ``output_dir``."""
     if name not in BUILDERS:
         raise ValueError(f"unknown molecule {name!r}; choose one of {sorted(BUILDERS)}")
     started = time.perf_counter()

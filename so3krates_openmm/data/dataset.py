@@ -210,7 +210,9 @@ class MolecularDataset:
             return True
         if not np.all(self.n_atoms == self.n_atoms[0]):
             return False
-        return bool(np.all(self.atomic_numbers_flat.reshape(len(self), -1) == self.atomic_numbers_flat[: self.n_atoms[0]]))
+        return bool(
+            np.all(self.atomic_numbers_flat.reshape(len(self), -1) == self.atomic_numbers_flat[: self.n_atoms[0]])
+        )
 
     def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(z (N,), positions (M, N, 3) Å, energies (M,), forces (M, N, 3)) for a single-molecule set.

@@ -53,7 +53,8 @@ def _unit(value: str, kind: str, path: Path) -> str:
 
 
 def _choose_unit(explicit: str | None, recorded: str | None, default: str, kind: str, path: Path) -> str:
-    """The unit to use: the caller's if given (warning if the file says otherwise), else the file's, else the default."""
+    """The unit to use: the caller's if given (warning if the file says otherwise), else the file's, else the
+    default."""
     recorded_canonical = _unit(recorded, kind, path) if recorded else None
     if explicit is not None:
         chosen = _unit(explicit, kind, path)

@@ -250,7 +250,8 @@ def read_frames(path: str | Path, structure: str | Path | None = None) -> Trajec
                             f"{len(numbers_from_structure)}: the structure must hold the trajectory's atoms in order")
         if not np.array_equal(numbers_from_structure, numbers):
             raise DataError(f"{path}: its elements differ from those of {structure} "
-                            f"({formula(numbers.tolist())} vs {formula(numbers_from_structure.tolist())} or another order)")
+                            f"({formula(numbers.tolist())} vs {formula(numbers_from_structure.tolist())} "
+                            "or another order)")
     return TrajectoryFrames(numbers, positions, times, str(path))
 
 

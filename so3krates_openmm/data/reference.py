@@ -430,7 +430,8 @@ def generate_reference_data(
         if old_unit != energy_unit:
             raise DataError(f"{partial}: holds energies in {old_unit}, this run asks for {energy_unit}")
         log(f"resuming from {partial}: {len(state.energies)} of {settings.total_frames} frames done, "
-            f"temperature {settings.temperatures_K[min(state.temperature_index, len(settings.temperatures_K) - 1)]:g} K")
+            "temperature "
+            f"{settings.temperatures_K[min(state.temperature_index, len(settings.temperatures_K) - 1)]:g} K")
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = state.rng_state
     else:
@@ -597,7 +598,9 @@ def check_output(output: Path, run_settings: dict, energy_unit: str, restart: bo
         return _load_output(output, energy_unit)
     detail = ""
     if finished is not None:
-        detail = ": " + "; ".join(_settings_differences(finished, run_settings)).replace("(partial file)", "(existing file)")
+        detail = ": " + "; ".join(_settings_differences(finished, run_settings)).replace(
+            "(partial file)", "(existing file)"
+        )
     raise DataError(f"{output} already exists (written with other or unknown settings{detail}); "
                     "choose another output or delete it")
 

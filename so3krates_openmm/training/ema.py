@@ -56,4 +56,6 @@ class ExponentialMovingAverage:
             raise ValueError("EMA state does not match the model's parameters")
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
-        self.shadow = [s.to(device=p.device, dtype=p.dtype).clone() for s, p in zip(state["shadow"], self.parameters, strict=True)]
+        self.shadow = [
+            s.to(device=p.device, dtype=p.dtype).clone() for s, p in zip(state["shadow"], self.parameters, strict=True)
+        ]
