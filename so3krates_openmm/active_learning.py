@@ -73,7 +73,8 @@ class ActiveLearningSettings:
     ``so3krates-active-learning`` and its YAML file have one key per field."""
 
     structure: Path | None = option(None, "starting structure (PDB/XYZ) of every MD run", input_file=True)
-    checkpoint: Path | None = option(None, "trained SO3krates checkpoint the committee is fine-tuned from", input_file=True)
+    checkpoint: Path | None = option(None, "trained SO3krates checkpoint the committee is fine-tuned from",
+                                     input_file=True)
     data: list[Path] = option([], "training data of that checkpoint (.npz/extended XYZ), merged with the new labels")
     output: Path = option(Path("runs/active_learning"), "folder of the loop (resumed when it exists)")
     temperatures_K: list[float] = option([300.0, 500.0], "Langevin temperatures of the MD stage, K")
@@ -205,7 +206,9 @@ class ActiveLearning:
         current = json.loads(json.dumps(asdict(self.settings), default=str))
         if record.exists():
             saved = json.loads(record.read_text())
-            changed = sorted(k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k])
+            changed = sorted(
+                k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k]
+            )
             if changed:
                 raise ValueError(
                     f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only iterations "
@@ -246,7 +249,8 @@ class ActiveLearning:
                                           seed=1 + s.seed + 1000 * i + t_index, minimize=True)
             config = RunConfig(steps=s.md_steps, output_dir=directory, log_interval=s.evaluate_every,
                                trajectory_interval=s.evaluate_every, checkpoint_interval=s.checkpoint_interval,
-                               resume=resume_step is not None, overwrite=resume_step is None, identity={"model": str(driver), "structure": str(s.structure)},
+                               resume=resume_step is not None, overwrite=resume_step is None,
+                               identity={"model": str(driver), "structure": str(s.structure)},
                                reporters=[reporter])
             self.log(f"iteration {i}: MD at {temperature:g} K, {s.md_ps:g} ps ({directory})")
             try:
@@ -291,7 +295,8 @@ class ActiveLearning:
                                 threshold=s.select_threshold, min_rmsd_angstrom=s.min_rmsd_angstrom,
                                 min_separation=s.min_separation_steps, atom_indices=heavy if len(heavy) >= 3 else None,
                                 # runs at different temperatures never count as close in time
-                                frame_numbers=pool["steps"] + run_index * (10 * s.md_steps + 10 * s.min_separation_steps))
+                                frame_numbers=pool["steps"]
+                                + run_index * (10 * s.md_steps + 10 * s.min_separation_steps))
         rest = np.setdiff1d(np.arange(len(pool["scores"])), chosen)
         rng = np.random.default_rng(s.seed + 7919 * (i + 1))
         random = rng.choice(rest, size=min(s.random_frames_per_iteration, len(rest)), replace=False)
@@ -402,8 +407,8 @@ class ActiveLearning:
         kind = np.asarray(calibration["kind"])
         for name, marker in (("selected", "o"), ("random", "s")):
             mask = kind == name
-            right.scatter(np.asarray(calibration["force_std_max"])[mask], np.asarray(calibration["force_max_error"])[mask],
-                          s=12, marker=marker, label=name)
+            right.scatter(np.asarray(calibration["force_std_max"])[mask],
+                          np.asarray(calibration["force_max_error"])[mask], s=12, marker=marker, label=name)
         right.set_xlabel("committee max force std")
         right.set_ylabel("true max force error (GFN2-xTB)")
         right.set_title(f"Spearman {report['uncertainty_error_spearman']:.2f}", fontsize=9)

@@ -54,7 +54,9 @@ def read_journal(path: str | Path, header: Mapping[str, Any]) -> dict[str, Any]:
     try:
         saved = json.loads(lines[0])["header"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise JournalMismatch(f"{path} is not a task journal ({error}); move it away or choose another output") from error
+        raise JournalMismatch(
+            f"{path} is not a task journal ({error}); move it away or choose another output"
+        ) from error
     expected = json.loads(json.dumps(dict(header), default=str))
     differences = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
     if differences:

@@ -61,7 +61,9 @@ class SO3kratesConfig:
         if not self.elements:
             raise ValueError("config.elements is empty: the model must know at least one element")
         if len(set(self.degrees)) != len(self.degrees):
-            raise ValueError(f"config.degrees must be distinct degrees (or empty: the invariant model), got {self.degrees}")
+            raise ValueError(
+                f"config.degrees must be distinct degrees (or empty: the invariant model), got {self.degrees}"
+            )
         if any(not 0 <= l <= MAX_DEGREE for l in self.degrees):
             raise ValueError(f"config.degrees must lie in 0..{MAX_DEGREE}, got {self.degrees}")
         if self.layers < 1 or self.heads < 1 or self.features < 1 or self.radial_basis_size < 1:

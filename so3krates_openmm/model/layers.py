@@ -50,7 +50,9 @@ class FilterNetwork(nn.Module):
         """
         if not hasattr(self, "spherical_in"):
             return functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias)
-        radial = functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias + self.spherical_out.bias)
+        radial = functional.linear(
+            radial_hidden, self.radial_out.weight, self.radial_out.bias + self.spherical_out.bias
+        )
         spherical_hidden = functional.silu(self.spherical_in(ev_invariants))
         return torch.addmm(radial, spherical_hidden, self.spherical_out.weight.t())
 
@@ -222,7 +224,9 @@ class SO3kratesLayer(nn.Module):
                 n_atoms,
             )
             return self.exchange(features + feature_update, euclidean)
-        difference = euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
+        difference = (
+            euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
+        )
         ev_invariants = (difference * difference) @ self.contraction.to(difference.dtype)
         ev = self.euclidean_attention
         centre_weights = torch.cat([invariant.query.weight * invariant.scale, ev.query.weight * ev.scale])
