@@ -185,10 +185,13 @@ class SO3kratesLayer(nn.Module):
     def __init__(self, features: int, heads: int, degrees: List[int], radial_basis_size: int) -> None:
         super().__init__()
         self.features = features
+        # Registered in this order (the order of model.parameters(), as before the invariant model existed):
+        # optimiser states in training checkpoints and seeded random weights follow it.
         self.feature_filter = FilterNetwork(radial_basis_size, len(degrees), features)
-        self.feature_attention = InvariantAttention(features, heads)
         if degrees:  # the invariant model (no degrees) has no Euclidean filter and attention
             self.euclidean_filter = FilterNetwork(radial_basis_size, len(degrees), features)
+        self.feature_attention = InvariantAttention(features, heads)
+        if degrees:
             self.euclidean_attention = EuclideanAttention(features, degrees)
         self.exchange = ExchangeBlock(features, degrees)
         self.register_buffer("contraction", degree_contraction_matrix(degrees))
