@@ -70,7 +70,9 @@ def main() -> None:
     for per_side in range(3, args.max_molecules_per_side + 1):
         numbers, positions, box = water_box(per_side)
         n_atoms = len(numbers)
-        pairs = neighbour_list(positions, torch.zeros(n_atoms, dtype=torch.long), 1, model.cutoff, box.unsqueeze(0))[0].numel()
+        pairs = neighbour_list(
+            positions, torch.zeros(n_atoms, dtype=torch.long), 1, model.cutoff, box.unsqueeze(0)
+        )[0].numel()
         repeats = 5 if n_atoms < 1500 else 2
         cells = time_energy_forces(model, numbers, positions, box, "cell_list", repeats)
         all_pairs = (

@@ -81,14 +81,16 @@ def main() -> None:
         f"{os.cpu_count()} cores | torch {torch.__version__} threads={args.threads} | "
         f"load average before: {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'system':<20}{'atoms':>6}{'pairs':>7}{'eager ms':>14}{'TorchScript ms':>18}{'OpenMM CPU step ms':>22}{'OpenMM/eager':>14}")
+    print(f"{'system':<20}{'atoms':>6}{'pairs':>7}{'eager ms':>14}{'TorchScript ms':>18}"
+          f"{'OpenMM CPU step ms':>22}{'OpenMM/eager':>14}")
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.systems:
             r = benchmark_system(name, args.threads, args.repeats, Path(workdir))
             eager, torchscript, step = r["eager"], r["torchscript"], r["openmm_cpu_step"]
             print(
                 f"{r['system']:<20}{r['atoms']:>6}{r['pairs']:>7}"
-                f"{eager.median_ms:>9.2f} ±{eager.iqr_half_ms:<4.1f}{torchscript.median_ms:>13.2f} ±{torchscript.iqr_half_ms:<4.1f}"
+                f"{eager.median_ms:>9.2f} ±{eager.iqr_half_ms:<4.1f}"
+                f"{torchscript.median_ms:>13.2f} ±{torchscript.iqr_half_ms:<4.1f}"
                 f"{step.median_ms:>17.2f} ±{step.iqr_half_ms:<4.1f}{step.median_ms / eager.median_ms:>12.2f}"
             )
     print(f"# load average after: {os.getloadavg()[0]:.2f} (figures are only meaningful on an otherwise idle machine)")

@@ -38,8 +38,8 @@ from so3krates_openmm.training.synthetic import teacher_dataset
 def measure(dataset, batch_size: int, frames: int, epochs: int, threads: int, dtype: str, output: str) -> dict:
     """Structures per second of training epochs (after one warm-up epoch)."""
     config = config_from_dict({
-        "data": "<bench>", "train_size": frames, "valid_size": 1, "test_size": 0, "batch_size": batch_size, "threads": threads,
-        "dtype": dtype, "output": output, "progress": False, "patience": None,
+        "data": "<bench>", "train_size": frames, "valid_size": 1, "test_size": 0, "batch_size": batch_size,
+        "threads": threads, "dtype": dtype, "output": output, "progress": False, "patience": None,
     })
     trainer = Trainer(config, dataset=dataset, log=lambda message: None)
     trainer.setup()
@@ -71,8 +71,8 @@ def main() -> None:
     dataset = teacher_dataset(peptide.atomic_numbers, peptide.positions_angstrom, args.frames + 1, displacement=0.1,
                               force_rms=30.0)
     print(f"SO3krates training throughput: Ac-Ala3-NHMe ({len(peptide.atomic_numbers)} atoms), paper-size model "
-          f"(F=132, T=3, H=4, degrees 1-3, K=32, 5 Å), {args.dtype}, {args.threads} threads, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}")
+          f"(F=132, T=3, H=4, degrees 1-3, K=32, 5 Å), {args.dtype}, {args.threads} threads, "
+          f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
     print("step = forward + forces (autograd, create_graph) + backward + clip + Adam + EMA; "
           "CPU ms/structure = process CPU time (all threads), less sensitive to other load than wall time")
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())

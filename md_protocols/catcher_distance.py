@@ -7,8 +7,8 @@ Examples:
 
 Writes catcher_distance.csv, catcher_distance.png and catcher_distance.json.
 
-Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol catcher_distance.yaml`);
-flags override the file. `--help` lists all options with units and defaults.
+Also a console script (setup.py). Every option can also be set in a YAML protocol file
+(`--protocol catcher_distance.yaml`); flags override the file. `--help` lists all options with units and defaults.
 """
 
 import sys

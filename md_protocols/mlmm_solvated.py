@@ -10,8 +10,8 @@ The molecule's internal energy comes from the SO3krates checkpoint through openm
 the molecule-water interactions from amber14 + TIP3P with PME. Writes the usual run
 files (trajectory.dcd, log.csv, checkpoint.zip for --resume, final.pdb, stability.json).
 
-Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol mlmm_solvated.yaml`);
-flags override the file. `--help` lists all options with units and defaults.
+Also a console script (setup.py). Every option can also be set in a YAML protocol file
+(`--protocol mlmm_solvated.yaml`); flags override the file. `--help` lists all options with units and defaults.
 """
 
 import sys

@@ -35,15 +35,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 from ase.io import read as ase_read
 from scipy.stats import spearmanr
 
-from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.data.formats import load_dataset, merge_datasets
 from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
 from so3krates_openmm.data.selection import select_diverse
@@ -72,8 +72,9 @@ class ActiveLearningSettings:
     """Everything the loop needs (units: K, ps, fs, Å, the data's energy unit); the command line
     ``so3krates-active-learning`` and its YAML file have one key per field."""
 
-    structure: Optional[Path] = option(None, "starting structure (PDB/XYZ) of every MD run", input_file=True)
-    checkpoint: Optional[Path] = option(None, "trained SO3krates checkpoint the committee is fine-tuned from", input_file=True)
+    structure: Path | None = option(None, "starting structure (PDB/XYZ) of every MD run", input_file=True)
+    checkpoint: Path | None = option(None, "trained SO3krates checkpoint the committee is fine-tuned from",
+                                     input_file=True)
     data: list[Path] = option([], "training data of that checkpoint (.npz/extended XYZ), merged with the new labels")
     output: Path = option(Path("runs/active_learning"), "folder of the loop (resumed when it exists)")
     temperatures_K: list[float] = option([300.0, 500.0], "Langevin temperatures of the MD stage, K")
@@ -85,7 +86,7 @@ class ActiveLearningSettings:
     evaluate_every: int = option(100, "MD steps between committee evaluations (frames kept as candidates)",
                                  minimum=1)
     checkpoint_interval: int = option(2000, "MD steps between MD checkpoints", minimum=1)
-    stop_threshold: Optional[float] = option(
+    stop_threshold: float | None = option(
         None, "end an MD run when the maximum force disagreement passes this (energy unit/Å); null: never")
     select_threshold: float = option(0.0, "frames below this maximum force disagreement are never selected")
     frames_per_iteration: int = option(50, "frames selected by disagreement per iteration", minimum=1)
@@ -94,7 +95,7 @@ class ActiveLearningSettings:
     min_rmsd_angstrom: float = option(0.25, "selected frames differ pairwise by at least this heavy-atom RMSD, Å")
     min_separation_steps: int = option(400, "selected frames of one run lie at least this many MD steps apart",
                                        minimum=0)
-    target_force_std: Optional[float] = option(
+    target_force_std: float | None = option(
         None, "stop when the 95th percentile of the maximum force disagreement along an iteration's MD is below "
         "this (energy unit/Å); null: run all iterations")
     label: dict[str, Any] = option({}, "GFN2-xTB settings of the labeller (LabelSettings keys, e.g. {charge: 0})")
@@ -102,7 +103,7 @@ class ActiveLearningSettings:
         {"max_epochs": 20, "lr": 5e-4}, "options of each member's fine-tuning run (so3krates-train keys, e.g. "
         "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); data, output, seed and init_from are set by the loop")
     platform: str = option("CPU", "OpenMM platform of the MD stage (CUDA on a GPU)")
-    threads: Optional[int] = option(None, "CPU threads of MD and training (default: all cores)", minimum=1)
+    threads: int | None = option(None, "CPU threads of MD and training (default: all cores)", minimum=1)
     seed: int = option(0, "seeds the MD runs, the random frames and the committee's splits", minimum=0)
 
     def __post_init__(self) -> None:
@@ -205,7 +206,9 @@ class ActiveLearning:
         current = json.loads(json.dumps(asdict(self.settings), default=str))
         if record.exists():
             saved = json.loads(record.read_text())
-            changed = sorted(k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k])
+            changed = sorted(
+                k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k]
+            )
             if changed:
                 raise ValueError(
                     f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only iterations "
@@ -246,7 +249,8 @@ class ActiveLearning:
                                           seed=1 + s.seed + 1000 * i + t_index, minimize=True)
             config = RunConfig(steps=s.md_steps, output_dir=directory, log_interval=s.evaluate_every,
                                trajectory_interval=s.evaluate_every, checkpoint_interval=s.checkpoint_interval,
-                               resume=resume_step is not None, overwrite=resume_step is None, identity={"model": str(driver), "structure": str(s.structure)},
+                               resume=resume_step is not None, overwrite=resume_step is None,
+                               identity={"model": str(driver), "structure": str(s.structure)},
                                reporters=[reporter])
             self.log(f"iteration {i}: MD at {temperature:g} K, {s.md_ps:g} ps ({directory})")
             try:
@@ -291,7 +295,8 @@ class ActiveLearning:
                                 threshold=s.select_threshold, min_rmsd_angstrom=s.min_rmsd_angstrom,
                                 min_separation=s.min_separation_steps, atom_indices=heavy if len(heavy) >= 3 else None,
                                 # runs at different temperatures never count as close in time
-                                frame_numbers=pool["steps"] + run_index * (10 * s.md_steps + 10 * s.min_separation_steps))
+                                frame_numbers=pool["steps"]
+                                + run_index * (10 * s.md_steps + 10 * s.min_separation_steps))
         rest = np.setdiff1d(np.arange(len(pool["scores"])), chosen)
         rng = np.random.default_rng(s.seed + 7919 * (i + 1))
         random = rng.choice(rest, size=min(s.random_frames_per_iteration, len(rest)), replace=False)
@@ -350,7 +355,7 @@ class ActiveLearning:
         random = np.flatnonzero(kind == "random")
         chosen = np.flatnonzero(kind == "selected")
 
-        def mae(report: dict, frames: np.ndarray, key: str) -> Optional[float]:
+        def mae(report: dict, frames: np.ndarray, key: str) -> float | None:
             values = np.asarray(report["per_frame"][key])[frames]
             return float(np.mean(np.abs(values))) if len(values) else None
 
@@ -402,8 +407,8 @@ class ActiveLearning:
         kind = np.asarray(calibration["kind"])
         for name, marker in (("selected", "o"), ("random", "s")):
             mask = kind == name
-            right.scatter(np.asarray(calibration["force_std_max"])[mask], np.asarray(calibration["force_max_error"])[mask],
-                          s=12, marker=marker, label=name)
+            right.scatter(np.asarray(calibration["force_std_max"])[mask],
+                          np.asarray(calibration["force_max_error"])[mask], s=12, marker=marker, label=name)
         right.set_xlabel("committee max force std")
         right.set_ylabel("true max force error (GFN2-xTB)")
         right.set_title(f"Spearman {report['uncertainty_error_spearman']:.2f}", fontsize=9)

@@ -75,5 +75,7 @@ def reuse_freed_memory() -> bool:
     except OSError:
         _applied = False
         return False
-    _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+    _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES)
+    )
     return _applied

@@ -39,7 +39,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 from jsonargparse.typing import Path_fr, registered_types, restricted_number_type
 
 
-def option(default: Any, help: str, *, minimum: Optional[float] = None, input_file: bool = False) -> Any:
+def option(default: Any, help: str, *, minimum: float | None = None, input_file: bool = False) -> Any:
     """A dataclass field declaring one option: its default (a list default is copied per instance), help text
     (unit included), smallest allowed value and whether it names an input file that must exist."""
     metadata = {"help": help, "minimum": minimum, "input_file": input_file}
@@ -60,7 +60,9 @@ def _without_none(annotation: Any) -> tuple[Any, bool]:
     """``(X, True)`` for ``Optional[X]``, else ``(annotation, False)``."""
     if _is_union(annotation) and type(None) in typing.get_args(annotation):
         rest = tuple(option for option in typing.get_args(annotation) if option is not type(None))
-        return (rest[0] if len(rest) == 1 else Union[rest]), True
+        # typing.Union takes the tuple of members (``|`` cannot); the type objects built here are what
+        # jsonargparse gets and shows in --help and errors, so they keep the typing forms.
+        return (rest[0] if len(rest) == 1 else Union[rest]), True  # noqa: UP007
     return annotation, False
 
 
@@ -71,7 +73,7 @@ def _flag_type(annotation: Any, metadata: dict) -> Any:
         base = Path_fr
     elif metadata.get("minimum") is not None and base in (int, float):
         base = _at_least(base, metadata["minimum"])
-    return Optional[base] if optional else base
+    return Optional[base] if optional else base  # noqa: UP045 (a typing.Union for jsonargparse, as above)
 
 
 def _at_least(base: type, minimum: float) -> type:
@@ -107,7 +109,7 @@ def options_parser(
     description: str,
     config_flag: str = "--config",
     config_help: str = "YAML file of options (keys as the flags' names with underscores); flags override it",
-    name_key: Optional[str] = None,
+    name_key: str | None = None,
 ) -> ArgumentParser:
     """A parser with one flag per field of the dataclass ``cls`` and a config-file option ``config_flag``.
 
@@ -117,7 +119,7 @@ def options_parser(
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     if name_key is not None:
         # Before the config option: a file's key ``protocol`` must match this argument, not ``--protocol``.
-        parser.add_argument(f"--{name_key}-name", dest=name_key, type=Optional[typing.Literal[cls.name]],
+        parser.add_argument(f"--{name_key}-name", dest=name_key, type=Optional[typing.Literal[cls.name]],  # noqa: UP045
                             default=None, help=f"the {name_key} a file is written for (checked)")
     parser.add_argument(config_flag, dest="config_files", action=ActionConfigFile, metavar="FILE", help=config_help)
     hints = typing.get_type_hints(cls)
@@ -194,7 +196,7 @@ def _options_error(error: argparse.ArgumentError, cls: type) -> OptionsError:
 
 
 def parse_options(
-    parser: ArgumentParser, cls: type, argv: Optional[Sequence[str]] = None
+    parser: ArgumentParser, cls: type, argv: Sequence[str] | None = None
 ) -> tuple[Any, Namespace, frozenset[str]]:
     """Parse ``argv`` into an instance of the dataclass ``cls``.
 
@@ -239,7 +241,7 @@ def parse_object(parser: ArgumentParser, cls: type, values: dict[str, Any]) -> A
     return cls(**{name: _plain(namespace[name]) for name in names})
 
 
-def flags_given(parser: ArgumentParser, argv: Optional[Sequence[str]]) -> set[str]:
+def flags_given(parser: ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """Names of the options set by flags on the command line (``--flag value`` or ``--flag=value``), not by a file."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     written = {argument.split("=", 1)[0] for argument in arguments if argument.startswith("--")}

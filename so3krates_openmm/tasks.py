@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 #: Objects a worker process keeps between tasks (see :func:`worker_cache`).
 _WORKER_CACHE: dict[str, Any] = {}
@@ -54,7 +54,9 @@ def read_journal(path: str | Path, header: Mapping[str, Any]) -> dict[str, Any]:
     try:
         saved = json.loads(lines[0])["header"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise JournalMismatch(f"{path} is not a task journal ({error}); move it away or choose another output") from error
+        raise JournalMismatch(
+            f"{path} is not a task journal ({error}); move it away or choose another output"
+        ) from error
     expected = json.loads(json.dumps(dict(header), default=str))
     differences = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
     if differences:
@@ -96,7 +98,7 @@ def run_tasks(
     journal: str | Path,
     *,
     header: Mapping[str, Any],
-    scheduler: Optional[str] = None,
+    scheduler: str | None = None,
     workers: int = 2,
     progress: bool = True,
     description: str = "tasks",

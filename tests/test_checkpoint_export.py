@@ -12,7 +12,7 @@ import pytest
 import torch
 from openmm import unit
 
-from so3krates_openmm import SO3krates, SO3kratesConfig
+from so3krates_openmm import SO3kratesConfig
 from so3krates_openmm.cli.export import main as export_main
 from so3krates_openmm.data.structures import Structure, read_structure, write_xyz
 from so3krates_openmm.export import ExportError, export_checkpoint, read_export_metadata

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import openmm as mm
 import pytest
-import torch
 from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS, randomise, small_config
 from openmm import app, unit
 

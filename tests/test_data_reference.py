@@ -77,6 +77,13 @@ def test_frames_carry_gfn2_labels_in_kcal_per_mol(tmp_path):
         generate_reference_data(WATER, output, small_settings(seed=12), progress=False, log=lambda m: None)
 
 
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    output = tmp_path / "water.npz"
+    assert generate_reference_data(WATER, output, small_settings(), stop_after_frames=1, progress=True,
+                                   log=lambda m: None) is None
+    assert "frame" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("scf_guess", ["previous", "fresh"])
 def test_stopped_run_resumes_to_the_same_frames_and_checks_settings(tmp_path, scf_guess):
     settings = small_settings(scf_guess=scf_guess)

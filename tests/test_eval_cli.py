@@ -153,11 +153,14 @@ def test_command_line(tmp_path, small_model, checkpoint, data, capsys):
 @pytest.mark.artifacts
 def test_shipped_checkpoint_on_frames_of_its_test_split():
     repository = Path(__file__).resolve().parents[1]
-    shipped, data_dir = repository / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme", repository / "datasets" / "ac_ala3_nhme"
+    shipped = repository / "so3krates_openmm" / "pretrained" / "ac_ala3_nhme"
+    data_dir = repository / "datasets" / "ac_ala3_nhme"
     from so3krates_openmm.data.formats import load_npz
 
     # The shipped model was trained on dataset.npz followed by md_frames_round1.npz (its PROVENANCE.md).
-    data = MolecularDataset.concatenate([load_npz(data_dir / "dataset.npz"), load_npz(data_dir / "md_frames_round1.npz")])
+    data = MolecularDataset.concatenate(
+        [load_npz(data_dir / "dataset.npz"), load_npz(data_dir / "md_frames_round1.npz")]
+    )
     test_split = read_split(data_dir / "training" / "split.json", "test")
     assert len(test_split) == 200 and test_split.max() < len(data) == 2550
     report = evaluate_checkpoint(shipped / "best_checkpoint.pt", data, test_split[:8])

@@ -35,7 +35,7 @@ def console_scripts() -> list[str]:
     tree = ast.parse((REPOSITORY / "setup.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value == "console_scripts":
                     return [entry.split("=")[0].strip() for entry in ast.literal_eval(value)]
     raise AssertionError("setup.py declares no console_scripts")

@@ -21,10 +21,10 @@ import openmm as mm
 import pytest
 from md_support import PROTOCOLS, REPOSITORY
 
+from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.checkpoint import read_checkpoint
-from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
 from so3krates_openmm.md.reporters import (
     OutputReplacedError,
     read_csv_log,

@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 
-from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.cli.catcher_distance import main as catcher_distance_main
 from so3krates_openmm.cli.common import EXIT_BAD_INPUT
 from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
@@ -17,6 +16,7 @@ from so3krates_openmm.cli.minima import main as minima_main
 from so3krates_openmm.cli.nve import main as nve_main
 from so3krates_openmm.cli.ramachandran import main as ramachandran_main
 from so3krates_openmm.cli.spectrum import main as spectrum_main
+from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.report import markdown_table, summarize_run
 from so3krates_openmm.md.reporters import read_csv_log
 

@@ -15,14 +15,14 @@ import pytest
 from openmm import unit
 
 from so3krates_openmm import create_system, read_structure
-from so3krates_openmm.export import read_export_metadata
-from so3krates_openmm.md.catcher import centroid_distances, identify_ball
 from so3krates_openmm.cli.catcher_distance import main as catcher_distance_main
 from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
 from so3krates_openmm.cli.minima import main as minima_main
 from so3krates_openmm.cli.nve import main as nve_main
 from so3krates_openmm.cli.ramachandran import main as ramachandran_main
 from so3krates_openmm.cli.spectrum import main as spectrum_main
+from so3krates_openmm.export import read_export_metadata
+from so3krates_openmm.md.catcher import centroid_distances, identify_ball
 from so3krates_openmm.md.protocols import pretrained_files
 from so3krates_openmm.md.reporters import read_csv_log
 from so3krates_openmm.md.stability import covalent_bonds

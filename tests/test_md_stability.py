@@ -9,9 +9,9 @@ import openmm as mm
 import pytest
 from openmm import unit
 
+from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.trajectory import read_dcd
-from so3krates_openmm.cli.langevin_nvt import main as langevin_nvt_main
 from so3krates_openmm.md.runner import RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings
 from so3krates_openmm.md.stability import (

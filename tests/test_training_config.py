@@ -38,7 +38,9 @@ def tiny_dataset(n_frames: int = 12) -> MolecularDataset:
 def test_defaults_are_the_papers_recipe():
     config = TrainingConfig(data="x.npz").validate()
     assert (config.features, config.layers, config.heads, list(config.degrees)) == (132, 3, 4, [1, 2, 3])
-    assert (config.radial_basis_size, config.cutoff, config.cutoff_function, config.dtype) == (32, 5.0, "cosine", "float32")
+    assert (config.radial_basis_size, config.cutoff, config.cutoff_function, config.dtype) == (
+        32, 5.0, "cosine", "float32"
+    )
     assert (config.lr, config.energy_weight, config.force_weight) == (1e-3, 0.01, 0.99)
     assert (config.lr_decay, config.lr_decay_steps, config.min_lr) == (0.7, 1e5, 1e-5)
     assert [config.resolved_batch_size(n) for n in (499, 500, 999, 1000, 9999, 10000)] == [1, 5, 5, 10, 10, 100]
@@ -46,15 +48,15 @@ def test_defaults_are_the_papers_recipe():
 
 
 def test_yaml_files_and_flags_override(tmp_path: Path):
-    (tmp_path / "run.yaml").write_text("data: [a.npz]\ntrain-size: 500\nvalid_size: 50\nbatch_size: 4\ndegrees: [1, 2]\n"
-                                       "lr: 1\nmax_time: 2h\n")
+    (tmp_path / "run.yaml").write_text("data: [a.npz]\ntrain-size: 500\nvalid_size: 50\nbatch_size: 4\n"
+                                       "degrees: [1, 2]\nlr: 1\nmax_time: 2h\n")
     from_yaml = parse_config(["--config", str(tmp_path / "run.yaml")])
     assert (from_yaml.train_size, from_yaml.valid_size, from_yaml.batch_size, from_yaml.degrees) == (500, 50, 4, [1, 2])
     assert isinstance(from_yaml.lr, float) and from_yaml.lr == 1.0 and from_yaml.max_time_seconds == 7200
     assert from_yaml.is_given("train_size") and not from_yaml.is_given("features")
     overridden = parse_config(
-        ["--config", str(tmp_path / "run.yaml"), "--train-size", "0.25", "--batch-size", "8", "--degrees", "1", "2", "3",
-         "--no-progress", "--clip-grad", "null", "--max-time", "30m"]
+        ["--config", str(tmp_path / "run.yaml"), "--train-size", "0.25", "--batch-size", "8",
+         "--degrees", "1", "2", "3", "--no-progress", "--clip-grad", "null", "--max-time", "30m"]
     )
     assert overridden.train_size == 0.25 and overridden.batch_size == 8 and overridden.degrees == [1, 2, 3]
     assert overridden.progress is False and overridden.clip_grad is None and overridden.max_time_seconds == 1800
@@ -132,7 +134,9 @@ def test_bad_durations(text):
 
 
 def test_split_larger_than_the_data_is_rejected(tmp_path: Path):
-    config = config_from_dict(dict(data="<memory>", train_size=10, valid_size=5, output=str(tmp_path / "run"), **TINY_MODEL))
+    config = config_from_dict(
+        dict(data="<memory>", train_size=10, valid_size=5, output=str(tmp_path / "run"), **TINY_MODEL)
+    )
     with pytest.raises(DataError, match="exceed the 12 frames"):
         train(config, dataset=tiny_dataset(12), log=lambda message: None)
 
@@ -140,7 +144,9 @@ def test_split_larger_than_the_data_is_rejected(tmp_path: Path):
 def test_overlapping_atoms_in_the_data_are_rejected(tmp_path: Path):
     dataset = tiny_dataset(12)
     dataset.positions_flat[3 * 7 + 1] = dataset.positions_flat[3 * 7]  # frame 7: an H on the O
-    config = config_from_dict(dict(data="<memory>", train_size=6, valid_size=3, output=str(tmp_path / "run"), **TINY_MODEL))
+    config = config_from_dict(
+        dict(data="<memory>", train_size=6, valid_size=3, output=str(tmp_path / "run"), **TINY_MODEL)
+    )
     with pytest.raises(TrainingError, match="on top of each other"):
         train(config, dataset=dataset, log=lambda message: None)
 
@@ -180,8 +186,10 @@ def test_several_data_files_are_concatenated(tmp_path: Path, capsys):
     first = save_npz(tiny_dataset(8), tmp_path / "first.npz")
     second = save_npz(tiny_dataset(6).converted("eV"), tmp_path / "second.npz")
     config = parse_config(["--data", str(first), str(second), "--train-size", "10", "--valid-size", "2",
-                           "--max-epochs", "1", "--batch-size", "5", "--output", str(tmp_path / "run"), "--no-progress",
-                           *[f"--{key.replace('_', '-')}={value}" for key, value in TINY_MODEL.items() if key != "degrees"],
+                           "--max-epochs", "1", "--batch-size", "5", "--output", str(tmp_path / "run"),
+                           "--no-progress",
+                           *[f"--{key.replace('_', '-')}={value}"
+                             for key, value in TINY_MODEL.items() if key != "degrees"],
                            "--degrees", "1", "2"])
     assert config.data == [str(first), str(second)] and config.degrees == [1, 2]
     result = train(config)

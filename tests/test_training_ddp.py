@@ -48,7 +48,8 @@ def test_two_processes_reach_the_weights_of_one(tmp_path: Path):
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPOSITORY))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "so3krates_openmm.cli.train", "--data", str(data_file), "--output", str(tmp_path / "ddp"), *OPTIONS]
+               "-m", "so3krates_openmm.cli.train", "--data", str(data_file), "--output", str(tmp_path / "ddp"),
+               *OPTIONS]
     completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "over 2 process(es)" in completed.stdout

@@ -9,7 +9,6 @@ import pytest
 import torch
 from ase.build import molecule
 
-from so3krates_openmm import SO3krates
 from so3krates_openmm.cli.train import main as train_main
 from so3krates_openmm.cli.train import parse_config
 from so3krates_openmm.data.dataset import MolecularDataset
@@ -152,8 +151,8 @@ def test_init_from_with_resume_or_a_file_that_is_no_checkpoint(tmp_path: Path, s
         config_from_dict(fine_tune(tmp_path / "run", source, resume=True))
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     data = save_npz(dataset_of("CH4"), tmp_path / "methane.npz")
-    assert train_main(["--data", str(data), "--init-from", str(tmp_path / "other.pt"), "--output", str(tmp_path / "run"),
-                    "--no-progress"]) == 2
+    assert train_main(["--data", str(data), "--init-from", str(tmp_path / "other.pt"),
+                       "--output", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "other.pt is not a so3krates-openmm checkpoint" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="missing.pt' does not exist"):
         train(config_from_dict(fine_tune(tmp_path / "run", tmp_path / "missing.pt")), dataset=dataset_of("CH4"),

@@ -75,8 +75,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from compare import load_average, peer_python
-from peer_common import (
+# The sibling scripts are importable only after the sys.path entry above.
+from compare import load_average, peer_python  # noqa: E402
+from peer_common import (  # noqa: E402
     error_metrics,
     find_result_line,
     peer_environment,
@@ -146,7 +147,7 @@ def make_split(data: Path, train: int, valid: int, test: int | None, seed: int, 
     npz: dict[str, Path] = {}
     xyz: dict[str, Path] = {}
     indices: dict[str, list[int]] = {}
-    for name, part in zip(PARTS, parts):
+    for name, part in zip(PARTS, parts, strict=True):
         indices[name] = list(part.metadata["split"]["indices"])
         npz[name] = save_npz(part, work / f"{name}.npz")
         numbers, positions, energies, forces = part.converted("eV").stacked()
@@ -286,12 +287,14 @@ def mace_command(args: argparse.Namespace, split: Split, output: Path) -> list[s
 
 
 # ----------------------------------------------------------------------------- evaluation
-def predict_so3krates(checkpoint: Path, test_npz: Path, threads: int, batch: int = 25) -> tuple[np.ndarray, np.ndarray, int]:
+def predict_so3krates(
+    checkpoint: Path, test_npz: Path, threads: int, batch: int = 25
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Energies (B,) eV and forces (B, N, 3) eV/Å of an SO3krates checkpoint on the test frames; parameters."""
     import torch
 
-    from so3krates_openmm.model.checkpoint import load_model
     from so3krates_openmm.data.formats import load_dataset
+    from so3krates_openmm.model.checkpoint import load_model
     from so3krates_openmm.units import energy_conversion
 
     torch.set_num_threads(threads)
@@ -340,7 +343,9 @@ def evaluate_so3krates(output: Path, split: Split, threads: int) -> dict[str, An
     own_force_mae_ev = report["errors_meV"]["force_mae"] / 1e3 if "errors_meV" in report else None
     return {
         "model": "SO3krates",
-        "description": "F={features} T={layers} H={heads} degrees {degrees} r_c {cutoff} Å {dtype}".format(**report["model"]),
+        "description": "F={features} T={layers} H={heads} degrees {degrees} r_c {cutoff} Å {dtype}".format(
+            **report["model"]
+        ),
         "parameters": int(parameters),
         "epochs": int(summary["epochs"]),
         "steps": int(summary["steps"]),
@@ -448,7 +453,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="reference data (MD22 .npz of one molecule)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="training-time budget of each model")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each model")
-    parser.add_argument("--sequential", action="store_true", help="train one model after the other (default: both at once)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="train one model after the other (default: both at once)")
     parser.add_argument("--train-size", type=int, default=1000)
     parser.add_argument("--valid-size", type=int, default=100)
     parser.add_argument("--test-size", type=int, default=500, help="test frames (0: all the rest)")
@@ -456,8 +462,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=10, help="structures per optimiser step (both models)")
     parser.add_argument("--so3krates-step-seconds", type=float, default=SO3KRATES_STEP_SECONDS,
                         help="expected SO3krates seconds per step, to set --lr-decay-steps from the budget")
-    parser.add_argument("--so3krates-args", default="", help="extra so3krates-train flags (e.g. '--features 60 --layers 2')")
-    parser.add_argument("--mace-dtype", choices=["float32", "float64"], default="float32", help="MACE training/evaluation precision")
+    parser.add_argument("--so3krates-args", default="",
+                        help="extra so3krates-train flags (e.g. '--features 60 --layers 2')")
+    parser.add_argument("--mace-dtype", choices=["float32", "float64"], default="float32",
+                        help="MACE training/evaluation precision")
     parser.add_argument("--mace-args", default="", help="extra mace_run_train flags")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "accuracy", help="split, runs and logs")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --work-dir")
@@ -487,7 +495,9 @@ def main() -> None:
     else:
         if (work / "split.json").exists():
             if not args.overwrite:
-                raise SystemExit(f"{work} holds an earlier comparison: pass --overwrite, --eval-only or another --work-dir")
+                raise SystemExit(
+                    f"{work} holds an earlier comparison: pass --overwrite, --eval-only or another --work-dir"
+                )
             for output in outputs.values():
                 shutil.rmtree(output, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
@@ -512,7 +522,10 @@ def main() -> None:
             raise SystemExit(f"training failed for {', '.join(failed)}: see " +
                              ", ".join(str(job.log_path) for job in jobs if job.name in failed))
     load_after_training = load_average()
-    results = [evaluate_so3krates(outputs["SO3krates"], split, args.threads), evaluate_mace(outputs["MACE"], split, args)]
+    results = [
+        evaluate_so3krates(outputs["SO3krates"], split, args.threads),
+        evaluate_mace(outputs["MACE"], split, args),
+    ]
     for result in results:
         result["process"] = processes.get(result["model"])
     check = results[0].get("trainer_test_force_mae_ev_a")

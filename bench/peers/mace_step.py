@@ -132,8 +132,12 @@ def main() -> None:
                 model = build_mace(hidden_irreps, molecule)
                 model_path = Path(workdir) / f"mace_{key}_{molecule.name}.model"
                 torch.save(model, model_path)
-                system = MLPotential("mace", modelPath=str(model_path)).createSystem(molecule.topology, precision="single")
-                bare = None if args.no_bare else functools.partial(model, bare_input(model, molecule), compute_force=True)
+                system = MLPotential("mace", modelPath=str(model_path)).createSystem(
+                    molecule.topology, precision="single"
+                )
+                bare = None if args.no_bare else functools.partial(
+                    model, bare_input(model, molecule), compute_force=True
+                )
                 results.append(step_record(
                     f"mace-{key}", description, "openmm-ml 1.8 MLPotential('mace') -> openmm.PythonForce",
                     molecule, CUTOFF_ANGSTROM, system, args.threads, args.repeats, args.warmup,

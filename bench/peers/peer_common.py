@@ -87,7 +87,9 @@ def read_molecule(path: str | Path) -> Molecule:
     for index, number in enumerate(atoms.numbers):
         element = app.Element.getByAtomicNumber(int(number))
         topology.addAtom(f"{element.symbol}{index + 1}", element, residue)
-    return Molecule(name, topology, np.asarray(atoms.positions, dtype=np.float64) / 10.0, [int(z) for z in atoms.numbers])
+    return Molecule(
+        name, topology, np.asarray(atoms.positions, dtype=np.float64) / 10.0, [int(z) for z in atoms.numbers]
+    )
 
 
 def count_pairs(molecule: Molecule, cutoff_angstrom: float) -> int:
@@ -105,7 +107,8 @@ def parse_args(description: str, models: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="OpenMM CPU Threads and torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=30, help="timed single steps per structure and model")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, caches)")
-    parser.add_argument("--models", nargs="+", choices=list(models), default=list(models), help="model variants to time")
+    parser.add_argument("--models", nargs="+", choices=list(models), default=list(models),
+                        help="model variants to time")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare model energy+forces timing")
     args = parser.parse_args()
     if args.threads < 1 or args.repeats < 3:
@@ -280,7 +283,7 @@ def write_reference_extxyz(
 
     path = Path(path)
     frames = []
-    for frame_positions, energy, forces in zip(positions, energies_ev, forces_ev):
+    for frame_positions, energy, forces in zip(positions, energies_ev, forces_ev, strict=True):
         atoms = Atoms(numbers=atomic_numbers, positions=frame_positions, pbc=False)
         atoms.info[REF_ENERGY_KEY] = float(energy)
         atoms.arrays[REF_FORCES_KEY] = np.asarray(forces, dtype=np.float64)

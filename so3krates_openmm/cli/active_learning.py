@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
-from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, EXIT_OK, error, tune_process
+from so3krates_openmm.cli.common import EXIT_OK, NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, error, tune_process
 
 PROG = "so3krates-active-learning"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run or resume the loop; exit code 0 done, 2 bad input, 130 interrupted (run the same command to resume)."""
     tune_process(argv, openblas=True)
     import json

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 EXIT_OK, EXIT_UNSTABLE, EXIT_BAD_INPUT = 0, 1, 2
 NO_PROCESS_TUNING = "--no-process-tuning"
@@ -19,8 +19,8 @@ NO_PROCESS_TUNING_HELP = (
 )
 
 
-def tune_process(argv: Optional[Sequence[str]], *, openblas: bool = False,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+def tune_process(argv: Sequence[str] | None, *, openblas: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
     """Apply :func:`~so3krates_openmm.runtime.configure_process` unless ``--no-process-tuning`` is in ``argv``
     (``sys.argv[1:]`` when None).
 
@@ -56,7 +56,7 @@ def protocol_parser(cls: type):
     return parser
 
 
-def parse_protocol(cls: type, argv: Optional[Sequence[str]]) -> tuple[Any, list[str]]:
+def parse_protocol(cls: type, argv: Sequence[str] | None) -> tuple[Any, list[str]]:
     """The options (an instance of ``cls``) of a protocol command line and the protocol files read.
 
     A run length given as a flag (``--steps`` or ``--ns``) replaces the other one from a file. Raises
@@ -74,7 +74,7 @@ def parse_protocol(cls: type, argv: Optional[Sequence[str]]) -> tuple[Any, list[
     return options, [str(path) for path in namespace.config_files or ()]
 
 
-def run_protocol(options_class: str, recipe_name: str, argv: Optional[Sequence[str]]) -> int:
+def run_protocol(options_class: str, recipe_name: str, argv: Sequence[str] | None) -> int:
     """The whole program of one MD protocol: parse ``--protocol FILE`` and flags into the options class
     :mod:`so3krates_openmm.md.protocols`.``options_class``, run the recipe
     :mod:`so3krates_openmm.md.recipes`.``recipe_name``, write ``protocol_resolved.yaml``, map the outcome to

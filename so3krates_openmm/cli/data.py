@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 
@@ -20,7 +19,7 @@ def _add_process_flags(parser: ArgumentParser) -> None:
     parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP + "; no OpenBLAS")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; exit code 0 done, 2 bad input, 3 stopped early (the partial file holds the frames).
 
     When run as a program (``argv`` is None) the xTB-heavy subcommands re-execute
@@ -115,7 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     label.add_argument("--charge", type=int, default=0, help="total charge in e (default 0)")
     label.add_argument("--multiplicity", type=int, default=1, help="spin multiplicity (default 1)")
     label.add_argument("--energy-unit", help="energy unit written (default kcal/mol for .npz, eV for extended XYZ)")
-    label.add_argument("--checkpoint-every", type=int, default=10, help="frames between partial-file writes (default 10)")
+    label.add_argument("--checkpoint-every", type=int, default=10,
+                       help="frames between partial-file writes (default 10)")
     label.add_argument("--float32", action="store_true", help="store positions and forces as float32")
     label.add_argument("--restart", action="store_true", help="discard an existing partial file and start afresh")
     label.add_argument("--stop-after-frames", type=int,

@@ -1,10 +1,10 @@
-"""``so3krates-eval CHECKPOINT --data FILE``: energy and force errors of a checkpoint on a data set (:mod:`so3krates_openmm.training.evaluation`)."""
+"""``so3krates-eval CHECKPOINT --data FILE``: energy and force errors of a checkpoint on a data set
+(:mod:`so3krates_openmm.training.evaluation`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 
@@ -13,7 +13,7 @@ from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HEL
 PROG = "so3krates-eval"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``so3krates-eval CHECKPOINT --data FILE [--indices 0-99 | --split-file F [--split test]] [--json OUT]
     [--per-frame CSV]``."""
     parser = ArgumentParser(

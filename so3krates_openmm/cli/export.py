@@ -1,10 +1,10 @@
-"""``so3krates-export CHECKPOINT --structure FILE -o model.pt``: TorchScript model for openmm-torch (:func:`so3krates_openmm.export.export_checkpoint`)."""
+"""``so3krates-export CHECKPOINT --structure FILE -o model.pt``: TorchScript model for openmm-torch
+(:func:`so3krates_openmm.export.export_checkpoint`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 
@@ -13,7 +13,7 @@ from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HEL
 PROG = "so3krates-export"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``so3krates-export CHECKPOINT --structure FILE -o model.pt``."""
     parser = ArgumentParser(
         prog=PROG,
@@ -28,7 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--atoms", help="0-based indices of the ML atoms for ML/MM, e.g. '0-41' (default: all)")
     parser.add_argument("--periodic", action="store_true", help="the module takes the periodic box (minimum image)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute precision")
-    parser.add_argument("--outputs-forces", action="store_true", help="return (energy, forces): TorchForce.setOutputsForces(True)")
+    parser.add_argument("--outputs-forces", action="store_true",
+                        help="return (energy, forces): TorchForce.setOutputsForces(True)")
     parser.add_argument(
         "--static-pairs", action="store_true", help="fixed all-pairs edge list, needed for CUDA graphs (O(N^2) work)"
     )

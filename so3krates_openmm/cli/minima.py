@@ -1,16 +1,17 @@
-"""``md_protocols/minima.py``: minima exploration with parallel minimisation (:func:`so3krates_openmm.md.recipes.run_minima`)."""
+"""``md_protocols/minima.py``: minima exploration with parallel minimisation
+(:func:`so3krates_openmm.md.recipes.run_minima`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from so3krates_openmm.cli.common import run_protocol
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the protocol with ``argv`` (flags and ``--protocol FILE``); the exit code: 0 done, 1 unstable, 2 bad input."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the protocol with ``argv`` (flags and ``--protocol FILE``); the exit code: 0 done, 1 unstable,
+    2 bad input."""
     return run_protocol("MinimaOptions", "run_minima", argv)
 
 

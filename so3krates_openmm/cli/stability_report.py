@@ -11,19 +11,19 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 
 from so3krates_openmm.cli.common import EXIT_OK, error
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the table of the run directories in ``argv``; exit code 0, or 2 for a missing or unreadable run."""
     parser = ArgumentParser(prog="stability_report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path,
                         help="run directories (--output of langevin_nvt.py; finished or in progress)")
-    parser.add_argument("--json", type=Path, help="also write every row, with per-element-pair bond statistics, as JSON")
+    parser.add_argument("--json", type=Path,
+                        help="also write every row, with per-element-pair bond statistics, as JSON")
     arguments = parser.parse_args(argv)
     from so3krates_openmm.md.report import markdown_table, summarize_run
 

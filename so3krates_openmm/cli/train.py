@@ -1,4 +1,5 @@
-"""``so3krates-train [--config FILE.yaml] --data FILE [--option value ...]``: train SO3krates (:mod:`so3krates_openmm.training`).
+"""``so3krates-train [--config FILE.yaml] --data FILE [--option value ...]``: train SO3krates
+(:mod:`so3krates_openmm.training`).
 
 Multi-process: ``torchrun --nproc_per_node 2 -m so3krates_openmm.cli.train --data FILE ...``
 (the batch size is global: each process takes its share of every batch).
@@ -8,14 +9,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
-from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, EXIT_OK, error, tune_process
+from so3krates_openmm.cli.common import EXIT_OK, NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, error, tune_process
 
 PROG = "so3krates-train"
 
 
-def parse_config(argv: Optional[Sequence[str]] = None):
+def parse_config(argv: Sequence[str] | None = None):
     """The :class:`~so3krates_openmm.training.config.TrainingConfig` of a command line: defaults < ``--config``
     YAML files < flags; validated. Raises :class:`~so3krates_openmm.training.config.ConfigError`."""
     from so3krates_openmm.options import OptionsError, add_switch, options_parser, parse_options
@@ -42,7 +42,7 @@ def parse_config(argv: Optional[Sequence[str]] = None):
     return config.validate()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Train; exit code 0 done, 2 bad input, 130 interrupted (resumable with ``--resume``)."""
     tune_process(argv)
     from so3krates_openmm.data.dataset import DataError

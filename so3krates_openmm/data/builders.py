@@ -23,8 +23,8 @@ All return a :class:`~so3krates_openmm.data.structures.Structure` whose
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -188,14 +188,14 @@ def build_ac_ala3_nhme(
         raise RuntimeError(f"unexpected heavy-atom order {elements} from RDKit; expected {_PEPTIDE_HEAVY_ELEMENTS}")
 
     label_of: dict[int, tuple[int, str, str]] = {}
-    for atom, (residue_index, residue_name, atom_name) in zip(heavy, _PEPTIDE_HEAVY):
+    for atom, (residue_index, residue_name, atom_name) in zip(heavy, _PEPTIDE_HEAVY, strict=True):
         label_of[atom.GetIdx()] = (residue_index, residue_name, atom_name)
         hydrogens = sorted(n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1)
         names = _HYDROGEN_NAMES.get((residue_name, atom_name), [])
         if len(hydrogens) != len(names):
             raise RuntimeError(f"{residue_name}{residue_index} {atom_name} has {len(hydrogens)} hydrogens, "
                                f"expected {len(names)}")
-        for h, name in zip(hydrogens, names):
+        for h, name in zip(hydrogens, names, strict=True):
             label_of[h] = (residue_index, residue_name, name)
 
     residue_names = ["ACE", "ALA", "ALA", "ALA", "NME"]
@@ -252,7 +252,8 @@ def build_docosahexaenoic_acid(
         log("relaxing docosahexaenoic acid with GFN2-xTB")
         positions, _, _ = relax_with_xtb(numbers, positions, fmax=fmax, log=log, label="DHA")
     return Structure(numbers, positions, topology=_topology([("DHA", names)], bonds),
-                     source="build_docosahexaenoic_acid", comment=f"DHA C22H32O2, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
+                     source="build_docosahexaenoic_acid",
+                     comment=f"DHA C22H32O2, RDKit seed {seed}, GFN2-xTB relaxed={relax}")
 
 
 def corannulene_bowls(numbers: np.ndarray, bonds: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
@@ -407,7 +408,8 @@ def build_and_write(
     name: str, output_dir: str | Path, seed: int = 7, relax: bool = True, fmax: float = 0.01,
     log: Callable[[str], None] = _log_default,
 ) -> tuple[Path, Path]:
-    """Build ``name`` (a key of :data:`BUILDERS`) and write ``structure.pdb`` and ``structure.xyz`` in ``output_dir``."""
+    """Build ``name`` (a key of :data:`BUILDERS`) and write ``structure.pdb`` and ``structure.xyz`` in
+    ``output_dir``."""
     if name not in BUILDERS:
         raise ValueError(f"unknown molecule {name!r}; choose one of {sorted(BUILDERS)}")
     started = time.perf_counter()

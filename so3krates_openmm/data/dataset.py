@@ -18,8 +18,9 @@ For frame-by-frame access use ``dataset[i]``, which returns a :class:`Frame`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,7 @@ class MolecularDataset:
             raise DataError(f"{source}: the number of frames differs between arrays: {counts}")
 
         n_atoms = np.zeros(n_frames, dtype=np.int64)
-        for i, (z, r, f) in enumerate(zip(number_list, position_list, force_list)):
+        for i, (z, r, f) in enumerate(zip(number_list, position_list, force_list, strict=True)):
             n = len(z)
             if np.ndim(z) != 1 or n == 0:
                 raise DataError(f"{source}: frame {i}: atomic numbers must be a non-empty 1-d array")
@@ -209,7 +210,9 @@ class MolecularDataset:
             return True
         if not np.all(self.n_atoms == self.n_atoms[0]):
             return False
-        return bool(np.all(self.atomic_numbers_flat.reshape(len(self), -1) == self.atomic_numbers_flat[: self.n_atoms[0]]))
+        return bool(
+            np.all(self.atomic_numbers_flat.reshape(len(self), -1) == self.atomic_numbers_flat[: self.n_atoms[0]])
+        )
 
     def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(z (N,), positions (M, N, 3) Å, energies (M,), forces (M, N, 3)) for a single-molecule set.
@@ -232,7 +235,7 @@ class MolecularDataset:
         return str(self.metadata.get("source", "<memory>"))
 
     # ------------------------------------------------------------ operations
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "MolecularDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> MolecularDataset:
         """A new data set with the frames ``indices`` (in that order; repeats allowed)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < -len(self) or indices.max() >= len(self)):
@@ -292,21 +295,21 @@ class MolecularDataset:
 
     def split(
         self, train: int | float, valid: int | float, test: int | float | None = None, seed: int = 0
-    ) -> tuple["MolecularDataset", "MolecularDataset", "MolecularDataset"]:
+    ) -> tuple[MolecularDataset, MolecularDataset, MolecularDataset]:
         """Disjoint train/validation/test data sets (see :meth:`split_indices`).
 
         Each part's ``metadata["split"]`` records ``part``, ``seed`` and its
         ``indices`` into this data set.
         """
         parts = []
-        for name, indices in zip(("train", "valid", "test"), self.split_indices(train, valid, test, seed)):
+        for name, indices in zip(("train", "valid", "test"), self.split_indices(train, valid, test, seed), strict=True):
             part = self.subset(indices)
             part.metadata["split"] = {"part": name, "seed": int(seed), "indices": indices.tolist()}
             parts.append(part)
         return tuple(parts)  # type: ignore[return-value]
 
     @staticmethod
-    def concatenate(datasets: Iterable["MolecularDataset"], energy_unit: str | None = None) -> "MolecularDataset":
+    def concatenate(datasets: Iterable[MolecularDataset], energy_unit: str | None = None) -> MolecularDataset:
         """One data set with the frames of all ``datasets`` in order.
 
         Energies are converted to ``energy_unit`` (default: the first data
@@ -329,7 +332,7 @@ class MolecularDataset:
         metadata["concatenated_from"] = [copy.deepcopy(d.metadata) for d in datasets]
         return MolecularDataset(numbers, positions, np.array(energies), forces, unit, metadata)
 
-    def converted(self, energy_unit: str) -> "MolecularDataset":
+    def converted(self, energy_unit: str) -> MolecularDataset:
         """A copy with energies and forces in ``energy_unit`` (forces per Å).
 
         The factor is :func:`so3krates_openmm.units.energy_conversion`; the same

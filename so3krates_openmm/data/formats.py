@@ -53,7 +53,8 @@ def _unit(value: str, kind: str, path: Path) -> str:
 
 
 def _choose_unit(explicit: str | None, recorded: str | None, default: str, kind: str, path: Path) -> str:
-    """The unit to use: the caller's if given (warning if the file says otherwise), else the file's, else the default."""
+    """The unit to use: the caller's if given (warning if the file says otherwise), else the file's, else the
+    default."""
     recorded_canonical = _unit(recorded, kind, path) if recorded else None
     if explicit is not None:
         chosen = _unit(explicit, kind, path)
@@ -363,7 +364,7 @@ def merge_datasets(
         "parts": [
             {"file": Path(path).name, "frames": len(part),
              **{k: v for k, v in part.metadata.items() if k not in ("source", "concatenated_from")}}
-            for path, part in zip(inputs, parts)
+            for path, part in zip(inputs, parts, strict=True)
         ],
     }
     if name:

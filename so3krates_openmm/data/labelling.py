@@ -250,7 +250,8 @@ def read_frames(path: str | Path, structure: str | Path | None = None) -> Trajec
                             f"{len(numbers_from_structure)}: the structure must hold the trajectory's atoms in order")
         if not np.array_equal(numbers_from_structure, numbers):
             raise DataError(f"{path}: its elements differ from those of {structure} "
-                            f"({formula(numbers.tolist())} vs {formula(numbers_from_structure.tolist())} or another order)")
+                            f"({formula(numbers.tolist())} vs {formula(numbers_from_structure.tolist())} "
+                            "or another order)")
     return TrajectoryFrames(numbers, positions, times, str(path))
 
 
@@ -354,7 +355,7 @@ def label_frames(
             raise DataError(f"{partial}: the settings of this run differ from the partial run's: "
                             + "; ".join(differences) + ". Use the same input and settings to continue it, "
                             "or --restart to discard the partial file.")
-        labels = [(float(e), f) for e, f in zip(previous.energies, previous.stacked()[3])]
+        labels = [(float(e), f) for e, f in zip(previous.energies, previous.stacked()[3], strict=True)]
         sessions = int(previous.metadata.get("timing", {}).get("sessions", 1)) + 1
         compute_seconds = float(previous.metadata.get("timing", {}).get("compute_seconds", 0.0))
         log(f"resuming from {partial}: {len(labels)} of {len(indices)} frames labelled")

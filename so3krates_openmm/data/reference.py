@@ -31,10 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -401,7 +403,8 @@ def generate_reference_data(
         DataError: settings differ from the partial file's, or a finished
             output with other settings already exists.
     """
-    from ase import Atoms, units as ase_units
+    from ase import Atoms
+    from ase import units as ase_units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
@@ -427,7 +430,8 @@ def generate_reference_data(
         if old_unit != energy_unit:
             raise DataError(f"{partial}: holds energies in {old_unit}, this run asks for {energy_unit}")
         log(f"resuming from {partial}: {len(state.energies)} of {settings.total_frames} frames done, "
-            f"temperature {settings.temperatures_K[min(state.temperature_index, len(settings.temperatures_K) - 1)]:g} K")
+            "temperature "
+            f"{settings.temperatures_K[min(state.temperature_index, len(settings.temperatures_K) - 1)]:g} K")
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = state.rng_state
     else:
@@ -594,7 +598,9 @@ def check_output(output: Path, run_settings: dict, energy_unit: str, restart: bo
         return _load_output(output, energy_unit)
     detail = ""
     if finished is not None:
-        detail = ": " + "; ".join(_settings_differences(finished, run_settings)).replace("(partial file)", "(existing file)")
+        detail = ": " + "; ".join(_settings_differences(finished, run_settings)).replace(
+            "(partial file)", "(existing file)"
+        )
     raise DataError(f"{output} already exists (written with other or unknown settings{detail}); "
                     "choose another output or delete it")
 

@@ -16,7 +16,7 @@ unsure about.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import mdtraj
 import numpy as np
@@ -32,8 +32,8 @@ def select_diverse(
     threshold: float = 0.0,
     min_rmsd_angstrom: float = 0.1,
     min_separation: int = 0,
-    atom_indices: Optional[Sequence[int]] = None,
-    frame_numbers: Optional[Sequence[int]] = None,
+    atom_indices: Sequence[int] | None = None,
+    frame_numbers: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Indices of at most ``n_select`` frames, by descending score, pairwise diverse.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -31,7 +30,7 @@ class Structure:
 
     atomic_numbers: np.ndarray
     positions_angstrom: np.ndarray
-    box_angstrom: Optional[np.ndarray] = None
+    box_angstrom: np.ndarray | None = None
     topology: object = None
     source: str = "<memory>"
     comment: str = field(default="")
@@ -139,6 +138,6 @@ def _read_pdb(path: Path) -> Structure:
 def write_xyz(path: str | Path, structure: Structure, comment: str = "") -> None:
     """Write a structure as a plain XYZ file (Å)."""
     lines = [str(structure.n_atoms), comment or structure.comment]
-    for sym, (x, y, z) in zip(structure.symbols, structure.positions_angstrom):
+    for sym, (x, y, z) in zip(structure.symbols, structure.positions_angstrom, strict=True):
         lines.append(f"{sym:2s} {x:16.10f} {y:16.10f} {z:16.10f}")
     Path(path).write_text("\n".join(lines) + "\n")

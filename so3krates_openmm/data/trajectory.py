@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -30,11 +30,11 @@ class DCDTrajectory:
     degrees) or ``None``, the time between frames in ps and the step of the first frame."""
 
     positions_angstrom: np.ndarray
-    unit_cells: Optional[np.ndarray]
+    unit_cells: np.ndarray | None
     frame_interval_ps: float
     first_step: int
     steps_between_frames: int
-    frame_steps: Optional[np.ndarray] = None
+    frame_steps: np.ndarray | None = None
 
     @property
     def steps(self) -> np.ndarray:
@@ -54,7 +54,7 @@ class DCDTrajectory:
         timestep_ps = self.frame_interval_ps / max(self.steps_between_frames, 1)
         return self.steps * timestep_ps
 
-    def after(self, skip_ps: float) -> "DCDTrajectory":
+    def after(self, skip_ps: float) -> DCDTrajectory:
         """The frames from ``skip_ps`` after the first frame on (equilibration dropped)."""
         if skip_ps <= 0 or self.n_frames == 0:
             return self
@@ -68,7 +68,7 @@ class DCDTrajectory:
             None if self.frame_steps is None else self.frame_steps[skip:],
         )
 
-    def every(self, steps: int) -> "DCDTrajectory":
+    def every(self, steps: int) -> DCDTrajectory:
         """Every frame ``steps`` MD steps apart (a multiple of ``steps_between_frames``), from the first."""
         if steps < 1 or steps % self.steps_between_frames:
             raise ValueError(
@@ -139,10 +139,10 @@ def _c_stdout_discarded() -> Iterator[None]:
 
 def _gaps(steps: list[int], interval: int) -> list[tuple[int, int]]:
     """(last step before, first step after) each place where ``steps`` jump by more than ``interval``."""
-    return [(a, b) for a, b in zip(steps, steps[1:]) if b - a > interval]
+    return [(a, b) for a, b in zip(steps, steps[1:], strict=False) if b - a > interval]
 
 
-def _frame_steps_from_log(path: Path, steps_between_frames: int, n_frames: int) -> Optional[np.ndarray]:
+def _frame_steps_from_log(path: Path, steps_between_frames: int, n_frames: int) -> np.ndarray | None:
     """Frame steps of a run's DCD whose ``log.csv`` beside it has gaps (lost records), else ``None``.
 
     Frames are written every ``steps_between_frames`` steps, the first at that step; the steps strictly
@@ -156,7 +156,7 @@ def _frame_steps_from_log(path: Path, steps_between_frames: int, n_frames: int) 
         steps = [int(line.split(",", 1)[0]) for line in handle if line.strip()]
     if len(steps) < 2:
         return None
-    gaps = _gaps(steps, min(b - a for a, b in zip(steps, steps[1:])))
+    gaps = _gaps(steps, min(b - a for a, b in zip(steps, steps[1:], strict=False)))
     if not gaps:
         return None
     frame_steps = []
@@ -198,7 +198,7 @@ def read_dcd(path: str | Path) -> DCDTrajectory:
     return DCDTrajectory(positions, cells, frame_interval_ps, first_step, header.steps_between_frames, frame_steps)
 
 
-def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: Optional[np.ndarray] = None):
+def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: np.ndarray | None = None):
     """An ``mdtraj.Trajectory`` from an OpenMM ``Topology`` and positions (frames, atoms, 3) in Å."""
     import mdtraj
 

@@ -7,7 +7,8 @@ Each lives in its own module; this one collects the public functions:
   :func:`finite_difference_velocities`, :func:`plot_spectrum`, :func:`write_spectrum_csv`.
 - Buckyball catcher (:mod:`.catcher`): :func:`identify_ball`, :func:`centroid_distances`, :func:`plot_distance`.
 - Ramachandran angles (:mod:`.ramachandran`): :func:`backbone_dihedrals`, :func:`plot_ramachandran`.
-- Trajectories (:mod:`so3krates_openmm.data.trajectory`, :mod:`.reporters`): :func:`read_dcd`, :func:`read_velocities`, :func:`read_csv_log`.
+- Trajectories (:mod:`so3krates_openmm.data.trajectory`, :mod:`.reporters`): :func:`read_dcd`,
+  :func:`read_velocities`, :func:`read_csv_log`.
 """
 
 from so3krates_openmm.data.trajectory import mdtraj_trajectory, read_dcd

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -30,7 +29,7 @@ class CatcherAtoms:
     method: str
 
 
-def identify_ball(structure: Structure, ball_residue: Optional[str] = None) -> CatcherAtoms:
+def identify_ball(structure: Structure, ball_residue: str | None = None) -> CatcherAtoms:
     """Find the C60 atoms of a buckyball-catcher structure.
 
     Raises ``ValueError`` when no residue of that name, or no 60-carbon
@@ -78,7 +77,9 @@ def write_distance_csv(path: str | Path, time_ps: np.ndarray, distance_angstrom:
     return path
 
 
-def plot_distance(time_ps: np.ndarray, distance_angstrom: np.ndarray, path: str | Path, reference_angstrom: Optional[float] = None) -> Path:
+def plot_distance(
+    time_ps: np.ndarray, distance_angstrom: np.ndarray, path: str | Path, reference_angstrom: float | None = None
+) -> Path:
     """Distance between the ball and catcher centres against time."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 3.8))

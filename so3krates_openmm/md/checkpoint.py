@@ -43,7 +43,9 @@ class RunCheckpoint:
     extra: dict = field(default_factory=dict)
 
 
-def write_checkpoint(path: str | Path, simulation: app.Simulation, identity: dict, outputs: dict[str, dict], extra: dict | None = None) -> RunCheckpoint:
+def write_checkpoint(
+    path: str | Path, simulation: app.Simulation, identity: dict, outputs: dict[str, dict], extra: dict | None = None
+) -> RunCheckpoint:
     """Write a checkpoint of ``simulation`` atomically.
 
     ``outputs`` maps an output name to the record its reporter returned from
@@ -56,7 +58,9 @@ def write_checkpoint(path: str | Path, simulation: app.Simulation, identity: dic
         outputs=outputs,
         context_checkpoint=simulation.context.createCheckpoint(),
         state_xml=mm.XmlSerializer.serialize(
-            simulation.context.getState(getPositions=True, getVelocities=True, getParameters=True, getIntegratorParameters=True)
+            simulation.context.getState(
+                getPositions=True, getVelocities=True, getParameters=True, getIntegratorParameters=True
+            )
         ),
         extra=dict(extra or {}),
     )
@@ -134,4 +138,8 @@ def restore_context(simulation: app.Simulation, checkpoint: RunCheckpoint) -> bo
 def identity_differences(recorded: dict, current: dict) -> list[str]:
     """Keys whose values differ between a checkpoint's identity and the current run's."""
     keys = sorted(set(recorded) | set(current))
-    return [f"{key}: checkpoint {recorded.get(key)!r}, now {current.get(key)!r}" for key in keys if recorded.get(key) != current.get(key)]
+    return [
+        f"{key}: checkpoint {recorded.get(key)!r}, now {current.get(key)!r}"
+        for key in keys
+        if recorded.get(key) != current.get(key)
+    ]

@@ -73,7 +73,9 @@ def write_drift(path: str | Path, drift: EnergyDrift) -> Path:
     return path
 
 
-def plot_energy_drift(time_ps: np.ndarray, total_energy_kj_mol: np.ndarray, drift: EnergyDrift, path: str | Path) -> Path:
+def plot_energy_drift(
+    time_ps: np.ndarray, total_energy_kj_mol: np.ndarray, drift: EnergyDrift, path: str | Path
+) -> Path:
     """Total energy (relative to its first value) against time, with the fitted line."""
     plt = pyplot()
     time_ps = np.asarray(time_ps)

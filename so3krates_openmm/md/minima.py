@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import openmm as mm
@@ -60,7 +60,7 @@ class MinimizedSnapshot:
     step: int
     energy_kj_mol: float
     positions_angstrom: np.ndarray
-    problem: Optional[str] = None
+    problem: str | None = None
     seconds: float = float("nan")
 
 
@@ -111,7 +111,11 @@ MINIMA_JOURNAL = "minimised_snapshots.jsonl"
 
 
 def journal_header(
-    positions_angstrom: np.ndarray, steps: Sequence[int], factory: SystemFactory, tolerance_kj_mol_nm: float, max_iterations: int
+    positions_angstrom: np.ndarray,
+    steps: Sequence[int],
+    factory: SystemFactory,
+    tolerance_kj_mol_nm: float,
+    max_iterations: int,
 ) -> dict:
     """What a journal of minimised snapshots belongs to: the snapshots, the System recipe, the minimiser settings."""
     import hashlib
@@ -180,7 +184,7 @@ def minimize_snapshots(
     tolerance_kj_mol_nm: float = 1.0,
     max_iterations: int = 0,
     progress: bool = False,
-    journal: Optional[Path] = None,
+    journal: Path | None = None,
 ) -> list[MinimizedSnapshot]:
     """Minimise each snapshot (frames, atoms, 3; Å) in ``workers`` processes; results in input order.
 
@@ -191,7 +195,7 @@ def minimize_snapshots(
     """
     from tqdm import tqdm
 
-    tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom))]
+    tasks = [(k, int(step), np.asarray(x)) for k, (step, x) in enumerate(zip(steps, positions_angstrom, strict=True))]
     done: dict[int, MinimizedSnapshot] = {}
     handle = None
     if journal is not None:
@@ -224,7 +228,9 @@ def minimize_snapshots(
             finally:
                 _WORKER.clear()
         elif todo:
-            with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=arguments) as pool:
+            with multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker, initargs=arguments
+            ) as pool:
                 # One snapshot per task, in any order: the bar and the journal follow every finished snapshot.
                 for snapshot in pool.imap_unordered(_minimize, todo):
                     record(snapshot)
@@ -246,7 +252,7 @@ def deduplicate(
     structure: Structure,
     *,
     rmsd_threshold_angstrom: float = 0.1,
-    criteria: Optional[StabilityCriteria] = None,
+    criteria: StabilityCriteria | None = None,
 ) -> tuple[list[Minimum], list[MinimizedSnapshot]]:
     """Distinct minima (lowest energy first) and the snapshots rejected (non-finite or bonds changed).
 
@@ -290,7 +296,13 @@ def deduplicate(
     return minima, rejected
 
 
-def write_minima(output_dir: str | Path, minima: Sequence[Minimum], rejected: Sequence[MinimizedSnapshot], structure: Structure, summary: dict) -> dict[str, Path]:
+def write_minima(
+    output_dir: str | Path,
+    minima: Sequence[Minimum],
+    rejected: Sequence[MinimizedSnapshot],
+    structure: Structure,
+    summary: dict,
+) -> dict[str, Path]:
     """Write ``minima.csv``, ``minima.pdb`` (one model per minimum), ``minima_energies.png`` and ``minima.json``."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -305,7 +317,9 @@ def write_minima(output_dir: str | Path, minima: Sequence[Minimum], rejected: Se
     with open(paths["minima.pdb"], "w") as handle:
         app.PDBFile.writeHeader(topology, handle)
         for rank, minimum in enumerate(minima):
-            app.PDBFile.writeModel(topology, minimum.positions_angstrom * unit.angstrom, handle, modelIndex=rank + 1, keepIds=True)
+            app.PDBFile.writeModel(
+                topology, minimum.positions_angstrom * unit.angstrom, handle, modelIndex=rank + 1, keepIds=True
+            )
         app.PDBFile.writeFooter(topology, handle)
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.0))

@@ -20,7 +20,6 @@ energy, small forces); what it cannot minimise it reports as an error.
 from __future__ import annotations
 
 import io
-from typing import Optional
 
 import numpy as np
 import openmm as mm
@@ -68,7 +67,7 @@ def _torch_force_with_module(original, module) -> mm.Force:
     return copy
 
 
-def float64_system(system: mm.System) -> Optional[mm.System]:
+def float64_system(system: mm.System) -> mm.System | None:
     """A copy of ``system`` whose float32 ``TorchForce`` modules compute in float64.
 
     Other forces are copied unchanged. Returns ``None`` when the System has no
@@ -95,7 +94,7 @@ def float64_system(system: mm.System) -> Optional[mm.System]:
     return copy if changed else None
 
 
-def _float64_context(context: mm.Context) -> Optional[mm.Context]:
+def _float64_context(context: mm.Context) -> mm.Context | None:
     system = float64_system(context.getSystem())
     if system is None:
         return None
@@ -159,7 +158,7 @@ class Minimizer:
         self.context = context
         self.tolerance_kj_mol_nm = tolerance_kj_mol_nm
         self.max_iterations = max_iterations
-        self._float64: Optional[mm.Context] = None
+        self._float64: mm.Context | None = None
 
     def __call__(self) -> str:
         """Minimise from the context's positions; the context ends at the minimum.

@@ -51,7 +51,11 @@ def solvated_mixed_system(
     modeller.addSolvent(forcefield, model="tip3p", padding=padding_nm * unit.nanometer)
     ml_atoms = list(range(pdb.topology.getNumAtoms()))  # Modeller keeps the solute first
     mm_system = forcefield.createSystem(
-        modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer, constraints=None, rigidWater=True
+        modeller.topology,
+        nonbondedMethod=app.PME,
+        nonbondedCutoff=0.9 * unit.nanometer,
+        constraints=None,
+        rigidWater=True,
     )
     potential = MLPotential("so3krates", modelPath=str(checkpoint))
     system = potential.createMixedSystem(modeller.topology, mm_system, ml_atoms, precision=precision, backend=backend)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 import openmm as mm
-
 
 #: Platform names that protocols accept, in OpenMM's spelling.
 KNOWN_PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL", "HIP")
@@ -62,9 +60,9 @@ def _normalise_platform_name(name: str) -> str:
 def get_platform(
     name: str = "CPU",
     *,
-    threads: Optional[int] = None,
+    threads: int | None = None,
     precision: str = "mixed",
-    device_index: Optional[str] = None,
+    device_index: str | None = None,
     deterministic_forces: bool = False,
 ) -> tuple[mm.Platform, dict[str, str]]:
     """Return an OpenMM platform and the Context properties to use with it.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -43,16 +43,16 @@ class ProtocolError(ValueError):
 class SystemOptions:
     """Structure, model and platform."""
 
-    system: Optional[PretrainedSystem] = option(
+    system: PretrainedSystem | None = option(
         "ac_ala3_nhme", "shipped showcase system whose structure.pdb and model.pt are used when "
         "--structure/--model are not given")
-    structure: Optional[Path] = option(
+    structure: Path | None = option(
         None, "starting structure (PDB keeps residues and bonds; XYZ and other ASE formats work)", input_file=True)
-    model: Optional[Path] = option(
+    model: Path | None = option(
         None, "exported TorchScript model (.pt) for this structure (so3krates-export), a checkpoint (exported in "
         "memory), or a serialised OpenMM System (.xml) to run the protocol with another force field", input_file=True)
     platform: Platform = option("CPU", "OpenMM platform")
-    threads: Optional[int] = option(None, "CPU threads for OpenMM and PyTorch (default: all cores available)",
+    threads: int | None = option(None, "CPU threads for OpenMM and PyTorch (default: all cores available)",
                                     minimum=1)
     precision: Precision = option("mixed", "precision on GPU platforms")
     cuda_graphs: bool = option(False, "capture the model in CUDA graphs (CUDA platform; model exported with "
@@ -60,10 +60,10 @@ class SystemOptions:
     backend: Literal["torchforce", "pythonforce"] = option(
         "torchforce", "how OpenMM runs the model: openmm-torch's TorchForce (C++) or openmm.PythonForce (the model "
         "called from Python; with a checkpoint as --model, the eager model)")
-    seed: Optional[int] = option(None, "seed of the integrator and the initial velocities (default: random, "
+    seed: int | None = option(None, "seed of the integrator and the initial velocities (default: random, "
                                        "recorded in run.json)", minimum=1)
 
-    def system_files(self, *, need_model: bool = True) -> tuple[Path, Optional[Path]]:
+    def system_files(self, *, need_model: bool = True) -> tuple[Path, Path | None]:
         """``(structure, model)``: the given files, else those of the shipped ``system``; checked to exist."""
         shipped = pretrained_files(self.system) if self.system else {}
         files = {}
@@ -74,7 +74,9 @@ class SystemOptions:
                     raise ProtocolError(f"no {key} given: pass --{key} FILE or choose a pretrained --system")
                 path = shipped[key]
                 if not path.is_file():
-                    raise ProtocolError(f"the shipped {key} of {self.system!r} is not present ({path}); pass --{key} FILE")
+                    raise ProtocolError(
+                        f"the shipped {key} of {self.system!r} is not present ({path}); pass --{key} FILE"
+                    )
             elif not Path(path).is_file():
                 raise ProtocolError(f"{key} file {str(path)!r} does not exist (key {key!r})")
             files[key] = Path(path)
@@ -90,9 +92,9 @@ class DynamicsOptions:
 
     temperature: float = option(300.0, "temperature in K (bath, and initial velocities)", minimum=0.0)
     timestep_fs: float = option(0.5, "time step in fs", minimum=0.0)
-    steps: Optional[int] = option(None, "number of MD steps (or give --ns; default: the protocol's run length)",
+    steps: int | None = option(None, "number of MD steps (or give --ns; default: the protocol's run length)",
                                   minimum=0)
-    ns: Optional[float] = option(None, "run length in ns (instead of --steps)", minimum=0.0)
+    ns: float | None = option(None, "run length in ns (instead of --steps)", minimum=0.0)
     minimize: bool = option(True, "minimise the starting structure before assigning velocities")
     hydrogen_mass: Optional[float] = option(
         None, "hydrogen mass repartitioning: hydrogens get this mass in amu (e.g. 3), taken from their bonded "
@@ -152,7 +154,7 @@ class StabilityOptions:
 class TrajectoryInputOptions:
     """Analyse an existing trajectory instead of running MD."""
 
-    dcd: Optional[Path] = option(None, "analyse this existing DCD (atoms in the order of --structure) instead of "
+    dcd: Path | None = option(None, "analyse this existing DCD (atoms in the order of --structure) instead of "
                                        "running MD", input_file=True)
     skip_ps: float = option(0.0, "discard this much of the start of the trajectory as equilibration, ps", minimum=0.0)
 
@@ -174,7 +176,7 @@ class NVEOptions(StabilityOptions, OutputOptions, NVEEquilibrationOptions, Dynam
     name: ClassVar[str] = "nve"
     output: Path = option(Path("runs/nve"), "output directory (relative to the working directory)")
     log_interval: int = option(10, "CSV log interval in steps", minimum=1)
-    log: Optional[Path] = option(None, "analyse this existing CSV log (log.csv of an NVE run) instead of running MD",
+    log: Path | None = option(None, "analyse this existing CSV log (log.csv of an NVE run) instead of running MD",
                                  input_file=True)
 
 
@@ -191,7 +193,7 @@ class SpectrumOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, N
     max_lag_ps: float = option(1.0, "longest VACF lag in ps (sets the resolution, 1/(2 max_lag))", minimum=0.0)
     max_wavenumber: float = option(4000.0, "upper end of the plotted spectrum, cm^-1", minimum=0.0)
     mass_weighted: bool = option(True, "weight each atom's VACF by its mass")
-    velocities: Optional[Path] = option(None, "analyse this existing velocity file (velocities.vel) instead of "
+    velocities: Path | None = option(None, "analyse this existing velocity file (velocities.vel) instead of "
                                               "running MD", input_file=True)
 
 
@@ -201,11 +203,11 @@ class CatcherDistanceOptions(StabilityOptions, OutputOptions, TrajectoryInputOpt
     """Buckyball catcher: distance between the C60 centre and the catcher's centre over a Langevin run."""
 
     name: ClassVar[str] = "catcher_distance"
-    system: Optional[PretrainedSystem] = option(
+    system: PretrainedSystem | None = option(
         "buckyball_catcher", "shipped showcase system whose structure.pdb and model.pt are used when "
         "--structure/--model are not given")
     output: Path = option(Path("runs/catcher_distance"), "output directory (relative to the working directory)")
-    ball_residue: Optional[str] = option(None, "residue name of the C60 (default: the 60-carbon component of the "
+    ball_residue: str | None = option(None, "residue name of the C60 (default: the 60-carbon component of the "
                                                "bond graph)")
 
 
@@ -246,7 +248,7 @@ class MLMMSolvatedOptions(StabilityOptions, OutputOptions, LangevinOptions, Dyna
     name: ClassVar[str] = "mlmm_solvated"
     default_steps: ClassVar[int] = 2_000
     output: Path = option(Path("runs/mlmm_solvated"), "output directory (relative to the working directory)")
-    checkpoint: Optional[Path] = option(None, "SO3krates checkpoint for the molecule (default: the shipped system's "
+    checkpoint: Path | None = option(None, "SO3krates checkpoint for the molecule (default: the shipped system's "
                                               "best_checkpoint.pt); openmm-ml exports it for the solvated topology",
                                         input_file=True)
     padding_nm: float = option(1.0, "water padding around the molecule, nm", minimum=0.5)
@@ -269,7 +271,7 @@ def pretrained_files(system: str) -> dict[str, Path]:
     return {"structure": directory / "structure.pdb", "model": directory / "model.pt"}
 
 
-def write_resolved_protocol(options: Any, path: Path, *, seed: Optional[int], source: str) -> None:
+def write_resolved_protocol(options: Any, path: Path, *, seed: int | None, source: str) -> None:
     """Every key's final value as a protocol file for ``--protocol`` (the run length in steps, the seed used,
     input files as absolute paths)."""
     resolved: dict[str, Any] = {"protocol": options.name}

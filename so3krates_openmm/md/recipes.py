@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import openmm as mm
 from openmm import unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.data.trajectory import DCDTrajectory, read_dcd
 from so3krates_openmm.md.protocols import (
     PRETRAINED_DIR,
     CatcherDistanceOptions,
@@ -40,7 +40,6 @@ from so3krates_openmm.md.protocols import (
 from so3krates_openmm.md.runner import FINAL_STATE, LOG, TRAJECTORY, VELOCITIES, RunConfig, RunResult, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.stability import StabilityCriteria
-from so3krates_openmm.data.trajectory import DCDTrajectory, read_dcd
 
 Log = Callable[[str], None]
 
@@ -55,7 +54,7 @@ class ProtocolResult:
     seed of the run made (``None`` when none was made)."""
 
     stable: bool
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 class _Runner:
@@ -66,7 +65,7 @@ class _Runner:
         self.structure_path = structure_path
         self.model_path = model_path
         self.log = log
-        self.seed: Optional[int] = options.seed
+        self.seed: int | None = options.seed
 
     def settings(self, ensemble: str) -> SimulationSettings:
         options = self.options
@@ -85,8 +84,8 @@ class _Runner:
         )
 
     def run(self, structure: Structure, *, ensemble: str, steps: int, output_dir: Path, velocity_interval: int = 0,
-            initial_state: Optional[Path] = None, trajectory_interval: Optional[int] = None,
-            system: Optional[mm.System] = None) -> RunResult:
+            initial_state: Path | None = None, trajectory_interval: int | None = None,
+            system: mm.System | None = None) -> RunResult:
         options = self.options
         if system is None:
             system = model_system(structure, self.model_path, cuda_graphs=options.cuda_graphs, backend=options.backend)
@@ -129,8 +128,8 @@ class _Runner:
         return self.run(structure, ensemble="nve", steps=self.options.n_steps, output_dir=output,
                         velocity_interval=velocity_interval, initial_state=initial_state)
 
-    def trajectory(self, structure: Structure, dcd: Optional[Path], skip_ps: float, run: Callable[[], RunResult],
-                   run_dir: Optional[Path] = None) -> tuple[DCDTrajectory, Optional[RunResult]]:
+    def trajectory(self, structure: Structure, dcd: Path | None, skip_ps: float, run: Callable[[], RunResult],
+                   run_dir: Path | None = None) -> tuple[DCDTrajectory, RunResult | None]:
         """The trajectory to analyse: ``dcd`` if given, else the DCD of a run made now in ``run_dir``."""
         result = None
         if dcd is not None:
@@ -145,12 +144,14 @@ class _Runner:
         trajectory = trajectory.after(skip_ps)
         if trajectory.n_frames == 0:
             if result is not None and not is_stable(result):
-                raise RunUnstable(f"the run became unstable before its first frame; see {path.parent / 'stability.json'}")
+                raise RunUnstable(
+                    f"the run became unstable before its first frame; see {path.parent / 'stability.json'}"
+                )
             raise ValueError(f"{path} has no frames to analyse (after skipping {skip_ps} ps)")
         return trajectory, result
 
 
-def stability_criteria(options: StabilityOptions) -> Optional[StabilityCriteria]:
+def stability_criteria(options: StabilityOptions) -> StabilityCriteria | None:
     """The monitor's criteria from the options, ``None`` when the check is off."""
     if not options.stability_check:
         return None
@@ -158,7 +159,7 @@ def stability_criteria(options: StabilityOptions) -> Optional[StabilityCriteria]
                              collision_factor=options.collision_factor)
 
 
-def is_stable(result: Optional[RunResult]) -> bool:
+def is_stable(result: RunResult | None) -> bool:
     """Whether a run stayed stable (no run or no monitor counts as stable)."""
     return result is None or result.stability is None or result.stability.stable
 
@@ -249,7 +250,9 @@ def run_spectrum(options: SpectrumOptions, log: Log = print) -> ProtocolResult:
         velocities = velocities[round(options.skip_ps / interval_ps):]
         source = f"integrator velocities from {path}"
     if velocities.shape[1] != structure.n_atoms:
-        raise ValueError(f"the velocities have {velocities.shape[1]} atoms but {structure.source} has {structure.n_atoms}")
+        raise ValueError(
+            f"the velocities have {velocities.shape[1]} atoms but {structure.source} has {structure.n_atoms}"
+        )
     masses = np.asarray(masses_dalton(structure.atomic_numbers)) if options.mass_weighted else None
     spectrum = vibrational_spectrum(velocities, interval_ps, masses=masses, max_lag_ps=options.max_lag_ps,
                                     source=source)
@@ -293,8 +296,8 @@ def run_catcher_distance(options: CatcherDistanceOptions, log: Log = print) -> P
 
 def run_ramachandran(options: RamachandranOptions, log: Log = print) -> ProtocolResult:
     """Backbone (phi, psi) of the chosen residues over a Langevin run (or an existing ``dcd``): CSV and plot."""
-    from so3krates_openmm.md.ramachandran import backbone_dihedrals, plot_ramachandran, write_dihedrals_csv
     from so3krates_openmm.data.trajectory import mdtraj_trajectory
+    from so3krates_openmm.md.ramachandran import backbone_dihedrals, plot_ramachandran, write_dihedrals_csv
 
     output = options.output
     runner, structure = _runner(options, log, need_model=options.dcd is None)

@@ -13,8 +13,8 @@ resumed) has no ``run.json``: its row is read from ``checkpoint.zip`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.md.stability import covalent_bonds, minimum_image
 
 
-def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: Optional[np.ndarray] = None) -> dict[str, dict]:
+def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: np.ndarray | None = None) -> dict[str, dict]:
     """Bond lengths over frames (frames, atoms, 3; Å) per element pair (``C-H``, ``N-H``: C first, H last).
 
     For each pair: number of bonds, mean and standard deviation of the length
@@ -34,10 +34,12 @@ def bond_statistics(positions_angstrom: np.ndarray, structure, bonds: Optional[n
     positions = np.asarray(positions_angstrom, dtype=np.float64)
     delta = minimum_image(positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]], structure.box_angstrom)
     lengths = np.linalg.norm(delta, axis=-1)
-    start = np.linalg.norm(minimum_image(structure.positions_angstrom[bonds[:, 1]] - structure.positions_angstrom[bonds[:, 0]],
-                                          structure.box_angstrom), axis=-1)
+    start_delta = structure.positions_angstrom[bonds[:, 1]] - structure.positions_angstrom[bonds[:, 0]]
+    start = np.linalg.norm(minimum_image(start_delta, structure.box_angstrom), axis=-1)
     symbols = structure.symbols
-    names = np.array(["-".join(sorted((symbols[i], symbols[j]), key=lambda s: (s != "C", s == "H", s))) for i, j in bonds])
+    names = np.array(
+        ["-".join(sorted((symbols[i], symbols[j]), key=lambda s: (s != "C", s == "H", s))) for i, j in bonds]
+    )
     statistics = {}
     for name in sorted(set(names)):
         selected = names == name
@@ -124,20 +126,24 @@ def summarize_run(run_dir: str | Path) -> dict:
 def markdown_table(rows: Sequence[dict]) -> str:
     """A Markdown table of :func:`summarize_run` rows."""
     lines = [
-        "| run | T (K) | dt (fs) | simulated (ps) | ns/day | stable fraction | largest bond stretch | C60-catcher distance (Å) |",
+        "| run | T (K) | dt (fs) | simulated (ps) | ns/day | stable fraction | largest bond stretch "
+        "| C60-catcher distance (Å) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         stretch = max((b["max_stretch"] for b in row.get("bonds", {}).values()), default=float("nan"))
         c60 = row.get("c60_distance_angstrom")
-        c60_text = "-" if c60 is None else f"{c60['mean']:.2f} ± {c60['std']:.2f} (start {c60['start']:.2f}, max {c60['max']:.2f})"
+        c60_text = "-" if c60 is None else (
+            f"{c60['mean']:.2f} ± {c60['std']:.2f} (start {c60['start']:.2f}, max {c60['max']:.2f})"
+        )
         if row.get("in_progress"):
             fraction = "in progress"
         else:
             fraction = "-" if row["stable_fraction"] is None else f"{row['stable_fraction']:.3f}"
         speed = "-" if row["ns_per_day"] is None else f"{row['ns_per_day']:.3g}"
         lines.append(
-            f"| {Path(row['run']).name} | {row['temperature_K']:g} | {row['timestep_fs']:g} | {row['simulated_ps']:.4g} | "
+            f"| {Path(row['run']).name} | {row['temperature_K']:g} | {row['timestep_fs']:g} "
+            f"| {row['simulated_ps']:.4g} | "
             f"{speed} | {fraction} | {stretch:.3f}x | {c60_text} |"
         )
     return "\n".join(lines)

@@ -17,7 +17,6 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import openmm as mm
@@ -123,7 +122,7 @@ class CSVLogReporter:
             self._handle.write(",".join(CSV_COLUMNS) + "\n")
             self._handle.flush()
         self._last_wall = time.perf_counter()
-        self._last_step: Optional[int] = None
+        self._last_step: int | None = None
 
     def describeNextReport(self, simulation: app.Simulation) -> dict:
         return _next_report(simulation, self.interval, ["energy"])
@@ -192,7 +191,7 @@ class DCDReporter:
         timestep_fs: float,
         *,
         append: bool = False,
-        enforce_periodic_box: Optional[bool] = None,
+        enforce_periodic_box: bool | None = None,
     ):
         if interval < 1:
             raise ValueError(f"trajectory interval must be at least 1 step, got {interval}")
@@ -269,7 +268,9 @@ class VelocityReporter:
             self._handle = open(self.path, "ab")
         else:
             self._handle = open(self.path, "wb")
-            self._handle.write(_VELOCITY_HEADER.pack(_VELOCITY_MAGIC, self.n_atoms, self.interval, timestep_fs * 1e-3, self.interval))
+            self._handle.write(
+                _VELOCITY_HEADER.pack(_VELOCITY_MAGIC, self.n_atoms, self.interval, timestep_fs * 1e-3, self.interval)
+            )
             self._handle.flush()
 
     def describeNextReport(self, simulation: app.Simulation) -> dict:

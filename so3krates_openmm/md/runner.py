@@ -27,7 +27,6 @@ import platform as host_platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import openmm as mm
 from openmm import app
@@ -106,13 +105,13 @@ class RunConfig:
     trajectory_interval: int = 100
     velocity_interval: int = 0
     checkpoint_interval: int = 10_000
-    stability: Optional[StabilityCriteria] = field(default_factory=StabilityCriteria)
+    stability: StabilityCriteria | None = field(default_factory=StabilityCriteria)
     stability_interval: int = 100
     progress: bool = True
     resume: bool = False
     overwrite: bool = False
     identity: dict = field(default_factory=dict)
-    initial_state: Optional[Path] = None
+    initial_state: Path | None = None
     reporters: list = field(default_factory=list)
 
 
@@ -124,13 +123,13 @@ class RunResult:
     steps_requested: int
     start_step: int
     final_step: int
-    resumed_from_step: Optional[int]
+    resumed_from_step: int | None
     seed: int
     platform: str
     wall_seconds: float
     ns_per_day: float
-    stability: Optional[StabilityResult]
-    exact_resume: Optional[bool] = None
+    stability: StabilityResult | None
+    exact_resume: bool | None = None
 
     @property
     def completed(self) -> bool:
@@ -284,7 +283,9 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
             simulation.step(target - current)
             save_checkpoint()
         if monitor is not None and monitor.result().last_good_step != simulation.currentStep:
-            monitor.report(simulation, simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True))
+            monitor.report(
+                simulation, simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+            )
         if monitor is not None:
             stability = monitor.result()
     except SimulationUnstable as unstable:

@@ -13,7 +13,6 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import openmm as mm
@@ -32,7 +31,7 @@ MAX_SEED = 2**31 - 1
 ENSEMBLES = ("nvt", "nve")
 
 
-def resolve_seed(seed: Optional[int]) -> int:
+def resolve_seed(seed: int | None) -> int:
     """Return ``seed`` checked, or a fresh random seed when it is ``None``.
 
     The seed drives both the integrator's random stream and the initial
@@ -104,7 +103,8 @@ def model_system(
             raise ValueError(f"{model_path} holds a serialised {type(system).__name__}, not a System")
         if system.getNumParticles() != structure.n_atoms:
             raise ValueError(
-                f"{model_path} has {system.getNumParticles()} particles but {structure.source} has {structure.n_atoms} atoms"
+                f"{model_path} has {system.getNumParticles()} particles but {structure.source} has "
+                f"{structure.n_atoms} atoms"
             )
         return system
     from so3krates_openmm.openmm_force import create_system
@@ -135,9 +135,9 @@ class SimulationSettings:
     friction_per_ps: float = 1.0
     timestep_fs: float = 0.5
     platform: str = "CPU"
-    threads: Optional[int] = None
+    threads: int | None = None
     precision: str = "mixed"
-    seed: Optional[int] = None
+    seed: int | None = None
     minimize: bool = False
     minimize_tolerance_kj_mol_nm: float = 10.0
     minimize_max_iterations: int = 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -56,7 +55,9 @@ def finite_difference_velocities(positions: np.ndarray, frame_interval_ps: float
     return (positions[2:] - positions[:-2]) / (2.0 * frame_interval_ps)
 
 
-def velocity_autocorrelation(velocities: np.ndarray, masses: Optional[np.ndarray] = None, max_lag: Optional[int] = None) -> np.ndarray:
+def velocity_autocorrelation(
+    velocities: np.ndarray, masses: np.ndarray | None = None, max_lag: int | None = None
+) -> np.ndarray:
     """Normalised, mass-weighted VACF over lags 0..max_lag (frames), averaged over time origins.
 
     Args:
@@ -99,8 +100,8 @@ def vibrational_spectrum(
     velocities: np.ndarray,
     frame_interval_ps: float,
     *,
-    masses: Optional[np.ndarray] = None,
-    max_lag_ps: Optional[float] = None,
+    masses: np.ndarray | None = None,
+    max_lag_ps: float | None = None,
     source: str = "velocities",
 ) -> Spectrum:
     """VACF and power spectrum of velocities (frames, atoms, 3) sampled every ``frame_interval_ps``."""
@@ -117,7 +118,7 @@ def write_spectrum_csv(path: str | Path, spectrum: Spectrum, max_wavenumber_cm: 
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(f"# velocity source: {spectrum.source}\n")
         handle.write("wavenumber_cm-1,intensity\n")
-        for x, y in zip(spectrum.wavenumber_cm[keep], spectrum.intensity[keep]):
+        for x, y in zip(spectrum.wavenumber_cm[keep], spectrum.intensity[keep], strict=True):
             handle.write(f"{x:.3f},{y:.6e}\n")
     return path
 
@@ -125,7 +126,8 @@ def write_spectrum_csv(path: str | Path, spectrum: Spectrum, max_wavenumber_cm: 
 def write_vacf_csv(path: str | Path, spectrum: Spectrum) -> Path:
     """CSV with columns ``lag_ps,vacf``."""
     path = Path(path)
-    np.savetxt(path, np.stack([spectrum.lag_ps, spectrum.vacf], axis=1), delimiter=",", header="lag_ps,vacf", comments="", fmt="%.6g")
+    np.savetxt(path, np.stack([spectrum.lag_ps, spectrum.vacf], axis=1), delimiter=",", header="lag_ps,vacf",
+               comments="", fmt="%.6g")
     return path
 
 

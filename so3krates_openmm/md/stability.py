@@ -22,7 +22,6 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import openmm as mm
@@ -67,7 +66,7 @@ class StabilityResult:
     stable: bool
     steps_requested: int
     last_good_step: int
-    failure_step: Optional[int]
+    failure_step: int | None
     reason: str
     max_bond_stretch: float
     min_nonbonded_ratio: float
@@ -113,7 +112,7 @@ def covalent_radii_angstrom(atomic_numbers: np.ndarray) -> np.ndarray:
     return np.asarray(covalent_radii)[np.asarray(atomic_numbers)]
 
 
-def minimum_image(vectors: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
+def minimum_image(vectors: np.ndarray, box: np.ndarray | None) -> np.ndarray:
     """Minimum-image displacement vectors for a box in OpenMM's reduced (lower-triangular) form."""
     if box is None:
         return vectors
@@ -123,7 +122,7 @@ def minimum_image(vectors: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
     return vectors
 
 
-def pair_distances(positions: np.ndarray, box: Optional[np.ndarray] = None) -> np.ndarray:
+def pair_distances(positions: np.ndarray, box: np.ndarray | None = None) -> np.ndarray:
     """All pair distances (N, N) of positions (N, 3), minimum image when a box is given (same unit)."""
     delta = positions[None, :, :] - positions[:, None, :]
     return np.linalg.norm(minimum_image(delta, box), axis=-1)
@@ -162,7 +161,7 @@ def bond_graph_components(n_atoms: int, bonds: np.ndarray) -> list[np.ndarray]:
 class StabilityChecker:
     """The geometric and energetic checks, independent of OpenMM's reporter machinery."""
 
-    def __init__(self, structure: Structure, criteria: Optional[StabilityCriteria] = None):
+    def __init__(self, structure: Structure, criteria: StabilityCriteria | None = None):
         criteria = criteria or StabilityCriteria()
         self.criteria = criteria
         self.bonds, self.bond_source = covalent_bonds(structure, criteria.bond_detection_factor)
@@ -184,7 +183,7 @@ class StabilityChecker:
         delta = positions_angstrom[self.bonds[:, 1]] - positions_angstrom[self.bonds[:, 0]]
         return np.linalg.norm(minimum_image(delta, self.box), axis=-1)
 
-    def check(self, positions_angstrom: np.ndarray, potential_energy_kj_mol: float) -> Optional[str]:
+    def check(self, positions_angstrom: np.ndarray, potential_energy_kj_mol: float) -> str | None:
         """``None`` when the frame passes, else the reason it fails (names atoms by 0-based index)."""
         if not math.isfinite(potential_energy_kj_mol):
             return f"potential energy is {potential_energy_kj_mol}"
@@ -228,7 +227,7 @@ class StabilityMonitor:
         interval: int,
         steps_requested: int,
         output_dir: str | Path,
-        criteria: Optional[StabilityCriteria] = None,
+        criteria: StabilityCriteria | None = None,
     ):
         if interval < 1:
             raise ValueError(f"stability check interval must be at least 1 step, got {interval}")
@@ -237,9 +236,9 @@ class StabilityMonitor:
         self.output_dir = Path(output_dir)
         self.checker = StabilityChecker(structure, criteria)
         self.topology = structure.openmm_topology()
-        self._last_good: Optional[mm.State] = None
+        self._last_good: mm.State | None = None
         self._last_good_step = 0
-        self._failure: Optional[StabilityResult] = None
+        self._failure: StabilityResult | None = None
 
     def start(self, simulation: app.Simulation) -> None:
         """Take the simulation's current state as the last good one."""
@@ -277,7 +276,7 @@ class StabilityMonitor:
             app.PDBFile.writeFile(self.topology, self._last_good.getPositions(), handle, keepIds=True)
         return xml_path, pdb_path
 
-    def _result(self, *, stable: bool, failure_step: Optional[int], reason: str) -> StabilityResult:
+    def _result(self, *, stable: bool, failure_step: int | None, reason: str) -> StabilityResult:
         return StabilityResult(
             stable=stable,
             steps_requested=self.steps_requested,
@@ -314,7 +313,7 @@ def stability_coefficient(
     equilibrium_angstrom: np.ndarray,
     *,
     max_deviation_angstrom: float = FU_BOND_DEVIATION_ANGSTROM,
-    box_angstrom: Optional[np.ndarray] = None,
+    box_angstrom: np.ndarray | None = None,
 ) -> float:
     """Stability coefficient of Fu et al. ("Forces are not enough", TMLR 2023) for one trajectory.
 

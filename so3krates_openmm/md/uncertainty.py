@@ -14,7 +14,8 @@ In your own OpenMM script::
     from so3krates_openmm.model.committee import Committee
     from so3krates_openmm.md.uncertainty import CommitteeReporter, UncertaintyLimitExceeded
     committee = Committee.from_checkpoints(["member0.pt", "member1.pt", "member2.pt", "member3.pt"])
-    reporter = CommitteeReporter(committee, atomic_numbers, "uncertainty.csv", 100, save_threshold=1.0, stop_threshold=5.0)
+    reporter = CommitteeReporter(committee, atomic_numbers, "uncertainty.csv", 100,
+                                 save_threshold=1.0, stop_threshold=5.0)
     simulation.reporters.append(reporter)
     try:
         simulation.step(100_000)
@@ -31,8 +32,8 @@ duplicated.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import openmm as mm
@@ -99,11 +100,11 @@ class CommitteeReporter:
         path: str | Path,
         interval: int,
         *,
-        frames_path: Optional[str | Path] = None,
-        save_threshold: Optional[float] = None,
-        stop_threshold: Optional[float] = None,
-        atoms: Optional[Sequence[int]] = None,
-        resume_step: Optional[int] = None,
+        frames_path: str | Path | None = None,
+        save_threshold: float | None = None,
+        stop_threshold: float | None = None,
+        atoms: Sequence[int] | None = None,
+        resume_step: int | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"report interval must be at least 1 step, got {interval}")
@@ -166,7 +167,7 @@ class CommitteeReporter:
             raise UncertaintyLimitExceeded(step, force_max, self.stop_threshold, disagreement.force_unit)
 
     def _write_frame(
-        self, positions: np.ndarray, box: Optional[np.ndarray], step: int, time_ps: float, disagreement: Disagreement
+        self, positions: np.ndarray, box: np.ndarray | None, step: int, time_ps: float, disagreement: Disagreement
     ) -> None:
         lattice = "" if box is None else 'Lattice="' + " ".join(f"{v:.8f}" for v in box.reshape(-1)) + '" pbc="T T T" '
         comment = (
@@ -176,7 +177,8 @@ class CommitteeReporter:
         )
         lines = [str(len(positions)), comment]
         lines += [
-            f"{symbol(int(z)):2s} {x:.8f} {y:.8f} {zz:.8f}" for z, (x, y, zz) in zip(self.atomic_numbers, positions)
+            f"{symbol(int(z)):2s} {x:.8f} {y:.8f} {zz:.8f}"
+            for z, (x, y, zz) in zip(self.atomic_numbers, positions, strict=True)
         ]
         self._frames_handle.write("\n".join(lines) + "\n")
         self._frames_handle.flush()
@@ -193,7 +195,7 @@ class CommitteeReporter:
             "frames": self._frames,
         }
 
-    def close(self, figure_path: Optional[str | Path] = None) -> Optional[Path]:
+    def close(self, figure_path: str | Path | None = None) -> Path | None:
         """Close the files and draw the disagreement over time (default: ``path`` with ``.png``)."""
         self._handle.close()
         self._frames_handle.close()
@@ -253,8 +255,8 @@ def plot_disagreement(
     csv_path: str | Path,
     figure_path: str | Path,
     *,
-    save_threshold: Optional[float] = None,
-    stop_threshold: Optional[float] = None,
+    save_threshold: float | None = None,
+    stop_threshold: float | None = None,
 ) -> Path:
     """PNG of the maximum and mean force disagreement over time from a reporter's CSV file."""
     columns = read_disagreement_csv(csv_path)

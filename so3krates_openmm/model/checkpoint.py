@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
     """A file that is not a usable so3krates-openmm checkpoint."""
 
 
-def checkpoint_dict(model: "torch.nn.Module", extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def checkpoint_dict(model: torch.nn.Module, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint dictionary of a model (see the module docstring)."""
     config: SO3kratesConfig = model.config
     shifts = {int(z): float(model.energy_shifts[i]) for i, z in enumerate(config.elements)}
@@ -47,7 +47,7 @@ def checkpoint_dict(model: "torch.nn.Module", extra: Optional[Dict[str, Any]] = 
     }
 
 
-def save_checkpoint(model: "torch.nn.Module", path: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
+def save_checkpoint(model: torch.nn.Module, path: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``model`` (an :class:`SO3krates`) to ``path`` atomically."""
     data = checkpoint_dict(model, extra)
     return write_atomically(path, lambda temporary: torch.save(data, temporary))
@@ -99,7 +99,7 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "torch.nn.Module":
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """An :class:`SO3krates` model with the weights and shifts of a checkpoint, in eval mode."""
     from so3krates_openmm.model.so3krates import SO3krates
 

@@ -73,7 +73,7 @@ class Committee:
             member.eval()
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path], device: str | torch.device = "cpu") -> "Committee":
+    def from_checkpoints(cls, paths: Sequence[str | Path], device: str | torch.device = "cpu") -> Committee:
         """Load one member per checkpoint file."""
         return cls([load_model(path, map_location=device) for path in paths])
 

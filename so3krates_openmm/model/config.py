@@ -61,7 +61,9 @@ class SO3kratesConfig:
         if not self.elements:
             raise ValueError("config.elements is empty: the model must know at least one element")
         if len(set(self.degrees)) != len(self.degrees):
-            raise ValueError(f"config.degrees must be distinct degrees (or empty: the invariant model), got {self.degrees}")
+            raise ValueError(
+                f"config.degrees must be distinct degrees (or empty: the invariant model), got {self.degrees}"
+            )
         if any(not 0 <= l <= MAX_DEGREE for l in self.degrees):
             raise ValueError(f"config.degrees must lie in 0..{MAX_DEGREE}, got {self.degrees}")
         if self.layers < 1 or self.heads < 1 or self.features < 1 or self.radial_basis_size < 1:
@@ -97,7 +99,7 @@ class SO3kratesConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SO3kratesConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SO3kratesConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

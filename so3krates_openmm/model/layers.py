@@ -50,7 +50,9 @@ class FilterNetwork(nn.Module):
         """
         if not hasattr(self, "spherical_in"):
             return functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias)
-        radial = functional.linear(radial_hidden, self.radial_out.weight, self.radial_out.bias + self.spherical_out.bias)
+        radial = functional.linear(
+            radial_hidden, self.radial_out.weight, self.radial_out.bias + self.spherical_out.bias
+        )
         spherical_hidden = functional.silu(self.spherical_in(ev_invariants))
         return torch.addmm(radial, spherical_hidden, self.spherical_out.weight.t())
 
@@ -183,10 +185,13 @@ class SO3kratesLayer(nn.Module):
     def __init__(self, features: int, heads: int, degrees: List[int], radial_basis_size: int) -> None:
         super().__init__()
         self.features = features
+        # Registered in this order (the order of model.parameters(), as before the invariant model existed):
+        # optimiser states in training checkpoints and seeded random weights follow it.
         self.feature_filter = FilterNetwork(radial_basis_size, len(degrees), features)
-        self.feature_attention = InvariantAttention(features, heads)
         if degrees:  # the invariant model (no degrees) has no Euclidean filter and attention
             self.euclidean_filter = FilterNetwork(radial_basis_size, len(degrees), features)
+        self.feature_attention = InvariantAttention(features, heads)
+        if degrees:
             self.euclidean_attention = EuclideanAttention(features, degrees)
         self.exchange = ExchangeBlock(features, degrees)
         self.register_buffer("contraction", degree_contraction_matrix(degrees))
@@ -222,7 +227,9 @@ class SO3kratesLayer(nn.Module):
                 n_atoms,
             )
             return self.exchange(features + feature_update, euclidean)
-        difference = euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
+        difference = (
+            euclidean.index_select(0, neighbours[:n_unordered]) - euclidean.index_select(0, centres[:n_unordered])
+        )
         ev_invariants = (difference * difference) @ self.contraction.to(difference.dtype)
         ev = self.euclidean_attention
         centre_weights = torch.cat([invariant.query.weight * invariant.scale, ev.query.weight * ev.scale])

@@ -106,7 +106,11 @@ def neighbour_list(
     first = torch.zeros(0, dtype=torch.long, device=positions.device)
     second = first
     if prune and use_cells:
-        box_tensor = boxes if boxes is not None else torch.zeros(num_structures, 3, 3, dtype=detached.dtype, device=detached.device)
+        box_tensor = (
+            boxes
+            if boxes is not None
+            else torch.zeros(num_structures, 3, 3, dtype=detached.dtype, device=detached.device)
+        )
         first, second, found = cell_list_pairs(
             detached, batch, num_structures, cutoff, box_tensor.to(detached.dtype), boxes is not None
         )

@@ -107,7 +107,9 @@ class SO3krates(nn.Module):
         return energies.index_add_(0, batch, atomic_energies)
 
     @torch.jit.export
-    def atomic_energies(self, atomic_numbers: Tensor, positions: Tensor, first: Tensor, second: Tensor, shifts: Tensor) -> Tensor:
+    def atomic_energies(
+        self, atomic_numbers: Tensor, positions: Tensor, first: Tensor, second: Tensor, shifts: Tensor
+    ) -> Tensor:
         """Per-atom energies ``E_i`` (N,) float64 (including the per-element shift and scale).
 
         Pairs as for :meth:`energy_from_neighbours` (each unordered pair once).

@@ -2,6 +2,7 @@
 
 import sys
 
-print("error: `python -m so3krates_openmm.training` is now `python -m so3krates_openmm.cli.train` (or `so3krates-train`; "
-      "under torchrun: `torchrun --nproc_per_node P -m so3krates_openmm.cli.train ...`)", file=sys.stderr)
+print("error: `python -m so3krates_openmm.training` is now `python -m so3krates_openmm.cli.train` "
+      "(or `so3krates-train`; under torchrun: `torchrun --nproc_per_node P -m so3krates_openmm.cli.train ...`)",
+      file=sys.stderr)
 sys.exit(2)

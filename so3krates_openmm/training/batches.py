@@ -117,8 +117,8 @@ class PackedData:
         atomic_numbers = self.atomic_numbers.cpu()
         frame_of_atom = torch.repeat_interleave(torch.arange(len(self)), self.n_atoms.cpu())
         counts = torch.zeros(len(self), len(elements), dtype=torch.float64)
-        counts.index_put_((frame_of_atom, species[atomic_numbers]), torch.ones(len(atomic_numbers), dtype=torch.float64),
-                          accumulate=True)
+        counts.index_put_((frame_of_atom, species[atomic_numbers]),
+                          torch.ones(len(atomic_numbers), dtype=torch.float64), accumulate=True)
         return counts.numpy()
 
 

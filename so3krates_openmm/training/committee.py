@@ -15,9 +15,9 @@ that member's last checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.training.config import TrainingConfig
@@ -46,9 +46,9 @@ def member_directory(output: str | Path, index: int) -> Path:
 def train_committee(
     config: TrainingConfig,
     members: int = DEFAULT_MEMBERS,
-    dataset: Optional[MolecularDataset] = None,
+    dataset: MolecularDataset | None = None,
     log: Callable[[str], None] = print,
-    member_init_from: Optional[Sequence[str | Path]] = None,
+    member_init_from: Sequence[str | Path] | None = None,
 ) -> CommitteeResult:
     """Fine-tune ``members`` models from ``config.init_from`` into ``config.output/member_<k>``.
 

@@ -197,7 +197,9 @@ class TrainingConfig:
             if value is None:
                 continue
             if isinstance(value, float) and not 0.0 < value <= 1.0:
-                raise ConfigError(f"option {name!r}: a fraction must be in (0, 1], got {value} (an int is a frame count)")
+                raise ConfigError(
+                    f"option {name!r}: a fraction must be in (0, 1], got {value} (an int is a frame count)"
+                )
             if isinstance(value, int) and value < (0 if name == "test_size" else 1):
                 raise ConfigError(f"option {name!r} must be a positive number of frames, got {value}")
         positive_ints = ("features", "layers", "heads", "radial_basis_size", "checkpoint_every", "log_every")
@@ -219,7 +221,9 @@ class TrainingConfig:
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"option 'ema_decay' must be in [0, 1) or none, got {self.ema_decay}")
         if isinstance(self.energy_scale, str) and self.energy_scale not in ("rms-forces", "none"):
-            raise ConfigError(f"option 'energy_scale' must be 'rms-forces', 'none' or a number, got {self.energy_scale!r}")
+            raise ConfigError(
+                f"option 'energy_scale' must be 'rms-forces', 'none' or a number, got {self.energy_scale!r}"
+            )
         if not isinstance(self.energy_scale, str) and not self.energy_scale > 0:
             raise ConfigError(f"option 'energy_scale' must be positive, got {self.energy_scale}")
         for name in ("max_time", "checkpoint_interval"):

@@ -39,13 +39,13 @@ class ExponentialMovingAverage:
         """Within the block the model's parameters are the averaged ones; restored afterwards."""
         backup = [p.detach().clone() for p in self.parameters]
         with torch.no_grad():
-            for parameter, average in zip(self.parameters, self.shadow):
+            for parameter, average in zip(self.parameters, self.shadow, strict=True):
                 parameter.copy_(average)
         try:
             yield
         finally:
             with torch.no_grad():
-                for parameter, saved in zip(self.parameters, backup):
+                for parameter, saved in zip(self.parameters, backup, strict=True):
                     parameter.copy_(saved)
 
     def state_dict(self) -> dict[str, Any]:
@@ -56,4 +56,6 @@ class ExponentialMovingAverage:
             raise ValueError("EMA state does not match the model's parameters")
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
-        self.shadow = [s.to(device=p.device, dtype=p.dtype).clone() for s, p in zip(state["shadow"], self.parameters)]
+        self.shadow = [
+            s.to(device=p.device, dtype=p.dtype).clone() for s, p in zip(state["shadow"], self.parameters, strict=True)
+        ]

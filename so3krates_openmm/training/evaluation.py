@@ -226,7 +226,7 @@ def write_per_frame(report: dict[str, Any], csv_path: str | Path) -> tuple[Path,
     units = {"time_ps": "", "energy_error": f" ({unit})", "force_mae": f" ({force_unit})",
              "force_max_error": f" ({force_unit})"}
     names = list(columns)
-    rows = zip(*(columns[name] for name in names))
+    rows = zip(*(columns[name] for name in names), strict=True)
     with csv_path.open("w", encoding="utf-8") as handle:
         handle.write(",".join(f"{name}{units.get(name, '')}" for name in names) + "\n")
         handle.writelines(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row)

@@ -98,7 +98,9 @@ class ErrorAccumulator:
             result["loss"] = energy_weight * energy_sq / structures + force_weight * force_sq / components
         counts = self.element_count.tolist()
         sums = self.element_abs.tolist()
-        result["force_mae_per_element"] = {symbol(z): sums[z] / counts[z] for z in range(1, len(counts)) if counts[z] > 0}
+        result["force_mae_per_element"] = {
+            symbol(z): sums[z] / counts[z] for z in range(1, len(counts)) if counts[z] > 0
+        }
         return result  # type: ignore[return-value]
 
 

@@ -41,7 +41,9 @@ class ExponentialDecaySchedule:
             group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial_lr": self.initial_lr, "decay": self.decay, "decay_steps": self.decay_steps, "steps": self.steps}
+        return {
+            "initial_lr": self.initial_lr, "decay": self.decay, "decay_steps": self.decay_steps, "steps": self.steps
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial_lr = float(state["initial_lr"])

@@ -39,7 +39,7 @@ def fit_energy_shifts(element_counts: np.ndarray, energies: np.ndarray, elements
     per_atom = float(np.mean(energies) / np.mean(counts.sum(axis=1)))
     deviation, *_ = np.linalg.lstsq(counts, energies - per_atom * counts.sum(axis=1), rcond=None)
     solution = per_atom + deviation
-    return {int(z): float(value) for z, value in zip(elements, solution)}
+    return {int(z): float(value) for z, value in zip(elements, solution, strict=True)}
 
 
 def rms_force(forces: np.ndarray) -> float:

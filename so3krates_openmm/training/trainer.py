@@ -177,7 +177,9 @@ def validate_data(model: SO3krates, data: PackedData, chunk: int = 256) -> None:
         try:
             model.validate_inputs(batch.atomic_numbers, batch.positions, batch.batch, batch.num_structures)
         except ValueError as error:
-            raise TrainingError(f"bad reference data (frames {start}..{start + batch.num_structures - 1}): {error}") from None
+            raise TrainingError(
+                f"bad reference data (frames {start}..{start + batch.num_structures - 1}): {error}"
+            ) from None
 
 
 def evaluate_model(
@@ -389,7 +391,9 @@ class Trainer:
         counts = self.train_data.element_counts(elements)
         shifts = fit_energy_shifts(counts, self.train_data.energies.cpu().numpy(), elements)
         # a fine-tuned model keeps the checkpoint's shifts of elements that the training split lacks
-        absent = [z for z, count in zip(elements, counts.sum(axis=0)) if count == 0 and z in self._source_shifts]
+        absent = [
+            z for z, count in zip(elements, counts.sum(axis=0), strict=True) if count == 0 and z in self._source_shifts
+        ]
         shifts.update({z: self._source_shifts[z] for z in absent})
         self.model.set_energy_shifts(shifts)
         if self.config.energy_scale == "rms-forces":
@@ -401,7 +405,8 @@ class Trainer:
         with torch.no_grad():
             self.model.energy_scales.fill_(scale)
         shift_text = ", ".join(f"{symbol(z)} {value:.8g}" for z, value in shifts.items())
-        kept = f" ({', '.join(symbol(z) for z in absent)} from --init-from: not in the training split)" if absent else ""
+        kept = (f" ({', '.join(symbol(z) for z in absent)} from --init-from: not in the training split)"
+                if absent else "")
         self.log(
             f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}{kept}; "
             f"scale {scale:.4g}"
@@ -535,7 +540,9 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": {"torch": torch.get_rng_state()},
             "metrics": self.metrics,
-            "split": {name: torch.as_tensor(part) for name, part in zip(("train", "valid", "test"), self.split)},
+            "split": {
+                name: torch.as_tensor(part) for name, part in zip(("train", "valid", "test"), self.split, strict=True)
+            },
             "config": self.config.to_dict(),
             "best_valid_loss": self.best_loss,
             "best_epoch": self.best_epoch,
@@ -574,7 +581,8 @@ class Trainer:
         if self.schedule.lr < config.min_lr:
             return f"min_lr: learning rate {self.schedule.lr:.3g} fell below --min-lr {config.min_lr:g}"
         if config.patience is not None and self.epochs_since_best >= config.patience:
-            return f"patience: no better validation loss for {self.epochs_since_best} epochs (--patience {config.patience})"
+            return (f"patience: no better validation loss for {self.epochs_since_best} epochs "
+                    f"(--patience {config.patience})")
         if self._budget_reached():
             return f"max_time: reached --max-time {config.max_time}"
         return ""
@@ -591,7 +599,9 @@ class Trainer:
             if self.epoch_in_progress is not None:
                 saved, self.epoch_in_progress = self.epoch_in_progress, None
                 if int(saved["epoch"]) != epoch:
-                    raise TrainingError(f"damaged training state: epoch {saved['epoch']} in progress after {self.epoch}")
+                    raise TrainingError(
+                        f"damaged training state: epoch {saved['epoch']} in progress after {self.epoch}"
+                    )
                 if self.metrics and self.metrics[-1]["epoch"] == epoch:
                     self.metrics.pop()  # the row of the epoch cut short by the time budget: now completed
                 progress = self.train_batches(epoch, int(saved["batches_done"]), float(saved["loss_sum"]))
