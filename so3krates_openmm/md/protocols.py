@@ -96,7 +96,7 @@ class DynamicsOptions:
                                   minimum=0)
     ns: float | None = option(None, "run length in ns (instead of --steps)", minimum=0.0)
     minimize: bool = option(True, "minimise the starting structure before assigning velocities")
-    hydrogen_mass: Optional[float] = option(
+    hydrogen_mass: float | None = option(
         None, "hydrogen mass repartitioning: hydrogens get this mass in amu (e.g. 3), taken from their bonded "
         "partner (as ForceField.createSystem(hydrogenMass=...)); allows longer time steps, keeps the "
         "configurational distribution, changes the dynamics (not for spectra)", minimum=0.0)

@@ -141,7 +141,7 @@ class SimulationSettings:
     minimize: bool = False
     minimize_tolerance_kj_mol_nm: float = 10.0
     minimize_max_iterations: int = 0
-    hydrogen_mass_amu: Optional[float] = None
+    hydrogen_mass_amu: float | None = None
 
 
 def repartition_hydrogen_mass(system: mm.System, bonds: np.ndarray, hydrogen_mass_amu: float) -> int:
