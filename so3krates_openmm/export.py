@@ -121,9 +121,13 @@ class OpenMMContract(nn.Module):
         if not positions.is_cuda:
             # Input checks need the host; skipped on GPUs so that CUDA graphs can capture the step.
             if positions.shape[0] != self.n_particles:
-                raise RuntimeError("so3krates: the System has a different number of particles than the model was exported for")
+                raise RuntimeError(
+                    "so3krates: the System has a different number of particles than the model was exported for"
+                )
             if not bool(torch.isfinite(positions).all()):
-                raise RuntimeError("so3krates: positions contain NaN or infinite values (the simulation has become unstable)")
+                raise RuntimeError(
+                    "so3krates: positions contain NaN or infinite values (the simulation has become unstable)"
+                )
         dtype = self.dtype_probe.dtype
         selected = positions[self.atom_indices] if self.use_subset else positions
         coordinates = selected.to(dtype) * self.angstrom_per_nm
@@ -153,7 +157,9 @@ class SO3kratesEnergy(OpenMMContract):
     def energy(self, positions: Tensor, box: Optional[Tensor]) -> Tensor:
         """Energy in kJ/mol (0-d, float64) of positions (n_particles, 3) in nm."""
         coordinates, first, second, shifts = self.coordinates_and_pairs(positions, box)
-        energies = self.model.energy_from_neighbours(self.atomic_numbers, coordinates, self.batch, 1, first, second, shifts)
+        energies = self.model.energy_from_neighbours(
+            self.atomic_numbers, coordinates, self.batch, 1, first, second, shifts
+        )
         # "+ 0 * sum": the energy depends on the positions even when no pair is within the cutoff,
         # so that openmm-torch's backward pass always has a gradient (zero) to read.
         return energies[0] * self.kj_per_mol_per_model_unit + 0.0 * coordinates.sum()
@@ -239,7 +245,9 @@ def build_energy_module(
     model.check_elements(numbers)
     if kernels != "reference":
         fast_kernels = "fused" if kernels == "fused" else "torch"
-        return SO3kratesFastEnergyForces(model.eval(), numbers, indices, particles, periodic, static_pairs, fast_kernels)
+        return SO3kratesFastEnergyForces(
+            model.eval(), numbers, indices, particles, periodic, static_pairs, fast_kernels
+        )
     cls = SO3kratesEnergyForces if outputs_forces else SO3kratesEnergy
     return cls(model.eval(), numbers, indices, particles, periodic, static_pairs)
 
@@ -277,14 +285,16 @@ class SelfCheck:
         positions_angstrom: np.ndarray,
         box_angstrom: Optional[np.ndarray],
         seed: int,
-    ) -> "SelfCheck":
+    ) -> SelfCheck:
         generator = np.random.default_rng(seed)
         perturbed = positions_angstrom + generator.normal(scale=0.05, size=positions_angstrom.shape)
         positions_nm = torch.as_tensor(perturbed / ANGSTROM_PER_NM, dtype=torch.float64)
         box_nm = None if box_angstrom is None else torch.as_tensor(box_angstrom / ANGSTROM_PER_NM, dtype=torch.float64)
         selected = positions_nm if indices is None else positions_nm[list(indices)]
         boxes = None if box_nm is None else box_nm.unsqueeze(0) * ANGSTROM_PER_NM
-        energy, forces = model.energy_and_forces(torch.as_tensor(list(model_numbers)), selected * ANGSTROM_PER_NM, boxes=boxes)
+        energy, forces = model.energy_and_forces(
+            torch.as_tensor(list(model_numbers)), selected * ANGSTROM_PER_NM, boxes=boxes
+        )
         kj = energy_conversion(model.config.energy_unit, "kJ/mol")
         all_forces = torch.zeros_like(positions_nm)
         all_forces[slice(None) if indices is None else list(indices)] = forces.double() * kj * ANGSTROM_PER_NM
@@ -341,7 +351,9 @@ def script_checkpoint(
     if not periodic:
         box_angstrom = None
     elif box_angstrom is None:
-        raise ValueError("a periodic export needs a box: give a structure with one (PDB CRYST1 record, extended-XYZ Lattice)")
+        raise ValueError(
+            "a periodic export needs a box: give a structure with one (PDB CRYST1 record, extended-XYZ Lattice)"
+        )
 
     reference_model = load_model(checkpoint).double()
     if box_angstrom is not None:
@@ -349,14 +361,17 @@ def script_checkpoint(
     self_check = SelfCheck.create(reference_model, model_numbers, indices, positions_angstrom, box_angstrom, seed)
 
     def scripted(model: SO3krates) -> torch.jit.ScriptModule:
-        module = build_energy_module(model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs, kernels)
+        module = build_energy_module(
+            model, model_numbers, indices, n_particles, periodic, outputs_forces, static_pairs, kernels
+        )
         return torch.jit.script(module)
 
     self_check.verify(scripted(reference_model), SELF_CHECK_RTOL, "the scripted float64 module")
     final = scripted(load_model(checkpoint).to(getattr(torch, dtype)))
     self_check.verify(final, _tolerance(dtype), f"the scripted {dtype} module")
     metadata = _metadata(
-        reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype, outputs_forces, static_pairs, kernels
+        reference_model, checkpoint, all_numbers, model_numbers, indices, periodic, dtype,
+        outputs_forces, static_pairs, kernels,
     )
     return final, metadata, self_check
 
@@ -396,7 +411,8 @@ def export_checkpoint(
             ``"analytic"`` and ``"fused"`` imply ``outputs_forces``.
     """
     module, metadata, self_check = script_checkpoint(
-        checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs, seed=seed, kernels=kernels
+        checkpoint, structure, atomic_numbers, atom_indices, periodic, dtype, outputs_forces, static_pairs,
+        seed=seed, kernels=kernels,
     )
 
     def write_and_verify(temporary: Path) -> None:

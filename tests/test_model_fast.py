@@ -77,14 +77,22 @@ def random_model() -> SO3krates:
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"cutoff_function": "polynomial"}, {"degrees": (0, 1, 2, 4), "heads": 2, "features": 16}, {"layers": 1, "heads": 1}],
+    [
+        {},
+        {"cutoff_function": "polynomial"},
+        {"degrees": (0, 1, 2, 4), "heads": 2, "features": 16},
+        {"layers": 1, "heads": 1},
+    ],
     ids=["paper-layout", "polynomial-cutoff", "degrees-0124", "one-layer-one-head"],
 )
 def test_random_weights_match_the_reference_in_float64(kernel, overrides):
     torch.manual_seed(1)
     model = randomise(SO3krates(small_config(**overrides)), seed=3).eval()
     fast = FastSO3krates(model, kernel)
-    assert_agree(fast_energies_and_forces(fast, model, NUMBERS, POSITIONS), reference_energies_and_forces(model, NUMBERS, POSITIONS))
+    assert_agree(
+        fast_energies_and_forces(fast, model, NUMBERS, POSITIONS),
+        reference_energies_and_forces(model, NUMBERS, POSITIONS),
+    )
 
 
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
@@ -126,7 +134,9 @@ def test_shipped_checkpoints_match_the_reference(name, kernel):
     structure = read_structure(PRETRAINED / name / "structure.pdb")
     numbers = torch.tensor(structure.atomic_numbers)
     generator = torch.Generator().manual_seed(0)
-    positions = torch.tensor(structure.positions_angstrom) + 0.05 * torch.randn(structure.n_atoms, 3, generator=generator, dtype=torch.float64)
+    positions = torch.tensor(structure.positions_angstrom) + 0.05 * torch.randn(
+        structure.n_atoms, 3, generator=generator, dtype=torch.float64
+    )
     model = load_model(PRETRAINED / name / "best_checkpoint.pt").double().eval()
     reference = reference_energies_and_forces(model, numbers, positions)
     assert_agree(fast_energies_and_forces(FastSO3krates(model, kernel), model, numbers, positions), reference)
@@ -216,7 +226,9 @@ def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(ran
     positions[indices] = POSITIONS / 10.0
     positions[[0, 1, n_particles - 1]] = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]], dtype=torch.float64)
     reference = torch.jit.script(build_energy_module(random_model, numbers, indices, n_particles, False, True, True))
-    fast = torch.jit.script(build_energy_module(random_model, numbers, indices, n_particles, False, True, True, "fused"))
+    fast = torch.jit.script(
+        build_energy_module(random_model, numbers, indices, n_particles, False, True, True, "fused")
+    )
     assert_agree(fast(positions), reference(positions))
     assert torch.equal(fast(positions)[1][[0, 1, n_particles - 1]], torch.zeros(3, 3, dtype=torch.float64))
 
@@ -230,7 +242,9 @@ def test_fused_export_runs_in_openmm_torchforce(tmp_path, random_model):
     structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy())
     results = []
     for kind in ("reference", "fused"):
-        path = export_checkpoint(checkpoint, tmp_path / f"{kind}.pt", structure=structure, dtype="float32", kernels=kind)
+        path = export_checkpoint(
+            checkpoint, tmp_path / f"{kind}.pt", structure=structure, dtype="float32", kernels=kind
+        )
         system = openmm.System()
         for _ in ETHANOL_WATER_NUMBERS:
             system.addParticle(12.0)

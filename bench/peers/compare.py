@@ -83,22 +83,30 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
         for path in structure_paths:
             structure = read_structure(path)
             name = path.parent.name if path.name == "structure.pdb" else path.stem
-            molecule = Molecule(name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist())
+            molecule = Molecule(
+                name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist()
+            )
             elements = sorted(set(molecule.atomic_numbers))
             for key, (features, layers) in SO3KRATES_CONFIGS.items():
-                print(f"[compare] {key} (F={features}, T={layers}) on {name} ({molecule.n_atoms} atoms)", file=sys.stderr, flush=True)
+                print(
+                    f"[compare] {key} (F={features}, T={layers}) on {name} ({molecule.n_atoms} atoms)",
+                    file=sys.stderr, flush=True,
+                )
                 torch.manual_seed(0)
                 config = SO3kratesConfig(elements=elements, features=features, layers=layers, dtype="float32")
                 model = SO3krates(config).eval()
                 checkpoint = save_checkpoint(model, Path(workdir) / f"{key}_{name}.ckpt.pt")
-                model_path = export_checkpoint(checkpoint, Path(workdir) / f"{key}_{name}.pt", structure=structure, dtype="float32")
+                model_path = export_checkpoint(
+                    checkpoint, Path(workdir) / f"{key}_{name}.pt", structure=structure, dtype="float32"
+                )
                 system = create_system(structure, model_path)
                 numbers = torch.tensor(molecule.atomic_numbers)
                 positions = torch.tensor(structure.positions_angstrom, dtype=torch.float32)
 
+                # step_record times the closure right away, within this iteration
                 def energy_forces() -> None:
-                    p = positions.clone().requires_grad_(True)
-                    torch.autograd.grad(model(numbers, p).sum(), p)
+                    p = positions.clone().requires_grad_(True)  # noqa: B023 (called in this iteration)
+                    torch.autograd.grad(model(numbers, p).sum(), p)  # noqa: B023 (called in this iteration)
 
                 records.append(step_record(
                     key, f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
@@ -135,7 +143,9 @@ def run_peer(
     })
     environment.pop("VIRTUAL_ENV", None)
     print(f"[compare] {peer}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    completed = subprocess.run(command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=PEER_TIMEOUT_S, check=False)
+    completed = subprocess.run(
+        command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=PEER_TIMEOUT_S, check=False
+    )
     for line in reversed(completed.stdout.splitlines()):
         line = line.strip()
         if line.startswith("{"):
@@ -183,7 +193,9 @@ def format_table(records: list[dict[str, Any]], structures: list[str]) -> str:
     each against the SO3krates configuration on the same structure.
     """
     median = {(r["model"], r["structure"]): r["openmm_step_ms"] for r in records if r["model"].startswith("so3krates")}
-    minimum = {(r["model"], r["structure"]): r.get("openmm_step_min_ms") for r in records if r["model"].startswith("so3krates")}
+    minimum = {
+        (r["model"], r["structure"]): r.get("openmm_step_min_ms") for r in records if r["model"].startswith("so3krates")
+    }
 
     def ratio(value: float | None, reference: float | None) -> str:
         return f"{value / reference:.2f}" if value and reference else "-"
@@ -243,7 +255,8 @@ def main() -> int:
     started = time.time()
     print(f"# peer step-time benchmark | {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
           f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads={args.threads} | "
-          f"repeats={args.repeats} warm-up={args.warmup} | OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} | "
+          f"repeats={args.repeats} warm-up={args.warmup} | "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} | "
           "CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
     print(f"# command: {shlex.join([sys.executable, *sys.argv])} | niceness {os.nice(0)} (peers inherit it)")
     if dry_run:
@@ -301,8 +314,10 @@ def main() -> int:
         print(f"# {peer}: FAILED: {error.splitlines()[0]}")
     print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"records": all_records, "best_of_rounds": records, "versions": peer_versions, "failures": failures,
-                                         "threads": args.threads, "dry_run": dry_run}, indent=1))
+        args.json.write_text(json.dumps({
+            "records": all_records, "best_of_rounds": records, "versions": peer_versions, "failures": failures,
+            "threads": args.threads, "dry_run": dry_run,
+        }, indent=1))
     return 1 if failures else 0
 
 

@@ -63,7 +63,9 @@ def harmonic_polynomials(degrees: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
     coefficients = torch.linalg.lstsq(monomials, values).solution
     residual = float((monomials @ coefficients - values).abs().max())
     if residual > 1e-12:
-        raise RuntimeError(f"the spherical harmonics are not polynomials of degree <= {top} (fit residual {residual:.1e})")
+        raise RuntimeError(
+            f"the spherical harmonics are not polynomials of degree <= {top} (fit residual {residual:.1e})"
+        )
     derivative = torch.zeros(len(exponents), 3, coefficients.shape[1], dtype=torch.float64)
     index = {e: n for n, e in enumerate(exponents)}
     for n, exponent in enumerate(exponents):
@@ -121,7 +123,10 @@ class FastSO3krates(nn.Module):
         constant("embedding", model.embedding.weight)
         constant("radial_centres", model.radial_basis.centres.to(dtype))
         constant("parity", model.parity.to(dtype))
-        constant("component_degree", torch.repeat_interleave(torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees])))
+        constant(
+            "component_degree",
+            torch.repeat_interleave(torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees])),
+        )
         exponents, coefficients, derivative = harmonic_polynomials(degrees)
         constant("monomial_exponents", exponents)
         constant("harmonic_coefficients", coefficients.to(dtype))
@@ -154,8 +159,12 @@ class FastSO3krates(nn.Module):
                 feature_filter.radial_out.bias + feature_filter.spherical_out.bias,
                 euclidean_filter.radial_out.bias + euclidean_filter.spherical_out.bias,
             ]))
-            stacks["spherical_in_weight"].append(torch.cat([feature_filter.spherical_in.weight, euclidean_filter.spherical_in.weight]))
-            stacks["spherical_in_bias"].append(torch.cat([feature_filter.spherical_in.bias, euclidean_filter.spherical_in.bias]))
+            stacks["spherical_in_weight"].append(
+                torch.cat([feature_filter.spherical_in.weight, euclidean_filter.spherical_in.weight])
+            )
+            stacks["spherical_in_bias"].append(
+                torch.cat([feature_filter.spherical_in.bias, euclidean_filter.spherical_in.bias])
+            )
             stacks["feature_spherical_out"].append(feature_filter.spherical_out.weight)
             stacks["euclidean_spherical_out"].append(euclidean_filter.spherical_out.weight)
             stacks["pair_contraction"].append(layer.contraction.to(dtype))
@@ -217,16 +226,22 @@ class FastSO3krates(nn.Module):
                 x2 = x * x
                 cutoff_weights = torch.where(inside, 1.0 + x2 * x * (-10.0 + x * (15.0 - 6.0 * x)), torch.zeros_like(x))
                 one_minus = 1.0 - x
-                cutoff_slopes = torch.where(inside, (-30.0 / self.cutoff) * x2 * one_minus * one_minus, torch.zeros_like(x))
+                cutoff_slopes = torch.where(
+                    inside, (-30.0 / self.cutoff) * x2 * one_minus * one_minus, torch.zeros_like(x)
+                )
             else:
                 cutoff_weights = torch.where(inside, 0.5 * (torch.cos(scaled) + 1.0), torch.zeros_like(scaled))
-                cutoff_slopes = torch.where(inside, (-0.5 * math.pi / self.cutoff) * torch.sin(scaled), torch.zeros_like(scaled))
+                cutoff_slopes = torch.where(
+                    inside, (-0.5 * math.pi / self.cutoff) * torch.sin(scaled), torch.zeros_like(scaled)
+                )
             decay = torch.exp(-distances)
             offsets = decay.unsqueeze(-1) - self.radial_centres
             radial_basis = torch.exp(-self.beta * offsets * offsets)
             # Hidden radial features of all 2T filters, transposed (2T F, P): each filter's block
             # is contiguous, so the backward pass writes its gradient in place.
-            radial_pre = self.radial_in_weight @ torch.cat([radial_basis, torch.ones_like(distances).unsqueeze(1)], 1).t()
+            radial_pre = (
+                self.radial_in_weight @ torch.cat([radial_basis, torch.ones_like(distances).unsqueeze(1)], 1).t()
+            )
             radial = functional.silu(radial_pre)
 
             # ----- forward through the layers, keeping what the backward pass needs -----
@@ -242,20 +257,32 @@ class FastSO3krates(nn.Module):
                     difference = chi
                     spherical_pre = chi
                     spherical = functional.silu(self.spherical_in_bias[0])
-                    feature_bias = self.filter_bias[0, 0] + self.feature_spherical_out[0] @ spherical[: self.spherical_width]
-                    euclidean_bias = self.filter_bias[0, 1] + self.euclidean_spherical_out[0] @ spherical[self.spherical_width :]
+                    feature_bias = (
+                        self.filter_bias[0, 0] + self.feature_spherical_out[0] @ spherical[: self.spherical_width]
+                    )
+                    euclidean_bias = (
+                        self.filter_bias[0, 1] + self.euclidean_spherical_out[0] @ spherical[self.spherical_width :]
+                    )
                     feature_filters = torch.mm(feature_radial, self.feature_radial_out[0].t()).add_(feature_bias)
-                    euclidean_filters = torch.mm(euclidean_radial, self.euclidean_radial_out[0].t()).add_(euclidean_bias)
+                    euclidean_filters = (
+                        torch.mm(euclidean_radial, self.euclidean_radial_out[0].t()).add_(euclidean_bias)
+                    )
                 else:
                     difference = chi.index_select(0, second) - chi.index_select(0, first)
                     ev_invariants = (difference * difference) @ self.pair_contraction[t]
-                    spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
-                    spherical = functional.silu(spherical_pre)
-                    feature_filters = torch.mm(feature_radial, self.feature_radial_out[t].t()).add_(self.filter_bias[t, 0]).addmm_(
-                        spherical[:, : self.spherical_width], self.feature_spherical_out[t].t()
+                    spherical_pre = functional.linear(
+                        ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t]
                     )
-                    euclidean_filters = torch.mm(euclidean_radial, self.euclidean_radial_out[t].t()).add_(self.filter_bias[t, 1]).addmm_(
-                        spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t()
+                    spherical = functional.silu(spherical_pre)
+                    feature_filters = (
+                        torch.mm(feature_radial, self.feature_radial_out[t].t())
+                        .add_(self.filter_bias[t, 0])
+                        .addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
+                    )
+                    euclidean_filters = (
+                        torch.mm(euclidean_radial, self.euclidean_radial_out[t].t())
+                        .add_(self.filter_bias[t, 1])
+                        .addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
                     )
                 projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
                 update, ev_update, scores = self.pair_forward(
@@ -266,25 +293,37 @@ class FastSO3krates(nn.Module):
                 invariants = (chi1 * chi1) @ self.exchange_contraction[t]
                 mixed = torch.addmm(self.exchange_bias[t], torch.cat([x1, invariants], 1), self.exchange_weight[t].t())
                 degree_scales = mixed[:, features:] @ self.expansion[t]
-                saved.append([difference, spherical_pre, feature_filters, euclidean_filters, projections, scores, chi1, degree_scales])
+                saved.append(
+                    [
+                        difference, spherical_pre, feature_filters, euclidean_filters,
+                        projections, scores, chi1, degree_scales,
+                    ]
+                )
                 x = x1 + mixed[:, :features]
                 chi = chi1 + degree_scales * chi1
 
             hidden_pre = functional.linear(x, self.readout_hidden_weight, self.readout_hidden_bias)
             outputs = functional.silu(hidden_pre) @ self.readout_output_weight + self.readout_output_bias
             atomic_energies = outputs.double() * self.energy_scales[species] + self.energy_shifts[species]
-            energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device).index_add_(0, batch, atomic_energies)
+            energies = torch.zeros(num_structures, dtype=torch.float64, device=positions.device).index_add_(
+                0, batch, atomic_energies
+            )
 
             # ----- backward: gradient of the sum of the energies -----
             output_gradient = self.energy_scales[species].to(dtype)
-            hidden_gradient = torch.ops.aten.silu_backward(output_gradient.unsqueeze(1) * self.readout_output_weight, hidden_pre)
+            hidden_gradient = torch.ops.aten.silu_backward(
+                output_gradient.unsqueeze(1) * self.readout_output_weight, hidden_pre
+            )
             x_gradient = hidden_gradient @ self.readout_hidden_weight
             chi_gradient = torch.zeros_like(chi)
             radial_gradient = torch.empty_like(radial_pre)
             cutoff_gradient = torch.zeros_like(cutoff_weights)
             harmonics_gradient = torch.zeros_like(harmonics)
             for t in range(self.n_layers - 1, -1, -1):
-                difference, spherical_pre, feature_filters, euclidean_filters, projections, scores, chi1, degree_scales = saved[t]
+                (
+                    difference, spherical_pre, feature_filters, euclidean_filters,
+                    projections, scores, chi1, degree_scales,
+                ) = saved[t]
                 # exchange block
                 mixed_gradient = torch.cat([x_gradient, ((chi_gradient * chi1) @ self.expansion[t].t())], 1)
                 input_gradient = mixed_gradient @ self.exchange_weight[t]
@@ -293,27 +332,46 @@ class FastSO3krates(nn.Module):
                     input_gradient[:, features:] @ self.exchange_contraction[t].t()
                 )
                 # attention blocks (per-pair chain)
-                projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient, layer_harmonics_gradient = self.pair_backward(
-                    x_gradient, chi_gradient, projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, scores, first, second
+                (
+                    projection_gradient, filter_gradient, ev_filter_gradient,
+                    layer_cutoff_gradient, layer_harmonics_gradient,
+                ) = self.pair_backward(
+                    x_gradient, chi_gradient, projections, feature_filters, euclidean_filters,
+                    cutoff_weights, harmonics, scores, first, second,
                 )
                 cutoff_gradient = cutoff_gradient + layer_cutoff_gradient
                 harmonics_gradient = harmonics_gradient + layer_harmonics_gradient
                 x_gradient = torch.addmm(x_gradient, projection_gradient, self.projection[t])
                 # filter networks
-                torch.mm(self.feature_radial_out[t].t(), filter_gradient.t(), out=radial_gradient[2 * t * features : (2 * t + 1) * features])
                 torch.mm(
-                    self.euclidean_radial_out[t].t(), ev_filter_gradient.t(), out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features]
+                    self.feature_radial_out[t].t(), filter_gradient.t(),
+                    out=radial_gradient[2 * t * features : (2 * t + 1) * features],
+                )
+                torch.mm(
+                    self.euclidean_radial_out[t].t(), ev_filter_gradient.t(),
+                    out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features],
                 )
                 if t > 0:
                     spherical_gradient = torch.cat(
-                        [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
+                        [
+                            filter_gradient @ self.feature_spherical_out[t],
+                            ev_filter_gradient @ self.euclidean_spherical_out[t],
+                        ],
+                        1,
                     )
-                    invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
+                    invariants_gradient = (
+                        torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
+                    )
                     difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
-                    chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(0, first, -difference_gradient)
+                    chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(
+                        0, first, -difference_gradient
+                    )
 
             # ----- geometry backward -----
-            basis_gradient = torch.ops.aten.silu_backward(radial_gradient, radial_pre).t() @ self.radial_in_weight[:, : self.radial_basis_size]
+            basis_gradient = (
+                torch.ops.aten.silu_backward(radial_gradient, radial_pre).t()
+                @ self.radial_in_weight[:, : self.radial_basis_size]
+            )
             distance_gradient = (
                 cutoff_gradient * cutoff_slopes
                 + (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
@@ -321,8 +379,15 @@ class FastSO3krates(nn.Module):
             derivative_terms = harmonics_gradient @ self.harmonic_derivatives  # (P, 3 M)
             unit_gradient = (derivative_terms.view(n_pairs, 3, self.n_monomials) * monomials.unsqueeze(1)).sum(-1)
             radial_part = (unit_gradient * unit_vectors).sum(1, keepdim=True)
-            vector_gradient = (unit_gradient - radial_part * unit_vectors) / distances.unsqueeze(-1) + distance_gradient.unsqueeze(-1) * unit_vectors
-            gradient = torch.zeros_like(positions).index_add_(0, second, vector_gradient).index_add_(0, first, -vector_gradient)
+            vector_gradient = (
+                (unit_gradient - radial_part * unit_vectors) / distances.unsqueeze(-1)
+                + distance_gradient.unsqueeze(-1) * unit_vectors
+            )
+            gradient = (
+                torch.zeros_like(positions)
+                .index_add_(0, second, vector_gradient)
+                .index_add_(0, first, -vector_gradient)
+            )
             return energies, gradient
 
     def pair_forward(
@@ -356,11 +421,19 @@ class FastSO3krates(nn.Module):
         queries_j, ev_queries_j, keys_j, ev_keys_j, values_j = projections.index_select(0, second).split(features, 1)
         scores_ij = (queries_i * feature_filters * keys_j).view(n_pairs, heads, self.head_width).sum(-1)
         scores_ji = (queries_j * feature_filters * keys_i).view(n_pairs, heads, self.head_width).sum(-1)
-        ev_scores_ij = (ev_queries_i * euclidean_filters * ev_keys_j).view(n_pairs, n_degrees, self.degree_width).sum(-1)
-        ev_scores_ji = (ev_queries_j * euclidean_filters * ev_keys_i).view(n_pairs, n_degrees, self.degree_width).sum(-1)
+        ev_scores_ij = (
+            (ev_queries_i * euclidean_filters * ev_keys_j).view(n_pairs, n_degrees, self.degree_width).sum(-1)
+        )
+        ev_scores_ji = (
+            (ev_queries_j * euclidean_filters * ev_keys_i).view(n_pairs, n_degrees, self.degree_width).sum(-1)
+        )
         weights = cutoff_weights.unsqueeze(-1)
-        messages_i = ((scores_ij * weights).unsqueeze(-1) * values_j.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
-        messages_j = ((scores_ji * weights).unsqueeze(-1) * values_i.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        messages_i = (
+            (scores_ij * weights).unsqueeze(-1) * values_j.view(n_pairs, heads, self.head_width)
+        ).view(n_pairs, features)
+        messages_j = (
+            (scores_ji * weights).unsqueeze(-1) * values_i.view(n_pairs, heads, self.head_width)
+        ).view(n_pairs, features)
         update = torch.zeros(n_atoms, features, dtype=projections.dtype, device=projections.device)
         update = update.index_add_(0, first, messages_i).index_add_(0, second, messages_j)
         expansion = self.expansion[0]
@@ -413,7 +486,10 @@ class FastSO3krates(nn.Module):
         score_ji = (weighted_score_ji * weights).unsqueeze(-1)
         qk_ij = queries_i * keys_j
         qk_ji = queries_j * keys_i
-        filter_gradient = (score_ij * qk_ij.view(n_pairs, heads, self.head_width) + score_ji * qk_ji.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
+        filter_gradient = (
+            score_ij * qk_ij.view(n_pairs, heads, self.head_width)
+            + score_ji * qk_ji.view(n_pairs, heads, self.head_width)
+        ).view(n_pairs, features)
         wf_ij = (score_ij * feature_filters.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
         wf_ji = (score_ji * feature_filters.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
         # Euclidean block: ev_messages_i = phi (s~_ij E) Y, ev_messages_j = phi (s~_ji E) (parity Y)
@@ -432,7 +508,8 @@ class FastSO3krates(nn.Module):
         ev_qk_ij = ev_queries_i * ev_keys_j
         ev_qk_ji = ev_queries_j * ev_keys_i
         ev_filter_gradient = (
-            ev_score_ij * ev_qk_ij.view(n_pairs, n_degrees, self.degree_width) + ev_score_ji * ev_qk_ji.view(n_pairs, n_degrees, self.degree_width)
+            ev_score_ij * ev_qk_ij.view(n_pairs, n_degrees, self.degree_width)
+            + ev_score_ji * ev_qk_ji.view(n_pairs, n_degrees, self.degree_width)
         ).view(n_pairs, features)
         ew_ij = (ev_score_ij * euclidean_filters.view(n_pairs, n_degrees, self.degree_width)).view(n_pairs, features)
         ew_ji = (ev_score_ji * euclidean_filters.view(n_pairs, n_degrees, self.degree_width)).view(n_pairs, features)
@@ -443,5 +520,9 @@ class FastSO3krates(nn.Module):
         at_second_gradient = torch.cat(
             [wf_ji * keys_i, ew_ji * ev_keys_i, wf_ij * queries_i, ew_ij * ev_queries_i, values_j_gradient], 1
         )
-        projection_gradient = torch.zeros_like(projections).index_add_(0, first, at_first_gradient).index_add_(0, second, at_second_gradient)
+        projection_gradient = (
+            torch.zeros_like(projections)
+            .index_add_(0, first, at_first_gradient)
+            .index_add_(0, second, at_second_gradient)
+        )
         return projection_gradient, filter_gradient, ev_filter_gradient, cutoff_gradient, harmonics_gradient

@@ -24,6 +24,7 @@ import platform
 import shutil
 import sys
 from pathlib import Path
+
 import torch
 
 SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.cpp"))
@@ -65,7 +66,7 @@ def library_path() -> Path:
 def is_loaded() -> bool:
     """True when ``torch.ops.so3krates.pair_forward`` is registered in this process."""
     try:
-        torch.ops.so3krates.pair_forward
+        torch.ops.so3krates.pair_forward  # noqa: B018 (the lookup itself is the test: it raises when not registered)
     except (AttributeError, RuntimeError):
         return False
     return True
