@@ -45,7 +45,7 @@ setup(
         "distributed",
     ],
     # wheel: building the package without build isolation (tests/test_install.py) with setuptools < 70.1.
-    extras_require={"test": ["pytest", "ruff", "wheel"]},
+    extras_require={"test": ["pytest", "ruff==0.17.6", "wheel"]},
     entry_points={
         "console_scripts": [
             "so3krates-export=so3krates_openmm.cli.export:main",
