@@ -28,3 +28,10 @@ def test_dha_is_c22h32o2_all_cis_with_bonds(tmp_path: Path) -> None:
     # Written as PDB, it reads back with the same bonds.
     pdb = write_pdb(structure, tmp_path / "dha.pdb")
     assert mdtraj.load(str(pdb)).topology.n_bonds == 55
+
+
+def test_data_build_command_writes_dha(tmp_path: Path) -> None:
+    from so3krates_openmm.cli.data import main
+
+    assert main(["build", "dha", "--output-dir", str(tmp_path), "--no-relax", "--no-process-tuning"]) == 0
+    assert mdtraj.load(str(tmp_path / "structure.pdb")).n_atoms == 56

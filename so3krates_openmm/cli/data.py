@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build Ac-Ala3-NHMe (ACE-ALA-ALA-ALA-NME PDB with bonds) or the C60@C60H28 buckyball catcher "
         "from SMILES (RDKit) and ASE's C60, relax with GFN2-xTB and write OUTPUT_DIR/structure.pdb and structure.xyz.",
     )
-    build.add_argument("molecule", choices=("ac_ala3_nhme", "buckyball_catcher"))
+    build.add_argument("molecule", choices=("ac_ala3_nhme", "buckyball_catcher", "dha"),
+                       help="showcase molecule, or dha (docosahexaenoic acid, the stability study's flexible molecule)")
     build.add_argument("--output-dir", required=True, help="directory for structure.pdb and structure.xyz")
     build.add_argument("--seed", type=int, default=7, help="RDKit embedding seed (default 7)")
     build.add_argument("--fmax", type=float, default=0.01, help="relaxation threshold in eV/Angstrom (default 0.01)")
