@@ -67,6 +67,11 @@ SUMMARY = "summary.json"
 REPORT = "report.json"
 
 
+#: Fine-tuning options of each committee member unless the ``training`` option replaces them key by key:
+#: a small learning rate and whole epochs, so that a member improves on its checkpoint instead of retraining.
+DEFAULT_FINE_TUNING: dict[str, Any] = {"max_epochs": 20, "lr": 5e-4}
+
+
 @dataclass
 class ActiveLearningSettings:
     """Everything the loop needs (units: K, ps, fs, Å, the data's energy unit); the command line
@@ -100,8 +105,9 @@ class ActiveLearningSettings:
         "this (energy unit/Å); null: run all iterations")
     label: dict[str, Any] = option({}, "GFN2-xTB settings of the labeller (LabelSettings keys, e.g. {charge: 0})")
     training: dict[str, Any] = option(
-        {"max_epochs": 20, "lr": 5e-4}, "options of each member's fine-tuning run (so3krates-train keys, e.g. "
-        "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); data, output, seed and init_from are set by the loop")
+        dict(DEFAULT_FINE_TUNING), "options of each member's fine-tuning run (so3krates-train keys, e.g. "
+        "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); keys given replace those of the default, the others stay; "
+        "data, output, seed and init_from are set by the loop")
     platform: str = option("CPU", "OpenMM platform of the MD stage (CUDA on a GPU)")
     threads: int | None = option(None, "CPU threads of MD and training (default: all cores)", minimum=1)
     seed: int = option(0, "seeds the MD runs, the random frames and the committee's splits", minimum=0)
@@ -128,6 +134,7 @@ class ActiveLearningSettings:
             problems.append("md_ps and timestep_fs must be positive")
         if self.frames_per_iteration < 1 or self.random_frames_per_iteration < 0:
             problems.append("frames_per_iteration must be >= 1 and random_frames_per_iteration >= 0")
+        self.training = {**DEFAULT_FINE_TUNING, **self.training}
         reserved = sorted({"data", "output", "seed", "init_from", "resume"} & set(self.training))
         if reserved:
             problems.append(f"training options {reserved} are set by the loop; leave them out")
