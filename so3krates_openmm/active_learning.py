@@ -348,8 +348,10 @@ class ActiveLearning:
         return result.checkpoints
 
     def report(self, i: int, before: Path, after: list[Path], labelled: Path, selected: Path,
-               csv_files: dict[float, Path]) -> dict[str, Any]:
-        """Stage 7: errors before/after on the new frames, test errors, disagreement, calibration."""
+               md_force_std: dict[float, np.ndarray]) -> dict[str, Any]:
+        """Stage 7: errors before/after on the new frames, test errors, disagreement, calibration.
+
+        ``md_force_std``: the maximum force disagreement along each temperature's MD run."""
         path = self.paths.iteration(i) / REPORT
         if path.exists():
             return json.loads(path.read_text())
@@ -370,8 +372,7 @@ class ActiveLearning:
         rho = spearmanr(disagreement, true_error).statistic if len(true_error) > 2 else float("nan")
         test = json.loads((after[0].parent / "test_report.json").read_text())
         md = {}
-        for temperature, csv_path in csv_files.items():
-            force = _force_std_max(csv_path)
+        for temperature, force in md_force_std.items():
             md[f"{temperature:g}"] = {"frames": int(len(force)), "percentiles": {
                 str(q): float(np.percentile(force, q)) for q in (50, 90, 95, 99)}, "max": float(force.max())}
         unit = data.energy_unit
@@ -382,8 +383,7 @@ class ActiveLearning:
             "frames_selected": int(len(chosen)),
             "frames_random": int(len(random)),
             "md_disagreement": md,
-            "md_disagreement_p95": float(np.percentile(np.concatenate([_force_std_max(p) for p in csv_files.values()]),
-                                                       95)),
+            "md_disagreement_p95": float(np.percentile(np.concatenate(list(md_force_std.values())), 95)),
             "before": {"selected_energy_mae": mae(errors_before, chosen, "energy_error"),
                        "selected_force_mae": mae(errors_before, chosen, "force_mae"),
                        "md_energy_mae": mae(errors_before, random, "energy_error"),
@@ -397,15 +397,14 @@ class ActiveLearning:
             "calibration": {"force_std_max": disagreement.tolist(), "force_max_error": true_error.tolist(),
                             "kind": kind.tolist()},
         }
-        self._plot(i, report)
+        self._plot(i, report, md_force_std)
         _write_json(path, report)
         return report
 
-    def _plot(self, i: int, report: dict[str, Any]) -> None:
+    def _plot(self, i: int, report: dict[str, Any], md_force_std: dict[float, np.ndarray]) -> None:
         plt = pyplot()
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        for temperature in self.settings.temperatures_K:
-            force = _force_std_max(self.paths.md(i, temperature) / "uncertainty.csv")
+        for temperature, force in md_force_std.items():
             left.hist(force, bins=30, alpha=0.6, label=f"{temperature:g} K")
         left.set_xlabel(f"committee max force std ({report['force_unit'].replace('Angstrom', 'Å')})")
         left.set_ylabel("MD frames")
@@ -435,8 +434,8 @@ class ActiveLearning:
             eta = "" if i == 0 or not reports else f", ETA ~{elapsed / len(reports) * (s.iterations - i) / 60:.0f} min"
             self.log(f"active learning: iteration {i + 1}/{s.iterations}{eta}")
             committee = Committee.from_checkpoints(members)
-            csv_files = self.md(i, committee, members[0])
-            p95 = float(np.percentile(np.concatenate([_force_std_max(p) for p in csv_files.values()]), 95))
+            md_force_std = {t: _force_std_max(path) for t, path in self.md(i, committee, members[0]).items()}
+            p95 = float(np.percentile(np.concatenate(list(md_force_std.values())), 95))
             if s.target_force_std is not None and p95 < s.target_force_std:
                 self.log(f"iteration {i}: 95th percentile of the force disagreement {p95:.3g} is below the target "
                          f"{s.target_force_std:g}: converged")
@@ -446,7 +445,7 @@ class ActiveLearning:
             labelled = self.label(i, selected)
             data = self.merge(i, labelled)
             after = self.fine_tune(i, data)
-            reports.append(self.report(i, members[0], after, labelled, selected, csv_files))
+            reports.append(self.report(i, members[0], after, labelled, selected, md_force_std))
             members = after
         summary = {
             "iterations": len(reports),
