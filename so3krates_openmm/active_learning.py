@@ -80,7 +80,8 @@ class ActiveLearningSettings:
     structure: Path | None = option(None, "starting structure (PDB/XYZ) of every MD run", input_file=True)
     checkpoint: Path | None = option(None, "trained SO3krates checkpoint the committee is fine-tuned from",
                                      input_file=True)
-    data: list[Path] = option([], "training data of that checkpoint (.npz/extended XYZ), merged with the new labels")
+    data: list[Path] = option([], "training data of that checkpoint (.npz/extended XYZ), merged with the new labels",
+                              input_file=True)
     output: Path = option(Path("runs/active_learning"), "folder of the loop (resumed when it exists)")
     temperatures_K: list[float] = option([300.0, 500.0], "Langevin temperatures of the MD stage, K")
     iterations: int = option(3, "at most this many iterations", minimum=1)

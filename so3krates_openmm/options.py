@@ -132,8 +132,8 @@ def options_parser(
         if annotation is bool:
             parser.add_argument(flag, dest=item.name, action=ActionYesNo(no_prefix="no-"), default=default, help=text)
         elif _list_item(annotation) is not None:
-            parser.add_argument(flag, dest=item.name, type=_list_item(annotation), nargs="+", default=default,
-                                help=text)
+            item_type = Path_fr if item.metadata.get("input_file") else _list_item(annotation)
+            parser.add_argument(flag, dest=item.name, type=item_type, nargs="+", default=default, help=text)
         else:
             parser.add_argument(flag, dest=item.name, type=_flag_type(annotation, item.metadata), default=default,
                                 help=text)
@@ -224,6 +224,8 @@ def _plain(value: Any) -> Any:
     ``float`` for jsonargparse's restricted numbers."""
     if isinstance(value, Path_fr):
         return Path(value.absolute)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, float):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,10 @@ def test_command_line_with_a_yaml_file_converges_and_names_bad_keys(tmp_path: Pa
     from so3krates_openmm.cli.active_learning import main
 
     config = tmp_path / "loop.yaml"
+    # input files relative to the YAML file, as in bench/active_learning/buckyball_catcher/config.yaml
+    relative = {name: os.path.relpath(start[name], tmp_path) for name in ("structure", "checkpoint", "data")}
     config.write_text(
-        f"structure: {start['structure']}\ncheckpoint: {start['checkpoint']}\ndata: [{start['data']}]\n"
+        f"structure: {relative['structure']}\ncheckpoint: {relative['checkpoint']}\ndata: [{relative['data']}]\n"
         f"output: {tmp_path / 'loop'}\ntemperatures_K: [300]\nmembers: 2\nmd_ps: 0.05\nevaluate_every: 10\n"
         "threads: 1\ntraining: {max_epochs: 1, progress: false, train_size: 0.7, valid_size: 0.15, batch_size: 5}\n"
     )
