@@ -55,7 +55,7 @@ from so3krates_openmm.md.runner import CHECKPOINT, RUN_INFO, RunConfig, run_md
 from so3krates_openmm.md.simulation import SimulationSettings, model_system
 from so3krates_openmm.md.uncertainty import CommitteeReporter, UncertaintyLimitExceeded, read_disagreement_csv
 from so3krates_openmm.model.committee import Committee
-from so3krates_openmm.options import option
+from so3krates_openmm.options import field_default, option
 from so3krates_openmm.training.committee import DEFAULT_MEMBERS, member_directory, train_committee
 from so3krates_openmm.training.config import TrainingConfig, config_from_dict
 from so3krates_openmm.training.evaluation import evaluate_checkpoint
@@ -214,8 +214,12 @@ class ActiveLearning:
         current = json.loads(json.dumps(asdict(self.settings), default=str))
         if record.exists():
             saved = json.loads(record.read_text())
+            # a setting added to the loop after ``saved`` was written counts as its default there
+            defaults = json.loads(json.dumps({item.name: field_default(item) for item in fields(self.settings)},
+                                             default=str))
             changed = sorted(
-                k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k]
+                k for k in current
+                if k not in ("iterations", "target_force_std") and saved.get(k, defaults[k]) != current[k]
             )
             if changed:
                 raise ValueError(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from so3krates_openmm.active_learning import ActiveLearningSettings, LoopState, run_active_learning
+from so3krates_openmm.active_learning import ActiveLearning, ActiveLearningSettings, LoopState, run_active_learning
 from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
 from so3krates_openmm.data.structures import Structure, write_xyz
 from so3krates_openmm.md.uncertainty import CommitteeReporter, read_disagreement_csv
@@ -136,6 +136,16 @@ def test_settings_are_checked(start: dict[str, Path], tmp_path: Path) -> None:
         settings_for(start, tmp_path, members=1)
     with pytest.raises(FileNotFoundError, match="training data"):
         run_active_learning(settings_for(start, tmp_path / "x", data=[str(tmp_path / "missing.npz")]), log=quiet)
+
+    # A loop folder from before a setting existed resumes with that setting at its default; a changed one is refused.
+    ActiveLearning(settings_for(start, tmp_path / "loop"), log=quiet)
+    record = tmp_path / "loop" / "settings.json"
+    saved = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in saved.items() if k != "seed"}))
+    ActiveLearning(settings_for(start, tmp_path / "loop"), log=quiet)
+    record.write_text(json.dumps({**saved, "seed": 5}))
+    with pytest.raises(ValueError, match="seed"):
+        ActiveLearning(settings_for(start, tmp_path / "loop"), log=quiet)
 
 
 def test_command_line_with_a_yaml_file_converges_and_names_bad_keys(tmp_path: Path, start: dict[str, Path],
