@@ -120,9 +120,13 @@ class LangevinOptions:
 
 @dataclass
 class NVEEquilibrationOptions:
-    """The Langevin equilibration (friction 1/ps) before an NVE run."""
+    """Where an NVE run starts: a Langevin equilibration (friction 1/ps), from a given state or the structure."""
 
     equilibration_steps: int = option(1000, "Langevin NVT steps (friction 1/ps) before the NVE run", minimum=0)
+    initial_state: Path | None = option(
+        None, "start from this OpenMM state XML (positions and velocities, e.g. final_state.xml of a Langevin run) "
+        "instead of the minimised structure with fresh velocities; the equilibration, if any, starts from it",
+        input_file=True)
 
 
 @dataclass

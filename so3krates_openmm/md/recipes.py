@@ -116,12 +116,13 @@ class _Runner:
         return result
 
     def equilibrated_nve(self, structure: Structure, *, velocity_interval: int = 0) -> RunResult:
-        """Langevin equilibration (``equilibration_steps``) then the NVE run of ``steps``/``ns``."""
+        """Langevin equilibration (``equilibration_steps``) then the NVE run of ``steps``/``ns``, both from
+        ``initial_state`` when given."""
         output = self.options.output
-        initial_state = None
+        initial_state = self.options.initial_state
         if self.options.equilibration_steps > 0:
             equilibration = self.run(structure, ensemble="nvt", steps=self.options.equilibration_steps,
-                                     output_dir=output / "equilibration")
+                                     output_dir=output / "equilibration", initial_state=initial_state)
             if not is_stable(equilibration):
                 return equilibration
             initial_state = output / "equilibration" / FINAL_STATE
