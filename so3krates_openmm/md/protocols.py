@@ -60,6 +60,11 @@ class SystemOptions:
     backend: Literal["torchforce", "pythonforce"] = option(
         "torchforce", "how OpenMM runs the model: openmm-torch's TorchForce (C++) or openmm.PythonForce (the model "
         "called from Python; with a checkpoint as --model, the eager model)")
+    kernels: Literal["reference", "analytic", "fused"] | None = option(
+        None, "kind of TorchScript module a checkpoint given as --model is run as (so3krates-export --kernels): "
+        "reference (readable model, forces by autograd), analytic (hand-derived forces) or fused (C++/OpenMP pair "
+        "kernels, ~1.8x faster on the CPU); default: reference for a checkpoint, an exported .pt's own kind "
+        "(another kind than the .pt's is an error)")
     seed: int | None = option(None, "seed of the integrator and the initial velocities (default: random, "
                                        "recorded in run.json)", minimum=1)
 
