@@ -145,7 +145,8 @@ def common_options(args: argparse.Namespace, timestep_fs: float, structure: Path
 
 
 def run_timestep(args: argparse.Namespace, timestep_fs: float, structure: Path, model: Path) -> None:
-    """The NVT run, then the NVE run from its last state, each resumed or skipped when done."""
+    """The NVT run, then the NVE run from its last state, each resumed or skipped when done (the NVE run starts
+    again when its NVT run went on, e.g. after a longer ``--ps``)."""
     from so3krates_openmm.md.protocols import LangevinNVTOptions, NVEOptions, write_resolved_protocol
     from so3krates_openmm.md.recipes import run_langevin_nvt, run_nve
 
@@ -154,7 +155,8 @@ def run_timestep(args: argparse.Namespace, timestep_fs: float, structure: Path, 
     nvt = LangevinNVTOptions(**common, friction=args.friction, steps=round(args.ps * 1000.0 / timestep_fs),
                              output=args.output / run_name("nvt", timestep_fs), log_interval=frame,
                              trajectory_interval=frame)
-    if not finished(nvt.output, nvt.n_steps):
+    nvt_ran = not finished(nvt.output, nvt.n_steps)
+    if nvt_ran:
         print(f"--- {timestep_fs:g} fs: Langevin NVT, {args.ps:g} ps = {nvt.n_steps} steps -> {nvt.output}", flush=True)
         result = run_langevin_nvt(nvt)
         write_resolved_protocol(nvt, nvt.output / "protocol_resolved.yaml", seed=result.seed, source="validate.py")
@@ -166,7 +168,8 @@ def run_timestep(args: argparse.Namespace, timestep_fs: float, structure: Path, 
     nve = NVEOptions(**common, steps=round(args.nve_ps * 1000.0 / timestep_fs), equilibration_steps=0,
                      initial_state=final_state, output=args.output / run_name("nve", timestep_fs),
                      log_interval=log_steps, trajectory_interval=frame * 10)
-    if not finished(nve.output, nve.n_steps):
+    nve.resume, nve.overwrite = not nvt_ran, nvt_ran
+    if nvt_ran or not finished(nve.output, nve.n_steps):
         print(f"--- {timestep_fs:g} fs: NVE from the NVT run's last state, {args.nve_ps:g} ps = {nve.n_steps} steps "
               f"-> {nve.output}", flush=True)
         result = run_nve(nve)
