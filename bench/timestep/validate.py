@@ -36,6 +36,7 @@ import datetime
 import json
 import platform as host_platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def steps_between(interval_fs: float, timestep_fs: float, name: str = "interval", fail=None) -> int:
-    """Whole steps of ``timestep_fs`` in ``interval_fs``."""
+def steps_between(interval_fs: float, timestep_fs: float, name: str = "interval",
+                  fail: Callable[[str], None] | None = None) -> int:
+    """Whole steps of ``timestep_fs`` in ``interval_fs``; otherwise ``fail(message)`` (default: ``ValueError``)."""
     steps = round(interval_fs / timestep_fs)
     if steps < 1 or abs(steps * timestep_fs - interval_fs) > 1e-6 * interval_fs:
         message = f"--{name.replace('_', '-')} {interval_fs:g} is not a multiple of the time step {timestep_fs:g} fs"
@@ -259,8 +261,9 @@ def processor() -> str:
     return host_platform.processor() or "unknown"
 
 
-def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> dict:
-    """summary.json's content from whatever runs exist so far."""
+def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tuple[dict, dict, dict, Observable]:
+    """summary.json's content from whatever runs exist so far, with the samples and NVE traces per time step and
+    the observable (for the figure)."""
     from so3krates_openmm.data.trajectory import read_dcd
     from so3krates_openmm.md.energy import energy_drift
     from so3krates_openmm.md.reporters import read_csv_log
