@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parents[1]
 SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
 
 
@@ -251,6 +252,14 @@ def ns_per_day(log: dict) -> float | None:
     return float(np.median(values)) if len(values) else None
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (summary.json is committed), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return str(path)
+
+
 def processor() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -336,7 +345,7 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
         "system": args.system,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "processor": processor(), "host": host_platform.node(), "platform": args.platform, "threads": args.threads,
-        "model": str(model), "structure": str(structure_path),
+        "model": shown(model), "structure": shown(structure_path),
         "temperature_K": args.temperature, "friction_per_ps": args.friction, "nvt_ps": args.ps, "nve_ps": args.nve_ps,
         "skip_ps": args.skip_ps, "frame_interval_fs": args.frame_interval_fs,
         "nve_log_interval_fs": args.nve_log_interval_fs, "seed": args.seed,
