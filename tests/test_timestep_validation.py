@@ -131,6 +131,12 @@ def test_validation_script_on_a_tiny_run_and_its_continuation(tmp_path: Path, va
     assert run["settings"]["hydrogen_mass_amu"] == 3.0 and run["settings"]["temperature_K"] == 500.0
     nve = json.loads((tmp_path / "runs" / "nve_1.5fs" / "run.json").read_text())
     assert nve["settings"]["ensemble"] == "nve" and nve["final_step"] == 16
+    # --analyse-only writes the same summary from the runs and runs nothing.
+    view = tmp_path / "view"
+    assert validate.main([*arguments, "--timesteps-fs", "0.5", "1.5", "--analyse-only",
+                          "--summary-dir", str(view)]) == 0
+    assert json.loads((view / "summary.json").read_text())["timesteps"] == summary["timesteps"]
+    assert reference_log.stat().st_mtime_ns == stamp
 
 
 def test_validation_script_rejects_intervals_that_are_not_whole_steps(validate, capsys) -> None:

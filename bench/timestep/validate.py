@@ -26,7 +26,8 @@ noise floor. ``bench/timestep/<system>/summary.json`` and ``timestep.png``
 time step. The model is the shipped checkpoint exported with ``--kernels fused``
 (``<output>/model_fused.pt``) unless ``--model`` is given. Everything resumes:
 run the same command again after a kill and each run continues from its last
-checkpoint (finished runs are not repeated).
+checkpoint (finished runs are not repeated); ``--analyse-only`` writes the summary
+of the runs so far without running anything.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="run directory (default: runs/timestep/SYSTEM)")
     parser.add_argument("--summary-dir", type=Path, default=None,
                         help="where summary.json and timestep.png go (default: bench/timestep/SYSTEM)")
+    parser.add_argument("--analyse-only", action="store_true",
+                        help="only write the summary and figure from the runs so far (safe while the runs go on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-process-tuning", action="store_true",
                         help="leave OMP_WAIT_POLICY and glibc malloc alone")
@@ -370,8 +373,11 @@ def plot(summary: dict, samples: dict, traces: dict, observable: Observable, pat
                                                                    f", H {row['hydrogen_mass_amu']:g} amu")
               for row in summary["timesteps"]}
     marginal_names = list(observable.marginals(next(iter(samples.values()))).keys()) if samples else []
-    n_panels = len(marginal_names) + 2
-    figure, axes = plt.subplots(1, n_panels, figsize=(4.4 * n_panels, 3.9))
+    columns = max(len(marginal_names), 2)
+    figure, grid = plt.subplots(2, columns, figsize=(5.2 * columns, 7.6), squeeze=False)
+    for axis in grid[0, len(marginal_names):]:
+        axis.axis("off")
+    axes = [*grid[0, :len(marginal_names)], *grid[1, :2]]
     for k, name in enumerate(marginal_names):
         axis = axes[k]
         pooled = np.concatenate([observable.marginals(s)[name] for s in samples.values()])
@@ -383,11 +389,17 @@ def plot(summary: dict, samples: dict, traces: dict, observable: Observable, pat
         axis.set_ylabel("probability density")
         axis.legend(fontsize=7)
     axis = axes[-2]
-    for dt, (trace, drift) in traces.items():
+    for k, (dt, (trace, drift)) in enumerate(traces.items()):
         n_atoms = observable.structure.n_atoms
+        time_ps = trace["time_ps"] - trace["time_ps"][0]
         energy = (trace["total_energy_kJ/mol"] - trace["total_energy_kJ/mol"][0]) / n_atoms
-        extra = "" if drift is None else f": {drift.drift_kj_mol_per_ns_per_atom:.3g} kJ/mol/ns/atom"
-        axis.plot(trace["time_ps"] - trace["time_ps"][0], energy, lw=0.7, label=labels[dt] + extra)
+        axis.plot(time_ps, energy, lw=0.4, alpha=0.35, color=f"C{k}")
+        if drift is not None:  # the fitted line, per atom and relative to the same first value
+            fit = (drift.drift_kj_mol_per_ns / 1000.0 * trace["time_ps"] + drift.intercept_kj_mol
+                   - trace["total_energy_kJ/mol"][0]) / n_atoms
+            axis.plot(time_ps, fit, lw=1.8, color=f"C{k}",
+                      label=f"{labels[dt]}: {drift.drift_kj_mol_per_ns_per_atom:.3g} kJ/mol/ns/atom, "
+                            f"σ {drift.residual_std_kj_mol / n_atoms:.2g}")
     axis.set_xlabel("NVE time (ps)")
     axis.set_ylabel("E$_{tot}$ - E$_{tot}$(0) per atom (kJ/mol)")
     axis.legend(fontsize=7)
@@ -436,9 +448,11 @@ def main(argv: list[str] | None = None) -> int:
 
     structure = args.structure or pretrained_files(args.system)["structure"]
     args.output.mkdir(parents=True, exist_ok=True)
-    model = args.model or fused_model(args, structure)
-    for dt in args.timesteps_fs:
+    model = args.model or (args.output / "model_fused.pt" if args.analyse_only else fused_model(args, structure))
+    for dt in [] if args.analyse_only else args.timesteps_fs:
         run_timestep(args, dt, structure, model)
+        write_summary(args, structure, model)
+    if args.analyse_only:
         write_summary(args, structure, model)
     print(f"summary: {args.summary_dir / 'summary.json'}, figure: {args.summary_dir / 'timestep.png'}")
     return 0
