@@ -15,6 +15,7 @@ from so3krates_openmm.md.timestep import (
     compare_distributions,
     distance_edges,
     drift_ratio,
+    drift_standard_error,
     jensen_shannon_divergence,
     ramachandran_histograms,
     timestep_verdict,
@@ -30,6 +31,19 @@ def test_a_known_drift_and_fluctuation_are_recovered() -> None:
     assert drift.drift_kj_mol_per_ns_per_atom == pytest.approx(42.0 / 42, rel=1e-3)  # 1 kJ/mol/ns/atom
     assert drift.residual_std_kj_mol == pytest.approx(0.3, rel=1e-3)
     assert drift.duration_ps == 20.0
+
+
+def test_drift_standard_error_of_white_noise_matches_the_least_squares_formula() -> None:
+    time_ps = np.linspace(0.0, 10.0, 4000)
+    sigma, n_atoms = 0.5, 10
+    exact = sigma * np.sqrt(12.0 / len(time_ps)) / 10.0 * 1000.0 / n_atoms  # kJ/mol/ns/atom
+    rng = np.random.default_rng(1)
+    estimates = [drift_standard_error(time_ps, 3.0 * time_ps + rng.normal(0.0, sigma, len(time_ps)), n_atoms)
+                 for _ in range(300)]
+    assert np.mean(estimates) == pytest.approx(0.92 * exact, rel=0.1)  # E[sample std of 4] = 0.92 sigma
+    assert drift_standard_error(time_ps, 3.0 * time_ps, n_atoms) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="2 blocks"):
+        drift_standard_error(time_ps[:5], time_ps[:5], n_atoms)
 
 
 def test_jensen_shannon_divergence_bounds() -> None:
@@ -122,6 +136,7 @@ def test_validation_script_on_a_tiny_run_and_its_continuation(tmp_path: Path, va
         assert row["simulated_ps"] == pytest.approx(0.06) and row["nve_ps"] == pytest.approx(0.024)
         assert row["stable_fraction"] == 1.0 and row["complete"] and row["nve_complete"]
         assert np.isfinite(row["nve_drift_kJ_mol_per_atom_per_ns"]) and row["nve_fluctuation_kJ_mol"] > 0
+        assert row["nve_drift_standard_error_kJ_mol_per_atom_per_ns"] > 0
         assert row["noise_floor_bits"] >= 0 and row["ns_per_day"] > 0 and row["verdict"] in ("safe", "unsafe")
         assert row["frames_compared"] == 20  # a frame every 3 fs over 60 fs
     assert rows[0.5]["drift_ratio_to_reference"] == 1.0 and rows[0.5]["distribution_divergence_bits"] == 0.0

@@ -12,7 +12,8 @@ repartitioning as ``ForceField.createSystem(hydrogenMass=...)``):
    monitor (the ``langevin_nvt`` protocol, ``runs/timestep/<system>/nvt_<dt>fs``);
 2. NVE from the last state of that run for ``--nve-ps`` (the ``nve`` protocol with
    ``--initial-state``, ``.../nve_<dt>fs``): the drift of the total energy per atom
-   per ns (linear fit) and its fluctuation about the fit;
+   per ns (linear fit), its standard error (from the spread of the slopes of four
+   blocks) and the fluctuation about the fit;
 3. the sampled distribution of the system's observable against the reference
    (first) time step: the peptide's (phi, psi) per alanine, the catcher's
    C60-catcher centroid distance, as a Jensen-Shannon divergence of histograms,
@@ -284,6 +285,7 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
         TimestepVerdict,
         compare_distributions,
         drift_ratio,
+        drift_standard_error,
         timestep_verdict,
     )
 
@@ -314,6 +316,8 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
             row.update(nve_ps=nve_info["final_step"] * dt / 1000.0, nve_complete=bool(nve_info["completed"]),
                        nve_stable=(nve_info.get("stability") or {}).get("stable", True),
                        nve_drift_kJ_mol_per_atom_per_ns=None if drift is None else drift.drift_kj_mol_per_ns_per_atom,
+                       nve_drift_standard_error_kJ_mol_per_atom_per_ns=None if drift is None else drift_standard_error(
+                           trace["time_ps"], trace["total_energy_kJ/mol"], drift.n_atoms),
                        nve_fluctuation_kJ_mol=None if drift is None else drift.residual_std_kj_mol,
                        nve_fluctuation_kJ_mol_per_atom=None if drift is None
                        else drift.residual_std_kj_mol / drift.n_atoms)
@@ -429,8 +433,9 @@ def write_summary(args: argparse.Namespace, structure_path: Path, model: Path) -
         plot(summary, samples, traces, observable, args.summary_dir / "timestep.png")
     for row in summary["timesteps"]:
         drift = row.get("nve_drift_kJ_mol_per_atom_per_ns")
+        error = row.get("nve_drift_standard_error_kJ_mol_per_atom_per_ns")
         print(f"{row['timestep_fs']:>4g} fs  {row['simulated_ps']:6.1f} ps  stable {row['stable_fraction']:.3f}  "
-              f"NVE drift {'-' if drift is None else f'{drift:.4g}'} kJ/mol/atom/ns  "
+              f"NVE drift {'-' if drift is None else f'{drift:.4g} +- {error:.2g}'} kJ/mol/atom/ns  "
               f"ratio {row['drift_ratio_to_reference'] or float('nan'):.2f}  "
               f"JSD {row['distribution_divergence_bits'] if row['distribution_divergence_bits'] is not None else '-'}"
               f" (floor {row['noise_floor_bits']})  {row['ns_per_day'] or float('nan'):.3g} ns/day  "

@@ -162,6 +162,27 @@ def timestep_verdict(
     return TimestepVerdict(not reasons, reasons)
 
 
+def drift_standard_error(time_ps: np.ndarray, total_energy_kj_mol: np.ndarray, n_atoms: int,
+                         blocks: int = 4) -> float:
+    """Standard error (kJ/mol per ns per atom) of the NVE drift of :func:`~so3krates_openmm.md.energy.energy_drift`.
+
+    The slope is fitted on ``blocks`` consecutive blocks; for noise correlated over times
+    shorter than a block, a slope's standard error scales as (duration)^-3/2, so that of
+    the whole run is the spread of the block slopes divided by ``blocks`` ** 1.5. A drift
+    is only resolved when it is several times this.
+    """
+    from so3krates_openmm.md.energy import energy_drift
+
+    time_ps = np.asarray(time_ps, dtype=np.float64)
+    energy = np.asarray(total_energy_kj_mol, dtype=np.float64)
+    size = len(time_ps) // blocks
+    if blocks < 2 or size < 2:
+        raise ValueError(f"need at least 2 blocks of 2 samples, got {len(time_ps)} samples in {blocks} blocks")
+    slopes = [energy_drift(time_ps[k * size:(k + 1) * size], energy[k * size:(k + 1) * size],
+                           n_atoms).drift_kj_mol_per_ns_per_atom for k in range(blocks)]
+    return float(np.std(slopes, ddof=1) / blocks ** 1.5)
+
+
 def drift_ratio(drift: float, reference_drift: float) -> float:
     """|drift| / |reference drift| (inf when the reference drift is exactly zero and the other is not)."""
     if reference_drift == 0.0:
