@@ -316,8 +316,8 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
             row.update(nve_ps=nve_info["final_step"] * dt / 1000.0, nve_complete=bool(nve_info["completed"]),
                        nve_stable=(nve_info.get("stability") or {}).get("stable", True),
                        nve_drift_kJ_mol_per_atom_per_ns=None if drift is None else drift.drift_kj_mol_per_ns_per_atom,
-                       nve_drift_standard_error_kJ_mol_per_atom_per_ns=None if drift is None else drift_standard_error(
-                           trace["time_ps"], trace["total_energy_kJ/mol"], drift.n_atoms),
+                       nve_drift_standard_error_kJ_mol_per_atom_per_ns=None if drift is None or drift.n_points < 8
+                       else drift_standard_error(trace["time_ps"], trace["total_energy_kJ/mol"], drift.n_atoms),
                        nve_fluctuation_kJ_mol=None if drift is None else drift.residual_std_kj_mol,
                        nve_fluctuation_kJ_mol_per_atom=None if drift is None
                        else drift.residual_std_kj_mol / drift.n_atoms)
@@ -433,7 +433,7 @@ def write_summary(args: argparse.Namespace, structure_path: Path, model: Path) -
         plot(summary, samples, traces, observable, args.summary_dir / "timestep.png")
     for row in summary["timesteps"]:
         drift = row.get("nve_drift_kJ_mol_per_atom_per_ns")
-        error = row.get("nve_drift_standard_error_kJ_mol_per_atom_per_ns")
+        error = row.get("nve_drift_standard_error_kJ_mol_per_atom_per_ns") or float("nan")
         print(f"{row['timestep_fs']:>4g} fs  {row['simulated_ps']:6.1f} ps  stable {row['stable_fraction']:.3f}  "
               f"NVE drift {'-' if drift is None else f'{drift:.4g} +- {error:.2g}'} kJ/mol/atom/ns  "
               f"ratio {row['drift_ratio_to_reference'] or float('nan'):.2f}  "
