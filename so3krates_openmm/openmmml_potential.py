@@ -21,6 +21,9 @@ atoms itself (no separate export step). Options of ``createSystem`` /
   OpenMM platform the ``Context`` uses, so ``device`` does not apply there.
 - ``backend``: ``"torchforce"`` (default) or ``"pythonforce"``.
 - ``useCUDAGraphs`` and ``compileModel``.
+- ``kernels``: kind of TorchScript module the checkpoint is scripted as,
+  ``"reference"`` (default), ``"analytic"`` or ``"fused"`` (C++/OpenMP pair
+  kernels, the fastest on the CPU), as ``so3krates-export --kernels``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class SO3kratesPotentialImpl(MLPotentialImpl):
         backend: str = "torchforce",
         useCUDAGraphs: bool = False,
         compileModel: bool = False,
+        kernels: str | None = None,
         **args,
     ) -> None:
         """Add the model's force for ``atoms`` (all when ``None``) of ``topology`` to ``system``.
@@ -115,6 +119,7 @@ class SO3kratesPotentialImpl(MLPotentialImpl):
             compile_model=compileModel,
             device=self._getTorchDevice(args),
             force_group=forceGroup,
+            kernels=kernels,
         )
         system.addForce(force)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
+from so3krates_openmm import active_learning
 from so3krates_openmm.active_learning import ActiveLearning, ActiveLearningSettings, LoopState, run_active_learning
 from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
 from so3krates_openmm.data.structures import Structure, write_xyz
@@ -53,8 +54,18 @@ def settings_for(start: dict[str, Path], output: Path, **overrides) -> ActiveLea
     return ActiveLearningSettings(**values)
 
 
-def test_loop_runs_two_iterations_and_reports(tmp_path: Path, start: dict[str, Path]) -> None:
-    summary = run_active_learning(settings_for(start, tmp_path / "loop"), log=quiet)
+def test_loop_runs_two_iterations_and_reports(tmp_path: Path, start: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels_used = []
+
+    def recording_model_system(structure, model_path, **options):
+        kernels_used.append(options.get("kernels"))
+        return model_system(structure, model_path, **options)
+
+    model_system = active_learning.model_system
+    monkeypatch.setattr(active_learning, "model_system", recording_model_system)
+    summary = run_active_learning(settings_for(start, tmp_path / "loop", kernels="fused"), log=quiet)
+    assert kernels_used == ["fused"] * 4  # the MD-driving member ran with the fused kernels at each T, iteration
     assert summary["iterations"] == 2 and not summary["converged"]
     assert summary["frames_labelled"] == 2 * (3 + 2)
     paths = LoopState(tmp_path / "loop")
@@ -116,8 +127,8 @@ def test_loop_resumes_after_kills_between_and_inside_stages(tmp_path: Path, star
     selected_stamp = (paths.iteration(0) / "selected.npz").stat().st_mtime_ns
     md_stamp = (paths.md(0, 500.0) / "run.json").stat().st_mtime_ns
 
-    summary = run_active_learning(settings, log=quiet)
-    assert summary["iterations"] == 1
+    summary = run_active_learning(settings_for(start, output, iterations=1, kernels="analytic"), log=quiet)
+    assert summary["iterations"] == 1  # another kind of module is the same model: the loop resumes
     assert (paths.iteration(0) / "selected.npz").stat().st_mtime_ns == selected_stamp  # not redone
     assert (paths.md(0, 500.0) / "run.json").stat().st_mtime_ns == md_stamp
 

@@ -6,7 +6,8 @@ The scripts in ``md_protocols/`` (through :mod:`so3krates_openmm.cli`) are thin 
 - :mod:`.reporters` and :mod:`.checkpoint`: CSV log, DCD, velocities, progress; checkpoints and exact resume.
 - :mod:`.stability`: the stability monitor (bond stretch, collisions, NaN) and the stable fraction.
 - :mod:`.runner`: :func:`run_md`, a complete production run in one call.
-- :mod:`.energy`, :mod:`.spectrum`, :mod:`.catcher`, :mod:`.ramachandran`: analyses and their plots.
+- :mod:`.energy`, :mod:`.spectrum`, :mod:`.catcher`, :mod:`.ramachandran`: analyses and their plots;
+  :mod:`.timestep`: whether a longer time step samples the same distributions (``bench/timestep/validate.py``).
 - :mod:`.minima`: minima exploration in parallel worker processes.
 - :mod:`.protocols`: each protocol's typed options (dataclasses; flags and YAML files via
   :mod:`so3krates_openmm.options`).

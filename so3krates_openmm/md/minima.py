@@ -45,11 +45,12 @@ class ModelSystemFactory:
 
     structure_path: str
     model_path: str
+    kernels: str | None = None
 
     def __call__(self) -> mm.System:
         from so3krates_openmm.md.simulation import model_system
 
-        return model_system(read_structure(self.structure_path), self.model_path)
+        return model_system(read_structure(self.structure_path), self.model_path, kernels=self.kernels)
 
 
 @dataclass

@@ -32,6 +32,7 @@ def solvated_mixed_system(
     padding_nm: float = 1.0,
     precision: str = "single",
     backend: str = "torchforce",
+    kernels: str | None = None,
 ) -> SolvatedMixedSystem:
     """Solvate the molecule of ``structure_pdb`` in TIP3P and model it with the SO3krates ``checkpoint``.
 
@@ -42,6 +43,8 @@ def solvated_mixed_system(
             model cutoff wide.
         precision: ``"single"`` or ``"double"`` for the ML part.
         backend: ``"torchforce"`` or ``"pythonforce"`` for the ML part.
+        kernels: kind of module the checkpoint is scripted as (``None``: ``"reference"``; ``"fused"`` is the fast
+            CPU kind), see :func:`so3krates_openmm.openmm_force.create_force`.
     """
     from openmmml import MLPotential
 
@@ -58,5 +61,6 @@ def solvated_mixed_system(
         rigidWater=True,
     )
     potential = MLPotential("so3krates", modelPath=str(checkpoint))
-    system = potential.createMixedSystem(modeller.topology, mm_system, ml_atoms, precision=precision, backend=backend)
+    system = potential.createMixedSystem(modeller.topology, mm_system, ml_atoms, precision=precision, backend=backend,
+                                         kernels=kernels)
     return SolvatedMixedSystem(modeller.topology, modeller.positions, system, ml_atoms)

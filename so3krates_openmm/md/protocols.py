@@ -60,6 +60,11 @@ class SystemOptions:
     backend: Literal["torchforce", "pythonforce"] = option(
         "torchforce", "how OpenMM runs the model: openmm-torch's TorchForce (C++) or openmm.PythonForce (the model "
         "called from Python; with a checkpoint as --model, the eager model)")
+    kernels: Literal["reference", "analytic", "fused"] | None = option(
+        None, "kind of TorchScript module a checkpoint given as --model is run as (so3krates-export --kernels): "
+        "reference (readable model, forces by autograd), analytic (hand-derived forces) or fused (C++/OpenMP pair "
+        "kernels, ~1.8x faster on the CPU); default: reference for a checkpoint, an exported .pt's own kind "
+        "(another kind than the .pt's is an error)")
     seed: int | None = option(None, "seed of the integrator and the initial velocities (default: random, "
                                        "recorded in run.json)", minimum=1)
 
@@ -120,9 +125,13 @@ class LangevinOptions:
 
 @dataclass
 class NVEEquilibrationOptions:
-    """The Langevin equilibration (friction 1/ps) before an NVE run."""
+    """Where an NVE run starts: a Langevin equilibration (friction 1/ps), from a given state or the structure."""
 
     equilibration_steps: int = option(1000, "Langevin NVT steps (friction 1/ps) before the NVE run", minimum=0)
+    initial_state: Path | None = option(
+        None, "start from this OpenMM state XML (positions and velocities, e.g. final_state.xml of a Langevin run) "
+        "instead of the minimised structure with fresh velocities; the equilibration, if any, starts from it",
+        input_file=True)
 
 
 @dataclass

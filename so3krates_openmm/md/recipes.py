@@ -88,7 +88,8 @@ class _Runner:
             system: mm.System | None = None) -> RunResult:
         options = self.options
         if system is None:
-            system = model_system(structure, self.model_path, cuda_graphs=options.cuda_graphs, backend=options.backend)
+            system = model_system(structure, self.model_path, cuda_graphs=options.cuda_graphs, backend=options.backend,
+                                  kernels=options.kernels)
         config = RunConfig(
             steps=steps,
             output_dir=output_dir,
@@ -116,12 +117,13 @@ class _Runner:
         return result
 
     def equilibrated_nve(self, structure: Structure, *, velocity_interval: int = 0) -> RunResult:
-        """Langevin equilibration (``equilibration_steps``) then the NVE run of ``steps``/``ns``."""
+        """Langevin equilibration (``equilibration_steps``) then the NVE run of ``steps``/``ns``, both from
+        ``initial_state`` when given."""
         output = self.options.output
-        initial_state = None
+        initial_state = self.options.initial_state
         if self.options.equilibration_steps > 0:
             equilibration = self.run(structure, ensemble="nvt", steps=self.options.equilibration_steps,
-                                     output_dir=output / "equilibration")
+                                     output_dir=output / "equilibration", initial_state=initial_state)
             if not is_stable(equilibration):
                 return equilibration
             initial_state = output / "equilibration" / FINAL_STATE
@@ -336,7 +338,8 @@ def run_minima(options: MinimaOptions, log: Log = print) -> ProtocolResult:
         trajectory = trajectory.every(options.snapshot_interval)
     steps = trajectory.first_step + np.arange(trajectory.n_frames) * trajectory.steps_between_frames
     start = time.perf_counter()
-    factory = ModelSystemFactory(str(runner.structure_path.resolve()), str(runner.model_path.resolve()))
+    factory = ModelSystemFactory(str(runner.structure_path.resolve()), str(runner.model_path.resolve()),
+                                 options.kernels)
     journal = output / MINIMA_JOURNAL
     if journal.is_file() and not options.resume:
         if not options.overwrite:
@@ -379,7 +382,7 @@ def run_mlmm_solvated(options: MLMMSolvatedOptions, log: Log = print) -> Protoco
     if not Path(checkpoint).is_file():
         raise ProtocolError(f"checkpoint file {str(checkpoint)!r} does not exist (key 'checkpoint')")
     setup = solvated_mixed_system(structure_path, checkpoint, padding_nm=options.padding_nm,
-                                  precision=options.ml_precision, backend=options.backend)
+                                  precision=options.ml_precision, backend=options.backend, kernels=options.kernels)
     box = np.asarray(setup.topology.getPeriodicBoxVectors().value_in_unit(unit.angstrom))
     solvated = Structure(
         [atom.element.atomic_number for atom in setup.topology.atoms()],

@@ -81,13 +81,20 @@ def make_integrator(
 
 
 def model_system(
-    structure: Structure, model_path: str | Path, *, cuda_graphs: bool = False, backend: str = "torchforce"
+    structure: Structure,
+    model_path: str | Path,
+    *,
+    cuda_graphs: bool = False,
+    backend: str = "torchforce",
+    kernels: str | None = None,
 ) -> mm.System:
     """OpenMM ``System`` for ``structure`` from a model file.
 
     ``model_path`` is either an exported SO3krates model (``.pt``) or a
-    checkpoint, run through ``backend`` (``"torchforce"`` or ``"pythonforce"``,
-    see :func:`so3krates_openmm.openmm_force.create_system`), or a serialised OpenMM ``System``
+    checkpoint, run through ``backend`` (``"torchforce"`` or ``"pythonforce"``)
+    and scripted as the kind of module ``kernels`` names (checkpoints; ``None``:
+    the ``.pt``'s own kind, ``"reference"`` for a checkpoint; see
+    :func:`so3krates_openmm.openmm_force.create_system`), or a serialised OpenMM ``System``
     (``.xml``, e.g. a classical force field to compare against or to test a
     protocol with), whose particle count must match the structure.
     """
@@ -95,6 +102,9 @@ def model_system(
     if not model_path.is_file():
         raise FileNotFoundError(f"model file {str(model_path)!r} does not exist")
     if model_path.suffix.lower() == ".xml":
+        if kernels is not None:
+            raise ValueError(f"kernels ({kernels!r}) choose how an SO3krates model is run; {model_path} is a "
+                             "serialised OpenMM System: leave kernels unset")
         try:
             system = mm.XmlSerializer.deserialize(model_path.read_text())
         except Exception as error:  # OpenMM raises a plain Exception for bad XML
@@ -109,7 +119,7 @@ def model_system(
         return system
     from so3krates_openmm.openmm_force import create_system
 
-    return create_system(structure, model_path, use_cuda_graphs=cuda_graphs, backend=backend)
+    return create_system(structure, model_path, use_cuda_graphs=cuda_graphs, backend=backend, kernels=kernels)
 
 
 @dataclass
