@@ -184,6 +184,34 @@ def test_fused_operators_reject_inconsistent_shapes(random_model):
         )
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_radial_operators_match_the_torch_route(random_model, threads):
+    """Several cache blocks of pairs (the last one partial), some pairs beyond the cutoff, 1 and 2 threads."""
+    torch.manual_seed(5)
+    fused, reference = FastSO3krates(random_model, "fused"), FastSO3krates(random_model, "torch")
+    distances = torch.rand(700, dtype=torch.float64) * 1.2 * random_model.cutoff + 0.3
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        filters, saved = fused.radial_forward(distances)
+        expected_filters, expected_saved = reference.radial_forward(distances)
+        gradients = [torch.randn_like(f) for f in filters]
+        distance_gradient = fused.radial_backward(gradients, distances, saved)
+        expected_gradient = reference.radial_backward(gradients, distances, expected_saved)
+    finally:
+        torch.set_num_threads(previous)
+    assert relative_error(filters, expected_filters) < 1e-13
+    assert relative_error(distance_gradient, expected_gradient) < 1e-12
+
+
+def test_fused_radial_backward_rejects_a_missing_filter_gradient(random_model):
+    fused = FastSO3krates(random_model, "fused")
+    distances = torch.rand(10, dtype=torch.float64) + 1.0
+    filters, saved = fused.radial_forward(distances)
+    with pytest.raises(RuntimeError, match="one filter gradient per filter"):
+        fused.radial_backward([torch.zeros_like(f) for f in filters][1:], distances, saved)
+
+
 def test_unknown_kernels_are_a_clear_error(random_model):
     with pytest.raises(ValueError, match="unknown kernels"):
         FastSO3krates(random_model, "cuda")
