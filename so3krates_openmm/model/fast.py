@@ -260,16 +260,11 @@ class FastSO3krates(nn.Module):
                     # chi = 0: every delta_ij is 0, the spherical filter part is one constant vector
                     # (in radial_out_bias; its gradient with respect to chi vanishes)
                     difference = chi
-                    spherical_pre = chi
+                    spherical_saved = chi
                 else:
-                    difference = chi.index_select(0, second) - chi.index_select(0, first)
-                    ev_invariants = (difference * difference) @ self.pair_contraction[t]
-                    spherical_pre = functional.linear(
-                        ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t]
+                    difference, spherical_saved = self.spherical_forward(
+                        t, chi, first, second, feature_filters, euclidean_filters
                     )
-                    spherical = functional.silu(spherical_pre)
-                    feature_filters.addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
-                    euclidean_filters.addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
                 projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
                 update, ev_update, scores = self.pair_forward(
                     projections, feature_filters, euclidean_filters, cutoff_weights, harmonics, first, second
@@ -281,7 +276,7 @@ class FastSO3krates(nn.Module):
                 degree_scales = mixed[:, features:] @ self.expansion[t]
                 saved.append(
                     [
-                        difference, spherical_pre, feature_filters, euclidean_filters,
+                        difference, spherical_saved, feature_filters, euclidean_filters,
                         projections, scores, chi1, degree_scales,
                     ]
                 )
@@ -307,7 +302,7 @@ class FastSO3krates(nn.Module):
             harmonics_gradient = torch.zeros_like(harmonics)
             for t in range(self.n_layers - 1, -1, -1):
                 (
-                    difference, spherical_pre, feature_filters, euclidean_filters,
+                    difference, spherical_saved, feature_filters, euclidean_filters,
                     projections, scores, chi1, degree_scales,
                 ) = saved[t]
                 # exchange block
@@ -331,19 +326,8 @@ class FastSO3krates(nn.Module):
                 # filter networks (the radial parts after the loop, in layer order)
                 filter_gradients += [ev_filter_gradient, filter_gradient]
                 if t > 0:
-                    spherical_gradient = torch.cat(
-                        [
-                            filter_gradient @ self.feature_spherical_out[t],
-                            ev_filter_gradient @ self.euclidean_spherical_out[t],
-                        ],
-                        1,
-                    )
-                    invariants_gradient = (
-                        torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
-                    )
-                    difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
-                    chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(
-                        0, first, -difference_gradient
+                    chi_gradient = chi_gradient + self.spherical_backward(
+                        t, filter_gradient, ev_filter_gradient, difference, spherical_saved, first, second, n_atoms
                     )
 
             # ----- geometry backward -----
@@ -411,6 +395,58 @@ class FastSO3krates(nn.Module):
         offsets = decay.unsqueeze(-1) - self.radial_centres
         radial_basis = torch.exp(-self.beta * offsets * offsets)
         return (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
+
+    def spherical_forward(
+        self, t: int, chi: Tensor, first: Tensor, second: Tensor, feature_filters: Tensor, euclidean_filters: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Add the spherical parts ``W_sph_out silu(W_sph_in delta_ij + b) `` of layer ``t``'s two filters
+        to ``feature_filters`` and ``euclidean_filters`` (P, F, in place), with the per-degree invariants
+        ``delta_ij = C^T (chi_j - chi_i)^2``. Returns the differences ``chi_j - chi_i`` (P, m_tot) and
+        what :meth:`spherical_backward` needs: ``silu'`` of the hidden features (fused operator) or
+        their pre-activations (PyTorch route), (P, F/2).
+        """
+        if self.use_fused and chi.device.type == "cpu":
+            return torch.ops.so3krates.spherical_forward(
+                chi, first, second, self.pair_contraction[t], self.spherical_in_weight[t], self.spherical_in_bias[t],
+                self.feature_spherical_out[t], self.euclidean_spherical_out[t], feature_filters, euclidean_filters,
+            )
+        difference = chi.index_select(0, second) - chi.index_select(0, first)
+        ev_invariants = (difference * difference) @ self.pair_contraction[t]
+        spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
+        spherical = functional.silu(spherical_pre)
+        feature_filters.addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
+        euclidean_filters.addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
+        return difference, spherical_pre
+
+    def spherical_backward(
+        self,
+        t: int,
+        filter_gradient: Tensor,
+        ev_filter_gradient: Tensor,
+        difference: Tensor,
+        saved: Tensor,
+        first: Tensor,
+        second: Tensor,
+        n_atoms: int,
+    ) -> Tensor:
+        """Backward of :meth:`spherical_forward`: the gradient (N, m_tot) of chi from those of the
+        two filters (P, F each)."""
+        if self.use_fused and filter_gradient.device.type == "cpu":
+            return torch.ops.so3krates.spherical_backward(
+                filter_gradient, ev_filter_gradient, difference, saved, self.pair_contraction[t],
+                self.spherical_in_weight[t], self.feature_spherical_out[t], self.euclidean_spherical_out[t],
+                first, second, n_atoms,
+            )
+        spherical_gradient = torch.cat(
+            [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
+        )
+        invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, saved) @ self.spherical_in_weight[t]
+        difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
+        return (
+            torch.zeros(n_atoms, self.m_tot, dtype=difference.dtype, device=difference.device)
+            .index_add_(0, second, difference_gradient)
+            .index_add_(0, first, -difference_gradient)
+        )
 
     def pair_forward(
         self,

@@ -1,20 +1,26 @@
-// Radial parts of all 2T filter networks and their backward, cache-blocked over pairs, on the CPU.
+// The filter networks of all layers and their backward, cache-blocked over pairs, on the CPU.
 //
-// Registered as TorchScript operators torch.ops.so3krates.radial_forward / radial_backward; the
-// Python spec of both is FastSO3krates.radial_forward / radial_backward in
-// so3krates_openmm/model/fast.py (kernels="torch"). The radial filters depend only on the pair
-// distances, so one pass over blocks of pairs computes, for every filter of every layer,
+// Registered as TorchScript operators torch.ops.so3krates.radial_forward / radial_backward and
+// spherical_forward / spherical_backward; the Python spec of each is the method of the same name of
+// FastSO3krates in so3krates_openmm/model/fast.py (kernels="torch").
+//
+// Radial parts: they depend only on the pair distances, so one pass over blocks of pairs computes,
+// for every filter of every layer,
 //     e_k(d)  = exp(-beta (exp(-d) - mu_k)^2)                 (PhysNet basis, K functions)
 //     a       = W_in [e; 1]                                   (2T F hidden pre-activations)
 //     w_n     = W_out_n silu(a_n) + b_n                       (filter n, F outputs)
 // and keeps silu'(a) for the backward pass, which goes from the filter gradients dE/dw_n back to
-// dE/dd per pair. A block's basis, hidden features and their gradients stay in the cache; only the
-// filters, the slopes silu'(a) and the distance gradient are written to memory. The products are
-// ATen matrix products on the blocks (MKL/oneDNN); blocks run in parallel, each product on one thread.
+// dE/dd per pair. Spherical parts (layers after the first, where chi != 0): per pair
+//     delta   = C^T (chi_j - chi_i)^2                         (n_D per-degree invariants)
+//     w      += W_sph_out silu(W_sph_in delta + b_sph_in)     (both filters of the layer)
+// and back to dE/dchi. A block's hidden features and their gradients stay in the cache; the
+// products run in AVX2/FMA register tiles over weights packed once per call. Blocks run in parallel.
 //
 // Layouts (row-major, contiguous): distances (P,); centres (K,) = mu_k; in_weight (2T F, K + 1) with
 // the bias as last column; out_weight (2T, F, F); out_bias (2T, F); filters (2T, P, F);
-// slopes silu'(a) (2T, P, F); filter gradients: 2T tensors (P, F).
+// slopes silu'(a) (2T, P, F); filter gradients: 2T tensors (P, F). Spherical: chi (N, m);
+// contraction (m, n_D); sph_in_weight (2S, n_D) and sph_in_bias (2S,) of both filters
+// (S = F/4 each); feature_out, euclidean_out (F, S); differences (P, m); sph_slopes (P, 2S).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -366,6 +372,184 @@ at::Tensor radial_backward(at::TensorList filter_gradients_in, const at::Tensor&
     return distance_gradient;
 }
 
+// Spherical parts of the two filters of one layer, added to the filters in place; returns the pair
+// differences chi_j - chi_i (P, m) and silu' of the hidden features (P, 2S) for the backward pass.
+template <typename T>
+void spherical_forward_blocks(const at::Tensor& chi, const at::Tensor& first, const at::Tensor& second,
+                              const at::Tensor& contraction, const at::Tensor& in_weight, const at::Tensor& in_bias,
+                              const at::Tensor& feature_out, const at::Tensor& euclidean_out,
+                              at::Tensor& feature_filters, at::Tensor& euclidean_filters, at::Tensor& differences,
+                              at::Tensor& slopes) {
+    const int64_t P = first.size(0), M = chi.size(1), D = contraction.size(1), S2 = in_weight.size(0);
+    const int64_t S = S2 / 2, F = feature_out.size(0);
+    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    const T* x = chi.data_ptr<T>();
+    const T* c = contraction.data_ptr<T>();
+    const T* w_in = in_weight.data_ptr<T>();
+    const T* b_in = in_bias.data_ptr<T>();
+    const int64_t* fi = first.data_ptr<int64_t>();
+    const int64_t* se = second.data_ptr<int64_t>();
+    // w += h_feature W_f^T and h_euclidean W_e^T, (B x S) (S x F)
+    const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), S, F, 1, S, nullptr);
+    const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), S, F, 1, S, nullptr);
+    T* w_f = feature_filters.data_ptr<T>();
+    T* w_e = euclidean_filters.data_ptr<T>();
+    T* diff = differences.data_ptr<T>();
+    T* slope = slopes.data_ptr<T>();
+    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+        at::Tensor pre_buffer = at::empty({kBlock, S2}, chi.options());
+        at::Tensor sigma_buffer = at::empty({kBlock, S2}, chi.options());
+        std::vector<T> invariants(D);
+        for (int64_t b = begin; b < end; ++b) {
+            const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
+            at::Tensor pre = pre_buffer.narrow(0, 0, rows), sigma = sigma_buffer.narrow(0, 0, rows);
+            T* a = pre.data_ptr<T>();
+            for (int64_t r = 0; r < rows; ++r) {
+                const int64_t p = p0 + r;
+                T* dp = diff + p * M;
+                for (int64_t m = 0; m < M; ++m) dp[m] = x[se[p] * M + m] - x[fi[p] * M + m];
+                for (int64_t l = 0; l < D; ++l) {
+                    T sum = 0;
+                    for (int64_t m = 0; m < M; ++m) sum += dp[m] * dp[m] * c[m * D + l];
+                    invariants[l] = sum;
+                }
+                for (int64_t o = 0; o < S2; ++o) {
+                    T sum = b_in[o];
+                    for (int64_t l = 0; l < D; ++l) sum += invariants[l] * w_in[o * D + l];
+                    a[r * S2 + o] = sum;
+                }
+            }
+            at::sigmoid_out(sigma, pre);
+            const T* sg = sigma.data_ptr<T>();
+            T* g = slope + p0 * S2;
+#pragma omp simd
+            for (int64_t i = 0; i < rows * S2; ++i) {
+                const T v = a[i], si = sg[i];
+                g[i] = si * (T(1) + v * (T(1) - si));  // silu'(v)
+                a[i] = v * si;                         // silu(v), in place
+            }
+            feature_layer.multiply(a, rows, S2, w_f + p0 * F, F, true);
+            euclidean_layer.multiply(a + S, rows, S2, w_e + p0 * F, F, true);
+        }
+    });
+}
+
+std::tuple<at::Tensor, at::Tensor> spherical_forward(
+    const at::Tensor& chi_in, const at::Tensor& first_in, const at::Tensor& second_in, const at::Tensor& contraction_in,
+    const at::Tensor& in_weight_in, const at::Tensor& in_bias_in, const at::Tensor& feature_out_in,
+    const at::Tensor& euclidean_out_in, at::Tensor& feature_filters, at::Tensor& euclidean_filters) {
+    const at::Tensor chi = chi_in.contiguous(), first = first_in.contiguous(), second = second_in.contiguous(),
+                     contraction = contraction_in.contiguous(), in_weight = in_weight_in.contiguous(),
+                     in_bias = in_bias_in.contiguous(), feature_out = feature_out_in.contiguous(),
+                     euclidean_out = euclidean_out_in.contiguous();
+    const int64_t P = first.size(0), M = chi.size(1), F = feature_out.size(0), S = feature_out.size(1);
+    TORCH_CHECK(chi.dim() == 2 && contraction.dim() == 2 && contraction.size(0) == M,
+                "so3krates: contraction must be (m, n_D) for chi (N, m)");
+    TORCH_CHECK(in_weight.dim() == 2 && in_weight.size(0) == 2 * S && in_weight.size(1) == contraction.size(1) &&
+                    in_bias.numel() == 2 * S && euclidean_out.sizes() == feature_out.sizes(),
+                "so3krates: spherical weights must be (2S, n_D), (2S,) and (F, S) twice");
+    TORCH_CHECK(second.numel() == P && first.scalar_type() == at::kLong && second.scalar_type() == at::kLong,
+                "so3krates: first and second must be int64 of one length");
+    for (const at::Tensor* t : {&feature_filters, &euclidean_filters}) {
+        TORCH_CHECK(t->is_contiguous() && t->sizes() == at::IntArrayRef({P, F}),
+                    "so3krates: filters must be contiguous (P, F)");
+    }
+    const std::initializer_list<const at::Tensor*> floats{&contraction,   &in_weight,       &in_bias,          &feature_out,
+                                                          &euclidean_out, &feature_filters, &euclidean_filters};
+    for (const at::Tensor* t : floats) {
+        TORCH_CHECK(t->scalar_type() == chi.scalar_type(), "so3krates: all float inputs must have one dtype");
+    }
+    at::Tensor differences = at::empty({P, M}, chi.options());
+    at::Tensor slopes = at::empty({P, 2 * S}, chi.options());
+    AT_DISPATCH_FLOATING_TYPES(chi.scalar_type(), "so3krates_spherical_forward", [&] {
+        spherical_forward_blocks<scalar_t>(chi, first, second, contraction, in_weight, in_bias, feature_out,
+                                           euclidean_out, feature_filters, euclidean_filters, differences, slopes);
+    });
+    return {differences, slopes};
+}
+
+// Backward of spherical_forward: dE/dchi (N, m) from the gradients of the two filters (P, F).
+template <typename T>
+void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Tensor& euclidean_gradient,
+                               const at::Tensor& differences, const at::Tensor& slopes,
+                               const at::Tensor& contraction, const at::Tensor& in_weight,
+                               const at::Tensor& feature_out, const at::Tensor& euclidean_out,
+                               const at::Tensor& first, const at::Tensor& second, at::Tensor& buffers) {
+    const int64_t P = first.size(0), M = differences.size(1), D = contraction.size(1), S2 = in_weight.size(0);
+    const int64_t S = S2 / 2, F = feature_out.size(0), atoms = buffers.size(1);
+    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    const T* c = contraction.data_ptr<T>();
+    const T* w_in = in_weight.data_ptr<T>();
+    const T* diff = differences.data_ptr<T>();
+    const T* slope = slopes.data_ptr<T>();
+    const T* g_f = feature_gradient.data_ptr<T>();
+    const T* g_e = euclidean_gradient.data_ptr<T>();
+    const int64_t* fi = first.data_ptr<int64_t>();
+    const int64_t* se = second.data_ptr<int64_t>();
+    // dE/dh = dE/dw W (B x F) (F x S)
+    const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), F, S, S, 1, nullptr);
+    const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), F, S, S, 1, nullptr);
+    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+        T* out = buffers.data_ptr<T>() + at::get_thread_num() * atoms * M;
+        std::vector<T> hidden(kBlock * S2), invariants(D), weights(M);
+        for (int64_t b = begin; b < end; ++b) {
+            const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
+            T* h = hidden.data();
+            feature_layer.multiply(g_f + p0 * F, rows, F, h, S2, false);
+            euclidean_layer.multiply(g_e + p0 * F, rows, F, h + S, S2, false);
+            for (int64_t r = 0; r < rows; ++r) {
+                const int64_t p = p0 + r;
+                const T* g = h + r * S2;
+                const T* s = slope + p * S2;
+                for (int64_t l = 0; l < D; ++l) invariants[l] = 0;
+                for (int64_t o = 0; o < S2; ++o) {
+                    const T ga = g[o] * s[o];
+                    for (int64_t l = 0; l < D; ++l) invariants[l] += ga * w_in[o * D + l];
+                }
+                const T* dp = diff + p * M;
+                T* oi = out + fi[p] * M;
+                T* oj = out + se[p] * M;
+                for (int64_t m = 0; m < M; ++m) {
+                    T sum = 0;
+                    for (int64_t l = 0; l < D; ++l) sum += invariants[l] * c[m * D + l];
+                    const T gd = T(2) * dp[m] * sum;
+                    oj[m] += gd;
+                    oi[m] -= gd;
+                }
+            }
+        }
+    });
+}
+
+at::Tensor spherical_backward(const at::Tensor& feature_gradient_in, const at::Tensor& euclidean_gradient_in,
+                              const at::Tensor& differences_in, const at::Tensor& slopes_in,
+                              const at::Tensor& contraction_in, const at::Tensor& in_weight_in,
+                              const at::Tensor& feature_out_in, const at::Tensor& euclidean_out_in,
+                              const at::Tensor& first_in, const at::Tensor& second_in, int64_t atoms) {
+    const at::Tensor feature_gradient = feature_gradient_in.contiguous(),
+                     euclidean_gradient = euclidean_gradient_in.contiguous(), differences = differences_in.contiguous(),
+                     slopes = slopes_in.contiguous(), contraction = contraction_in.contiguous(),
+                     in_weight = in_weight_in.contiguous(), feature_out = feature_out_in.contiguous(),
+                     euclidean_out = euclidean_out_in.contiguous(), first = first_in.contiguous(),
+                     second = second_in.contiguous();
+    const int64_t P = first.size(0), M = differences.size(1), F = feature_out.size(0), S = feature_out.size(1);
+    TORCH_CHECK(feature_gradient.sizes() == at::IntArrayRef({P, F}) && euclidean_gradient.sizes() == feature_gradient.sizes(),
+                "so3krates: filter gradients must be (P, F)");
+    TORCH_CHECK(differences.size(0) == P && slopes.sizes() == at::IntArrayRef({P, 2 * S}) && second.numel() == P &&
+                    contraction.size(0) == M && in_weight.size(0) == 2 * S && in_weight.size(1) == contraction.size(1),
+                "so3krates: spherical backward inputs disagree in shape");
+    for (const at::Tensor* t : {&euclidean_gradient, &differences, &slopes, &contraction, &in_weight, &feature_out,
+                                &euclidean_out}) {
+        TORCH_CHECK(t->scalar_type() == feature_gradient.scalar_type(), "so3krates: all float inputs must have one dtype");
+    }
+    at::Tensor buffers = at::zeros({at::get_num_threads(), atoms, M}, feature_gradient.options());
+    AT_DISPATCH_FLOATING_TYPES(feature_gradient.scalar_type(), "so3krates_spherical_backward", [&] {
+        spherical_backward_blocks<scalar_t>(feature_gradient, euclidean_gradient, differences, slopes, contraction,
+                                            in_weight, feature_out, euclidean_out, first, second, buffers);
+    });
+    return buffers.size(0) == 1 ? buffers[0] : buffers.sum(0);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(so3krates, m) {
@@ -373,9 +557,17 @@ TORCH_LIBRARY_FRAGMENT(so3krates, m) {
           "Tensor out_bias) -> (Tensor, Tensor)");
     m.def("radial_backward(Tensor[] filter_gradients, Tensor distances, Tensor centres, float beta, "
           "Tensor in_weight, Tensor out_weight, Tensor slopes) -> Tensor");
+    m.def("spherical_forward(Tensor chi, Tensor first, Tensor second, Tensor contraction, Tensor in_weight, "
+          "Tensor in_bias, Tensor feature_out, Tensor euclidean_out, Tensor(a!) feature_filters, "
+          "Tensor(b!) euclidean_filters) -> (Tensor, Tensor)");
+    m.def("spherical_backward(Tensor feature_gradient, Tensor euclidean_gradient, Tensor differences, "
+          "Tensor slopes, Tensor contraction, Tensor in_weight, Tensor feature_out, Tensor euclidean_out, "
+          "Tensor first, Tensor second, int atoms) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(so3krates, CPU, m) {
     m.impl("radial_forward", &radial_forward);
     m.impl("radial_backward", &radial_backward);
+    m.impl("spherical_forward", &spherical_forward);
+    m.impl("spherical_backward", &spherical_backward);
 }
