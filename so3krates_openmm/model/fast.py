@@ -87,8 +87,8 @@ class FastSO3krates(nn.Module):
 
     Args:
         model: the reference model (its dtype is the compute dtype).
-        kernels: ``"fused"`` (C++/OpenMP per-pair chain on the CPU; builds the
-            operators on first use) or ``"torch"``.
+        kernels: ``"fused"`` (C++/OpenMP per-pair chain and filter networks on
+            the CPU; builds the operators on first use) or ``"torch"``.
     """
 
     __constants__ = ["use_fused"]
