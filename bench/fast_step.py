@@ -12,7 +12,7 @@ of each export kind (``so3krates-export --kernels``):
 
 - ``reference``: the readable model, forces by autograd in openmm-torch;
 - ``analytic``: energy and forces with the hand-derived backward, pure TorchScript;
-- ``fused``: the same with the C++/OpenMP per-pair kernels;
+- ``fused``: the same with the C++/OpenMP per-pair and filter kernels;
 
 and MACE L=0 (64x0e, openmm-ml) in its venv (``bash bench/peers/setup_venvs.sh mace``)
 unless ``--no-mace``. It prints ms/step (per model the best median of

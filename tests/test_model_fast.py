@@ -9,6 +9,7 @@ weights, both shipped checkpoints, periodic boxes, batches) and to
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
 
@@ -182,6 +183,37 @@ def test_fused_operators_reject_inconsistent_shapes(random_model):
             projections, filters, filters, torch.zeros(5, dtype=torch.float64), torch.zeros(2, 15, dtype=torch.float64),
             torch.ones(15, dtype=torch.float64), torch.zeros(15, dtype=torch.long), index, index, 4, 3,
         )
+
+
+@pytest.mark.parametrize(("threads", "dtype"), [(1, torch.float64), (2, torch.float64), (1, torch.float32)])
+def test_fused_radial_operators_match_the_torch_route(random_model, threads, dtype):
+    """Several cache blocks of pairs (the last one partial), some pairs beyond the cutoff, 1 and 2 threads;
+    float32 has other register tiles (partial column panels) than float64."""
+    torch.manual_seed(5)
+    model = copy.deepcopy(random_model).to(dtype)
+    fused, reference = FastSO3krates(model, "fused"), FastSO3krates(model, "torch")
+    distances = torch.rand(700, dtype=dtype) * 1.2 * model.cutoff + 0.3
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        filters, saved = fused.radial_forward(distances)
+        expected_filters, expected_saved = reference.radial_forward(distances)
+        gradients = [torch.randn_like(f) for f in filters]
+        distance_gradient = fused.radial_backward(gradients, distances, saved)
+        expected_gradient = reference.radial_backward(gradients, distances, expected_saved)
+    finally:
+        torch.set_num_threads(previous)
+    assert relative_error(filters, expected_filters) < tolerance
+    assert relative_error(distance_gradient, expected_gradient) < tolerance
+
+
+def test_fused_radial_backward_rejects_a_missing_filter_gradient(random_model):
+    fused = FastSO3krates(random_model, "fused")
+    distances = torch.rand(10, dtype=torch.float64) + 1.0
+    filters, saved = fused.radial_forward(distances)
+    with pytest.raises(RuntimeError, match="one filter gradient per filter"):
+        fused.radial_backward([torch.zeros_like(f) for f in filters][1:], distances, saved)
 
 
 def test_unknown_kernels_are_a_clear_error(random_model):

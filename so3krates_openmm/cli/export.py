@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kernels", choices=("reference", "analytic", "fused"), default="reference",
         help="reference: the readable model, forces by autograd; analytic: hand-derived forces in pure TorchScript; "
-        "fused: analytic with C++/OpenMP pair kernels (load them with `import so3krates_openmm.model` before "
-        "openmm-torch reads the .pt); the fast kinds return forces. Recorded in the .pt's metadata")
+        "fused: analytic with C++/OpenMP pair and filter kernels (load them with `import so3krates_openmm.model` "
+        "before openmm-torch reads the .pt); the fast kinds return forces. Recorded in the .pt's metadata")
     parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     args = parser.parse_args(argv)
     tune_process(argv)

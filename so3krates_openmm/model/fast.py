@@ -13,9 +13,13 @@ cutoff weight, messages, scatter onto atoms, and its backward) runs either in
 PyTorch operations (``kernels="torch"``, device-agnostic) or in the C++/OpenMP
 operators of :mod:`so3krates_openmm.model.kernels` (``kernels="fused"``, CPU;
 tensors on other devices take the PyTorch route), which never materialise
-pair x F intermediates. The big products (radial filter layers, projections)
-are ``torch.mm``/``addmm_`` in both (``addmm`` with a bias is avoided: TorchScript
-splits it into a product and an out-of-place sum).
+pair x F intermediates. Likewise the radial parts of all filters (they depend
+only on the distances: basis, hidden layer, output layer for every layer at
+once, and their backward to ``dE/dd``) run as PyTorch operations or as one
+fused operator each way that goes through the pairs in cache-sized blocks.
+The big products (filter layers, projections) are ``torch.mm``/``addmm_``
+(``addmm`` with a bias is avoided: TorchScript splits it into a product and an
+out-of-place sum); in the fused operators ATen products on the blocks.
 
 Conventions as in the reference: P unordered pairs (i = first, j = second),
 ``r_ij = R_j - R_i + shift`` in Å; the harmonics of the reversed pair follow
@@ -83,8 +87,8 @@ class FastSO3krates(nn.Module):
 
     Args:
         model: the reference model (its dtype is the compute dtype).
-        kernels: ``"fused"`` (C++/OpenMP per-pair chain on the CPU; builds the
-            operators on first use) or ``"torch"``.
+        kernels: ``"fused"`` (C++/OpenMP per-pair chain and filter networks on
+            the CPU; builds the operators on first use) or ``"torch"``.
     """
 
     __constants__ = ["use_fused"]
@@ -141,7 +145,7 @@ class FastSO3krates(nn.Module):
         ]))
         self.radial_basis_size = int(config.radial_basis_size)
         stacks: dict = {name: [] for name in (
-            "projection", "feature_radial_out", "euclidean_radial_out", "filter_bias", "spherical_in_weight",
+            "projection", "radial_out_weight", "filter_bias", "spherical_in_weight",
             "spherical_in_bias", "feature_spherical_out", "euclidean_spherical_out", "pair_contraction",
             "exchange_weight", "exchange_bias", "exchange_contraction", "expansion",
         )}
@@ -153,8 +157,7 @@ class FastSO3krates(nn.Module):
                 invariant.query.weight * invariant.scale, ev.query.weight * ev.scale,
                 invariant.key.weight, ev.key.weight, invariant.value.weight,
             ]))
-            stacks["feature_radial_out"].append(feature_filter.radial_out.weight)
-            stacks["euclidean_radial_out"].append(euclidean_filter.radial_out.weight)
+            stacks["radial_out_weight"] += [feature_filter.radial_out.weight, euclidean_filter.radial_out.weight]
             stacks["filter_bias"].append(torch.stack([
                 feature_filter.radial_out.bias + feature_filter.spherical_out.bias,
                 euclidean_filter.radial_out.bias + euclidean_filter.spherical_out.bias,
@@ -174,8 +177,17 @@ class FastSO3krates(nn.Module):
             stacks["expansion"].append(exchange.expansion.to(dtype))
             if not torch.equal(exchange.expansion, ev.expansion):
                 raise ValueError("the layer's degree expansion matrices differ")
+        filter_bias = torch.stack(stacks.pop("filter_bias"))  # (T, 2, F)
         for name, values in stacks.items():
             constant(name, torch.stack(values))
+        # Output biases of the 2T filters (both output layers' biases; in the first layer chi = 0, so
+        # every delta_ij = 0 and the spherical part is one constant vector, folded in here).
+        spherical = functional.silu(self.spherical_in_bias[0])
+        first_layer = torch.stack([
+            self.feature_spherical_out[0] @ spherical[: self.spherical_width],
+            self.euclidean_spherical_out[0] @ spherical[self.spherical_width :],
+        ])
+        constant("radial_out_bias", torch.cat([filter_bias[:1] + first_layer, filter_bias[1:]]).flatten(0, 1))
         constant("readout_hidden_weight", model.readout.hidden.weight)
         constant("readout_hidden_bias", model.readout.hidden.bias)
         constant("readout_output_weight", model.readout.output.weight.reshape(-1))
@@ -234,55 +246,24 @@ class FastSO3krates(nn.Module):
                 cutoff_slopes = torch.where(
                     inside, (-0.5 * math.pi / self.cutoff) * torch.sin(scaled), torch.zeros_like(scaled)
                 )
-            decay = torch.exp(-distances)
-            offsets = decay.unsqueeze(-1) - self.radial_centres
-            radial_basis = torch.exp(-self.beta * offsets * offsets)
-            # Hidden radial features of all 2T filters, transposed (2T F, P): each filter's block
-            # is contiguous, so the backward pass writes its gradient in place.
-            radial_pre = (
-                self.radial_in_weight @ torch.cat([radial_basis, torch.ones_like(distances).unsqueeze(1)], 1).t()
-            )
-            radial = functional.silu(radial_pre)
+            # radial parts of all 2T filters (2T, P, F), with their output biases
+            radial_filters, radial_saved = self.radial_forward(distances)
 
             # ----- forward through the layers, keeping what the backward pass needs -----
             x = self.embedding.index_select(0, species)
             chi = torch.zeros(n_atoms, self.m_tot, dtype=dtype, device=positions.device)
             saved: List[List[Tensor]] = []
             for t in range(self.n_layers):
-                feature_radial = radial[2 * t * features : (2 * t + 1) * features].t()
-                euclidean_radial = radial[(2 * t + 1) * features : (2 * t + 2) * features].t()
+                feature_filters = radial_filters[2 * t]
+                euclidean_filters = radial_filters[2 * t + 1]
                 if t == 0:
                     # chi = 0: every delta_ij is 0, the spherical filter part is one constant vector
-                    # (and its gradient with respect to chi vanishes)
+                    # (in radial_out_bias; its gradient with respect to chi vanishes)
                     difference = chi
-                    spherical_pre = chi
-                    spherical = functional.silu(self.spherical_in_bias[0])
-                    feature_bias = (
-                        self.filter_bias[0, 0] + self.feature_spherical_out[0] @ spherical[: self.spherical_width]
-                    )
-                    euclidean_bias = (
-                        self.filter_bias[0, 1] + self.euclidean_spherical_out[0] @ spherical[self.spherical_width :]
-                    )
-                    feature_filters = torch.mm(feature_radial, self.feature_radial_out[0].t()).add_(feature_bias)
-                    euclidean_filters = (
-                        torch.mm(euclidean_radial, self.euclidean_radial_out[0].t()).add_(euclidean_bias)
-                    )
+                    spherical_saved = chi
                 else:
-                    difference = chi.index_select(0, second) - chi.index_select(0, first)
-                    ev_invariants = (difference * difference) @ self.pair_contraction[t]
-                    spherical_pre = functional.linear(
-                        ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t]
-                    )
-                    spherical = functional.silu(spherical_pre)
-                    feature_filters = (
-                        torch.mm(feature_radial, self.feature_radial_out[t].t())
-                        .add_(self.filter_bias[t, 0])
-                        .addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
-                    )
-                    euclidean_filters = (
-                        torch.mm(euclidean_radial, self.euclidean_radial_out[t].t())
-                        .add_(self.filter_bias[t, 1])
-                        .addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
+                    difference, spherical_saved = self.spherical_forward(
+                        t, chi, first, second, feature_filters, euclidean_filters
                     )
                 projections = x @ self.projection[t].t()  # (N, 5F): Q, Q~, K, K~, V
                 update, ev_update, scores = self.pair_forward(
@@ -295,7 +276,7 @@ class FastSO3krates(nn.Module):
                 degree_scales = mixed[:, features:] @ self.expansion[t]
                 saved.append(
                     [
-                        difference, spherical_pre, feature_filters, euclidean_filters,
+                        difference, spherical_saved, feature_filters, euclidean_filters,
                         projections, scores, chi1, degree_scales,
                     ]
                 )
@@ -316,12 +297,12 @@ class FastSO3krates(nn.Module):
             )
             x_gradient = hidden_gradient @ self.readout_hidden_weight
             chi_gradient = torch.zeros_like(chi)
-            radial_gradient = torch.empty_like(radial_pre)
+            filter_gradients: List[Tensor] = []
             cutoff_gradient = torch.zeros_like(cutoff_weights)
             harmonics_gradient = torch.zeros_like(harmonics)
             for t in range(self.n_layers - 1, -1, -1):
                 (
-                    difference, spherical_pre, feature_filters, euclidean_filters,
+                    difference, spherical_saved, feature_filters, euclidean_filters,
                     projections, scores, chi1, degree_scales,
                 ) = saved[t]
                 # exchange block
@@ -342,39 +323,17 @@ class FastSO3krates(nn.Module):
                 cutoff_gradient = cutoff_gradient + layer_cutoff_gradient
                 harmonics_gradient = harmonics_gradient + layer_harmonics_gradient
                 x_gradient = torch.addmm(x_gradient, projection_gradient, self.projection[t])
-                # filter networks
-                torch.mm(
-                    self.feature_radial_out[t].t(), filter_gradient.t(),
-                    out=radial_gradient[2 * t * features : (2 * t + 1) * features],
-                )
-                torch.mm(
-                    self.euclidean_radial_out[t].t(), ev_filter_gradient.t(),
-                    out=radial_gradient[(2 * t + 1) * features : (2 * t + 2) * features],
-                )
+                # filter networks (the radial parts after the loop, in layer order)
+                filter_gradients += [ev_filter_gradient, filter_gradient]
                 if t > 0:
-                    spherical_gradient = torch.cat(
-                        [
-                            filter_gradient @ self.feature_spherical_out[t],
-                            ev_filter_gradient @ self.euclidean_spherical_out[t],
-                        ],
-                        1,
-                    )
-                    invariants_gradient = (
-                        torch.ops.aten.silu_backward(spherical_gradient, spherical_pre) @ self.spherical_in_weight[t]
-                    )
-                    difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
-                    chi_gradient = chi_gradient.index_add(0, second, difference_gradient).index_add(
-                        0, first, -difference_gradient
+                    chi_gradient = chi_gradient + self.spherical_backward(
+                        t, filter_gradient, ev_filter_gradient, difference, spherical_saved, first, second, n_atoms
                     )
 
             # ----- geometry backward -----
-            basis_gradient = (
-                torch.ops.aten.silu_backward(radial_gradient, radial_pre).t()
-                @ self.radial_in_weight[:, : self.radial_basis_size]
-            )
-            distance_gradient = (
-                cutoff_gradient * cutoff_slopes
-                + (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
+            filter_gradients.reverse()
+            distance_gradient = cutoff_gradient * cutoff_slopes + self.radial_backward(
+                filter_gradients, distances, radial_saved
             )
             derivative_terms = harmonics_gradient @ self.harmonic_derivatives  # (P, 3 M)
             unit_gradient = (derivative_terms.view(n_pairs, 3, self.n_monomials) * monomials.unsqueeze(1)).sum(-1)
@@ -389,6 +348,105 @@ class FastSO3krates(nn.Module):
                 .index_add_(0, first, -vector_gradient)
             )
             return energies, gradient
+
+    def radial_forward(self, distances: Tensor) -> Tuple[Tensor, Tensor]:
+        """The radial parts of all 2T filters, ``W_out silu(W_in e(d) + b_in) + b_out`` (2T, P, F)
+        in layer order (feature, Euclidean filter), and what :meth:`radial_backward` needs.
+
+        ``b_out`` are :attr:`radial_out_bias` (with the first layer's constant spherical part);
+        the later layers' spherical parts are added by the caller. The fused operator keeps
+        ``silu'`` of the hidden features (2T, P, F); the PyTorch route the pre-activations (2T F, P).
+        """
+        if self.use_fused and distances.device.type == "cpu":
+            return torch.ops.so3krates.radial_forward(
+                distances, self.radial_centres, self.beta, self.radial_in_weight, self.radial_out_weight,
+                self.radial_out_bias,
+            )
+        offsets = torch.exp(-distances).unsqueeze(-1) - self.radial_centres
+        radial_basis = torch.exp(-self.beta * offsets * offsets)
+        # Hidden features transposed, (2T F, P): each filter's block is contiguous, so the
+        # backward pass writes its gradient in place.
+        radial_pre = self.radial_in_weight @ torch.cat([radial_basis, torch.ones_like(distances).unsqueeze(1)], 1).t()
+        radial = functional.silu(radial_pre).view(self.radial_out_weight.shape[0], self.features, distances.shape[0])
+        filters = torch.baddbmm(
+            self.radial_out_bias.unsqueeze(1), radial.transpose(1, 2), self.radial_out_weight.transpose(1, 2)
+        )
+        return filters, radial_pre
+
+    def radial_backward(self, filter_gradients: List[Tensor], distances: Tensor, saved: Tensor) -> Tensor:
+        """Backward of :meth:`radial_forward`: the gradient (P,) of the distances from those of
+        the 2T filters (P, F each, layer order) and the saved tensor."""
+        if self.use_fused and distances.device.type == "cpu":
+            return torch.ops.so3krates.radial_backward(
+                filter_gradients, distances, self.radial_centres, self.beta, self.radial_in_weight,
+                self.radial_out_weight, saved,
+            )
+        features = self.features
+        radial_gradient = torch.empty_like(saved)
+        for n, filter_gradient in enumerate(filter_gradients):
+            torch.mm(
+                self.radial_out_weight[n].t(),
+                filter_gradient.t(),
+                out=radial_gradient[n * features : (n + 1) * features],
+            )
+        hidden_gradient = torch.ops.aten.silu_backward(radial_gradient, saved)
+        basis_gradient = hidden_gradient.t() @ self.radial_in_weight[:, : self.radial_basis_size]
+        decay = torch.exp(-distances)
+        offsets = decay.unsqueeze(-1) - self.radial_centres
+        radial_basis = torch.exp(-self.beta * offsets * offsets)
+        return (basis_gradient * radial_basis * offsets).sum(1) * (-2.0 * self.beta) * (-decay)
+
+    def spherical_forward(
+        self, t: int, chi: Tensor, first: Tensor, second: Tensor, feature_filters: Tensor, euclidean_filters: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Add the spherical parts ``W_sph_out silu(W_sph_in delta_ij + b) `` of layer ``t``'s two filters
+        to ``feature_filters`` and ``euclidean_filters`` (P, F, in place), with the per-degree invariants
+        ``delta_ij = C^T (chi_j - chi_i)^2``. Returns the differences ``chi_j - chi_i`` (P, m_tot) and
+        what :meth:`spherical_backward` needs: ``silu'`` of the hidden features (fused operator) or
+        their pre-activations (PyTorch route), (P, F/2).
+        """
+        if self.use_fused and chi.device.type == "cpu":
+            return torch.ops.so3krates.spherical_forward(
+                chi, first, second, self.pair_contraction[t], self.spherical_in_weight[t], self.spherical_in_bias[t],
+                self.feature_spherical_out[t], self.euclidean_spherical_out[t], feature_filters, euclidean_filters,
+            )
+        difference = chi.index_select(0, second) - chi.index_select(0, first)
+        ev_invariants = (difference * difference) @ self.pair_contraction[t]
+        spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
+        spherical = functional.silu(spherical_pre)
+        feature_filters.addmm_(spherical[:, : self.spherical_width], self.feature_spherical_out[t].t())
+        euclidean_filters.addmm_(spherical[:, self.spherical_width :], self.euclidean_spherical_out[t].t())
+        return difference, spherical_pre
+
+    def spherical_backward(
+        self,
+        t: int,
+        filter_gradient: Tensor,
+        ev_filter_gradient: Tensor,
+        difference: Tensor,
+        saved: Tensor,
+        first: Tensor,
+        second: Tensor,
+        n_atoms: int,
+    ) -> Tensor:
+        """Backward of :meth:`spherical_forward`: the gradient (N, m_tot) of chi from those of the
+        two filters (P, F each)."""
+        if self.use_fused and filter_gradient.device.type == "cpu":
+            return torch.ops.so3krates.spherical_backward(
+                filter_gradient, ev_filter_gradient, difference, saved, self.pair_contraction[t],
+                self.spherical_in_weight[t], self.feature_spherical_out[t], self.euclidean_spherical_out[t],
+                first, second, n_atoms,
+            )
+        spherical_gradient = torch.cat(
+            [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
+        )
+        invariants_gradient = torch.ops.aten.silu_backward(spherical_gradient, saved) @ self.spherical_in_weight[t]
+        difference_gradient = 2.0 * difference * (invariants_gradient @ self.pair_contraction[t].t())
+        return (
+            torch.zeros(n_atoms, self.m_tot, dtype=difference.dtype, device=difference.device)
+            .index_add_(0, second, difference_gradient)
+            .index_add_(0, first, -difference_gradient)
+        )
 
     def pair_forward(
         self,

@@ -2,7 +2,9 @@
 
 The sources (``csrc/*.cpp``, shipped with the package) register the
 TorchScript operators ``torch.ops.so3krates.pair_forward`` and
-``torch.ops.so3krates.pair_backward`` (CPU, float32 and float64). They are
+``pair_backward`` (the per-pair attention chain of a layer) and
+``radial_forward`` and ``radial_backward`` (the radial filter networks of all
+layers, cache-blocked over pairs), CPU, float32 and float64. They are
 compiled once per source version, torch version and CPU type with
 ``torch.utils.cpp_extension`` (needs a C++ compiler; ``g++`` and ``ninja``)
 into ``$SO3KRATES_KERNELS_DIR`` (default ``~/.cache/so3krates_openmm/kernels``),
