@@ -28,6 +28,12 @@ alternating order, the routes that could replace it:
   VJP of ``pair_backward``, which does not exist) is replaced by zeros. The
   time is a lower bound for the ``analytic`` route with such a kernel.
 
+Where the loss needs no weight gradient (validation and test evaluation of
+every epoch: energies and forces only), the fast path applies as it is; the
+last table times that evaluation (``--eval-batch`` structures, the trainer's
+default evaluation batch) by the reference (autograd without a graph) and by
+``FastSO3krates`` with either kernels.
+
 First the exactness of ``analytic`` and ``forward-mode`` is checked in
 float64 (random weights, a batch of displaced structures): the largest
 relative difference of any parameter's gradient from the reference's.
@@ -318,6 +324,16 @@ class Problem:
     def bound_step(self) -> list[Tensor]:
         return self.analytic_step(self.bound)
 
+    def reference_forces_only(self) -> Tensor:
+        """Forces as the trainer's evaluation gets them (autograd, no graph kept)."""
+        positions = self.positions.clone().requires_grad_(True)
+        energies = self.model(self.numbers, positions, self.batch, self.size)
+        return -torch.autograd.grad(energies.sum(), positions)[0]
+
+    def fast_forces_only(self, fast: FastSO3krates) -> Callable[[], Tensor]:
+        """Forces by the fast path (the neighbour list included)."""
+        return lambda: -fast(self.numbers, self.positions, self.batch, self.size, *self.pairs())[1]
+
     def forward_mode_step(self) -> list[Tensor]:
         first, second, shifts = self.pairs()
         with torch.no_grad():
@@ -345,6 +361,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per route and batch size")
+    parser.add_argument("--eval-batch", type=int, default=16, help="structures per evaluation batch (default 16)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -377,9 +394,25 @@ def main() -> None:
         medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
         ratios = " / ".join(f"{medians['reference'] / medians[name]:.2f}" for name in routes[1:])
         print(f"{size:>5}  " + "  ".join(f"{medians[name]:>16.1f}" for name in routes) + f"   {ratios}", flush=True)
-    print("load average after: " + " ".join(f"{value:.2f}" for value in os.getloadavg()))
     print("(median of the steps; 'fused bound' has wrong gradients: a lower bound of the time with a "
           "second-order per-pair kernel)")
+
+    problem = Problem(args.dtype, args.eval_batch)
+    evaluations = {"reference": problem.reference_forces_only}
+    for kernels in ("torch", "fused"):
+        evaluations[f"fast ({kernels})"] = problem.fast_forces_only(FastSO3krates(problem.model, kernels))
+    times = {name: [] for name in evaluations}
+    for evaluation in evaluations.values():  # warm-up
+        evaluation()
+    for _ in range(args.repeats):
+        for name, evaluation in evaluations.items():
+            started = time.perf_counter()
+            evaluation()
+            times[name].append(time.perf_counter() - started)
+    medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    print(f"\nevaluation (energies and forces, no weight gradients), batch of {args.eval_batch}: " + ", ".join(
+        f"{name} {value:.1f} ms ({medians['reference'] / value:.2f}x)" for name, value in medians.items()))
+    print("load average after: " + " ".join(f"{value:.2f}" for value in os.getloadavg()))
 
 
 if __name__ == "__main__":
