@@ -356,6 +356,19 @@ def largest_relative_difference(gradients: list[Tensor], reference: list[Tensor]
                                                                                               strict=True))
 
 
+def median_milliseconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall milliseconds of each call over ``repeats`` rounds in alternating order (after one warm-up)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
@@ -383,15 +396,7 @@ def main() -> None:
         problem = Problem(args.dtype, size)
         steps = dict(zip(routes, (problem.reference_step, problem.analytic_step, problem.forward_mode_step,
                                   problem.bound_step), strict=True))
-        times: dict[str, list[float]] = {name: [] for name in routes}
-        for step in steps.values():  # warm-up
-            step()
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                started = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - started)
-        medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+        medians = median_milliseconds(steps, args.repeats)
         ratios = " / ".join(f"{medians['reference'] / medians[name]:.2f}" for name in routes[1:])
         print(f"{size:>5}  " + "  ".join(f"{medians[name]:>16.1f}" for name in routes) + f"   {ratios}", flush=True)
     print("(median of the steps; 'fused bound' has wrong gradients: a lower bound of the time with a "
@@ -401,15 +406,7 @@ def main() -> None:
     evaluations = {"reference": problem.reference_forces_only}
     for kernels in ("torch", "fused"):
         evaluations[f"fast ({kernels})"] = problem.fast_forces_only(FastSO3krates(problem.model, kernels))
-    times = {name: [] for name in evaluations}
-    for evaluation in evaluations.values():  # warm-up
-        evaluation()
-    for _ in range(args.repeats):
-        for name, evaluation in evaluations.items():
-            started = time.perf_counter()
-            evaluation()
-            times[name].append(time.perf_counter() - started)
-    medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    medians = median_milliseconds(evaluations, args.repeats)
     print(f"\nevaluation (energies and forces, no weight gradients), batch of {args.eval_batch}: " + ", ".join(
         f"{name} {value:.1f} ms ({medians['reference'] / value:.2f}x)" for name, value in medians.items()))
     print("load average after: " + " ".join(f"{value:.2f}" for value in os.getloadavg()))
