@@ -167,6 +167,11 @@ class LangevinNVTOptions(StabilityOptions, OutputOptions, LangevinOptions, Dynam
     name: ClassVar[str] = "langevin_nvt"
     output: Path = option(Path("runs/langevin_nvt"), "output directory (relative to the working directory)")
     velocity_interval: int = option(0, "write velocities every N steps (0: none)", minimum=0)
+    segment_ps: float | None = option(
+        None, "write the run as closed segments of this many ps (segment_0000/, segment_0001/, ...: each a complete "
+        "run folder; segment k starts from the final state of segment k-1 with seed + k): a closed segment never "
+        "changes, so long runs can be copied or committed as they progress; --resume continues in the open "
+        "segment", minimum=0.0)
 
 
 @dataclass
