@@ -207,7 +207,7 @@ def _langevin_nvt_segments(options: LangevinNVTOptions, runner: _Runner, structu
     def run_segment(directory: Path, steps: int, initial_state: Path | None, seed: int) -> RunResult:
         return runner.run(structure, ensemble="nvt", steps=steps, output_dir=directory,
                           velocity_interval=options.velocity_interval, initial_state=initial_state, system=system,
-                          seed=seed, resume=True)
+                          seed=seed, resume=directory.exists())  # an open segment continues from its checkpoint
 
     identity = {"structure": str(runner.structure_path.resolve()), "model": str(runner.model_path.resolve()),
                 "temperature_K": options.temperature, "friction_per_ps": options.friction,

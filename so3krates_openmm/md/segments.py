@@ -33,7 +33,7 @@ import numpy as np
 
 from so3krates_openmm.data.trajectory import read_dcd
 from so3krates_openmm.files import write_atomically
-from so3krates_openmm.md.runner import FINAL_STATE, RUN_INFO, TRAJECTORY, OutputExistsError, RunResult
+from so3krates_openmm.md.runner import FINAL_STATE, LOG, RUN_INFO, TRAJECTORY, OutputExistsError, RunResult
 from so3krates_openmm.md.simulation import MAX_SEED, resolve_seed
 from so3krates_openmm.md.stability import FU_BOND_DEVIATION_ANGSTROM, stability_coefficient
 
@@ -128,6 +128,23 @@ class SegmentedStatus:
         done = [(s.final_step or 0, s.ns_per_day) for s in self.segments if s.closed and s.ns_per_day]
         steps = sum(count for count, _ in done)
         return sum(count * speed for count, speed in done) / steps if steps else None
+
+    @property
+    def progress_steps(self) -> int:
+        """Steps run so far: :attr:`simulated_steps` plus the open segment's last logged step (progress, ETA)."""
+        steps = self.simulated_steps
+        open_segment = next((segment for segment in self.segments if not segment.closed), None)
+        if open_segment is None or self.unstable is not None:
+            return steps
+        log = open_segment.directory / LOG
+        if log.is_file():
+            lines = log.read_text(encoding="utf-8").strip().splitlines()
+            if len(lines) > 1:
+                try:
+                    steps += int(float(lines[-1].split(",")[0]))
+                except ValueError:
+                    pass  # a line cut off by a kill
+        return steps
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python summary (for JSON)."""
