@@ -67,6 +67,10 @@ def test_a_killed_segment_resumes_and_a_longer_run_adds_segments(
     (segment_directory(output, 1) / "run.json").unlink()
     status = segmented_status(output)
     assert [segment.closed for segment in status.segments] == [True, False] and not status.finished
+    # a session's share: one more closed segment (the open one), then stop
+    run_langevin_nvt(options(peptide_pdb, peptide_amber_xml, output, resume=True, max_segments=1), log=quiet)
+    status = segmented_status(output)
+    assert [segment.closed for segment in status.segments] == [True, True] and not status.finished
     run_langevin_nvt(options(peptide_pdb, peptide_amber_xml, output, resume=True), log=quiet)
     status = segmented_status(output)
     assert status.completed and len(status.segments) == 3

@@ -172,6 +172,9 @@ class LangevinNVTOptions(StabilityOptions, OutputOptions, LangevinOptions, Dynam
         "run folder; segment k starts from the final state of segment k-1 with seed + k): a closed segment never "
         "changes, so long runs can be copied or committed as they progress; --resume continues in the open "
         "segment", minimum=0.0)
+    max_segments: int | None = option(
+        None, "with --segment-ps: close at most this many new segments in this call, then stop (a session's share "
+        "of a long run; --resume continues)", minimum=1)
 
 
 @dataclass

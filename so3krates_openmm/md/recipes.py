@@ -186,6 +186,8 @@ def run_langevin_nvt(options: LangevinNVTOptions, log: Log = print) -> ProtocolR
     runner, structure = _runner(options, log)
     if options.segment_ps is not None:
         return _langevin_nvt_segments(options, runner, structure, log)
+    if options.max_segments is not None:
+        raise ProtocolError("--max-segments needs --segment-ps (it counts closed segments)")
     result = runner.run(structure, ensemble="nvt", steps=options.n_steps, output_dir=options.output,
                         velocity_interval=options.velocity_interval)
     trace = read_csv_log(options.output / LOG)
@@ -214,7 +216,8 @@ def _langevin_nvt_segments(options: LangevinNVTOptions, runner: _Runner, structu
                 "hydrogen_mass_amu": options.hydrogen_mass, "minimize": options.minimize}
     status = run_segmented(run_segment, options.output, total_steps=options.n_steps, segment_steps=segment_steps,
                            timestep_fs=options.timestep_fs, seed=options.seed, identity=identity,
-                           resume=options.resume, overwrite=options.overwrite, log=log)
+                           resume=options.resume, overwrite=options.overwrite,
+                           max_new_segments=options.max_segments, log=log)
     runner.seed = status.seed
     log(f"{options.output}: {status.simulated_ps:.4g} of {status.total_steps * options.timestep_fs * 1e-3:.4g} ps "
         f"stable in {len(status.segments)} segment(s) (stable fraction {status.stable_fraction:.4f})"
