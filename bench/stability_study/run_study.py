@@ -162,6 +162,30 @@ def progress_ps(runs: list[StudyRun], args: argparse.Namespace) -> float:
     return total
 
 
+def die_with_parent() -> None:
+    """In a child process (Linux): receive SIGKILL when the driver dies, so that a killed driver leaves no run
+    behind that the next driver would start a second time (the run resumes from its checkpoint)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def lock_root(root: Path):
+    """An exclusive lock on ``root`` for this driver (another driver on the same runs would write them twice)."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / "run_study.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another run_study.py is running on {root}; wait for it or stop it first") from None
+    return handle
+
+
 def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
     """Run the unfinished runs in ``--jobs`` single-thread processes; returns the number that failed to run."""
     pending = [run for run in runs if not ((status := status_of(run)) is not None and status.finished)]
@@ -182,7 +206,7 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
                 log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(run, args))}\n")
                 log.flush()
                 active[subprocess.Popen(command(run, args), stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY,
-                                        env=environment)] = run
+                                        env=environment, preexec_fn=die_with_parent)] = run
                 log.close()
             time.sleep(2.0)
             for process in [process for process in active if process.poll() is not None]:
@@ -332,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.molecules:
         print("no molecule has matched models yet (train_pair.py writes models.json): nothing to report")
         return 0
+    lock = None if args.report_only else lock_root(args.root)
     runs = plan(args)
     failures = 0 if args.report_only else execute(runs, args)
+    if lock is not None:
+        lock.close()
     summarise(runs, args)
     return 1 if failures else 0
 
