@@ -43,7 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from study_common import BENCH_DIR, MODELS, MOLECULES, REPOSITORY, RUNS_DIR, models_file, molecule, read_models
+from study_common import (
+    BENCH_DIR,
+    KERNELS,
+    MODELS,
+    MOLECULES,
+    REPOSITORY,
+    RUNS_DIR,
+    export_for_md,
+    models_file,
+    molecule,
+    read_models,
+)
 
 
 @dataclass(frozen=True)
@@ -108,11 +119,23 @@ def resolved(path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else REPOSITORY / path
 
 
+def exported_model(name: str, model: str, entry: dict) -> Path:
+    """The model's export for MD; made again from the committed matched checkpoint when missing (a new
+    machine), with the same kernels."""
+    path = resolved(entry["model_pt"])
+    if not path.is_file():
+        source = resolved(entry["matched_checkpoint"])
+        print(f"{path} is missing: exporting {source} again ({KERNELS[model]} kernels)", flush=True)
+        export_for_md(source, molecule(name).structure, path, KERNELS[model])
+    return path
+
+
 def plan(args: argparse.Namespace) -> list[StudyRun]:
-    """Every run of the study (starting PDBs written on the way)."""
+    """Every run of the study (starting PDBs and missing exports written on the way)."""
     runs = []
     for name in args.molecules:
         models = read_models(args.bench_dir, name)
+        model_files = {model: exported_model(name, model, models["models"][model]) for model in args.models}
         for temperature in args.temperatures:
             frames = start_frames(name, temperature, args.runs)
             for index, frame in enumerate(frames):
@@ -120,7 +143,7 @@ def plan(args: argparse.Namespace) -> list[StudyRun]:
                                         f"{temperature:g}K_run{index}_frame{frame}.pdb")
                 for model in args.models:
                     runs.append(StudyRun(name, model, temperature, index, frame, run_seed(temperature, index), start,
-                                         resolved(models["models"][model]["model_pt"]),
+                                         model_files[model],
                                          args.root / name / "md" / model / f"{temperature:g}K" / f"run_{index}"))
     return runs
 

@@ -88,3 +88,12 @@ def read_models(bench_dir: Path, name: str) -> dict:
         raise SystemExit(f"{path} is missing: train and match the models first "
                          f"(python bench/stability_study/train_pair.py --molecule {name})")
     return json.loads(path.read_text())
+
+
+def export_for_md(checkpoint: Path, structure: Path, output: Path, kernels: str) -> Path:
+    """The checkpoint exported for OpenMM (``so3krates-export``)."""
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.export import export_checkpoint
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return export_checkpoint(checkpoint, output, structure=read_structure(structure), kernels=kernels)

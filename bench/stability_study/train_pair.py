@@ -19,8 +19,10 @@ is the reference (its best checkpoint); of the other run's kept best checkpoints
 validation force MAE is to the reference's, the first whose test force MAE is within ``--tolerance`` (10 %)
 of the reference's is taken. Then:
 
-- the two chosen checkpoints are exported for MD (``<root>/<molecule>/<model>/model.pt``; equivariant with the
-  fused kernels, invariant with the reference ones, which cover it);
+- the two chosen checkpoints are copied to ``<bench-dir>/<molecule>/<model>_checkpoint.pt`` (weights only,
+  ~2 MB, to be committed: the MD can then continue on another machine) and exported for MD
+  (``<root>/<molecule>/<model>/model.pt``; equivariant with the fused kernels, invariant with the reference
+  ones, which cover it);
 - per-frame errors of both on the same test frames (``so3krates-eval --per-frame``):
   ``<bench-dir>/<molecule>/errors.json`` (mean, std, median, 95th percentile, max of the per-frame force MAE and
   absolute energy error) and ``errors_histogram.png`` (the paper's Fig. 5a);
@@ -37,7 +39,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from study_common import BENCH_DIR, DEGREES, KERNELS, MODELS, REPOSITORY, RUNS_DIR, molecule
+from study_common import BENCH_DIR, DEGREES, KERNELS, MODELS, REPOSITORY, RUNS_DIR, export_for_md, molecule
 
 
 def training_options(name: str, model: str, args: argparse.Namespace) -> dict:
@@ -66,6 +68,10 @@ def training_options(name: str, model: str, args: argparse.Namespace) -> dict:
     return values
 
 
+#: Entries of models.json that are paths (written relative to the repository when inside it).
+PATH_KEYS = ("checkpoint", "matched_checkpoint", "model_pt")
+
+
 def train_one(name: str, model: str, args: argparse.Namespace) -> dict | None:
     """Train (or resume) one model; returns its test report."""
     from so3krates_openmm.training import config_from_dict, train
@@ -83,18 +89,10 @@ def finished(run: Path) -> bool:
     return (run / "test_report.json").is_file()
 
 
-def export_for_md(checkpoint: Path, structure: Path, output: Path, kernels: str) -> Path:
-    """The checkpoint exported for OpenMM (``so3krates-export``)."""
-    from so3krates_openmm.data.structures import read_structure
-    from so3krates_openmm.export import export_checkpoint
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return export_checkpoint(checkpoint, output, structure=read_structure(structure), kernels=kernels)
-
-
 def match_and_report(name: str, args: argparse.Namespace) -> dict:
     """Match the two runs, export the chosen checkpoints, write errors.json, the histogram and models.json."""
     from so3krates_openmm.files import write_atomically
+    from so3krates_openmm.model.checkpoint import file_sha256
     from so3krates_openmm.training.evaluation import evaluate_checkpoint
     from so3krates_openmm.training.matching import error_statistics, match_force_errors, plot_error_histograms
 
@@ -108,10 +106,15 @@ def match_and_report(name: str, args: argparse.Namespace) -> dict:
     per_frame, table = {}, {}
     match["models"] = {model: match["models"][model] for model in MODELS}
     for model, entry in match["models"].items():
-        chosen = args.root / name / model / "checkpoint.pt"
-        chosen.parent.mkdir(parents=True, exist_ok=True)
+        chosen = out_dir / f"{model}_checkpoint.pt"  # weights only (~2 MB), committed with the results
+        md_runs = args.root / name / "md" / model
+        if chosen.is_file() and md_runs.is_dir() and file_sha256(chosen) != file_sha256(entry["checkpoint"]):
+            raise SystemExit(f"{md_runs} holds MD runs of the previously matched {model} checkpoint ({chosen}); "
+                             "this match chose another one. Move those runs away first (they would continue with "
+                             "another model)")
         shutil.copyfile(entry["checkpoint"], chosen)
-        entry["model_pt"] = str(export_for_md(chosen, target.structure, chosen.with_name("model.pt"),
+        entry["matched_checkpoint"] = str(chosen)
+        entry["model_pt"] = str(export_for_md(chosen, target.structure, args.root / name / model / "model.pt",
                                               KERNELS[model]))
         entry["kernels"] = KERNELS[model]
         report = evaluate_checkpoint(chosen, dataset, test, per_frame=True)
@@ -142,7 +145,7 @@ def match_and_report(name: str, args: argparse.Namespace) -> dict:
         "relative_difference": match["relative_difference"],
         "tolerance": match["tolerance"],
         "rule": match["rule"],
-        "models": {model: {**{k: relative(v) if k in ("checkpoint", "model_pt") else v for k, v in entry.items()},
+        "models": {model: {**{key: relative(value) if key in PATH_KEYS else value for key, value in entry.items()},
                            "degrees": DEGREES[model], "training_run": relative(str(runs[model]))}
                    for model, entry in match["models"].items()},
         "candidates_tried": [{**entry, "checkpoint": relative(entry["checkpoint"])}

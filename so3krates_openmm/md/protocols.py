@@ -285,7 +285,7 @@ def write_resolved_protocol(options: Any, path: Path, *, seed: int | None, sourc
     resolved: dict[str, Any] = {"protocol": options.name}
     for item in dataclasses.fields(options):
         value = getattr(options, item.name)
-        if item.name in ("resume", "overwrite", "ns"):
+        if item.name in ("resume", "overwrite", "ns", "max_segments"):
             continue
         if item.name == "steps":
             value = options.n_steps
