@@ -75,7 +75,7 @@ def run_md(args: argparse.Namespace, files: dict[str, Path]) -> bool:
         structure=files["structure"], model=model, temperature=300.0, friction=1.0, timestep_fs=args.timestep_fs,
         ns=args.ns, hydrogen_mass=args.hydrogen_mass, seed=args.seed, platform=args.platform, threads=args.threads,
         output=files["md"], segment_ps=args.segment_ps, resume=(files["md"] / "segments.json").is_file(),
-        log_interval=steps_per_frame, trajectory_interval=steps_per_frame, stability_interval=steps_per_frame,
+        log_interval=steps_per_frame, trajectory_interval=steps_per_frame, stability_interval=args.stability_interval,
         checkpoint_interval=max(steps_per_frame, round(args.checkpoint_ps * 1000.0 / args.timestep_fs)),
         progress=not args.no_progress, max_segments=args.max_segments,
     )
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="checkpoint to run (default: the system's shipped best_checkpoint.pt)")
     parser.add_argument("--segment-ps", type=float, default=50.0, help="closed segments of this length, ps")
     parser.add_argument("--frame-interval-fs", type=float, default=500.0,
-                        help="time between trajectory frames, log lines and stability checks, fs")
+                        help="time between trajectory frames and log lines, fs")
+    parser.add_argument("--stability-interval", type=int, default=100, help="steps between stability checks")
     parser.add_argument("--checkpoint-ps", type=float, default=5.0, help="time between checkpoints, ps")
     parser.add_argument("--max-segments", type=int, help="close at most this many new segments in this call")
     parser.add_argument("--label-frames", type=int, default=50, help="frames to label with GFN2-xTB")
