@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,13 @@ def test_a_killed_segment_resumes_and_a_longer_run_adds_segments(
     run_langevin_nvt(options(peptide_pdb, peptide_amber_xml, output, resume=True, max_segments=1), log=quiet)
     status = segmented_status(output)
     assert [segment.closed for segment in status.segments] == [True, True] and not status.finished
+    # the closed segments, copied with the input files to another place, continue there
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(output, moved / "run")
+    shutil.copy(peptide_pdb, moved / "start.pdb")
+    shutil.copy(peptide_amber_xml, moved / "system.xml")
+    run_langevin_nvt(options(moved / "start.pdb", moved / "system.xml", moved / "run", resume=True), log=quiet)
+    assert segmented_status(moved / "run").completed
     run_langevin_nvt(options(peptide_pdb, peptide_amber_xml, output, resume=True), log=quiet)
     status = segmented_status(output)
     assert status.completed and len(status.segments) == 3

@@ -199,7 +199,7 @@ def run_langevin_nvt(options: LangevinNVTOptions, log: Log = print) -> ProtocolR
 def _langevin_nvt_segments(options: LangevinNVTOptions, runner: _Runner, structure: Structure,
                            log: Log) -> ProtocolResult:
     """The Langevin run as closed segments (:mod:`so3krates_openmm.md.segments`)."""
-    from so3krates_openmm.md.segments import run_segmented
+    from so3krates_openmm.md.segments import file_identity, run_segmented
 
     segment_steps = round(options.segment_ps * 1000.0 / options.timestep_fs)
     if segment_steps < 1:
@@ -211,9 +211,9 @@ def _langevin_nvt_segments(options: LangevinNVTOptions, runner: _Runner, structu
                           velocity_interval=options.velocity_interval, initial_state=initial_state, system=system,
                           seed=seed, resume=directory.exists())  # an open segment continues from its checkpoint
 
-    identity = {"structure": str(runner.structure_path.resolve()), "model": str(runner.model_path.resolve()),
-                "temperature_K": options.temperature, "friction_per_ps": options.friction,
-                "hydrogen_mass_amu": options.hydrogen_mass, "minimize": options.minimize}
+    identity = {**file_identity(runner.structure_path, runner.model_path), "temperature_K": options.temperature,
+                "friction_per_ps": options.friction, "hydrogen_mass_amu": options.hydrogen_mass,
+                "minimize": options.minimize}
     status = run_segmented(run_segment, options.output, total_steps=options.n_steps, segment_steps=segment_steps,
                            timestep_fs=options.timestep_fs, seed=options.seed, identity=identity,
                            resume=options.resume, overwrite=options.overwrite,

@@ -16,7 +16,8 @@ run as consecutive segments of ``segment_steps`` steps instead, each one a compl
   bond is judged against the same reference throughout; the run stops at the first unstable segment.
 
 ``segments.json`` in the run folder records the run's seed, segment length, time step and identity
-(structure, model, settings); a resumed run must agree (its total length may grow). Times over the whole
+(structure and model by content, :func:`file_identity`, and the settings); a resumed run must agree (its
+total length may grow), wherever its files now are. Times over the whole
 run are the segment's time plus the steps of the segments before it (:func:`read_segmented_trajectory`).
 """
 
@@ -32,10 +33,12 @@ from typing import Any
 import numpy as np
 
 from so3krates_openmm.data.trajectory import read_dcd
+from so3krates_openmm.export import read_export_metadata
 from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.runner import FINAL_STATE, LOG, RUN_INFO, TRAJECTORY, OutputExistsError, RunResult
 from so3krates_openmm.md.simulation import MAX_SEED, resolve_seed
 from so3krates_openmm.md.stability import FU_BOND_DEVIATION_ANGSTROM, stability_coefficient
+from so3krates_openmm.model.checkpoint import file_sha256
 
 SEGMENTS_FILE = "segments.json"
 SEGMENT_PREFIX = "segment_"
@@ -43,6 +46,20 @@ SEGMENT_PREFIX = "segment_"
 #: ``run_segment(directory, steps, initial_state, seed) -> RunResult``: one segment, resumed from its checkpoint
 #: when ``directory`` holds one, else started from ``initial_state`` (``None``: the structure).
 SegmentRunner = Callable[[Path, int, "Path | None", int], RunResult]
+
+
+def file_identity(structure: str | Path, model: str | Path) -> dict[str, Any]:
+    """What identifies a run's structure and model independently of where the files are (so that closed segments
+    copied to another machine or checkout can be continued there): the structure file's SHA-256; for an exported
+    model, the SHA-256 of the checkpoint it was exported from and its kernels (an export is not byte-identical
+    each time), else the model file's SHA-256."""
+    try:
+        metadata = read_export_metadata(model)
+        model_identity = {"checkpoint_sha256": metadata["checkpoint_sha256"],
+                          "kernels": metadata.get("kernels") or "reference", "dtype": metadata.get("dtype")}
+    except (ValueError, KeyError):
+        model_identity = {"sha256": file_sha256(model)}
+    return {"structure_sha256": file_sha256(structure), "model": model_identity}
 
 
 def segment_directory(output: str | Path, index: int) -> Path:
@@ -324,5 +341,6 @@ def segmented_stability(
             "total_ps": total_ps, "seed": status.seed, "ns_per_day": status.ns_per_day}
 
 
-__all__ = ["SEGMENTS_FILE", "SegmentInfo", "SegmentRunner", "SegmentedStatus", "read_segmented_trajectory",
-           "run_segmented", "segment_directory", "segment_seed", "segmented_stability", "segmented_status"]
+__all__ = ["SEGMENTS_FILE", "SegmentInfo", "SegmentRunner", "SegmentedStatus", "file_identity",
+           "read_segmented_trajectory", "run_segmented", "segment_directory", "segment_seed", "segmented_stability",
+           "segmented_status"]
