@@ -2,7 +2,7 @@
 """Train an equivariant and an invariant SO3krates on the same split and match their test force MAE (issue 17).
 
     python bench/stability_study/train_pair.py --molecule ac_ala3_nhme|dha [--model equivariant|invariant|both]
-        [--max-epochs 60] [--max-time 10h] [--threads 1] [--config extra.yaml] [--match-only] [--tolerance 0.1]
+        [--max-epochs 100] [--max-time 10h] [--threads 1] [--config extra.yaml] [--match-only] [--tolerance 0.1]
         [--root runs/stability_study] [--bench-dir bench/stability_study]
 
 Training (``so3krates-train``'s :class:`Trainer`): both models get the same everything (data, the split file
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecule", required=True, choices=("ac_ala3_nhme", "dha"))
     parser.add_argument("--model", choices=(*MODELS, "both"), default="both", help="which run(s) to train")
-    parser.add_argument("--max-epochs", type=int, default=60, help="epoch budget of each model (default 60)")
+    parser.add_argument("--max-epochs", type=int, default=100, help="epoch budget of each model (default 100)")
     parser.add_argument("--max-time", help="training-time budget of each model over all sessions, e.g. 10h")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per training process")
     parser.add_argument("--config", help="YAML file of further training options for both models")
