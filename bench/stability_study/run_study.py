@@ -130,18 +130,20 @@ def exported_model(name: str, model: str, entry: dict) -> Path:
     return path
 
 
-def plan(args: argparse.Namespace) -> list[StudyRun]:
-    """Every run of the study (starting PDBs and missing exports written on the way)."""
+def plan(args: argparse.Namespace, molecules: list[str], models: list[str], *, export: bool) -> list[StudyRun]:
+    """Every run of the study for ``molecules`` and ``models`` (starting PDBs written on the way, and with
+    ``export`` the missing model exports)."""
     runs = []
-    for name in args.molecules:
-        models = read_models(args.bench_dir, name)
-        model_files = {model: exported_model(name, model, models["models"][model]) for model in args.models}
+    for name in molecules:
+        matched = read_models(args.bench_dir, name)["models"]
+        model_files = {model: exported_model(name, model, matched[model]) if export
+                       else resolved(matched[model]["model_pt"]) for model in models}
         for temperature in args.temperatures:
             frames = start_frames(name, temperature, args.runs)
             for index, frame in enumerate(frames):
                 start = write_start_pdb(name, frame, args.root / name / "md" / "starts" /
                                         f"{temperature:g}K_run{index}_frame{frame}.pdb")
-                for model in args.models:
+                for model in models:
                     runs.append(StudyRun(name, model, temperature, index, frame, run_seed(temperature, index), start,
                                          model_files[model],
                                          args.root / name / "md" / model / f"{temperature:g}K" / f"run_{index}"))
@@ -259,7 +261,7 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
     return failures
 
 
-def summarise(runs: list[StudyRun], args: argparse.Namespace) -> dict:
+def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[str]) -> dict:
     """summary.json (the issue's schema plus seeds, start frames, monitor verdicts, simulated ps) and the bar plot."""
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.files import write_atomically
@@ -267,10 +269,10 @@ def summarise(runs: list[StudyRun], args: argparse.Namespace) -> dict:
     from so3krates_openmm.md.stability import covalent_bonds
 
     summary: dict = {}
-    for name in args.molecules:
+    for name in molecules:
         models = read_models(args.bench_dir, name)
         relaxed = read_structure(molecule(name).structure)
-        for model in args.models:
+        for model in MODELS:
             entry = models["models"][model]
             record = {
                 "test_force_mae": entry["test_force_mae"], "force_unit": models["force_unit"],
@@ -375,16 +377,17 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in args.molecules if not models_file(args.bench_dir, name).is_file()]
     if missing and not args.report_only:
         read_models(args.bench_dir, missing[0])  # exits naming the command to run first
-    args.molecules = [name for name in args.molecules if name not in missing]
-    if not args.molecules:
+    if not any(models_file(args.bench_dir, name).is_file() for name in MOLECULES):
         print("no molecule has matched models yet (train_pair.py writes models.json): nothing to report")
         return 0
-    lock = None if args.report_only else lock_root(args.root)
-    runs = plan(args)
-    failures = 0 if args.report_only else execute(runs, args)
-    if lock is not None:
+    failures = 0
+    if not args.report_only:
+        lock = lock_root(args.root)
+        failures = execute(plan(args, args.molecules, args.models, export=True), args)
         lock.close()
-    summarise(runs, args)
+    # the summary covers every molecule with matched models and both models, whatever this call ran
+    reported = [name for name in MOLECULES if models_file(args.bench_dir, name).is_file()]
+    summarise(plan(args, reported, list(MODELS), export=False), args, reported)
     return 1 if failures else 0
 
 
