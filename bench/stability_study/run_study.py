@@ -261,6 +261,23 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
     return failures
 
 
+def run_settings(runs: list[StudyRun], args: argparse.Namespace, name: str) -> dict:
+    """The settings of a molecule's and model's runs as their first started run records them (``segments.json``;
+    the command line's values while none has started)."""
+    settings = {"ps": args.ps, "timestep_fs": args.timestep_fs, "friction_per_ps": args.friction,
+                "segment_ps": args.segment_ps}
+    for run in runs:
+        status = status_of(run)
+        if status is not None:
+            manifest = json.loads((run.output / "segments.json").read_text())
+            settings = {"ps": status.total_steps * status.timestep_fs * 1e-3, "timestep_fs": status.timestep_fs,
+                        "friction_per_ps": manifest["identity"]["friction_per_ps"],
+                        "segment_ps": status.segment_steps * status.timestep_fs * 1e-3}
+            break
+    return {**settings, "fu_max_bond_deviation_angstrom": 0.5, "monitor_bond_stretch_factor": 1.5,
+            "equilibrium_bond_lengths": f"{molecule(name).structure.name} (relaxed structure)"}
+
+
 def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[str]) -> dict:
     """summary.json (the issue's schema plus seeds, start frames, monitor verdicts, simulated ps) and the bar plot."""
     from so3krates_openmm.data.structures import read_structure
@@ -279,10 +296,7 @@ def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[st
                 "runs": {}, "finished": {}, "monitor_stable_fraction": {}, "monitor_verdict": {},
                 "simulated_ps": {}, "coefficient_so_far": {}, "seeds": {}, "start_frames": {},
                 "checkpoint": entry["checkpoint"], "epoch": entry["epoch"], "matched": models["matched"],
-                "settings": {"ps": args.ps, "timestep_fs": args.timestep_fs, "friction_per_ps": args.friction,
-                             "segment_ps": args.segment_ps, "frame_interval_steps": args.frame_interval,
-                             "fu_max_bond_deviation_angstrom": 0.5, "monitor_bond_stretch_factor": 1.5,
-                             "equilibrium_bond_lengths": f"{molecule(name).structure.name} (relaxed structure)"},
+                "settings": run_settings([r for r in runs if (r.molecule, r.model) == (name, model)], args, name),
             }
             for temperature in args.temperatures:
                 key = f"{temperature:g}"
