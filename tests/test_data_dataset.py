@@ -145,3 +145,19 @@ def test_unit_conversion_uses_the_exact_factors():
     same = data.converted("eV")
     np.testing.assert_array_equal(same.energies, data.energies)
     assert data.converted("kJ/mol").energies[0] == data.energies[0] * 96.4853321
+
+
+def test_sampling_temperatures_follow_the_generator_blocks_and_concatenation():
+    generated = water_set(4)
+    generated.metadata = {"parts": [{"frames": 4, "settings": {"temperatures_K": [300.0, 500.0],
+                                                               "frames_per_temperature": 2}}]}
+    labelled = water_set(3, seed=1)
+    labelled.metadata = {"parts": [{"frames": 3, "inputs": {"trajectory": "md.dcd"}, "settings": {"stride": 2}}]}
+    np.testing.assert_array_equal(generated.sampling_temperatures(), [300.0, 300.0, 500.0, 500.0])
+    both = MolecularDataset.concatenate([generated, labelled]).sampling_temperatures()
+    np.testing.assert_array_equal(both[:4], [300.0, 300.0, 500.0, 500.0])
+    assert np.isnan(both[4:]).all() and len(both) == 7
+    wrong = water_set(5)
+    wrong.metadata = generated.metadata
+    with pytest.raises(DataError, match="describe 4 frames but the data set has 5"):
+        wrong.sampling_temperatures()

@@ -12,7 +12,8 @@ from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS
 
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
 from so3krates_openmm.data.formats import save_npz
-from so3krates_openmm.training.evaluation import evaluate_checkpoint, read_split
+from so3krates_openmm.training.evaluation import evaluate_checkpoint
+from so3krates_openmm.training.splits import read_split
 from so3krates_openmm.units import energy_conversion
 
 N_FRAMES = 5

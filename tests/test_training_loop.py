@@ -282,3 +282,50 @@ def test_time_budget_stops_within_an_epoch_and_a_larger_budget_continues_the_sam
         weights_b = read_checkpoint(output / name)["state_dict"]
         assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a), name
     assert resumed.test_report["errors"] == straight.test_report["errors"]
+
+
+def test_split_file_gives_the_split_and_best_checkpoints_are_kept(tmp_path: Path, ethanol_data: MolecularDataset):
+    order = np.random.default_rng(3).permutation(len(ethanol_data))
+    chosen = {"train": order[:60].tolist(), "valid": order[60:80].tolist(), "test": order[80:95].tolist()}
+    split_path = tmp_path / "split.json"
+    split_path.write_text(json.dumps(chosen))
+    values = small_run(tmp_path / "run", max_epochs=3, split_file=str(split_path), keep_best_checkpoints=True)
+    for key in ("train_size", "valid_size", "test_size"):
+        values.pop(key)
+    result = Trainer(config_from_dict(values), dataset=ethanol_data, log=quiet).run()
+    state = read_checkpoint(tmp_path / "run" / "last_checkpoint.pt")["extra"]["training_state"]
+    assert {part: state["split"][part].tolist() for part in chosen} == chosen
+    assert result.test_report["structures"] == 15
+    best_epochs = [row["epoch"] for row in result.metrics
+                   if row["valid_loss"] == min(r["valid_loss"] for r in result.metrics if r["epoch"] <= row["epoch"])]
+    kept = sorted(path.name for path in (tmp_path / "run" / "best_checkpoints").iterdir())
+    assert kept == [f"epoch_{epoch:04d}.pt" for epoch in best_epochs]
+    last_kept = read_checkpoint(tmp_path / "run" / "best_checkpoints" / kept[-1])
+    best = read_checkpoint(tmp_path / "run" / "best_checkpoint.pt")
+    assert torch.equal(last_kept["state_dict"]["embedding.weight"], best["state_dict"]["embedding.weight"])
+    assert last_kept["extra"]["training"]["valid"]["force_mae"] == pytest.approx(
+        result.metrics[best_epochs[-1] - 1]["valid_force_mae"])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({"train": [0, 1], "valid": [1, 2]}, "share 1 frame"),
+    ({"train": [0, 1], "valid": [500]}, "outside the data's 200 frames"),
+    ({"train": [0, 1]}, "no 'valid' split"),
+    ({"train": [0, 0], "valid": [2]}, "more than once"),
+])
+def test_a_bad_split_file_is_refused_naming_the_problem(tmp_path: Path, ethanol_data: MolecularDataset,
+                                                        content: dict, message: str):
+    split_path = tmp_path / "split.json"
+    split_path.write_text(json.dumps(content))
+    values = small_run(tmp_path / "run", max_epochs=1, split_file=str(split_path))
+    for key in ("train_size", "valid_size", "test_size"):
+        values.pop(key)
+    with pytest.raises(TrainingError, match=message):
+        Trainer(config_from_dict(values), dataset=ethanol_data, log=quiet).run()
+
+
+def test_split_file_excludes_split_sizes(tmp_path: Path):
+    from so3krates_openmm.training import ConfigError
+
+    with pytest.raises(ConfigError, match="drop --train-size"):
+        config_from_dict({"data": "x.npz", "split_file": "split.json", "train_size": 10})

@@ -87,3 +87,21 @@ def test_plots_break_their_line_at_a_gap():
     times, values = broken_at_gaps(np.array([0.0, 1.0, 2.0, 9.0, 10.0]), np.arange(5.0))
     np.testing.assert_array_equal(np.isnan(times), [False, False, False, True, False, False])
     np.testing.assert_array_equal(values[~np.isnan(values)], np.arange(5.0))
+
+
+def test_thinned_trajectory_fits_the_size_limit(tmp_path: Path):
+    import mdtraj
+    from openmm import app
+
+    from so3krates_openmm.data.trajectory import save_thinned_trajectory
+
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    for index in range(30):
+        topology.addAtom(f"C{index}", app.Element.getBySymbol("C"), residue)
+    positions = np.random.default_rng(0).normal(scale=5.0, size=(400, 30, 3))
+    times = 0.5 * np.arange(1, 401)
+    path, stride = save_thinned_trajectory(topology, positions, times, tmp_path / "thin.dcd", max_bytes=150_000)
+    assert path.stat().st_size <= 150_000 and stride == 2  # 400 frames of 30 x 3 float32 and record marks: 154 kB
+    back = mdtraj.load(str(path), top=str(tmp_path / "thin_topology.pdb"))
+    np.testing.assert_allclose(back.xyz * 10.0, positions[::2], atol=1e-3)

@@ -53,9 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from so3krates_openmm.training.evaluation import (
             evaluate_checkpoint,
             format_evaluation,
-            read_split,
             write_per_frame,
         )
+        from so3krates_openmm.training.splits import read_split
 
         if args.threads is not None:
             torch.set_num_threads(args.threads)

@@ -18,6 +18,7 @@ For frame-by-frame access use ``dataset[i]``, which returns a :class:`Frame`.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -350,6 +351,30 @@ class MolecularDataset:
         new.n_atoms = self.n_atoms.copy()
         new.offsets = self.offsets.copy()
         return new
+
+    def sampling_temperatures(self) -> np.ndarray:
+        """The bath temperature (K) at which each frame was sampled, from the metadata of ``so3krates-data
+        generate`` (blocks of ``frames_per_temperature`` frames per temperature, also through ``merge`` and
+        :meth:`concatenate`); NaN for frames of unknown temperature (e.g. labelled MD frames).
+
+        Raises:
+            DataError: the metadata's frame counts do not add up to the data set's frames.
+        """
+        temperatures: list[float] = []
+        for metadata in self.metadata.get("concatenated_from") or [self.metadata]:
+            for part in metadata.get("parts") or [metadata]:
+                settings = part.get("settings") or {}
+                listed = settings.get("temperatures_K") or []
+                per_temperature = settings.get("frames_per_temperature")
+                count = part.get("frames", len(listed) * (per_temperature or 0))
+                if listed and per_temperature and count == len(listed) * per_temperature:
+                    temperatures += [float(t) for t in listed for _ in range(per_temperature)]
+                else:
+                    temperatures += [math.nan] * int(count or 0)
+        if len(temperatures) != len(self):
+            raise DataError(f"{self.source}: the metadata describe {len(temperatures)} frames but the data set has "
+                            f"{len(self)}: the sampling temperatures of its frames are unknown")
+        return np.asarray(temperatures, dtype=np.float64)
 
     def summary(self) -> str:
         """A few human-readable lines: frames, molecules, elements, units and energy range."""

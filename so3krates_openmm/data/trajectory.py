@@ -205,3 +205,31 @@ def mdtraj_trajectory(topology, positions_angstrom: np.ndarray, times_ps: np.nda
     md_topology = mdtraj.Topology.from_openmm(topology)
     xyz = np.asarray(positions_angstrom, dtype=np.float32).reshape(-1, md_topology.n_atoms, 3) / ANGSTROM_PER_NM
     return mdtraj.Trajectory(xyz, md_topology, time=times_ps)
+
+
+def save_thinned_trajectory(
+    topology, positions_angstrom: np.ndarray, times_ps: np.ndarray, path: str | Path, *, max_bytes: int = 2_000_000,
+) -> tuple[Path, int]:
+    """Every ``stride``-th frame written with mdtraj (format by suffix, e.g. compressed ``.xtc``), the smallest
+    stride (1, 2, 4, ...) whose file fits in ``max_bytes``; a PDB of the first frame is written beside it
+    (``<stem>_topology.pdb``) to read it back. Returns the path and the stride.
+
+    Raises:
+        ValueError: no frames, or even a single frame does not fit.
+    """
+    positions = np.asarray(positions_angstrom, dtype=np.float64)
+    if len(positions) == 0:
+        raise ValueError("no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stride = 1
+    while True:
+        trajectory = mdtraj_trajectory(topology, positions[::stride], np.asarray(times_ps)[::stride])
+        trajectory.save(str(path), force_overwrite=True)
+        if path.stat().st_size <= max_bytes:
+            trajectory[0].save_pdb(str(path.with_name(f"{path.stem}_topology.pdb")))
+            return path, stride
+        if stride >= len(positions):
+            path.unlink()
+            raise ValueError(f"even one frame does not fit in {max_bytes} bytes as {path.suffix}")
+        stride *= 2

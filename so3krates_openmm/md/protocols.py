@@ -176,6 +176,14 @@ class LangevinNVTOptions(StabilityOptions, OutputOptions, LangevinOptions, Dynam
     name: ClassVar[str] = "langevin_nvt"
     output: Path = option(Path("runs/langevin_nvt"), "output directory (relative to the working directory)")
     velocity_interval: int = option(0, "write velocities every N steps (0: none)", minimum=0)
+    segment_ps: float | None = option(
+        None, "write the run as closed segments of this many ps (segment_0000/, segment_0001/, ...: each a complete "
+        "run folder; segment k starts from the final state of segment k-1 with seed + k): a closed segment never "
+        "changes, so long runs can be copied or committed as they progress; --resume continues in the open "
+        "segment", minimum=0.0)
+    max_segments: int | None = option(
+        None, "with --segment-ps: close at most this many new segments in this call, then stop (a session's share "
+        "of a long run; --resume continues)", minimum=1)
 
 
 @dataclass
@@ -286,7 +294,7 @@ def write_resolved_protocol(options: Any, path: Path, *, seed: int | None, sourc
     resolved: dict[str, Any] = {"protocol": options.name}
     for item in dataclasses.fields(options):
         value = getattr(options, item.name)
-        if item.name in ("resume", "overwrite", "ns"):
+        if item.name in ("resume", "overwrite", "ns", "max_segments"):
             continue
         if item.name == "steps":
             value = options.n_steps

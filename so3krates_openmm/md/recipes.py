@@ -67,7 +67,7 @@ class _Runner:
         self.log = log
         self.seed: int | None = options.seed
 
-    def settings(self, ensemble: str) -> SimulationSettings:
+    def settings(self, ensemble: str, seed: int | None = None) -> SimulationSettings:
         options = self.options
         return SimulationSettings(
             ensemble=ensemble,
@@ -78,14 +78,15 @@ class _Runner:
             platform=options.platform,
             threads=options.threads,
             precision=options.precision,
-            seed=options.seed,
+            seed=options.seed if seed is None else seed,
             minimize=options.minimize,
             hydrogen_mass_amu=options.hydrogen_mass,
         )
 
     def run(self, structure: Structure, *, ensemble: str, steps: int, output_dir: Path, velocity_interval: int = 0,
             initial_state: Path | None = None, trajectory_interval: int | None = None,
-            system: mm.System | None = None) -> RunResult:
+            system: mm.System | None = None, seed: int | None = None, resume: bool | None = None) -> RunResult:
+        """One run of ``steps`` into ``output_dir``; ``seed`` and ``resume`` default to the options'."""
         options = self.options
         if system is None:
             system = model_system(structure, self.model_path, cuda_graphs=options.cuda_graphs, backend=options.backend,
@@ -100,12 +101,12 @@ class _Runner:
             stability=stability_criteria(options),
             stability_interval=options.stability_interval,
             progress=options.progress,
-            resume=options.resume,
-            overwrite=options.overwrite,
+            resume=options.resume if resume is None else resume,
+            overwrite=options.overwrite and not resume,
             identity={"structure": str(self.structure_path.resolve()), "model": str(self.model_path.resolve())},
             initial_state=initial_state,
         )
-        result = run_md(structure, system, self.settings(ensemble), config)
+        result = run_md(structure, system, self.settings(ensemble, seed), config)
         self.seed = result.seed  # drawn at random when not given: recorded so that the run can be repeated
         done = f"{result.final_step}/{result.steps_requested} steps"
         if result.resumed_from_step is not None:
@@ -185,12 +186,45 @@ def run_langevin_nvt(options: LangevinNVTOptions, log: Log = print) -> ProtocolR
     from so3krates_openmm.md.reporters import read_csv_log
 
     runner, structure = _runner(options, log)
+    if options.segment_ps is not None:
+        return _langevin_nvt_segments(options, runner, structure, log)
+    if options.max_segments is not None:
+        raise ProtocolError("--max-segments needs --segment-ps (it counts closed segments)")
     result = runner.run(structure, ensemble="nvt", steps=options.n_steps, output_dir=options.output,
                         velocity_interval=options.velocity_interval)
     trace = read_csv_log(options.output / LOG)
     if len(trace["step"]) > 1:
         plot_energy_trace(trace, options.output / "energy.png")
     return ProtocolResult(is_stable(result), runner.seed)
+
+
+def _langevin_nvt_segments(options: LangevinNVTOptions, runner: _Runner, structure: Structure,
+                           log: Log) -> ProtocolResult:
+    """The Langevin run as closed segments (:mod:`so3krates_openmm.md.segments`)."""
+    from so3krates_openmm.md.segments import file_identity, run_segmented
+
+    segment_steps = round(options.segment_ps * 1000.0 / options.timestep_fs)
+    if segment_steps < 1:
+        raise ProtocolError(f"--segment-ps {options.segment_ps} is shorter than one time step")
+    system = model_system(structure, runner.model_path, cuda_graphs=options.cuda_graphs, backend=options.backend)
+
+    def run_segment(directory: Path, steps: int, initial_state: Path | None, seed: int) -> RunResult:
+        return runner.run(structure, ensemble="nvt", steps=steps, output_dir=directory,
+                          velocity_interval=options.velocity_interval, initial_state=initial_state, system=system,
+                          seed=seed, resume=directory.exists())  # an open segment continues from its checkpoint
+
+    identity = {**file_identity(runner.structure_path, runner.model_path), "temperature_K": options.temperature,
+                "friction_per_ps": options.friction, "hydrogen_mass_amu": options.hydrogen_mass,
+                "minimize": options.minimize}
+    status = run_segmented(run_segment, options.output, total_steps=options.n_steps, segment_steps=segment_steps,
+                           timestep_fs=options.timestep_fs, seed=options.seed, identity=identity,
+                           resume=options.resume, overwrite=options.overwrite,
+                           max_new_segments=options.max_segments, log=log)
+    runner.seed = status.seed
+    log(f"{options.output}: {status.simulated_ps:.4g} of {status.total_steps * options.timestep_fs * 1e-3:.4g} ps "
+        f"stable in {len(status.segments)} segment(s) (stable fraction {status.stable_fraction:.4f})"
+        + (f"; stopped by the stability monitor: {status.unstable.reason}" if status.unstable else ""))
+    return ProtocolResult(status.unstable is None, status.seed)
 
 
 def run_nve(options: NVEOptions, log: Log = print) -> ProtocolResult:

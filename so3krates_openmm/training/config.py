@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 #: Options that may differ between a run and its resumption (stop criteria and machine).
 RESUMABLE_CHANGES = frozenset(
     {"max_epochs", "max_time", "patience", "device", "threads", "output", "resume", "progress", "log_every",
-     "checkpoint_every", "checkpoint_interval"}
+     "checkpoint_every", "checkpoint_interval", "keep_best_checkpoints"}
 )
 
 #: Options that define the architecture; a fine-tuned run (``init_from``) takes them from the checkpoint.
@@ -61,6 +61,12 @@ class TrainingConfig:
     valid_size: int | float = option(0.1, "validation frames (int) or fraction (float)")
     test_size: int | float | None = option(None, "test frames (int) or fraction; default: all the rest")
     seed: int = option(0, "seed of the split, the weight initialisation and the shuffling")
+    split_file: str | None = option(
+        None, "take the train/valid/test split from this file instead of drawing it (a JSON file "
+        "{\"train\": [...], \"valid\": [...], \"test\": [...]} of frame indices into the data files concatenated "
+        "in order, or a run's last_checkpoint.pt), e.g. to train two models on the same split; not with "
+        "--train-size/--valid-size/--test-size"
+    )
     # --- model (SO3kratesConfig)
     init_from: str | None = option(
         None, "fine-tune: start a new run (new split, optimiser, energy shifts and scale fitted to the training "
@@ -112,6 +118,10 @@ class TrainingConfig:
     device: str = option("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     threads: int | None = option(None, "CPU threads per process (torch.set_num_threads)")
     checkpoint_every: int = option(1, "write the last checkpoint every N epochs")
+    keep_best_checkpoints: bool = option(
+        False, "also keep each new best checkpoint as best_checkpoints/epoch_NNNN.pt (weights only, like "
+        "best_checkpoint.pt), e.g. to choose the checkpoint of a given validation error afterwards"
+    )
     checkpoint_interval: float | str | None = option(
         "10m", "also write the last checkpoint within an epoch when this much time has passed since the last "
         "one (e.g. '10m'; null: only at epoch ends); a resumed run continues from that step"
@@ -187,6 +197,13 @@ class TrainingConfig:
                 "--init-from and --resume exclude each other: --resume continues the run in --output (its model "
                 "is the saved one), --init-from starts a new run from a checkpoint's weights; drop one of them"
             )
+        if self.split_file is not None:
+            drawn = [name for name in ("train_size", "valid_size", "test_size") if self.is_given(name)]
+            if drawn:
+                raise ConfigError(
+                    f"--split-file takes the split from {self.split_file}; drop "
+                    f"{', '.join('--' + name.replace('_', '-') for name in drawn)} (they size a split drawn at random)"
+                )
         if self.energy_unit is not None:
             try:
                 self.energy_unit = normalise_energy_unit(self.energy_unit)

@@ -11,9 +11,9 @@ Checks: the data's elements must all be among the checkpoint's; energies in
 another unit than the checkpoint's are converted for the model, and the
 errors are reported in the data's unit.
 
-Frames: all, or ``indices``; :func:`read_split` takes the indices of a
-training run's split (train/valid/test) from its ``last_checkpoint.pt`` or
-from a JSON file (``{"test": [...], ...}`` or a plain list).
+Frames: all, or ``indices``; :func:`~so3krates_openmm.training.splits.read_split` takes the indices of
+a training run's split (train/valid/test) from its ``last_checkpoint.pt`` or from a JSON file
+(``{"test": [...], ...}`` or a plain list).
 
 Per frame (``per_frame=True``, ``so3krates-eval --per-frame FILE.csv``): each frame's energy error and force
 errors, with its trajectory frame and time when the data were labelled from a trajectory, so that one sees
@@ -22,7 +22,6 @@ where along an MD run the model leaves its data (:class:`PerFrameErrors`, :func:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from torch import Tensor
 
 from so3krates_openmm.data.dataset import DataError, MolecularDataset
 from so3krates_openmm.model.checkpoint import (
-    CheckpointError,
     file_sha256,
     load_model,
     read_checkpoint,
@@ -48,49 +46,6 @@ from so3krates_openmm.training.trainer import (
     validate_data,
 )
 from so3krates_openmm.units import energy_conversion
-
-SPLIT_PARTS = ("train", "valid", "test")
-
-
-def read_split(path: str | Path, part: str = "test") -> np.ndarray:
-    """Frame indices of split ``part`` from a training checkpoint with a saved split (``last_checkpoint.pt``)
-    or a JSON file holding ``{"train": [...], "valid": [...], "test": [...]}`` (any of them) or a plain list.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        DataError: no such split in the file, or not a split file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file {str(path)!r} does not exist")
-    if part not in SPLIT_PARTS:
-        raise DataError(f"split part must be one of {', '.join(SPLIT_PARTS)}, got {part!r}")
-    if path.suffix.lower() == ".json":
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DataError(f"{path}: not valid JSON ({error})") from error
-        if isinstance(content, dict):
-            content = content.get("split", content)
-            if part not in content:
-                raise DataError(f"{path}: no {part!r} split (found {sorted(content)})")
-            content = content[part]
-        values = content
-    else:
-        try:
-            state = read_checkpoint(path).get("extra", {}).get("training_state")
-        except CheckpointError as error:
-            raise DataError(f"{path}: not a split file ({error}); give a JSON file or a last_checkpoint.pt") from None
-        if not state or "split" not in state:
-            raise DataError(f"{path}: holds no training split (only a run's last_checkpoint.pt does; "
-                            "best_checkpoint.pt does not)")
-        values = state["split"][part]
-        values = values.tolist() if hasattr(values, "tolist") else values
-    try:
-        indices = np.asarray(values, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{path}: the {part!r} split is not a list of frame indices ({error})") from None
-    return indices
 
 
 def _scaled(errors: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -259,4 +214,4 @@ def format_evaluation(report: dict[str, Any]) -> str:
     return "\n".join([header, *body])
 
 
-__all__ = ["PerFrameErrors", "evaluate_checkpoint", "format_evaluation", "read_split", "write_per_frame"]
+__all__ = ["PerFrameErrors", "evaluate_checkpoint", "format_evaluation", "write_per_frame"]

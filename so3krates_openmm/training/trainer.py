@@ -8,6 +8,8 @@ One run writes into its output folder:
   state in ``extra["training_state"]`` (epoch, step, optimiser, schedule, EMA,
   RNG state, early-stopping state, metrics so far, split indices, config),
   from which ``--resume`` continues the same run;
+- with ``--keep-best-checkpoints``, ``best_checkpoints/epoch_NNNN.pt``: a copy of
+  each new best checkpoint (to choose one of a given validation error later);
 - ``metrics.csv`` (one row per epoch), ``learning_curve.png``,
   ``training_config.json`` and, at the end, ``test_report.json``.
 
@@ -32,6 +34,7 @@ random initialisation (:mod:`so3krates_openmm.training.finetune`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from so3krates_openmm.data.dataset import MolecularDataset
+from so3krates_openmm.data.dataset import DataError, MolecularDataset
 from so3krates_openmm.elements import symbol
 from so3krates_openmm.model import SO3krates
 from so3krates_openmm.model.checkpoint import load_model, read_checkpoint, save_checkpoint
@@ -66,8 +69,11 @@ from so3krates_openmm.training.reporting import (
 )
 from so3krates_openmm.training.schedule import ExponentialDecaySchedule
 from so3krates_openmm.training.shifts import fit_energy_shifts, rms_force
+from so3krates_openmm.training.splits import read_full_split
 
 BEST_CHECKPOINT = "best_checkpoint.pt"
+#: Folder of the kept best checkpoints (``--keep-best-checkpoints``): ``epoch_NNNN.pt``.
+BEST_HISTORY_DIR = "best_checkpoints"
 LAST_CHECKPOINT = "last_checkpoint.pt"
 METRICS_FILE = "metrics.csv"
 CURVE_FILE = "learning_curve.png"
@@ -120,6 +126,11 @@ class EpochProgress:
     def state(self) -> dict[str, Any]:
         """The ``epoch_in_progress`` record of a mid-epoch checkpoint."""
         return {"epoch": self.epoch, "batches_done": self.batches_done, "loss_sum": self.loss_sum}
+
+
+def best_history_path(output: str | Path, epoch: int) -> Path:
+    """The kept best checkpoint of ``epoch`` of the run in ``output`` (``--keep-best-checkpoints``)."""
+    return Path(output) / BEST_HISTORY_DIR / f"epoch_{epoch:04d}.pt"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -286,6 +297,11 @@ class Trainer:
             ):
                 raise TrainingError("cannot resume: the data set differs from the one the run was started with")
             split = [np.asarray(state["split"][part].tolist(), dtype=np.int64) for part in ("train", "valid", "test")]
+        elif config.split_file is not None:
+            try:
+                split = list(read_full_split(config.split_file, len(dataset), [str(p) for p in config.data or []]))
+            except (DataError, FileNotFoundError) as error:
+                raise TrainingError(f"--split-file: {error}") from None
         else:
             split = list(dataset.split_indices(config.train_size, config.valid_size, config.test_size, config.seed))
         if len(split[0]) == 0 or len(split[1]) == 0:
@@ -524,11 +540,12 @@ class Trainer:
         summary = self._training_summary()
         summary.update(epoch=progress.epoch, epoch_fraction=progress.fraction)
         summary["valid"] = {k: v for k, v in validation.items() if k != "force_mae_per_element"}
-        if self.ema is not None:
-            with self.ema.applied():
-                save_checkpoint(self.model, self.output / BEST_CHECKPOINT, extra={"training": summary})
-        else:
-            save_checkpoint(self.model, self.output / BEST_CHECKPOINT, extra={"training": summary})
+        paths = [self.output / BEST_CHECKPOINT]
+        if self.config.keep_best_checkpoints:
+            paths.append(best_history_path(self.output, progress.epoch))
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            for path in paths:
+                save_checkpoint(self.model, path, extra={"training": summary})
 
     def _save_last(self, stop_reason: str, epoch_in_progress: dict[str, Any] | None = None) -> None:
         """Write the last checkpoint; ``epoch_in_progress`` marks a mid-epoch one (epoch, batches done, loss sum)."""

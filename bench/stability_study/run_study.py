@@ -1,0 +1,409 @@
+#!/usr/bin/env python
+"""Stability statistics of the matched equivariant and invariant models (issue 17, the paper's Fig. 5b).
+
+    python bench/stability_study/run_study.py [--molecules ac_ala3_nhme dha] [--models equivariant invariant]
+        [--temperatures 300 500] [--runs 6] [--ps 100] [--timestep-fs 0.5] [--segment-ps 10] [--jobs 1]
+        [--report-only] [--root runs/stability_study] [--bench-dir bench/stability_study]
+
+For each molecule (its ``models.json`` from ``train_pair.py``), model and temperature: ``--runs`` independent
+Langevin NVT runs (friction 1/ps, ``--timestep-fs``, ``--ps`` each) of the exported model, each through the
+Langevin protocol (``python -m so3krates_openmm.cli.langevin_nvt``) with the stability monitor and
+``--segment-ps`` closed segments under ``<root>/<molecule>/md/<model>/<T>K/run_<i>/``.
+
+Starting points (the same for both models, so the two are compared run by run): run ``i`` at temperature
+``T`` starts from a frame drawn without replacement (``numpy.random.default_rng(T)``) from the molecule's
+validation and test frames sampled at ``T`` (``MolecularDataset.sampling_temperatures``), unminimised, with
+Maxwell-Boltzmann velocities at ``T`` from the seed ``10 * T + i + 1``; the frames and seeds are in
+``summary.json``.
+
+Runs go side by side in ``--jobs`` processes of one thread each; a status line every ``--status-interval``
+seconds gives the runs finished, the simulated ps and the ETA. Everything resumes: the same command after a
+kill (or in the next session) continues every unfinished run from its checkpoint (the protocol's
+``--resume``) and skips finished ones. A run the monitor stops (a bond stretched beyond 1.5x, atoms
+colliding, NaN) ends early and counts as unstable.
+
+Summary (written after the runs, or at once with ``--report-only``, which runs nothing and marks unfinished
+runs): ``<bench-dir>/summary.json`` as ``{molecule: {model: {"test_force_mae", "force_unit", "runs": {"300":
+[coefficients], "500": [...]}, ...}}}`` with, per run, the stability coefficient of Fu et al. (the fraction of
+the requested time before any bond of the starting structure deviates by more than 0.5 Å from its
+equilibrium length, the length in the molecule's relaxed structure; ``null`` while the run is unfinished)
+next to the monitor's stable fraction and verdict, and ``<bench-dir>/stability_bars.png``: mean coefficient
+per molecule, temperature and model with 2-sigma error bars (sample standard deviation over finished runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from study_common import (
+    BENCH_DIR,
+    KERNELS,
+    MODELS,
+    MOLECULES,
+    REPOSITORY,
+    RUNS_DIR,
+    export_for_md,
+    models_file,
+    molecule,
+    read_models,
+)
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One Langevin run of the study."""
+
+    molecule: str
+    model: str
+    temperature_K: float
+    index: int
+    start_frame: int
+    seed: int
+    start_pdb: Path
+    model_pt: Path
+    output: Path
+
+
+def start_frames(name: str, temperature_K: float, runs: int) -> list[int]:
+    """The starting frames of ``runs`` runs at ``temperature_K``: drawn from the validation and test frames
+    sampled at that temperature, without replacement, by ``numpy.random.default_rng(int(temperature_K))``."""
+    target = molecule(name)
+    temperatures = target.dataset().sampling_temperatures()
+    held_out = np.union1d(target.split_part("valid"), target.split_part("test"))
+    candidates = np.sort(held_out[np.isclose(temperatures[held_out], temperature_K)])
+    if len(candidates) < runs:
+        raise SystemExit(f"{name}: only {len(candidates)} validation/test frames at {temperature_K:g} K for "
+                         f"{runs} runs")
+    chosen = np.random.default_rng(int(temperature_K)).choice(candidates, size=runs, replace=False)
+    return [int(frame) for frame in chosen]
+
+
+def run_seed(temperature_K: float, index: int) -> int:
+    """The seed of run ``index`` at ``temperature_K`` (velocities and Langevin noise)."""
+    return 10 * int(temperature_K) + index + 1
+
+
+def write_start_pdb(name: str, frame: int, path: Path) -> Path:
+    """The molecule's topology with the positions of data frame ``frame`` as a PDB (kept if it exists)."""
+    if path.is_file():
+        return path
+    from openmm import app, unit
+
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.files import write_atomically
+
+    target = molecule(name)
+    structure = read_structure(target.structure)
+    positions = target.dataset()[frame].positions
+    if positions.shape != structure.positions_angstrom.shape:
+        raise SystemExit(f"frame {frame} of {name} has {positions.shape[0]} atoms, {target.structure} has "
+                         f"{structure.n_atoms}")
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w") as handle:
+            app.PDBFile.writeFile(structure.openmm_topology(), positions * unit.angstrom, handle, keepIds=True)
+
+    return write_atomically(path, write)
+
+
+def resolved(path: str) -> Path:
+    """A path of models.json (relative to the repository unless absolute)."""
+    return Path(path) if Path(path).is_absolute() else REPOSITORY / path
+
+
+def exported_model(name: str, model: str, entry: dict) -> Path:
+    """The model's export for MD; made again from the committed matched checkpoint when missing (a new
+    machine), with the same kernels."""
+    path = resolved(entry["model_pt"])
+    if not path.is_file():
+        source = resolved(entry["matched_checkpoint"])
+        print(f"{path} is missing: exporting {source} again ({KERNELS[model]} kernels)", flush=True)
+        export_for_md(source, molecule(name).structure, path, KERNELS[model])
+    return path
+
+
+def plan(args: argparse.Namespace, molecules: list[str], models: list[str], *, export: bool) -> list[StudyRun]:
+    """Every run of the study for ``molecules`` and ``models`` (starting PDBs written on the way, and with
+    ``export`` the missing model exports)."""
+    runs = []
+    for name in molecules:
+        matched = read_models(args.bench_dir, name)["models"]
+        model_files = {model: exported_model(name, model, matched[model]) if export
+                       else resolved(matched[model]["model_pt"]) for model in models}
+        for temperature in args.temperatures:
+            frames = start_frames(name, temperature, args.runs)
+            for index, frame in enumerate(frames):
+                start = write_start_pdb(name, frame, args.root / name / "md" / "starts" /
+                                        f"{temperature:g}K_run{index}_frame{frame}.pdb")
+                for model in models:
+                    runs.append(StudyRun(name, model, temperature, index, frame, run_seed(temperature, index), start,
+                                         model_files[model],
+                                         args.root / name / "md" / model / f"{temperature:g}K" / f"run_{index}"))
+    return runs
+
+
+def command(run: StudyRun, args: argparse.Namespace) -> list[str]:
+    """The Langevin protocol's command line of one run (resumes when the run has started)."""
+    steps = round(args.ps * 1000.0 / args.timestep_fs)
+    arguments = [
+        sys.executable, "-m", "so3krates_openmm.cli.langevin_nvt",
+        "--structure", str(run.start_pdb), "--model", str(run.model_pt), "--platform", "CPU", "--threads", "1",
+        "--temperature", f"{run.temperature_K:g}", "--friction", f"{args.friction:g}",
+        "--timestep-fs", f"{args.timestep_fs:g}", "--steps", str(steps), "--segment-ps", f"{args.segment_ps:g}",
+        "--seed", str(run.seed), "--no-minimize", "--output", str(run.output), "--no-progress",
+        "--log-interval", str(args.frame_interval), "--trajectory-interval", str(args.frame_interval),
+        "--checkpoint-interval", str(args.checkpoint_interval), "--stability-interval", str(args.frame_interval),
+    ]
+    if (run.output / "segments.json").is_file():
+        arguments.append("--resume")
+    return arguments
+
+
+def status_of(run: StudyRun):
+    """The run's :class:`~so3krates_openmm.md.segments.SegmentedStatus`, ``None`` before it started."""
+    from so3krates_openmm.md.segments import segmented_status
+
+    try:
+        return segmented_status(run.output)
+    except FileNotFoundError:
+        return None
+
+
+def progress_ps(runs: list[StudyRun], args: argparse.Namespace) -> float:
+    """Simulated ps over all runs (a finished run counts in full: the monitor may end it early)."""
+    total = 0.0
+    for run in runs:
+        status = status_of(run)
+        if status is not None:
+            total += args.ps if status.finished else status.progress_steps * args.timestep_fs * 1e-3
+    return total
+
+
+def die_with_parent() -> None:
+    """In a child process (Linux): receive SIGKILL when the driver dies, so that a killed driver leaves no run
+    behind that the next driver would start a second time (the run resumes from its checkpoint)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def lock_root(root: Path):
+    """An exclusive lock on ``root`` for this driver (another driver on the same runs would write them twice)."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / "run_study.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another run_study.py is running on {root}; wait for it or stop it first") from None
+    return handle
+
+
+def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
+    """Run the unfinished runs in ``--jobs`` single-thread processes; returns the number that failed to run."""
+    pending = [run for run in runs if not ((status := status_of(run)) is not None and status.finished)]
+    print(f"{len(runs) - len(pending)} of {len(runs)} runs finished; {len(pending)} to run in {args.jobs} "
+          f"process(es) of 1 thread", flush=True)
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])))
+    active: dict[subprocess.Popen, StudyRun] = {}
+    failures = 0
+    started_ps, started = progress_ps(runs, args), time.monotonic()
+    last_status = 0.0
+    try:
+        while pending or active:
+            while pending and len(active) < args.jobs:
+                run = pending.pop(0)
+                run.output.mkdir(parents=True, exist_ok=True)
+                log = open(run.output / "driver.log", "a")
+                log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(run, args))}\n")
+                log.flush()
+                active[subprocess.Popen(command(run, args), stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY,
+                                        env=environment, preexec_fn=die_with_parent)] = run
+                log.close()
+            time.sleep(2.0)
+            for process in [process for process in active if process.poll() is not None]:
+                run = active.pop(process)
+                label = f"{run.molecule} {run.model} {run.temperature_K:g} K run {run.index}"
+                if process.returncode in (0, 1):
+                    verdict = "completed" if process.returncode == 0 else "stopped by the stability monitor"
+                    print(f"{label}: {verdict}", flush=True)
+                else:
+                    failures += 1
+                    print(f"{label}: FAILED (exit {process.returncode}); see {run.output / 'driver.log'}", flush=True)
+            if time.monotonic() - last_status >= args.status_interval or not (pending or active):
+                last_status = time.monotonic()
+                done_ps, total_ps = progress_ps(runs, args), args.ps * len(runs)
+                rate = (done_ps - started_ps) / max(time.monotonic() - started, 1e-9) * 3600.0
+                eta = f"{(total_ps - done_ps) / rate:.1f} h" if rate > 0 else "?"
+                finished = sum(1 for run in runs if (status := status_of(run)) is not None and status.finished)
+                print(f"[{time.strftime('%H:%M:%S')}] runs finished {finished}/{len(runs)}, running {len(active)}; "
+                      f"{done_ps:.1f}/{total_ps:.1f} ps; {rate:.2f} ps/h; ETA {eta}", flush=True)
+    except KeyboardInterrupt:
+        for process in active:
+            process.terminate()
+        for process in active:
+            process.wait()
+        print("interrupted: the same command continues every unfinished run from its checkpoint", flush=True)
+        raise
+    return failures
+
+
+def run_settings(runs: list[StudyRun], args: argparse.Namespace, name: str) -> dict:
+    """The settings of a molecule's and model's runs as their first started run records them (``segments.json``;
+    the command line's values while none has started)."""
+    settings = {"ps": args.ps, "timestep_fs": args.timestep_fs, "friction_per_ps": args.friction,
+                "segment_ps": args.segment_ps}
+    for run in runs:
+        status = status_of(run)
+        if status is not None:
+            manifest = json.loads((run.output / "segments.json").read_text())
+            settings = {"ps": status.total_steps * status.timestep_fs * 1e-3, "timestep_fs": status.timestep_fs,
+                        "friction_per_ps": manifest["identity"]["friction_per_ps"],
+                        "segment_ps": status.segment_steps * status.timestep_fs * 1e-3}
+            break
+    return {**settings, "fu_max_bond_deviation_angstrom": 0.5, "monitor_bond_stretch_factor": 1.5,
+            "equilibrium_bond_lengths": f"{molecule(name).structure.name} (relaxed structure)"}
+
+
+def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[str]) -> dict:
+    """summary.json (the issue's schema plus seeds, start frames, monitor verdicts, simulated ps) and the bar plot."""
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.files import write_atomically
+    from so3krates_openmm.md.segments import segmented_stability
+    from so3krates_openmm.md.stability import covalent_bonds
+
+    summary: dict = {}
+    for name in molecules:
+        models = read_models(args.bench_dir, name)
+        relaxed = read_structure(molecule(name).structure)
+        for model in MODELS:
+            entry = models["models"][model]
+            record = {
+                "test_force_mae": entry["test_force_mae"], "force_unit": models["force_unit"],
+                "runs": {}, "finished": {}, "monitor_stable_fraction": {}, "monitor_verdict": {},
+                "simulated_ps": {}, "coefficient_so_far": {}, "seeds": {}, "start_frames": {},
+                "checkpoint": entry["checkpoint"], "epoch": entry["epoch"], "matched": models["matched"],
+                "settings": run_settings([r for r in runs if (r.molecule, r.model) == (name, model)], args, name),
+            }
+            for temperature in args.temperatures:
+                key = f"{temperature:g}"
+                for field in ("runs", "finished", "monitor_stable_fraction", "monitor_verdict", "simulated_ps",
+                              "coefficient_so_far", "seeds", "start_frames"):
+                    record[field][key] = []
+                for run in (r for r in runs if (r.molecule, r.model, r.temperature_K) == (name, model, temperature)):
+                    record["seeds"][key].append(run.seed)
+                    record["start_frames"][key].append(run.start_frame)
+                    if status_of(run) is None:
+                        values = {"coefficient": None, "finished": False, "stable_fraction": None,
+                                  "unstable_reason": "not started", "simulated_ps": 0.0}
+                    else:
+                        start = read_structure(run.start_pdb)
+                        bonds, _ = covalent_bonds(start)
+                        delta = relaxed.positions_angstrom[bonds[:, 1]] - relaxed.positions_angstrom[bonds[:, 0]]
+                        values = segmented_stability(run.output, bonds, np.linalg.norm(delta, axis=1))
+                    record["runs"][key].append(values["coefficient"] if values["finished"] else None)
+                    record["coefficient_so_far"][key].append(values["coefficient"])
+                    record["finished"][key].append(values["finished"])
+                    record["monitor_stable_fraction"][key].append(values["stable_fraction"])
+                    record["monitor_verdict"][key].append(
+                        "not finished" if not values["finished"] else
+                        "stable" if values["unstable_reason"] is None else f"unstable: {values['unstable_reason']}")
+                    record["simulated_ps"][key].append(values["simulated_ps"])
+            summary.setdefault(name, {})[model] = record
+    args.bench_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.bench_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_bars(summary, args.bench_dir / "stability_bars.png")
+    for name, by_model in summary.items():
+        for model, record in by_model.items():
+            for key, values in record["runs"].items():
+                done = [v for v in values if v is not None]
+                mean = f"{np.mean(done):.3f}" if done else "-"
+                print(f"{name:13s} {model:11s} {key} K: {len(done)}/{len(values)} finished, mean coefficient {mean}; "
+                      f"monitor: {', '.join(v.split(':')[0] for v in record['monitor_verdict'][key])}")
+    print(f"wrote {args.bench_dir / 'summary.json'} and {args.bench_dir / 'stability_bars.png'}")
+    return summary
+
+
+def plot_bars(summary: dict, path: Path) -> Path:
+    """Mean stability coefficient per molecule and temperature, one bar per model, 2-sigma error bars (the
+    sample standard deviation over the finished runs); the finished runs are written above each bar."""
+    from so3krates_openmm.md.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    groups = [(name, key) for name, by_model in summary.items() for key in next(iter(by_model.values()))["runs"]]
+    models = [model for model in MODELS if any(model in by_model for by_model in summary.values())]
+    figure, axis = plt.subplots(figsize=(1.6 + 1.5 * len(groups), 3.8))
+    width = 0.8 / max(len(models), 1)
+    for offset, model in enumerate(models):
+        for position, (name, key) in enumerate(groups):
+            values = summary[name].get(model, {}).get("runs", {}).get(key, [])
+            done = np.array([v for v in values if v is not None], dtype=float)
+            x = position + (offset - (len(models) - 1) / 2) * width
+            mean = done.mean() if len(done) else 0.0
+            error = 2 * done.std(ddof=1) if len(done) > 1 else 0.0
+            axis.bar(x, mean, width, color=f"C{offset}", label=model if position == 0 else None,
+                     yerr=error, capsize=3)
+            axis.text(x, min(mean + error, 1.05) + 0.02, f"{len(done)}/{len(values)}", ha="center", fontsize=7)
+    axis.set_xticks(range(len(groups)), [f"{name}\n{key} K" for name, key in groups], fontsize=8)
+    axis.set_ylabel("stability coefficient (Fu et al.)")
+    axis.set_ylim(0, 1.2)
+    axis.legend(fontsize=8, loc="upper right")
+    axis.set_title("mean and 2 sigma over runs (finished/requested above each bar)", fontsize=8)
+    return save_figure(figure, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecules", nargs="+", default=list(MOLECULES), choices=list(MOLECULES))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[300.0, 500.0], help="K")
+    parser.add_argument("--runs", type=int, default=6, help="runs per molecule, model and temperature")
+    parser.add_argument("--ps", type=float, default=100.0, help="length of each run, ps")
+    parser.add_argument("--timestep-fs", type=float, default=0.5)
+    parser.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
+    parser.add_argument("--segment-ps", type=float, default=10.0, help="closed segments of this length, ps")
+    parser.add_argument("--frame-interval", type=int, default=100,
+                        help="steps between trajectory frames, log lines and stability checks")
+    parser.add_argument("--checkpoint-interval", type=int, default=4000, help="steps between checkpoints")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each)")
+    parser.add_argument("--status-interval", type=float, default=300.0, help="seconds between status lines")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: summarise what has finished")
+    parser.add_argument("--root", type=Path, default=RUNS_DIR, help="runs folder (git-ignored)")
+    parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help="where models.json are and summary goes")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.runs < 1 or args.ps <= 0 or args.segment_ps <= 0:
+        parser.error("--jobs and --runs must be at least 1, --ps and --segment-ps positive")
+    args.root, args.bench_dir = args.root.resolve(), args.bench_dir.resolve()
+    missing = [name for name in args.molecules if not models_file(args.bench_dir, name).is_file()]
+    if missing and not args.report_only:
+        read_models(args.bench_dir, missing[0])  # exits naming the command to run first
+    if not any(models_file(args.bench_dir, name).is_file() for name in MOLECULES):
+        print("no molecule has matched models yet (train_pair.py writes models.json): nothing to report")
+        return 0
+    failures = 0
+    if not args.report_only:
+        lock = lock_root(args.root)
+        failures = execute(plan(args, args.molecules, args.models, export=True), args)
+        lock.close()
+    # the summary covers every molecule with matched models and both models, whatever this call ran
+    reported = [name for name in MOLECULES if models_file(args.bench_dir, name).is_file()]
+    summarise(plan(args, reported, list(MODELS), export=False), args, reported)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
