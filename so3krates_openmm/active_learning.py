@@ -105,6 +105,9 @@ class ActiveLearningSettings:
         None, "stop when the 95th percentile of the maximum force disagreement along an iteration's MD is below "
         "this (energy unit/Å); null: run all iterations")
     label: dict[str, Any] = option({}, "GFN2-xTB settings of the labeller (LabelSettings keys, e.g. {charge: 0})")
+    label_workers: int = option(1, "label as Dask tasks on a local cluster of this many processes (1: in this "
+                                   "process)", minimum=1)
+    scheduler: str | None = option(None, "address of a Dask scheduler whose workers label the frames")
     training: dict[str, Any] = option(
         dict(DEFAULT_FINE_TUNING), "options of each member's fine-tuning run (so3krates-train keys, e.g. "
         "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); keys given replace those of the default, the others stay; "
@@ -215,12 +218,13 @@ class ActiveLearning:
         if record.exists():
             saved = json.loads(record.read_text())
             changed = sorted(
-                k for k in current if k not in ("iterations", "target_force_std") and saved.get(k) != current[k]
+                k for k in current if k not in ("iterations", "target_force_std", "label_workers", "scheduler")
+                and saved.get(k) != current[k]
             )
             if changed:
                 raise ValueError(
-                    f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only iterations "
-                    "and target_force_std may change when resuming. Use another output folder."
+                    f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only iterations, "
+                    "target_force_std, label_workers and scheduler may change when resuming. Use another output folder."
                 )
         self.paths.output.mkdir(parents=True, exist_ok=True)
         _write_json(record, current)
@@ -326,7 +330,8 @@ class ActiveLearning:
         with np.load(selected) as data:
             frames = TrajectoryFrames(np.asarray(data["z"]), np.asarray(data["R"]), None, str(selected))
         self.log(f"iteration {i}: labelling {frames.n_frames} frames with {self.settings.label_settings.method}")
-        label_frames(frames, output, self.settings.label_settings, log=self.log, inputs={"selected": str(selected)})
+        label_frames(frames, output, self.settings.label_settings, log=self.log, inputs={"selected": str(selected)},
+                     workers=self.settings.label_workers, scheduler=self.settings.scheduler)
         return output
 
     def merge(self, i: int, labelled: Path) -> Path:
