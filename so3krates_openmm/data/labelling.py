@@ -467,7 +467,7 @@ def label_frames(
                 try:
                     energy = float(atoms.get_potential_energy()) * to_unit
                     forces = (atoms.get_forces() * to_unit).astype(dtype)
-                except RuntimeError as error:  # ASE's CalculatorError from tblite: SCF failure, atoms on top of each other
+                except RuntimeError as error:  # ASE's CalculatorError from tblite: SCF failure, atoms too close
                     if labels:
                         checkpoint()
                     raise DataError(

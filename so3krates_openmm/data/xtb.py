@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,9 @@ def xtb_optimize(
     optimization = optimization or OptimizationSettings()
     started = time.perf_counter()
     atoms = Atoms(numbers=[int(z) for z in numbers], positions=np.asarray(positions_angstrom, dtype=np.float64))
-    atoms.calc = make_calculator(settings)
+    # Each SCF starts from the previous step's wavefunction (as in the data generator): about 2x faster than from
+    # scratch along an optimisation, the same converged surface.
+    atoms.calc = make_calculator(replace(settings, scf_guess="previous"))
     optimizer = getattr(ase.optimize, optimization.optimizer)(atoms, logfile=None)
     converged = bool(optimizer.run(fmax=optimization.fmax_eV_per_angstrom, steps=int(optimization.max_steps)))
     forces = atoms.get_forces()
