@@ -80,3 +80,25 @@ def test_harmonic_frequencies_of_water_on_two_workers_match_ase_and_resume(tmp_p
     assert len(journal.read_text().splitlines()) == 19
     with pytest.raises(ValueError, match="displacement_angstrom"):
         harmonic_frequencies(WATER_NUMBERS, minimum, journal, settings, displacement_angstrom=0.0)
+
+
+def test_harmonic_script_on_water(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "harmonic" / "run.py"
+    spec = importlib.util.spec_from_file_location("harmonic_run", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    xyz = tmp_path / "water.xyz"
+    lines = [f"{symbol} {x} {y} {z}" for symbol, (x, y, z) in zip("OHH", DISTORTED_WATER, strict=True)]
+    xyz.write_text("3\nwater\n" + "\n".join(lines) + "\n")
+    spectrum = tmp_path / "spectrum.csv"
+    spectrum.write_text("# velocity source: test\nwavenumber_cm-1,intensity\n0,0\n1600,1.0\n3700,0.5\n")
+    output = tmp_path / "out"
+    assert module.main(["--structure", str(xyz), "--work", str(tmp_path / "work"), "--output", str(output),
+                        "--spectrum-csv", str(spectrum), "--workers", "2", "--no-progress"]) == 0
+    summary = json.loads((output / "harmonic_frequencies.json").read_text())
+    assert summary["single_points"] == 18 and summary["n_imaginary"] == 0
+    np.testing.assert_allclose(summary["vibrational_frequencies_cm1"], [1539.5, 3643.3, 3651.5], atol=1.0)
+    assert (output / "harmonic_vs_md.png").stat().st_size > 5_000
+    assert (output / "harmonic_frequencies.csv").read_text().count("\n") == 4
