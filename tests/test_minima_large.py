@@ -92,8 +92,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert summary["n_beyond_training"] >= 1
     # Killed during the xTB stage: the journal lost its last re-optimisation (a torn line); the same command
     # reruns only that one, and nothing of the MD or the minimisation.
-    journals = {name: work / name for name in ("md/md_runs.jsonl", "minimised_snapshots.jsonl",
-                                                 "xtb_reoptimised.jsonl")}
+    journals = {name: work / name for name in ("md/md_runs.jsonl", "minimised/700K_seed1.jsonl",
+                                                 "minimised/700K_seed2.jsonl", "xtb_reoptimised.jsonl")}
     before = {name: path.read_text() for name, path in journals.items()}
     xtb_lines = before["xtb_reoptimised.jsonl"].splitlines()
     journals["xtb_reoptimised.jsonl"].write_text("\n".join(xtb_lines[:-1]) + "\n" + xtb_lines[-1][:20])

@@ -21,11 +21,13 @@ go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ from so3krates_openmm.md.exploration import (
     saturation_curve,
 )
 from so3krates_openmm.md.minima import (
+    MinimizedSnapshot,
     ModelSystemFactory,
     deduplicate,
     heavy_atom_indices,
@@ -120,6 +123,12 @@ def training_positions(paths: list[Path], numbers: np.ndarray) -> np.ndarray:
     return np.concatenate(frames)
 
 
+def structure_key(positions_angstrom: np.ndarray) -> str:
+    """A short fingerprint of a structure (positions rounded to 1e-4 Å)."""
+    rounded = np.round(np.asarray(positions_angstrom, dtype=np.float64), 4) + 0.0  # + 0.0: no negative zeros
+    return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
+
+
 def plot_saturation(n: np.ndarray, counts: np.ndarray, path: Path) -> None:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.6, 4.0))
@@ -186,11 +195,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"2/5 minimising {n_snapshots} snapshots", flush=True)
     factory = ModelSystemFactory(str(args.structure.resolve()), str(args.model.resolve()))
-    minimised = minimize_snapshots(
-        snapshots.positions_angstrom, snapshots.steps, factory, work / "minimised_snapshots.jsonl",
-        workers=args.workers, scheduler=args.scheduler, platform=args.platform,
-        tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations, progress=progress,
-    )
+    minimised: list[MinimizedSnapshot] = []
+    names = np.asarray(snapshots.runs)
+    for run in args.runs:  # one journal per run: adding runs later minimises only theirs
+        mine = np.flatnonzero(names == run.name)
+        found = minimize_snapshots(
+            snapshots.positions_angstrom[mine], snapshots.steps[mine], factory,
+            work / "minimised" / f"{run.name}.jsonl",
+            workers=args.workers, scheduler=args.scheduler, platform=args.platform,
+            tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations, progress=progress,
+        )
+        minimised += [replace(snapshot, index=int(mine[snapshot.index])) for snapshot in found]
     minima, rejected = deduplicate(minimised, structure, rmsd_threshold_angstrom=args.rmsd_threshold)
     if len(minima) < 2:
         raise SystemExit(f"only {len(minima)} distinct minima from {n_snapshots} snapshots: run longer or more runs")
@@ -212,16 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     sample = np.sort(np.random.default_rng(args.sample_seed).choice(len(minima), min(args.sample, len(minima)),
                                                                     replace=False))
     print(f"4/5 GFN2-xTB re-optimisation of {len(sample)} minima", flush=True)
+    # Keyed by the structure, not its rank: after more runs the ranks change, a minimum done stays done.
+    keys = {int(k): structure_key(minima_positions[k]) for k in sample}
     optimised = xtb_optimize_many(
-        structure.atomic_numbers, {str(int(k)): minima_positions[k] for k in sample}, work / "xtb_reoptimised.jsonl",
+        structure.atomic_numbers, {keys[k]: minima_positions[k] for k in keys}, work / "xtb_reoptimised.jsonl",
         xtb_settings(charge=args.charge), OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps),
         workers=args.workers, scheduler=args.scheduler, progress=progress,
     )
-    validated = np.array([k for k in sample if optimised[str(int(k))]["converged"]], dtype=int)
+    validated = np.array([k for k in sample if optimised[keys[int(k)]]["converged"]], dtype=int)
     if len(validated) < 2:
         raise SystemExit(f"only {len(validated)} xTB re-optimisations converged: raise --xtb-max-steps")
-    xtb_positions = np.stack([np.asarray(optimised[str(int(k))]["positions_angstrom"]) for k in validated])
-    xtb_kj_mol = np.array([optimised[str(int(k))]["energy_eV"] for k in validated]) * energy_conversion("eV", "kJ/mol")
+    xtb_positions = np.stack([np.asarray(optimised[keys[int(k)]]["positions_angstrom"]) for k in validated])
+    xtb_kj_mol = np.array([optimised[keys[int(k)]]["energy_eV"] for k in validated]) * energy_conversion("eV", "kJ/mol")
     comparison = compare_with_reference(minima_positions[validated], energies[validated], xtb_positions, xtb_kj_mol,
                                         heavy)
     same = np.asarray(comparison["same_minimum"])
