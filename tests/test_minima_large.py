@@ -73,7 +73,7 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     work, output = tmp_path / "work", tmp_path / "out"
     arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--training-data", str(training),
                  "--runs", "700:1", "700:2", "--ps", "0.5", "--snapshot-interval", "200", "--skip-ps", "0",
-                 "--sample", "2", "--xtb-fmax", "0.1", "--workers", "2", "--work", str(work), "--output", str(output),
+                 "--sample", "2", "--sample-beyond", "1", "--xtb-fmax", "0.1", "--workers", "2", "--work", str(work), "--output", str(output),
                  "--no-progress"]
     assert driver.main(arguments) == 0
     summary = json.loads((output / "summary.json").read_text())
@@ -90,6 +90,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
         assert (output / name).stat().st_size > 5_000, name
     # The Amber minima of 700 K snapshots are far (> 0.5 Å) from the starting structure's copies.
     assert summary["n_beyond_training"] >= 1
+    assert summary["n_sampled_beyond_training_extra"] <= 1
+    assert summary["n_validated_beyond_training"] == len(summary["validated_beyond_training"])
     # Killed during the xTB stage: the journal lost its last re-optimisation (a torn line); the same command
     # reruns only that one, and nothing of the MD or the minimisation.
     journals = {name: work / name for name in ("md/md_runs.jsonl", "minimised/700K_seed1.jsonl",

@@ -12,7 +12,8 @@ Dask tasks on a local cluster of ``--workers`` processes, or on the workers of `
    minima farther than ``--beyond-training`` Å are conformations beyond the data.
 5. A random sample of ``--sample`` minima re-optimised with GFN2-xTB (tblite, the data's settings,
    ASE BFGS): RMSD model vs xTB minimum, the fraction that stays the same minimum (RMSD < 0.25 Å),
-   the Spearman correlation of the energies; the same for the minima beyond the training data.
+   the Spearman correlation of the energies; the same for the minima beyond the training data
+   (those of the random sample and ``--sample-beyond`` more).
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
 go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
@@ -50,6 +51,7 @@ from so3krates_openmm.md.minima import (
     heavy_atom_indices,
     minimize_snapshots,
     nearest_rmsd_angstrom,
+    paired_rmsd_angstrom,
     write_minima,
 )
 from so3krates_openmm.md.plotting import pyplot, save_figure
@@ -84,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--beyond-training", type=float, default=0.5,
                         help="a minimum farther than this heavy-atom RMSD from every training frame is new, Å")
     parser.add_argument("--sample", type=int, default=60, help="minima re-optimised with GFN2-xTB")
+    parser.add_argument("--sample-beyond", type=int, default=20,
+                        help="further minima beyond the training data re-optimised with GFN2-xTB")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample of minima")
     parser.add_argument("--xtb-fmax", type=float, default=0.01, help="xTB optimisation: largest force, eV/Å")
     parser.add_argument("--xtb-max-steps", type=int, default=1000, help="xTB optimisation: at most this many steps")
@@ -103,6 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for path in args.training_data:
         if not path.is_file():
             parser.error(f"--training-data {path} does not exist")
+    if args.sample_beyond < 0:
+        parser.error(f"--sample-beyond must not be negative, got {args.sample_beyond}")
     if args.sample < 2:
         parser.error(f"--sample must be at least 2 (a rank correlation needs two minima), got {args.sample}")
     try:
@@ -224,26 +230,43 @@ def main(argv: list[str] | None = None) -> int:
     beyond = distance > args.beyond_training
     plot_training_distance(distance, args.beyond_training, output / "training_distance.png")
 
-    sample = np.sort(np.random.default_rng(args.sample_seed).choice(len(minima), min(args.sample, len(minima)),
-                                                                    replace=False))
-    print(f"4/5 GFN2-xTB re-optimisation of {len(sample)} minima", flush=True)
+    rng = np.random.default_rng(args.sample_seed)
+    sample = np.sort(rng.choice(len(minima), min(args.sample, len(minima)), replace=False))
+    # Further minima beyond the training data, so that those have enough reference checks of their own.
+    others = np.setdiff1d(np.flatnonzero(beyond), sample)
+    extra = np.sort(rng.choice(others, min(args.sample_beyond, len(others)), replace=False))
+    chosen = np.union1d(sample, extra)
+    print(f"4/5 GFN2-xTB re-optimisation of {len(chosen)} minima ({len(sample)} at random, {len(extra)} more beyond "
+          "the training data)", flush=True)
     # Keyed by the structure, not its rank: after more runs the ranks change, a minimum done stays done.
-    keys = {int(k): structure_key(minima_positions[k]) for k in sample}
+    keys = {int(k): structure_key(minima_positions[k]) for k in chosen}
     optimised = xtb_optimize_many(
         structure.atomic_numbers, {keys[k]: minima_positions[k] for k in keys}, work / "xtb_reoptimised.jsonl",
         xtb_settings(charge=args.charge), OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps),
         workers=args.workers, scheduler=args.scheduler, progress=progress,
     )
-    validated = np.array([k for k in sample if optimised[keys[int(k)]]["converged"]], dtype=int)
-    if len(validated) < 2:
+    xtb_kj_mol_per_ev = energy_conversion("eV", "kJ/mol")
+
+    def compared(minima_indices: np.ndarray) -> tuple[np.ndarray, dict | None, np.ndarray, np.ndarray]:
+        """The converged ones of ``minima_indices``, their comparison with xTB (None for fewer than 2), the xTB
+        energies (kJ/mol) and the RMSDs model vs xTB minimum (Å)."""
+        done = np.array([k for k in minima_indices if optimised[keys[int(k)]]["converged"]], dtype=int)
+        results = [optimised[keys[int(k)]] for k in done]
+        xtb_kj_mol = np.array([r["energy_eV"] for r in results]) * xtb_kj_mol_per_ev
+        if not len(done):
+            return done, None, xtb_kj_mol, np.zeros(0)
+        xtb_positions = np.stack([np.asarray(r["positions_angstrom"]) for r in results])
+        rmsd = paired_rmsd_angstrom(minima_positions[done], xtb_positions, heavy)
+        comparison = None if len(done) < 2 else compare_with_reference(
+            minima_positions[done], energies[done], xtb_positions, xtb_kj_mol, heavy)
+        return done, comparison, xtb_kj_mol, rmsd
+
+    validated, comparison, xtb_kj_mol, _ = compared(sample)
+    if comparison is None:
         raise SystemExit(f"only {len(validated)} xTB re-optimisations converged: raise --xtb-max-steps")
-    xtb_positions = np.stack([np.asarray(optimised[keys[int(k)]]["positions_angstrom"]) for k in validated])
-    xtb_kj_mol = np.array([optimised[keys[int(k)]]["energy_eV"] for k in validated]) * energy_conversion("eV", "kJ/mol")
-    comparison = compare_with_reference(minima_positions[validated], energies[validated], xtb_positions, xtb_kj_mol,
-                                        heavy)
     same = np.asarray(comparison["same_minimum"])
-    beyond_validated = beyond[validated]
-    plot_validation(comparison, energies[validated], xtb_kj_mol, beyond_validated, output / "validation.png")
+    plot_validation(comparison, energies[validated], xtb_kj_mol, beyond[validated], output / "validation.png")
+    validated_beyond, comparison_beyond, _, rmsd_beyond = compared(chosen[beyond[chosen]])
 
     print("5/5 summary", flush=True)
     md_seconds = float(sum(result["cpu_seconds"] for result in md.values()))
@@ -274,20 +297,25 @@ def main(argv: list[str] | None = None) -> int:
         "beyond_training_rmsd_angstrom": args.beyond_training,
         "n_beyond_training": int(beyond.sum()),
         "training_distance_angstrom": {"median": float(np.median(distance)), "max": float(distance.max())},
-        "n_sampled": len(sample),
+        "n_sampled": len(sample), "n_sampled_beyond_training_extra": len(extra),
         "n_validated": len(validated),
-        "n_xtb_not_converged": len(sample) - len(validated),
+        "n_xtb_not_converged": int(sum(not optimised[keys[int(k)]]["converged"] for k in chosen)),
         "same_minimum_fraction": comparison["same_minimum_fraction"],
         "same_minimum_rmsd_angstrom": SAME_MINIMUM_RMSD_ANGSTROM,
         "median_rmsd_angstrom": comparison["median_rmsd_angstrom"],
         "energy_spearman": comparison["energy_spearman"],
         "relative_energy_mae_kj_mol": comparison["relative_energy_mae_kj_mol"],
-        "n_validated_beyond_training": int(beyond_validated.sum()),
-        "same_minimum_fraction_beyond_training": float(same[beyond_validated].mean()) if beyond_validated.any()
-        else None,
+        "n_validated_beyond_training": len(validated_beyond),
+        "same_minimum_fraction_beyond_training": float(np.mean(rmsd_beyond < SAME_MINIMUM_RMSD_ANGSTROM))
+        if len(rmsd_beyond) else None,
+        "median_rmsd_beyond_training_angstrom": float(np.median(rmsd_beyond)) if len(rmsd_beyond) else None,
+        "energy_spearman_beyond_training": None if comparison_beyond is None else comparison_beyond["energy_spearman"],
         "validated": [{"minimum": int(k), "rmsd_angstrom": r, "same_minimum": bool(s),
                        "training_distance_angstrom": float(distance[k])}
                       for k, r, s in zip(validated, comparison["rmsd_angstrom"], same, strict=True)],
+        "validated_beyond_training": [
+            {"minimum": int(k), "rmsd_angstrom": float(r), "training_distance_angstrom": float(distance[k])}
+            for k, r in zip(validated_beyond, rmsd_beyond, strict=True)],
         "wall_seconds_this_session": time.perf_counter() - started,
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
