@@ -73,8 +73,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     work, output = tmp_path / "work", tmp_path / "out"
     arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--training-data", str(training),
                  "--runs", "700:1", "700:2", "--ps", "0.5", "--snapshot-interval", "200", "--skip-ps", "0",
-                 "--sample", "2", "--sample-beyond", "1", "--xtb-fmax", "0.1", "--workers", "2", "--work", str(work), "--output", str(output),
-                 "--no-progress"]
+                 "--sample", "2", "--sample-beyond", "1", "--xtb-fmax", "0.1", "--workers", "2",
+                 "--work", str(work), "--output", str(output), "--no-progress"]
     assert driver.main(arguments) == 0
     summary = json.loads((output / "summary.json").read_text())
     for key in ("n_snapshots", "n_minima", "n_validated", "same_minimum_fraction", "energy_spearman",

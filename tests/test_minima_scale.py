@@ -79,3 +79,32 @@ def test_deduplication_separates_close_minima_and_merges_their_copies(peptide_pd
     for minimum in minima:
         assert len({truth[k] for k in minimum.snapshots}) == 1
     assert sorted(k for m in minima for k in m.snapshots) == list(range(len(snapshots)))
+
+
+def test_snapshots_of_a_tiny_so3krates_model_minimised_on_two_workers_and_resumed(tmp_path, peptide_pdb,
+                                                                                   peptide_gentle_model):
+    import json
+
+    from so3krates_openmm.md.minima import ModelSystemFactory, minimize_snapshots
+    from so3krates_openmm.tasks import JournalMismatch
+
+    structure = read_structure(peptide_pdb)
+    rng = np.random.default_rng(0)
+    snapshots = np.stack([structure.positions_angstrom + rng.normal(scale=0.02, size=(structure.n_atoms, 3))
+                          for _ in range(4)])
+    factory = ModelSystemFactory(str(peptide_pdb), str(peptide_gentle_model))
+    journal = tmp_path / "minimised.jsonl"
+    first = minimize_snapshots(snapshots, [0, 10, 20, 30], factory, journal, workers=2, max_iterations=20)
+    assert [s.index for s in first] == [0, 1, 2, 3] and [s.step for s in first] == [0, 10, 20, 30]
+    assert all(s.problem is None and np.isfinite(s.energy_kj_mol) and s.seconds > 0 for s in first)
+    # A kill tore the journal's last line: only that snapshot is minimised again, the others come from the journal.
+    lines = journal.read_text().splitlines()
+    marked = json.loads(lines[1])
+    marked["result"]["seconds"] = 1234.0
+    journal.write_text("\n".join([lines[0], json.dumps(marked), *lines[2:4]]) + "\n" + lines[4][:25])
+    again = minimize_snapshots(snapshots, [0, 10, 20, 30], factory, journal, workers=2, max_iterations=20)
+    assert sorted(s.seconds for s in again)[-1] == 1234.0
+    for a, b in zip(first, again, strict=True):
+        assert a.energy_kj_mol == pytest.approx(b.energy_kj_mol, abs=1e-6)
+    with pytest.raises(JournalMismatch, match="max_iterations"):
+        minimize_snapshots(snapshots, [0, 10, 20, 30], factory, journal, workers=2, max_iterations=5)
