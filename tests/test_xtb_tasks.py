@@ -71,7 +71,7 @@ def test_harmonic_frequencies_of_water_on_two_workers_match_ase_and_resume(tmp_p
     # Killed after 7 single points (a torn 8th line): the same call computes only the other 11.
     lines = journal.read_text().splitlines()
     marked = json.loads(lines[1])
-    marked["result"]["seconds"] = 1000.0  # a redone single point would lose this
+    marked["result"]["cpu_seconds"] = 1000.0  # a redone single point would lose this
     journal.write_text("\n".join([lines[0], json.dumps(marked), *lines[2:8]]) + "\n" + lines[8][:30])
     again = harmonic_frequencies(WATER_NUMBERS, minimum, journal, settings, displacement_angstrom=0.005,
                                  workers=2, progress=False)

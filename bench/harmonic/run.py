@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "structure": str(args.structure), "reference": "GFN2-xTB (tblite via ASE, the data's settings)",
         "re_optimisation": {key: optimised[key] for key in ("energy_eV", "max_force_eV_per_angstrom", "steps")},
         "displacement_angstrom": args.displacement, "single_points": analysis.single_points,
-        "cpu_hours": (analysis.cpu_seconds + optimised["seconds"]) / 3600,
+        "cpu_hours": (analysis.cpu_seconds + optimised["cpu_seconds"]) / 3600,
         "n_imaginary": int((vibrational < 0).sum()),
         "rigid_body_modes_cm1": np.round(analysis.frequencies_cm1[:len(analysis.frequencies_cm1) - len(vibrational)],
                                          2).tolist(),

@@ -56,7 +56,8 @@ class ModelSystemFactory:
 
 @dataclass
 class MinimizedSnapshot:
-    """One snapshot after minimisation: its index, MD step, energy (kJ/mol), positions (Å) and worker seconds spent."""
+    """One snapshot after minimisation: its index, MD step, energy (kJ/mol), positions (Å), and the worker's wall
+    and CPU seconds spent on it."""
 
     index: int
     step: int
@@ -64,6 +65,7 @@ class MinimizedSnapshot:
     positions_angstrom: np.ndarray
     problem: str | None = None
     seconds: float = float("nan")
+    cpu_seconds: float = float("nan")
 
 
 @dataclass
@@ -99,12 +101,13 @@ def minimize_task(task: dict) -> dict:
     """One snapshot minimised in a task worker: ``{"recipe", "positions_angstrom"}`` -> a JSON-ready result.
 
     The result holds the energy (kJ/mol), the minimised positions (Å, rounded to 1e-6), the problem
-    (``None``, or why the minimiser failed: the positions are then the snapshot's) and the worker seconds.
+    (``None``, or why the minimiser failed: the positions are then the snapshot's) and the worker's wall and CPU
+    seconds.
     """
     recipe: MinimizerRecipe = task["recipe"]
     minimizer: Minimizer = worker_cache(f"minimizer {recipe!r}", recipe.build)
     positions_angstrom = np.asarray(task["positions_angstrom"], dtype=np.float64)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     context = minimizer.context
     context.setPositions(positions_angstrom / ANGSTROM_PER_NM)
     energy, problem = float("nan"), None
@@ -117,7 +120,7 @@ def minimize_task(task: dict) -> dict:
         energy = float(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
         positions_angstrom = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.angstrom))
     return {"energy_kj_mol": energy, "positions_angstrom": np.round(positions_angstrom, 6).tolist(),
-            "problem": problem, "seconds": time.perf_counter() - start}
+            "problem": problem, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
 
 
 JOURNAL_FORMAT = "so3krates-openmm minimised snapshots/2"
@@ -180,7 +183,7 @@ def minimize_snapshots(
                         scheduler=scheduler, workers=workers, progress=progress, description="minimising")
     return [
         MinimizedSnapshot(k, steps[k], float(r["energy_kj_mol"]), np.asarray(r["positions_angstrom"]), r["problem"],
-                          float(r["seconds"]))
+                          float(r["seconds"]), float(r["cpu_seconds"]))
         for k, r in ((int(key), result) for key, result in results.items())
     ]
 

@@ -356,6 +356,7 @@ def run_minima(options: MinimaOptions, log: Log = print) -> ProtocolResult:
         "snapshots": len(snapshots), "workers": options.workers, "scheduler": options.scheduler,
         "minimisation_wall_seconds": wall,
         "minimisation_worker_seconds": float(np.nansum([snapshot.seconds for snapshot in snapshots])),
+        "minimisation_cpu_seconds": float(np.nansum([snapshot.cpu_seconds for snapshot in snapshots])),
         "rmsd_threshold_angstrom": options.rmsd_threshold, "temperature_K": options.temperature,
         "journal": str(journal),
         "md_steps": int(steps[-1]) if len(steps) else 0, "snapshot_interval": int(trajectory.steps_between_frames),
