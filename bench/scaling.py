@@ -21,23 +21,15 @@ import torch
 from bench_common import time_call
 
 from so3krates_openmm import SO3krates, SO3kratesConfig
+from so3krates_openmm.data.builders import build_water
 from so3krates_openmm.model.neighbours import neighbour_list
-
-WATER_ANGSTROM = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2399872, 0.9266272, 0.0]])
-SPACING_ANGSTROM = 29.9 ** (1.0 / 3.0)  # liquid water: 0.0334 molecules per Å^3
 
 
 def water_box(per_side: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Atomic numbers, positions (Å) and box (Å) of per_side^3 randomly oriented waters on a grid."""
-    generator = np.random.default_rng(seed)
-    molecules = []
-    for index in np.ndindex(per_side, per_side, per_side):
-        q, _ = np.linalg.qr(generator.normal(size=(3, 3)))
-        molecules.append(WATER_ANGSTROM @ q.T + (np.array(index) + 0.5) * SPACING_ANGSTROM)
-    positions = np.concatenate(molecules)
-    numbers = np.tile([8, 1, 1], per_side**3)
-    box = np.eye(3) * per_side * SPACING_ANGSTROM
-    return torch.tensor(numbers), torch.tensor(positions, dtype=torch.float32), torch.tensor(box, dtype=torch.float32)
+    structure = build_water(per_side**3, periodic=True, seed=seed)
+    return (torch.tensor(structure.atomic_numbers), torch.tensor(structure.positions_angstrom, dtype=torch.float32),
+            torch.tensor(structure.box_angstrom, dtype=torch.float32))
 
 
 def time_energy_forces(model: SO3krates, numbers, positions, box, method: str, repeats: int) -> float:

@@ -105,6 +105,9 @@ class ActiveLearningSettings:
         None, "stop when the 95th percentile of the maximum force disagreement along an iteration's MD is below "
         "this (energy unit/Å); null: run all iterations")
     label: dict[str, Any] = option({}, "GFN2-xTB settings of the labeller (LabelSettings keys, e.g. {charge: 0})")
+    label_workers: int = option(1, "label as Dask tasks on a local cluster of this many processes (1: in this "
+                                   "process)", minimum=1)
+    scheduler: str | None = option(None, "address of a Dask scheduler whose workers label the frames")
     training: dict[str, Any] = option(
         dict(DEFAULT_FINE_TUNING), "options of each member's fine-tuning run (so3krates-train keys, e.g. "
         "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); keys given replace those of the default, the others stay; "
@@ -196,6 +199,10 @@ def _training_config(settings: ActiveLearningSettings, data: Path, output: Path,
     return config_from_dict(options, source="active-learning training options")
 
 
+# settings that may change when a loop resumes: the budget and target, and how (not what) MD and labels compute
+RESUMABLE_SETTINGS = ("iterations", "target_force_std", "kernels", "label_workers", "scheduler")
+
+
 class ActiveLearning:
     """The loop (see the module docstring); :meth:`run` runs or resumes it."""
 
@@ -213,8 +220,8 @@ class ActiveLearning:
         self._check_settings_unchanged()
 
     def _check_settings_unchanged(self) -> None:
-        """A resumed loop must be the same loop: refuse other settings, naming them (``kernels`` may change: the
-        same model, run faster or slower)."""
+        """A resumed loop must be the same loop: refuse other settings than :data:`RESUMABLE_SETTINGS`, naming
+        them."""
         record = self.paths.output / "settings.json"
         current = json.loads(json.dumps(asdict(self.settings), default=str))
         if record.exists():
@@ -224,12 +231,12 @@ class ActiveLearning:
                                              default=str))
             changed = sorted(
                 k for k in current
-                if k not in ("iterations", "target_force_std", "kernels") and saved.get(k, defaults[k]) != current[k]
+                if k not in RESUMABLE_SETTINGS and saved.get(k, defaults[k]) != current[k]
             )
             if changed:
                 raise ValueError(
-                    f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only iterations, "
-                    "target_force_std and kernels may change when resuming. Use another output folder."
+                    f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only "
+                    f"{', '.join(RESUMABLE_SETTINGS)} may change when resuming. Use another output folder."
                 )
         self.paths.output.mkdir(parents=True, exist_ok=True)
         _write_json(record, current)
@@ -336,7 +343,8 @@ class ActiveLearning:
         with np.load(selected) as data:
             frames = TrajectoryFrames(np.asarray(data["z"]), np.asarray(data["R"]), None, str(selected))
         self.log(f"iteration {i}: labelling {frames.n_frames} frames with {self.settings.label_settings.method}")
-        label_frames(frames, output, self.settings.label_settings, log=self.log, inputs={"selected": str(selected)})
+        label_frames(frames, output, self.settings.label_settings, log=self.log, inputs={"selected": str(selected)},
+                     workers=self.settings.label_workers, scheduler=self.settings.scheduler)
         return output
 
     def merge(self, i: int, labelled: Path) -> Path:

@@ -14,8 +14,10 @@ import pytest
 from conftest import shared_file
 
 from so3krates_openmm.data.builders import (
+    WATER_VOLUME_ANGSTROM3,
     build_ac_ala3_nhme,
     build_buckyball_catcher,
+    build_water,
     corannulene_bowls,
     write_pdb,
 )
@@ -191,3 +193,38 @@ def test_reference_geometry_is_not_copied_into_the_project():
 def test_buckyball_catcher_builder_relaxed_with_xtb(tmp_path):
     built = build_buckyball_catcher(log=lambda m: None)
     check_catcher(built)
+
+
+@pytest.mark.parametrize("n_molecules", [1, 7, 64, 100])
+def test_water_clusters_and_boxes_for_the_scaling_benchmark(tmp_path, n_molecules):
+    from openmm import app
+    from scipy.spatial.distance import cdist
+
+    cluster = build_water(n_molecules)
+    assert cluster.n_atoms == 3 * n_molecules and cluster.box_angstrom is None
+    assert cluster.atomic_numbers.tolist() == [8, 1, 1] * n_molecules
+    x = cluster.positions_angstrom.reshape(n_molecules, 3, 3)
+    np.testing.assert_allclose(np.linalg.norm(x[:, 1:] - x[:, :1], axis=2), 0.9572, atol=1e-6)
+    if n_molecules > 1:
+        oxygens = x[:, 0]
+        distances = cdist(oxygens, oxygens) + np.eye(n_molecules) * 1e9
+        assert distances.min() == pytest.approx(WATER_VOLUME_ANGSTROM3 ** (1 / 3))  # grid spacing, 3.10 Å
+        # a compact droplet: its radius of gyration is that of a sphere at liquid density (within 25 %)
+        gyration = np.sqrt(((oxygens - oxygens.mean(0)) ** 2).sum(1).mean())
+        sphere = np.sqrt(3 / 5) * (3 * n_molecules * WATER_VOLUME_ANGSTROM3 / (4 * np.pi)) ** (1 / 3)
+        assert gyration < 1.25 * sphere
+    path = write_pdb(cluster, tmp_path / "water.pdb")
+    pdb = app.PDBFile(str(path))
+    assert pdb.topology.getNumBonds() == 2 * n_molecules and pdb.topology.getPeriodicBoxVectors() is None
+    assert read_structure(path).n_atoms == 3 * n_molecules
+    if round(n_molecules ** (1 / 3)) ** 3 == n_molecules and n_molecules > 1:
+        box = build_water(n_molecules, periodic=True)
+        side = round(n_molecules ** (1 / 3)) * WATER_VOLUME_ANGSTROM3 ** (1 / 3)
+        np.testing.assert_allclose(box.box_angstrom, np.eye(3) * side)
+        assert np.prod(np.diag(box.box_angstrom)) / n_molecules == pytest.approx(WATER_VOLUME_ANGSTROM3)
+        written = app.PDBFile(str(write_pdb(box, tmp_path / "box.pdb")))
+        assert written.topology.getPeriodicBoxVectors() is not None
+        np.testing.assert_allclose(read_structure(tmp_path / "box.pdb").box_angstrom, box.box_angstrom, atol=1e-3)
+    elif n_molecules == 100:
+        with pytest.raises(ValueError, match="cube number of molecules"):
+            build_water(n_molecules, periodic=True)

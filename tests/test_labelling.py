@@ -281,3 +281,55 @@ def test_command_line(tmp_path, water_dcd, capsys):
         assert data_main(wrong) == 2
         error = capsys.readouterr().err
         assert error.startswith("so3krates-data: error: ") and message in error and error.count("\n") == 1
+
+
+def test_labels_on_two_dask_workers_resume_after_a_kill_and_equal_the_serial_run(tmp_path, water_dcd):
+    import json
+
+    from so3krates_openmm.cli.data import main as data_main
+    from so3krates_openmm.data.labelling import label_journal_path
+
+    dcd, structure = water_dcd
+    frames = read_frames(dcd, structure)
+    settings = LabelSettings(checkpoint_every=2)
+    serial = tmp_path / "serial.npz"
+    label_frames(frames, serial, settings, progress=False, log=quiet)
+    # An earlier run in this process stopped after 2 frames (partial file); the rest goes to 2 workers.
+    tasks = tmp_path / "tasks.npz"
+    assert label_frames(frames, tasks, settings, stop_after_frames=1, progress=False, log=quiet) is None
+    assert len(load_npz(partial_path_for(tasks))) == 2
+    journal = label_journal_path(tasks)
+    assert len(label_frames(frames, tasks, settings, progress=False, log=quiet, workers=2)) == N_FRAMES
+    _same_files(serial, tasks)
+    assert not journal.exists() and not partial_path_for(tasks).exists()
+
+    # Killed while labelling with workers: the journal keeps 3 frames (and half of a 4th line); the same
+    # command on the command line labels only the 4 others and writes the file of the serial run.
+    cli = tmp_path / "cli.npz"
+    arguments = ["label", str(dcd), "--structure", str(structure), "-o", str(cli), "--checkpoint-every", "2",
+                 "--no-progress", "--workers", "2"]
+    assert data_main(arguments) == 0
+    _same_files(serial, cli)
+    header = {"format": "so3krates-data label tasks/1", "settings": load_npz(cli).metadata["settings"]}
+    lines = [json.dumps({"header": header})]
+    for index in range(3):
+        energy, forces = xtb(frames.positions[index], unit="eV")
+        energy += 1.0 if index == 0 else 0.0  # marks frame 0: a frame redone would lose the mark
+        lines.append(json.dumps({"key": str(index), "result": {"energy_eV": float(energy),
+                                 "forces_eV_per_angstrom": forces.tolist(), "seconds": 0.0}}))
+    cli.unlink()
+    journal = label_journal_path(cli)
+    journal.write_text("\n".join(lines) + '\n{"key": "3", "res')
+    assert data_main(arguments) == 0
+    assert not journal.exists()
+    resumed, expected = load_npz(cli), load_npz(serial)
+    np.testing.assert_array_equal(resumed.stacked()[3], expected.stacked()[3])
+    np.testing.assert_allclose(resumed.energies - expected.energies,
+                               [energy_conversion("eV", "kcal/mol")] + [0.0] * (N_FRAMES - 1), atol=1e-9)
+    # A journal of other settings is refused with the setting named; stop_after_frames needs the serial labeller.
+    label_journal_path(cli).write_text("\n".join(lines) + "\n")
+    cli.unlink()
+    with pytest.raises(DataError, match="stride"):
+        label_frames(frames, cli, LabelSettings(stride=2), progress=False, log=quiet, workers=2)
+    with pytest.raises(ValueError, match="stop_after_frames works with the labeller in this process only"):
+        label_frames(frames, cli, settings, stop_after_frames=1, progress=False, log=quiet, workers=2)

@@ -190,15 +190,18 @@ def test_minima_in_two_worker_processes(tmp_path, peptide_pdb, peptide_amber_xml
     # --resume minimises only the rest and ends with the same minima.
     journal = rerun / "minimised_snapshots.jsonl"
     lines = journal.read_text().splitlines()
-    assert len(lines) == 4 and len(json.loads(lines[0])["steps"]) == 3
+    assert len(lines) == 4 and len(json.loads(lines[0])["header"]["steps"]) == 3
     expected = (rerun / "minima.csv").read_text()
+    kept = json.loads(lines[1])
     journal.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:40])
     (rerun / "minima.csv").unlink()
     # Neither --resume nor --overwrite.
     assert minima_main([*arguments, "--snapshot-interval", "1000"]) == EXIT_BAD_INPUT
     assert minima_main([*arguments, "--snapshot-interval", "1000", "--resume"]) == 0
     assert (rerun / "minima.csv").read_text() == expected
-    assert [json.loads(line)["index"] for line in journal.read_text().splitlines()[1:]] == [0, 1, 2]
+    entries = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
+    assert sorted(entry["key"] for entry in entries) == ["0", "1", "2"]  # each snapshot once
+    assert entries[0] == kept  # the snapshot minimised before the kill was not redone
     # A journal of other settings is refused, not mixed in.
     other_settings = [*arguments, "--snapshot-interval", "1000", "--resume", "--max-iterations", "5"]
     assert minima_main(other_settings) == EXIT_BAD_INPUT

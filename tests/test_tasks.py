@@ -52,3 +52,15 @@ def test_journal_of_other_settings_is_refused(tmp_path: Path) -> None:
     run_tasks(square, {"1": {"x": 1}}, journal, header=HEADER, workers=1, progress=False)
     with pytest.raises(JournalMismatch, match="version: 1 -> 2"):
         run_tasks(square, TASKS, journal, header={**HEADER, "version": 2}, workers=1, progress=False)
+
+
+def test_tasks_run_on_the_workers_of_a_scheduler_address(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        results = run_tasks(square, TASKS, tmp_path / "journal.jsonl", header=HEADER,
+                            scheduler=cluster.scheduler_address, progress=False)
+        with Client(cluster) as client:
+            worker_pids = set(client.run(os.getpid).values())
+    assert {k: v["value"] for k, v in results.items()} == {k: int(k) ** 2 for k in TASKS}
+    assert {r["pid"] for r in results.values()} <= worker_pids and os.getpid() not in worker_pids

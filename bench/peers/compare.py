@@ -60,8 +60,13 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
 
 
-def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
-    """Time this project's model in OpenMM (TorchForce), paper size and small, on each structure."""
+def so3krates_records(
+    structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int,
+    configs: dict[str, tuple[int, int]] = SO3KRATES_CONFIGS, kernels: str = "reference", bare: bool = True,
+) -> list[dict[str, Any]]:
+    """Time this project's model in OpenMM (TorchForce) on each structure: each of ``configs`` (name -> (F, T);
+    default paper size and small), exported with ``kernels`` (``so3krates-export --kernels``); ``bare`` also
+    times the eager model's energy+forces."""
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -87,7 +92,7 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
                 name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist()
             )
             elements = sorted(set(molecule.atomic_numbers))
-            for key, (features, layers) in SO3KRATES_CONFIGS.items():
+            for key, (features, layers) in configs.items():
                 print(
                     f"[compare] {key} (F={features}, T={layers}) on {name} ({molecule.n_atoms} atoms)",
                     file=sys.stderr, flush=True,
@@ -97,7 +102,8 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
                 model = SO3krates(config).eval()
                 checkpoint = save_checkpoint(model, Path(workdir) / f"{key}_{name}.ckpt.pt")
                 model_path = export_checkpoint(
-                    checkpoint, Path(workdir) / f"{key}_{name}.pt", structure=structure, dtype="float32"
+                    checkpoint, Path(workdir) / f"{key}_{name}.pt", structure=structure, dtype="float32",
+                    periodic=structure.box_angstrom is not None, kernels=kernels,
                 )
                 system = create_system(structure, model_path)
                 numbers = torch.tensor(molecule.atomic_numbers)
@@ -110,8 +116,9 @@ def so3krates_records(structure_paths: Sequence[Path], threads: int, repeats: in
 
                 records.append(step_record(
                     key, f"SO3krates F={features} T={layers} H=4 degrees 1-3 K=32 r_c=5 Å",
-                    "TorchScript export -> openmm-torch TorchForce", molecule, float(model.cutoff), system,
-                    threads, repeats, warmup, bare=energy_forces, parameters=parameter_count(model),
+                    f"TorchScript export ({kernels} kernels) -> openmm-torch TorchForce", molecule,
+                    float(model.cutoff), system, threads, repeats, warmup, bare=energy_forces if bare else None,
+                    parameters=parameter_count(model),
                 ))
     return records
 
@@ -127,9 +134,12 @@ def peer_python(peer: str) -> Path:
 
 
 def run_peer(
-    peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int, extra_args: Sequence[str] = ()
+    peer: str, structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int, extra_args: Sequence[str] = (),
+    timeout_s: float = PEER_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Run ``<peer>_step.py`` in its venv (with ``extra_args``, e.g. ``--models L0``) and return its JSON record."""
+    """Run ``<peer>_step.py`` in its venv (with ``extra_args``, e.g. ``--models L0``) and return its JSON record.
+
+    Raises ``subprocess.TimeoutExpired`` after ``timeout_s`` seconds (the process is killed)."""
     python = peer_python(peer)
     command = [str(python), str(HERE / PEER_SCRIPTS[peer]), *map(str, structure_paths),
                "--threads", str(threads), "--repeats", str(repeats), "--warmup", str(warmup), *extra_args]
@@ -144,7 +154,7 @@ def run_peer(
     environment.pop("VIRTUAL_ENV", None)
     print(f"[compare] {peer}: {shlex.join(command)}", file=sys.stderr, flush=True)
     completed = subprocess.run(
-        command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=PEER_TIMEOUT_S, check=False
+        command, cwd=HERE, env=environment, stdout=subprocess.PIPE, text=True, timeout=timeout_s, check=False
     )
     for line in reversed(completed.stdout.splitlines()):
         line = line.strip()

@@ -122,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     label.add_argument("--stop-after-frames", type=int,
                        help="stop at the first partial-file write after this many new frames; run again to continue")
     label.add_argument("--no-progress", action="store_true", help="no progress bar")
+    label.add_argument("--workers", type=int, default=1,
+                       help="label the frames as Dask tasks on a local cluster of N single-threaded processes "
+                            "(journal <output stem>.labels.jsonl; default 1: in this process)")
+    label.add_argument("--scheduler", help="address of a Dask scheduler (e.g. tcp://10.0.0.5:8786) whose workers "
+                                           "label the frames instead of a local cluster")
     _add_process_flags(label)
 
     info = ArgumentParser(
@@ -190,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             inputs = {"trajectory": args.trajectory, **({"structure": args.structure} if args.structure else {})}
             result = label_frames(frames, args.output, settings, energy_unit=args.energy_unit, restart=args.restart,
                                   stop_after_frames=args.stop_after_frames, progress=not args.no_progress, log=log,
-                                  inputs=inputs)
+                                  inputs=inputs, workers=args.workers, scheduler=args.scheduler)
         except (DataError, ValueError, FileNotFoundError) as problem:
             return error(PROG, problem)
         return 0 if result is not None else 3  # 3: stopped early; the partial file holds the frames so far

@@ -167,6 +167,49 @@ def write_pdb(structure: Structure, path: str | Path) -> Path:
     return path
 
 
+#: A water molecule (Å): O at the origin, O-H 0.9572 Å, H-O-H 104.52 degrees (TIP3P geometry).
+WATER_ANGSTROM = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2399872, 0.9266272, 0.0]])
+#: Volume per molecule of liquid water at 300 K, Å³ (0.0334 molecules per Å³).
+WATER_VOLUME_ANGSTROM3 = 29.9
+
+
+def build_water(n_molecules: int, *, periodic: bool = False, seed: int = 0) -> Structure:
+    """``n_molecules`` randomly oriented waters on a cubic grid at liquid density, a system for scaling studies.
+
+    Periodic (``periodic=True``): ``n_molecules`` must be a cube s³; the box is the grid's cube
+    (s x 29.9^(1/3) Å wide). Otherwise a cluster: the ``n_molecules`` sites of the smallest cube grid
+    that holds them closest to its centre (a roughly spherical droplet), no box. Residues ``HOH``
+    (atoms O, H1, H2) with their O-H bonds, so the PDB works with OpenMM, openmm-ml and mdtraj.
+    """
+    n_molecules = int(n_molecules)
+    if n_molecules < 1:
+        raise ValueError(f"n_molecules must be at least 1, got {n_molecules}")
+    per_side = round(n_molecules ** (1.0 / 3.0))
+    if periodic and per_side**3 != n_molecules:
+        raise ValueError(f"a periodic water box needs a cube number of molecules (e.g. {per_side**3} or "
+                         f"{(per_side + 1) ** 3}), got {n_molecules}")
+    if per_side**3 < n_molecules:
+        per_side += 1
+    spacing = WATER_VOLUME_ANGSTROM3 ** (1.0 / 3.0)
+    generator = np.random.default_rng(seed)
+    sites = np.array(list(np.ndindex(per_side, per_side, per_side)), dtype=np.float64)
+    rotations = [np.linalg.qr(generator.normal(size=(3, 3)))[0] for _ in range(len(sites))]
+    order = np.argsort(np.linalg.norm(sites - (per_side - 1) / 2.0, axis=1), kind="stable")
+    chosen = np.arange(n_molecules) if periodic else np.sort(order[:n_molecules])
+    positions = np.concatenate([WATER_ANGSTROM @ rotations[k].T + (sites[k] + 0.5) * spacing for k in chosen])
+    residues = [("HOH", [("O", 8), ("H1", 1), ("H2", 1)])] * n_molecules
+    bonds = [bond for k in range(n_molecules) for bond in ((3 * k, 3 * k + 1), (3 * k, 3 * k + 2))]
+    topology = _topology(residues, bonds)
+    box = None
+    if periodic:
+        from openmm import unit
+
+        box = np.eye(3) * per_side * spacing
+        topology.setPeriodicBoxVectors(box / ANGSTROM_PER_NM * unit.nanometer)
+    return Structure(np.tile([8, 1, 1], n_molecules), positions, box_angstrom=box, topology=topology,
+                     source=f"{n_molecules} waters" + (" (periodic)" if periodic else ""))
+
+
 def build_ac_ala3_nhme(
     seed: int = 7, relax: bool = True, fmax: float = 0.01, log: Callable[[str], None] = _log_default
 ) -> Structure:

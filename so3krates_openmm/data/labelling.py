@@ -32,6 +32,13 @@ frames are refused with a message naming what differs. A frame that xTB
 cannot compute (atoms on top of each other, SCF failure) stops the run with a
 :class:`~so3krates_openmm.data.dataset.DataError` naming the frame, after
 saving the frames before it.
+
+With workers (``workers`` > 1 or a Dask ``scheduler`` address: ``--workers``,
+``--scheduler``) the frames are labelled as independent Dask tasks
+(:func:`so3krates_openmm.tasks.run_tasks`) and each one is appended to
+``<output stem>.labels.jsonl`` as it arrives: the same command again redoes no
+labelled frame (the frames of a partial file count too), and the output is
+the one a run without workers writes.
 """
 
 from __future__ import annotations
@@ -60,8 +67,10 @@ from so3krates_openmm.data.reference import (
     theory_label,
     write_finished,
 )
+from so3krates_openmm.data.xtb import single_point_task, xtb_settings
 from so3krates_openmm.elements import atomic_number, formula
 from so3krates_openmm.runtime import preloaded_openblas
+from so3krates_openmm.tasks import JournalMismatch, run_tasks
 from so3krates_openmm.units import (
     energy_conversion,
     length_conversion,
@@ -130,11 +139,7 @@ class LabelSettings:
 
     def sampling_settings(self) -> SamplingSettings:
         """The generator's settings for the same xTB calculator, every SCF from scratch (``scf_guess="fresh"``)."""
-        return SamplingSettings(
-            temperatures_K=[300.0], frames_per_temperature=1, method=self.method, charge=self.charge,
-            multiplicity=self.multiplicity, electronic_temperature_K=self.electronic_temperature_K,
-            accuracy=self.accuracy, scf_guess="fresh",
-        )
+        return xtb_settings(self.method, self.charge, self.multiplicity, self.electronic_temperature_K, self.accuracy)
 
 
 @dataclass
@@ -297,6 +302,44 @@ def _run_settings(settings: LabelSettings, frames: TrajectoryFrames, indices: np
     return record
 
 
+def label_journal_path(output: str | Path) -> Path:
+    """The task journal of a labelling run with workers: ``<dir>/<stem>.labels.jsonl``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.labels.jsonl")
+
+
+def _label_with_tasks(
+    frames: TrajectoryFrames,
+    indices: np.ndarray,
+    settings: LabelSettings,
+    run_settings: dict,
+    journal: Path,
+    *,
+    workers: int,
+    scheduler: str | None,
+    progress: bool,
+) -> dict[str, dict]:
+    """xTB labels of the frames ``indices`` as Dask tasks (:func:`so3krates_openmm.tasks.run_tasks`), by frame index.
+
+    Every labelled frame is appended to ``journal`` as it arrives; a killed run resumes without redoing one.
+
+    Raises:
+        DataError: a frame xTB cannot compute (named), or a journal of other settings or frames.
+    """
+    tasks = {str(int(index)): {"settings": settings.sampling_settings(), "numbers": frames.atomic_numbers.tolist(),
+                               "positions_angstrom": frames.positions[index], "name": f"frame {int(index)}"}
+             for index in indices}
+    header = {"format": f"so3krates-data label tasks/{LABEL_FORMAT_VERSION}", "settings": run_settings}
+    try:
+        return run_tasks(single_point_task, tasks, journal, header=header, scheduler=scheduler, workers=workers,
+                         progress=progress, description=f"{run_settings['formula']} {settings.method}")
+    except JournalMismatch as error:
+        raise DataError(f"{error}; or delete it to label these frames afresh") from None
+    except RuntimeError as error:  # tblite failed on a frame (single_point_task names it)
+        raise DataError(f"{frames.source}: {error}; the frames labelled so far are in {journal}. Label the frames "
+                        "before it (--max-frames) or skip past it (--skip)") from None
+
+
 def label_frames(
     frames: TrajectoryFrames,
     output: str | Path,
@@ -307,6 +350,8 @@ def label_frames(
     progress: bool = True,
     log: Callable[[str], None] = print,
     inputs: dict | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> MolecularDataset | None:
     """Label the selected frames of ``frames`` with xTB energies and forces and write them to ``output``.
 
@@ -315,11 +360,14 @@ def label_frames(
         output: ``.npz`` (MD22 layout) or ``.xyz``/``.extxyz``.
         settings: the xTB method and the frame selection (default :class:`LabelSettings`).
         energy_unit: unit of the written energies (default kcal/mol for ``.npz``, eV for extended XYZ).
-        restart: delete an existing partial file and start afresh.
+        restart: delete an existing partial file (and task journal) and start afresh.
         stop_after_frames: stop at the first partial-file write after at least this many new frames.
         progress: show a tqdm progress bar.
         log: where progress messages go.
         inputs: file names recorded in the output's metadata (e.g. trajectory and structure).
+        workers: with more than 1, the frames are labelled as Dask tasks on a local cluster of that many
+            single-threaded processes (see :func:`_label_with_tasks`).
+        scheduler: address of a Dask scheduler whose workers label the frames (instead of a local cluster).
 
     Returns:
         The labelled data set (also written to ``output``), or ``None`` when stopped early
@@ -343,6 +391,15 @@ def label_frames(
     if finished is not None:
         return finished
 
+    journal = label_journal_path(output)
+    if restart and journal.exists():
+        journal.unlink()
+        log(f"deleted {journal} (--restart)")
+    distributed = workers > 1 or scheduler is not None or journal.exists()
+    if distributed and stop_after_frames is not None:
+        raise ValueError("stop_after_frames works with the labeller in this process only (workers=1, no scheduler"
+                         + (f", no task journal {journal} of an earlier run with workers" if journal.exists() else "")
+                         + ")")
     labels: list[tuple[float, np.ndarray]] = []
     sessions, compute_seconds = 1, 0.0
     if partial.exists():
@@ -382,48 +439,61 @@ def label_frames(
                  partial, float32=settings.float32)
 
     previous_handler = interrupt_on_sigterm()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(indices), initial=len(labels), unit="frame", dynamic_ncols=True, file=sys.stderr,
-                   desc=f"{run_settings['formula']} {settings.method}")
-    atoms = Atoms(numbers=frames.atomic_numbers, positions=frames.positions[indices[0]])
-    atoms.calc = make_calculator(settings.sampling_settings())
     to_unit = energy_conversion("eV", energy_unit)
     new_frames = 0
     stopped = False
+    bar = None
     try:
-        while len(labels) < len(indices):
-            started = time.perf_counter()
-            atoms.set_positions(frames.positions[indices[len(labels)]])
-            try:
-                energy = float(atoms.get_potential_energy()) * to_unit
-                forces = (atoms.get_forces() * to_unit).astype(dtype)
-            except RuntimeError as error:  # ASE's CalculatorError from tblite: SCF failure, atoms on top of each other
-                if labels:
+        if distributed:
+            results = _label_with_tasks(frames, indices[len(labels):], settings, run_settings, journal,
+                                        workers=workers, scheduler=scheduler, progress=progress)
+            for index in indices[len(labels):]:
+                result = results[str(int(index))]
+                labels.append((result["energy_eV"] * to_unit,
+                               (np.asarray(result["forces_eV_per_angstrom"]) * to_unit).astype(dtype)))
+                compute_seconds += result["seconds"]
+                new_frames += 1
+        else:
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(indices), initial=len(labels), unit="frame", dynamic_ncols=True,
+                           file=sys.stderr, desc=f"{run_settings['formula']} {settings.method}")
+            atoms = Atoms(numbers=frames.atomic_numbers, positions=frames.positions[indices[0]])
+            atoms.calc = make_calculator(settings.sampling_settings())
+            while len(labels) < len(indices):
+                started = time.perf_counter()
+                atoms.set_positions(frames.positions[indices[len(labels)]])
+                try:
+                    energy = float(atoms.get_potential_energy()) * to_unit
+                    forces = (atoms.get_forces() * to_unit).astype(dtype)
+                except RuntimeError as error:  # ASE's CalculatorError from tblite: SCF failure, atoms too close
+                    if labels:
+                        checkpoint()
+                    raise DataError(
+                        f"{frames.source}: {settings.method} failed on frame {int(indices[len(labels)])} ({error}); "
+                        f"the {len(labels)} frames before it are in {partial}. Label the frames before it "
+                        "(--max-frames) or skip past it (--skip)") from None
+                labels.append((energy, forces))  # one append: an interruption never leaves half a frame
+                compute_seconds += time.perf_counter() - started
+                new_frames += 1
+                if bar is not None:
+                    bar.update(1)
+                if len(labels) % settings.checkpoint_every == 0 and len(labels) < len(indices):
                     checkpoint()
-                raise DataError(
-                    f"{frames.source}: {settings.method} failed on frame {int(indices[len(labels)])} ({error}); "
-                    f"the {len(labels)} frames before it are in {partial}. Label the frames before it "
-                    "(--max-frames) or skip past it (--skip)") from None
-            labels.append((energy, forces))  # one append: an interruption never leaves half a frame
-            compute_seconds += time.perf_counter() - started
-            new_frames += 1
-            if bar is not None:
-                bar.update(1)
-            if len(labels) % settings.checkpoint_every == 0 and len(labels) < len(indices):
-                checkpoint()
-                if stop_after_frames is not None and new_frames >= stop_after_frames:
-                    stopped = True
-                    log(f"stopped after {new_frames} new frames; {len(labels)}/{len(indices)} frames in {partial}")
-                    break
+                    if stop_after_frames is not None and new_frames >= stop_after_frames:
+                        stopped = True
+                        log(f"stopped after {new_frames} new frames; {len(labels)}/{len(indices)} frames in {partial}")
+                        break
     except (KeyboardInterrupt, _Interrupted):
         stopped = True
+        also = f" (and the frames after them in {journal})" if distributed and journal.exists() else ""
         if labels:
             checkpoint()
-            log(f"interrupted: {len(labels)} of {len(indices)} frames are in {partial}; run the same command "
+            log(f"interrupted: {len(labels)} of {len(indices)} frames are in {partial}{also}; run the same command "
                 "again to continue")
+        elif also:
+            log(f"interrupted: the frames labelled so far are in {journal}; run the same command again to continue")
         else:
             log("interrupted before the first frame was labelled; nothing to resume")
     finally:
@@ -435,6 +505,7 @@ def label_frames(
 
     result = dataset(len(labels), {"source": "so3krates-data label"})
     write_finished(result, output, settings.float32, energy_unit)
+    journal.unlink(missing_ok=True)
     log(f"wrote {output}: {len(result)} frames of {frames.source} labelled with {settings.method} "
         f"({compute_seconds:.0f} s, {1000 * compute_seconds / max(new_frames, 1):.0f} ms per frame this session)")
     return result

@@ -8,7 +8,8 @@ The scripts in ``md_protocols/`` (through :mod:`so3krates_openmm.cli`) are thin 
 - :mod:`.runner`: :func:`run_md`, a complete production run in one call.
 - :mod:`.energy`, :mod:`.spectrum`, :mod:`.catcher`, :mod:`.ramachandran`: analyses and their plots;
   :mod:`.timestep`: whether a longer time step samples the same distributions (``bench/timestep/validate.py``).
-- :mod:`.minima`: minima exploration in parallel worker processes.
+- :mod:`.minima`: minima exploration, snapshots minimised as Dask tasks; RMSDs after superposition.
+- :mod:`.exploration`: minima at scale (several runs, saturation, comparison with GFN2-xTB).
 - :mod:`.protocols`: each protocol's typed options (dataclasses; flags and YAML files via
   :mod:`so3krates_openmm.options`).
 - :mod:`.recipes`: one function per protocol (run or read a trajectory, analyse, write results).

@@ -241,8 +241,8 @@ class RamachandranOptions(StabilityOptions, OutputOptions, TrajectoryInputOption
 @dataclass
 class MinimaOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, LangevinOptions, DynamicsOptions,
                     SystemOptions):
-    """Minima exploration: Langevin MD at raised temperature, snapshots minimised in parallel workers, duplicates
-    removed by heavy-atom RMSD."""
+    """Minima exploration: Langevin MD at raised temperature, snapshots minimised as Dask tasks (a local cluster
+    or --scheduler), duplicates removed by heavy-atom RMSD."""
 
     name: ClassVar[str] = "minima"
     default_steps: ClassVar[int] = 20_000
@@ -250,7 +250,10 @@ class MinimaOptions(StabilityOptions, OutputOptions, TrajectoryInputOptions, Lan
     output: Path = option(Path("runs/minima"), "output directory (relative to the working directory)")
     snapshot_interval: int = option(200, "steps between snapshots to minimise (with --dcd: a multiple of its frame "
                                          "interval)", minimum=1)
-    workers: int = option(2, "worker processes (each one thread)", minimum=1)
+    workers: int = option(2, "worker processes of the local Dask cluster (each one thread)", minimum=1)
+    scheduler: str | None = option(None, "address of a Dask scheduler (e.g. tcp://10.0.0.5:8786) whose workers "
+                                         "minimise the snapshots instead of a local cluster (they must see the "
+                                         "structure and model at the same paths)")
     rmsd_threshold: float = option(0.1, "heavy-atom RMSD below which two minima are the same, Å", minimum=0.0)
     minimize_tolerance: float = option(1.0, "minimiser convergence: root-mean-square force component, kJ/mol/nm",
                                        minimum=0.0)

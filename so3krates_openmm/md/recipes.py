@@ -352,7 +352,7 @@ def run_ramachandran(options: RamachandranOptions, log: Log = print) -> Protocol
 
 
 def run_minima(options: MinimaOptions, log: Log = print) -> ProtocolResult:
-    """Minima exploration: MD snapshots (or an existing ``dcd``) minimised in parallel workers, deduplicated."""
+    """Minima exploration: MD snapshots (or an existing ``dcd``) minimised as Dask tasks (resumable), deduplicated."""
     from so3krates_openmm.md.minima import (
         MINIMA_JOURNAL,
         ModelSystemFactory,
@@ -381,25 +381,28 @@ def run_minima(options: MinimaOptions, log: Log = print) -> ProtocolResult:
                              "or --overwrite to start again")
         journal.unlink()
     snapshots = minimize_snapshots(
-        trajectory.positions_angstrom, steps, factory, workers=options.workers, platform=options.platform,
-        tolerance_kj_mol_nm=options.minimize_tolerance, max_iterations=options.max_iterations,
-        progress=options.progress, journal=journal,
+        trajectory.positions_angstrom, steps, factory, journal, workers=options.workers, scheduler=options.scheduler,
+        platform=options.platform, tolerance_kj_mol_nm=options.minimize_tolerance,
+        max_iterations=options.max_iterations, progress=options.progress,
     )
     wall = time.perf_counter() - start
     criteria = stability_criteria(options) or StabilityCriteria()
     minima, rejected = deduplicate(snapshots, structure, rmsd_threshold_angstrom=options.rmsd_threshold,
                                    criteria=criteria)
     summary = {
-        "snapshots": len(snapshots), "workers": options.workers, "minimisation_wall_seconds": wall,
+        "snapshots": len(snapshots), "workers": options.workers, "scheduler": options.scheduler,
+        "minimisation_wall_seconds": wall,
         "minimisation_worker_seconds": float(np.nansum([snapshot.seconds for snapshot in snapshots])),
+        "minimisation_cpu_seconds": float(np.nansum([snapshot.cpu_seconds for snapshot in snapshots])),
         "rmsd_threshold_angstrom": options.rmsd_threshold, "temperature_K": options.temperature,
         "journal": str(journal),
         "md_steps": int(steps[-1]) if len(steps) else 0, "snapshot_interval": int(trajectory.steps_between_frames),
     }
     write_minima(output, minima, rejected, structure, summary)
     energies = ", ".join(f"{m.energy_kj_mol - minima[0].energy_kj_mol:.2f}" for m in minima[:10])
+    where = options.scheduler or f"{options.workers} local workers"
     log(f"{len(minima)} distinct minima from {len(snapshots)} snapshots ({len(rejected)} rejected) in {wall:.1f} s "
-        f"with {options.workers} workers; relative energies (kJ/mol): {energies}; {output / 'minima.csv'}")
+        f"on {where}; relative energies (kJ/mol): {energies}; {output / 'minima.csv'}")
     return ProtocolResult(is_stable(result), runner.seed if result is not None else None)
 
 

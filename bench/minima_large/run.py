@@ -1,0 +1,344 @@
+"""Minima of Ac-Ala3-NHMe at the paper's scale, checked against GFN2-xTB (issue 18, items 1, 2 and 5).
+
+Stages (each resumable: the same command after a kill redoes nothing that finished; long stages are
+Dask tasks on a local cluster of ``--workers`` processes, or on the workers of ``--scheduler``):
+
+1. Langevin MD at raised temperatures, several seeds (``--runs 500:1 700:1 ...``), one task per run,
+   a snapshot every ``--snapshot-interval`` steps after ``--skip-ps``.
+2. Every snapshot minimised with the model (OpenMM L-BFGS, one task per snapshot), duplicates merged
+   below ``--rmsd-threshold`` heavy-atom RMSD after superposition.
+3. The growth of the number of distinct minima with the number of snapshots (saturation).
+4. Each minimum's heavy-atom RMSD to the nearest frame of the training data (``--training-data``):
+   minima farther than ``--beyond-training`` Å are conformations beyond the data.
+5. A random sample of ``--sample`` minima re-optimised with GFN2-xTB (tblite, the data's settings,
+   ASE BFGS): RMSD model vs xTB minimum, the fraction that stays the same minimum (RMSD < 0.25 Å),
+   the Spearman correlation of the energies; the same for the minima beyond the training data
+   (those of the random sample and ``--sample-beyond`` more).
+
+Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
+go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from so3krates_openmm.data.labelling import read_frames
+from so3krates_openmm.data.structures import read_structure
+from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
+from so3krates_openmm.md.exploration import (
+    SAME_MINIMUM_RMSD_ANGSTROM,
+    ExplorationRun,
+    collect_snapshots,
+    compare_with_reference,
+    run_explorations,
+    saturation_curve,
+)
+from so3krates_openmm.md.minima import (
+    MinimizedSnapshot,
+    ModelSystemFactory,
+    deduplicate,
+    heavy_atom_indices,
+    minimize_snapshots,
+    nearest_rmsd_angstrom,
+    paired_rmsd_angstrom,
+    write_minima,
+)
+from so3krates_openmm.md.plotting import pyplot, save_figure
+from so3krates_openmm.md.protocols import pretrained_files
+from so3krates_openmm.units import energy_conversion
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DATASET_DIR = ROOT / "datasets" / "ac_ala3_nhme"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    shipped = pretrained_files("ac_ala3_nhme")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--structure", type=Path, default=shipped["structure"], help="starting structure (PDB)")
+    parser.add_argument("--model", type=Path, default=shipped["model"],
+                        help="exported model (.pt; e.g. so3krates-export --kernels fused) or OpenMM System (.xml)")
+    parser.add_argument("--training-data", type=Path, nargs="+",
+                        default=[DATASET_DIR / "dataset.npz", DATASET_DIR / "md_frames_round1.npz"],
+                        help="the model's training data (.npz/extended XYZ): distance of each minimum to it")
+    parser.add_argument("--runs", nargs="+", default=["500:1", "500:2", "500:3", "700:1", "700:2", "700:3"],
+                        help="MD runs as TEMPERATURE_K:SEED")
+    parser.add_argument("--ps", type=float, default=100.0, help="simulated time per run, ps")
+    parser.add_argument("--timestep-fs", type=float, default=0.5, help="MD time step, fs")
+    parser.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
+    parser.add_argument("--snapshot-interval", type=int, default=200, help="MD steps between snapshots")
+    parser.add_argument("--skip-ps", type=float, default=5.0, help="equilibration dropped at the start of each run, ps")
+    parser.add_argument("--rmsd-threshold", type=float, default=0.1, help="heavy-atom RMSD of distinct minima, Å")
+    parser.add_argument("--minimize-tolerance", type=float, default=1.0, help="minimiser RMS force, kJ/mol/nm")
+    parser.add_argument("--max-iterations", type=int, default=0, help="minimiser iterations (0: until converged)")
+    parser.add_argument("--beyond-training", type=float, default=0.5,
+                        help="a minimum farther than this heavy-atom RMSD from every training frame is new, Å")
+    parser.add_argument("--sample", type=int, default=60, help="minima re-optimised with GFN2-xTB")
+    parser.add_argument("--sample-beyond", type=int, default=20,
+                        help="further minima beyond the training data re-optimised with GFN2-xTB")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample of minima")
+    parser.add_argument("--xtb-fmax", type=float, default=0.01, help="xTB optimisation: largest force, eV/Å")
+    parser.add_argument("--xtb-max-steps", type=int, default=1000, help="xTB optimisation: at most this many steps")
+    parser.add_argument("--charge", type=int, default=0, help="total charge for xTB, e")
+    parser.add_argument("--platform", default="CPU", help="OpenMM platform of the MD and the minimisations")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
+    parser.add_argument("--scheduler", help="Dask scheduler address (its workers must see the files at the same "
+                                            "paths) instead of a local cluster")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "minima_large",
+                        help="runs, journals and all minima (not committed)")
+    parser.add_argument("--output", type=Path, default=HERE, help="summary.json and the figures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    for name in ("structure", "model"):
+        if not getattr(args, name).is_file():
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")
+    for path in args.training_data:
+        if not path.is_file():
+            parser.error(f"--training-data {path} does not exist")
+    if args.sample_beyond < 0:
+        parser.error(f"--sample-beyond must not be negative, got {args.sample_beyond}")
+    if args.sample < 2:
+        parser.error(f"--sample must be at least 2 (a rank correlation needs two minima), got {args.sample}")
+    try:
+        args.runs = [ExplorationRun.parse(text) for text in args.runs]
+    except ValueError as error:
+        parser.error(f"--runs: {error}")
+    return args
+
+
+def training_positions(paths: list[Path], numbers: np.ndarray) -> np.ndarray:
+    """The frames (Å) of the training data files, checked to hold the structure's atoms in its order."""
+    frames = []
+    for path in paths:
+        data = read_frames(path)
+        if not np.array_equal(data.atomic_numbers, numbers):
+            raise SystemExit(f"{path}: its atoms are not those of the structure (or in another order)")
+        frames.append(data.positions)
+    return np.concatenate(frames)
+
+
+def structure_key(positions_angstrom: np.ndarray) -> str:
+    """A short fingerprint of a structure (positions rounded to 1e-4 Å)."""
+    rounded = np.round(np.asarray(positions_angstrom, dtype=np.float64), 4) + 0.0  # + 0.0: no negative zeros
+    return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
+
+
+def plot_saturation(n: np.ndarray, counts: np.ndarray, path: Path) -> None:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, 4.0))
+    axis.plot(n, counts, "o-", ms=3)
+    axis.set_xlabel("minimised snapshots (random order)")
+    axis.set_ylabel("distinct minima found")
+    axis.set_title("growth of the number of distinct minima")
+    axis.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def plot_validation(comparison: dict, model_kj_mol: np.ndarray, xtb_kj_mol: np.ndarray, beyond: np.ndarray,
+                    path: Path) -> None:
+    plt = pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    rmsd = np.asarray(comparison["rmsd_angstrom"])
+    left.hist(rmsd, bins=max(5, min(30, len(rmsd))), color="tab:blue", edgecolor="k", lw=0.5)
+    left.axvline(SAME_MINIMUM_RMSD_ANGSTROM, color="tab:red", ls="--", label="same minimum below")
+    left.set_xlabel("heavy-atom RMSD SO3krates vs GFN2-xTB minimum (Å)")
+    left.set_ylabel("minima")
+    left.legend()
+    model_relative, xtb_relative = model_kj_mol - model_kj_mol.min(), xtb_kj_mol - xtb_kj_mol.min()
+    right.scatter(model_relative[~beyond], xtb_relative[~beyond], s=14, label="near the training data")
+    right.scatter(model_relative[beyond], xtb_relative[beyond], s=14, marker="s", label="beyond the training data")
+    top = max(model_relative.max(), xtb_relative.max())
+    right.plot([0, top], [0, top], "k:", lw=1)
+    right.set_xlabel("SO3krates energy above the lowest sampled minimum (kJ/mol)")
+    right.set_ylabel("GFN2-xTB energy above the lowest (kJ/mol)")
+    right.set_title(f"Spearman {comparison['energy_spearman']:.2f}")
+    right.legend()
+    save_figure(figure, path)
+
+
+def plot_training_distance(distance: np.ndarray, threshold: float, path: Path) -> None:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, 4.0))
+    axis.hist(distance, bins=40, color="tab:green", edgecolor="k", lw=0.5)
+    axis.axvline(threshold, color="tab:red", ls="--")
+    axis.set_xlabel("heavy-atom RMSD to the nearest training frame (Å)")
+    axis.set_ylabel("distinct minima")
+    axis.set_title(f"{int((distance > threshold).sum())} of {len(distance)} minima beyond {threshold} Å")
+    save_figure(figure, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work, output = args.work.resolve(), args.output.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    structure = read_structure(args.structure)
+    heavy = heavy_atom_indices(structure)
+    started = time.perf_counter()
+    steps = round(args.ps * 1000.0 / args.timestep_fs)
+
+    print(f"1/5 MD: {len(args.runs)} runs of {args.ps:g} ps ({steps} steps), a snapshot every {args.snapshot_interval} "
+          f"steps", flush=True)
+    md = run_explorations(args.runs, args.structure, args.model, work / "md", steps=steps,
+                          snapshot_interval=args.snapshot_interval, timestep_fs=args.timestep_fs,
+                          friction_per_ps=args.friction, platform=args.platform, workers=args.workers,
+                          scheduler=args.scheduler, progress=progress)
+    snapshots = collect_snapshots(work / "md", args.runs, args.skip_ps)
+    n_snapshots = len(snapshots.runs)
+
+    print(f"2/5 minimising {n_snapshots} snapshots", flush=True)
+    factory = ModelSystemFactory(str(args.structure.resolve()), str(args.model.resolve()))
+    minimised: list[MinimizedSnapshot] = []
+    names = np.asarray(snapshots.runs)
+    for run in args.runs:  # one journal per run: adding runs later minimises only theirs
+        mine = np.flatnonzero(names == run.name)
+        found = minimize_snapshots(
+            snapshots.positions_angstrom[mine], snapshots.steps[mine], factory,
+            work / "minimised" / f"{run.name}.jsonl",
+            workers=args.workers, scheduler=args.scheduler, platform=args.platform,
+            tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations, progress=progress,
+        )
+        minimised += [replace(snapshot, index=int(mine[snapshot.index])) for snapshot in found]
+    minima, rejected = deduplicate(minimised, structure, rmsd_threshold_angstrom=args.rmsd_threshold)
+    if len(minima) < 2:
+        raise SystemExit(f"only {len(minima)} distinct minima from {n_snapshots} snapshots: run longer or more runs")
+    energies = np.array([m.energy_kj_mol for m in minima])
+    minimisation_seconds = float(np.nansum([s.cpu_seconds for s in minimised]))
+    write_minima(work / "minima", minima, rejected, structure,
+                 {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
+    shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
+    n, counts = saturation_curve(minima, n_snapshots, seed=args.sample_seed)
+    plot_saturation(n, counts, output / "saturation.png")
+
+    print(f"3/5 distance of {len(minima)} minima to the training data", flush=True)
+    training = training_positions(args.training_data, structure.atomic_numbers)
+    minima_positions = np.stack([m.positions_angstrom for m in minima])
+    distance, _ = nearest_rmsd_angstrom(minima_positions, training, heavy)
+    beyond = distance > args.beyond_training
+    plot_training_distance(distance, args.beyond_training, output / "training_distance.png")
+
+    rng = np.random.default_rng(args.sample_seed)
+    sample = np.sort(rng.choice(len(minima), min(args.sample, len(minima)), replace=False))
+    # Further minima beyond the training data, so that those have enough reference checks of their own.
+    others = np.setdiff1d(np.flatnonzero(beyond), sample)
+    extra = np.sort(rng.choice(others, min(args.sample_beyond, len(others)), replace=False))
+    chosen = np.union1d(sample, extra)
+    print(f"4/5 GFN2-xTB re-optimisation of {len(chosen)} minima ({len(sample)} at random, {len(extra)} more beyond "
+          "the training data)", flush=True)
+    # Keyed by the structure, not its rank: after more runs the ranks change, a minimum done stays done.
+    keys = {int(k): structure_key(minima_positions[k]) for k in chosen}
+    optimised = xtb_optimize_many(
+        structure.atomic_numbers, {keys[k]: minima_positions[k] for k in keys}, work / "xtb_reoptimised.jsonl",
+        xtb_settings(charge=args.charge), OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps),
+        workers=args.workers, scheduler=args.scheduler, progress=progress,
+    )
+    xtb_kj_mol_per_ev = energy_conversion("eV", "kJ/mol")
+
+    def compared(minima_indices: np.ndarray) -> tuple[np.ndarray, dict | None, np.ndarray, np.ndarray]:
+        """The converged ones of ``minima_indices``, their comparison with xTB (None for fewer than 2), the xTB
+        energies (kJ/mol) and the RMSDs model vs xTB minimum (Å)."""
+        done = np.array([k for k in minima_indices if optimised[keys[int(k)]]["converged"]], dtype=int)
+        results = [optimised[keys[int(k)]] for k in done]
+        xtb_kj_mol = np.array([r["energy_eV"] for r in results]) * xtb_kj_mol_per_ev
+        if not len(done):
+            return done, None, xtb_kj_mol, np.zeros(0)
+        xtb_positions = np.stack([np.asarray(r["positions_angstrom"]) for r in results])
+        rmsd = paired_rmsd_angstrom(minima_positions[done], xtb_positions, heavy)
+        comparison = None if len(done) < 2 else compare_with_reference(
+            minima_positions[done], energies[done], xtb_positions, xtb_kj_mol, heavy)
+        return done, comparison, xtb_kj_mol, rmsd
+
+    validated, comparison, xtb_kj_mol, _ = compared(sample)
+    if comparison is None:
+        raise SystemExit(f"only {len(validated)} xTB re-optimisations converged: raise --xtb-max-steps")
+    same = np.asarray(comparison["same_minimum"])
+    plot_validation(comparison, energies[validated], xtb_kj_mol, beyond[validated], output / "validation.png")
+    validated_beyond, comparison_beyond, _, rmsd_beyond = compared(chosen[beyond[chosen]])
+
+    print("5/5 summary", flush=True)
+    md_seconds = float(sum(result["cpu_seconds"] for result in md.values()))
+    xtb_seconds = float(sum(result["cpu_seconds"] for result in optimised.values()))
+    summary = {
+        "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "model": str(args.model), "structure": str(args.structure),
+        "reference": "GFN2-xTB (tblite via ASE, the training data's settings), geometry by ASE BFGS",
+        "runs": [{"name": run.name, "temperature_K": run.temperature_K, "seed": run.seed, **md[run.name]}
+                 for run in args.runs],
+        "ps_per_run": args.ps, "snapshot_interval_steps": args.snapshot_interval, "skip_ps": args.skip_ps,
+        "n_snapshots": n_snapshots,
+        "n_rejected_snapshots": len(rejected),
+        "rmsd_threshold_angstrom": args.rmsd_threshold,
+        "n_minima": len(minima),
+        "relative_energy_kj_mol": {
+            "max": float(energies.max() - energies.min()),
+            "quartiles": np.percentile(energies - energies.min(), [25, 50, 75]).round(3).tolist(),
+        },
+        "saturation": {"snapshots": n.tolist(), "minima": counts.tolist(),
+                       "new_minima_per_100_snapshots_last_10_percent": _late_growth(n, counts)},
+        "cpu_hours": {"md": md_seconds / 3600, "minimisation": minimisation_seconds / 3600,
+                      "xtb_reoptimisation": xtb_seconds / 3600,
+                      "note": "CPU time of the sessions that did the work (an MD run resumed after a kill counts "
+                              "its last session only); one thread per task"},
+        "minimisation_cpu_seconds_per_snapshot": minimisation_seconds / n_snapshots,
+        "minimisation_wall_seconds_per_snapshot": float(np.nanmean([s.seconds for s in minimised])),
+        "n_training_frames": len(training),
+        "beyond_training_rmsd_angstrom": args.beyond_training,
+        "n_beyond_training": int(beyond.sum()),
+        "training_distance_angstrom": {"median": float(np.median(distance)), "max": float(distance.max())},
+        "n_sampled": len(sample), "n_sampled_beyond_training_extra": len(extra),
+        "n_validated": len(validated),
+        "n_xtb_not_converged": int(sum(not optimised[keys[int(k)]]["converged"] for k in chosen)),
+        "same_minimum_fraction": comparison["same_minimum_fraction"],
+        "same_minimum_rmsd_angstrom": SAME_MINIMUM_RMSD_ANGSTROM,
+        "median_rmsd_angstrom": comparison["median_rmsd_angstrom"],
+        "energy_spearman": comparison["energy_spearman"],
+        "relative_energy_mae_kj_mol": comparison["relative_energy_mae_kj_mol"],
+        "n_validated_beyond_training": len(validated_beyond),
+        "same_minimum_fraction_beyond_training": float(np.mean(rmsd_beyond < SAME_MINIMUM_RMSD_ANGSTROM))
+        if len(rmsd_beyond) else None,
+        "median_rmsd_beyond_training_angstrom": float(np.median(rmsd_beyond)) if len(rmsd_beyond) else None,
+        "energy_spearman_beyond_training": None if comparison_beyond is None else comparison_beyond["energy_spearman"],
+        "validated": [{"minimum": int(k), "rmsd_angstrom": r, "same_minimum": bool(s),
+                       "training_distance_angstrom": float(distance[k])}
+                      for k, r, s in zip(validated, comparison["rmsd_angstrom"], same, strict=True)],
+        "validated_beyond_training": [
+            {"minimum": int(k), "rmsd_angstrom": float(r), "training_distance_angstrom": float(distance[k])}
+            for k, r in zip(validated_beyond, rmsd_beyond, strict=True)],
+        "wall_seconds_this_session": time.perf_counter() - started,
+    }
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{len(minima)} distinct minima from {n_snapshots} snapshots ({int(beyond.sum())} beyond the training "
+          f"data); GFN2-xTB on {len(validated)}: same minimum {comparison['same_minimum_fraction']:.2f}, Spearman "
+          f"{comparison['energy_spearman']:.2f}; {output / 'summary.json'}")
+    return 0
+
+
+def _late_growth(n: np.ndarray, counts: np.ndarray) -> float | None:
+    """New minima per 100 snapshots over the last tenth of the snapshots (0: saturated)."""
+    if len(n) < 2:
+        return None
+    start = int(np.searchsorted(n, 0.9 * n[-1]))
+    start = min(start, len(n) - 2)
+    return float(100.0 * (counts[-1] - counts[start]) / max(n[-1] - n[start], 1))
+
+
+if __name__ == "__main__":
+    from so3krates_openmm.runtime import configure_process
+
+    # OMP_WAIT_POLICY=PASSIVE and Debian's OpenBLAS under tblite (2-5x faster xTB), also in the Dask workers,
+    # which inherit the environment
+    configure_process(openblas=True, log=print)
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""bench/minima_large/run.py end to end on a tiny scale (2 short MD runs of an Amber System, a few minima, 2 of them
+re-optimised with GFN2-xTB), its resume, and the pieces of so3krates_openmm.md.exploration."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from so3krates_openmm.data.dataset import MolecularDataset
+from so3krates_openmm.data.formats import save_npz
+from so3krates_openmm.data.structures import read_structure
+from so3krates_openmm.md.exploration import ExplorationRun, compare_with_reference, saturation_curve
+from so3krates_openmm.md.minima import Minimum
+
+RUN_PY = Path(__file__).resolve().parents[1] / "bench" / "minima_large" / "run.py"
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("minima_large_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_saturation_curve_counts_minima_first_seen_in_a_random_order() -> None:
+    x = np.zeros((3, 3))
+    # 10 snapshots: minimum 0 holds 7, minimum 1 two, minimum 2 one; snapshot 9 was rejected.
+    minima = [Minimum(0.0, x, [0, 1, 2, 3, 4, 5, 6]), Minimum(1.0, x, [7, 8]), Minimum(2.0, x, [])]
+    minima[2].snapshots = []
+    n, counts = saturation_curve(minima[:2], 10, points=10, seed=3)
+    assert n.tolist() == list(range(1, 11)) and counts[-1] == 2 and counts[0] <= 1
+    assert np.all(np.diff(counts) >= 0)
+    n, counts = saturation_curve(minima[:2], 10, points=4)
+    assert n.tolist() == [1, 4, 7, 10] and counts[-1] == 2
+
+
+def test_comparison_with_the_reference_on_crafted_minima(peptide_pdb) -> None:
+    structure = read_structure(peptide_pdb)
+    x = structure.positions_angstrom
+    rng = np.random.default_rng(1)
+    model = np.stack([x + rng.normal(scale=0.3, size=x.shape) for _ in range(4)])
+    reference = model.copy()
+    reference[1] += rng.normal(scale=0.01, size=x.shape)  # the same minimum, a little moved
+    reference[3] += 0.5 * rng.normal(size=x.shape)  # another minimum
+    comparison = compare_with_reference(model, [0.0, 3.0, 1.0, 7.0], reference, [10.0, 14.0, 11.0, 12.0])
+    assert comparison["same_minimum"] == [True, True, True, False]
+    assert comparison["same_minimum_fraction"] == 0.75
+    assert comparison["rmsd_angstrom"][0] < 1e-2 and comparison["rmsd_angstrom"][3] > 0.5
+    assert comparison["energy_spearman"] == pytest.approx(0.8)  # ranks 1 3 2 4 vs 1 4 2 3
+    assert comparison["relative_energy_mae_kj_mol"] == pytest.approx((0 + 1 + 0 + 5) / 4)
+    with pytest.raises(ValueError, match="at least 2 minima"):
+        compare_with_reference(model[:1], [0.0], reference[:1], [0.0])
+    assert ExplorationRun.parse("700:2") == ExplorationRun(700.0, 2) and ExplorationRun(700.0, 2).name == "700K_seed2"
+    with pytest.raises(ValueError, match="TEMPERATURE_K:SEED"):
+        ExplorationRun.parse("700")
+
+
+@pytest.mark.slow  # ~30 s on an idle 2-core machine (3 local clusters, 2 xTB re-optimisations of 42 atoms)
+def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide_amber_xml: Path) -> None:
+    driver = load_driver()
+    structure = read_structure(peptide_pdb)
+    # "Training data": the starting structure and two slightly moved copies.
+    rng = np.random.default_rng(0)
+    frames = np.stack([structure.positions_angstrom + rng.normal(scale=s, size=(structure.n_atoms, 3))
+                       for s in (0.0, 0.02, 0.05)])
+    training = tmp_path / "training.npz"
+    save_npz(MolecularDataset(structure.atomic_numbers, frames, np.zeros(3), np.zeros_like(frames),
+                              energy_unit="kcal/mol"), training)
+    work, output = tmp_path / "work", tmp_path / "out"
+    arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--training-data", str(training),
+                 "--runs", "700:1", "700:2", "--ps", "0.5", "--snapshot-interval", "200", "--skip-ps", "0",
+                 "--sample", "2", "--sample-beyond", "1", "--xtb-fmax", "0.1", "--workers", "2",
+                 "--work", str(work), "--output", str(output), "--no-progress"]
+    assert driver.main(arguments) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    for key in ("n_snapshots", "n_minima", "n_validated", "same_minimum_fraction", "energy_spearman",
+                "n_beyond_training"):
+        assert key in summary, key
+    assert summary["n_snapshots"] == 10  # 1000 steps, a frame every 200 steps, 2 runs
+    assert 2 <= summary["n_minima"] <= 10 and summary["n_validated"] == 2
+    assert summary["saturation"]["minima"][-1] == summary["n_minima"]
+    assert 0.0 <= summary["same_minimum_fraction"] <= 1.0 and -1.0 <= summary["energy_spearman"] <= 1.0
+    assert summary["cpu_hours"]["minimisation"] > 0 and summary["cpu_hours"]["xtb_reoptimisation"] > 0
+    assert [run["name"] for run in summary["runs"]] == ["700K_seed1", "700K_seed2"]
+    for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png"):
+        assert (output / name).stat().st_size > 5_000, name
+    # The Amber minima of 700 K snapshots are far (> 0.5 Å) from the starting structure's copies.
+    assert summary["n_beyond_training"] >= 1
+    assert summary["n_sampled_beyond_training_extra"] <= 1
+    assert summary["n_validated_beyond_training"] == len(summary["validated_beyond_training"])
+    # Killed during the xTB stage: the journal lost its last re-optimisation (a torn line); the same command
+    # reruns only that one, and nothing of the MD or the minimisation.
+    journals = {name: work / name for name in ("md/md_runs.jsonl", "minimised/700K_seed1.jsonl",
+                                                 "minimised/700K_seed2.jsonl", "xtb_reoptimised.jsonl")}
+    before = {name: path.read_text() for name, path in journals.items()}
+    xtb_lines = before["xtb_reoptimised.jsonl"].splitlines()
+    journals["xtb_reoptimised.jsonl"].write_text("\n".join(xtb_lines[:-1]) + "\n" + xtb_lines[-1][:20])
+    (output / "summary.json").unlink()
+    assert driver.main(arguments) == 0
+    for name, path in journals.items():
+        lines = path.read_text().splitlines()
+        assert sorted(lines) == sorted(before[name].splitlines()) or name == "xtb_reoptimised.jsonl", name
+        assert len(lines) == len(before[name].splitlines()), name
+    again = json.loads((output / "summary.json").read_text())
+    assert again["n_minima"] == summary["n_minima"] and again["n_validated"] == summary["n_validated"]
+    assert again["same_minimum_fraction"] == pytest.approx(summary["same_minimum_fraction"])
