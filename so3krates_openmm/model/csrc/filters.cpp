@@ -14,7 +14,9 @@
 //     delta   = C^T (chi_j - chi_i)^2                         (n_D per-degree invariants)
 //     w      += W_sph_out silu(W_sph_in delta + b_sph_in)     (both filters of the layer)
 // and back to dE/dchi. A block's hidden features and their gradients stay in the cache; the
-// products run in AVX2/FMA register tiles over weights packed once per call. Blocks run in parallel.
+// products run in AVX2/FMA register tiles over weights packed once per call, with SiLU and its slope
+// (forward) or the product by the slope (backward) applied to each tile while it is in registers'
+// reach (L1); no ATen call inside the blocks. Blocks run in parallel.
 //
 // Layouts (row-major, contiguous): distances (P,); centres (K,) = mu_k; in_weight (2T F, K + 1) with
 // the bias as last column; out_weight (2T, F, F); out_bias (2T, F); filters (2T, P, F);
@@ -64,6 +66,112 @@ struct Simd<double> {
 };
 #endif
 
+// Elementwise passes of the blocks: exp, and SiLU with its slope silu'. float runs in AVX2/FMA vectors
+// (exp by range reduction and a degree-7 polynomial, relative error ~2 float32 roundings); double
+// (the accuracy tests) and machines without AVX2/FMA by std::exp.
+template <typename T>
+inline T sigmoid(T x) {
+    return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+void exp_in_place(T* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// x <- silu(x) = x sigmoid(x), slope <- silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <typename T>
+void silu_with_slope(T* x, T* slope, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T v = x[i], s = sigmoid(v);
+        slope[i] = s * (T(1) + v * (T(1) - s));
+        x[i] = v * s;
+    }
+}
+
+#ifdef SO3KRATES_PACKED_PRODUCTS
+inline __m256 exp8(__m256 x) {
+    // e^x = 2^n e^r, n = round(x / ln 2), |r| <= ln(2) / 2; x clamped to the normal range of float
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+// Apply a function of 8-vectors to n floats of x (in place) and y (written), the tail through padded vectors.
+template <typename Function>
+inline void for_vectors(float* x, float* y, int64_t n, const Function& function) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) function(x + i, y + i);
+    if (i < n) {
+        float xt[8] = {0}, yt[8] = {0};
+        std::copy(x + i, x + n, xt);
+        function(xt, yt);
+        std::copy(xt, xt + (n - i), x + i);
+        std::copy(yt, yt + (n - i), y + i);
+    }
+}
+
+template <>
+void exp_in_place<float>(float* x, int64_t n) {
+    float unused[8];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) for_vectors(x + i, unused, n - i, [](float* a, float*) { _mm256_storeu_ps(a, exp8(_mm256_loadu_ps(a))); });
+}
+
+template <>
+void silu_with_slope<float>(float* x, float* slope, int64_t n) {
+    for_vectors(x, slope, n, [](float* a, float* g) {
+        const __m256 one = _mm256_set1_ps(1.0f), v = _mm256_loadu_ps(a);
+        const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+        _mm256_storeu_ps(g, _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one)));
+        _mm256_storeu_ps(a, _mm256_mul_ps(v, s));
+    });
+}
+#endif
+
+// What a product does to each finished tile of C (rows x columns at C(row, column), row stride ldc):
+// nothing; C <- silu(C) with silu'(C) into `slope` (same layout, row stride ld); C <- C * scale.
+struct NoEpilogue {
+    template <typename T>
+    void operator()(T*, int64_t, int64_t, int64_t, int64_t, int64_t) const {}
+};
+
+template <typename T>
+struct SiluEpilogue {
+    T* slope;
+    int64_t ld;
+    void operator()(T* c, int64_t ldc, int64_t row, int64_t column, int64_t rows, int64_t columns) const {
+        for (int64_t r = 0; r < rows; ++r) silu_with_slope(c + r * ldc, slope + (row + r) * ld + column, columns);
+    }
+};
+
+template <typename T>
+struct ScaleEpilogue {
+    const T* scale;
+    int64_t ld;
+    void operator()(T* c, int64_t ldc, int64_t row, int64_t column, int64_t rows, int64_t columns) const {
+        for (int64_t r = 0; r < rows; ++r) {
+            T* __restrict__ out = c + r * ldc;
+            const T* __restrict__ factor = scale + (row + r) * ld + column;
+#pragma omp simd
+            for (int64_t k = 0; k < columns; ++k) out[k] *= factor[k];
+        }
+    }
+};
+
 // A constant matrix B (K x N), B(k, n) = source[k * k_stride + n * n_stride], ready to multiply
 // blocks of rows from the left: C = A B (+ bias per column) (+ C). The weights are the same for
 // every block, so they are packed once per call of an operator into panels of kPanel columns
@@ -96,8 +204,11 @@ class PackedMatrix {
 #endif
     }
 
-    // C (M x N, row stride ldc) = A (M x K, row stride lda) B [+ bias] [+ C when accumulate].
-    void multiply(const T* A, int64_t M, int64_t lda, T* C, int64_t ldc, bool accumulate) const {
+    // C (M x N, row stride ldc) = A (M x K, row stride lda) B [+ bias] [+ C when accumulate], then the
+    // epilogue on each tile while it is in the L1 cache.
+    template <typename Epilogue = NoEpilogue>
+    void multiply(const T* A, int64_t M, int64_t lda, T* C, int64_t ldc, bool accumulate,
+                  const Epilogue& epilogue = Epilogue()) const {
 #ifdef SO3KRATES_PACKED_PRODUCTS
         using S = Simd<T>;
         using V = typename S::V;
@@ -177,6 +288,7 @@ class PackedMatrix {
                     for (int64_t r = 0; r < rows; ++r)
                         for (int64_t c = 0; c < columns; ++c) c0[r * ldc + c] = tile[r * kPanel + c];
                 }
+                epilogue(c0, ldc, i0, j * kPanel, rows, columns);
             }
         }
 #else
@@ -189,6 +301,7 @@ class PackedMatrix {
             at::mm_out(c, a, matrix_);
         }
         if (has_bias_) c.add_(bias_tensor_);
+        epilogue(C, ldc, 0, 0, M, N_);
 #endif
     }
 
@@ -224,11 +337,9 @@ void check_radial(const at::Tensor& distances, const at::Tensor& centres, const 
     }
 }
 
-// The basis [e_k(d); 1] (rows, K + 1) of the distances d[0:rows].
+// The basis [e_k(d); 1] (rows, K + 1) of the distances d[0:rows], into e.
 template <typename T>
-at::Tensor block_basis(const T* d, int64_t rows, const T* mu, int64_t K, T beta, const at::TensorOptions& options) {
-    at::Tensor basis = at::empty({rows, K + 1}, options);
-    T* e = basis.data_ptr<T>();
+void block_basis(const T* d, int64_t rows, const T* mu, int64_t K, T beta, T* e) {
     for (int64_t r = 0; r < rows; ++r) {
         const T decay = std::exp(-d[r]);
         for (int64_t k = 0; k < K; ++k) {
@@ -237,7 +348,7 @@ at::Tensor block_basis(const T* d, int64_t rows, const T* mu, int64_t K, T beta,
         }
         e[r * (K + 1) + K] = 0;  // exp(0) = 1: the bias column
     }
-    return basis.exp_();
+    exp_in_place(e, rows * (K + 1));
 }
 
 template <typename T>
@@ -251,6 +362,8 @@ void forward_blocks(const at::Tensor& distances, const at::Tensor& centres, doub
     const T* w_out = out_weight.data_ptr<T>();
     const T* bias = out_bias.data_ptr<T>();
     std::vector<PackedMatrix<T>> hidden_layers, output_layers;
+    hidden_layers.reserve(N);
+    output_layers.reserve(N);
     for (int64_t n = 0; n < N; ++n) {
         // a = [e; 1] W_in_n^T and w = silu(a) W_out_n^T + b_n
         hidden_layers.emplace_back(w_in + n * F * (K + 1), K + 1, F, 1, K + 1, nullptr);
@@ -259,24 +372,15 @@ void forward_blocks(const at::Tensor& distances, const at::Tensor& centres, doub
     T* filter = filters.data_ptr<T>();
     T* slope = slopes.data_ptr<T>();
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-        at::Tensor pre_buffer = at::empty({kBlock, F}, distances.options());
-        at::Tensor sigma_buffer = at::empty({kBlock, F}, distances.options());
+        std::vector<T> basis(kBlock * (K + 1)), hidden(kBlock * F);
         for (int64_t b = begin; b < end; ++b) {
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
-            const at::Tensor basis = block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), distances.options());
-            at::Tensor pre = pre_buffer.narrow(0, 0, rows), sigma = sigma_buffer.narrow(0, 0, rows);
-            T* a = pre.data_ptr<T>();
-            const T* s = sigma.data_ptr<T>();
+            block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), basis.data());
+            T* a = hidden.data();
             for (int64_t n = 0; n < N; ++n) {
-                hidden_layers[n].multiply(basis.data_ptr<T>(), rows, K + 1, a, F, false);
-                at::sigmoid_out(sigma, pre);
-                T* g = slope + (n * P + p0) * F;
-#pragma omp simd
-                for (int64_t i = 0; i < rows * F; ++i) {
-                    const T x = a[i], si = s[i];
-                    g[i] = si * (T(1) + x * (T(1) - si));  // silu'(x)
-                    a[i] = x * si;                         // silu(x), in place
-                }
+                // a = silu([e; 1] W_in_n^T), silu' kept
+                hidden_layers[n].multiply(basis.data(), rows, K + 1, a, F, false,
+                                          SiluEpilogue<T>{slope + (n * P + p0) * F, F});
                 output_layers[n].multiply(a, rows, F, filter + (n * P + p0) * F, F, false);
             }
         }
@@ -315,26 +419,27 @@ void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::
     T* out = distance_gradient.data_ptr<T>();
     const T factor = static_cast<T>(-2.0 * beta);
     std::vector<PackedMatrix<T>> output_layers, hidden_layers;
+    output_layers.reserve(N);
+    hidden_layers.reserve(N);
     for (int64_t n = 0; n < N; ++n) {
         // dE/dh = dE/dw W_out_n, then dE/de = dE/da W_in_n (the bias column dropped)
         output_layers.emplace_back(w_out + n * F * F, F, F, F, 1, nullptr);
         hidden_layers.emplace_back(w_in + n * F * (K + 1), F, K, K + 1, 1, nullptr);
     }
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-        std::vector<T> hidden_gradient(kBlock * F), basis_gradient(kBlock * K);
+        std::vector<T> hidden_gradient(kBlock * F), basis_gradient(kBlock * K), basis(kBlock * (K + 1));
         for (int64_t b = begin; b < end; ++b) {
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
             T* g = hidden_gradient.data();
             T* ge = basis_gradient.data();
             for (int64_t n = 0; n < N; ++n) {
-                output_layers[n].multiply(filter_gradients[n].data_ptr<T>() + p0 * F, rows, F, g, F, false);
-                const T* s = slope + (n * P + p0) * F;
-#pragma omp simd
-                for (int64_t i = 0; i < rows * F; ++i) g[i] *= s[i];
+                // dE/da = (dE/dw W_out_n) silu'(a)
+                output_layers[n].multiply(filter_gradients[n].data_ptr<T>() + p0 * F, rows, F, g, F, false,
+                                          ScaleEpilogue<T>{slope + (n * P + p0) * F, F});
                 hidden_layers[n].multiply(g, rows, F, ge, K, n > 0);
             }
-            const at::Tensor basis = block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), distances.options());
-            const T* e = basis.data_ptr<T>();
+            block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), basis.data());
+            const T* e = basis.data();
             for (int64_t r = 0; r < rows; ++r) {
                 const T decay = std::exp(-d[p0 + r]);
                 T sum = 0;
@@ -396,38 +501,37 @@ void spherical_forward_blocks(const at::Tensor& chi, const at::Tensor& first, co
     T* w_e = euclidean_filters.data_ptr<T>();
     T* diff = differences.data_ptr<T>();
     T* slope = slopes.data_ptr<T>();
+    // W_sph_in transposed (n_D, 2S): the hidden pre-activations of a pair are n_D vector updates
+    std::vector<T> w_in_t(D * S2);
+    for (int64_t o = 0; o < S2; ++o)
+        for (int64_t l = 0; l < D; ++l) w_in_t[l * S2 + o] = w_in[o * D + l];
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-        at::Tensor pre_buffer = at::empty({kBlock, S2}, chi.options());
-        at::Tensor sigma_buffer = at::empty({kBlock, S2}, chi.options());
-        std::vector<T> invariants(D);
+        std::vector<T> hidden(kBlock * S2), invariants(D);
         for (int64_t b = begin; b < end; ++b) {
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
-            at::Tensor pre = pre_buffer.narrow(0, 0, rows), sigma = sigma_buffer.narrow(0, 0, rows);
-            T* a = pre.data_ptr<T>();
+            T* a = hidden.data();
             for (int64_t r = 0; r < rows; ++r) {
                 const int64_t p = p0 + r;
-                T* dp = diff + p * M;
-                for (int64_t m = 0; m < M; ++m) dp[m] = x[se[p] * M + m] - x[fi[p] * M + m];
-                for (int64_t l = 0; l < D; ++l) {
-                    T sum = 0;
-                    for (int64_t m = 0; m < M; ++m) sum += dp[m] * dp[m] * c[m * D + l];
-                    invariants[l] = sum;
+                T* __restrict__ dp = diff + p * M;
+                const T* xi = x + fi[p] * M;
+                const T* xj = x + se[p] * M;
+                for (int64_t l = 0; l < D; ++l) invariants[l] = 0;
+                for (int64_t m = 0; m < M; ++m) {
+                    const T v = xj[m] - xi[m];
+                    dp[m] = v;
+                    for (int64_t l = 0; l < D; ++l) invariants[l] += v * v * c[m * D + l];
                 }
-                for (int64_t o = 0; o < S2; ++o) {
-                    T sum = b_in[o];
-                    for (int64_t l = 0; l < D; ++l) sum += invariants[l] * w_in[o * D + l];
-                    a[r * S2 + o] = sum;
-                }
-            }
-            at::sigmoid_out(sigma, pre);
-            const T* sg = sigma.data_ptr<T>();
-            T* g = slope + p0 * S2;
+                T* __restrict__ ar = a + r * S2;
 #pragma omp simd
-            for (int64_t i = 0; i < rows * S2; ++i) {
-                const T v = a[i], si = sg[i];
-                g[i] = si * (T(1) + v * (T(1) - si));  // silu'(v)
-                a[i] = v * si;                         // silu(v), in place
+                for (int64_t o = 0; o < S2; ++o) ar[o] = b_in[o];
+                for (int64_t l = 0; l < D; ++l) {
+                    const T v = invariants[l];
+                    const T* __restrict__ wl = w_in_t.data() + l * S2;
+#pragma omp simd
+                    for (int64_t o = 0; o < S2; ++o) ar[o] += v * wl[o];
+                }
             }
+            silu_with_slope(a, slope + p0 * S2, rows * S2);
             feature_layer.multiply(a, rows, S2, w_f + p0 * F, F, true);
             euclidean_layer.multiply(a + S, rows, S2, w_e + p0 * F, F, true);
         }
@@ -489,6 +593,9 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
     // dE/dh = dE/dw W (B x F) (F x S)
     const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), F, S, S, 1, nullptr);
     const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), F, S, S, 1, nullptr);
+    std::vector<T> w_in_t(D * S2);  // W_sph_in transposed (n_D, 2S)
+    for (int64_t o = 0; o < S2; ++o)
+        for (int64_t l = 0; l < D; ++l) w_in_t[l * S2 + o] = w_in[o * D + l];
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
         T* out = buffers.data_ptr<T>() + at::get_thread_num() * atoms * M;
         std::vector<T> hidden(kBlock * S2), invariants(D), weights(M);
@@ -499,12 +606,16 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
             euclidean_layer.multiply(g_e + p0 * F, rows, F, h + S, S2, false);
             for (int64_t r = 0; r < rows; ++r) {
                 const int64_t p = p0 + r;
-                const T* g = h + r * S2;
-                const T* s = slope + p * S2;
-                for (int64_t l = 0; l < D; ++l) invariants[l] = 0;
-                for (int64_t o = 0; o < S2; ++o) {
-                    const T ga = g[o] * s[o];
-                    for (int64_t l = 0; l < D; ++l) invariants[l] += ga * w_in[o * D + l];
+                T* __restrict__ g = h + r * S2;
+                const T* __restrict__ s = slope + p * S2;
+#pragma omp simd
+                for (int64_t o = 0; o < S2; ++o) g[o] *= s[o];
+                for (int64_t l = 0; l < D; ++l) {
+                    const T* __restrict__ wl = w_in_t.data() + l * S2;
+                    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+                    for (int64_t o = 0; o < S2; ++o) sum += g[o] * wl[o];
+                    invariants[l] = sum;
                 }
                 const T* dp = diff + p * M;
                 T* oi = out + fi[p] * M;
