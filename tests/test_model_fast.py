@@ -185,14 +185,25 @@ def test_fused_operators_reject_inconsistent_shapes(random_model):
         )
 
 
-@pytest.mark.parametrize(("threads", "dtype"), [(1, torch.float64), (2, torch.float64), (1, torch.float32)])
-def test_fused_radial_operators_match_the_torch_route(random_model, threads, dtype):
-    """Several cache blocks of pairs (the last one partial), some pairs beyond the cutoff, 1 and 2 threads;
-    float32 has other register tiles (partial column panels) than float64."""
+@pytest.mark.parametrize(
+    ("threads", "dtype", "pairs"),
+    [
+        (1, torch.float64, 700),
+        (2, torch.float64, 700),
+        (2, torch.float64, 300),
+        (2, torch.float64, 1100),
+        (1, torch.float32, 700),
+        (2, torch.float32, 300),
+    ],
+)
+def test_fused_radial_operators_match_the_torch_route(random_model, threads, dtype, pairs):
+    """Several cache blocks of pairs (the last one partial), some pairs beyond the cutoff, 1 and 2 threads
+    (with 2 threads and few blocks the filters are split into groups: 300 and 700 pairs; 1100 pairs are
+    split by blocks only); float32 has other register tiles (partial column panels) than float64."""
     torch.manual_seed(5)
     model = copy.deepcopy(random_model).to(dtype)
     fused, reference = FastSO3krates(model, "fused"), FastSO3krates(model, "torch")
-    distances = torch.rand(700, dtype=dtype) * 1.2 * model.cutoff + 0.3
+    distances = torch.rand(pairs, dtype=dtype) * 1.2 * model.cutoff + 0.3
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

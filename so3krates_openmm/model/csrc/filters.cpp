@@ -324,6 +324,16 @@ constexpr int64_t kBlock = 256;
 // Blocks per parallel task: fewer pairs run on one thread (waking an OpenMP thread costs more).
 constexpr int64_t kBlocksPerTask = 2;
 
+// The radial operators' parallel work items are (filter group, block of pairs). With fewer blocks
+// than twice the threads (small molecules: 42 atoms have 2 blocks) the 2T filters are split into
+// groups as well, so that every thread gets work; one thread, or fewer than one block of pairs, runs
+// one group.
+int64_t filter_groups(int64_t pairs, int64_t blocks, int64_t filters) {
+    const int64_t threads = at::get_num_threads();
+    if (threads == 1 || pairs < kBlock || blocks >= 2 * threads) return 1;
+    return std::min(filters, (2 * threads + blocks - 1) / blocks);
+}
+
 void check_radial(const at::Tensor& distances, const at::Tensor& centres, const at::Tensor& in_weight,
                   const at::Tensor& out_weight) {
     TORCH_CHECK(distances.dim() == 1, "so3krates: distances must be (P,)");
@@ -371,13 +381,15 @@ void forward_blocks(const at::Tensor& distances, const at::Tensor& centres, doub
     }
     T* filter = filters.data_ptr<T>();
     T* slope = slopes.data_ptr<T>();
-    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+    const int64_t groups = filter_groups(P, blocks, N);
+    at::parallel_for(0, groups * blocks, groups > 1 ? 1 : kBlocksPerTask, [&](int64_t begin, int64_t end) {
         std::vector<T> basis(kBlock * (K + 1)), hidden(kBlock * F);
-        for (int64_t b = begin; b < end; ++b) {
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t group = item / blocks, b = item % blocks;
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
             block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), basis.data());
             T* a = hidden.data();
-            for (int64_t n = 0; n < N; ++n) {
+            for (int64_t n = group * N / groups; n < (group + 1) * N / groups; ++n) {
                 // a = silu([e; 1] W_in_n^T), silu' kept
                 hidden_layers[n].multiply(basis.data(), rows, K + 1, a, F, false,
                                           SiluEpilogue<T>{slope + (n * P + p0) * F, F});
@@ -426,17 +438,23 @@ void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::
         output_layers.emplace_back(w_out + n * F * F, F, F, F, 1, nullptr);
         hidden_layers.emplace_back(w_in + n * F * (K + 1), F, K, K + 1, 1, nullptr);
     }
-    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+    // each filter group's part of dE/dd (linear in dE/de), summed after the parallel loop
+    const int64_t groups = filter_groups(P, blocks, N);
+    std::vector<T> group_parts(groups > 1 ? groups * P : 0);
+    at::parallel_for(0, groups * blocks, groups > 1 ? 1 : kBlocksPerTask, [&](int64_t begin, int64_t end) {
         std::vector<T> hidden_gradient(kBlock * F), basis_gradient(kBlock * K), basis(kBlock * (K + 1));
-        for (int64_t b = begin; b < end; ++b) {
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t group = item / blocks, b = item % blocks;
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
             T* g = hidden_gradient.data();
             T* ge = basis_gradient.data();
-            for (int64_t n = 0; n < N; ++n) {
+            T* part = groups > 1 ? group_parts.data() + group * P : out;
+            const int64_t n0 = group * N / groups;
+            for (int64_t n = n0; n < (group + 1) * N / groups; ++n) {
                 // dE/da = (dE/dw W_out_n) silu'(a)
                 output_layers[n].multiply(filter_gradients[n].data_ptr<T>() + p0 * F, rows, F, g, F, false,
                                           ScaleEpilogue<T>{slope + (n * P + p0) * F, F});
-                hidden_layers[n].multiply(g, rows, F, ge, K, n > 0);
+                hidden_layers[n].multiply(g, rows, F, ge, K, n > n0);
             }
             block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), basis.data());
             const T* e = basis.data();
@@ -445,10 +463,17 @@ void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::
                 T sum = 0;
                 for (int64_t k = 0; k < K; ++k) sum += ge[r * K + k] * e[r * (K + 1) + k] * (decay - mu[k]);
                 // d e_k / d d = e_k (-2 beta) (exp(-d) - mu_k) (-exp(-d))
-                out[p0 + r] = sum * factor * (-decay);
+                part[p0 + r] = sum * factor * (-decay);
             }
         }
     });
+    if (groups > 1) {
+        for (int64_t p = 0; p < P; ++p) {
+            T sum = 0;
+            for (int64_t group = 0; group < groups; ++group) sum += group_parts[group * P + p];
+            out[p] = sum;
+        }
+    }
 }
 
 at::Tensor radial_backward(at::TensorList filter_gradients_in, const at::Tensor& distances_in,
