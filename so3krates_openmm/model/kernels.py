@@ -1,10 +1,13 @@
 """The C++/OpenMP operators of the fast path: build on first use, then load from a cache.
 
 The sources (``csrc/*.cpp``, shipped with the package) register the
-TorchScript operators ``torch.ops.so3krates.pair_forward`` and
-``pair_backward`` (the per-pair attention chain of a layer) and
-``radial_forward`` and ``radial_backward`` (the radial filter networks of all
-layers, cache-blocked over pairs), CPU, float32 and float64. They are
+TorchScript operator ``torch.ops.so3krates.energy_forces`` (energy and
+forces of the whole model, ``model.cpp``) and the operators it is built of:
+``pair_forward`` and ``pair_backward`` (the per-pair attention chain of a
+layer), ``radial_forward`` and ``radial_backward`` (the radial filter networks
+of all layers, cache-blocked over pairs), ``spherical_forward`` and
+``spherical_backward`` (the spherical parts of a layer's filters); CPU,
+float32 and float64. They are
 compiled once per source version, torch version and CPU type with
 ``torch.utils.cpp_extension`` (needs a C++ compiler; ``g++`` and ``ninja``)
 into ``$SO3KRATES_KERNELS_DIR`` (default ``~/.cache/so3krates_openmm/kernels``),
@@ -30,6 +33,8 @@ from pathlib import Path
 import torch
 
 SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.cpp"))
+#: headers shared by the sources (part of the cache key)
+HEADERS = sorted((Path(__file__).resolve().parent / "csrc").glob("*.h"))
 LIBRARY_NAME = "so3krates_kernels"
 #: compiler flags; -march=native: the cache key includes the CPU's model and flags (one build per CPU type)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
@@ -42,7 +47,7 @@ class KernelsUnavailable(RuntimeError):
 def cache_directory() -> Path:
     """Where the compiled operators live: one subdirectory per source and torch version."""
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(_cpu_description().encode())
@@ -66,9 +71,9 @@ def library_path() -> Path:
 
 
 def is_loaded() -> bool:
-    """True when ``torch.ops.so3krates.pair_forward`` is registered in this process."""
+    """True when ``torch.ops.so3krates.energy_forces`` is registered in this process."""
     try:
-        torch.ops.so3krates.pair_forward  # noqa: B018 (the lookup itself is the test: it raises when not registered)
+        torch.ops.so3krates.energy_forces  # noqa: B018 (the lookup itself is the test: it raises when not registered)
     except (AttributeError, RuntimeError):
         return False
     return True

@@ -27,6 +27,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "so3krates_kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -399,6 +401,10 @@ void forward_blocks(const at::Tensor& distances, const at::Tensor& centres, doub
     });
 }
 
+}  // namespace
+
+namespace so3krates {
+
 std::tuple<at::Tensor, at::Tensor> radial_forward(const at::Tensor& distances_in, const at::Tensor& centres_in,
                                                   double beta, const at::Tensor& in_weight_in,
                                                   const at::Tensor& out_weight_in, const at::Tensor& out_bias_in) {
@@ -416,6 +422,10 @@ std::tuple<at::Tensor, at::Tensor> radial_forward(const at::Tensor& distances_in
     });
     return {filters, slopes};
 }
+
+}  // namespace so3krates
+
+namespace {
 
 template <typename T>
 void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::Tensor& distances,
@@ -476,6 +486,10 @@ void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::
     }
 }
 
+}  // namespace
+
+namespace so3krates {
+
 at::Tensor radial_backward(at::TensorList filter_gradients_in, const at::Tensor& distances_in,
                            const at::Tensor& centres_in, double beta, const at::Tensor& in_weight_in,
                            const at::Tensor& out_weight_in, const at::Tensor& slopes_in) {
@@ -501,6 +515,10 @@ at::Tensor radial_backward(at::TensorList filter_gradients_in, const at::Tensor&
     });
     return distance_gradient;
 }
+
+}  // namespace so3krates
+
+namespace {
 
 // Spherical parts of the two filters of one layer, added to the filters in place; returns the pair
 // differences chi_j - chi_i (P, m) and silu' of the hidden features (P, 2S) for the backward pass.
@@ -563,6 +581,10 @@ void spherical_forward_blocks(const at::Tensor& chi, const at::Tensor& first, co
     });
 }
 
+}  // namespace
+
+namespace so3krates {
+
 std::tuple<at::Tensor, at::Tensor> spherical_forward(
     const at::Tensor& chi_in, const at::Tensor& first_in, const at::Tensor& second_in, const at::Tensor& contraction_in,
     const at::Tensor& in_weight_in, const at::Tensor& in_bias_in, const at::Tensor& feature_out_in,
@@ -596,6 +618,10 @@ std::tuple<at::Tensor, at::Tensor> spherical_forward(
     });
     return {differences, slopes};
 }
+
+}  // namespace so3krates
+
+namespace {
 
 // Backward of spherical_forward: dE/dchi (N, m) from the gradients of the two filters (P, F).
 template <typename T>
@@ -657,6 +683,10 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
     });
 }
 
+}  // namespace
+
+namespace so3krates {
+
 at::Tensor spherical_backward(const at::Tensor& feature_gradient_in, const at::Tensor& euclidean_gradient_in,
                               const at::Tensor& differences_in, const at::Tensor& slopes_in,
                               const at::Tensor& contraction_in, const at::Tensor& in_weight_in,
@@ -686,7 +716,7 @@ at::Tensor spherical_backward(const at::Tensor& feature_gradient_in, const at::T
     return buffers.size(0) == 1 ? buffers[0] : buffers.sum(0);
 }
 
-}  // namespace
+}  // namespace so3krates
 
 TORCH_LIBRARY_FRAGMENT(so3krates, m) {
     m.def("radial_forward(Tensor distances, Tensor centres, float beta, Tensor in_weight, Tensor out_weight, "
@@ -702,8 +732,8 @@ TORCH_LIBRARY_FRAGMENT(so3krates, m) {
 }
 
 TORCH_LIBRARY_IMPL(so3krates, CPU, m) {
-    m.impl("radial_forward", &radial_forward);
-    m.impl("radial_backward", &radial_backward);
-    m.impl("spherical_forward", &spherical_forward);
-    m.impl("spherical_backward", &spherical_backward);
+    m.impl("radial_forward", &so3krates::radial_forward);
+    m.impl("radial_backward", &so3krates::radial_backward);
+    m.impl("spherical_forward", &so3krates::spherical_forward);
+    m.impl("spherical_backward", &so3krates::spherical_backward);
 }
