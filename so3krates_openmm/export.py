@@ -146,7 +146,9 @@ class OpenMMContract(nn.Module):
             else:
                 shifts = minimum_image_shifts(vectors.detach(), boxes.expand(vectors.shape[0], 3, 3))
             return coordinates, self.all_first, self.all_second, shifts
-        first, second, shifts = neighbour_list(coordinates, self.batch, 1, self.cutoff, boxes, True)
+        first, second, shifts = neighbour_list(
+            coordinates, self.batch, 1, self.cutoff, boxes, True, all_pairs=(self.all_first, self.all_second)
+        )
         return coordinates, first, second, shifts
 
 
