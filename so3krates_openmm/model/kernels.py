@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from so3krates_openmm.files import write_atomically
+
 SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.cpp"))
 #: headers shared by the sources (part of the cache key)
 HEADERS = sorted((Path(__file__).resolve().parent / "csrc").glob("*.h"))
@@ -93,8 +95,9 @@ def load(build: bool = True) -> bool:
     if not path.is_file():
         if not build:
             return False
-        _build(path.parent)
-    torch.ops.load_library(str(path))
+        _build(path.parent)  # loads the library it builds
+    if not is_loaded():
+        torch.ops.load_library(str(path))
     return is_loaded()
 
 
@@ -107,21 +110,27 @@ def _build(directory: Path) -> None:
             f"the fused kernels need a C++ compiler ({compiler!r} not found): install g++ "
             "(e.g. apt-get install g++), or export with --kernels reference"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    # Each process compiles in a scratch folder of its own, then moves the library into place atomically:
+    # a build killed at any moment leaves at most that folder (a lock file left in a shared build
+    # folder would make every later build there wait for ever), never half a library.
+    scratch = directory.parent / f".build-{directory.name}-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
     print(f"so3krates_openmm: compiling the fused kernels into {directory} (once per CPU type)", file=sys.stderr)
     try:
-        cpp_extension.load(
+        built = cpp_extension.load(
             name=LIBRARY_NAME,
             sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
-            build_directory=str(directory),
+            build_directory=str(scratch),
             is_python_module=False,
             verbose=False,
         )
     except Exception as error:  # the compiler's output is in the exception
         raise KernelsUnavailable(
-            f"building the fused kernels in {directory} failed: {error}\n"
+            f"building the fused kernels in {scratch} failed: {error}\n"
             "Export with --kernels reference to run without them."
         ) from error
+    write_atomically(directory / f"{LIBRARY_NAME}.so", lambda temporary: shutil.copyfile(built, temporary))
+    shutil.rmtree(scratch, ignore_errors=True)
 
