@@ -233,6 +233,23 @@ def radial_backward_operator(fast: FastSO3krates, gradients, distances: torch.Te
     )
 
 
+def test_fused_operators_pack_the_weights_again_after_an_in_place_change(random_model):
+    """The operators keep packed weights between calls; changing a weight tensor in place repacks them."""
+    fast = FastSO3krates(random_model, "fused")
+    distances = torch.rand(40, dtype=torch.float64) * 2.0 + 1.0
+    radial_operator(fast, distances)  # packs and keeps the weights
+    with torch.no_grad():
+        fast.radial_out_weight.mul_(1.5)
+        fast.radial_in_weight.add_(0.1)
+        fast.radial_out_bias.sub_(0.2)
+    filters, saved = radial_operator(fast, distances)
+    expected_filters, expected_saved = fast.radial_forward(distances)
+    assert relative_error(filters, expected_filters) < 1e-12
+    gradients = [torch.randn_like(f) for f in filters]
+    expected = fast.radial_backward(gradients, distances, expected_saved)
+    assert relative_error(radial_backward_operator(fast, gradients, distances, saved), expected) < 1e-12
+
+
 def test_fused_radial_backward_rejects_a_missing_filter_gradient(random_model):
     fast = FastSO3krates(random_model, "fused")
     distances = torch.rand(10, dtype=torch.float64) + 1.0

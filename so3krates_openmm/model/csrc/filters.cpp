@@ -32,6 +32,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -320,6 +323,67 @@ class PackedMatrix {
     bool has_bias_;
 };
 
+// Packed weights are kept between calls (an MD run passes the same weight tensors every step): per
+// role (which product of which operator) and weight tensor, while the tensor's storage is alive and
+// its version counter and sizes unchanged, so an in-place change of the weights packs them again.
+// Inference tensors (no version counter) are packed on every call.
+enum class Role { kRadialHidden, kRadialOutput, kRadialOutputBackward, kRadialHiddenBackward, kSphericalFeature,
+                  kSphericalEuclidean, kSphericalFeatureBackward, kSphericalEuclideanBackward };
+
+template <typename T>
+using Layers = std::vector<PackedMatrix<T>>;
+
+struct WeightState {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    int64_t offset = 0, version = 0;
+    std::vector<int64_t> sizes;
+
+    explicit WeightState(const at::Tensor& t)
+        : storage(t.storage().getWeakStorageImpl()), offset(t.storage_offset()), version(t._version()),
+          sizes(t.sizes().vec()) {}
+    bool describes(const at::Tensor& t) const {
+        return !storage.expired() && storage._unsafe_get_target() == t.storage().unsafeGetStorageImpl() &&
+               offset == t.storage_offset() && version == t._version() && sizes == t.sizes().vec();
+    }
+};
+
+template <typename T, typename Make>
+std::shared_ptr<const Layers<T>> packed(Role role, const at::Tensor& weight, const at::Tensor& bias, const Make& make) {
+    const bool with_bias = bias.defined();
+    if (weight.is_inference() || (with_bias && bias.is_inference())) return std::make_shared<const Layers<T>>(make());
+    struct Entry {
+        std::vector<WeightState> weights;
+        std::shared_ptr<const Layers<T>> layers;
+    };
+    static std::mutex mutex;
+    static std::map<std::tuple<Role, const void*, int64_t>, Entry> cache;
+    const std::tuple<Role, const void*, int64_t> key{role, weight.storage().unsafeGetStorageImpl(), weight.storage_offset()};
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto found = cache.find(key);
+    if (found != cache.end() && found->second.weights[0].describes(weight) &&
+        (!with_bias || found->second.weights[1].describes(bias))) {
+        return found->second.layers;
+    }
+    for (auto entry = cache.begin(); entry != cache.end();) {  // forget the weights of freed tensors
+        const bool freed = std::any_of(entry->second.weights.begin(), entry->second.weights.end(),
+                                       [](const WeightState& state) { return state.storage.expired(); });
+        entry = freed ? cache.erase(entry) : std::next(entry);
+    }
+    Entry entry{{WeightState(weight)}, std::make_shared<const Layers<T>>(make())};
+    if (with_bias) entry.weights.emplace_back(bias);
+    cache.insert_or_assign(key, entry);
+    return entry.layers;
+}
+
+// The N packed matrices of filter n = 0..N-1, made by layer(n).
+template <typename T, typename Layer>
+Layers<T> layers_of(int64_t N, const Layer& layer) {
+    Layers<T> result;
+    result.reserve(N);
+    for (int64_t n = 0; n < N; ++n) result.push_back(layer(n));
+    return result;
+}
+
 // Pairs per block: a block's hidden features of one filter (B x F) stay in the L2 cache, and the
 // products have enough rows to run near the BLAS peak.
 constexpr int64_t kBlock = 256;
@@ -373,14 +437,15 @@ void forward_blocks(const at::Tensor& distances, const at::Tensor& centres, doub
     const T* w_in = in_weight.data_ptr<T>();
     const T* w_out = out_weight.data_ptr<T>();
     const T* bias = out_bias.data_ptr<T>();
-    std::vector<PackedMatrix<T>> hidden_layers, output_layers;
-    hidden_layers.reserve(N);
-    output_layers.reserve(N);
-    for (int64_t n = 0; n < N; ++n) {
-        // a = [e; 1] W_in_n^T and w = silu(a) W_out_n^T + b_n
-        hidden_layers.emplace_back(w_in + n * F * (K + 1), K + 1, F, 1, K + 1, nullptr);
-        output_layers.emplace_back(w_out + n * F * F, F, F, 1, F, bias + n * F);
-    }
+    // a = [e; 1] W_in_n^T and w = silu(a) W_out_n^T + b_n
+    const auto hidden_packed = packed<T>(Role::kRadialHidden, in_weight, at::Tensor(), [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_in + n * F * (K + 1), K + 1, F, 1, K + 1, nullptr); });
+    });
+    const auto output_packed = packed<T>(Role::kRadialOutput, out_weight, out_bias, [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_out + n * F * F, F, F, 1, F, bias + n * F); });
+    });
+    const Layers<T>& hidden_layers = *hidden_packed;
+    const Layers<T>& output_layers = *output_packed;
     T* filter = filters.data_ptr<T>();
     T* slope = slopes.data_ptr<T>();
     const int64_t groups = filter_groups(P, blocks, N);
@@ -440,14 +505,15 @@ void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::
     const T* slope = slopes.data_ptr<T>();
     T* out = distance_gradient.data_ptr<T>();
     const T factor = static_cast<T>(-2.0 * beta);
-    std::vector<PackedMatrix<T>> output_layers, hidden_layers;
-    output_layers.reserve(N);
-    hidden_layers.reserve(N);
-    for (int64_t n = 0; n < N; ++n) {
-        // dE/dh = dE/dw W_out_n, then dE/de = dE/da W_in_n (the bias column dropped)
-        output_layers.emplace_back(w_out + n * F * F, F, F, F, 1, nullptr);
-        hidden_layers.emplace_back(w_in + n * F * (K + 1), F, K, K + 1, 1, nullptr);
-    }
+    // dE/dh = dE/dw W_out_n, then dE/de = dE/da W_in_n (the bias column dropped)
+    const auto output_packed = packed<T>(Role::kRadialOutputBackward, out_weight, at::Tensor(), [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_out + n * F * F, F, F, F, 1, nullptr); });
+    });
+    const auto hidden_packed = packed<T>(Role::kRadialHiddenBackward, in_weight, at::Tensor(), [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_in + n * F * (K + 1), F, K, K + 1, 1, nullptr); });
+    });
+    const Layers<T>& output_layers = *output_packed;
+    const Layers<T>& hidden_layers = *hidden_packed;
     // each filter group's part of dE/dd (linear in dE/de), summed after the parallel loop
     const int64_t groups = filter_groups(P, blocks, N);
     std::vector<T> group_parts(groups > 1 ? groups * P : 0);
@@ -538,8 +604,14 @@ void spherical_forward_blocks(const at::Tensor& chi, const at::Tensor& first, co
     const int64_t* fi = first.data_ptr<int64_t>();
     const int64_t* se = second.data_ptr<int64_t>();
     // w += h_feature W_f^T and h_euclidean W_e^T, (B x S) (S x F)
-    const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), S, F, 1, S, nullptr);
-    const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), S, F, 1, S, nullptr);
+    const auto feature_packed = packed<T>(Role::kSphericalFeature, feature_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(feature_out.data_ptr<T>(), S, F, 1, S, nullptr); });
+    });
+    const auto euclidean_packed = packed<T>(Role::kSphericalEuclidean, euclidean_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(euclidean_out.data_ptr<T>(), S, F, 1, S, nullptr); });
+    });
+    const PackedMatrix<T>& feature_layer = (*feature_packed)[0];
+    const PackedMatrix<T>& euclidean_layer = (*euclidean_packed)[0];
     T* w_f = feature_filters.data_ptr<T>();
     T* w_e = euclidean_filters.data_ptr<T>();
     T* diff = differences.data_ptr<T>();
@@ -642,8 +714,14 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
     const int64_t* fi = first.data_ptr<int64_t>();
     const int64_t* se = second.data_ptr<int64_t>();
     // dE/dh = dE/dw W (B x F) (F x S)
-    const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), F, S, S, 1, nullptr);
-    const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), F, S, S, 1, nullptr);
+    const auto feature_packed = packed<T>(Role::kSphericalFeatureBackward, feature_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(feature_out.data_ptr<T>(), F, S, S, 1, nullptr); });
+    });
+    const auto euclidean_packed = packed<T>(Role::kSphericalEuclideanBackward, euclidean_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(euclidean_out.data_ptr<T>(), F, S, S, 1, nullptr); });
+    });
+    const PackedMatrix<T>& feature_layer = (*feature_packed)[0];
+    const PackedMatrix<T>& euclidean_layer = (*euclidean_packed)[0];
     std::vector<T> w_in_t(D * S2);  // W_sph_in transposed (n_D, 2S)
     for (int64_t o = 0; o < S2; ++o)
         for (int64_t l = 0; l < D; ++l) w_in_t[l * S2 + o] = w_in[o * D + l];
