@@ -22,13 +22,12 @@
 
 namespace {
 
-// Distances, unit vectors, monomials of the unit vector's components, harmonics, cutoff weights and
-// their slopes per pair.
+// Distances, unit vectors, monomials of the unit vector's components (the harmonics are their
+// product with the coefficients), cutoff weights and their slopes per pair.
 template <typename T>
 void pair_geometry(const T* positions, const int64_t* first, const int64_t* second, const T* shifts, int64_t pairs,
-                   const int64_t* exponents, int64_t monomials_count, const T* coefficients, int64_t components,
-                   int64_t max_degree, T cutoff, bool polynomial, T* distances, T* units, T* monomials, T* harmonics,
-                   T* weights, T* slopes) {
+                   const int64_t* exponents, int64_t monomials_count, int64_t max_degree, T cutoff, bool polynomial,
+                   T* distances, T* units, T* monomials, T* weights, T* slopes) {
     const T pi = static_cast<T>(M_PI);
     std::vector<T> powers(3 * (max_degree + 1));
     for (int64_t p = 0; p < pairs; ++p) {
@@ -44,12 +43,9 @@ void pair_geometry(const T* positions, const int64_t* first, const int64_t* seco
                 powers[c * (max_degree + 1) + k] = powers[c * (max_degree + 1) + k - 1] * u[c];
         }
         T* mono = monomials + p * monomials_count;
-        T* y = harmonics + p * components;
-        for (int64_t m = 0; m < components; ++m) y[m] = 0;
         for (int64_t n = 0; n < monomials_count; ++n) {
             const int64_t* e = exponents + n * 3;
             mono[n] = powers[e[0]] * powers[(max_degree + 1) + e[1]] * powers[2 * (max_degree + 1) + e[2]];
-            for (int64_t m = 0; m < components; ++m) y[m] += mono[n] * coefficients[n * components + m];
         }
         const bool inside = d < cutoff;
         if (polynomial) {
@@ -64,25 +60,19 @@ void pair_geometry(const T* positions, const int64_t* first, const int64_t* seco
     }
 }
 
-// dE/dR (N, 3) from dE/dd (P,) and dE/dY (P, m): through the unit vectors' monomials, onto both atoms.
+// dE/dR (N, 3) from dE/dd (P,) and the derivative terms (dE/dY) D (P, 3 M): through the unit vectors'
+// monomials, onto both atoms.
 template <typename T>
-void geometry_backward(const T* distance_gradient, const T* harmonics_gradient, const T* derivatives,
-                       const T* distances, const T* units, const T* monomials, const int64_t* first,
-                       const int64_t* second, int64_t pairs, int64_t monomials_count, int64_t components,
-                       T* gradient) {
+void geometry_backward(const T* distance_gradient, const T* derivative_terms, const T* distances, const T* units,
+                       const T* monomials, const int64_t* first, const int64_t* second, int64_t pairs,
+                       int64_t monomials_count, T* gradient) {
     for (int64_t p = 0; p < pairs; ++p) {
-        const T* hg = harmonics_gradient + p * components;
+        const T* terms = derivative_terms + p * 3 * monomials_count;
         const T* mono = monomials + p * monomials_count;
         const T* u = units + p * 3;
         T unit_gradient[3] = {0, 0, 0};
-        for (int64_t m = 0; m < components; ++m) {
-            const T* row = derivatives + m * 3 * monomials_count;
-            for (int c = 0; c < 3; ++c) {
-                T sum = 0;
-                for (int64_t n = 0; n < monomials_count; ++n) sum += row[c * monomials_count + n] * mono[n];
-                unit_gradient[c] += hg[m] * sum;
-            }
-        }
+        for (int c = 0; c < 3; ++c)
+            for (int64_t n = 0; n < monomials_count; ++n) unit_gradient[c] += terms[c * monomials_count + n] * mono[n];
         const T radial = unit_gradient[0] * u[0] + unit_gradient[1] * u[1] + unit_gradient[2] * u[2];
         for (int c = 0; c < 3; ++c) {
             const T g = (unit_gradient[c] - radial * u[c]) / distances[p] + distance_gradient[p] * u[c];
@@ -131,17 +121,16 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     // ----- geometry (per unordered pair) -----
     at::Tensor distances = at::empty({pairs}, options), units = at::empty({pairs, 3}, options);
     at::Tensor monomials = at::empty({pairs, monomials_count}, options);
-    at::Tensor harmonics = at::empty({pairs, components}, options);
     at::Tensor cutoff_weights = at::empty({pairs}, options), cutoff_slopes = at::empty({pairs}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_geometry", [&] {
         pair_geometry<scalar_t>(positions.data_ptr<scalar_t>(), first.data_ptr<int64_t>(), second.data_ptr<int64_t>(),
                                 shifts.data_ptr<scalar_t>(), pairs, monomial_exponents.data_ptr<int64_t>(),
-                                monomials_count, harmonic_coefficients.data_ptr<scalar_t>(), components, max_degree,
-                                static_cast<scalar_t>(cutoff), polynomial_cutoff, distances.data_ptr<scalar_t>(),
-                                units.data_ptr<scalar_t>(), monomials.data_ptr<scalar_t>(),
-                                harmonics.data_ptr<scalar_t>(), cutoff_weights.data_ptr<scalar_t>(),
+                                monomials_count, max_degree, static_cast<scalar_t>(cutoff), polynomial_cutoff,
+                                distances.data_ptr<scalar_t>(), units.data_ptr<scalar_t>(),
+                                monomials.data_ptr<scalar_t>(), cutoff_weights.data_ptr<scalar_t>(),
                                 cutoff_slopes.data_ptr<scalar_t>());
     });
+    const at::Tensor harmonics = at::mm(monomials, harmonic_coefficients);
     at::Tensor radial_filters, radial_saved;
     std::tie(radial_filters, radial_saved) =
         so3krates::radial_forward(distances, radial_centres, beta, radial_in_weight, radial_out_weight, radial_out_bias);
@@ -227,14 +216,13 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
          so3krates::radial_backward(filter_gradients, distances, radial_centres, beta, radial_in_weight,
                                     radial_out_weight, radial_saved))
             .contiguous();
-    harmonics_gradient = harmonics_gradient.contiguous();
+    const at::Tensor derivative_terms = at::mm(harmonics_gradient, harmonic_derivatives);  // (P, 3 M)
     at::Tensor gradient = at::zeros({atoms, 3}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_geometry_backward", [&] {
-        geometry_backward<scalar_t>(distance_gradient.data_ptr<scalar_t>(), harmonics_gradient.data_ptr<scalar_t>(),
-                                    harmonic_derivatives.data_ptr<scalar_t>(), distances.data_ptr<scalar_t>(),
-                                    units.data_ptr<scalar_t>(), monomials.data_ptr<scalar_t>(),
-                                    first.data_ptr<int64_t>(), second.data_ptr<int64_t>(), pairs, monomials_count,
-                                    components, gradient.data_ptr<scalar_t>());
+        geometry_backward<scalar_t>(distance_gradient.data_ptr<scalar_t>(), derivative_terms.data_ptr<scalar_t>(),
+                                    distances.data_ptr<scalar_t>(), units.data_ptr<scalar_t>(),
+                                    monomials.data_ptr<scalar_t>(), first.data_ptr<int64_t>(),
+                                    second.data_ptr<int64_t>(), pairs, monomials_count, gradient.data_ptr<scalar_t>());
     });
     return {energies, gradient};
 }
