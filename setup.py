@@ -23,6 +23,7 @@ setup(
             "pretrained/*/*.md",
             # C++ sources of the fused kernels, compiled on first use (so3krates_openmm.model.kernels)
             "model/csrc/*.cpp",
+            "model/csrc/*.h",
         ]
     },
     install_requires=[

@@ -255,7 +255,9 @@ class ZeroSecondOrder(torch.autograd.Function):
 
 
 class FusedWithoutSecondOrder:
-    """A :class:`FastSO3krates` (fused) whose per-pair chain records zeros as its derivative."""
+    """A :class:`FastSO3krates` (fused) whose per-pair chain runs the C++ operators
+    ``torch.ops.so3krates.pair_forward``/``pair_backward`` (arguments of the methods of the same
+    name) and records zeros as their derivative."""
 
     def __init__(self, fused: FastSO3krates) -> None:
         self.fused = fused
@@ -264,10 +266,26 @@ class FusedWithoutSecondOrder:
         return getattr(self.fused, name)
 
     def pair_forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        return ZeroSecondOrder.apply(self.fused.pair_forward, 3, *inputs)
+        fast = self.fused
+
+        def operator(projections, feature_filters, euclidean_filters, cutoff, harmonics, first, second):
+            return torch.ops.so3krates.pair_forward(
+                projections, feature_filters, euclidean_filters, cutoff, harmonics, fast.parity,
+                fast.component_degree, first, second, fast.heads, fast.n_degrees,
+            )
+
+        return ZeroSecondOrder.apply(operator, 3, *inputs)
 
     def pair_backward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        return ZeroSecondOrder.apply(self.fused.pair_backward, 5, *inputs)
+        fast = self.fused
+
+        def operator(*arguments: Tensor) -> tuple[Tensor, ...]:
+            # (update gradients, projections, filters, cutoff, harmonics | scores, first, second)
+            return torch.ops.so3krates.pair_backward(
+                *arguments[:7], fast.parity, fast.component_degree, *arguments[7:], fast.heads, fast.n_degrees
+            )
+
+        return ZeroSecondOrder.apply(operator, 5, *inputs)
 
 
 class Problem:

@@ -16,9 +16,9 @@ Three kinds of module (``kernels``, recorded in the metadata):
   inside the module with ``outputs_forces``); pure TorchScript.
 - ``"analytic"``: :class:`~so3krates_openmm.model.fast.FastSO3krates`, energy
   and forces in one pass with a hand-derived backward; pure TorchScript, any device.
-- ``"fused"``: the same with the per-pair chain and the filter networks in the
-  C++/OpenMP operators of :mod:`so3krates_openmm.model.kernels` on the CPU (the
-  PyTorch operations on other devices). Loading such a ``.pt`` needs the operators registered in the
+- ``"fused"``: the same as one C++/OpenMP operator for the whole energy and
+  forces (:mod:`so3krates_openmm.model.kernels`) on the CPU (the PyTorch
+  operations on other devices). Loading such a ``.pt`` needs the operators registered in the
   process: ``import so3krates_openmm.model`` does that (after the first fused
   export on the machine has built them).
 
@@ -146,7 +146,9 @@ class OpenMMContract(nn.Module):
             else:
                 shifts = minimum_image_shifts(vectors.detach(), boxes.expand(vectors.shape[0], 3, 3))
             return coordinates, self.all_first, self.all_second, shifts
-        first, second, shifts = neighbour_list(coordinates, self.batch, 1, self.cutoff, boxes, True)
+        first, second, shifts = neighbour_list(
+            coordinates, self.batch, 1, self.cutoff, boxes, True, all_pairs=(self.all_first, self.all_second)
+        )
         return coordinates, first, second, shifts
 
 

@@ -153,9 +153,9 @@ def test_scripted_fast_module_equals_the_eager_one(kernel, random_model):
     scripted = torch.jit.script(fast)
     eager_result = fast_energies_and_forces(fast, random_model, NUMBERS, POSITIONS)
     assert_agree(fast_energies_and_forces(scripted, random_model, NUMBERS, POSITIONS), eager_result, 1e-13)
-    code = scripted.pair_forward.code + scripted.pair_backward.code
     # The PyTorch-only module must load without the C++ operators.
-    assert ("so3krates.pair_forward" in code) == (kernel == "fused")
+    assert ("so3krates.energy_forces" in scripted.forward.code) == (kernel == "fused")
+    assert "torch.ops.so3krates" not in scripted.pair_forward.code + scripted.radial_forward.code
 
 
 def test_harmonic_polynomials_reproduce_the_reference_harmonics_and_their_derivatives():
@@ -185,35 +185,90 @@ def test_fused_operators_reject_inconsistent_shapes(random_model):
         )
 
 
-@pytest.mark.parametrize(("threads", "dtype"), [(1, torch.float64), (2, torch.float64), (1, torch.float32)])
-def test_fused_radial_operators_match_the_torch_route(random_model, threads, dtype):
-    """Several cache blocks of pairs (the last one partial), some pairs beyond the cutoff, 1 and 2 threads;
-    float32 has other register tiles (partial column panels) than float64."""
+@pytest.mark.parametrize(
+    ("threads", "dtype", "pairs"),
+    [
+        (1, torch.float64, 700),
+        (2, torch.float64, 700),
+        (2, torch.float64, 300),
+        (2, torch.float64, 1100),
+        (1, torch.float32, 700),
+        (2, torch.float32, 300),
+    ],
+)
+def test_fused_radial_operators_match_the_torch_route(random_model, threads, dtype, pairs):
+    """Several cache blocks of pairs (the last one partial), some pairs beyond the cutoff, 1 and 2 threads
+    (with 2 threads and few blocks the filters are split into groups: 300 and 700 pairs; 1100 pairs are
+    split by blocks only); float32 has other register tiles (partial column panels) than float64."""
     torch.manual_seed(5)
     model = copy.deepcopy(random_model).to(dtype)
-    fused, reference = FastSO3krates(model, "fused"), FastSO3krates(model, "torch")
-    distances = torch.rand(700, dtype=dtype) * 1.2 * model.cutoff + 0.3
+    fast = FastSO3krates(model, "fused")
+    distances = torch.rand(pairs, dtype=dtype) * 1.2 * model.cutoff + 0.3
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        filters, saved = fused.radial_forward(distances)
-        expected_filters, expected_saved = reference.radial_forward(distances)
+        filters, saved = radial_operator(fast, distances)
+        expected_filters, expected_saved = fast.radial_forward(distances)
         gradients = [torch.randn_like(f) for f in filters]
-        distance_gradient = fused.radial_backward(gradients, distances, saved)
-        expected_gradient = reference.radial_backward(gradients, distances, expected_saved)
+        distance_gradient = radial_backward_operator(fast, gradients, distances, saved)
+        expected_gradient = fast.radial_backward(gradients, distances, expected_saved)
     finally:
         torch.set_num_threads(previous)
     assert relative_error(filters, expected_filters) < tolerance
     assert relative_error(distance_gradient, expected_gradient) < tolerance
 
 
+def radial_operator(fast: FastSO3krates, distances: torch.Tensor):
+    """``torch.ops.so3krates.radial_forward`` with the weights of ``fast`` (spec: ``fast.radial_forward``)."""
+    return torch.ops.so3krates.radial_forward(
+        distances, fast.radial_centres, fast.beta, fast.radial_in_weight, fast.radial_out_weight, fast.radial_out_bias
+    )
+
+
+def radial_backward_operator(fast: FastSO3krates, gradients, distances: torch.Tensor, saved: torch.Tensor):
+    """``torch.ops.so3krates.radial_backward`` with the weights of ``fast`` (spec: ``fast.radial_backward``)."""
+    return torch.ops.so3krates.radial_backward(
+        gradients, distances, fast.radial_centres, fast.beta, fast.radial_in_weight, fast.radial_out_weight, saved
+    )
+
+
+def test_fused_operators_pack_the_weights_again_after_an_in_place_change(random_model):
+    """The operators keep packed weights between calls; changing a weight tensor in place repacks them."""
+    fast = FastSO3krates(random_model, "fused")
+    distances = torch.rand(40, dtype=torch.float64) * 2.0 + 1.0
+    radial_operator(fast, distances)  # packs and keeps the weights
+    with torch.no_grad():
+        fast.radial_out_weight.mul_(1.5)
+        fast.radial_in_weight.add_(0.1)
+        fast.radial_out_bias.sub_(0.2)
+    filters, saved = radial_operator(fast, distances)
+    expected_filters, expected_saved = fast.radial_forward(distances)
+    assert relative_error(filters, expected_filters) < 1e-12
+    gradients = [torch.randn_like(f) for f in filters]
+    expected = fast.radial_backward(gradients, distances, expected_saved)
+    assert relative_error(radial_backward_operator(fast, gradients, distances, saved), expected) < 1e-12
+
+
 def test_fused_radial_backward_rejects_a_missing_filter_gradient(random_model):
-    fused = FastSO3krates(random_model, "fused")
+    fast = FastSO3krates(random_model, "fused")
     distances = torch.rand(10, dtype=torch.float64) + 1.0
-    filters, saved = fused.radial_forward(distances)
+    filters, saved = radial_operator(fast, distances)
     with pytest.raises(RuntimeError, match="one filter gradient per filter"):
-        fused.radial_backward([torch.zeros_like(f) for f in filters][1:], distances, saved)
+        radial_backward_operator(fast, [torch.zeros_like(f) for f in filters][1:], distances, saved)
+
+
+def test_fused_module_runs_one_operator_on_the_cpu(random_model):
+    """The fused kind calls the whole-model operator on the CPU: one operator call per evaluation."""
+    fast = torch.jit.script(FastSO3krates(random_model, "fused"))
+    numbers, positions = torch.tensor([6, 1, 8, 1]), torch.rand(4, 3, dtype=torch.float64) * 2.0
+    first, second = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([1, 2, 3, 2, 3, 3])
+    shifts, batch = torch.zeros(6, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        fast(numbers, positions, batch, 1, first, second, shifts)
+    names = [event.key for event in profiler.key_averages()]
+    assert "so3krates::energy_forces" in names
+    assert "so3krates::pair_forward" not in names  # called inside, as a C++ function
 
 
 def test_unknown_kernels_are_a_clear_error(random_model):

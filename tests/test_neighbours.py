@@ -76,3 +76,15 @@ def test_neighbour_search_is_scriptable():
     assert pair_set(*scripted(positions, batch, 1, 4.0, None, True, "cell_list")) == pair_set(
         *neighbour_list(positions, batch, 1, 4.0, method="all_pairs")
     )
+
+
+def test_kept_all_pairs_give_the_same_list():
+    """A caller's precomputed candidates (the exported module's buffers) replace structure_pairs."""
+    from so3krates_openmm.model.neighbours import structure_pairs
+
+    positions = random_system(8, 60, 9.0)
+    batch = torch.zeros(60, dtype=torch.long)
+    kept = structure_pairs(batch, 1)
+    assert pair_set(*neighbour_list(positions, batch, 1, 4.0, all_pairs=kept)) == pair_set(
+        *neighbour_list(positions, batch, 1, 4.0)
+    )

@@ -8,18 +8,23 @@ out by hand: the weights are frozen, so each forward matrix product needs one
 backward product for the input gradient and nothing else, and no autograd
 graph is recorded.
 
-The per-pair chain of each layer (filter output times ``q_i k_j`` per head,
-cutoff weight, messages, scatter onto atoms, and its backward) runs either in
-PyTorch operations (``kernels="torch"``, device-agnostic) or in the C++/OpenMP
-operators of :mod:`so3krates_openmm.model.kernels` (``kernels="fused"``, CPU;
-tensors on other devices take the PyTorch route), which never materialise
-pair x F intermediates. Likewise the radial parts of all filters (they depend
-only on the distances: basis, hidden layer, output layer for every layer at
-once, and their backward to ``dE/dd``) run as PyTorch operations or as one
-fused operator each way that goes through the pairs in cache-sized blocks.
-The big products (filter layers, projections) are ``torch.mm``/``addmm_``
-(``addmm`` with a bias is avoided: TorchScript splits it into a product and an
-out-of-place sum); in the fused operators ATen products on the blocks.
+With ``kernels="torch"`` everything runs as PyTorch operations (any device).
+With ``kernels="fused"`` tensors on the CPU go through one C++ operator for
+the whole energy and forces (``torch.ops.so3krates.energy_forces``,
+``csrc/model.cpp``, built by :mod:`so3krates_openmm.model.kernels`; tensors
+on other devices take the PyTorch route). It runs the per-pair geometry as
+plain loops, the per-atom products as ATen products, and as C++/OpenMP
+operators: the per-pair chain of each layer (filter output times ``q_i k_j``
+per head, cutoff weight, messages, scatter onto atoms, and its backward),
+which never materialises pair x F intermediates, and the filter networks
+(the radial parts of all filters at once: they depend only on the distances;
+the spherical parts per layer), which go through the pairs in cache-sized
+blocks. The methods :meth:`FastSO3krates.radial_forward`,
+:meth:`~FastSO3krates.pair_forward` and the others are the PyTorch route and
+the executable spec of the operator of the same name
+(``torch.ops.so3krates.<name>``). In the PyTorch route the big products
+(filter layers, projections) are ``torch.mm``/``addmm_`` (``addmm`` with a
+bias is avoided: TorchScript splits it into a product and an out-of-place sum).
 
 Conventions as in the reference: P unordered pairs (i = first, j = second),
 ``r_ij = R_j - R_i + shift`` in Å; the harmonics of the reversed pair follow
@@ -87,7 +92,7 @@ class FastSO3krates(nn.Module):
 
     Args:
         model: the reference model (its dtype is the compute dtype).
-        kernels: ``"fused"`` (C++/OpenMP per-pair chain and filter networks on
+        kernels: ``"fused"`` (energy and forces in one C++/OpenMP operator on
             the CPU; builds the operators on first use) or ``"torch"``.
     """
 
@@ -210,6 +215,19 @@ class FastSO3krates(nn.Module):
         """
         # The gradient is derived by hand: nothing is recorded for autograd.
         with torch.no_grad():
+            if self.use_fused and positions.device.type == "cpu":
+                # everything below in one C++ operator (csrc/model.cpp)
+                return torch.ops.so3krates.energy_forces(
+                    atomic_numbers, positions, batch, num_structures, first, second, shifts,
+                    self.species_index, self.energy_shifts, self.energy_scales, self.embedding, self.radial_centres,
+                    self.beta, self.radial_in_weight, self.radial_out_weight, self.radial_out_bias,
+                    self.monomial_exponents, self.harmonic_coefficients, self.harmonic_derivatives, self.parity,
+                    self.component_degree, self.cutoff, self.polynomial_cutoff, self.projection,
+                    self.spherical_in_weight, self.spherical_in_bias, self.feature_spherical_out,
+                    self.euclidean_spherical_out, self.pair_contraction, self.exchange_weight, self.exchange_bias,
+                    self.exchange_contraction, self.expansion, self.readout_hidden_weight, self.readout_hidden_bias,
+                    self.readout_output_weight, self.readout_output_bias, self.heads,
+                )
             dtype = self.embedding.dtype
             positions = positions.to(dtype)
             n_atoms = positions.shape[0]
@@ -357,11 +375,6 @@ class FastSO3krates(nn.Module):
         the later layers' spherical parts are added by the caller. The fused operator keeps
         ``silu'`` of the hidden features (2T, P, F); the PyTorch route the pre-activations (2T F, P).
         """
-        if self.use_fused and distances.device.type == "cpu":
-            return torch.ops.so3krates.radial_forward(
-                distances, self.radial_centres, self.beta, self.radial_in_weight, self.radial_out_weight,
-                self.radial_out_bias,
-            )
         offsets = torch.exp(-distances).unsqueeze(-1) - self.radial_centres
         radial_basis = torch.exp(-self.beta * offsets * offsets)
         # Hidden features transposed, (2T F, P): each filter's block is contiguous, so the
@@ -376,11 +389,6 @@ class FastSO3krates(nn.Module):
     def radial_backward(self, filter_gradients: List[Tensor], distances: Tensor, saved: Tensor) -> Tensor:
         """Backward of :meth:`radial_forward`: the gradient (P,) of the distances from those of
         the 2T filters (P, F each, layer order) and the saved tensor."""
-        if self.use_fused and distances.device.type == "cpu":
-            return torch.ops.so3krates.radial_backward(
-                filter_gradients, distances, self.radial_centres, self.beta, self.radial_in_weight,
-                self.radial_out_weight, saved,
-            )
         features = self.features
         radial_gradient = torch.empty_like(saved)
         for n, filter_gradient in enumerate(filter_gradients):
@@ -405,11 +413,6 @@ class FastSO3krates(nn.Module):
         what :meth:`spherical_backward` needs: ``silu'`` of the hidden features (fused operator) or
         their pre-activations (PyTorch route), (P, F/2).
         """
-        if self.use_fused and chi.device.type == "cpu":
-            return torch.ops.so3krates.spherical_forward(
-                chi, first, second, self.pair_contraction[t], self.spherical_in_weight[t], self.spherical_in_bias[t],
-                self.feature_spherical_out[t], self.euclidean_spherical_out[t], feature_filters, euclidean_filters,
-            )
         difference = chi.index_select(0, second) - chi.index_select(0, first)
         ev_invariants = (difference * difference) @ self.pair_contraction[t]
         spherical_pre = functional.linear(ev_invariants, self.spherical_in_weight[t], self.spherical_in_bias[t])
@@ -431,12 +434,6 @@ class FastSO3krates(nn.Module):
     ) -> Tensor:
         """Backward of :meth:`spherical_forward`: the gradient (N, m_tot) of chi from those of the
         two filters (P, F each)."""
-        if self.use_fused and filter_gradient.device.type == "cpu":
-            return torch.ops.so3krates.spherical_backward(
-                filter_gradient, ev_filter_gradient, difference, saved, self.pair_contraction[t],
-                self.spherical_in_weight[t], self.feature_spherical_out[t], self.euclidean_spherical_out[t],
-                first, second, n_atoms,
-            )
         spherical_gradient = torch.cat(
             [filter_gradient @ self.feature_spherical_out[t], ev_filter_gradient @ self.euclidean_spherical_out[t]], 1
         )
@@ -465,11 +462,6 @@ class FastSO3krates(nn.Module):
         Scores ``[s_ij^h, s_ji^h, s~_ij^l, s~_ji^l]`` are the sums over a head of
         ``q w k`` before the cutoff weight.
         """
-        if self.use_fused and projections.device.type == "cpu":
-            return torch.ops.so3krates.pair_forward(
-                projections, feature_filters, euclidean_filters, cutoff_weights, harmonics,
-                self.parity, self.component_degree, first, second, self.heads, self.n_degrees,
-            )
         n_atoms = projections.shape[0]
         n_pairs = first.shape[0]
         features = self.features
@@ -517,11 +509,6 @@ class FastSO3krates(nn.Module):
         """Backward of :meth:`pair_forward`: from the gradients of ``dx`` (N, F) and ``dchi``
         (N, m_tot) to those of the projections (N, 5F), the two filters (P, F), the cutoff
         weights (P,) and the harmonics (P, m_tot)."""
-        if self.use_fused and projections.device.type == "cpu":
-            return torch.ops.so3krates.pair_backward(
-                update_gradient, ev_update_gradient, projections, feature_filters, euclidean_filters, cutoff_weights,
-                harmonics, self.parity, self.component_degree, scores, first, second, self.heads, self.n_degrees,
-            )
         n_pairs = first.shape[0]
         features = self.features
         heads = self.heads

@@ -1,10 +1,13 @@
 """The C++/OpenMP operators of the fast path: build on first use, then load from a cache.
 
 The sources (``csrc/*.cpp``, shipped with the package) register the
-TorchScript operators ``torch.ops.so3krates.pair_forward`` and
-``pair_backward`` (the per-pair attention chain of a layer) and
-``radial_forward`` and ``radial_backward`` (the radial filter networks of all
-layers, cache-blocked over pairs), CPU, float32 and float64. They are
+TorchScript operator ``torch.ops.so3krates.energy_forces`` (energy and
+forces of the whole model, ``model.cpp``) and the operators it is built of:
+``pair_forward`` and ``pair_backward`` (the per-pair attention chain of a
+layer), ``radial_forward`` and ``radial_backward`` (the radial filter networks
+of all layers, cache-blocked over pairs), ``spherical_forward`` and
+``spherical_backward`` (the spherical parts of a layer's filters); CPU,
+float32 and float64. They are
 compiled once per source version, torch version and CPU type with
 ``torch.utils.cpp_extension`` (needs a C++ compiler; ``g++`` and ``ninja``)
 into ``$SO3KRATES_KERNELS_DIR`` (default ``~/.cache/so3krates_openmm/kernels``),
@@ -29,7 +32,11 @@ from pathlib import Path
 
 import torch
 
+from so3krates_openmm.files import write_atomically
+
 SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.cpp"))
+#: headers shared by the sources (part of the cache key)
+HEADERS = sorted((Path(__file__).resolve().parent / "csrc").glob("*.h"))
 LIBRARY_NAME = "so3krates_kernels"
 #: compiler flags; -march=native: the cache key includes the CPU's model and flags (one build per CPU type)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
@@ -42,7 +49,7 @@ class KernelsUnavailable(RuntimeError):
 def cache_directory() -> Path:
     """Where the compiled operators live: one subdirectory per source and torch version."""
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(_cpu_description().encode())
@@ -66,9 +73,9 @@ def library_path() -> Path:
 
 
 def is_loaded() -> bool:
-    """True when ``torch.ops.so3krates.pair_forward`` is registered in this process."""
+    """True when ``torch.ops.so3krates.energy_forces`` is registered in this process."""
     try:
-        torch.ops.so3krates.pair_forward  # noqa: B018 (the lookup itself is the test: it raises when not registered)
+        torch.ops.so3krates.energy_forces  # noqa: B018 (the lookup itself is the test: it raises when not registered)
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -88,8 +95,9 @@ def load(build: bool = True) -> bool:
     if not path.is_file():
         if not build:
             return False
-        _build(path.parent)
-    torch.ops.load_library(str(path))
+        _build(path.parent)  # loads the library it builds
+    if not is_loaded():
+        torch.ops.load_library(str(path))
     return is_loaded()
 
 
@@ -102,21 +110,27 @@ def _build(directory: Path) -> None:
             f"the fused kernels need a C++ compiler ({compiler!r} not found): install g++ "
             "(e.g. apt-get install g++), or export with --kernels reference"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    # Each process compiles in a scratch folder of its own, then moves the library into place atomically:
+    # a build killed at any moment leaves at most that folder (a lock file left in a shared build
+    # folder would make every later build there wait for ever), never half a library.
+    scratch = directory.parent / f".build-{directory.name}-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
     print(f"so3krates_openmm: compiling the fused kernels into {directory} (once per CPU type)", file=sys.stderr)
     try:
-        cpp_extension.load(
+        built = cpp_extension.load(
             name=LIBRARY_NAME,
             sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
-            build_directory=str(directory),
+            build_directory=str(scratch),
             is_python_module=False,
             verbose=False,
         )
     except Exception as error:  # the compiler's output is in the exception
         raise KernelsUnavailable(
-            f"building the fused kernels in {directory} failed: {error}\n"
+            f"building the fused kernels in {scratch} failed: {error}\n"
             "Export with --kernels reference to run without them."
         ) from error
+    write_atomically(directory / f"{LIBRARY_NAME}.so", lambda temporary: shutil.copyfile(built, temporary))
+    shutil.rmtree(scratch, ignore_errors=True)
 

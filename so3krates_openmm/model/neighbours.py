@@ -80,6 +80,7 @@ def neighbour_list(
     prune: bool = True,
     method: str = "auto",
     cell_list_min_atoms: int = 256,
+    all_pairs: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Unordered pairs (i < j) within ``cutoff`` (Å) of atoms of the same structure.
 
@@ -96,6 +97,8 @@ def neighbour_list(
             (O(N)) or ``"auto"`` (cell list from ``cell_list_min_atoms`` atoms
             on, when pruning).
         cell_list_min_atoms: size (atoms in the call) from which ``"auto"`` uses the cell list.
+        all_pairs: ``structure_pairs(batch, num_structures)`` when the caller keeps them (a
+            module with a fixed batch, called every MD step); computed here otherwise.
 
     Returns:
         first (P,), second (P,), shifts (P, 3) in Å.
@@ -115,7 +118,10 @@ def neighbour_list(
             detached, batch, num_structures, cutoff, box_tensor.to(detached.dtype), boxes is not None
         )
     if not found:
-        first, second = structure_pairs(batch, num_structures)
+        if all_pairs is None:
+            first, second = structure_pairs(batch, num_structures)
+        else:
+            first, second = all_pairs
     vectors = detached[second] - detached[first]
     if boxes is None:
         shifts = torch.zeros_like(vectors)

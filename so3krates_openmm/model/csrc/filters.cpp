@@ -14,7 +14,9 @@
 //     delta   = C^T (chi_j - chi_i)^2                         (n_D per-degree invariants)
 //     w      += W_sph_out silu(W_sph_in delta + b_sph_in)     (both filters of the layer)
 // and back to dE/dchi. A block's hidden features and their gradients stay in the cache; the
-// products run in AVX2/FMA register tiles over weights packed once per call. Blocks run in parallel.
+// products run in AVX2/FMA register tiles over weights packed once per call, with SiLU and its slope
+// (forward) or the product by the slope (backward) applied to each tile while it is in registers'
+// reach (L1); no ATen call inside the blocks. Blocks run in parallel.
 //
 // Layouts (row-major, contiguous): distances (P,); centres (K,) = mu_k; in_weight (2T F, K + 1) with
 // the bias as last column; out_weight (2T, F, F); out_bias (2T, F); filters (2T, P, F);
@@ -25,9 +27,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "so3krates_kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -64,6 +71,112 @@ struct Simd<double> {
 };
 #endif
 
+// Elementwise passes of the blocks: exp, and SiLU with its slope silu'. float runs in AVX2/FMA vectors
+// (exp by range reduction and a degree-7 polynomial, relative error ~2 float32 roundings); double
+// (the accuracy tests) and machines without AVX2/FMA by std::exp.
+template <typename T>
+inline T sigmoid(T x) {
+    return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+void exp_in_place(T* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// x <- silu(x) = x sigmoid(x), slope <- silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <typename T>
+void silu_with_slope(T* x, T* slope, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T v = x[i], s = sigmoid(v);
+        slope[i] = s * (T(1) + v * (T(1) - s));
+        x[i] = v * s;
+    }
+}
+
+#ifdef SO3KRATES_PACKED_PRODUCTS
+inline __m256 exp8(__m256 x) {
+    // e^x = 2^n e^r, n = round(x / ln 2), |r| <= ln(2) / 2; x clamped to the normal range of float
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+// Apply a function of 8-vectors to n floats of x (in place) and y (written), the tail through padded vectors.
+template <typename Function>
+inline void for_vectors(float* x, float* y, int64_t n, const Function& function) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) function(x + i, y + i);
+    if (i < n) {
+        float xt[8] = {0}, yt[8] = {0};
+        std::copy(x + i, x + n, xt);
+        function(xt, yt);
+        std::copy(xt, xt + (n - i), x + i);
+        std::copy(yt, yt + (n - i), y + i);
+    }
+}
+
+template <>
+void exp_in_place<float>(float* x, int64_t n) {
+    float unused[8];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) for_vectors(x + i, unused, n - i, [](float* a, float*) { _mm256_storeu_ps(a, exp8(_mm256_loadu_ps(a))); });
+}
+
+template <>
+void silu_with_slope<float>(float* x, float* slope, int64_t n) {
+    for_vectors(x, slope, n, [](float* a, float* g) {
+        const __m256 one = _mm256_set1_ps(1.0f), v = _mm256_loadu_ps(a);
+        const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+        _mm256_storeu_ps(g, _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one)));
+        _mm256_storeu_ps(a, _mm256_mul_ps(v, s));
+    });
+}
+#endif
+
+// What a product does to each finished tile of C (rows x columns at C(row, column), row stride ldc):
+// nothing; C <- silu(C) with silu'(C) into `slope` (same layout, row stride ld); C <- C * scale.
+struct NoEpilogue {
+    template <typename T>
+    void operator()(T*, int64_t, int64_t, int64_t, int64_t, int64_t) const {}
+};
+
+template <typename T>
+struct SiluEpilogue {
+    T* slope;
+    int64_t ld;
+    void operator()(T* c, int64_t ldc, int64_t row, int64_t column, int64_t rows, int64_t columns) const {
+        for (int64_t r = 0; r < rows; ++r) silu_with_slope(c + r * ldc, slope + (row + r) * ld + column, columns);
+    }
+};
+
+template <typename T>
+struct ScaleEpilogue {
+    const T* scale;
+    int64_t ld;
+    void operator()(T* c, int64_t ldc, int64_t row, int64_t column, int64_t rows, int64_t columns) const {
+        for (int64_t r = 0; r < rows; ++r) {
+            T* __restrict__ out = c + r * ldc;
+            const T* __restrict__ factor = scale + (row + r) * ld + column;
+#pragma omp simd
+            for (int64_t k = 0; k < columns; ++k) out[k] *= factor[k];
+        }
+    }
+};
+
 // A constant matrix B (K x N), B(k, n) = source[k * k_stride + n * n_stride], ready to multiply
 // blocks of rows from the left: C = A B (+ bias per column) (+ C). The weights are the same for
 // every block, so they are packed once per call of an operator into panels of kPanel columns
@@ -96,8 +209,11 @@ class PackedMatrix {
 #endif
     }
 
-    // C (M x N, row stride ldc) = A (M x K, row stride lda) B [+ bias] [+ C when accumulate].
-    void multiply(const T* A, int64_t M, int64_t lda, T* C, int64_t ldc, bool accumulate) const {
+    // C (M x N, row stride ldc) = A (M x K, row stride lda) B [+ bias] [+ C when accumulate], then the
+    // epilogue on each tile while it is in the L1 cache.
+    template <typename Epilogue = NoEpilogue>
+    void multiply(const T* A, int64_t M, int64_t lda, T* C, int64_t ldc, bool accumulate,
+                  const Epilogue& epilogue = Epilogue()) const {
 #ifdef SO3KRATES_PACKED_PRODUCTS
         using S = Simd<T>;
         using V = typename S::V;
@@ -177,6 +293,7 @@ class PackedMatrix {
                     for (int64_t r = 0; r < rows; ++r)
                         for (int64_t c = 0; c < columns; ++c) c0[r * ldc + c] = tile[r * kPanel + c];
                 }
+                epilogue(c0, ldc, i0, j * kPanel, rows, columns);
             }
         }
 #else
@@ -189,6 +306,7 @@ class PackedMatrix {
             at::mm_out(c, a, matrix_);
         }
         if (has_bias_) c.add_(bias_tensor_);
+        epilogue(C, ldc, 0, 0, M, N_);
 #endif
     }
 
@@ -205,11 +323,82 @@ class PackedMatrix {
     bool has_bias_;
 };
 
+// Packed weights are kept between calls (an MD run passes the same weight tensors every step): per
+// role (which product of which operator) and weight tensor, while the tensor's storage is alive and
+// its version counter and sizes unchanged, so an in-place change of the weights packs them again.
+// Inference tensors (no version counter) are packed on every call.
+enum class Role { kRadialHidden, kRadialOutput, kRadialOutputBackward, kRadialHiddenBackward, kSphericalFeature,
+                  kSphericalEuclidean, kSphericalFeatureBackward, kSphericalEuclideanBackward };
+
+template <typename T>
+using Layers = std::vector<PackedMatrix<T>>;
+
+struct WeightState {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    int64_t offset = 0, version = 0;
+    std::vector<int64_t> sizes;
+
+    explicit WeightState(const at::Tensor& t)
+        : storage(t.storage().getWeakStorageImpl()), offset(t.storage_offset()), version(t._version()),
+          sizes(t.sizes().vec()) {}
+    bool describes(const at::Tensor& t) const {
+        return !storage.expired() && storage._unsafe_get_target() == t.storage().unsafeGetStorageImpl() &&
+               offset == t.storage_offset() && version == t._version() && sizes == t.sizes().vec();
+    }
+};
+
+template <typename T, typename Make>
+std::shared_ptr<const Layers<T>> packed(Role role, const at::Tensor& weight, const at::Tensor& bias, const Make& make) {
+    const bool with_bias = bias.defined();
+    if (weight.is_inference() || (with_bias && bias.is_inference())) return std::make_shared<const Layers<T>>(make());
+    struct Entry {
+        std::vector<WeightState> weights;
+        std::shared_ptr<const Layers<T>> layers;
+    };
+    static std::mutex mutex;
+    static std::map<std::tuple<Role, const void*, int64_t>, Entry> cache;
+    const std::tuple<Role, const void*, int64_t> key{role, weight.storage().unsafeGetStorageImpl(), weight.storage_offset()};
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto found = cache.find(key);
+    if (found != cache.end() && found->second.weights[0].describes(weight) &&
+        (!with_bias || found->second.weights[1].describes(bias))) {
+        return found->second.layers;
+    }
+    for (auto entry = cache.begin(); entry != cache.end();) {  // forget the weights of freed tensors
+        const bool freed = std::any_of(entry->second.weights.begin(), entry->second.weights.end(),
+                                       [](const WeightState& state) { return state.storage.expired(); });
+        entry = freed ? cache.erase(entry) : std::next(entry);
+    }
+    Entry entry{{WeightState(weight)}, std::make_shared<const Layers<T>>(make())};
+    if (with_bias) entry.weights.emplace_back(bias);
+    cache.insert_or_assign(key, entry);
+    return entry.layers;
+}
+
+// The N packed matrices of filter n = 0..N-1, made by layer(n).
+template <typename T, typename Layer>
+Layers<T> layers_of(int64_t N, const Layer& layer) {
+    Layers<T> result;
+    result.reserve(N);
+    for (int64_t n = 0; n < N; ++n) result.push_back(layer(n));
+    return result;
+}
+
 // Pairs per block: a block's hidden features of one filter (B x F) stay in the L2 cache, and the
 // products have enough rows to run near the BLAS peak.
 constexpr int64_t kBlock = 256;
 // Blocks per parallel task: fewer pairs run on one thread (waking an OpenMP thread costs more).
 constexpr int64_t kBlocksPerTask = 2;
+
+// The radial operators' parallel work items are (filter group, block of pairs). With fewer blocks
+// than twice the threads (small molecules: 42 atoms have 2 blocks) the 2T filters are split into
+// groups as well, so that every thread gets work; one thread, or fewer than one block of pairs, runs
+// one group.
+int64_t filter_groups(int64_t pairs, int64_t blocks, int64_t filters) {
+    const int64_t threads = at::get_num_threads();
+    if (threads == 1 || pairs < kBlock || blocks >= 2 * threads) return 1;
+    return std::min(filters, (2 * threads + blocks - 1) / blocks);
+}
 
 void check_radial(const at::Tensor& distances, const at::Tensor& centres, const at::Tensor& in_weight,
                   const at::Tensor& out_weight) {
@@ -224,11 +413,9 @@ void check_radial(const at::Tensor& distances, const at::Tensor& centres, const 
     }
 }
 
-// The basis [e_k(d); 1] (rows, K + 1) of the distances d[0:rows].
+// The basis [e_k(d); 1] (rows, K + 1) of the distances d[0:rows], into e.
 template <typename T>
-at::Tensor block_basis(const T* d, int64_t rows, const T* mu, int64_t K, T beta, const at::TensorOptions& options) {
-    at::Tensor basis = at::empty({rows, K + 1}, options);
-    T* e = basis.data_ptr<T>();
+void block_basis(const T* d, int64_t rows, const T* mu, int64_t K, T beta, T* e) {
     for (int64_t r = 0; r < rows; ++r) {
         const T decay = std::exp(-d[r]);
         for (int64_t k = 0; k < K; ++k) {
@@ -237,7 +424,7 @@ at::Tensor block_basis(const T* d, int64_t rows, const T* mu, int64_t K, T beta,
         }
         e[r * (K + 1) + K] = 0;  // exp(0) = 1: the bias column
     }
-    return basis.exp_();
+    exp_in_place(e, rows * (K + 1));
 }
 
 template <typename T>
@@ -250,38 +437,38 @@ void forward_blocks(const at::Tensor& distances, const at::Tensor& centres, doub
     const T* w_in = in_weight.data_ptr<T>();
     const T* w_out = out_weight.data_ptr<T>();
     const T* bias = out_bias.data_ptr<T>();
-    std::vector<PackedMatrix<T>> hidden_layers, output_layers;
-    for (int64_t n = 0; n < N; ++n) {
-        // a = [e; 1] W_in_n^T and w = silu(a) W_out_n^T + b_n
-        hidden_layers.emplace_back(w_in + n * F * (K + 1), K + 1, F, 1, K + 1, nullptr);
-        output_layers.emplace_back(w_out + n * F * F, F, F, 1, F, bias + n * F);
-    }
+    // a = [e; 1] W_in_n^T and w = silu(a) W_out_n^T + b_n
+    const auto hidden_packed = packed<T>(Role::kRadialHidden, in_weight, at::Tensor(), [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_in + n * F * (K + 1), K + 1, F, 1, K + 1, nullptr); });
+    });
+    const auto output_packed = packed<T>(Role::kRadialOutput, out_weight, out_bias, [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_out + n * F * F, F, F, 1, F, bias + n * F); });
+    });
+    const Layers<T>& hidden_layers = *hidden_packed;
+    const Layers<T>& output_layers = *output_packed;
     T* filter = filters.data_ptr<T>();
     T* slope = slopes.data_ptr<T>();
-    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-        at::Tensor pre_buffer = at::empty({kBlock, F}, distances.options());
-        at::Tensor sigma_buffer = at::empty({kBlock, F}, distances.options());
-        for (int64_t b = begin; b < end; ++b) {
+    const int64_t groups = filter_groups(P, blocks, N);
+    at::parallel_for(0, groups * blocks, groups > 1 ? 1 : kBlocksPerTask, [&](int64_t begin, int64_t end) {
+        std::vector<T> basis(kBlock * (K + 1)), hidden(kBlock * F);
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t group = item / blocks, b = item % blocks;
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
-            const at::Tensor basis = block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), distances.options());
-            at::Tensor pre = pre_buffer.narrow(0, 0, rows), sigma = sigma_buffer.narrow(0, 0, rows);
-            T* a = pre.data_ptr<T>();
-            const T* s = sigma.data_ptr<T>();
-            for (int64_t n = 0; n < N; ++n) {
-                hidden_layers[n].multiply(basis.data_ptr<T>(), rows, K + 1, a, F, false);
-                at::sigmoid_out(sigma, pre);
-                T* g = slope + (n * P + p0) * F;
-#pragma omp simd
-                for (int64_t i = 0; i < rows * F; ++i) {
-                    const T x = a[i], si = s[i];
-                    g[i] = si * (T(1) + x * (T(1) - si));  // silu'(x)
-                    a[i] = x * si;                         // silu(x), in place
-                }
+            block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), basis.data());
+            T* a = hidden.data();
+            for (int64_t n = group * N / groups; n < (group + 1) * N / groups; ++n) {
+                // a = silu([e; 1] W_in_n^T), silu' kept
+                hidden_layers[n].multiply(basis.data(), rows, K + 1, a, F, false,
+                                          SiluEpilogue<T>{slope + (n * P + p0) * F, F});
                 output_layers[n].multiply(a, rows, F, filter + (n * P + p0) * F, F, false);
             }
         }
     });
 }
+
+}  // namespace
+
+namespace so3krates {
 
 std::tuple<at::Tensor, at::Tensor> radial_forward(const at::Tensor& distances_in, const at::Tensor& centres_in,
                                                   double beta, const at::Tensor& in_weight_in,
@@ -301,6 +488,10 @@ std::tuple<at::Tensor, at::Tensor> radial_forward(const at::Tensor& distances_in
     return {filters, slopes};
 }
 
+}  // namespace so3krates
+
+namespace {
+
 template <typename T>
 void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::Tensor& distances,
                      const at::Tensor& centres, double beta, const at::Tensor& in_weight,
@@ -314,37 +505,56 @@ void backward_blocks(const std::vector<at::Tensor>& filter_gradients, const at::
     const T* slope = slopes.data_ptr<T>();
     T* out = distance_gradient.data_ptr<T>();
     const T factor = static_cast<T>(-2.0 * beta);
-    std::vector<PackedMatrix<T>> output_layers, hidden_layers;
-    for (int64_t n = 0; n < N; ++n) {
-        // dE/dh = dE/dw W_out_n, then dE/de = dE/da W_in_n (the bias column dropped)
-        output_layers.emplace_back(w_out + n * F * F, F, F, F, 1, nullptr);
-        hidden_layers.emplace_back(w_in + n * F * (K + 1), F, K, K + 1, 1, nullptr);
-    }
-    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-        std::vector<T> hidden_gradient(kBlock * F), basis_gradient(kBlock * K);
-        for (int64_t b = begin; b < end; ++b) {
+    // dE/dh = dE/dw W_out_n, then dE/de = dE/da W_in_n (the bias column dropped)
+    const auto output_packed = packed<T>(Role::kRadialOutputBackward, out_weight, at::Tensor(), [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_out + n * F * F, F, F, F, 1, nullptr); });
+    });
+    const auto hidden_packed = packed<T>(Role::kRadialHiddenBackward, in_weight, at::Tensor(), [&] {
+        return layers_of<T>(N, [&](int64_t n) { return PackedMatrix<T>(w_in + n * F * (K + 1), F, K, K + 1, 1, nullptr); });
+    });
+    const Layers<T>& output_layers = *output_packed;
+    const Layers<T>& hidden_layers = *hidden_packed;
+    // each filter group's part of dE/dd (linear in dE/de), summed after the parallel loop
+    const int64_t groups = filter_groups(P, blocks, N);
+    std::vector<T> group_parts(groups > 1 ? groups * P : 0);
+    at::parallel_for(0, groups * blocks, groups > 1 ? 1 : kBlocksPerTask, [&](int64_t begin, int64_t end) {
+        std::vector<T> hidden_gradient(kBlock * F), basis_gradient(kBlock * K), basis(kBlock * (K + 1));
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t group = item / blocks, b = item % blocks;
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
             T* g = hidden_gradient.data();
             T* ge = basis_gradient.data();
-            for (int64_t n = 0; n < N; ++n) {
-                output_layers[n].multiply(filter_gradients[n].data_ptr<T>() + p0 * F, rows, F, g, F, false);
-                const T* s = slope + (n * P + p0) * F;
-#pragma omp simd
-                for (int64_t i = 0; i < rows * F; ++i) g[i] *= s[i];
-                hidden_layers[n].multiply(g, rows, F, ge, K, n > 0);
+            T* part = groups > 1 ? group_parts.data() + group * P : out;
+            const int64_t n0 = group * N / groups;
+            for (int64_t n = n0; n < (group + 1) * N / groups; ++n) {
+                // dE/da = (dE/dw W_out_n) silu'(a)
+                output_layers[n].multiply(filter_gradients[n].data_ptr<T>() + p0 * F, rows, F, g, F, false,
+                                          ScaleEpilogue<T>{slope + (n * P + p0) * F, F});
+                hidden_layers[n].multiply(g, rows, F, ge, K, n > n0);
             }
-            const at::Tensor basis = block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), distances.options());
-            const T* e = basis.data_ptr<T>();
+            block_basis<T>(d + p0, rows, mu, K, static_cast<T>(beta), basis.data());
+            const T* e = basis.data();
             for (int64_t r = 0; r < rows; ++r) {
                 const T decay = std::exp(-d[p0 + r]);
                 T sum = 0;
                 for (int64_t k = 0; k < K; ++k) sum += ge[r * K + k] * e[r * (K + 1) + k] * (decay - mu[k]);
                 // d e_k / d d = e_k (-2 beta) (exp(-d) - mu_k) (-exp(-d))
-                out[p0 + r] = sum * factor * (-decay);
+                part[p0 + r] = sum * factor * (-decay);
             }
         }
     });
+    if (groups > 1) {
+        for (int64_t p = 0; p < P; ++p) {
+            T sum = 0;
+            for (int64_t group = 0; group < groups; ++group) sum += group_parts[group * P + p];
+            out[p] = sum;
+        }
+    }
 }
+
+}  // namespace
+
+namespace so3krates {
 
 at::Tensor radial_backward(at::TensorList filter_gradients_in, const at::Tensor& distances_in,
                            const at::Tensor& centres_in, double beta, const at::Tensor& in_weight_in,
@@ -372,6 +582,10 @@ at::Tensor radial_backward(at::TensorList filter_gradients_in, const at::Tensor&
     return distance_gradient;
 }
 
+}  // namespace so3krates
+
+namespace {
+
 // Spherical parts of the two filters of one layer, added to the filters in place; returns the pair
 // differences chi_j - chi_i (P, m) and silu' of the hidden features (P, 2S) for the backward pass.
 template <typename T>
@@ -390,49 +604,58 @@ void spherical_forward_blocks(const at::Tensor& chi, const at::Tensor& first, co
     const int64_t* fi = first.data_ptr<int64_t>();
     const int64_t* se = second.data_ptr<int64_t>();
     // w += h_feature W_f^T and h_euclidean W_e^T, (B x S) (S x F)
-    const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), S, F, 1, S, nullptr);
-    const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), S, F, 1, S, nullptr);
+    const auto feature_packed = packed<T>(Role::kSphericalFeature, feature_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(feature_out.data_ptr<T>(), S, F, 1, S, nullptr); });
+    });
+    const auto euclidean_packed = packed<T>(Role::kSphericalEuclidean, euclidean_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(euclidean_out.data_ptr<T>(), S, F, 1, S, nullptr); });
+    });
+    const PackedMatrix<T>& feature_layer = (*feature_packed)[0];
+    const PackedMatrix<T>& euclidean_layer = (*euclidean_packed)[0];
     T* w_f = feature_filters.data_ptr<T>();
     T* w_e = euclidean_filters.data_ptr<T>();
     T* diff = differences.data_ptr<T>();
     T* slope = slopes.data_ptr<T>();
+    // W_sph_in transposed (n_D, 2S): the hidden pre-activations of a pair are n_D vector updates
+    std::vector<T> w_in_t(D * S2);
+    for (int64_t o = 0; o < S2; ++o)
+        for (int64_t l = 0; l < D; ++l) w_in_t[l * S2 + o] = w_in[o * D + l];
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-        at::Tensor pre_buffer = at::empty({kBlock, S2}, chi.options());
-        at::Tensor sigma_buffer = at::empty({kBlock, S2}, chi.options());
-        std::vector<T> invariants(D);
+        std::vector<T> hidden(kBlock * S2), invariants(D);
         for (int64_t b = begin; b < end; ++b) {
             const int64_t p0 = b * kBlock, rows = std::min(kBlock, P - p0);
-            at::Tensor pre = pre_buffer.narrow(0, 0, rows), sigma = sigma_buffer.narrow(0, 0, rows);
-            T* a = pre.data_ptr<T>();
+            T* a = hidden.data();
             for (int64_t r = 0; r < rows; ++r) {
                 const int64_t p = p0 + r;
-                T* dp = diff + p * M;
-                for (int64_t m = 0; m < M; ++m) dp[m] = x[se[p] * M + m] - x[fi[p] * M + m];
-                for (int64_t l = 0; l < D; ++l) {
-                    T sum = 0;
-                    for (int64_t m = 0; m < M; ++m) sum += dp[m] * dp[m] * c[m * D + l];
-                    invariants[l] = sum;
+                T* __restrict__ dp = diff + p * M;
+                const T* xi = x + fi[p] * M;
+                const T* xj = x + se[p] * M;
+                for (int64_t l = 0; l < D; ++l) invariants[l] = 0;
+                for (int64_t m = 0; m < M; ++m) {
+                    const T v = xj[m] - xi[m];
+                    dp[m] = v;
+                    for (int64_t l = 0; l < D; ++l) invariants[l] += v * v * c[m * D + l];
                 }
-                for (int64_t o = 0; o < S2; ++o) {
-                    T sum = b_in[o];
-                    for (int64_t l = 0; l < D; ++l) sum += invariants[l] * w_in[o * D + l];
-                    a[r * S2 + o] = sum;
-                }
-            }
-            at::sigmoid_out(sigma, pre);
-            const T* sg = sigma.data_ptr<T>();
-            T* g = slope + p0 * S2;
+                T* __restrict__ ar = a + r * S2;
 #pragma omp simd
-            for (int64_t i = 0; i < rows * S2; ++i) {
-                const T v = a[i], si = sg[i];
-                g[i] = si * (T(1) + v * (T(1) - si));  // silu'(v)
-                a[i] = v * si;                         // silu(v), in place
+                for (int64_t o = 0; o < S2; ++o) ar[o] = b_in[o];
+                for (int64_t l = 0; l < D; ++l) {
+                    const T v = invariants[l];
+                    const T* __restrict__ wl = w_in_t.data() + l * S2;
+#pragma omp simd
+                    for (int64_t o = 0; o < S2; ++o) ar[o] += v * wl[o];
+                }
             }
+            silu_with_slope(a, slope + p0 * S2, rows * S2);
             feature_layer.multiply(a, rows, S2, w_f + p0 * F, F, true);
             euclidean_layer.multiply(a + S, rows, S2, w_e + p0 * F, F, true);
         }
     });
 }
+
+}  // namespace
+
+namespace so3krates {
 
 std::tuple<at::Tensor, at::Tensor> spherical_forward(
     const at::Tensor& chi_in, const at::Tensor& first_in, const at::Tensor& second_in, const at::Tensor& contraction_in,
@@ -468,6 +691,10 @@ std::tuple<at::Tensor, at::Tensor> spherical_forward(
     return {differences, slopes};
 }
 
+}  // namespace so3krates
+
+namespace {
+
 // Backward of spherical_forward: dE/dchi (N, m) from the gradients of the two filters (P, F).
 template <typename T>
 void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Tensor& euclidean_gradient,
@@ -487,8 +714,17 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
     const int64_t* fi = first.data_ptr<int64_t>();
     const int64_t* se = second.data_ptr<int64_t>();
     // dE/dh = dE/dw W (B x F) (F x S)
-    const PackedMatrix<T> feature_layer(feature_out.data_ptr<T>(), F, S, S, 1, nullptr);
-    const PackedMatrix<T> euclidean_layer(euclidean_out.data_ptr<T>(), F, S, S, 1, nullptr);
+    const auto feature_packed = packed<T>(Role::kSphericalFeatureBackward, feature_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(feature_out.data_ptr<T>(), F, S, S, 1, nullptr); });
+    });
+    const auto euclidean_packed = packed<T>(Role::kSphericalEuclideanBackward, euclidean_out, at::Tensor(), [&] {
+        return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(euclidean_out.data_ptr<T>(), F, S, S, 1, nullptr); });
+    });
+    const PackedMatrix<T>& feature_layer = (*feature_packed)[0];
+    const PackedMatrix<T>& euclidean_layer = (*euclidean_packed)[0];
+    std::vector<T> w_in_t(D * S2);  // W_sph_in transposed (n_D, 2S)
+    for (int64_t o = 0; o < S2; ++o)
+        for (int64_t l = 0; l < D; ++l) w_in_t[l * S2 + o] = w_in[o * D + l];
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
         T* out = buffers.data_ptr<T>() + at::get_thread_num() * atoms * M;
         std::vector<T> hidden(kBlock * S2), invariants(D), weights(M);
@@ -499,12 +735,16 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
             euclidean_layer.multiply(g_e + p0 * F, rows, F, h + S, S2, false);
             for (int64_t r = 0; r < rows; ++r) {
                 const int64_t p = p0 + r;
-                const T* g = h + r * S2;
-                const T* s = slope + p * S2;
-                for (int64_t l = 0; l < D; ++l) invariants[l] = 0;
-                for (int64_t o = 0; o < S2; ++o) {
-                    const T ga = g[o] * s[o];
-                    for (int64_t l = 0; l < D; ++l) invariants[l] += ga * w_in[o * D + l];
+                T* __restrict__ g = h + r * S2;
+                const T* __restrict__ s = slope + p * S2;
+#pragma omp simd
+                for (int64_t o = 0; o < S2; ++o) g[o] *= s[o];
+                for (int64_t l = 0; l < D; ++l) {
+                    const T* __restrict__ wl = w_in_t.data() + l * S2;
+                    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+                    for (int64_t o = 0; o < S2; ++o) sum += g[o] * wl[o];
+                    invariants[l] = sum;
                 }
                 const T* dp = diff + p * M;
                 T* oi = out + fi[p] * M;
@@ -520,6 +760,10 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
         }
     });
 }
+
+}  // namespace
+
+namespace so3krates {
 
 at::Tensor spherical_backward(const at::Tensor& feature_gradient_in, const at::Tensor& euclidean_gradient_in,
                               const at::Tensor& differences_in, const at::Tensor& slopes_in,
@@ -550,7 +794,7 @@ at::Tensor spherical_backward(const at::Tensor& feature_gradient_in, const at::T
     return buffers.size(0) == 1 ? buffers[0] : buffers.sum(0);
 }
 
-}  // namespace
+}  // namespace so3krates
 
 TORCH_LIBRARY_FRAGMENT(so3krates, m) {
     m.def("radial_forward(Tensor distances, Tensor centres, float beta, Tensor in_weight, Tensor out_weight, "
@@ -566,8 +810,8 @@ TORCH_LIBRARY_FRAGMENT(so3krates, m) {
 }
 
 TORCH_LIBRARY_IMPL(so3krates, CPU, m) {
-    m.impl("radial_forward", &radial_forward);
-    m.impl("radial_backward", &radial_backward);
-    m.impl("spherical_forward", &spherical_forward);
-    m.impl("spherical_backward", &spherical_backward);
+    m.impl("radial_forward", &so3krates::radial_forward);
+    m.impl("radial_backward", &so3krates::radial_backward);
+    m.impl("spherical_forward", &so3krates::spherical_forward);
+    m.impl("spherical_backward", &so3krates::spherical_backward);
 }

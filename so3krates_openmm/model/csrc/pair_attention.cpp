@@ -14,6 +14,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "so3krates_kernels.h"
+
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -115,6 +117,10 @@ void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, con
     });
 }
 
+}  // namespace
+
+namespace so3krates {
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_forward(
     const at::Tensor& projections_in, const at::Tensor& feature_filters_in, const at::Tensor& euclidean_filters_in,
     const at::Tensor& cutoff_in, const at::Tensor& harmonics_in, const at::Tensor& parity_in,
@@ -142,6 +148,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_forward(
     });
     return {reduce_buffers(update_buf), reduce_buffers(ev_buf), scores};
 }
+
+}  // namespace so3krates
+
+namespace {
 
 template <typename T>
 void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, const T* ff, const T* ef, const T* cut,
@@ -228,6 +238,10 @@ void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, co
     });
 }
 
+}  // namespace
+
+namespace so3krates {
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_backward(
     const at::Tensor& update_grad_in, const at::Tensor& ev_update_grad_in, const at::Tensor& projections_in,
     const at::Tensor& feature_filters_in, const at::Tensor& euclidean_filters_in, const at::Tensor& cutoff_in,
@@ -266,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_back
     return {reduce_buffers(proj_grad_buf), ff_grad, ef_grad, cut_grad, harm_grad};
 }
 
-}  // namespace
+}  // namespace so3krates
 
 TORCH_LIBRARY(so3krates, m) {
     m.def("pair_forward(Tensor projections, Tensor feature_filters, Tensor euclidean_filters, Tensor cutoff, "
@@ -279,6 +293,6 @@ TORCH_LIBRARY(so3krates, m) {
 }
 
 TORCH_LIBRARY_IMPL(so3krates, CPU, m) {
-    m.impl("pair_forward", &pair_forward);
-    m.impl("pair_backward", &pair_backward);
+    m.impl("pair_forward", &so3krates::pair_forward);
+    m.impl("pair_backward", &so3krates::pair_backward);
 }
