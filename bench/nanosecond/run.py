@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Nanosecond Langevin MD of a shipped showcase system, GFN2-xTB checks along it, and its summary (issue 17).
 
-    python bench/nanosecond/run.py --system ac_ala3_nhme|buckyball_catcher [--ns 1] [--timestep-fs 0.5]
-        [--hydrogen-mass AMU] [--threads 1] [--kernels fused] [--checkpoint FILE] [--segment-ps 50]
-        [--label-frames 50] [--stage all|md|label|report] [--root runs/nanosecond] [--bench-dir bench/nanosecond]
+    python bench/nanosecond/run.py --system ac_ala3_nhme|buckyball_catcher [--ns 1] [--temperature 300]
+        [--timestep-fs 0.5] [--hydrogen-mass AMU] [--threads 1] [--kernels fused] [--checkpoint FILE]
+        [--segment-ps 50] [--label-frames 50] [--stage all|md|label|report] [--root runs/nanosecond]
+        [--bench-dir bench/nanosecond]
 
 Stages (each resumable; ``all`` runs them in order; the same command after a kill continues where it stopped):
 
-1. ``md``: Langevin NVT at 300 K (friction 1/ps, seed 1 unless ``--seed``) of the system's shipped checkpoint
-   (or ``--checkpoint``), exported with ``--kernels`` (default ``fused``, the fast path) to
+1. ``md``: Langevin NVT at ``--temperature`` (default 300 K; friction 1/ps, seed 1 unless ``--seed``) of the
+   system's shipped checkpoint (or ``--checkpoint``), exported with ``--kernels`` (default ``fused``, the fast path) to
    ``<root>/<system>/model.pt``; the Langevin protocol with the stability monitor and closed segments of
    ``--segment-ps`` (``<root>/<system>/md/segment_NNNN/``). ``--timestep-fs`` (default 0.5) and
    ``--hydrogen-mass`` (hydrogen mass repartitioning) choose the integration; the run stops early if the
@@ -41,7 +42,8 @@ def paths(args: argparse.Namespace) -> dict[str, Path]:
     """The files of one system's run."""
     run = args.root / args.system
     return {"run": run, "md": run / "md", "model": run / "model.pt", "labels": run / "xtb_labels.npz",
-            "bench": args.bench_dir / args.system, "structure": PRETRAINED / args.system / "structure.pdb",
+            "bench": args.report_dir or args.bench_dir / args.system,
+            "structure": PRETRAINED / args.system / "structure.pdb",
             "checkpoint": Path(args.checkpoint) if args.checkpoint else PRETRAINED / args.system / "best_checkpoint.pt"}
 
 
@@ -72,8 +74,9 @@ def run_md(args: argparse.Namespace, files: dict[str, Path]) -> bool:
     model = export_model(args, files)
     steps_per_frame = max(1, round(args.frame_interval_fs / args.timestep_fs))
     options = LangevinNVTOptions(
-        structure=files["structure"], model=model, temperature=300.0, friction=1.0, timestep_fs=args.timestep_fs,
-        ns=args.ns, hydrogen_mass=args.hydrogen_mass, seed=args.seed, platform=args.platform, threads=args.threads,
+        structure=files["structure"], model=model, temperature=args.temperature, friction=1.0,
+        timestep_fs=args.timestep_fs, ns=args.ns, hydrogen_mass=args.hydrogen_mass, seed=args.seed,
+        platform=args.platform, threads=args.threads,
         output=files["md"], segment_ps=args.segment_ps, resume=(files["md"] / "segments.json").is_file(),
         log_interval=steps_per_frame, trajectory_interval=steps_per_frame, stability_interval=args.stability_interval,
         checkpoint_interval=max(steps_per_frame, round(args.checkpoint_ps * 1000.0 / args.timestep_fs)),
@@ -175,7 +178,7 @@ def report(args: argparse.Namespace, files: dict[str, Path]) -> dict:
 
             dihedrals = backbone_dihedrals(mdtraj_trajectory(structure.openmm_topology(), positions, times))
             plot_ramachandran(dihedrals, bench / "ramachandran.png",
-                              title=f"{len(times)} frames over {times[-1] * 1e-3:.3g} ns, 300 K")
+                              title=f"{len(times)} frames over {times[-1] * 1e-3:.3g} ns, {args.temperature:g} K")
             summary["ramachandran_residues"] = dihedrals.residues
         path, stride = save_thinned_trajectory(structure.openmm_topology(), positions, times,
                                                bench / "trajectory_thinned.xtc", max_bytes=2_000_000)
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", required=True, choices=SYSTEMS)
     parser.add_argument("--stage", choices=("all", "md", "label", "report"), default="all")
     parser.add_argument("--ns", type=float, default=1.0, help="run length, ns")
+    parser.add_argument("--temperature", type=float, default=300.0, help="K")
     parser.add_argument("--timestep-fs", type=float, default=0.5)
     parser.add_argument("--hydrogen-mass", type=float, help="hydrogen mass repartitioning: hydrogen mass in amu")
     parser.add_argument("--seed", type=int, default=1)
@@ -214,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-frames", type=int, default=50, help="frames to label with GFN2-xTB")
     parser.add_argument("--partial", action="store_true", help="label an unfinished run's frames")
     parser.add_argument("--root", type=Path, default=REPOSITORY / "runs" / "nanosecond")
-    parser.add_argument("--bench-dir", type=Path, default=REPOSITORY / "bench" / "nanosecond")
+    parser.add_argument("--bench-dir", type=Path, default=REPOSITORY / "bench" / "nanosecond",
+                        help="the report goes to <bench-dir>/<system>/")
+    parser.add_argument("--report-dir", type=Path, help="the report goes here instead of <bench-dir>/<system>/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.label_frames < 2:
