@@ -40,7 +40,8 @@ def _float64_module(module):
     """A float64 copy of a TorchScript module that computes in float32, else ``None``."""
     import torch
 
-    if not any(parameter.dtype == torch.float32 for parameter in module.parameters()):
+    # The reference export keeps its weights as parameters, the fast one as buffers.
+    if not any(tensor.dtype == torch.float32 for tensor in (*module.parameters(), *module.buffers())):
         return None
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
