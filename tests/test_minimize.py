@@ -103,7 +103,8 @@ def test_float32_overflow_on_the_first_trial_step_is_minimised_in_float64(kernel
     structure = read_structure(files["structure"])
     model = files["model"]
     if kernels == "fused":
-        model = export_checkpoint(files["model"].with_name("best_checkpoint.pt"), tmp_path / "fused.pt", structure=structure, kernels="fused")
+        checkpoint = files["model"].with_name("best_checkpoint.pt")
+        model = export_checkpoint(checkpoint, tmp_path / "fused.pt", structure=structure, kernels="fused")
     system = model_system(structure, model)
     context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
     start = np.array(pdb.positions.value_in_unit(unit.nanometer))
