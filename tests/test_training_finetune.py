@@ -21,6 +21,7 @@ from so3krates_openmm.training import (
     train,
 )
 from so3krates_openmm.training.finetune import InitFromError
+from so3krates_openmm.training.shifts import fit_energy_shifts
 from so3krates_openmm.training.synthetic import teacher_dataset
 from so3krates_openmm.units import energy_conversion
 
@@ -72,10 +73,13 @@ def test_fine_tuning_starts_from_the_checkpoint_and_records_it(tmp_path: Path, s
     assert trainer.model.dtype == torch.float64 and trainer.config.dtype == "float64"
     weights = trainer.model.state_dict()
     for key, value in checkpoint["state_dict"].items():
-        # same data and split: even the refitted shifts and scale come out identical
-        assert torch.equal(weights[key], value), key
+        if key != "energy_shifts":  # the weights and the energy scale are the checkpoint's
+            assert torch.equal(weights[key], value), key
     source_valid = checkpoint["extra"]["training"]["valid"]
-    assert trainer.evaluate(trainer.valid_data)["loss"] == pytest.approx(source_valid["loss"], rel=1e-10)
+    start = trainer.evaluate(trainer.valid_data)
+    # the same forces; the shifts corrected by the checkpoint's mean energy error on the training split
+    assert start["force_mae"] == pytest.approx(source_valid["force_mae"], rel=1e-10)
+    assert start["energy_mae"] <= source_valid["energy_mae"] * 1.05
 
     result = trainer.run()
     first = result.metrics[0]
@@ -96,6 +100,45 @@ def test_fine_tuning_starts_from_the_checkpoint_and_records_it(tmp_path: Path, s
     assert fresh.test_report["init_from"] is None
 
 
+@pytest.mark.parametrize("init_energy_shifts", ["checkpoint", "refit"])
+def test_energy_shifts_of_data_with_another_energy_zero(tmp_path: Path, source: Path, ethanol_data: MolecularDataset,
+                                                        init_energy_shifts: str):
+    """Energies offset by 1 kcal/mol per atom (another zero, same forces): 'checkpoint' keeps the checkpoint's
+    scale and forces and absorbs the offset in the shifts; 'refit' fits shifts and scale as a fresh run does."""
+    offset = ethanol_data.converted("kcal/mol")
+    offset.energies = offset.energies + offset.n_atoms.astype(float)
+    trainer = Trainer(config_from_dict(fine_tune(tmp_path / init_energy_shifts, source,
+                                                 init_energy_shifts=init_energy_shifts)), dataset=offset, log=quiet)
+    trainer.setup()
+    source_model = load_model(source)
+    source_valid = read_checkpoint(source)["extra"]["training"]["valid"]
+    start = trainer.evaluate(trainer.valid_data)
+    if init_energy_shifts == "checkpoint":
+        assert torch.equal(trainer.model.energy_scales, source_model.energy_scales)
+        same_zero = Trainer(config_from_dict(fine_tune(tmp_path / "same_zero", source)), dataset=ethanol_data,
+                            log=quiet)
+        same_zero.setup()
+        torch.testing.assert_close(trainer.model.energy_shifts, same_zero.model.energy_shifts + 1.0, rtol=0,
+                                   atol=1e-9)
+        assert start["force_mae"] == pytest.approx(source_valid["force_mae"], rel=1e-10)
+        assert start["energy_mae"] <= source_valid["energy_mae"] * 1.05
+    else:
+        forces = trainer.train_data.forces.double()
+        assert float(trainer.model.energy_scales[0]) == pytest.approx(float(forces.square().mean().sqrt()), rel=1e-9)
+        elements = list(trainer.model.config.elements)
+        fitted = fit_energy_shifts(trainer.train_data.element_counts(elements),
+                                   trainer.train_data.energies.cpu().numpy(), elements)
+        assert trainer.model.energy_shifts.tolist() == pytest.approx([fitted[z] for z in elements], rel=1e-12)
+
+
+def test_energy_scale_with_init_from_needs_refit(tmp_path: Path, source: Path):
+    with pytest.raises(ConfigError, match=r"--energy-scale with --init-from.*--init-energy-shifts refit"):
+        config_from_dict(fine_tune(tmp_path / "run", source, energy_scale=2.0))
+    config_from_dict(fine_tune(tmp_path / "run", source, energy_scale=2.0, init_energy_shifts="refit"))
+    with pytest.raises(ConfigError, match=r"'init_energy_shifts' must be one of \['checkpoint', 'refit'\]"):
+        config_from_dict(fine_tune(tmp_path / "run", source, init_energy_shifts="zero"))
+
+
 def test_a_fine_tuned_run_resumes_without_init_from(tmp_path: Path, source: Path, ethanol_data: MolecularDataset):
     """--resume takes the model options and the provenance from the run (no architecture flags needed)."""
     train(config_from_dict(fine_tune(tmp_path / "tuned", source)), dataset=ethanol_data, log=quiet)
@@ -107,7 +150,7 @@ def test_a_fine_tuned_run_resumes_without_init_from(tmp_path: Path, source: Path
 
 def test_other_unit_and_dtype_fewer_elements(tmp_path: Path, source: Path, ethanol_data: MolecularDataset):
     source_model = load_model(source)
-    # energies in eV, --dtype float32: the model now predicts eV (shifts and scale refitted), weights cast
+    # energies in eV, --dtype float32: the model now predicts eV (shifts and scale converted), weights cast
     in_ev = ethanol_data.converted("eV")
     trainer = Trainer(config_from_dict(fine_tune(tmp_path / "ev", source, dtype="float32")), dataset=in_ev, log=quiet)
     trainer.setup()

@@ -39,6 +39,9 @@ RESUMABLE_CHANGES = frozenset(
      "checkpoint_every", "checkpoint_interval", "keep_best_checkpoints"}
 )
 
+#: How a fine-tuned run (``init_from``) starts its energy shifts and scale (option ``init_energy_shifts``).
+INIT_ENERGY_SHIFTS = ("checkpoint", "refit")
+
 #: Options that define the architecture; a fine-tuned run (``init_from``) takes them from the checkpoint.
 ARCHITECTURE_OPTIONS = ("features", "layers", "heads", "degrees", "radial_basis_size", "cutoff", "cutoff_function")
 
@@ -89,6 +92,13 @@ class TrainingConfig:
         "rms-forces",
         "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
         "'none', or a number in the data's energy unit",
+    )
+    init_energy_shifts: str = option(
+        "checkpoint", "with --init-from: 'checkpoint' keeps the checkpoint's energy scale and per-element shifts "
+        "(in the data's unit), the shifts corrected by a least-squares fit to the checkpoint's energy errors on the "
+        "training split, so the run starts from the checkpoint's forces and its energies aligned to the data (data "
+        "of the same reference method, e.g. active learning); 'refit' fits shifts and scale to the training split "
+        "as a fresh run does (a new reference method)"
     )
     # --- optimisation (the paper's recipe)
     batch_size: int | None = option(
@@ -237,6 +247,17 @@ class TrainingConfig:
             raise ConfigError(f"option 'clip_grad' must be positive or none, got {self.clip_grad}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"option 'ema_decay' must be in [0, 1) or none, got {self.ema_decay}")
+        if self.init_energy_shifts not in INIT_ENERGY_SHIFTS:
+            raise ConfigError(
+                f"option 'init_energy_shifts' must be one of {list(INIT_ENERGY_SHIFTS)}, "
+                f"got {self.init_energy_shifts!r}"
+            )
+        if self.init_from is not None and self.init_energy_shifts == "checkpoint" and self.is_given("energy_scale"):
+            raise ConfigError(
+                "--energy-scale with --init-from: the fine-tuned model keeps the checkpoint's energy scale "
+                "(init_energy_shifts: checkpoint); drop --energy-scale, or give --init-energy-shifts refit to fit "
+                "shifts and scale to the data"
+            )
         if isinstance(self.energy_scale, str) and self.energy_scale not in ("rms-forces", "none"):
             raise ConfigError(
                 f"option 'energy_scale' must be 'rms-forces', 'none' or a number, got {self.energy_scale!r}"

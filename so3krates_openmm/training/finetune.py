@@ -8,10 +8,15 @@ that names the problem):
 - the dtype is the checkpoint's unless ``--dtype`` is given (the weights are cast);
 - the data's elements must be among the checkpoint's; the model keeps all of
   the checkpoint's elements (and embedding rows), also those the data lacks;
-- the model's energy unit becomes the data's: the energy shifts and the
-  energy scale are refitted on the new training split as in a fresh run, so
-  any energy unit works; elements absent from the training split keep the
-  checkpoint's shifts, converted to the data's unit.
+- the model's energy unit becomes the data's (the checkpoint's energy shifts
+  and scale are converted to it), so any energy unit works;
+- ``init_energy_shifts: checkpoint`` (default) keeps the checkpoint's scale and
+  shifts, the shifts corrected by least squares on the checkpoint's energy
+  errors on the training split: the run starts from the checkpoint's forces,
+  its energies aligned to the data (same reference method, e.g. active
+  learning). ``refit`` fits shifts and scale on the new training split as in a
+  fresh run (a new reference method); elements absent from the training split
+  keep the checkpoint's shifts.
 
 The new run's checkpoints and test report record where it started
 (:func:`provenance`: path, SHA-256 and the source's training summary).
@@ -22,6 +27,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.elements import symbol
@@ -86,7 +93,7 @@ def initial_model(
 
     Returns:
         the config with the checkpoint's architecture (and dtype unless given),
-        the model (checkpoint weights; the data's energy unit; shifts and scale still to be fitted),
+        the model (the checkpoint's weights, energy shifts and scale, in the data's energy unit),
         the checkpoint's energy shifts in the data's unit (for elements absent from the training split),
         and the :func:`provenance` record.
 
@@ -105,5 +112,8 @@ def initial_model(
     model = SO3krates(resolved.model_config(source.config.elements, dataset.energy_unit))
     model.load_state_dict(source.state_dict())  # casts the weights to the model's dtype
     factor = energy_conversion(source.config.energy_unit, dataset.energy_unit)
-    shifts = {int(z): float(source.energy_shifts[i]) * factor for i, z in enumerate(source.config.elements)}
+    with torch.no_grad():
+        model.energy_shifts.mul_(factor)
+        model.energy_scales.mul_(factor)
+    shifts = {int(z): float(model.energy_shifts[i]) for i, z in enumerate(source.config.elements)}
     return resolved, model, shifts, provenance(path)

@@ -39,7 +39,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,9 @@ def resumed_config(saved: dict[str, Any], current: TrainingConfig) -> TrainingCo
 def check_resumable(saved: dict[str, Any], current: TrainingConfig) -> None:
     """Refuse to resume with options that would make it a different run."""
     now = current.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # an option added after the run was saved counts as its default there
+    defaults = {option.name: option.default for option in fields(TrainingConfig)}
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise TrainingError(
@@ -227,6 +229,17 @@ def evaluate_model(
     if context is not None:
         accumulator.all_reduce(context)
     return accumulator.compute(energy_weight, force_weight)
+
+
+def predicted_energies(model: SO3krates, data: PackedData, batch_size: int) -> np.ndarray:
+    """(M,) float64 energies of ``model`` (in eval mode afterwards) on all frames of ``data``, in its unit."""
+    model.eval()
+    energies = []
+    with torch.no_grad():
+        for indices in epoch_batches(len(data), batch_size, 0, 0, shuffle=False):
+            batch = data.batch(indices.to(data.energies.device))
+            energies.append(model(batch.atomic_numbers, batch.positions, batch.batch, batch.num_structures))
+    return torch.cat(energies).double().cpu().numpy() if energies else np.zeros(0)
 
 
 class Trainer:
@@ -398,11 +411,17 @@ class Trainer:
                 known = ", ".join(symbol(z) for z in self.model.config.elements)
                 self.log(
                     f"fine-tuning from {self.init_from['path']} (sha256 {self.init_from['sha256'][:12]}...): "
-                    f"its weights, elements {known}; energy shifts and scale refitted on this training split"
+                    f"its weights, elements {known}; energy shifts and scale "
+                    + ("the checkpoint's" if self.config.init_energy_shifts == "checkpoint"
+                       else "refitted on this training split")
                 )
 
     def _fit_shifts_and_scale(self) -> None:
-        """Least-squares per-element energy shifts and the energy scale from the training split (float64)."""
+        """Least-squares per-element energy shifts and the energy scale from the training split (float64);
+        a fine-tuned run with ``init_energy_shifts: checkpoint`` corrects the checkpoint's shifts instead."""
+        if self.init_from is not None and self.config.init_energy_shifts == "checkpoint":
+            self._correct_checkpoint_shifts()
+            return
         elements = list(self.model.config.elements)
         counts = self.train_data.element_counts(elements)
         shifts = fit_energy_shifts(counts, self.train_data.energies.cpu().numpy(), elements)
@@ -426,6 +445,27 @@ class Trainer:
         self.log(
             f"energy shifts ({self.model.config.energy_unit} per atom, least squares): {shift_text}{kept}; "
             f"scale {scale:.4g}"
+        )
+
+    def _correct_checkpoint_shifts(self) -> None:
+        """The checkpoint's scale and shifts (already in the data's unit), the shifts corrected by least squares
+        on the checkpoint's energy errors on the training split (float64): the forces stay the checkpoint's."""
+        elements = list(self.model.config.elements)
+        counts = self.train_data.element_counts(elements)
+        residuals = self.train_data.energies.cpu().double().numpy() - predicted_energies(
+            self.model, self.train_data, self.eval_batch_size
+        )
+        corrections = fit_energy_shifts(counts, residuals, elements)
+        present = [z for z, count in zip(elements, counts.sum(axis=0), strict=True) if count > 0]
+        shifts = {z: self._source_shifts[z] + (corrections[z] if z in present else 0.0) for z in elements}
+        self.model.set_energy_shifts(shifts)
+        self.model.train()
+        remaining = residuals - counts @ np.array([corrections[z] for z in elements])
+        correction_text = ", ".join(f"{symbol(z)} {corrections[z]:+.4g}" for z in present)
+        self.log(
+            f"energy shifts and scale from --init-from ({self.model.config.energy_unit}); shifts corrected by the "
+            f"checkpoint's mean error on the training split: {correction_text} per atom (mean |error| "
+            f"{np.abs(residuals).mean():.4g} -> {np.abs(remaining).mean():.4g})"
         )
 
     # ----------------------------------------------------------------- epochs
