@@ -69,7 +69,7 @@ REPORT = "report.json"
 
 #: Fine-tuning options of each committee member unless the ``training`` option replaces them key by key:
 #: a small learning rate and whole epochs, so that a member improves on its checkpoint instead of retraining.
-DEFAULT_FINE_TUNING: dict[str, Any] = {"max_epochs": 20, "lr": 5e-4}
+DEFAULT_FINE_TUNING: dict[str, Any] = {"max_epochs": 20, "lr": 1e-4}
 
 
 @dataclass
@@ -110,7 +110,7 @@ class ActiveLearningSettings:
     scheduler: str | None = option(None, "address of a Dask scheduler whose workers label the frames")
     training: dict[str, Any] = option(
         dict(DEFAULT_FINE_TUNING), "options of each member's fine-tuning run (so3krates-train keys, e.g. "
-        "{max_epochs: 20, lr: 5.0e-4, max_time: 30m}); keys given replace those of the default, the others stay; "
+        "{max_epochs: 20, lr: 1.0e-4, max_time: 30m}); keys given replace those of the default, the others stay; "
         "data, output, seed and init_from are set by the loop")
     platform: str = option("CPU", "OpenMM platform of the MD stage (CUDA on a GPU)")
     kernels: Literal["reference", "analytic", "fused"] = option(

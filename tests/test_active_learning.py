@@ -145,7 +145,7 @@ def test_loop_resumes_after_kills_between_and_inside_stages(tmp_path: Path, star
 def test_settings_are_checked(start: dict[str, Path], tmp_path: Path) -> None:
     # training options given replace the default's keys one by one (the small fine-tuning lr stays)
     assert settings_for(start, tmp_path, training={"max_time": "2m"}).training == {
-        "max_epochs": 20, "lr": 5e-4, "max_time": "2m"}
+        "max_epochs": 20, "lr": 1e-4, "max_time": "2m"}
     with pytest.raises(ValueError, match="set by the loop"):
         settings_for(start, tmp_path, training={"seed": 3})
     with pytest.raises(ValueError, match="members"):
