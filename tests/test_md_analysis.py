@@ -26,6 +26,10 @@ from so3krates_openmm.md.simulation import make_integrator, resolve_seed
 from so3krates_openmm.md.spectrum import (
     SPEED_OF_LIGHT_CM_PER_PS,
     finite_difference_velocities,
+    group_spectra,
+    harmonic_group_spectra,
+    match_peaks,
+    spectral_peaks,
     vibrational_spectrum,
 )
 
@@ -71,6 +75,38 @@ def test_spectrum_peak_at_the_harmonic_frequency(tmp_path):
         source="positions",
     )
     assert from_positions.peak_wavenumbers(1)[0] == pytest.approx(expected_cm, abs=resolution_cm)
+
+
+def test_group_spectra_add_up_and_match_the_harmonic_spectrum(tmp_path):
+    """C-O: each atom's share of the stretch's kinetic energy is the other's mass fraction, in MD and harmonic."""
+    diatomic_simulation(tmp_path, steps=8000, velocity_interval=2, dcd_interval=8000)
+    velocities, interval_ps = read_velocities(tmp_path / "v.vel")
+    masses = np.array([MASS_C, MASS_O])
+    wavenumber, groups = group_spectra(velocities, interval_ps, masses, {"C": np.array([0]), "O": np.array([1])}, 0.5)
+    total = vibrational_spectrum(velocities, interval_ps, masses=masses, max_lag_ps=0.5)
+    np.testing.assert_allclose(groups["C"] + groups["O"], total.intensity, atol=1e-3)
+    peak = int(np.argmax(total.intensity))
+    assert groups["C"][peak] / total.intensity[peak] == pytest.approx(MASS_O / (MASS_C + MASS_O), abs=0.01)
+
+    reduced = MASS_C * MASS_O / (MASS_C + MASS_O)
+    expected_cm = math.sqrt(K_KJ_MOL_NM2 / reduced) / (2 * math.pi) / SPEED_OF_LIGHT_CM_PER_PS
+    shares = {"C": np.array([MASS_O / (MASS_C + MASS_O)]), "O": np.array([MASS_C / (MASS_C + MASS_O)])}
+    harmonic_wavenumber, harmonic = harmonic_group_spectra(np.array([expected_cm]), shares, interval_ps, 0.5)
+    np.testing.assert_allclose(harmonic_wavenumber, wavenumber)
+    harmonic_total = harmonic["C"] + harmonic["O"]
+    assert harmonic_total.max() == pytest.approx(1.0)
+    # same resolution and line shape: the harmonic and MD curves nearly coincide, one peak each, matched
+    assert float(harmonic_total @ total.intensity) / float(np.linalg.norm(harmonic_total)
+                                                           * np.linalg.norm(total.intensity)) > 0.98
+    (md_cm,), (harmonic_cm,) = spectral_peaks(wavenumber, total.intensity), spectral_peaks(wavenumber, harmonic_total)
+    assert match_peaks([harmonic_cm], [md_cm], window_cm=20.0) == [(harmonic_cm, md_cm)]
+    assert abs(md_cm - expected_cm) < 20.0
+
+
+def test_match_peaks_pairs_closest_first_and_uses_each_peak_once():
+    assert match_peaks([100.0, 110.0, 500.0], [104.0, 300.0], window_cm=20.0) == [(100.0, 104.0), (110.0, None),
+                                                                                   (500.0, None)]
+    assert match_peaks([100.0], [], window_cm=20.0) == [(100.0, None)]
 
 
 def test_energy_drift_recovers_a_known_slope():

@@ -61,6 +61,12 @@ def test_harmonic_frequencies_of_water_on_two_workers_match_ase_and_resume(tmp_p
     assert 1520 < bend < 1560 and 3620 < symmetric < antisymmetric < 3670
     assert np.all(np.abs(analysis.frequencies_cm1[:6]) < 100)  # translations and rotations
     np.testing.assert_allclose(analysis.hessian_eV_per_angstrom2, analysis.hessian_eV_per_angstrom2.T)
+    # kinetic shares: rows sum to 1, the two hydrogens alike, and they carry most of every mode (O is 16x heavier)
+    shares = analysis.vibrational_atom_shares
+    assert shares.shape == (3, 3)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(shares[:, 1], shares[:, 2], atol=0.03)  # the stretches, 8 cm-1 apart, mix a little
+    assert np.all(shares[:, 1:].sum(axis=1) > 0.85)
     # ASE's own finite-difference vibrations (same displacement, central differences) in this process.
     atoms = Atoms(numbers=WATER_NUMBERS, positions=minimum)
     atoms.calc = make_calculator(settings)
@@ -92,13 +98,67 @@ def test_harmonic_script_on_water(tmp_path: Path) -> None:
     xyz = tmp_path / "water.xyz"
     lines = [f"{symbol} {x} {y} {z}" for symbol, (x, y, z) in zip("OHH", DISTORTED_WATER, strict=True)]
     xyz.write_text("3\nwater\n" + "\n".join(lines) + "\n")
-    spectrum = tmp_path / "spectrum.csv"
-    spectrum.write_text("# velocity source: test\nwavenumber_cm-1,intensity\n0,0\n1600,1.0\n3700,0.5\n")
     output = tmp_path / "out"
-    assert module.main(["--structure", str(xyz), "--work", str(tmp_path / "work"), "--output", str(output),
-                        "--spectrum-csv", str(spectrum), "--workers", "2", "--no-progress"]) == 0
+    options = ["--structure", str(xyz), "--work", str(tmp_path / "work"), "--output", str(output), "--workers", "2",
+               "--no-progress"]
+    assert module.main(options) == 0
     summary = json.loads((output / "harmonic_frequencies.json").read_text())
-    assert summary["single_points"] == 18 and summary["n_imaginary"] == 0
+    assert summary["single_points"] == 18 and summary["n_imaginary"] == 0 and summary["groups"] == {"H": 2, "O": 1}
     np.testing.assert_allclose(summary["vibrational_frequencies_cm1"], [1539.5, 3643.3, 3651.5], atol=1.0)
     assert (output / "harmonic_vs_md.png").stat().st_size > 5_000
-    assert (output / "harmonic_frequencies.csv").read_text().count("\n") == 4
+    csv_lines = (output / "harmonic_frequencies.csv").read_text().splitlines()
+    assert csv_lines[0] == "mode,wavenumber_cm-1,share_H,share_O" and len(csv_lines) == 4
+
+    # "MD" that is exactly harmonic (every mode with the same kinetic energy, random phases): the bands are
+    # found at the harmonic positions, the two stretches (8 cm-1 apart) as one band at this resolution.
+    velocities = tmp_path / "velocities.vel"
+    write_harmonic_velocities(velocities, tmp_path / "work" / "water_hessian.jsonl")
+    assert module.main([*options, "--velocities", str(velocities)]) == 0
+    comparison = json.loads((output / "spectrum_comparison.json").read_text())
+    assert comparison["harmonic_peaks"] == comparison["matched"] == 2 and comparison["spectral_overlap"] > 0.95
+    bend, stretch = comparison["bands"]
+    assert abs(bend["shift_cm1"]) < 3 and abs(stretch["shift_cm1"]) < 3 and 3640 < stretch["md_cm1"] < 3655
+    assert bend["assignment"] == "O-H bend, in-plane" and stretch["assignment"] == "O-H stretch"
+    assert stretch["md_shares"]["H"] > 0.85 and stretch["harmonic_shares"]["H"] > 0.85
+    with pytest.raises(SystemExit):  # a velocity file of another molecule
+        module.main([*options, "--structure", str(write_methane(tmp_path)), "--velocities", str(velocities)])
+
+
+def write_harmonic_velocities(path: Path, journal: Path) -> None:
+    """20 ps of velocities every 1 fs of water moving in its GFN2-xTB normal modes (the script's Hessian)."""
+    from ase import Atoms, units
+    from ase.vibrations import VibrationsData
+    from openmm import unit
+
+    from so3krates_openmm.md.reporters import VelocityReporter
+
+    minimum = np.asarray(json.loads(journal.read_text().splitlines()[0])["header"]["positions_angstrom"])
+    analysis = harmonic_frequencies(WATER_NUMBERS, minimum, journal, xtb_settings(), workers=1, progress=False)
+    atoms = Atoms(numbers=WATER_NUMBERS, positions=minimum)
+    energies, modes = VibrationsData.from_2d(atoms, analysis.hessian_eV_per_angstrom2).get_energies_and_modes()
+    order = np.argsort(np.abs(energies))[6:]
+    angular_per_ps = 2 * np.pi * 2.99792458e-2 * (energies[order].real / units.invcm)
+    times_ps = np.arange(20000) * 1e-3
+    phases = np.random.default_rng(0).uniform(0, 2 * np.pi, len(order))
+    velocities = np.einsum("tk,kni->tni", np.cos(np.outer(times_ps, angular_per_ps) + phases), modes[order])
+
+    class State:
+        def __init__(self, frame: np.ndarray) -> None:
+            self.frame = frame
+
+        def getVelocities(self, asNumpy: bool = True):  # noqa: N802 (OpenMM's name)
+            return unit.Quantity(self.frame, unit.nanometer / unit.picosecond)
+
+    reporter = VelocityReporter(path, interval=2, n_atoms=3, timestep_fs=0.5)
+    for frame in velocities:
+        reporter.report(None, State(frame))
+    reporter.close()
+
+
+def write_methane(directory: Path) -> Path:
+    from ase.build import molecule
+    from ase.io import write
+
+    path = directory / "methane.xyz"
+    write(path, molecule("CH4"))
+    return path

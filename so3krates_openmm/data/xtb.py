@@ -172,6 +172,9 @@ class HarmonicAnalysis:
     vibrational_frequencies_cm1: np.ndarray
     single_points: int
     cpu_seconds: float
+    #: (vibrational modes, atoms): each atom's share of each vibrational mode's kinetic energy (the squared
+    #: mass-weighted eigenvector; rows sum to 1), rows in the order of ``vibrational_frequencies_cm1``
+    vibrational_atom_shares: np.ndarray
 
 
 def _displacement_key(atom: int, axis: int, sign: int) -> str:
@@ -197,6 +200,7 @@ def harmonic_frequencies(
     points the frequencies have no meaning. The single points are journaled (a killed run resumes).
     """
     from ase import Atoms
+    from ase import units as ase_units
     from ase.vibrations import VibrationsData
 
     if not displacement_angstrom > 0:
@@ -228,13 +232,17 @@ def harmonic_frequencies(
             hessian[3 * atom + axis] = -(plus - minus) / (2.0 * displacement_angstrom)
     hessian = 0.5 * (hessian + hessian.T)
     atoms = Atoms(numbers=numbers, positions=positions)
-    complex_frequencies = VibrationsData.from_2d(atoms, hessian).get_frequencies()
+    energies, modes = VibrationsData.from_2d(atoms, hessian).get_energies_and_modes()
+    complex_frequencies = energies / ase_units.invcm
     frequencies = np.where(np.abs(complex_frequencies.imag) > np.abs(complex_frequencies.real),
                            -np.abs(complex_frequencies.imag), complex_frequencies.real)
-    frequencies = frequencies[np.argsort(np.abs(frequencies))]
+    by_magnitude = np.argsort(np.abs(frequencies))
     rigid = 0 if len(numbers) == 1 else 5 if _is_linear(positions) else 6
-    return HarmonicAnalysis(hessian, frequencies, np.sort(frequencies[rigid:]), len(tasks),
-                            float(sum(result["cpu_seconds"] for result in results.values())))
+    vibrational = by_magnitude[rigid:][np.argsort(frequencies[by_magnitude[rigid:]])]
+    # ASE's modes are the mass-weighted eigenvectors divided by sqrt(mass): m |mode|^2 is the kinetic share
+    shares = atoms.get_masses()[np.newaxis, :] * np.square(modes[vibrational]).sum(axis=2)
+    return HarmonicAnalysis(hessian, frequencies[by_magnitude], frequencies[vibrational], len(tasks),
+                            float(sum(result["cpu_seconds"] for result in results.values())), shares)
 
 
 def _is_linear(positions_angstrom: np.ndarray, tolerance_angstrom: float = 1e-3) -> bool:

@@ -81,8 +81,8 @@ def velocity_autocorrelation(
     return correlation / correlation[0]
 
 
-def power_spectrum(vacf: np.ndarray, frame_interval_ps: float, *, window: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine transform of a VACF (lags 0..L): wavenumbers (cm^-1) and intensity (max 1)."""
+def _cosine_transform(vacf: np.ndarray, frame_interval_ps: float, window: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Wavenumbers (cm^-1) and the unnormalised, unclipped cosine transform of a VACF (lags 0..L)."""
     vacf = np.asarray(vacf, dtype=np.float64)
     taper = np.hanning(2 * len(vacf) - 1)[len(vacf) - 1 :] if window else np.ones_like(vacf)
     tapered = vacf * taper
@@ -90,10 +90,106 @@ def power_spectrum(vacf: np.ndarray, frame_interval_ps: float, *, window: bool =
     # to 8 L gives a smoother curve at the same resolution.
     size = 8 * len(tapered)
     intensity = 2.0 * np.fft.rfft(tapered, n=size).real - tapered[0]
-    frequency_per_ps = np.fft.rfftfreq(size, d=frame_interval_ps)
+    return np.fft.rfftfreq(size, d=frame_interval_ps) / SPEED_OF_LIGHT_CM_PER_PS, intensity
+
+
+def power_spectrum(vacf: np.ndarray, frame_interval_ps: float, *, window: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine transform of a VACF (lags 0..L): wavenumbers (cm^-1) and intensity (max 1)."""
+    wavenumber, intensity = _cosine_transform(vacf, frame_interval_ps, window)
     intensity = np.clip(intensity, 0.0, None)
     peak = intensity.max()
-    return frequency_per_ps / SPEED_OF_LIGHT_CM_PER_PS, intensity / peak if peak > 0 else intensity
+    return wavenumber, intensity / peak if peak > 0 else intensity
+
+
+def group_spectra(
+    velocities: np.ndarray,
+    frame_interval_ps: float,
+    masses: np.ndarray,
+    groups: dict[str, np.ndarray],
+    max_lag_ps: float | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The mass-weighted power spectrum split into the contributions of groups of atoms.
+
+    Each group's VACF (its atoms' mass-weighted velocity correlation) is transformed as in
+    :func:`vibrational_spectrum`; the contributions add up to the spectrum of all atoms in ``groups``
+    (scaled to a maximum of 1), so the share of a group at a wavenumber says which atoms move in a band.
+    Returns the wavenumbers (cm^-1) and the contribution of each group.
+    """
+    velocities = np.asarray(velocities, dtype=np.float64)
+    masses = np.asarray(masses, dtype=np.float64)
+    max_lag = None if max_lag_ps is None else round(max_lag_ps / frame_interval_ps)
+    kinetic = {name: float(np.einsum("fnk,n->", velocities[:, atoms] ** 2, masses[atoms]))
+               for name, atoms in groups.items()}
+    total_kinetic = sum(kinetic.values())
+    contributions = {}
+    for name, atoms in groups.items():
+        vacf = velocity_autocorrelation(velocities[:, atoms], masses[atoms], max_lag)
+        wavenumber, contributions[name] = _cosine_transform(vacf * kinetic[name] / total_kinetic, frame_interval_ps,
+                                                            window=True)
+    peak = max(float(np.clip(sum(contributions.values()), 0.0, None).max()), np.finfo(float).tiny)
+    return wavenumber, {name: np.clip(value, 0.0, None) / peak for name, value in contributions.items()}
+
+
+def harmonic_vacf(frequencies_cm: np.ndarray, lag_ps: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Normalised VACF of independent harmonic modes with equal kinetic energy (equipartition), times ``weights``.
+
+    The mass-weighted VACF of a harmonic system is ``sum_k w_k cos(2 pi c nu_k t)``; put through
+    :func:`power_spectrum` with the lags of an MD spectrum, it gives the harmonic spectrum at the MD
+    spectrum's resolution and line shape. Imaginary (negative) frequencies are left out.
+    """
+    frequencies_cm = np.asarray(frequencies_cm, dtype=np.float64)
+    weights = np.ones_like(frequencies_cm) if weights is None else np.asarray(weights, dtype=np.float64)
+    real = frequencies_cm > 0
+    angular_per_ps = 2.0 * np.pi * SPEED_OF_LIGHT_CM_PER_PS * frequencies_cm[real]
+    vacf = np.cos(np.outer(np.asarray(lag_ps, dtype=np.float64), angular_per_ps)) @ weights[real]
+    return vacf / vacf[0] if vacf[0] > 0 else vacf
+
+
+def harmonic_group_spectra(
+    frequencies_cm: np.ndarray,
+    group_weights: dict[str, np.ndarray],
+    frame_interval_ps: float,
+    max_lag_ps: float,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The harmonic counterpart of :func:`group_spectra` at an MD spectrum's resolution and line shape.
+
+    ``group_weights[name][k]`` is the group's share of mode ``k``'s kinetic energy (the shares of all groups add
+    up to 1 per mode); each group's contribution is the VACF of :func:`harmonic_vacf` with those weights through
+    the same transform, window and lags as the MD spectrum, and the contributions add up to a maximum of 1.
+    """
+    lag_ps = np.arange(round(max_lag_ps / frame_interval_ps) + 1) * frame_interval_ps
+    contributions = {}
+    for name, weights in group_weights.items():
+        weights = np.asarray(weights, dtype=np.float64)
+        vacf = harmonic_vacf(frequencies_cm, lag_ps, weights) * weights[np.asarray(frequencies_cm) > 0].sum()
+        wavenumber, contributions[name] = _cosine_transform(vacf, frame_interval_ps, window=True)
+    peak = max(float(np.clip(sum(contributions.values()), 0.0, None).max()), np.finfo(float).tiny)
+    return wavenumber, {name: np.clip(value, 0.0, None) / peak for name, value in contributions.items()}
+
+
+def spectral_peaks(wavenumber_cm: np.ndarray, intensity: np.ndarray, prominence: float = 0.03,
+                   minimum_cm: float = 50.0) -> np.ndarray:
+    """Wavenumbers (cm^-1, increasing) of the peaks of a spectrum (max 1) with at least this prominence."""
+    from scipy.signal import find_peaks
+
+    indices, _ = find_peaks(np.asarray(intensity, dtype=np.float64), prominence=prominence)
+    peaks = np.asarray(wavenumber_cm, dtype=np.float64)[indices]
+    return peaks[peaks >= minimum_cm]
+
+
+def match_peaks(reference_cm: np.ndarray, other_cm: np.ndarray, window_cm: float) -> list[tuple[float, float | None]]:
+    """Each reference peak with the nearest peak of ``other_cm`` within ``window_cm`` (else ``None``); every peak
+    of ``other_cm`` is used at most once (closest pairs first)."""
+    reference_cm, other_cm = np.asarray(reference_cm, dtype=np.float64), np.asarray(other_cm, dtype=np.float64)
+    pairs = sorted((abs(r - o), i, j) for i, r in enumerate(reference_cm) for j, o in enumerate(other_cm)
+                   if abs(r - o) <= window_cm)
+    matched: dict[int, int] = {}
+    used: set[int] = set()
+    for _, i, j in pairs:
+        if i not in matched and j not in used:
+            matched[i] = j
+            used.add(j)
+    return [(float(r), float(other_cm[matched[i]]) if i in matched else None) for i, r in enumerate(reference_cm)]
 
 
 def vibrational_spectrum(
