@@ -16,6 +16,7 @@ from so3krates_openmm.training import Trainer, TrainingError, config_from_dict, 
 from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv
 from so3krates_openmm.training.shifts import fit_energy_shifts
 from so3krates_openmm.training.synthetic import teacher_dataset
+from so3krates_openmm.training.trainer import predicted_energies
 from so3krates_openmm.units import energy_conversion
 
 #: Student size for the tests (the teacher is F=16, T=1, degrees (1, 2), K=8, 4 Å).
@@ -71,7 +72,7 @@ def test_training_cuts_the_force_error_several_fold(tmp_path: Path, ethanol_data
 
 
 def test_best_checkpoint_holds_the_ema_weights_of_the_best_epoch(tmp_path: Path, ethanol_data: MolecularDataset):
-    config = config_from_dict(small_run(tmp_path / "run", max_epochs=4, ema_decay=0.9))
+    config = config_from_dict(small_run(tmp_path / "run", max_epochs=4, ema_decay=0.9, correct_energy_shifts=False))
     trainer = Trainer(config, dataset=ethanol_data, log=quiet)
     result = trainer.run()
     best_epoch = min(result.metrics, key=lambda row: row["valid_loss"])
@@ -84,6 +85,29 @@ def test_best_checkpoint_holds_the_ema_weights_of_the_best_epoch(tmp_path: Path,
     # the last checkpoint holds the raw weights, not the average
     last = read_checkpoint(tmp_path / "run" / "last_checkpoint.pt")
     assert not torch.equal(last["state_dict"]["embedding.weight"], best["state_dict"]["embedding.weight"])
+
+
+def test_best_checkpoint_energy_shifts_are_corrected_after_training(tmp_path: Path, ethanol_data: MolecularDataset):
+    """The same run with and without the final correction: only the shifts differ, forces are the same, and the
+    corrected model's mean energy error on the training split is zero (one molecule: one common shift)."""
+    runs = {flag: train(config_from_dict(small_run(tmp_path / str(flag), max_epochs=2, correct_energy_shifts=flag)),
+                        dataset=ethanol_data, log=quiet) for flag in (False, True)}
+    plain, corrected = (read_checkpoint(runs[flag].best_checkpoint) for flag in (False, True))
+    for key, value in plain["state_dict"].items():
+        if key != "energy_shifts":
+            assert torch.equal(corrected["state_dict"][key], value), key
+    record = corrected["extra"]["training"]["energy_shift_correction"]
+    assert set(record["per_atom"]) == {"H", "C", "O"}
+    assert record["train_energy_mae_after"] <= record["train_energy_mae_before"]
+    assert "energy_shift_correction" not in plain["extra"]["training"]
+    tests = {flag: runs[flag].test_report["errors"] for flag in runs}
+    assert tests[True]["force_mae"] == pytest.approx(tests[False]["force_mae"], rel=1e-12)
+    trainer = Trainer(config_from_dict(small_run(tmp_path / "check")), dataset=ethanol_data, log=quiet)
+    trainer.setup()
+    trainer.model.load_state_dict(corrected["state_dict"])
+    residuals = trainer.train_data.energies.cpu().double().numpy() - predicted_energies(
+        trainer.model, trainer.train_data, 16)
+    assert abs(residuals.mean()) < 1e-6
 
 
 def test_energy_shifts_fitted_by_least_squares_recover_known_shifts(tmp_path: Path):
@@ -99,7 +123,7 @@ def test_energy_shifts_fitted_by_least_squares_recover_known_shifts(tmp_path: Pa
         forces.append(np.zeros_like(mol.positions))
     dataset = MolecularDataset(numbers, positions, np.array(energies), forces, "kcal/mol", {"source": "<shifts>"})
     config = config_from_dict(small_run(tmp_path / "run", train_size=30, valid_size=5, test_size=5, max_epochs=1,
-                                        batch_size=10, energy_scale="none"))
+                                        batch_size=10, energy_scale="none", correct_energy_shifts=False))
     trainer = Trainer(config, dataset=dataset, log=quiet)
     trainer.run()
     model = load_model(tmp_path / "run" / "best_checkpoint.pt")

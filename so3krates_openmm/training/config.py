@@ -93,6 +93,11 @@ class TrainingConfig:
         "scale of the atomic energies: 'rms-forces' (RMS of the training force components, as MACE), "
         "'none', or a number in the data's energy unit",
     )
+    correct_energy_shifts: bool = option(
+        True, "after training, correct the best model's per-element energy shifts by least squares on its energy "
+        "errors on the training split: removes the drift of the energy zero that a weakly weighted energy loss "
+        "leaves (Adam moves the output bias, on which only energies depend, by about lr per step); forces unchanged"
+    )
     init_energy_shifts: str = option(
         "checkpoint", "with --init-from: 'checkpoint' keeps the checkpoint's energy scale and per-element shifts "
         "(in the data's unit), the shifts corrected by a least-squares fit to the checkpoint's energy errors on the "

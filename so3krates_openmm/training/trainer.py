@@ -447,9 +447,9 @@ class Trainer:
             f"scale {scale:.4g}"
         )
 
-    def _correct_checkpoint_shifts(self) -> None:
-        """The checkpoint's scale and shifts (already in the data's unit), the shifts corrected by least squares
-        on the checkpoint's energy errors on the training split (float64): the forces stay the checkpoint's."""
+    def _correct_shifts(self) -> dict[str, Any]:
+        """Correct the model's energy shifts by least squares on its energy errors on the training split (float64;
+        elements the split lacks keep theirs): the forces do not change. Returns what was done, for the log."""
         elements = list(self.model.config.elements)
         counts = self.train_data.element_counts(elements)
         residuals = self.train_data.energies.cpu().double().numpy() - predicted_energies(
@@ -457,16 +457,44 @@ class Trainer:
         )
         corrections = fit_energy_shifts(counts, residuals, elements)
         present = [z for z, count in zip(elements, counts.sum(axis=0), strict=True) if count > 0]
-        shifts = {z: self._source_shifts[z] + (corrections[z] if z in present else 0.0) for z in elements}
-        self.model.set_energy_shifts(shifts)
+        current = {z: float(self.model.energy_shifts[i]) for i, z in enumerate(elements)}
+        self.model.set_energy_shifts({z: current[z] + (corrections[z] if z in present else 0.0) for z in elements})
         self.model.train()
-        remaining = residuals - counts @ np.array([corrections[z] for z in elements])
-        correction_text = ", ".join(f"{symbol(z)} {corrections[z]:+.4g}" for z in present)
-        self.log(
-            f"energy shifts and scale from --init-from ({self.model.config.energy_unit}); shifts corrected by the "
-            f"checkpoint's mean error on the training split: {correction_text} per atom (mean |error| "
-            f"{np.abs(residuals).mean():.4g} -> {np.abs(remaining).mean():.4g})"
-        )
+        remaining = residuals - counts @ np.array([corrections[z] if z in present else 0.0 for z in elements])
+        return {"per_atom": {symbol(z): corrections[z] for z in present},
+                "train_energy_mae_before": float(np.abs(residuals).mean()),
+                "train_energy_mae_after": float(np.abs(remaining).mean())}
+
+    @staticmethod
+    def _correction_text(correction: dict[str, Any]) -> str:
+        per_atom = ", ".join(f"{name} {value:+.4g}" for name, value in correction["per_atom"].items())
+        return (f"{per_atom} per atom (training-split energy MAE {correction['train_energy_mae_before']:.4g} -> "
+                f"{correction['train_energy_mae_after']:.4g})")
+
+    def _correct_checkpoint_shifts(self) -> None:
+        """The checkpoint's scale and shifts (already in the data's unit), the shifts corrected by least squares
+        on the checkpoint's energy errors on the training split: the forces stay the checkpoint's."""
+        correction = self._correct_shifts()
+        self.log(f"energy shifts and scale from --init-from ({self.model.config.energy_unit}); shifts corrected by "
+                 f"the checkpoint's mean error on the training split: {self._correction_text(correction)}")
+
+    def _correct_best_shifts(self) -> None:
+        """The best checkpoint's energy shifts corrected on the training split after training (the weakly weighted
+        energy term lets the energy zero drift during training; forces unchanged); rewritten by the main process."""
+        best = read_checkpoint(self.output / BEST_CHECKPOINT)
+        if "energy_shift_correction" in best["extra"].get("training", {}):
+            return  # corrected when this run finished (a new best is saved without the record)
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["state_dict"])
+        correction = self._correct_shifts()
+        if self.context.is_main:
+            training = best["extra"].get("training", {})
+            training["energy_shift_correction"] = correction
+            save_checkpoint(self.model, self.output / BEST_CHECKPOINT, extra={**best["extra"], "training": training})
+            self.log(f"best checkpoint: energy shifts corrected on the training split ({self.energy_unit}): "
+                     f"{self._correction_text(correction)}")
+        self.model.load_state_dict(current)
+        self.context.barrier()
 
     # ----------------------------------------------------------------- epochs
     def train_epoch(self, epoch: int, start_batch: int = 0, loss_sum_start: float = 0.0) -> float:
@@ -708,6 +736,8 @@ class Trainer:
         if self.context.is_main and self.metrics:
             plot_learning_curve(self.output / CURVE_FILE, self.metrics, self.energy_unit)
         self.context.barrier()
+        if self.config.correct_energy_shifts and (self.output / BEST_CHECKPOINT).is_file():
+            self._correct_best_shifts()
         report = self._test_report(stop_reason)
         return TrainingResult(
             output=self.output,
