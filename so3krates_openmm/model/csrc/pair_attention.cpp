@@ -22,10 +22,6 @@
 
 namespace {
 
-// Pairs per parallel task: smaller pair lists run on one thread (waking a sleeping OpenMP thread,
-// OMP_WAIT_POLICY=PASSIVE, costs more than a few hundred pairs of work).
-constexpr int64_t kPairsPerTask = 512;
-
 struct Sizes {
     int64_t atoms, pairs, features, heads, degrees, components;
 };
@@ -63,7 +59,7 @@ void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, con
                     T* scores) {
     const int64_t F = s.features, H = s.heads, D = s.degrees, M = s.components;
     const int64_t hw = F / H, dw = F / D, stride = 5 * F, score_width = 2 * H + 2 * D;
-    at::parallel_for(0, s.pairs, kPairsPerTask, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.pairs, so3krates::pair_grain(s.pairs), [&](int64_t begin, int64_t end) {
         const int64_t thread = at::get_thread_num();
         T* update = update_buf + thread * s.atoms * F;
         T* ev_update = ev_buf + thread * s.atoms * M;
@@ -159,7 +155,7 @@ void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, co
                      const int64_t* second, T* proj_grad_buf, T* ff_grad, T* ef_grad, T* cut_grad, T* harm_grad) {
     const int64_t F = s.features, H = s.heads, D = s.degrees, M = s.components;
     const int64_t hw = F / H, dw = F / D, stride = 5 * F, score_width = 2 * H + 2 * D;
-    at::parallel_for(0, s.pairs, kPairsPerTask, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.pairs, so3krates::pair_grain(s.pairs), [&](int64_t begin, int64_t end) {
         const int64_t thread = at::get_thread_num();
         T* grad = proj_grad_buf + thread * s.atoms * stride;
         std::vector<T> gij(D), gji(D), eij(D), eji(D);
