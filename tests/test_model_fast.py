@@ -385,6 +385,17 @@ def test_export_kinds_match_the_reference_export_and_record_their_kind(tmp_path,
         assert json.loads(archive.read(stored[0]))["kernels"] == kernels_kind
 
 
+@pytest.mark.parametrize("values", [(float("nan"),), (float("inf"),), (float("inf"), -float("inf"))])
+def test_exported_modules_reject_positions_that_are_not_finite(random_model, values):
+    """NaN or infinite coordinates (also +inf and -inf together) are a clear error, not a step."""
+    for kernels_kind in ("reference", "fused"):
+        module = torch.jit.script(build_energy_module(random_model, ETHANOL_WATER_NUMBERS, kernels=kernels_kind))
+        positions = POSITIONS / 10.0
+        positions[0, : len(values)] = torch.tensor(values, dtype=torch.float64)
+        with pytest.raises(torch.jit.Error, match="NaN or infinite"):
+            module(positions)
+
+
 def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(random_model):
     """ML/MM sub-system (forces zero elsewhere) and the all-pairs list of CUDA graphs."""
     n_particles = len(ETHANOL_WATER_NUMBERS) + 3

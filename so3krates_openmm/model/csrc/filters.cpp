@@ -463,9 +463,9 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
                                const at::Tensor& differences, const at::Tensor& slopes,
                                const at::Tensor& contraction, const at::Tensor& in_weight,
                                const at::Tensor& feature_out, const at::Tensor& euclidean_out,
-                               const at::Tensor& first, const at::Tensor& second, at::Tensor& buffers) {
+                               const at::Tensor& first, const at::Tensor& second, so3krates::TaskBuffers& buffers) {
     const int64_t P = first.size(0), M = differences.size(1), D = contraction.size(1), S2 = in_weight.size(0);
-    const int64_t S = S2 / 2, F = feature_out.size(0), atoms = buffers.size(1);
+    const int64_t S = S2 / 2, F = feature_out.size(0);
     const so3krates::PairBlocks blocks = so3krates::pair_blocks(P, kBlock);
     const T* c = contraction.data_ptr<T>();
     const T* w_in = in_weight.data_ptr<T>();
@@ -488,7 +488,7 @@ void spherical_backward_blocks(const at::Tensor& feature_gradient, const at::Ten
     for (int64_t o = 0; o < S2; ++o)
         for (int64_t l = 0; l < D; ++l) w_in_t[l * S2 + o] = w_in[o * D + l];
     at::parallel_for(0, blocks.count, blocks.grain, [&](int64_t begin, int64_t end) {
-        T* out = buffers.data_ptr<T>() + at::get_thread_num() * atoms * M;
+        T* out = buffers.local<T>();
         std::vector<T> hidden(blocks.rows * S2), invariants(D);
         for (int64_t b = begin; b < end; ++b) {
             const int64_t p0 = b * blocks.rows, rows = std::min(blocks.rows, P - p0);
@@ -548,12 +548,14 @@ at::Tensor spherical_backward(const at::Tensor& feature_gradient_in, const at::T
                                 &euclidean_out}) {
         TORCH_CHECK(t->scalar_type() == feature_gradient.scalar_type(), "so3krates: all float inputs must have one dtype");
     }
-    at::Tensor buffers = at::zeros({at::get_num_threads(), atoms, M}, feature_gradient.options());
+    so3krates::TaskBuffers buffers(so3krates::pair_tasks(P), atoms, M, feature_gradient.options());
+    at::Tensor chi_gradient;
     AT_DISPATCH_FLOATING_TYPES(feature_gradient.scalar_type(), "so3krates_spherical_backward", [&] {
         spherical_backward_blocks<scalar_t>(feature_gradient, euclidean_gradient, differences, slopes, contraction,
                                             in_weight, feature_out, euclidean_out, first, second, buffers);
+        chi_gradient = buffers.sum<scalar_t>();
     });
-    return buffers.size(0) == 1 ? buffers[0] : buffers.sum(0);
+    return chi_gradient;
 }
 
 }  // namespace so3krates

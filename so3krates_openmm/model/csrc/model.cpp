@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -230,7 +231,13 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     const int64_t atoms = positions.size(0), pairs = first.numel(), features = embedding.size(1);
     const int64_t layers = projection.size(0), degrees = pair_contraction.size(2);
     const int64_t components = harmonic_coefficients.size(1), monomials_count = monomial_exponents.size(0);
-    const int64_t max_degree = monomial_exponents.max().item<int64_t>();
+    TORCH_CHECK(monomial_exponents.scalar_type() == at::kLong && monomial_exponents.size(1) == 3 &&
+                    harmonic_coefficients.size(0) == monomials_count &&
+                    harmonic_derivatives.sizes() == at::IntArrayRef({components, 3 * monomials_count}) &&
+                    harmonic_coefficients.scalar_type() == dtype && harmonic_derivatives.scalar_type() == dtype,
+                "so3krates: monomial exponents (M, 3) int64, harmonic coefficients (M, m) and derivatives (m, 3 M)");
+    const int64_t* exponents = monomial_exponents.data_ptr<int64_t>();
+    const int64_t max_degree = monomials_count == 0 ? 0 : *std::max_element(exponents, exponents + 3 * monomials_count);
     const auto options = embedding.options();
 
     // ----- geometry (per unordered pair) -----
@@ -245,7 +252,17 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                                 monomials.data_ptr<scalar_t>(), cutoff_weights.data_ptr<scalar_t>(),
                                 cutoff_slopes.data_ptr<scalar_t>());
     });
-    const at::Tensor harmonics = at::mm(monomials, harmonic_coefficients);
+    const at::Tensor harmonics = at::empty({pairs, components}, options);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_harmonics", [&] {
+        const auto coefficients = packed<scalar_t>(Role::kHarmonics, harmonic_coefficients, at::Tensor(), [&] {
+            return layers_of<scalar_t>(1, [&](int64_t) {
+                return PackedMatrix<scalar_t>(harmonic_coefficients.data_ptr<scalar_t>(), monomials_count, components,
+                                              components, 1, nullptr);
+            });
+        });
+        (*coefficients)[0].multiply(monomials.data_ptr<scalar_t>(), pairs, monomials_count,
+                                    harmonics.data_ptr<scalar_t>(), components, false);
+    });
     at::Tensor radial_filters, radial_saved;
     std::tie(radial_filters, radial_saved) =
         so3krates::radial_forward(distances, radial_centres, beta, radial_in_weight, radial_out_weight, radial_out_bias);
@@ -364,7 +381,17 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
          so3krates::radial_backward(filter_gradients, distances, radial_centres, beta, radial_in_weight,
                                     radial_out_weight, radial_saved))
             .contiguous();
-    const at::Tensor derivative_terms = at::mm(harmonics_gradient, harmonic_derivatives);  // (P, 3 M)
+    const at::Tensor derivative_terms = at::empty({pairs, 3 * monomials_count}, options);  // (P, 3 M)
+    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_derivative_terms", [&] {
+        const auto derivatives = packed<scalar_t>(Role::kHarmonicDerivatives, harmonic_derivatives, at::Tensor(), [&] {
+            return layers_of<scalar_t>(1, [&](int64_t) {
+                return PackedMatrix<scalar_t>(harmonic_derivatives.data_ptr<scalar_t>(), components,
+                                              3 * monomials_count, 3 * monomials_count, 1, nullptr);
+            });
+        });
+        (*derivatives)[0].multiply(harmonics_gradient.data_ptr<scalar_t>(), pairs, components,
+                                   derivative_terms.data_ptr<scalar_t>(), 3 * monomials_count, false);
+    });
     at::Tensor gradient = at::zeros({atoms, 3}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_geometry_backward", [&] {
         geometry_backward<scalar_t>(distance_gradient.data_ptr<scalar_t>(), derivative_terms.data_ptr<scalar_t>(),

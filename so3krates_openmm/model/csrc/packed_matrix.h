@@ -218,7 +218,8 @@ class PackedMatrix {
 // Inference tensors (no version counter) are packed on every call.
 enum class Role { kRadialHidden, kRadialOutput, kRadialOutputBackward, kRadialHiddenBackward, kSphericalFeature,
                   kSphericalEuclidean, kSphericalFeatureBackward, kSphericalEuclideanBackward, kProjection,
-                  kProjectionBackward, kExchange, kExchangeBackward, kReadout, kReadoutBackward };
+                  kProjectionBackward, kExchange, kExchangeBackward, kReadout, kReadoutBackward, kHarmonics,
+                  kHarmonicDerivatives };
 
 template <typename T>
 using Layers = std::vector<PackedMatrix<T>>;
