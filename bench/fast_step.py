@@ -19,9 +19,10 @@ unless ``--no-mace``. It prints ms/step (per model the best median of
 ``--rounds`` rounds run in alternating order, and the fastest single step), the ratios reference/fast and
 MACE/fast, and the targets of issue 19 (<= 5 ms at 42 atoms and <= 25 ms at
 148 atoms at the best thread count; MACE L=0 / SO3krates >= 6 and >= 5 at one
-thread). Each SO3krates record also has ``bare_ms``: one energy+forces call of the exported
-module as openmm-torch makes it, outside OpenMM (the step minus it is OpenMM's and
-TorchForce's own share: integrator, position and force copies). ``--profile`` adds a
+thread). The records of the fast kinds also have ``bare_ms``: one energy+forces call of the
+exported module as openmm-torch makes it, outside OpenMM (the step minus it is OpenMM's and
+TorchForce's own share: integrator, position and force copies; not for ``reference``, whose
+forces openmm-torch gets by its own backward pass in C++). ``--profile`` adds a
 torch.profiler table per kind, system and thread count (top operators by self CPU time,
 5 energy+forces calls of the exported module).
 On a shared machine compare within one run; record figures only from an idle machine.
@@ -101,7 +102,7 @@ def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int,
             record = step_record(
                 f"so3krates-{kind}", "SO3krates F=132 T=3 H=4 degrees 1-3 K=32 r_c=5 Å",
                 f"so3krates-export --kernels {kind} -> TorchForce", molecule, 5.0, system, threads, repeats, warmup,
-                bare=module_call(kind, torch.jit.load(str(exported)), positions_nm),
+                bare=None if kind == "reference" else module_call(kind, torch.jit.load(str(exported)), positions_nm),
                 bare_note="one energy+forces call of the exported module outside OpenMM",
             )
             record["threads"] = threads
