@@ -122,7 +122,7 @@ def neighbour_list(
             first, second = structure_pairs(batch, num_structures)
         else:
             first, second = all_pairs
-    vectors = detached[second] - detached[first]
+    vectors = detached.index_select(0, second) - detached.index_select(0, first)
     shifts: Optional[Tensor] = None
     if boxes is not None:
         shifts = minimum_image_shifts(vectors, boxes.to(detached.dtype)[batch[first]])
