@@ -130,12 +130,22 @@ struct SiluEpilogue {
     void operator()(T* c, int64_t ldc, int64_t row, int64_t column, int64_t rows, int64_t columns) const {
         for (int64_t r = 0; r < rows; ++r) silu_with_slope(c + r * ldc, slope + (row + r) * ld + column, columns);
     }
+    void prefetch(int64_t, int64_t, int64_t, int64_t) const {}
 };
 
 template <typename T>
 struct ScaleEpilogue {
     const T* scale;
     int64_t ld;
+    // The factors of the tile come from memory (written by the forward pass long before): ask for
+    // them while the tile's products run.
+    void prefetch(int64_t row, int64_t column, int64_t rows, int64_t columns) const {
+        for (int64_t r = 0; r < rows; ++r) {
+            const T* factor = scale + (row + r) * ld + column;
+            __builtin_prefetch(factor);
+            __builtin_prefetch(factor + columns - 1);
+        }
+    }
     void operator()(T* c, int64_t ldc, int64_t row, int64_t column, int64_t rows, int64_t columns) const {
         for (int64_t r = 0; r < rows; ++r) {
             T* __restrict__ out = c + r * ldc;

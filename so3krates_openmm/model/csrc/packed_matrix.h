@@ -48,10 +48,12 @@ struct Simd<double> {
 #endif
 
 // What a product does to each finished tile of C (rows x columns at C(row, column), row stride ldc)
-// while it is in the L1 cache: nothing here; the filter operators define others.
+// while it is in the L1 cache, and what it reads then, requested (`prefetch`) before the tile's
+// products start: nothing here; the filter operators define others.
 struct NoEpilogue {
     template <typename T>
     void operator()(T*, int64_t, int64_t, int64_t, int64_t, int64_t) const {}
+    void prefetch(int64_t, int64_t, int64_t, int64_t) const {}
 };
 
 // A constant matrix B (K x N), B(k, n) = source[k * k_stride + n * n_stride], ready to multiply
@@ -132,6 +134,7 @@ class PackedMatrix {
                     start = tile;
                     stride = kPanel;
                 }
+                epilogue.prefetch(i0, j * kPanel, rows, columns);
                 const T* a0 = A + i0 * lda;
                 const T* a1 = A + (i0 + std::min<int64_t>(1, rows - 1)) * lda;
                 const T* a2 = A + (i0 + std::min<int64_t>(2, rows - 1)) * lda;
