@@ -19,8 +19,12 @@ unless ``--no-mace``. It prints ms/step (per model the best median of
 ``--rounds`` rounds run in alternating order, and the fastest single step), the ratios reference/fast and
 MACE/fast, and the targets of issue 19 (<= 5 ms at 42 atoms and <= 25 ms at
 148 atoms at the best thread count; MACE L=0 / SO3krates >= 6 and >= 5 at one
-thread). ``--profile`` adds a torch.profiler table per kind (top operators by
-self CPU time, one energy+forces of the catcher's exported module, 1 thread).
+thread). The records of the fast kinds also have ``bare_ms``: one energy+forces call of the
+exported module as openmm-torch makes it, outside OpenMM (the step minus it is OpenMM's and
+TorchForce's own share: integrator, position and force copies; not for ``reference``, whose
+forces openmm-torch gets by its own backward pass in C++). ``--profile`` adds a
+torch.profiler table per kind, system and thread count (top operators by self CPU time,
+5 energy+forces calls of the exported module).
 On a shared machine compare within one run; record figures only from an idle machine.
 """
 
@@ -35,6 +39,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,21 @@ def export_shipped_model(checkpoint: Path, structure: Any, kind: str, workdir: P
     )
 
 
+def module_call(kind: str, module: Any, positions_nm: Any) -> Callable[[], None]:
+    """One energy+forces evaluation of an exported module as openmm-torch makes it: the forces by
+    autograd for ``reference`` (energy-only module), in the module for the fast kinds."""
+    import torch
+
+    def call() -> None:
+        if kind == "reference":
+            p = positions_nm.clone().requires_grad_(True)
+            torch.autograd.grad(module(p), p)
+        else:
+            module(positions_nm)
+
+    return call
+
+
 def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int, workdir: Path) -> list[dict[str, Any]]:
     import torch
     from peer_common import Molecule, step_record
@@ -76,49 +96,56 @@ def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int,
         )
         for kind in kinds:
             print(f"[fast_step] {kind} on {name}, {threads} thread(s)", file=sys.stderr, flush=True)
-            system = create_system(structure, export_shipped_model(path.parent / "best_checkpoint.pt", structure, kind,
-                                                                       workdir))
+            exported = export_shipped_model(path.parent / "best_checkpoint.pt", structure, kind, workdir)
+            system = create_system(structure, exported)
+            positions_nm = torch.tensor(molecule.positions_nm, dtype=torch.float64)
             record = step_record(
                 f"so3krates-{kind}", "SO3krates F=132 T=3 H=4 degrees 1-3 K=32 r_c=5 Å",
                 f"so3krates-export --kernels {kind} -> TorchForce", molecule, 5.0, system, threads, repeats, warmup,
+                bare=None if kind == "reference" else module_call(kind, torch.jit.load(str(exported)), positions_nm),
+                bare_note="one energy+forces call of the exported module outside OpenMM",
             )
             record["threads"] = threads
             records.append(record)
     return records
 
 
-def profile_tables(kinds: list[str], workdir: Path, rows: int = 12) -> str:
-    """torch.profiler tables (top ``rows`` operators by self CPU time) of one energy+forces call of the
-    catcher's exported module of each kind, 1 thread, as openmm-torch calls it."""
+def profile_tables(kinds: list[str], thread_counts: list[int], workdir: Path, rows: int = 12) -> str:
+    """torch.profiler tables (top ``rows`` operators by self CPU time) of 5 energy+forces calls of the
+    exported module of each kind, system and thread count, as openmm-torch calls it."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from so3krates_openmm.data.structures import read_structure
 
-    torch.set_num_threads(1)
-    structure = read_structure(DEFAULT_STRUCTURES[1])
-    positions = torch.tensor(structure.positions_angstrom / 10.0, dtype=torch.float64)
     tables = []
-    for kind in kinds:
-        module = torch.jit.load(str(export_shipped_model(DEFAULT_STRUCTURES[1].parent / "best_checkpoint.pt",
-                                                         structure, kind, workdir)))
-
-        # called only within this iteration (warm-up and profiled calls below)
-        def call() -> None:
-            if kind == "reference":  # noqa: B023 (called in this iteration)
-                p = positions.clone().requires_grad_(True)
-                torch.autograd.grad(module(p), p)  # noqa: B023 (called in this iteration)
-            else:
-                module(positions)  # noqa: B023 (called in this iteration)
-
-        for _ in range(5):
-            call()
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            for _ in range(5):
-                call()
-        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-        tables.append(f"## profile: {kind}, buckyball catcher, 1 thread, 5 calls\n{table}")
+    for path in DEFAULT_STRUCTURES:
+        structure = read_structure(path)
+        positions = torch.tensor(structure.positions_angstrom / 10.0, dtype=torch.float64)
+        for kind in kinds:
+            exported = export_shipped_model(path.parent / "best_checkpoint.pt", structure, kind, workdir)
+            call = module_call(kind, torch.jit.load(str(exported)), positions)
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                for _ in range(5):
+                    call()
+                with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                    for _ in range(5):
+                        call()
+                table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+                tables.append(f"## profile: {kind}, {path.parent.name}, {threads} thread(s), 5 calls\n{table}")
     return "\n".join(tables)
+
+
+def overhead_summary(records: list[dict[str, Any]]) -> str:
+    """Per SO3krates kind, system and thread count: the OpenMM step, the exported module's call alone
+    (``bare_ms``) and the difference, OpenMM's and TorchForce's share (medians, ms)."""
+    lines = [f"{'model':<22}{'atoms':>6}{'threads':>8}{'step':>9}{'module':>9}{'outside':>9}"]
+    for r in sorted(records, key=lambda r: (r["atoms"], r["model"], r["threads"])):
+        if "bare_ms" in r:
+            lines.append(f"{r['model']:<22}{r['atoms']:>6}{r['threads']:>8}{r['openmm_step_ms']:>9.2f}"
+                         f"{r['bare_ms']:>9.2f}{r['openmm_step_ms'] - r['bare_ms']:>9.2f}")
+    return "\n".join(lines)
 
 
 def mace_records(threads: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
@@ -198,7 +225,8 @@ def main() -> int:
                         help="export kinds to time; the last one is checked against the targets")
     parser.add_argument("--rounds", type=int, default=2, help="time everything this many times, alternating the order")
     parser.add_argument("--no-mace", action="store_true", help="skip MACE L=0 (needs bench/peers/.venvs/mace)")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of the catcher")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler tables of both systems at each thread count")
     parser.add_argument("--json", type=Path, help="also write all records to this file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -236,9 +264,12 @@ def main() -> int:
         print()
         print("## ms/step, fastest single step of all rounds (the least disturbed by other jobs)")
         print(summary(best, args.kernels, args.threads, "openmm_step_min_ms"))
+        print()
+        print("## OpenMM step vs one call of the exported module outside OpenMM, ms (best round)")
+        print(overhead_summary(best))
         if args.profile:
             print()
-            print(profile_tables(args.kernels, Path(workdir)))
+            print(profile_tables(args.kernels, args.threads, Path(workdir)))
     print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
     if args.json:
         args.json.write_text(

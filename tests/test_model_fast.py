@@ -147,6 +147,87 @@ def test_shipped_checkpoints_match_the_reference(name, kernel):
     assert relative_error(forces, reference[1]) < FLOAT32_FORCES_RTOL
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_fused_work_splits_of_the_shipped_models_match_the_reference(name, threads):
+    """The fused operator splits its work by the thread count and the sizes: at 2 threads the 42-atom
+    peptide (423 pairs) runs its pair chain, spherical blocks, radial filter groups and projections
+    as two tasks, the 148-atom catcher its exchange products too; every split is the same model."""
+    structure = read_structure(PRETRAINED / name / "structure.pdb")
+    numbers = torch.tensor(structure.atomic_numbers)
+    positions = torch.tensor(structure.positions_angstrom)
+    model = load_model(PRETRAINED / name / "best_checkpoint.pt").double().eval()
+    reference = reference_energies_and_forces(model, numbers, positions)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = fast_energies_and_forces(FastSO3krates(model, "fused"), model, numbers, positions)
+    finally:
+        torch.set_num_threads(previous)
+    assert_agree(result, reference)
+
+
+@pytest.mark.parametrize(("threads", "pairs"), [(1, 300), (2, 100), (2, 300), (2, 1100)])
+def test_fused_pair_and_spherical_operators_match_the_torch_route(random_model, threads, pairs):
+    """The pair chain and the spherical filter parts, forward and backward, split into one task (100
+    pairs), two tasks of one block each (300) or of several blocks (1100) at 2 threads (float64)."""
+    torch.manual_seed(7)
+    fast = FastSO3krates(random_model, "fused")
+    atoms, features, components = 30, fast.features, fast.m_tot
+    first = torch.randint(0, atoms, (pairs,))
+    second = (first + torch.randint(1, atoms, (pairs,))) % atoms
+    projections = torch.randn(atoms, 5 * features, dtype=torch.float64)
+    feature_filters = torch.randn(pairs, features, dtype=torch.float64)
+    euclidean_filters = torch.randn(pairs, features, dtype=torch.float64)
+    cutoff = torch.rand(pairs, dtype=torch.float64)
+    harmonics = torch.randn(pairs, components, dtype=torch.float64)
+    chi = torch.randn(atoms, components, dtype=torch.float64)
+    update_gradient = torch.randn(atoms, features, dtype=torch.float64)
+    ev_update_gradient = torch.randn(atoms, components, dtype=torch.float64)
+    ops, t = torch.ops.so3krates, 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        update, ev_update, scores = ops.pair_forward(
+            projections, feature_filters, euclidean_filters, cutoff, harmonics, fast.parity, fast.component_degree,
+            first, second, fast.heads, fast.n_degrees,
+        )
+        pair_gradients = ops.pair_backward(
+            update_gradient, ev_update_gradient, projections, feature_filters, euclidean_filters, cutoff, harmonics,
+            fast.parity, fast.component_degree, scores, first, second, fast.heads, fast.n_degrees,
+        )
+        filters = (feature_filters.clone(), euclidean_filters.clone())
+        difference, slopes = ops.spherical_forward(
+            chi, first, second, fast.pair_contraction[t], fast.spherical_in_weight[t], fast.spherical_in_bias[t],
+            fast.feature_spherical_out[t], fast.euclidean_spherical_out[t], *filters,
+        )
+        chi_gradient = ops.spherical_backward(
+            feature_filters, euclidean_filters, difference, slopes, fast.pair_contraction[t],
+            fast.spherical_in_weight[t], fast.feature_spherical_out[t], fast.euclidean_spherical_out[t], first,
+            second, atoms,
+        )
+    finally:
+        torch.set_num_threads(previous)
+    expected = fast.pair_forward(projections, feature_filters, euclidean_filters, cutoff, harmonics, first, second)
+    for value, reference in zip((update, ev_update, scores), expected, strict=True):
+        assert relative_error(value, reference) < 1e-12
+    expected_gradients = fast.pair_backward(
+        update_gradient, ev_update_gradient, projections, feature_filters, euclidean_filters, cutoff, harmonics,
+        expected[2], first, second,
+    )
+    for value, reference in zip(pair_gradients, expected_gradients, strict=True):
+        assert relative_error(value, reference) < 1e-12
+    expected_filters = (feature_filters.clone(), euclidean_filters.clone())
+    expected_difference, saved = fast.spherical_forward(t, chi, first, second, *expected_filters)
+    assert relative_error(difference, expected_difference) < 1e-12
+    for value, reference in zip(filters, expected_filters, strict=True):
+        assert relative_error(value, reference) < 1e-12
+    expected_chi_gradient = fast.spherical_backward(
+        t, feature_filters, euclidean_filters, expected_difference, saved, first, second, atoms
+    )
+    assert relative_error(chi_gradient, expected_chi_gradient) < 1e-12
+
+
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
 def test_scripted_fast_module_equals_the_eager_one(kernel, random_model):
     fast = FastSO3krates(random_model, kernel)
@@ -302,6 +383,17 @@ def test_export_kinds_match_the_reference_export_and_record_their_kind(tmp_path,
     with zipfile.ZipFile(fast_path) as archive:
         stored = [n for n in archive.namelist() if n.endswith(METADATA_FILE)]
         assert json.loads(archive.read(stored[0]))["kernels"] == kernels_kind
+
+
+@pytest.mark.parametrize("values", [(float("nan"),), (float("inf"),), (float("inf"), -float("inf"))])
+def test_exported_modules_reject_positions_that_are_not_finite(random_model, values):
+    """NaN or infinite coordinates (also +inf and -inf together) are a clear error, not a step."""
+    for kernels_kind in ("reference", "fused"):
+        module = torch.jit.script(build_energy_module(random_model, ETHANOL_WATER_NUMBERS, kernels=kernels_kind))
+        positions = POSITIONS / 10.0
+        positions[0, : len(values)] = torch.tensor(values, dtype=torch.float64)
+        with pytest.raises(torch.jit.Error, match="NaN or infinite"):
+            module(positions)
 
 
 def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(random_model):

@@ -12,10 +12,12 @@ With ``kernels="torch"`` everything runs as PyTorch operations (any device).
 With ``kernels="fused"`` tensors on the CPU go through one C++ operator for
 the whole energy and forces (``torch.ops.so3krates.energy_forces``,
 ``csrc/model.cpp``, built by :mod:`so3krates_openmm.model.kernels`; tensors
-on other devices take the PyTorch route). It runs the per-pair geometry as
-plain loops, the per-atom products as ATen products, and as C++/OpenMP
-operators: the per-pair chain of each layer (filter output times ``q_i k_j``
-per head, cutoff weight, messages, scatter onto atoms, and its backward),
+on other devices take the PyTorch route). It runs the per-pair geometry and
+the exchange blocks as plain loops, the per-atom products (projections,
+exchange, readout) in AVX2/FMA register tiles over weights packed once and
+kept between calls, and as C++/OpenMP operators: the per-pair chain of each
+layer (filter output times ``q_i k_j`` per head, cutoff weight, messages,
+scatter onto atoms, and its backward),
 which never materialises pair x F intermediates, and the filter networks
 (the radial parts of all filters at once: they depend only on the distances;
 the spherical parts per layer), which go through the pairs in cache-sized

@@ -122,17 +122,20 @@ def neighbour_list(
             first, second = structure_pairs(batch, num_structures)
         else:
             first, second = all_pairs
-    vectors = detached[second] - detached[first]
-    if boxes is None:
-        shifts = torch.zeros_like(vectors)
-    else:
+    vectors = detached.index_select(0, second) - detached.index_select(0, first)
+    shifts: Optional[Tensor] = None
+    if boxes is not None:
         shifts = minimum_image_shifts(vectors, boxes.to(detached.dtype)[batch[first]])
-    if prune:
         vectors = vectors + shifts
-        within = torch.sum(vectors * vectors, dim=1) < cutoff * cutoff
-        first = first[within]
-        second = second[within]
-        shifts = shifts[within]
+    if prune:
+        # one nonzero and index_select per list (a boolean mask index runs nonzero for each list)
+        kept = torch.nonzero(torch.sum(vectors * vectors, dim=1) < cutoff * cutoff).squeeze(1)
+        first = first.index_select(0, kept)
+        second = second.index_select(0, kept)
+        if shifts is not None:
+            shifts = shifts.index_select(0, kept)
+    if shifts is None:
+        shifts = torch.zeros(first.shape[0], 3, dtype=detached.dtype, device=detached.device)
     return first, second, shifts
 
 

@@ -4,8 +4,10 @@
 // so3krates_openmm/model/fast.py (kernels="torch"), which it computes with the same operators
 // (so3krates_kernels.h) and the same per-atom products, so that the TorchScript module calls one
 // operator instead of several hundred small ones. The per-pair geometry (distances, unit vectors,
-// harmonics as polynomials of the unit vector, cutoff weights) and its backward onto the atoms are
-// plain loops here.
+// harmonics as polynomials of the unit vector, cutoff weights) and its backward onto the atoms, and
+// the exchange blocks, are plain loops here; the per-atom products (projections, exchange, readout)
+// run in the register tiles of packed_matrix.h over weights packed once and kept between calls,
+// their column panels split between threads.
 //
 // Layouts as in FastSO3krates (its buffers are passed as they are): P unordered pairs, r_ij =
 // R_j - R_i + shift (Å); monomial_exponents (M, 3) int64, harmonic_coefficients (M, m),
@@ -13,14 +15,23 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
 #include <vector>
 
+#include "packed_matrix.h"
 #include "so3krates_kernels.h"
 
 namespace {
+
+using so3krates::Layers;
+using so3krates::layers_of;
+using so3krates::multiply_split_by_columns;
+using so3krates::packed;
+using so3krates::PackedMatrix;
+using so3krates::Role;
 
 // Distances, unit vectors, monomials of the unit vector's components (the harmonics are their
 // product with the coefficients), cutoff weights and their slopes per pair.
@@ -82,6 +93,111 @@ void geometry_backward(const T* distance_gradient, const T* derivative_terms, co
     }
 }
 
+// The per-atom weights of all layers packed for products from the left (cached, packed_matrix.h):
+// projections x W_p^T (F -> 5F) and back (5F -> F), exchange [x, invariants] W_x^T + b and back
+// (F + n_D -> F + n_D), readout hidden layer x W_h^T + b and back.
+template <typename T>
+struct AtomWeights {
+    std::shared_ptr<const Layers<T>> projection, projection_backward, exchange, exchange_backward, readout,
+        readout_backward;
+
+    AtomWeights(const at::Tensor& projection_weight, const at::Tensor& exchange_weight, const at::Tensor& exchange_bias,
+                const at::Tensor& readout_weight, const at::Tensor& readout_bias) {
+        const int64_t layers = projection_weight.size(0), P = projection_weight.size(1),
+                      F = projection_weight.size(2), X = exchange_weight.size(1), H = readout_weight.size(0);
+        const T* p = projection_weight.data_ptr<T>();
+        const T* x = exchange_weight.data_ptr<T>();
+        const T* xb = exchange_bias.data_ptr<T>();
+        const T* r = readout_weight.data_ptr<T>();
+        const T* rb = readout_bias.data_ptr<T>();
+        projection = packed<T>(Role::kProjection, projection_weight, at::Tensor(), [&] {
+            return layers_of<T>(layers, [&](int64_t t) { return PackedMatrix<T>(p + t * P * F, F, P, 1, F, nullptr); });
+        });
+        projection_backward = packed<T>(Role::kProjectionBackward, projection_weight, at::Tensor(), [&] {
+            return layers_of<T>(layers, [&](int64_t t) { return PackedMatrix<T>(p + t * P * F, P, F, F, 1, nullptr); });
+        });
+        exchange = packed<T>(Role::kExchange, exchange_weight, exchange_bias, [&] {
+            return layers_of<T>(layers, [&](int64_t t) { return PackedMatrix<T>(x + t * X * X, X, X, 1, X, xb + t * X); });
+        });
+        exchange_backward = packed<T>(Role::kExchangeBackward, exchange_weight, at::Tensor(), [&] {
+            return layers_of<T>(layers, [&](int64_t t) { return PackedMatrix<T>(x + t * X * X, X, X, X, 1, nullptr); });
+        });
+        readout = packed<T>(Role::kReadout, readout_weight, readout_bias, [&] {
+            return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(r, F, H, 1, F, rb); });
+        });
+        readout_backward = packed<T>(Role::kReadoutBackward, readout_weight, at::Tensor(), [&] {
+            return layers_of<T>(1, [&](int64_t) { return PackedMatrix<T>(r, H, F, F, 1, nullptr); });
+        });
+    }
+};
+
+// Exchange block of a layer after its attention updates: x1 = x + dx, chi1 = chi + dchi,
+// [m, a] = [x1, C^T chi1^2] W_x^T + b (m: F features, a: n_D degree scales),
+// x' = x1 + m, chi' = chi1 + (a E) chi1. Writes x', chi', and chi1 and a E for the backward pass.
+template <typename T>
+void exchange_forward(const PackedMatrix<T>& weight, const T* contraction, const T* expansion, int64_t atoms,
+                      int64_t F, int64_t M, int64_t D, const T* x, const T* update, const T* chi, const T* ev_update,
+                      T* x_out, T* chi_out, T* chi1, T* degree_scales) {
+    const int64_t X = F + D;
+    std::vector<T> input(atoms * X), mixed(atoms * X);
+    for (int64_t a = 0; a < atoms; ++a) {
+        T* in = input.data() + a * X;
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) in[f] = x[a * F + f] + update[a * F + f];
+        T* c1 = chi1 + a * M;
+        for (int64_t m = 0; m < M; ++m) c1[m] = chi[a * M + m] + ev_update[a * M + m];
+        for (int64_t l = 0; l < D; ++l) {
+            T sum = 0;
+            for (int64_t m = 0; m < M; ++m) sum += c1[m] * c1[m] * contraction[m * D + l];
+            in[F + l] = sum;
+        }
+    }
+    multiply_split_by_columns(weight, input.data(), atoms, X, mixed.data(), X, false);
+    for (int64_t a = 0; a < atoms; ++a) {
+        const T* in = input.data() + a * X;
+        const T* mx = mixed.data() + a * X;
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) x_out[a * F + f] = in[f] + mx[f];
+        const T* c1 = chi1 + a * M;
+        for (int64_t m = 0; m < M; ++m) {
+            T scale = 0;
+            for (int64_t l = 0; l < D; ++l) scale += mx[F + l] * expansion[l * M + m];
+            degree_scales[a * M + m] = scale;
+            chi_out[a * M + m] = c1[m] + scale * c1[m];
+        }
+    }
+}
+
+// Backward of exchange_forward: the gradients of x' and chi' (in place) become those of x1 and chi1.
+template <typename T>
+void exchange_backward(const PackedMatrix<T>& weight, const T* contraction, const T* expansion, int64_t atoms,
+                       int64_t F, int64_t M, int64_t D, const T* chi1, const T* degree_scales, T* x_gradient,
+                       T* chi_gradient) {
+    const int64_t X = F + D;
+    std::vector<T> mixed_gradient(atoms * X), input_gradient(atoms * X);
+    for (int64_t a = 0; a < atoms; ++a) {
+        T* g = mixed_gradient.data() + a * X;
+        std::copy(x_gradient + a * F, x_gradient + (a + 1) * F, g);
+        for (int64_t l = 0; l < D; ++l) {
+            T sum = 0;
+            for (int64_t m = 0; m < M; ++m) sum += chi_gradient[a * M + m] * chi1[a * M + m] * expansion[l * M + m];
+            g[F + l] = sum;
+        }
+    }
+    multiply_split_by_columns(weight, mixed_gradient.data(), atoms, X, input_gradient.data(), X, false);
+    for (int64_t a = 0; a < atoms; ++a) {
+        const T* g = input_gradient.data() + a * X;
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) x_gradient[a * F + f] += g[f];
+        for (int64_t m = 0; m < M; ++m) {
+            T sum = 0;
+            for (int64_t l = 0; l < D; ++l) sum += g[F + l] * contraction[m * D + l];
+            T& gradient = chi_gradient[a * M + m];
+            gradient = gradient * (T(1) + degree_scales[a * M + m]) + T(2) * chi1[a * M + m] * sum;
+        }
+    }
+}
+
 struct Saved {
     at::Tensor difference, spherical_saved, feature_filters, euclidean_filters, projections, scores, chi1,
         degree_scales;
@@ -115,7 +231,13 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     const int64_t atoms = positions.size(0), pairs = first.numel(), features = embedding.size(1);
     const int64_t layers = projection.size(0), degrees = pair_contraction.size(2);
     const int64_t components = harmonic_coefficients.size(1), monomials_count = monomial_exponents.size(0);
-    const int64_t max_degree = monomial_exponents.max().item<int64_t>();
+    TORCH_CHECK(monomial_exponents.scalar_type() == at::kLong && monomial_exponents.size(1) == 3 &&
+                    harmonic_coefficients.size(0) == monomials_count &&
+                    harmonic_derivatives.sizes() == at::IntArrayRef({components, 3 * monomials_count}) &&
+                    harmonic_coefficients.scalar_type() == dtype && harmonic_derivatives.scalar_type() == dtype,
+                "so3krates: monomial exponents (M, 3) int64, harmonic coefficients (M, m) and derivatives (m, 3 M)");
+    const int64_t* exponents = monomial_exponents.data_ptr<int64_t>();
+    const int64_t max_degree = monomials_count == 0 ? 0 : *std::max_element(exponents, exponents + 3 * monomials_count);
     const auto options = embedding.options();
 
     // ----- geometry (per unordered pair) -----
@@ -130,44 +252,80 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                                 monomials.data_ptr<scalar_t>(), cutoff_weights.data_ptr<scalar_t>(),
                                 cutoff_slopes.data_ptr<scalar_t>());
     });
-    const at::Tensor harmonics = at::mm(monomials, harmonic_coefficients);
+    const at::Tensor harmonics = at::empty({pairs, components}, options);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_harmonics", [&] {
+        const auto coefficients = packed<scalar_t>(Role::kHarmonics, harmonic_coefficients, at::Tensor(), [&] {
+            return layers_of<scalar_t>(1, [&](int64_t) {
+                return PackedMatrix<scalar_t>(harmonic_coefficients.data_ptr<scalar_t>(), monomials_count, components,
+                                              components, 1, nullptr);
+            });
+        });
+        (*coefficients)[0].multiply(monomials.data_ptr<scalar_t>(), pairs, monomials_count,
+                                    harmonics.data_ptr<scalar_t>(), components, false);
+    });
     at::Tensor radial_filters, radial_saved;
     std::tie(radial_filters, radial_saved) =
         so3krates::radial_forward(distances, radial_centres, beta, radial_in_weight, radial_out_weight, radial_out_bias);
 
     // ----- forward through the layers, keeping what the backward pass needs -----
+    for (const at::Tensor* weight : {&projection, &exchange_weight, &exchange_bias, &exchange_contraction, &expansion,
+                                     &readout_hidden_weight, &readout_hidden_bias}) {
+        TORCH_CHECK(weight->scalar_type() == dtype && weight->is_contiguous(),
+                    "so3krates: the per-atom weights must be contiguous and of the embedding's dtype");
+    }
+    const int64_t mixed_width = exchange_weight.size(1);
+    TORCH_CHECK(projection.dim() == 3 && projection.size(1) == 5 * features && projection.size(2) == features &&
+                    exchange_weight.dim() == 3 && mixed_width == features + degrees &&
+                    exchange_weight.size(2) == mixed_width && exchange_contraction.size(1) == components &&
+                    exchange_contraction.size(2) == degrees && expansion.size(1) == degrees &&
+                    expansion.size(2) == components && readout_hidden_weight.size(1) == features,
+                "so3krates: per-atom weight shapes do not match the features and degrees");
     const at::Tensor species = species_index.index_select(0, atomic_numbers);
-    at::Tensor x = embedding.index_select(0, species);
+    at::Tensor x = embedding.index_select(0, species).contiguous();
     at::Tensor chi = at::zeros({atoms, components}, options);
     std::vector<Saved> saved;
-    for (int64_t t = 0; t < layers; ++t) {
-        Saved s;
-        s.feature_filters = radial_filters.select(0, 2 * t);
-        s.euclidean_filters = radial_filters.select(0, 2 * t + 1);
-        if (t == 0) {
-            // chi = 0: the spherical filter part is one constant vector (in radial_out_bias)
-            s.difference = chi;
-            s.spherical_saved = chi;
-        } else {
-            std::tie(s.difference, s.spherical_saved) = so3krates::spherical_forward(
-                chi, first, second, pair_contraction[t], spherical_in_weight[t], spherical_in_bias[t],
-                feature_spherical_out[t], euclidean_spherical_out[t], s.feature_filters, s.euclidean_filters);
+    at::Tensor hidden_pre = at::empty({atoms, readout_hidden_weight.size(0)}, options);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_layers_forward", [&] {
+        using T = scalar_t;
+        const AtomWeights<T> weights(projection, exchange_weight, exchange_bias, readout_hidden_weight,
+                                     readout_hidden_bias);
+        for (int64_t t = 0; t < layers; ++t) {
+            Saved s;
+            s.feature_filters = radial_filters.select(0, 2 * t);
+            s.euclidean_filters = radial_filters.select(0, 2 * t + 1);
+            if (t == 0) {
+                // chi = 0: the spherical filter part is one constant vector (in radial_out_bias)
+                s.difference = chi;
+                s.spherical_saved = chi;
+            } else {
+                std::tie(s.difference, s.spherical_saved) = so3krates::spherical_forward(
+                    chi, first, second, pair_contraction[t], spherical_in_weight[t], spherical_in_bias[t],
+                    feature_spherical_out[t], euclidean_spherical_out[t], s.feature_filters, s.euclidean_filters);
+            }
+            s.projections = at::empty({atoms, 5 * features}, options);  // (N, 5F): Q, Q~, K, K~, V
+            multiply_split_by_columns((*weights.projection)[t], x.data_ptr<T>(), atoms, features,
+                                      s.projections.data_ptr<T>(), 5 * features, false);
+            at::Tensor update, ev_update;
+            std::tie(update, ev_update, s.scores) = so3krates::pair_forward(
+                s.projections, s.feature_filters, s.euclidean_filters, cutoff_weights, harmonics, parity,
+                component_degree, first, second, heads, degrees);
+            update = update.contiguous();
+            ev_update = ev_update.contiguous();
+            const at::Tensor x_next = at::empty_like(x), chi_next = at::empty_like(chi);
+            s.chi1 = at::empty_like(chi);
+            s.degree_scales = at::empty_like(chi);
+            exchange_forward<T>((*weights.exchange)[t], exchange_contraction[t].data_ptr<T>(),
+                                expansion[t].data_ptr<T>(), atoms, features, components, degrees, x.data_ptr<T>(),
+                                update.data_ptr<T>(), chi.data_ptr<T>(), ev_update.data_ptr<T>(),
+                                x_next.data_ptr<T>(), chi_next.data_ptr<T>(), s.chi1.data_ptr<T>(),
+                                s.degree_scales.data_ptr<T>());
+            x = x_next;
+            chi = chi_next;
+            saved.push_back(std::move(s));
         }
-        s.projections = at::mm(x, projection[t].t());  // (N, 5F): Q, Q~, K, K~, V
-        at::Tensor update, ev_update;
-        std::tie(update, ev_update, s.scores) =
-            so3krates::pair_forward(s.projections, s.feature_filters, s.euclidean_filters, cutoff_weights, harmonics,
-                                    parity, component_degree, first, second, heads, degrees);
-        const at::Tensor x1 = x + update;
-        s.chi1 = chi + ev_update;
-        const at::Tensor invariants = at::mm(s.chi1 * s.chi1, exchange_contraction[t]);
-        const at::Tensor mixed = at::addmm(exchange_bias[t], at::cat({x1, invariants}, 1), exchange_weight[t].t());
-        s.degree_scales = at::mm(mixed.narrow(1, features, degrees), expansion[t]);
-        x = x1 + mixed.narrow(1, 0, features);
-        chi = s.chi1 + s.degree_scales * s.chi1;
-        saved.push_back(std::move(s));
-    }
-    const at::Tensor hidden_pre = at::addmm(readout_hidden_bias, x, readout_hidden_weight.t());
+        multiply_split_by_columns((*weights.readout)[0], x.data_ptr<T>(), atoms, features, hidden_pre.data_ptr<T>(),
+                                  hidden_pre.size(1), false);
+    });
     const at::Tensor outputs = at::mv(at::silu(hidden_pre), readout_output_weight) + readout_output_bias;
     const at::Tensor scales = energy_scales.index_select(0, species);
     const at::Tensor atomic_energies = outputs.to(at::kDouble) * scales + energy_shifts.index_select(0, species);
@@ -176,39 +334,46 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
 
     // ----- backward: gradient of the sum of the energies -----
     const at::Tensor hidden_gradient =
-        at::silu_backward(scales.to(dtype).unsqueeze(1) * readout_output_weight, hidden_pre);
-    at::Tensor x_gradient = at::mm(hidden_gradient, readout_hidden_weight);
-    at::Tensor chi_gradient = at::zeros_like(chi);
+        at::silu_backward(scales.to(dtype).unsqueeze(1) * readout_output_weight, hidden_pre).contiguous();
+    const at::Tensor x_gradient = at::empty_like(x);
+    const at::Tensor chi_gradient = at::zeros_like(chi);
     std::vector<at::Tensor> filter_gradients(2 * layers);
     at::Tensor cutoff_gradient = at::zeros_like(cutoff_weights), harmonics_gradient = at::zeros_like(harmonics);
-    for (int64_t t = layers - 1; t >= 0; --t) {
-        const Saved& s = saved[t];
-        // exchange block
-        const at::Tensor mixed_gradient = at::cat({x_gradient, at::mm(chi_gradient * s.chi1, expansion[t].t())}, 1);
-        const at::Tensor input_gradient = at::mm(mixed_gradient, exchange_weight[t]);
-        x_gradient = x_gradient + input_gradient.narrow(1, 0, features);
-        chi_gradient = chi_gradient * (1.0 + s.degree_scales) +
-                       2.0 * s.chi1 * at::mm(input_gradient.narrow(1, features, degrees), exchange_contraction[t].t());
-        // attention blocks (per-pair chain)
-        at::Tensor projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
-            layer_harmonics_gradient;
-        std::tie(projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
-                 layer_harmonics_gradient) =
-            so3krates::pair_backward(x_gradient, chi_gradient, s.projections, s.feature_filters, s.euclidean_filters,
-                                     cutoff_weights, harmonics, parity, component_degree, s.scores, first, second,
-                                     heads, degrees);
-        cutoff_gradient.add_(layer_cutoff_gradient);
-        harmonics_gradient.add_(layer_harmonics_gradient);
-        x_gradient = at::addmm(x_gradient, projection_gradient, projection[t]);
-        filter_gradients[2 * t] = filter_gradient;
-        filter_gradients[2 * t + 1] = ev_filter_gradient;
-        if (t > 0) {
-            chi_gradient = chi_gradient + so3krates::spherical_backward(
-                                              filter_gradient, ev_filter_gradient, s.difference, s.spherical_saved,
-                                              pair_contraction[t], spherical_in_weight[t], feature_spherical_out[t],
-                                              euclidean_spherical_out[t], first, second, atoms);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_layers_backward", [&] {
+        using T = scalar_t;
+        const AtomWeights<T> weights(projection, exchange_weight, exchange_bias, readout_hidden_weight,
+                                     readout_hidden_bias);
+        multiply_split_by_columns((*weights.readout_backward)[0], hidden_gradient.data_ptr<T>(), atoms,
+                                  hidden_gradient.size(1), x_gradient.data_ptr<T>(), features, false);
+        for (int64_t t = layers - 1; t >= 0; --t) {
+            const Saved& s = saved[t];
+            exchange_backward<T>((*weights.exchange_backward)[t], exchange_contraction[t].data_ptr<T>(),
+                                 expansion[t].data_ptr<T>(), atoms, features, components, degrees,
+                                 s.chi1.data_ptr<T>(), s.degree_scales.data_ptr<T>(), x_gradient.data_ptr<T>(),
+                                 chi_gradient.data_ptr<T>());
+            // attention blocks (per-pair chain)
+            at::Tensor projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
+                layer_harmonics_gradient;
+            std::tie(projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
+                     layer_harmonics_gradient) =
+                so3krates::pair_backward(x_gradient, chi_gradient, s.projections, s.feature_filters,
+                                         s.euclidean_filters, cutoff_weights, harmonics, parity, component_degree,
+                                         s.scores, first, second, heads, degrees);
+            cutoff_gradient.add_(layer_cutoff_gradient);
+            harmonics_gradient.add_(layer_harmonics_gradient);
+            projection_gradient = projection_gradient.contiguous();
+            multiply_split_by_columns((*weights.projection_backward)[t], projection_gradient.data_ptr<T>(), atoms,
+                                      5 * features, x_gradient.data_ptr<T>(), features, true);
+            filter_gradients[2 * t] = filter_gradient;
+            filter_gradients[2 * t + 1] = ev_filter_gradient;
+            if (t > 0) {
+                chi_gradient.add_(so3krates::spherical_backward(
+                    filter_gradient, ev_filter_gradient, s.difference, s.spherical_saved, pair_contraction[t],
+                    spherical_in_weight[t], feature_spherical_out[t], euclidean_spherical_out[t], first, second,
+                    atoms));
+            }
         }
-    }
+    });
 
     // ----- geometry backward -----
     const at::Tensor distance_gradient =
@@ -216,7 +381,17 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
          so3krates::radial_backward(filter_gradients, distances, radial_centres, beta, radial_in_weight,
                                     radial_out_weight, radial_saved))
             .contiguous();
-    const at::Tensor derivative_terms = at::mm(harmonics_gradient, harmonic_derivatives);  // (P, 3 M)
+    const at::Tensor derivative_terms = at::empty({pairs, 3 * monomials_count}, options);  // (P, 3 M)
+    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_derivative_terms", [&] {
+        const auto derivatives = packed<scalar_t>(Role::kHarmonicDerivatives, harmonic_derivatives, at::Tensor(), [&] {
+            return layers_of<scalar_t>(1, [&](int64_t) {
+                return PackedMatrix<scalar_t>(harmonic_derivatives.data_ptr<scalar_t>(), components,
+                                              3 * monomials_count, 3 * monomials_count, 1, nullptr);
+            });
+        });
+        (*derivatives)[0].multiply(harmonics_gradient.data_ptr<scalar_t>(), pairs, components,
+                                   derivative_terms.data_ptr<scalar_t>(), 3 * monomials_count, false);
+    });
     at::Tensor gradient = at::zeros({atoms, 3}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_geometry_backward", [&] {
         geometry_backward<scalar_t>(distance_gradient.data_ptr<scalar_t>(), derivative_terms.data_ptr<scalar_t>(),

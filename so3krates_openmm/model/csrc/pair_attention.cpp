@@ -22,10 +22,6 @@
 
 namespace {
 
-// Pairs per parallel task: smaller pair lists run on one thread (waking a sleeping OpenMP thread,
-// OMP_WAIT_POLICY=PASSIVE, costs more than a few hundred pairs of work).
-constexpr int64_t kPairsPerTask = 512;
-
 struct Sizes {
     int64_t atoms, pairs, features, heads, degrees, components;
 };
@@ -52,21 +48,15 @@ Sizes check_inputs(const at::Tensor& projections, const at::Tensor& feature_filt
     return s;
 }
 
-// Sum of per-thread buffers (T, rows, cols) -> (rows, cols).
-at::Tensor reduce_buffers(const at::Tensor& buffers) {
-    return buffers.size(0) == 1 ? buffers[0] : buffers.sum(0);
-}
-
 template <typename T>
 void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, const T* cut, const T* harm, const T* par,
-                    const int64_t* comp_deg, const int64_t* first, const int64_t* second, T* update_buf, T* ev_buf,
-                    T* scores) {
+                    const int64_t* comp_deg, const int64_t* first, const int64_t* second,
+                    so3krates::TaskBuffers& update_buffers, so3krates::TaskBuffers& ev_buffers, T* scores) {
     const int64_t F = s.features, H = s.heads, D = s.degrees, M = s.components;
     const int64_t hw = F / H, dw = F / D, stride = 5 * F, score_width = 2 * H + 2 * D;
-    at::parallel_for(0, s.pairs, kPairsPerTask, [&](int64_t begin, int64_t end) {
-        const int64_t thread = at::get_thread_num();
-        T* update = update_buf + thread * s.atoms * F;
-        T* ev_update = ev_buf + thread * s.atoms * M;
+    at::parallel_for(0, s.pairs, so3krates::pair_grain(s.pairs), [&](int64_t begin, int64_t end) {
+        T* update = update_buffers.local<T>();
+        T* ev_update = ev_buffers.local<T>();
         std::vector<T> eij(D), eji(D);
         for (int64_t p = begin; p < end; ++p) {
             const int64_t i = first[p], j = second[p];
@@ -133,20 +123,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_forward(
                      second = second_in.contiguous();
     const Sizes s = check_inputs(projections, feature_filters, euclidean_filters, cutoff, harmonics, parity,
                                  component_degree, first, second, heads, degrees);
-    const int64_t threads = at::get_num_threads();
+    const int64_t tasks = so3krates::pair_tasks(s.pairs);
     auto options = projections.options();
-    at::Tensor update_buf = at::zeros({threads, s.atoms, s.features}, options);
-    at::Tensor ev_buf = at::zeros({threads, s.atoms, s.components}, options);
+    so3krates::TaskBuffers update_buffers(tasks, s.atoms, s.features, options);
+    so3krates::TaskBuffers ev_buffers(tasks, s.atoms, s.components, options);
+    at::Tensor update, ev_update;
     at::Tensor scores = at::empty({s.pairs, 2 * heads + 2 * degrees}, options);
     AT_DISPATCH_FLOATING_TYPES(projections.scalar_type(), "so3krates_pair_forward", [&] {
         forward_kernel<scalar_t>(s, projections.data_ptr<scalar_t>(), feature_filters.data_ptr<scalar_t>(),
                                  euclidean_filters.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
                                  harmonics.data_ptr<scalar_t>(), parity.data_ptr<scalar_t>(),
                                  component_degree.data_ptr<int64_t>(), first.data_ptr<int64_t>(),
-                                 second.data_ptr<int64_t>(), update_buf.data_ptr<scalar_t>(),
-                                 ev_buf.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>());
+                                 second.data_ptr<int64_t>(), update_buffers, ev_buffers, scores.data_ptr<scalar_t>());
+        update = update_buffers.sum<scalar_t>();
+        ev_update = ev_buffers.sum<scalar_t>();
     });
-    return {reduce_buffers(update_buf), reduce_buffers(ev_buf), scores};
+    return {update, ev_update, scores};
 }
 
 }  // namespace so3krates
@@ -156,12 +148,12 @@ namespace {
 template <typename T>
 void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, const T* ff, const T* ef, const T* cut,
                      const T* harm, const T* par, const int64_t* comp_deg, const T* scores, const int64_t* first,
-                     const int64_t* second, T* proj_grad_buf, T* ff_grad, T* ef_grad, T* cut_grad, T* harm_grad) {
+                     const int64_t* second, so3krates::TaskBuffers& projection_buffers, T* ff_grad, T* ef_grad,
+                     T* cut_grad, T* harm_grad) {
     const int64_t F = s.features, H = s.heads, D = s.degrees, M = s.components;
     const int64_t hw = F / H, dw = F / D, stride = 5 * F, score_width = 2 * H + 2 * D;
-    at::parallel_for(0, s.pairs, kPairsPerTask, [&](int64_t begin, int64_t end) {
-        const int64_t thread = at::get_thread_num();
-        T* grad = proj_grad_buf + thread * s.atoms * stride;
+    at::parallel_for(0, s.pairs, so3krates::pair_grain(s.pairs), [&](int64_t begin, int64_t end) {
+        T* grad = projection_buffers.local<T>();
         std::vector<T> gij(D), gji(D), eij(D), eji(D);
         for (int64_t p = begin; p < end; ++p) {
             const int64_t i = first[p], j = second[p];
@@ -259,9 +251,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_back
                     ev_update_grad.sizes() == at::IntArrayRef({s.atoms, s.components}) &&
                     scores.sizes() == at::IntArrayRef({s.pairs, 2 * heads + 2 * degrees}),
                 "so3krates: gradient or score shapes do not match");
-    const int64_t threads = at::get_num_threads();
     auto options = projections.options();
-    at::Tensor proj_grad_buf = at::zeros({threads, s.atoms, 5 * s.features}, options);
+    so3krates::TaskBuffers projection_buffers(so3krates::pair_tasks(s.pairs), s.atoms, 5 * s.features, options);
+    at::Tensor projection_gradient;
     at::Tensor ff_grad = at::empty({s.pairs, s.features}, options);
     at::Tensor ef_grad = at::empty({s.pairs, s.features}, options);
     at::Tensor cut_grad = at::empty({s.pairs}, options);
@@ -273,11 +265,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_back
                                   harmonics.data_ptr<scalar_t>(), parity.data_ptr<scalar_t>(),
                                   component_degree.data_ptr<int64_t>(), scores.data_ptr<scalar_t>(),
                                   first.data_ptr<int64_t>(), second.data_ptr<int64_t>(),
-                                  proj_grad_buf.data_ptr<scalar_t>(), ff_grad.data_ptr<scalar_t>(),
+                                  projection_buffers, ff_grad.data_ptr<scalar_t>(),
                                   ef_grad.data_ptr<scalar_t>(), cut_grad.data_ptr<scalar_t>(),
                                   harm_grad.data_ptr<scalar_t>());
+        projection_gradient = projection_buffers.sum<scalar_t>();
     });
-    return {reduce_buffers(proj_grad_buf), ff_grad, ef_grad, cut_grad, harm_grad};
+    return {projection_gradient, ff_grad, ef_grad, cut_grad, harm_grad};
 }
 
 }  // namespace so3krates
