@@ -107,6 +107,8 @@ def test_match_peaks_pairs_closest_first_and_uses_each_peak_once():
     assert match_peaks([100.0, 110.0, 500.0], [104.0, 300.0], window_cm=20.0) == [(100.0, 104.0), (110.0, None),
                                                                                    (500.0, None)]
     assert match_peaks([100.0], [], window_cm=20.0) == [(100.0, None)]
+    # a rule on the pair (e.g. the same atoms carry both bands) can refuse the nearest peak
+    assert match_peaks([100.0], [104.0, 115.0], 20.0, compatible=lambda ours, theirs: theirs > 110) == [(100.0, 115.0)]
 
 
 def test_energy_drift_recovers_a_known_slope():

@@ -11,7 +11,8 @@ band positions of the MD power spectrum (issue 18, item 3).
 4. With ``--velocities`` (``velocities.vel`` of a ``so3krates-md-spectrum`` run of the same molecule): the
    bands. The harmonic spectrum is put through the MD spectrum's own VACF transform (same lags, window and
    resolution; equipartition: every mode with the same weight), the MD spectrum is split into the groups'
-   contributions (which atoms move in a band), the peaks of both are matched (``--match-window``), and each
+   contributions (which atoms move in a band), the peaks of both are matched (``--match-window``, and the same
+   atoms must carry both: ``--max-composition-distance``), and each
    band is assigned from its wavenumber and the groups that carry it. ``spectrum_comparison.json`` (bands,
    shifts, spectral overlap) and ``harmonic_vs_md.png``.
 
@@ -69,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="longest VACF lag, ps (the spectrum protocol's; resolution about 1/(2 max lag))")
     parser.add_argument("--match-window", type=float, default=50.0,
                         help="largest distance, cm⁻¹, between a harmonic and an MD peak of the same band")
+    parser.add_argument("--max-composition-distance", type=float, default=0.35,
+                        help="largest total variation distance between the atom groups' shares of a harmonic and "
+                             "an MD peak of the same band (0: identical, 1: disjoint)")
     parser.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
     parser.add_argument("--scheduler", help="Dask scheduler address instead of a local cluster")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "harmonic", help="journals (not committed)")
@@ -128,7 +132,7 @@ def shares_at(wavenumber: np.ndarray, contributions: dict[str, np.ndarray], at_c
 
 
 def compare_bands(analysis: HarmonicAnalysis, structure: Structure, groups: dict[str, np.ndarray],
-                  velocities_path: Path, max_lag_ps: float, window_cm: float) -> dict:
+                  velocities_path: Path, max_lag_ps: float, window_cm: float, max_composition_distance: float) -> dict:
     """The MD spectrum (by groups) against the harmonic one at the same resolution: bands, shifts, overlap."""
     velocities, interval_ps = read_velocities(velocities_path)
     masses = np.asarray(masses_dalton(structure.atomic_numbers))
@@ -142,8 +146,14 @@ def compare_bands(analysis: HarmonicAnalysis, structure: Structure, groups: dict
     a, b = md_total[inside], harmonic_total[inside]
     overlap = float(a @ b / np.sqrt((a @ a) * (b @ b)))
     md_peaks, harmonic_peaks = spectral_peaks(wavenumber, md_total), spectral_peaks(wavenumber, harmonic_total)
+
+    def same_atoms(harmonic_cm: float, md_cm: float) -> bool:
+        """The groups carry both bands in similar proportions (total variation distance of the shares)."""
+        ours, theirs = shares_at(wavenumber, harmonic, harmonic_cm), shares_at(wavenumber, md, md_cm)
+        return 0.5 * sum(abs(ours[name] - theirs[name]) for name in groups) <= max_composition_distance
+
     bands = []
-    for harmonic_cm, md_cm in match_peaks(harmonic_peaks, md_peaks, window_cm):
+    for harmonic_cm, md_cm in match_peaks(harmonic_peaks, md_peaks, window_cm, same_atoms):
         harmonic_shares = shares_at(wavenumber, harmonic, harmonic_cm)
         band = {"harmonic_cm1": round(harmonic_cm, 1), "md_cm1": None if md_cm is None else round(md_cm, 1),
                 "shift_cm1": None if md_cm is None else round(md_cm - harmonic_cm, 1),
@@ -158,7 +168,10 @@ def compare_bands(analysis: HarmonicAnalysis, structure: Structure, groups: dict
         "velocities": str(velocities_path), "md_frames": int(len(velocities)),
         "md_frame_interval_fs": interval_ps * 1e3,
         "max_lag_ps": max_lag_ps, "resolution_cm1": 1.0 / (2.0 * max_lag_ps * SPEED_OF_LIGHT_CM_PER_PS),
-        "match_window_cm1": window_cm, "groups": {name: int(len(atoms)) for name, atoms in groups.items()},
+        "match_window_cm1": window_cm, "max_composition_distance": max_composition_distance,
+        "match_rule": "nearest peaks within the window, closest pairs first, each peak once, and only if the total "
+                      "variation distance of the groups' shares at the two peaks is at most max_composition_distance",
+        "groups": {name: int(len(atoms)) for name, atoms in groups.items()},
         "spectral_overlap": overlap,
         "overlap_definition": "cosine similarity of the two spectra (max 1) on 50-3500 cm-1",
         "harmonic_peaks": int(len(harmonic_peaks)), "md_peaks": int(len(md_peaks)), "matched": len(matched),
@@ -241,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     (output / "harmonic_frequencies.json").write_text(json.dumps(summary, indent=2) + "\n")
     comparison = None
     if args.velocities is not None:
-        comparison = compare_bands(analysis, structure, groups, args.velocities, args.max_lag_ps, args.match_window)
+        comparison = compare_bands(analysis, structure, groups, args.velocities, args.max_lag_ps, args.match_window,
+                                   args.max_composition_distance)
         written = {key: value for key, value in comparison.items() if key != "curves"}
         write_atomically(output / "spectrum_comparison.json", json.dumps(written, indent=2) + "\n")
     plot(vibrational, comparison, output / "harmonic_vs_md.png")

@@ -17,6 +17,7 @@ velocity file is preferred; the CSV records which source was used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,12 +178,18 @@ def spectral_peaks(wavenumber_cm: np.ndarray, intensity: np.ndarray, prominence:
     return peaks[peaks >= minimum_cm]
 
 
-def match_peaks(reference_cm: np.ndarray, other_cm: np.ndarray, window_cm: float) -> list[tuple[float, float | None]]:
+def match_peaks(
+    reference_cm: np.ndarray,
+    other_cm: np.ndarray,
+    window_cm: float,
+    compatible: Callable[[float, float], bool] | None = None,
+) -> list[tuple[float, float | None]]:
     """Each reference peak with the nearest peak of ``other_cm`` within ``window_cm`` (else ``None``); every peak
-    of ``other_cm`` is used at most once (closest pairs first)."""
+    of ``other_cm`` is used at most once (closest pairs first), and only if ``compatible(reference, other)``
+    (for example: the same atoms carry both bands) when given."""
     reference_cm, other_cm = np.asarray(reference_cm, dtype=np.float64), np.asarray(other_cm, dtype=np.float64)
     pairs = sorted((abs(r - o), i, j) for i, r in enumerate(reference_cm) for j, o in enumerate(other_cm)
-                   if abs(r - o) <= window_cm)
+                   if abs(r - o) <= window_cm and (compatible is None or compatible(float(r), float(o))))
     matched: dict[int, int] = {}
     used: set[int] = set()
     for _, i, j in pairs:
