@@ -212,7 +212,9 @@ def report(args: argparse.Namespace, summary: dict, final: Path) -> dict:
                       "definition": "frames of the round-1 500 K run whose C60-catcher centroid distance exceeds "
                                     "the largest in the shipped model's training data",
                       "energy_mae_before": mae(before_old, "energy_error", old_half_open),
-                      "energy_mae_after": mae(after_old, "energy_error", old_half_open)},
+                      "energy_mae_after": mae(after_old, "energy_error", old_half_open),
+                      "note": "these frames are in the loop's training data (its config's data); the new run's "
+                              "frames, in no training set, are in md_energy_mae_after"},
         "test_force_mae_after": test["after"]["force_mae"],
         "test_energy_mae_after": test["after"]["energy_mae"],
         "test_set": test,
