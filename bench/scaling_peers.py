@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE / "peers"))  # compare.py and peer_common.py
 import compare  # noqa: E402
 
 from so3krates_openmm.data.builders import build_water, write_pdb  # noqa: E402
+from so3krates_openmm.files import write_atomically  # noqa: E402
 
 #: water molecules per size: 21 to 5001 atoms, about a factor 2 apart
 DEFAULT_MOLECULES = [7, 14, 28, 56, 112, 224, 448, 896, 1667]
@@ -168,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores | load average before {compare.load_average()}", flush=True)
     records: list[dict[str, Any]] = []
     notes: dict[str, dict[str, Any]] = {}
+    command = " ".join([sys.executable, *(sys.argv if argv is None else ["bench/scaling_peers.py", *argv])])
+
+    def save(complete: bool, fits: dict[str, Any] | None = None) -> None:
+        """The JSON, also after each model and thread count (``complete: false``): a stopped run keeps its points."""
+        write_atomically(output / "scaling_peers.json", json.dumps({
+            "command": command, "complete": complete,
+            "systems": "water clusters at liquid density, no box (build_water)", "kernels": args.kernels,
+            "records": records, "peers": notes, **(fits or {}),
+        }, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="scaling_peers_") as workdir:
         paths = write_systems(args.molecules, Path(workdir))
         for threads in args.threads:
@@ -177,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                     configs={SO3KRATES: compare.SO3KRATES_CONFIGS[SO3KRATES]}, kernels=args.kernels, bare=False,
                 )
                 records += [dict(record, threads=threads) for record in found]
+            save(complete=False)
             for peer in args.peers:
                 found, note = measure_peer(peer, paths, threads, args.repeats, args.warmup, args.time_limit)
                 records += [dict(record, threads=threads) for record in found]
                 notes[f"{peer}, {threads} thread(s)"] = note
+                save(complete=False)
             print(f"# {threads} thread(s) done; load average {compare.load_average()}", flush=True)
     fits = plot(records, args.threads, args.fit_from_atoms, output)
     print(f"{'model':<18}{'threads':>8}" + "".join(f"{3 * n:>9}" for n in sorted(args.molecules)))
@@ -193,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {name}: not timed from {note['stopped_at_atoms']} atoms on: {note['reason']}")
     print(f"# slopes (log ms vs log atoms from {args.fit_from_atoms} atoms): {json.dumps(fits['slopes'])}")
     print(f"# load average after: {compare.load_average()}")
-    (output / "scaling_peers.json").write_text(json.dumps({
-        "command": " ".join([sys.executable, *(sys.argv if argv is None else ["bench/scaling_peers.py", *argv])]),
-        "systems": "water clusters at liquid density, no box (build_water)", "kernels": args.kernels,
-        "records": records, "peers": notes, **fits,
-    }, indent=1) + "\n")
+    save(complete=True, fits=fits)
     return 0
 
 

@@ -25,11 +25,16 @@ def test_scaling_against_peers_smoke(tmp_path: Path, monkeypatch) -> None:
     script = load_script()
     compare = sys.modules["compare"]
     calls = []
+    snapshots = []
+    output = tmp_path / "out"
 
     def fake_run_peer(peer, paths, threads, repeats, warmup, extra_args=(), timeout_s=0.0):
         atoms = int(paths[0].stem.split("_")[1])
         calls.append((peer, atoms, tuple(extra_args)))
         if peer == "nequip":
+            # the points so far are on disk before the next peer starts (a stopped run keeps them)
+            partial = json.loads((output / "scaling_peers.json").read_text())
+            snapshots.append((partial["complete"], sorted({r["model"] for r in partial["records"]})))
             raise FileNotFoundError(f"the {peer} venv is missing (x): create it with `bash setup_venvs.sh {peer}`")
         if atoms > 12:
             raise subprocess.TimeoutExpired("mace_step.py", timeout_s)
@@ -38,10 +43,10 @@ def test_scaling_against_peers_smoke(tmp_path: Path, monkeypatch) -> None:
             for model in ("L0", "L1")]}
 
     monkeypatch.setattr(compare, "run_peer", fake_run_peer)
-    output = tmp_path / "out"
     assert script.main(["--molecules", "2", "4", "8", "--threads", "1", "--kernels", "reference", "--repeats", "3",
                         "--warmup", "1", "--time-limit", "5", "--fit-from-atoms", "6", "--output", str(output)]) == 0
     result = json.loads((output / "scaling_peers.json").read_text())
+    assert snapshots == [(False, ["mace-L0", "mace-L1", "so3krates-paper"])] and result["complete"] is True
     so3krates = sorted((r["atoms"], r["openmm_step_ms"]) for r in result["records"] if r["model"] == "so3krates-paper")
     assert [atoms for atoms, _ in so3krates] == [6, 12, 24] and all(ms > 0 for _, ms in so3krates)
     # MACE: timed at 6 and 12 atoms, over the limit at 24 (said so); NequIP: no venv, tried once.
