@@ -9,9 +9,9 @@ compact droplets, no box, so every model runs its isolated-molecule route) from 
 - SO3krates at the paper's size (F=132, T=3), exported with ``--kernels`` (default ``fused``, the fastest
   kind: ``so3krates-export --kernels fused``) and run by openmm-torch's ``TorchForce``;
 - each peer by its script in its venv (``bench/peers/``; ``bash bench/peers/setup_venvs.sh mace nequip``),
-  through its usual openmm-ml route, one subprocess per size with a time limit (``--time-limit``):
-  a peer that fails or runs out of time at one size is not tried at the larger ones, and the
-  table, the JSON and the plot say so.
+  through its usual openmm-ml route, one subprocess per model and size with a time limit
+  (``--time-limit``): a peer model that fails or runs out of time at one size is not tried at the
+  larger ones, and the table, the JSON and the plot say so.
 
 Writes ``--output``/scaling_peers.json, scaling_peers.png (log-log step time against atoms, with the
 slope fitted from ``--fit-from-atoms`` on) and scaling_peers_ratio.png (peer / SO3krates against atoms).
@@ -58,9 +58,10 @@ def write_systems(molecules: list[int], directory: Path) -> list[Path]:
     return [write_pdb(build_water(n), directory / f"water_{3 * n:05d}.pdb") for n in sorted(molecules)]
 
 
-def measure_peer(peer: str, paths: list[Path], threads: int, repeats: int, warmup: int,
+def measure_peer(peer: str, model: str, paths: list[Path], threads: int, repeats: int, warmup: int,
                  time_limit_s: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The peer's records on each system, smallest first, until one fails or exceeds the time limit.
+    """One model's records (``model`` of the peer's script) on each system, smallest first, until one fails or
+    exceeds the time limit.
 
     Returns the records and a note: ``{"versions": ...}``, plus ``{"stopped_at_atoms": N, "reason": ...}``
     when it stopped before the largest system.
@@ -71,7 +72,7 @@ def measure_peer(peer: str, paths: list[Path], threads: int, repeats: int, warmu
         n_atoms = int(path.stem.split("_")[1])
         try:
             record = compare.run_peer(peer, [path], threads, repeats_for(n_atoms, repeats), warmup,
-                                      ["--models", *PEER_MODELS[peer], "--no-bare"], timeout_s=time_limit_s)
+                                      ["--models", model, "--no-bare"], timeout_s=time_limit_s)
         except subprocess.TimeoutExpired:
             note.update(stopped_at_atoms=n_atoms, reason=f"over the time limit of {time_limit_s:.0f} s")
             break
@@ -190,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                 records += [dict(record, threads=threads) for record in found]
             save(complete=False)
             for peer in args.peers:
-                found, note = measure_peer(peer, paths, threads, args.repeats, args.warmup, args.time_limit)
-                records += [dict(record, threads=threads) for record in found]
-                notes[f"{peer}, {threads} thread(s)"] = note
-                save(complete=False)
+                for model in PEER_MODELS[peer]:
+                    found, note = measure_peer(peer, model, paths, threads, args.repeats, args.warmup,
+                                               args.time_limit)
+                    records += [dict(record, threads=threads) for record in found]
+                    notes[f"{peer} {model}, {threads} thread(s)"] = note
+                    save(complete=False)
             print(f"# {threads} thread(s) done; load average {compare.load_average()}", flush=True)
     fits = plot(records, args.threads, args.fit_from_atoms, output)
     print(f"{'model':<18}{'threads':>8}" + "".join(f"{3 * n:>9}" for n in sorted(args.molecules)))
