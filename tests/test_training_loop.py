@@ -176,6 +176,14 @@ def test_stop_criteria(tmp_path: Path, ethanol_data: MolecularDataset, monkeypat
     decayed = train(config_from_dict(small_run(tmp_path / "lr", lr_decay=0.1, lr_decay_steps=2.0, **base)),
                     dataset=ethanol_data, log=quiet)
     assert "learning rate" in decayed.stop_reason and decayed.epochs == 3  # 5e-3 * 0.1**(6/2) = 5e-6 < 1e-5
+    # the target force MAE: the same run stops at the first epoch whose validation force MAE reaches it
+    straight = train(config_from_dict(small_run(tmp_path / "straight", **{**base, "max_epochs": 4})),
+                     dataset=ethanol_data, log=quiet)
+    target = straight.metrics[1]["valid_force_mae"]
+    first = next(row["epoch"] for row in straight.metrics if row["valid_force_mae"] <= target)
+    targeted = train(config_from_dict(small_run(tmp_path / "target", target_force_mae=target, **base)),
+                     dataset=ethanol_data, log=quiet)
+    assert targeted.epochs == first and targeted.stop_reason.startswith("target_force_mae:")
     # the time budget stops within the first epoch, after its first step (2 batches of 10 an epoch);
     # a clock of one second per optimiser step makes this independent of the machine's speed
     from so3krates_openmm.training.trainer import Trainer

@@ -2,8 +2,8 @@
 """Train an equivariant and an invariant SO3krates on the same split and match their test force MAE (issue 17).
 
     python bench/stability_study/train_pair.py --molecule ac_ala3_nhme|dha [--model equivariant|invariant|both]
-        [--max-epochs 100] [--max-time 10h] [--threads 1] [--config extra.yaml] [--match-only] [--tolerance 0.1]
-        [--root runs/stability_study] [--bench-dir bench/stability_study]
+        [--max-epochs 100] [--max-time 10h] [--threads 1] [--config extra.yaml] [--full-budget] [--match-only]
+        [--tolerance 0.1] [--root runs/stability_study] [--bench-dir bench/stability_study]
 
 Training (``so3krates-train``'s :class:`Trainer`): both models get the same everything (data, the split file
 of the molecule, seed 0, the paper's recipe, the same epoch budget) except ``degrees`` ((1, 2, 3) and ()). The
@@ -11,7 +11,10 @@ runs go to ``<root>/<molecule>/train_<model>/`` and keep every new best checkpoi
 (``best_checkpoints/epoch_NNNN.pt``, weights only, ~2 MB each, git-ignored). The same command again resumes an
 unfinished run (kill -9 included: from its last checkpoint); ``--model`` trains one of the two, so the two can
 run side by side in two processes. ``--config FILE`` adds training options for both (e.g. a tiny model for a
-smoke test).
+smoke test). A run started (or resumed) after the other model's run has finished stops as soon as its
+validation force MAE is below the finished run's by half the tolerance (``--target-force-mae``): the kept
+best checkpoints then bracket the error to match, and the budget of the more accurate model is not spent
+past it (``--full-budget`` turns this off). ``--model both`` trains the invariant model first.
 
 Matching (when both runs have finished, or with ``--match-only``), by
 :func:`so3krates_openmm.training.matching.match_force_errors`: the run with the larger validation force MAE
@@ -68,6 +71,10 @@ def training_options(name: str, model: str, args: argparse.Namespace) -> dict:
     return values
 
 
+#: ``--model both`` trains the invariant model first: the equivariant run, usually the more accurate, can then
+#: stop once it matches the invariant's error (``--full-budget`` trains both to the end).
+TRAINING_ORDER = ("invariant", "equivariant")
+
 #: Entries of models.json that are paths (written relative to the repository when inside it).
 PATH_KEYS = ("checkpoint", "matched_checkpoint", "model_pt")
 
@@ -79,6 +86,15 @@ def train_one(name: str, model: str, args: argparse.Namespace) -> dict | None:
     values = training_options(name, model, args)
     output = Path(values["output"])
     values["resume"] = (output / "last_checkpoint.pt").is_file()
+    other = args.root / name / f"train_{next(other for other in MODELS if other != model)}"
+    if not args.full_budget and finished(other):
+        from so3krates_openmm.training.matching import run_checkpoints
+
+        reference = run_checkpoints(other)[-1]["valid_force_mae"]
+        values["target_force_mae"] = reference * (1.0 - args.tolerance / 2.0)
+        print(f"== {name} {model}: stops when its validation force MAE reaches {values['target_force_mae']:.4g} "
+              f"({1.0 - args.tolerance / 2.0:.0%} of the finished {other.name}'s {reference:.4g}) or at its budget",
+              flush=True)
     print(f"== {name} {model}: {'resuming' if values['resume'] else 'training'} in {output}", flush=True)
     result = train(config_from_dict(values, source=f"{name} {model}"))
     return result.test_report
@@ -170,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time", help="training-time budget of each model over all sessions, e.g. 10h")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per training process")
     parser.add_argument("--config", help="YAML file of further training options for both models")
+    parser.add_argument("--full-budget", action="store_true",
+                        help="train to the budget even when the other model has finished (default: stop once the "
+                             "validation force MAE is below the finished model's by half the tolerance)")
     parser.add_argument("--match-only", action="store_true", help="only match, export and report (no training)")
     parser.add_argument("--tolerance", type=float, default=0.10, help="relative test force MAE tolerance")
     parser.add_argument("--root", type=Path, default=RUNS_DIR, help="runs folder (git-ignored)")
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if not args.match_only:
-            for model in MODELS if args.model == "both" else (args.model,):
+            for model in TRAINING_ORDER if args.model == "both" else (args.model,):
                 train_one(args.molecule, model, args)
         runs = [args.root / args.molecule / f"train_{model}" for model in MODELS]
         if not all(finished(run) for run in runs):

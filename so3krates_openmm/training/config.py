@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 #: Options that may differ between a run and its resumption (stop criteria and machine).
 RESUMABLE_CHANGES = frozenset(
-    {"max_epochs", "max_time", "patience", "device", "threads", "output", "resume", "progress", "log_every",
+    {"max_epochs", "max_time", "patience", "target_force_mae", "device", "threads", "output", "resume", "progress", "log_every",
      "checkpoint_every", "checkpoint_interval", "keep_best_checkpoints"}
 )
 
@@ -127,6 +127,10 @@ class TrainingConfig:
         0.99, "decay of the exponential moving average of the weights used for evaluation (null: no EMA)"
     )
     patience: int | None = option(50, "stop after this many epochs without a better validation loss")
+    target_force_mae: float | None = option(
+        None, "stop once the validation force MAE (in energy_unit/Å) falls to this value, e.g. to match another "
+        "model's error"
+    )
     # --- run
     output: str = option("runs/so3krates", "output folder (checkpoints, metrics.csv, plots, test report)")
     resume: bool = option(False, "continue the run in --output from its last checkpoint")
@@ -239,6 +243,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"option {name!r} must be at least 1, got {value}")
+        if self.target_force_mae is not None and not self.target_force_mae > 0:
+            raise ConfigError(f"option 'target_force_mae' must be positive or none, got {self.target_force_mae}")
         for name in ("cutoff", "lr", "lr_decay_steps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"option {name!r} must be positive, got {getattr(self, name)}")

@@ -656,7 +656,8 @@ class Trainer:
 
     def _stop_reason(self, progress: EpochProgress | None = None) -> str:
         """Why training must stop now ('' to go on), after the epoch ``progress`` (complete unless cut short by
-        the time budget); the same on every process. Starts with a code: max_epochs, min_lr, patience, max_time."""
+        the time budget); the same on every process. Starts with a code: max_epochs, min_lr, patience,
+        target_force_mae, max_time."""
         config = self.config
         if progress is not None and not progress.complete:
             return (f"max_time: reached --max-time {config.max_time} in epoch {progress.epoch} after "
@@ -668,6 +669,10 @@ class Trainer:
         if config.patience is not None and self.epochs_since_best >= config.patience:
             return (f"patience: no better validation loss for {self.epochs_since_best} epochs "
                     f"(--patience {config.patience})")
+        reached = self.metrics[-1]["valid_force_mae"] if self.metrics else None
+        if config.target_force_mae is not None and reached is not None and reached <= config.target_force_mae:
+            return (f"target_force_mae: validation force MAE {reached:.4g} {self.energy_unit}/Å reached "
+                    f"--target-force-mae {config.target_force_mae:g}")
         if self._budget_reached():
             return f"max_time: reached --max-time {config.max_time}"
         return ""

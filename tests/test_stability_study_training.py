@@ -1,0 +1,66 @@
+"""bench/stability_study/train_pair.py end to end on a tiny molecule: the invariant model first, then the
+equivariant one stops once it matches, then the match, export and error report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from ase.build import molecule
+from ase.io import write
+
+from so3krates_openmm.data.formats import save_npz
+from so3krates_openmm.training.synthetic import teacher_dataset
+
+STUDY = Path(__file__).resolve().parents[1] / "bench" / "stability_study"
+TINY = {"features": 24, "layers": 1, "heads": 2, "radial_basis_size": 8, "cutoff": 4.0, "batch_size": 5,
+        "lr": 5e-3, "patience": None}
+
+
+def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    ethanol = molecule("CH3CH2OH")
+    data = teacher_dataset(ethanol.numbers, ethanol.positions, 120, displacement=0.1, force_rms=20.0,
+                           shifts={1: -310.0, 6: -23750.0, 8: -47100.0})
+    data_file = save_npz(data, tmp_path / "ethanol.npz")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": list(range(80)), "valid": list(range(80, 100)),
+                                 "test": list(range(100, 120))}))
+    structure = tmp_path / "ethanol.xyz"
+    write(structure, ethanol)
+    extra = tmp_path / "tiny.yaml"
+    extra.write_text(yaml.safe_dump(TINY))
+
+    monkeypatch.syspath_prepend(str(STUDY))
+    for name in ("study_common", "train_pair"):
+        sys.modules.pop(name, None)
+    import study_common
+    import train_pair
+
+    monkeypatch.setitem(study_common.MOLECULES, "dha", study_common.Molecule("dha", (data_file,), split, structure))
+    common = ["--molecule", "dha", "--config", str(extra), "--root", str(tmp_path / "runs"),
+              "--bench-dir", str(tmp_path / "bench"), "--no-progress"]
+    assert train_pair.main([*common, "--model", "invariant", "--max-epochs", "1"]) == 0
+    assert "not matched yet" in capsys.readouterr().out
+    invariant = json.loads((tmp_path / "runs/dha/train_invariant/test_report.json").read_text())
+    assert invariant["training"]["stop_reason"].startswith("max_epochs")
+
+    assert train_pair.main([*common, "--model", "equivariant", "--max-epochs", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "stops when its validation force MAE reaches" in out
+    run = tmp_path / "runs/dha/train_equivariant"
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["training"]["stop_reason"].startswith("target_force_mae")
+    reference = json.loads((tmp_path / "bench/dha/models.json").read_text())["models"]["invariant"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    last_valid_force_mae = float(rows[-1].split(",")[rows[0].split(",").index("valid_force_mae")])
+    assert last_valid_force_mae <= 0.95 * reference["valid_force_mae"] + 1e-12
+    assert report["epoch"] < 30  # stopped long before the budget
+
+    models = json.loads((tmp_path / "bench/dha/models.json").read_text())
+    assert models["models"]["invariant"]["role"] == "reference"
+    for model in ("equivariant", "invariant"):
+        assert (Path(__file__).resolve().parents[1] / models["models"][model]["model_pt"]).is_file()
+    assert (tmp_path / "bench/dha/errors_histogram.png").stat().st_size > 5_000
