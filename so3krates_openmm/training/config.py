@@ -35,8 +35,8 @@ class ConfigError(ValueError):
 
 #: Options that may differ between a run and its resumption (stop criteria and machine).
 RESUMABLE_CHANGES = frozenset(
-    {"max_epochs", "max_time", "patience", "target_force_mae", "device", "threads", "output", "resume", "progress", "log_every",
-     "checkpoint_every", "checkpoint_interval", "keep_best_checkpoints"}
+    {"max_epochs", "max_time", "patience", "target_force_mae", "device", "threads", "output", "resume", "progress",
+     "log_every", "checkpoint_every", "checkpoint_interval", "keep_best_checkpoints"}
 )
 
 #: How a fine-tuned run (``init_from``) starts its energy shifts and scale (option ``init_energy_shifts``).
