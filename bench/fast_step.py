@@ -3,11 +3,15 @@
 
     .venv/bin/python bench/fast_step.py [--threads 1 2] [--repeats 30] [--rounds 2] [--kernels reference analytic fused]
                                         [--no-mace] [--profile] [--json FILE]
+                                        [--models equivariant invariant] [--structures PDB ...]
 
 For each thread count (OpenMM CPU ``Threads`` = ``torch.set_num_threads``) and
-each shipped structure (42-atom Ac-Ala3-NHMe, 148-atom buckyball catcher) it
-times one ``LangevinMiddleIntegrator`` step (0.5 fs, CPU platform, float32,
-paper-size model F=132 T=3: the shipped checkpoint of each system)
+each shipped structure (42-atom Ac-Ala3-NHMe, 148-atom buckyball catcher; ``--structures``
+for others) it times one ``LangevinMiddleIntegrator`` step (0.5 fs, CPU platform, float32,
+paper-size model F=132 T=3: the shipped checkpoint of each system; with ``--models invariant``
+also or instead the invariant ablation (``degrees=()``, the stability study's model, rows
+``so3krates-invariant-<kind>``) of the same size and config for any structure, with seeded
+untrained weights: the step time does not depend on the weights)
 of each export kind (``so3krates-export --kernels``):
 
 - ``reference``: the readable model, forces by autograd in openmm-torch;
@@ -55,8 +59,42 @@ STEP_TARGET_MS = {42: 5.0, 148: 25.0}
 MACE_RATIO_TARGET = {42: 6.0, 148: 5.0}
 
 
-def export_shipped_model(checkpoint: Path, structure: Any, kind: str, workdir: Path) -> Path:
-    """The shipped paper-size float32 checkpoint of ``structure``'s system, exported as ``kind``."""
+MODELS = ("equivariant", "invariant")
+#: the shipped models' configuration, for the invariant models of ``--models invariant``
+SHIPPED_CHECKPOINT = DEFAULT_STRUCTURES[0].parent / "best_checkpoint.pt"
+
+
+def model_name(model: str, kind: str) -> str:
+    """The name of a SO3krates row: ``so3krates-<kind>`` (equivariant) or ``so3krates-invariant-<kind>``."""
+    return f"so3krates-{kind}" if model == "equivariant" else f"so3krates-invariant-{kind}"
+
+
+def model_checkpoint(structure_path: Path, structure: Any, model: str, workdir: Path) -> Path | None:
+    """The checkpoint to time on a structure: the shipped one beside it (``equivariant``; None if there
+    is none), or a paper-size invariant model of the shipped config (``degrees=()``) for the structure's
+    elements with seeded untrained weights (``invariant``)."""
+    if model == "equivariant":
+        checkpoint = structure_path.parent / "best_checkpoint.pt"
+        if not checkpoint.is_file():
+            print(f"[fast_step] {structure_path}: no shipped checkpoint beside it, no equivariant rows",
+                  file=sys.stderr, flush=True)
+            return None
+        return checkpoint
+    import dataclasses
+
+    import torch
+
+    from so3krates_openmm import SO3krates
+    from so3krates_openmm.model.checkpoint import load_model, save_checkpoint
+
+    elements = tuple(sorted(set(structure.atomic_numbers.tolist())))
+    config = dataclasses.replace(load_model(SHIPPED_CHECKPOINT).config, degrees=(), elements=elements)
+    torch.manual_seed(0)
+    return save_checkpoint(SO3krates(config).eval(), workdir / f"{structure.n_atoms}_invariant_checkpoint.pt")
+
+
+def export_model(checkpoint: Path, structure: Any, kind: str, workdir: Path) -> Path:
+    """The paper-size float32 ``checkpoint`` for ``structure``, exported as ``kind``."""
     from so3krates_openmm.export import export_checkpoint
 
     return export_checkpoint(
@@ -79,7 +117,9 @@ def module_call(kind: str, module: Any, positions_nm: Any) -> Callable[[], None]
     return call
 
 
-def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int, workdir: Path) -> list[dict[str, Any]]:
+def so3krates_records(
+    threads: int, kinds: list[str], repeats: int, warmup: int, workdir: Path, models: list[str], structures: list[Path]
+) -> list[dict[str, Any]]:
     import torch
     from peer_common import Molecule, step_record
 
@@ -88,19 +128,23 @@ def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int,
 
     torch.set_num_threads(threads)
     records = []
-    for path in DEFAULT_STRUCTURES:
+    for path in structures:
         structure = read_structure(path)
         name = path.parent.name
         molecule = Molecule(
             name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist()
         )
-        for kind in kinds:
-            print(f"[fast_step] {kind} on {name}, {threads} thread(s)", file=sys.stderr, flush=True)
-            exported = export_shipped_model(path.parent / "best_checkpoint.pt", structure, kind, workdir)
+        for model, kind in [(model, kind) for model in models for kind in kinds]:
+            checkpoint = model_checkpoint(path, structure, model, workdir)
+            if checkpoint is None:
+                continue
+            print(f"[fast_step] {model} {kind} on {name}, {threads} thread(s)", file=sys.stderr, flush=True)
+            exported = export_model(checkpoint, structure, kind, workdir)
             system = create_system(structure, exported)
             positions_nm = torch.tensor(molecule.positions_nm, dtype=torch.float64)
+            degrees = "1-3" if model == "equivariant" else "() (invariant)"
             record = step_record(
-                f"so3krates-{kind}", "SO3krates F=132 T=3 H=4 degrees 1-3 K=32 r_c=5 Å",
+                model_name(model, kind), f"SO3krates F=132 T=3 H=4 degrees {degrees} K=32 r_c=5 Å",
                 f"so3krates-export --kernels {kind} -> TorchForce", molecule, 5.0, system, threads, repeats, warmup,
                 bare=None if kind == "reference" else module_call(kind, torch.jit.load(str(exported)), positions_nm),
                 bare_note="one energy+forces call of the exported module outside OpenMM",
@@ -110,7 +154,9 @@ def so3krates_records(threads: int, kinds: list[str], repeats: int, warmup: int,
     return records
 
 
-def profile_tables(kinds: list[str], thread_counts: list[int], workdir: Path, rows: int = 12) -> str:
+def profile_tables(
+    kinds: list[str], thread_counts: list[int], workdir: Path, models: list[str], structures: list[Path], rows: int = 12
+) -> str:
     """torch.profiler tables (top ``rows`` operators by self CPU time) of 5 energy+forces calls of the
     exported module of each kind, system and thread count, as openmm-torch calls it."""
     import torch
@@ -119,11 +165,14 @@ def profile_tables(kinds: list[str], thread_counts: list[int], workdir: Path, ro
     from so3krates_openmm.data.structures import read_structure
 
     tables = []
-    for path in DEFAULT_STRUCTURES:
+    for path in structures:
         structure = read_structure(path)
         positions = torch.tensor(structure.positions_angstrom / 10.0, dtype=torch.float64)
-        for kind in kinds:
-            exported = export_shipped_model(path.parent / "best_checkpoint.pt", structure, kind, workdir)
+        for model, kind in [(model, kind) for model in models for kind in kinds]:
+            checkpoint = model_checkpoint(path, structure, model, workdir)
+            if checkpoint is None:
+                continue
+            exported = export_model(checkpoint, structure, kind, workdir)
             call = module_call(kind, torch.jit.load(str(exported)), positions)
             for threads in thread_counts:
                 torch.set_num_threads(threads)
@@ -133,23 +182,25 @@ def profile_tables(kinds: list[str], thread_counts: list[int], workdir: Path, ro
                     for _ in range(5):
                         call()
                 table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-                tables.append(f"## profile: {kind}, {path.parent.name}, {threads} thread(s), 5 calls\n{table}")
+                tables.append(
+                    f"## profile: {model_name(model, kind)}, {path.parent.name}, {threads} thread(s), 5 calls\n{table}"
+                )
     return "\n".join(tables)
 
 
 def overhead_summary(records: list[dict[str, Any]]) -> str:
     """Per SO3krates kind, system and thread count: the OpenMM step, the exported module's call alone
     (``bare_ms``) and the difference, OpenMM's and TorchForce's share (medians, ms)."""
-    lines = [f"{'model':<22}{'atoms':>6}{'threads':>8}{'step':>9}{'module':>9}{'outside':>9}"]
+    lines = [f"{'model':<31}{'atoms':>6}{'threads':>8}{'step':>9}{'module':>9}{'outside':>9}"]
     for r in sorted(records, key=lambda r: (r["atoms"], r["model"], r["threads"])):
         if "bare_ms" in r:
-            lines.append(f"{r['model']:<22}{r['atoms']:>6}{r['threads']:>8}{r['openmm_step_ms']:>9.2f}"
+            lines.append(f"{r['model']:<31}{r['atoms']:>6}{r['threads']:>8}{r['openmm_step_ms']:>9.2f}"
                          f"{r['bare_ms']:>9.2f}{r['openmm_step_ms'] - r['bare_ms']:>9.2f}")
     return "\n".join(lines)
 
 
-def mace_records(threads: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
-    record = run_peer("mace", DEFAULT_STRUCTURES, threads, repeats, warmup, ["--models", "L0", "--no-bare"])
+def mace_records(threads: int, repeats: int, warmup: int, structures: list[Path]) -> list[dict[str, Any]]:
+    record = run_peer("mace", structures, threads, repeats, warmup, ["--models", "L0", "--no-bare"])
     for entry in record["results"]:
         entry["threads"] = threads
     return record["results"]
@@ -173,23 +224,30 @@ def best_of_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def summary(records: list[dict[str, Any]], kinds: list[str], thread_counts: list[int], statistic: str) -> str:
-    """Table of ms/step (``statistic``: ``openmm_step_ms`` median or ``openmm_step_min_ms``) and ratios."""
+def summary(
+    records: list[dict[str, Any]], kinds: list[str], thread_counts: list[int], statistic: str, models: list[str]
+) -> str:
+    """Table of ms/step (``statistic``: ``openmm_step_ms`` median or ``openmm_step_min_ms``) and ratios
+    (``ref``: the same model's ``reference`` export)."""
     step = {(r["model"], r["atoms"], r["threads"]): r[statistic] for r in records}
     fastest = kinds[-1]
-    lines = [f"{'model':<22}{'atoms':>6}" + "".join(f"{f'{t} thr ms':>12}" for t in thread_counts)
+    lines = [f"{'model':<31}{'atoms':>6}" + "".join(f"{f'{t} thr ms':>12}" for t in thread_counts)
              + "".join(f"{f'ref/this {t}':>13}" for t in thread_counts)
              + "".join(f"{f'mace/this {t}':>14}" for t in thread_counts)]
-    models = [f"so3krates-{k}" for k in kinds] + (["mace-L0"] if any(r["model"] == "mace-L0" for r in records) else [])
+    rows = [(model_name(m, k), model_name(m, "reference")) for m in models for k in kinds]
+    if any(r["model"] == "mace-L0" for r in records):
+        rows.append(("mace-L0", "so3krates-reference"))
     for atoms in sorted({r["atoms"] for r in records}):
-        for model in models:
+        for model, reference in rows:
             times = [step.get((model, atoms, t)) for t in thread_counts]
-            refs = [step.get(("so3krates-reference", atoms, t)) for t in thread_counts]
+            if not any(times):
+                continue
+            refs = [step.get((reference, atoms, t)) for t in thread_counts]
             maces = [step.get(("mace-L0", atoms, t)) for t in thread_counts]
             cells = "".join(f"{x:>12.2f}" if x else f"{'-':>12}" for x in times)
             cells += "".join(f"{r / x:>13.2f}" if x and r else f"{'-':>13}" for x, r in zip(times, refs, strict=True))
             cells += "".join(f"{m / x:>14.2f}" if x and m else f"{'-':>14}" for x, m in zip(times, maces, strict=True))
-            lines.append(f"{model:<22}{atoms:>6}{cells}")
+            lines.append(f"{model:<31}{atoms:>6}{cells}")
     lines.append("")
     for atoms, target in STEP_TARGET_MS.items():
         times = [
@@ -228,13 +286,19 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler tables of both systems at each thread count")
     parser.add_argument("--json", type=Path, help="also write all records to this file")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["equivariant"],
+                        help="equivariant: the shipped checkpoints; invariant: paper-size invariant models "
+                             "(degrees=()) with untrained weights")
+    parser.add_argument("--structures", type=Path, nargs="+", default=DEFAULT_STRUCTURES,
+                        help="PDB files (default: the two shipped systems; the equivariant model is timed on those "
+                             "with the shipped best_checkpoint.pt beside them)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.time()
     print(f"# fast step benchmark | {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
           f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads {args.threads} | "
           f"repeats={args.repeats} | OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} | "
-          "CPU platform, float32, LangevinMiddle 0.5 fs")
+          f"models {' '.join(args.models)} | CPU platform, float32, LangevinMiddle 0.5 fs")
     print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"# load average before: {load_average()}", flush=True)
     records: list[dict[str, Any]] = []
@@ -247,9 +311,11 @@ def main() -> int:
             ]
             for threads, part in parts if round_index % 2 == 0 else parts[::-1]:
                 if part == "so3krates":
-                    found = so3krates_records(threads, args.kernels, args.repeats, args.warmup, Path(workdir))
+                    found = so3krates_records(
+                        threads, args.kernels, args.repeats, args.warmup, Path(workdir), args.models, args.structures
+                    )
                 else:
-                    found = mace_records(threads, args.repeats, args.warmup)
+                    found = mace_records(threads, args.repeats, args.warmup, args.structures)
                 for record in found:
                     record["round"] = round_index + 1
                 records += found
@@ -260,16 +326,16 @@ def main() -> int:
         best = best_of_rounds(records)
         print()
         print(f"## ms/step, median of {args.repeats} steps (best of {args.rounds} rounds)")
-        print(summary(best, args.kernels, args.threads, "openmm_step_ms"))
+        print(summary(best, args.kernels, args.threads, "openmm_step_ms", args.models))
         print()
         print("## ms/step, fastest single step of all rounds (the least disturbed by other jobs)")
-        print(summary(best, args.kernels, args.threads, "openmm_step_min_ms"))
+        print(summary(best, args.kernels, args.threads, "openmm_step_min_ms", args.models))
         print()
         print("## OpenMM step vs one call of the exported module outside OpenMM, ms (best round)")
         print(overhead_summary(best))
         if args.profile:
             print()
-            print(profile_tables(args.kernels, args.threads, Path(workdir)))
+            print(profile_tables(args.kernels, args.threads, Path(workdir), args.models, args.structures))
     print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
     if args.json:
         args.json.write_text(

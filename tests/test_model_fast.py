@@ -4,12 +4,14 @@
 the executable spec; :class:`~so3krates_openmm.model.fast.FastSO3krates` must
 give the same energies and forces: to 1e-10 relative in float64 (random
 weights, both shipped checkpoints, periodic boxes, batches) and to
-``FLOAT32_*`` below in float32 (against the float64 reference).
+``FLOAT32_*`` below in float32 (against the float64 reference), for the
+equivariant model and the invariant one (``degrees=()``, :data:`CONFIGURATIONS`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import zipfile
 
@@ -39,6 +41,8 @@ FLOAT32_ENERGY_RTOL = 1e-6
 FLOAT32_FORCES_RTOL = 2e-4
 #: pair-chain implementations: the PyTorch chain (the route on CUDA) and the fused C++ operators
 FAST_KERNELS = ["torch", "fused"]
+#: the model's configurations: the paper's equivariant model and its invariant ablation
+CONFIGURATIONS = {"equivariant": {}, "invariant": {"degrees": ()}}
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -75,6 +79,31 @@ def random_model() -> SO3krates:
     return randomise(SO3krates(small_config())).eval()
 
 
+@pytest.fixture(scope="module", params=list(CONFIGURATIONS))
+def each_model(request) -> SO3krates:
+    """A small model with random weights in each configuration (equivariant, invariant)."""
+    torch.manual_seed(0)
+    return randomise(SO3krates(small_config(**CONFIGURATIONS[request.param]))).eval()
+
+
+def invariant_part(model: SO3krates) -> SO3krates:
+    """The invariant model (``degrees=()``) with the weights that ``model`` shares with it (the exchange
+    block's linear map on the features: its top-left block): trained weights for the invariant model."""
+    invariant = SO3krates(dataclasses.replace(model.config, degrees=())).to(model.dtype)
+    state = model.state_dict()
+    features = model.features
+    for name, value in invariant.state_dict().items():
+        source = state[name]
+        if name.endswith(("contraction", "expansion")):  # constants of the degrees
+            continue
+        if name.endswith("exchange.linear.weight"):
+            source = source[:features, :features]
+        elif name.endswith("exchange.linear.bias"):
+            source = source[:features]
+        value.copy_(source)
+    return invariant.eval()
+
+
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
 @pytest.mark.parametrize(
     "overrides",
@@ -83,8 +112,14 @@ def random_model() -> SO3krates:
         {"cutoff_function": "polynomial"},
         {"degrees": (0, 1, 2, 4), "heads": 2, "features": 16},
         {"layers": 1, "heads": 1},
+        {"degrees": ()},
+        {"degrees": (), "cutoff_function": "polynomial", "layers": 3, "heads": 2},
+        {"degrees": (), "layers": 1, "heads": 1},
     ],
-    ids=["paper-layout", "polynomial-cutoff", "degrees-0124", "one-layer-one-head"],
+    ids=[
+        "paper-layout", "polynomial-cutoff", "degrees-0124", "one-layer-one-head",
+        "invariant", "invariant-polynomial-three-layers", "invariant-one-layer-one-head",
+    ],
 )
 def test_random_weights_match_the_reference_in_float64(kernel, overrides):
     torch.manual_seed(1)
@@ -97,66 +132,75 @@ def test_random_weights_match_the_reference_in_float64(kernel, overrides):
 
 
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
-def test_batch_with_periodic_boxes_matches_the_reference(kernel, random_model):
+def test_batch_with_periodic_boxes_matches_the_reference(kernel, each_model):
     """Two structures in one batch, each with its own triclinic box, molecules across the box edge."""
     shifted = POSITIONS + torch.tensor([5.0, 5.5, 6.0], dtype=torch.float64)
     positions = torch.cat([POSITIONS, shifted])
     numbers = torch.cat([NUMBERS, NUMBERS])
     batch = torch.repeat_interleave(torch.arange(2), len(NUMBERS))
     boxes = torch.stack([TRICLINIC, TRICLINIC * 1.1])
-    fast = FastSO3krates(random_model, kernel)
-    result = fast_energies_and_forces(fast, random_model, numbers, positions, batch, 2, boxes)
-    reference = reference_energies_and_forces(random_model, numbers, positions, batch, 2, boxes)
+    fast = FastSO3krates(each_model, kernel)
+    result = fast_energies_and_forces(fast, each_model, numbers, positions, batch, 2, boxes)
+    reference = reference_energies_and_forces(each_model, numbers, positions, batch, 2, boxes)
     assert_agree(result, reference)
     assert result[0].shape == (2,)
 
 
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
-def test_unpruned_pairs_the_cuda_graph_shapes_match_the_reference(kernel, random_model):
+def test_unpruned_pairs_the_cuda_graph_shapes_match_the_reference(kernel, each_model):
     """All pairs kept (``--static-pairs``): pairs beyond the cutoff contribute exactly zero."""
-    fast = FastSO3krates(random_model, kernel)
-    result = fast_energies_and_forces(fast, random_model, NUMBERS, POSITIONS * 1.5, prune=False)
-    assert_agree(result, reference_energies_and_forces(random_model, NUMBERS, POSITIONS * 1.5, prune=False))
+    fast = FastSO3krates(each_model, kernel)
+    result = fast_energies_and_forces(fast, each_model, NUMBERS, POSITIONS * 1.5, prune=False)
+    assert_agree(result, reference_energies_and_forces(each_model, NUMBERS, POSITIONS * 1.5, prune=False))
 
 
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
-def test_isolated_atoms_have_the_shifted_energy_and_zero_force(kernel, random_model):
+def test_isolated_atoms_have_the_shifted_energy_and_zero_force(kernel, each_model):
     positions = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)
     numbers = torch.tensor([1, 8])
-    fast = FastSO3krates(random_model, kernel)
-    energies, forces = fast_energies_and_forces(fast, random_model, numbers, positions)
+    fast = FastSO3krates(each_model, kernel)
+    energies, forces = fast_energies_and_forces(fast, each_model, numbers, positions)
     assert torch.equal(forces, torch.zeros_like(forces))
-    assert relative_error(energies, random_model(numbers, positions)) < FLOAT64_RTOL
+    assert relative_error(energies, each_model(numbers, positions)) < FLOAT64_RTOL
 
 
+def shipped_model(name: str, configuration: str, dtype: torch.dtype) -> SO3krates:
+    """The shipped checkpoint ``name`` (``equivariant``) or its invariant part (``invariant``, see
+    :func:`invariant_part`: paper size, trained weights) in ``dtype``."""
+    model = load_model(PRETRAINED / name / "best_checkpoint.pt").to(dtype).eval()
+    return model if configuration == "equivariant" else invariant_part(model)
+
+
+@pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
-def test_shipped_checkpoints_match_the_reference(name, kernel):
+def test_shipped_checkpoints_match_the_reference(name, kernel, configuration):
     structure = read_structure(PRETRAINED / name / "structure.pdb")
     numbers = torch.tensor(structure.atomic_numbers)
     generator = torch.Generator().manual_seed(0)
     positions = torch.tensor(structure.positions_angstrom) + 0.05 * torch.randn(
         structure.n_atoms, 3, generator=generator, dtype=torch.float64
     )
-    model = load_model(PRETRAINED / name / "best_checkpoint.pt").double().eval()
+    model = shipped_model(name, configuration, torch.float64)
     reference = reference_energies_and_forces(model, numbers, positions)
     assert_agree(fast_energies_and_forces(FastSO3krates(model, kernel), model, numbers, positions), reference)
-    model32 = load_model(PRETRAINED / name / "best_checkpoint.pt").float().eval()
+    model32 = shipped_model(name, configuration, torch.float32)
     energies, forces = fast_energies_and_forces(FastSO3krates(model32, kernel), model32, numbers, positions)
     assert relative_error(energies, reference[0]) < FLOAT32_ENERGY_RTOL
     assert relative_error(forces, reference[1]) < FLOAT32_FORCES_RTOL
 
 
+@pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", SHIPPED)
-def test_fused_work_splits_of_the_shipped_models_match_the_reference(name, threads):
+def test_fused_work_splits_of_the_shipped_models_match_the_reference(name, threads, configuration):
     """The fused operator splits its work by the thread count and the sizes: at 2 threads the 42-atom
     peptide (423 pairs) runs its pair chain, spherical blocks, radial filter groups and projections
     as two tasks, the 148-atom catcher its exchange products too; every split is the same model."""
     structure = read_structure(PRETRAINED / name / "structure.pdb")
     numbers = torch.tensor(structure.atomic_numbers)
     positions = torch.tensor(structure.positions_angstrom)
-    model = load_model(PRETRAINED / name / "best_checkpoint.pt").double().eval()
+    model = shipped_model(name, configuration, torch.float64)
     reference = reference_energies_and_forces(model, numbers, positions)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -168,17 +212,18 @@ def test_fused_work_splits_of_the_shipped_models_match_the_reference(name, threa
 
 
 @pytest.mark.parametrize(("threads", "pairs"), [(1, 300), (2, 100), (2, 300), (2, 1100)])
-def test_fused_pair_and_spherical_operators_match_the_torch_route(random_model, threads, pairs):
+def test_fused_pair_and_spherical_operators_match_the_torch_route(each_model, threads, pairs):
     """The pair chain and the spherical filter parts, forward and backward, split into one task (100
-    pairs), two tasks of one block each (300) or of several blocks (1100) at 2 threads (float64)."""
+    pairs), two tasks of one block each (300) or of several blocks (1100) at 2 threads (float64); the
+    invariant model's pair chain (projections [Q, K, V], no Euclidean block, no spherical parts) too."""
     torch.manual_seed(7)
-    fast = FastSO3krates(random_model, "fused")
+    fast = FastSO3krates(each_model, "fused")
     atoms, features, components = 30, fast.features, fast.m_tot
     first = torch.randint(0, atoms, (pairs,))
     second = (first + torch.randint(1, atoms, (pairs,))) % atoms
-    projections = torch.randn(atoms, 5 * features, dtype=torch.float64)
+    projections = torch.randn(atoms, (5 if fast.equivariant else 3) * features, dtype=torch.float64)
     feature_filters = torch.randn(pairs, features, dtype=torch.float64)
-    euclidean_filters = torch.randn(pairs, features, dtype=torch.float64)
+    euclidean_filters = torch.randn(pairs, features if fast.equivariant else 0, dtype=torch.float64)
     cutoff = torch.rand(pairs, dtype=torch.float64)
     harmonics = torch.randn(pairs, components, dtype=torch.float64)
     chi = torch.randn(atoms, components, dtype=torch.float64)
@@ -196,27 +241,31 @@ def test_fused_pair_and_spherical_operators_match_the_torch_route(random_model, 
             update_gradient, ev_update_gradient, projections, feature_filters, euclidean_filters, cutoff, harmonics,
             fast.parity, fast.component_degree, scores, first, second, fast.heads, fast.n_degrees,
         )
-        filters = (feature_filters.clone(), euclidean_filters.clone())
-        difference, slopes = ops.spherical_forward(
-            chi, first, second, fast.pair_contraction[t], fast.spherical_in_weight[t], fast.spherical_in_bias[t],
-            fast.feature_spherical_out[t], fast.euclidean_spherical_out[t], *filters,
-        )
-        chi_gradient = ops.spherical_backward(
-            feature_filters, euclidean_filters, difference, slopes, fast.pair_contraction[t],
-            fast.spherical_in_weight[t], fast.feature_spherical_out[t], fast.euclidean_spherical_out[t], first,
-            second, atoms,
-        )
+        if fast.equivariant:
+            filters = (feature_filters.clone(), euclidean_filters.clone())
+            difference, slopes = ops.spherical_forward(
+                chi, first, second, fast.pair_contraction[t], fast.spherical_in_weight[t], fast.spherical_in_bias[t],
+                fast.feature_spherical_out[t], fast.euclidean_spherical_out[t], *filters,
+            )
+            chi_gradient = ops.spherical_backward(
+                feature_filters, euclidean_filters, difference, slopes, fast.pair_contraction[t],
+                fast.spherical_in_weight[t], fast.feature_spherical_out[t], fast.euclidean_spherical_out[t], first,
+                second, atoms,
+            )
     finally:
         torch.set_num_threads(previous)
     expected = fast.pair_forward(projections, feature_filters, euclidean_filters, cutoff, harmonics, first, second)
-    for value, reference in zip((update, ev_update, scores), expected, strict=True):
-        assert relative_error(value, reference) < 1e-12
     expected_gradients = fast.pair_backward(
         update_gradient, ev_update_gradient, projections, feature_filters, euclidean_filters, cutoff, harmonics,
         expected[2], first, second,
     )
-    for value, reference in zip(pair_gradients, expected_gradients, strict=True):
-        assert relative_error(value, reference) < 1e-12
+    for value, reference in zip((update, ev_update, scores, *pair_gradients), expected + expected_gradients,
+                                strict=True):
+        # the invariant model's Euclidean outputs are empty: dchi (N, 0), filter and harmonics gradients (P, 0)
+        assert value.shape == reference.shape
+        assert value.numel() == 0 or relative_error(value, reference) < 1e-12
+    if not fast.equivariant:
+        return
     expected_filters = (feature_filters.clone(), euclidean_filters.clone())
     expected_difference, saved = fast.spherical_forward(t, chi, first, second, *expected_filters)
     assert relative_error(difference, expected_difference) < 1e-12
@@ -229,11 +278,11 @@ def test_fused_pair_and_spherical_operators_match_the_torch_route(random_model, 
 
 
 @pytest.mark.parametrize("kernel", FAST_KERNELS)
-def test_scripted_fast_module_equals_the_eager_one(kernel, random_model):
-    fast = FastSO3krates(random_model, kernel)
+def test_scripted_fast_module_equals_the_eager_one(kernel, each_model):
+    fast = FastSO3krates(each_model, kernel)
     scripted = torch.jit.script(fast)
-    eager_result = fast_energies_and_forces(fast, random_model, NUMBERS, POSITIONS)
-    assert_agree(fast_energies_and_forces(scripted, random_model, NUMBERS, POSITIONS), eager_result, 1e-13)
+    eager_result = fast_energies_and_forces(fast, each_model, NUMBERS, POSITIONS)
+    assert_agree(fast_energies_and_forces(scripted, each_model, NUMBERS, POSITIONS), eager_result, 1e-13)
     # The PyTorch-only module must load without the C++ operators.
     assert ("so3krates.energy_forces" in scripted.forward.code) == (kernel == "fused")
     assert "torch.ops.so3krates" not in scripted.pair_forward.code + scripted.radial_forward.code
@@ -361,8 +410,8 @@ def test_unknown_kernels_are_a_clear_error(random_model):
 
 
 @pytest.mark.parametrize("kernels_kind", ["analytic", "fused"])
-def test_export_kinds_match_the_reference_export_and_record_their_kind(tmp_path, random_model, kernels_kind):
-    checkpoint = save_checkpoint(random_model, tmp_path / "checkpoint.pt")
+def test_export_kinds_match_the_reference_export_and_record_their_kind(tmp_path, each_model, kernels_kind):
+    checkpoint = save_checkpoint(each_model, tmp_path / "checkpoint.pt")
     structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy(), box_angstrom=TRICLINIC.numpy())
     common = dict(structure=structure, periodic=True, dtype="float64")
     reference_path = export_checkpoint(checkpoint, tmp_path / "reference.pt", **common)
@@ -396,7 +445,7 @@ def test_exported_modules_reject_positions_that_are_not_finite(random_model, val
             module(positions)
 
 
-def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(random_model):
+def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(each_model):
     """ML/MM sub-system (forces zero elsewhere) and the all-pairs list of CUDA graphs."""
     n_particles = len(ETHANOL_WATER_NUMBERS) + 3
     indices = list(range(2, 2 + len(ETHANOL_WATER_NUMBERS)))
@@ -404,20 +453,20 @@ def test_fast_module_with_a_subsystem_and_static_pairs_matches_the_reference(ran
     positions = torch.zeros(n_particles, 3, dtype=torch.float64)
     positions[indices] = POSITIONS / 10.0
     positions[[0, 1, n_particles - 1]] = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]], dtype=torch.float64)
-    reference = torch.jit.script(build_energy_module(random_model, numbers, indices, n_particles, False, True, True))
+    reference = torch.jit.script(build_energy_module(each_model, numbers, indices, n_particles, False, True, True))
     fast = torch.jit.script(
-        build_energy_module(random_model, numbers, indices, n_particles, False, True, True, "fused")
+        build_energy_module(each_model, numbers, indices, n_particles, False, True, True, "fused")
     )
     assert_agree(fast(positions), reference(positions))
     assert torch.equal(fast(positions)[1][[0, 1, n_particles - 1]], torch.zeros(3, 3, dtype=torch.float64))
 
 
-def test_fused_export_runs_in_openmm_torchforce(tmp_path, random_model):
+def test_fused_export_runs_in_openmm_torchforce(tmp_path, each_model):
     import openmm
     import openmmtorch
     from openmm import unit
 
-    checkpoint = save_checkpoint(random_model, tmp_path / "checkpoint.pt")
+    checkpoint = save_checkpoint(each_model, tmp_path / "checkpoint.pt")
     structure = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS.copy())
     results = []
     for kind in ("reference", "fused"):

@@ -1,7 +1,8 @@
 """The invariant SO3krates (``degrees=()``), the paper's ablation: the same model without Euclidean variables.
 
-Its symmetries and forces are checked with the equivariant model in tests/test_model_physics.py; here:
-what it has and lacks, TorchScript export into OpenMM, and training through so3krates-train with a YAML file.
+Its symmetries and forces are checked with the equivariant model in tests/test_model_physics.py, its fast path
+(``--kernels analytic|fused``) against the reference in tests/test_model_fast.py; here: what it has and lacks,
+export (``so3krates-export``, every kind) into OpenMM, and training through so3krates-train with a YAML file.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import pytest
 import torch
 from conftest import ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS, randomise, small_config
 
-from so3krates_openmm import SO3krates, create_system, export_checkpoint
-from so3krates_openmm.data.structures import Structure
+from so3krates_openmm import SO3krates, create_system
+from so3krates_openmm.cli.export import main as export_main
+from so3krates_openmm.data.structures import Structure, write_xyz
+from so3krates_openmm.export import read_export_metadata
 from so3krates_openmm.model.checkpoint import load_model, save_checkpoint
 from so3krates_openmm.model.config import SO3kratesConfig
 
@@ -34,12 +37,20 @@ def test_invariant_model_has_no_euclidean_parts() -> None:
         SO3kratesConfig(degrees=(1, 1))
 
 
-def test_invariant_checkpoint_exports_and_runs_in_openmm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", ["reference", "analytic", "fused"])
+def test_invariant_checkpoint_exports_and_runs_in_openmm(tmp_path: Path, kernels: str) -> None:
+    """``so3krates-export --kernels KIND`` of an invariant checkpoint runs in OpenMM (TorchForce) with the
+    model's energy and forces, whatever the kind."""
     model = randomise(SO3krates(small_config(degrees=())), seed=3).eval()
     checkpoint = save_checkpoint(model, tmp_path / "invariant.pt")
     assert load_model(checkpoint).config.degrees == ()
     molecule = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS)
-    exported = export_checkpoint(checkpoint, tmp_path / "model.pt", structure=molecule, dtype="float64")
+    structure_file = tmp_path / "molecule.xyz"
+    write_xyz(structure_file, molecule)
+    exported = tmp_path / "model.pt"
+    arguments = [str(checkpoint), "--structure", str(structure_file), "-o", str(exported), "--dtype", "float64"]
+    assert export_main([*arguments, "--kernels", kernels, "--no-process-tuning"]) == 0
+    assert read_export_metadata(exported)["kernels"] == kernels
     import openmm
     from openmm import unit
 
@@ -71,10 +82,3 @@ def test_so3krates_train_trains_the_invariant_model_from_a_yaml_file(tmp_path: P
                       "batch_size: 5\nthreads: 1\nprogress: false\n")
     assert train_main(["--config", str(config), "--no-process-tuning"]) == 0
     assert load_model(tmp_path / "run" / "best_checkpoint.pt").config.degrees == ()
-
-
-def test_fast_export_refuses_the_invariant_model(tmp_path: Path) -> None:
-    checkpoint = save_checkpoint(randomise(SO3krates(small_config(degrees=()))), tmp_path / "invariant.pt")
-    molecule = Structure(ETHANOL_WATER_NUMBERS, ETHANOL_WATER_POSITIONS)
-    with pytest.raises(ValueError, match="kernels='reference'"):
-        export_checkpoint(checkpoint, tmp_path / "model.pt", structure=molecule, kernels="analytic")

@@ -24,8 +24,7 @@ of the reference's is taken. Then:
 
 - the two chosen checkpoints are copied to ``<bench-dir>/<molecule>/<model>_checkpoint.pt`` (weights only,
   ~2 MB, to be committed: the MD can then continue on another machine) and exported for MD
-  (``<root>/<molecule>/<model>/model.pt``; equivariant with the fused kernels, invariant with the reference
-  ones, which cover it);
+  (``<root>/<molecule>/<model>/model.pt``, both with the fused kernels);
 - per-frame errors of both on the same test frames (``so3krates-eval --per-frame``):
   ``<bench-dir>/<molecule>/errors.json`` (mean, std, median, 95th percentile, max of the per-frame force MAE and
   absolute energy error) and ``errors_histogram.png`` (the paper's Fig. 5a);

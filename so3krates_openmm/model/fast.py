@@ -62,8 +62,13 @@ def harmonic_polynomials(degrees: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
     fit in float64 to the reference implementation (the single definition of
     the harmonics). Returns the monomial exponents (M, 3) int64, the
     coefficients (M, m_tot) and those of the three partial derivatives
-    (m_tot, 3 M): ``dY_m/dx_c = sum_n mono_n D[m, c M + n]``.
+    (m_tot, 3 M): ``dY_m/dx_c = sum_n mono_n D[m, c M + n]``. No degrees (the invariant model): no
+    monomials, all three empty.
     """
+    if not degrees:
+        return torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 0, dtype=torch.float64), torch.zeros(
+            0, 0, dtype=torch.float64
+        )
     top = max(degrees)
     exponents = [e for e in itertools.product(range(top + 1), repeat=3) if sum(e) <= top]
     exponents_tensor = torch.tensor(exponents, dtype=torch.long)
@@ -92,32 +97,35 @@ def harmonic_polynomials(degrees: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
 class FastSO3krates(nn.Module):
     """Energies and forces of a :class:`SO3krates` model by a hand-derived backward pass.
 
+    Both configurations: the equivariant model and the invariant one (``degrees=()``), which has no
+    Euclidean variables, harmonics or spherical filter parts, one filter per layer and the atom
+    projections ``[Q, K, V]`` instead of ``[Q, Q~, K, K~, V]``; its exchange block is the linear
+    update of the features.
+
     Args:
         model: the reference model (its dtype is the compute dtype).
         kernels: ``"fused"`` (energy and forces in one C++/OpenMP operator on
             the CPU; builds the operators on first use) or ``"torch"``.
     """
 
-    __constants__ = ["use_fused"]
+    __constants__ = ["use_fused", "equivariant"]
 
     def __init__(self, model: SO3krates, kernels: str = "torch") -> None:
         super().__init__()
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; use one of {KERNELS}")
-        if not model.config.equivariant:
-            raise ValueError("the fast path computes the equivariant model; export the invariant model "
-                             "(degrees=()) with kernels='reference'")
         if kernels == "fused":
             load_kernels()
         self.use_fused = kernels == "fused"
         config = model.config
         dtype = model.dtype
         degrees = [int(l) for l in config.degrees]
+        self.equivariant = bool(config.equivariant)
         self.features = int(config.features)
         self.heads = int(config.heads)
         self.n_degrees = len(degrees)
         self.head_width = self.features // self.heads
-        self.degree_width = self.features // self.n_degrees
+        self.degree_width = self.features // self.n_degrees if degrees else 0
         self.spherical_width = self.features // 4
         self.m_tot = int(config.m_tot)
         self.n_layers = int(config.layers)
@@ -136,35 +144,58 @@ class FastSO3krates(nn.Module):
         constant("parity", model.parity.to(dtype))
         constant(
             "component_degree",
-            torch.repeat_interleave(torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees])),
+            torch.repeat_interleave(
+                torch.arange(len(degrees)), torch.tensor([2 * l + 1 for l in degrees], dtype=torch.long)
+            ),
         )
         exponents, coefficients, derivative = harmonic_polynomials(degrees)
         constant("monomial_exponents", exponents)
         constant("harmonic_coefficients", coefficients.to(dtype))
         constant("harmonic_derivatives", derivative.to(dtype))
-        self.max_degree = max(degrees)
+        self.max_degree = max(degrees, default=0)
         self.n_monomials = int(exponents.shape[0])
         layers = list(model.layers)
-        # First radial layer of all 2T filters, (2T F, K + 1): the bias is the last column (times a basis "function" 1).
+
+        def filters_of(layer: nn.Module) -> List[nn.Module]:
+            """The layer's filter networks: feature filter, then the Euclidean filter (equivariant model)."""
+            return [layer.feature_filter, layer.euclidean_filter] if self.equivariant else [layer.feature_filter]
+
+        # First radial layer of all filters (2T of the equivariant model, T of the invariant one), (2T F, K + 1):
+        # the bias is the last column (times a basis "function" 1).
         constant("radial_in_weight", torch.cat([
             torch.cat([f.radial_in.weight, f.radial_in.bias.unsqueeze(1)], 1)
-            for layer in layers for f in (layer.feature_filter, layer.euclidean_filter)
+            for layer in layers for f in filters_of(layer)
         ]))
         self.radial_basis_size = int(config.radial_basis_size)
+        euclidean_only = (
+            "spherical_in_weight", "spherical_in_bias", "feature_spherical_out", "euclidean_spherical_out",
+        )
         stacks: dict = {name: [] for name in (
-            "projection", "radial_out_weight", "filter_bias", "spherical_in_weight",
-            "spherical_in_bias", "feature_spherical_out", "euclidean_spherical_out", "pair_contraction",
+            "projection", "radial_out_weight", "filter_bias", "pair_contraction",
             "exchange_weight", "exchange_bias", "exchange_contraction", "expansion",
-        )}
+        ) + (euclidean_only if self.equivariant else ())}
         for layer in layers:
-            invariant, ev, exchange = layer.feature_attention, layer.euclidean_attention, layer.exchange
+            invariant, exchange = layer.feature_attention, layer.exchange
+            stacks["radial_out_weight"] += [f.radial_out.weight for f in filters_of(layer)]
+            stacks["pair_contraction"].append(layer.contraction.to(dtype))
+            stacks["exchange_weight"].append(exchange.linear.weight)
+            stacks["exchange_bias"].append(exchange.linear.bias)
+            stacks["exchange_contraction"].append(exchange.contraction.to(dtype))
+            stacks["expansion"].append(exchange.expansion.to(dtype))
+            if not self.equivariant:
+                # Atom projections [Q, K, V], queries with their score scale; filters of the radial basis only.
+                stacks["projection"].append(torch.cat([
+                    invariant.query.weight * invariant.scale, invariant.key.weight, invariant.value.weight,
+                ]))
+                stacks["filter_bias"].append(layer.feature_filter.radial_out.bias.unsqueeze(0))
+                continue
+            ev = layer.euclidean_attention
             feature_filter, euclidean_filter = layer.feature_filter, layer.euclidean_filter
             # Atom projections in the order [Q, Q~, K, K~, V], queries with their score scale.
             stacks["projection"].append(torch.cat([
                 invariant.query.weight * invariant.scale, ev.query.weight * ev.scale,
                 invariant.key.weight, ev.key.weight, invariant.value.weight,
             ]))
-            stacks["radial_out_weight"] += [feature_filter.radial_out.weight, euclidean_filter.radial_out.weight]
             stacks["filter_bias"].append(torch.stack([
                 feature_filter.radial_out.bias + feature_filter.spherical_out.bias,
                 euclidean_filter.radial_out.bias + euclidean_filter.spherical_out.bias,
@@ -177,24 +208,26 @@ class FastSO3krates(nn.Module):
             )
             stacks["feature_spherical_out"].append(feature_filter.spherical_out.weight)
             stacks["euclidean_spherical_out"].append(euclidean_filter.spherical_out.weight)
-            stacks["pair_contraction"].append(layer.contraction.to(dtype))
-            stacks["exchange_weight"].append(exchange.linear.weight)
-            stacks["exchange_bias"].append(exchange.linear.bias)
-            stacks["exchange_contraction"].append(exchange.contraction.to(dtype))
-            stacks["expansion"].append(exchange.expansion.to(dtype))
             if not torch.equal(exchange.expansion, ev.expansion):
                 raise ValueError("the layer's degree expansion matrices differ")
-        filter_bias = torch.stack(stacks.pop("filter_bias"))  # (T, 2, F)
+        filter_bias = torch.stack(stacks.pop("filter_bias"))  # (T, 2, F); (T, 1, F) without degrees
         for name, values in stacks.items():
             constant(name, torch.stack(values))
-        # Output biases of the 2T filters (both output layers' biases; in the first layer chi = 0, so
-        # every delta_ij = 0 and the spherical part is one constant vector, folded in here).
-        spherical = functional.silu(self.spherical_in_bias[0])
-        first_layer = torch.stack([
-            self.feature_spherical_out[0] @ spherical[: self.spherical_width],
-            self.euclidean_spherical_out[0] @ spherical[self.spherical_width :],
-        ])
-        constant("radial_out_bias", torch.cat([filter_bias[:1] + first_layer, filter_bias[1:]]).flatten(0, 1))
+        if self.equivariant:
+            # Output biases of the 2T filters (both output layers' biases; in the first layer chi = 0, so
+            # every delta_ij = 0 and the spherical part is one constant vector, folded in here).
+            spherical = functional.silu(self.spherical_in_bias[0])
+            first_layer = torch.stack([
+                self.feature_spherical_out[0] @ spherical[: self.spherical_width],
+                self.euclidean_spherical_out[0] @ spherical[self.spherical_width :],
+            ])
+            filter_bias = torch.cat([filter_bias[:1] + first_layer, filter_bias[1:]])
+        else:
+            # the fused operator's arguments of the spherical filter parts: none without degrees
+            for name in euclidean_only:
+                shape = (self.n_layers, 0) if name == "spherical_in_bias" else (self.n_layers, 0, 0)
+                constant(name, torch.zeros(shape, dtype=dtype))
+        constant("radial_out_bias", filter_bias.flatten(0, 1))
         constant("readout_hidden_weight", model.readout.hidden.weight)
         constant("readout_hidden_bias", model.readout.hidden.bias)
         constant("readout_output_weight", model.readout.output.weight.reshape(-1))
@@ -241,16 +274,21 @@ class FastSO3krates(nn.Module):
             vectors = positions.index_select(0, second) - positions.index_select(0, first) + shifts.to(dtype)
             distances = torch.linalg.vector_norm(vectors, dim=1)
             unit_vectors = vectors / distances.unsqueeze(-1)
-            power_list = [torch.ones_like(unit_vectors), unit_vectors]
-            for _ in range(2, self.max_degree + 1):
-                power_list.append(power_list[-1] * unit_vectors)
-            powers = torch.stack(power_list, 2)  # (P, 3, max degree + 1)
-            monomials = (
-                powers[:, 0].index_select(1, self.monomial_exponents[:, 0])
-                * powers[:, 1].index_select(1, self.monomial_exponents[:, 1])
-                * powers[:, 2].index_select(1, self.monomial_exponents[:, 2])
-            )
-            harmonics = monomials @ self.harmonic_coefficients
+            # the invariant model has no Euclidean parts: its harmonics and Euclidean filters are (P, 0)
+            no_components = vectors.new_zeros(n_pairs, 0)
+            monomials = no_components
+            harmonics = no_components
+            if self.equivariant:
+                power_list = [torch.ones_like(unit_vectors), unit_vectors]
+                for _ in range(2, self.max_degree + 1):
+                    power_list.append(power_list[-1] * unit_vectors)
+                powers = torch.stack(power_list, 2)  # (P, 3, max degree + 1)
+                monomials = (
+                    powers[:, 0].index_select(1, self.monomial_exponents[:, 0])
+                    * powers[:, 1].index_select(1, self.monomial_exponents[:, 1])
+                    * powers[:, 2].index_select(1, self.monomial_exponents[:, 2])
+                )
+                harmonics = monomials @ self.harmonic_coefficients
             scaled = distances * (math.pi / self.cutoff)
             inside = distances < self.cutoff
             if self.polynomial_cutoff:
@@ -266,7 +304,7 @@ class FastSO3krates(nn.Module):
                 cutoff_slopes = torch.where(
                     inside, (-0.5 * math.pi / self.cutoff) * torch.sin(scaled), torch.zeros_like(scaled)
                 )
-            # radial parts of all 2T filters (2T, P, F), with their output biases
+            # radial parts of all 2T filters (2T, P, F; T without degrees), with their output biases
             radial_filters, radial_saved = self.radial_forward(distances)
 
             # ----- forward through the layers, keeping what the backward pass needs -----
@@ -274,6 +312,17 @@ class FastSO3krates(nn.Module):
             chi = torch.zeros(n_atoms, self.m_tot, dtype=dtype, device=positions.device)
             saved: List[List[Tensor]] = []
             for t in range(self.n_layers):
+                if not self.equivariant:
+                    # x1 = x + dx, then the exchange block's linear update x' = x1 + W x1 + b
+                    feature_filters = radial_filters[t]
+                    projections = x @ self.projection[t].t()  # (N, 3F): Q, K, V
+                    update, _, scores = self.pair_forward(
+                        projections, feature_filters, no_components, cutoff_weights, harmonics, first, second
+                    )
+                    x1 = x + update
+                    x = x1 + torch.addmm(self.exchange_bias[t], x1, self.exchange_weight[t].t())
+                    saved.append([feature_filters, projections, scores])
+                    continue
                 feature_filters = radial_filters[2 * t]
                 euclidean_filters = radial_filters[2 * t + 1]
                 if t == 0:
@@ -321,6 +370,17 @@ class FastSO3krates(nn.Module):
             cutoff_gradient = torch.zeros_like(cutoff_weights)
             harmonics_gradient = torch.zeros_like(harmonics)
             for t in range(self.n_layers - 1, -1, -1):
+                if not self.equivariant:
+                    feature_filters, projections, scores = saved[t]
+                    x_gradient = torch.addmm(x_gradient, x_gradient, self.exchange_weight[t])
+                    projection_gradient, filter_gradient, _, layer_cutoff_gradient, _ = self.pair_backward(
+                        x_gradient, chi_gradient, projections, feature_filters, no_components,
+                        cutoff_weights, harmonics, scores, first, second,
+                    )
+                    cutoff_gradient = cutoff_gradient + layer_cutoff_gradient
+                    x_gradient = torch.addmm(x_gradient, projection_gradient, self.projection[t])
+                    filter_gradients.append(filter_gradient)
+                    continue
                 (
                     difference, spherical_saved, feature_filters, euclidean_filters,
                     projections, scores, chi1, degree_scales,
@@ -355,13 +415,15 @@ class FastSO3krates(nn.Module):
             distance_gradient = cutoff_gradient * cutoff_slopes + self.radial_backward(
                 filter_gradients, distances, radial_saved
             )
-            derivative_terms = harmonics_gradient @ self.harmonic_derivatives  # (P, 3 M)
-            unit_gradient = (derivative_terms.view(n_pairs, 3, self.n_monomials) * monomials.unsqueeze(1)).sum(-1)
-            radial_part = (unit_gradient * unit_vectors).sum(1, keepdim=True)
-            vector_gradient = (
-                (unit_gradient - radial_part * unit_vectors) / distances.unsqueeze(-1)
-                + distance_gradient.unsqueeze(-1) * unit_vectors
-            )
+            vector_gradient = distance_gradient.unsqueeze(-1) * unit_vectors
+            if self.equivariant:  # through the harmonics
+                derivative_terms = harmonics_gradient @ self.harmonic_derivatives  # (P, 3 M)
+                unit_gradient = (
+                    derivative_terms.view(n_pairs, 3, self.n_monomials) * monomials.unsqueeze(1)
+                ).sum(-1)
+                radial_part = (unit_gradient * unit_vectors).sum(1, keepdim=True)
+                tangential = (unit_gradient - radial_part * unit_vectors) / distances.unsqueeze(-1)
+                vector_gradient = tangential + vector_gradient
             gradient = (
                 torch.zeros_like(positions)
                 .index_add_(0, second, vector_gradient)
@@ -371,7 +433,8 @@ class FastSO3krates(nn.Module):
 
     def radial_forward(self, distances: Tensor) -> Tuple[Tensor, Tensor]:
         """The radial parts of all 2T filters, ``W_out silu(W_in e(d) + b_in) + b_out`` (2T, P, F)
-        in layer order (feature, Euclidean filter), and what :meth:`radial_backward` needs.
+        in layer order (feature, Euclidean filter; the T feature filters of the invariant model), and
+        what :meth:`radial_backward` needs.
 
         ``b_out`` are :attr:`radial_out_bias` (with the first layer's constant spherical part);
         the later layers' spherical parts are added by the caller. The fused operator keeps
@@ -460,8 +523,9 @@ class FastSO3krates(nn.Module):
         """The attention updates ``dx`` (N, F) and ``dchi`` (N, m_tot) of one layer, and the
         raw scores (P, 2 (H + n_D)) that the backward pass needs.
 
-        ``projections`` (N, 5F) are ``[Q, Q~, K, K~, V] x`` (queries scaled); filters (P, F).
-        Scores ``[s_ij^h, s_ji^h, s~_ij^l, s~_ji^l]`` are the sums over a head of
+        ``projections`` (N, 5F) are ``[Q, Q~, K, K~, V] x`` (queries scaled), those of the invariant
+        model (N, 3F) ``[Q, K, V] x`` (its Euclidean filters and harmonics are (P, 0), ``dchi`` (N, 0));
+        filters (P, F). Scores ``[s_ij^h, s_ji^h, s~_ij^l, s~_ji^l]`` are the sums over a head of
         ``q w k`` before the cutoff weight.
         """
         n_atoms = projections.shape[0]
@@ -469,16 +533,13 @@ class FastSO3krates(nn.Module):
         features = self.features
         heads = self.heads
         n_degrees = self.n_degrees
-        queries_i, ev_queries_i, keys_i, ev_keys_i, values_i = projections.index_select(0, first).split(features, 1)
-        queries_j, ev_queries_j, keys_j, ev_keys_j, values_j = projections.index_select(0, second).split(features, 1)
+        at_first = projections.index_select(0, first).split(features, 1)
+        at_second = projections.index_select(0, second).split(features, 1)
+        key, value = self.key_value_blocks()
+        queries_i, keys_i, values_i = at_first[0], at_first[key], at_first[value]
+        queries_j, keys_j, values_j = at_second[0], at_second[key], at_second[value]
         scores_ij = (queries_i * feature_filters * keys_j).view(n_pairs, heads, self.head_width).sum(-1)
         scores_ji = (queries_j * feature_filters * keys_i).view(n_pairs, heads, self.head_width).sum(-1)
-        ev_scores_ij = (
-            (ev_queries_i * euclidean_filters * ev_keys_j).view(n_pairs, n_degrees, self.degree_width).sum(-1)
-        )
-        ev_scores_ji = (
-            (ev_queries_j * euclidean_filters * ev_keys_i).view(n_pairs, n_degrees, self.degree_width).sum(-1)
-        )
         weights = cutoff_weights.unsqueeze(-1)
         messages_i = (
             (scores_ij * weights).unsqueeze(-1) * values_j.view(n_pairs, heads, self.head_width)
@@ -488,12 +549,58 @@ class FastSO3krates(nn.Module):
         ).view(n_pairs, features)
         update = torch.zeros(n_atoms, features, dtype=projections.dtype, device=projections.device)
         update = update.index_add_(0, first, messages_i).index_add_(0, second, messages_j)
+        if not self.equivariant:
+            return update, projections.new_zeros(n_atoms, 0), torch.cat([scores_ij, scores_ji], 1)
+        ev_queries_i, ev_keys_i, ev_queries_j, ev_keys_j = at_first[1], at_first[3], at_second[1], at_second[3]
+        ev_scores_ij = (
+            (ev_queries_i * euclidean_filters * ev_keys_j).view(n_pairs, n_degrees, self.degree_width).sum(-1)
+        )
+        ev_scores_ji = (
+            (ev_queries_j * euclidean_filters * ev_keys_i).view(n_pairs, n_degrees, self.degree_width).sum(-1)
+        )
         expansion = self.expansion[0]
         ev_messages_i = ((ev_scores_ij * weights) @ expansion) * harmonics
         ev_messages_j = ((ev_scores_ji * weights) @ expansion) * (harmonics * self.parity)
         ev_update = torch.zeros(n_atoms, self.m_tot, dtype=projections.dtype, device=projections.device)
         ev_update = ev_update.index_add_(0, first, ev_messages_i).index_add_(0, second, ev_messages_j)
         return update, ev_update, torch.cat([scores_ij, scores_ji, ev_scores_ij, ev_scores_ji], 1)
+
+    def score_backward(
+        self,
+        weighted_ij: Tensor,
+        weighted_ji: Tensor,
+        weights: Tensor,
+        queries_i: Tensor,
+        keys_j: Tensor,
+        queries_j: Tensor,
+        keys_i: Tensor,
+        filters: Tensor,
+        blocks: int,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Backward of the scores ``s_ij = sum_{f in block} q_i w k_j`` of one attention block (``blocks``
+        heads or degrees) from the gradients (P, blocks) of ``phi s_ij`` and ``phi s_ji`` and the cutoff
+        weights ``phi`` (P, 1): the gradient of the filters (P, F) and ``phi ds w`` of both directions
+        (P, F each; times the keys and queries, the gradients of the queries and keys)."""
+        n_pairs = filters.shape[0]
+        width = self.features // blocks
+        score_ij = (weighted_ij * weights).unsqueeze(-1)
+        score_ji = (weighted_ji * weights).unsqueeze(-1)
+        qk_ij = queries_i * keys_j
+        qk_ji = queries_j * keys_i
+        filter_gradient = (
+            score_ij * qk_ij.view(n_pairs, blocks, width) + score_ji * qk_ji.view(n_pairs, blocks, width)
+        ).view(n_pairs, self.features)
+        blocked_filters = filters.view(n_pairs, blocks, width)
+        return (
+            filter_gradient,
+            (score_ij * blocked_filters).view(n_pairs, self.features),
+            (score_ji * blocked_filters).view(n_pairs, self.features),
+        )
+
+    def key_value_blocks(self) -> Tuple[int, int]:
+        """Blocks of F columns of the keys and values in the atom projections: ``[Q, Q~, K, K~, V]``
+        (equivariant model) or ``[Q, K, V]`` (invariant model)."""
+        return (2, 4) if self.equivariant else (1, 2)
 
     def pair_backward(
         self,
@@ -509,14 +616,17 @@ class FastSO3krates(nn.Module):
         second: Tensor,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Backward of :meth:`pair_forward`: from the gradients of ``dx`` (N, F) and ``dchi``
-        (N, m_tot) to those of the projections (N, 5F), the two filters (P, F), the cutoff
-        weights (P,) and the harmonics (P, m_tot)."""
+        (N, m_tot) to those of the projections (N, 5F; 3F invariant), the two filters (P, F; the
+        Euclidean one (P, 0) invariant), the cutoff weights (P,) and the harmonics (P, m_tot)."""
         n_pairs = first.shape[0]
         features = self.features
         heads = self.heads
         n_degrees = self.n_degrees
-        queries_i, ev_queries_i, keys_i, ev_keys_i, values_i = projections.index_select(0, first).split(features, 1)
-        queries_j, ev_queries_j, keys_j, ev_keys_j, values_j = projections.index_select(0, second).split(features, 1)
+        at_first = projections.index_select(0, first).split(features, 1)
+        at_second = projections.index_select(0, second).split(features, 1)
+        key, value = self.key_value_blocks()
+        queries_i, keys_i, values_i = at_first[0], at_first[key], at_first[value]
+        queries_j, keys_j, values_j = at_second[0], at_second[key], at_second[value]
         scores_ij, scores_ji, ev_scores_ij, ev_scores_ji = scores.split([heads, heads, n_degrees, n_degrees], 1)
         weights = cutoff_weights.unsqueeze(-1)
         gradient_i = update_gradient.index_select(0, first)
@@ -529,44 +639,38 @@ class FastSO3krates(nn.Module):
         weighted_score_ij = (gradient_i * values_j).view(n_pairs, heads, self.head_width).sum(-1)  # d/d(phi s_ij)
         weighted_score_ji = (gradient_j * values_i).view(n_pairs, heads, self.head_width).sum(-1)
         cutoff_gradient = (weighted_score_ij * scores_ij + weighted_score_ji * scores_ji).sum(1)
-        score_ij = (weighted_score_ij * weights).unsqueeze(-1)
-        score_ji = (weighted_score_ji * weights).unsqueeze(-1)
-        qk_ij = queries_i * keys_j
-        qk_ji = queries_j * keys_i
-        filter_gradient = (
-            score_ij * qk_ij.view(n_pairs, heads, self.head_width)
-            + score_ji * qk_ji.view(n_pairs, heads, self.head_width)
-        ).view(n_pairs, features)
-        wf_ij = (score_ij * feature_filters.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
-        wf_ji = (score_ji * feature_filters.view(n_pairs, heads, self.head_width)).view(n_pairs, features)
-        # Euclidean block: ev_messages_i = phi (s~_ij E) Y, ev_messages_j = phi (s~_ji E) (parity Y)
-        expansion = self.expansion[0]
-        ev_gradient_i = ev_update_gradient.index_select(0, first)
-        ev_gradient_j = ev_update_gradient.index_select(0, second)
-        parity_harmonics = harmonics * self.parity
-        harmonics_gradient = ((ev_scores_ij * weights) @ expansion) * ev_gradient_i + (
-            (ev_scores_ji * weights) @ expansion
-        ) * ev_gradient_j * self.parity
-        ev_weighted_ij = (ev_gradient_i * harmonics) @ expansion.t()
-        ev_weighted_ji = (ev_gradient_j * parity_harmonics) @ expansion.t()
-        cutoff_gradient = cutoff_gradient + (ev_weighted_ij * ev_scores_ij + ev_weighted_ji * ev_scores_ji).sum(1)
-        ev_score_ij = (ev_weighted_ij * weights).unsqueeze(-1)
-        ev_score_ji = (ev_weighted_ji * weights).unsqueeze(-1)
-        ev_qk_ij = ev_queries_i * ev_keys_j
-        ev_qk_ji = ev_queries_j * ev_keys_i
-        ev_filter_gradient = (
-            ev_score_ij * ev_qk_ij.view(n_pairs, n_degrees, self.degree_width)
-            + ev_score_ji * ev_qk_ji.view(n_pairs, n_degrees, self.degree_width)
-        ).view(n_pairs, features)
-        ew_ij = (ev_score_ij * euclidean_filters.view(n_pairs, n_degrees, self.degree_width)).view(n_pairs, features)
-        ew_ji = (ev_score_ji * euclidean_filters.view(n_pairs, n_degrees, self.degree_width)).view(n_pairs, features)
+        filter_gradient, wf_ij, wf_ji = self.score_backward(
+            weighted_score_ij, weighted_score_ji, weights, queries_i, keys_j, queries_j, keys_i, feature_filters, heads
+        )
         # gradients of the projections at the first (i) and second (j) atom of each pair
-        at_first_gradient = torch.cat(
-            [wf_ij * keys_j, ew_ij * ev_keys_j, wf_ji * queries_j, ew_ji * ev_queries_j, values_i_gradient], 1
-        )
-        at_second_gradient = torch.cat(
-            [wf_ji * keys_i, ew_ji * ev_keys_i, wf_ij * queries_i, ew_ij * ev_queries_i, values_j_gradient], 1
-        )
+        if self.equivariant:
+            # Euclidean block: ev_messages_i = phi (s~_ij E) Y, ev_messages_j = phi (s~_ji E) (parity Y)
+            ev_queries_i, ev_keys_i, ev_queries_j, ev_keys_j = at_first[1], at_first[3], at_second[1], at_second[3]
+            expansion = self.expansion[0]
+            ev_gradient_i = ev_update_gradient.index_select(0, first)
+            ev_gradient_j = ev_update_gradient.index_select(0, second)
+            parity_harmonics = harmonics * self.parity
+            harmonics_gradient = ((ev_scores_ij * weights) @ expansion) * ev_gradient_i + (
+                (ev_scores_ji * weights) @ expansion
+            ) * ev_gradient_j * self.parity
+            ev_weighted_ij = (ev_gradient_i * harmonics) @ expansion.t()
+            ev_weighted_ji = (ev_gradient_j * parity_harmonics) @ expansion.t()
+            cutoff_gradient = cutoff_gradient + (ev_weighted_ij * ev_scores_ij + ev_weighted_ji * ev_scores_ji).sum(1)
+            ev_filter_gradient, ew_ij, ew_ji = self.score_backward(
+                ev_weighted_ij, ev_weighted_ji, weights, ev_queries_i, ev_keys_j, ev_queries_j, ev_keys_i,
+                euclidean_filters, n_degrees,
+            )
+            at_first_gradient = torch.cat(
+                [wf_ij * keys_j, ew_ij * ev_keys_j, wf_ji * queries_j, ew_ji * ev_queries_j, values_i_gradient], 1
+            )
+            at_second_gradient = torch.cat(
+                [wf_ji * keys_i, ew_ji * ev_keys_i, wf_ij * queries_i, ew_ij * ev_queries_i, values_j_gradient], 1
+            )
+        else:
+            ev_filter_gradient = feature_filters.new_zeros(n_pairs, 0)
+            harmonics_gradient = feature_filters.new_zeros(n_pairs, 0)
+            at_first_gradient = torch.cat([wf_ij * keys_j, wf_ji * queries_j, values_i_gradient], 1)
+            at_second_gradient = torch.cat([wf_ji * keys_i, wf_ij * queries_i, values_j_gradient], 1)
         projection_gradient = (
             torch.zeros_like(projections)
             .index_add_(0, first, at_first_gradient)

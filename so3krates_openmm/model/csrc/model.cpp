@@ -12,6 +12,11 @@
 // Layouts as in FastSO3krates (its buffers are passed as they are): P unordered pairs, r_ij =
 // R_j - R_i + shift (Å); monomial_exponents (M, 3) int64, harmonic_coefficients (M, m),
 // harmonic_derivatives (m, 3 M); per-layer weights stacked over the T layers.
+//
+// The invariant model (no degrees: pair_contraction (T, 0, 0)) runs the same operator without any
+// Euclidean part: no harmonics (m = 0), one filter per layer (radial only), atom projections
+// [Q, K, V] (projection (T, 3F, F)), the invariant block of the pair chain, and an exchange block
+// that is the linear update of the features; its spherical-filter arguments are not read.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -94,7 +99,7 @@ void geometry_backward(const T* distance_gradient, const T* derivative_terms, co
 }
 
 // The per-atom weights of all layers packed for products from the left (cached, packed_matrix.h):
-// projections x W_p^T (F -> 5F) and back (5F -> F), exchange [x, invariants] W_x^T + b and back
+// projections x W_p^T (F -> 5F; 3F invariant) and back, exchange [x, invariants] W_x^T + b and back
 // (F + n_D -> F + n_D), readout hidden layer x W_h^T + b and back.
 template <typename T>
 struct AtomWeights {
@@ -253,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                                 cutoff_slopes.data_ptr<scalar_t>());
     });
     const at::Tensor harmonics = at::empty({pairs, components}, options);
-    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_harmonics", [&] {
+    if (components > 0) AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_harmonics", [&] {
         const auto coefficients = packed<scalar_t>(Role::kHarmonics, harmonic_coefficients, at::Tensor(), [&] {
             return layers_of<scalar_t>(1, [&](int64_t) {
                 return PackedMatrix<scalar_t>(harmonic_coefficients.data_ptr<scalar_t>(), monomials_count, components,
@@ -274,7 +279,12 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                     "so3krates: the per-atom weights must be contiguous and of the embedding's dtype");
     }
     const int64_t mixed_width = exchange_weight.size(1);
-    TORCH_CHECK(projection.dim() == 3 && projection.size(1) == 5 * features && projection.size(2) == features &&
+    // per layer: the feature and the Euclidean filter (the invariant model: the feature filter only), and
+    // the atom projections [Q, Q~, K, K~, V] ([Q, K, V])
+    const int64_t filters_per_layer = degrees > 0 ? 2 : 1, projection_width = (degrees > 0 ? 5 : 3) * features;
+    TORCH_CHECK(radial_filters.size(0) == filters_per_layer * layers,
+                "so3krates: radial_in_weight must hold 2T filters (T without degrees)");
+    TORCH_CHECK(projection.dim() == 3 && projection.size(1) == projection_width && projection.size(2) == features &&
                     exchange_weight.dim() == 3 && mixed_width == features + degrees &&
                     exchange_weight.size(2) == mixed_width && exchange_contraction.size(1) == components &&
                     exchange_contraction.size(2) == degrees && expansion.size(1) == degrees &&
@@ -284,6 +294,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     at::Tensor x = embedding.index_select(0, species).contiguous();
     at::Tensor chi = at::zeros({atoms, components}, options);
     std::vector<Saved> saved;
+    const at::Tensor no_filters = at::empty({pairs, 0}, options);  // the invariant model's Euclidean filters
     at::Tensor hidden_pre = at::empty({atoms, readout_hidden_weight.size(0)}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_layers_forward", [&] {
         using T = scalar_t;
@@ -291,10 +302,11 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                                      readout_hidden_bias);
         for (int64_t t = 0; t < layers; ++t) {
             Saved s;
-            s.feature_filters = radial_filters.select(0, 2 * t);
-            s.euclidean_filters = radial_filters.select(0, 2 * t + 1);
-            if (t == 0) {
-                // chi = 0: the spherical filter part is one constant vector (in radial_out_bias)
+            s.feature_filters = radial_filters.select(0, filters_per_layer * t);
+            s.euclidean_filters = degrees > 0 ? radial_filters.select(0, 2 * t + 1) : no_filters;
+            if (degrees == 0 || t == 0) {
+                // no spherical filter part (the invariant model), or chi = 0: the spherical filter part is
+                // one constant vector (in radial_out_bias)
                 s.difference = chi;
                 s.spherical_saved = chi;
             } else {
@@ -302,9 +314,9 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                     chi, first, second, pair_contraction[t], spherical_in_weight[t], spherical_in_bias[t],
                     feature_spherical_out[t], euclidean_spherical_out[t], s.feature_filters, s.euclidean_filters);
             }
-            s.projections = at::empty({atoms, 5 * features}, options);  // (N, 5F): Q, Q~, K, K~, V
+            s.projections = at::empty({atoms, projection_width}, options);  // (N, 5F or 3F)
             multiply_split_by_columns((*weights.projection)[t], x.data_ptr<T>(), atoms, features,
-                                      s.projections.data_ptr<T>(), 5 * features, false);
+                                      s.projections.data_ptr<T>(), projection_width, false);
             at::Tensor update, ev_update;
             std::tie(update, ev_update, s.scores) = so3krates::pair_forward(
                 s.projections, s.feature_filters, s.euclidean_filters, cutoff_weights, harmonics, parity,
@@ -337,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
         at::silu_backward(scales.to(dtype).unsqueeze(1) * readout_output_weight, hidden_pre).contiguous();
     const at::Tensor x_gradient = at::empty_like(x);
     const at::Tensor chi_gradient = at::zeros_like(chi);
-    std::vector<at::Tensor> filter_gradients(2 * layers);
+    std::vector<at::Tensor> filter_gradients(filters_per_layer * layers);
     at::Tensor cutoff_gradient = at::zeros_like(cutoff_weights), harmonics_gradient = at::zeros_like(harmonics);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_layers_backward", [&] {
         using T = scalar_t;
@@ -363,10 +375,10 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
             harmonics_gradient.add_(layer_harmonics_gradient);
             projection_gradient = projection_gradient.contiguous();
             multiply_split_by_columns((*weights.projection_backward)[t], projection_gradient.data_ptr<T>(), atoms,
-                                      5 * features, x_gradient.data_ptr<T>(), features, true);
-            filter_gradients[2 * t] = filter_gradient;
-            filter_gradients[2 * t + 1] = ev_filter_gradient;
-            if (t > 0) {
+                                      projection_width, x_gradient.data_ptr<T>(), features, true);
+            filter_gradients[filters_per_layer * t] = filter_gradient;
+            if (degrees > 0) filter_gradients[2 * t + 1] = ev_filter_gradient;
+            if (degrees > 0 && t > 0) {
                 chi_gradient.add_(so3krates::spherical_backward(
                     filter_gradient, ev_filter_gradient, s.difference, s.spherical_saved, pair_contraction[t],
                     spherical_in_weight[t], feature_spherical_out[t], euclidean_spherical_out[t], first, second,
@@ -382,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                                     radial_out_weight, radial_saved))
             .contiguous();
     const at::Tensor derivative_terms = at::empty({pairs, 3 * monomials_count}, options);  // (P, 3 M)
-    AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_derivative_terms", [&] {
+    if (components > 0) AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_derivative_terms", [&] {
         const auto derivatives = packed<scalar_t>(Role::kHarmonicDerivatives, harmonic_derivatives, at::Tensor(), [&] {
             return layers_of<scalar_t>(1, [&](int64_t) {
                 return PackedMatrix<scalar_t>(harmonic_derivatives.data_ptr<scalar_t>(), components,

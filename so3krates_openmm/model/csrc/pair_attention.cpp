@@ -10,6 +10,9 @@
 // scaled); filters (P, F) per unordered pair (i = first, j = second); cutoff (P,); harmonics
 // (P, m) of r_ij; parity (m,) = (-1)^l per component; component_degree (m,) int64 = index of the
 // degree block of each component; scores (P, 2H + 2D) = [s_ij(H), s_ji(H), s~_ij(D), s~_ji(D)].
+// The invariant model (degrees = 0) has the invariant block only: projections (N, 3F) = [Q, K, V],
+// scores (P, 2H); its Euclidean filters are not read (any tensor), harmonics, parity and
+// component_degree are empty, and the Euclidean outputs are empty ((N, 0), (P, 0)).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,37 +29,51 @@ struct Sizes {
     int64_t atoms, pairs, features, heads, degrees, components;
 };
 
+// Blocks of F columns of an atom's projections, [Q, Q~, K, K~, V] (kEuclidean) or [Q, K, V]: how many,
+// and where the keys and the values start (queries at 0; the Euclidean queries and keys at 1 and 3).
+template <bool kEuclidean>
+struct Blocks {
+    static constexpr int64_t count = kEuclidean ? 5 : 3, key = kEuclidean ? 2 : 1, value = kEuclidean ? 4 : 2;
+};
+
 Sizes check_inputs(const at::Tensor& projections, const at::Tensor& feature_filters, const at::Tensor& euclidean_filters,
                    const at::Tensor& cutoff, const at::Tensor& harmonics, const at::Tensor& parity,
                    const at::Tensor& component_degree, const at::Tensor& first, const at::Tensor& second,
                    int64_t heads, int64_t degrees) {
     Sizes s{projections.size(0), first.size(0), feature_filters.size(1), heads, degrees, harmonics.size(1)};
-    TORCH_CHECK(projections.dim() == 2 && projections.size(1) == 5 * s.features, "so3krates: projections must be (N, 5F)");
-    TORCH_CHECK(feature_filters.sizes() == euclidean_filters.sizes() && feature_filters.size(0) == s.pairs,
+    TORCH_CHECK(projections.dim() == 2 && projections.size(1) == (degrees > 0 ? 5 : 3) * s.features,
+                "so3krates: projections must be (N, 5F), or (N, 3F) without degrees");
+    TORCH_CHECK(feature_filters.dim() == 2 && feature_filters.size(0) == s.pairs &&
+                    (degrees == 0 || feature_filters.sizes() == euclidean_filters.sizes()),
                 "so3krates: filters must be (P, F)");
     TORCH_CHECK(cutoff.numel() == s.pairs && harmonics.size(0) == s.pairs && second.numel() == s.pairs,
                 "so3krates: per-pair inputs disagree in length");
     TORCH_CHECK(parity.numel() == s.components && component_degree.numel() == s.components,
                 "so3krates: parity and component_degree must have one entry per harmonic component");
-    TORCH_CHECK(heads > 0 && degrees > 0 && s.features % heads == 0 && s.features % degrees == 0,
+    TORCH_CHECK(heads > 0 && degrees >= 0 && s.features % heads == 0 && (degrees == 0 || s.features % degrees == 0),
                 "so3krates: features must divide by heads and by degrees");
+    TORCH_CHECK(degrees > 0 || s.components == 0, "so3krates: no degrees, but harmonics given");
     TORCH_CHECK(first.scalar_type() == at::kLong && second.scalar_type() == at::kLong && component_degree.scalar_type() == at::kLong,
                 "so3krates: index tensors must be int64");
     for (const at::Tensor* t : {&feature_filters, &euclidean_filters, &cutoff, &harmonics, &parity}) {
-        TORCH_CHECK(t->scalar_type() == projections.scalar_type(), "so3krates: all float inputs must have one dtype");
+        TORCH_CHECK(t->scalar_type() == projections.scalar_type() || (t == &euclidean_filters && degrees == 0),
+                    "so3krates: all float inputs must have one dtype");
     }
     return s;
 }
 
-template <typename T>
+// kEuclidean: both blocks (equivariant model); otherwise the invariant block only.
+template <typename T, bool kEuclidean>
 void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, const T* cut, const T* harm, const T* par,
                     const int64_t* comp_deg, const int64_t* first, const int64_t* second,
                     so3krates::TaskBuffers& update_buffers, so3krates::TaskBuffers& ev_buffers, T* scores) {
     const int64_t F = s.features, H = s.heads, D = s.degrees, M = s.components;
-    const int64_t hw = F / H, dw = F / D, stride = 5 * F, score_width = 2 * H + 2 * D;
+    const int64_t hw = F / H, dw = kEuclidean ? F / D : 0, score_width = 2 * H + 2 * D;
+    const int64_t stride = Blocks<kEuclidean>::count * F;
+    constexpr int64_t key = Blocks<kEuclidean>::key, value = Blocks<kEuclidean>::value;
     at::parallel_for(0, s.pairs, so3krates::pair_grain(s.pairs), [&](int64_t begin, int64_t end) {
         T* update = update_buffers.local<T>();
-        T* ev_update = ev_buffers.local<T>();
+        T* ev_update = kEuclidean ? ev_buffers.local<T>() : nullptr;
         std::vector<T> eij(D), eji(D);
         for (int64_t p = begin; p < end; ++p) {
             const int64_t i = first[p], j = second[p];
@@ -72,18 +89,19 @@ void forward_kernel(const Sizes& s, const T* proj, const T* ff, const T* ef, con
                 T sij = 0, sji = 0;
 #pragma omp simd reduction(+ : sij, sji)
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
-                    sij += ai[f] * w[f] * aj[2 * F + f];
-                    sji += aj[f] * w[f] * ai[2 * F + f];
+                    sij += ai[f] * w[f] * aj[key * F + f];
+                    sji += aj[f] * w[f] * ai[key * F + f];
                 }
                 out[h] = sij;
                 out[H + h] = sji;
                 const T cij = phi * sij, cji = phi * sji;
 #pragma omp simd
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
-                    ui[f] += cij * aj[4 * F + f];
-                    uj[f] += cji * ai[4 * F + f];
+                    ui[f] += cij * aj[value * F + f];
+                    uj[f] += cji * ai[value * F + f];
                 }
             }
+            if constexpr (!kEuclidean) continue;
             for (int64_t l = 0; l < D; ++l) {
                 T sij = 0, sji = 0;
 #pragma omp simd reduction(+ : sij, sji)
@@ -130,11 +148,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_forward(
     at::Tensor update, ev_update;
     at::Tensor scores = at::empty({s.pairs, 2 * heads + 2 * degrees}, options);
     AT_DISPATCH_FLOATING_TYPES(projections.scalar_type(), "so3krates_pair_forward", [&] {
-        forward_kernel<scalar_t>(s, projections.data_ptr<scalar_t>(), feature_filters.data_ptr<scalar_t>(),
-                                 euclidean_filters.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-                                 harmonics.data_ptr<scalar_t>(), parity.data_ptr<scalar_t>(),
-                                 component_degree.data_ptr<int64_t>(), first.data_ptr<int64_t>(),
-                                 second.data_ptr<int64_t>(), update_buffers, ev_buffers, scores.data_ptr<scalar_t>());
+        const auto kernel = degrees > 0 ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
+        kernel(s, projections.data_ptr<scalar_t>(), feature_filters.data_ptr<scalar_t>(),
+               degrees > 0 ? euclidean_filters.data_ptr<scalar_t>() : nullptr, cutoff.data_ptr<scalar_t>(),
+               harmonics.data_ptr<scalar_t>(), parity.data_ptr<scalar_t>(), component_degree.data_ptr<int64_t>(),
+               first.data_ptr<int64_t>(), second.data_ptr<int64_t>(), update_buffers, ev_buffers,
+               scores.data_ptr<scalar_t>());
         update = update_buffers.sum<scalar_t>();
         ev_update = ev_buffers.sum<scalar_t>();
     });
@@ -145,13 +164,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_forward(
 
 namespace {
 
-template <typename T>
+template <typename T, bool kEuclidean>
 void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, const T* ff, const T* ef, const T* cut,
                      const T* harm, const T* par, const int64_t* comp_deg, const T* scores, const int64_t* first,
                      const int64_t* second, so3krates::TaskBuffers& projection_buffers, T* ff_grad, T* ef_grad,
                      T* cut_grad, T* harm_grad) {
     const int64_t F = s.features, H = s.heads, D = s.degrees, M = s.components;
-    const int64_t hw = F / H, dw = F / D, stride = 5 * F, score_width = 2 * H + 2 * D;
+    const int64_t hw = F / H, dw = kEuclidean ? F / D : 0, score_width = 2 * H + 2 * D;
+    const int64_t stride = Blocks<kEuclidean>::count * F;
+    constexpr int64_t key = Blocks<kEuclidean>::key, value = Blocks<kEuclidean>::value;
     at::parallel_for(0, s.pairs, so3krates::pair_grain(s.pairs), [&](int64_t begin, int64_t end) {
         T* grad = projection_buffers.local<T>();
         std::vector<T> gij(D), gji(D), eij(D), eji(D);
@@ -176,23 +197,27 @@ void backward_kernel(const Sizes& s, const T* gu, const T* ge, const T* proj, co
                 T dij = 0, dji = 0;  // gradients of phi s_ij and phi s_ji
 #pragma omp simd reduction(+ : dij, dji)
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
-                    dij += gi[f] * aj[4 * F + f];
-                    dji += gj[f] * ai[4 * F + f];
+                    dij += gi[f] * aj[value * F + f];
+                    dji += gj[f] * ai[value * F + f];
                 }
                 phi_grad += dij * sij + dji * sji;
                 const T vij = phi * sij, vji = phi * sji, cij = phi * dij, cji = phi * dji;
 #pragma omp simd
                 for (int64_t f = h * hw; f < (h + 1) * hw; ++f) {
-                    const T qi = ai[f], ki = ai[2 * F + f], qj = aj[f], kj = aj[2 * F + f], wf = w[f];
+                    const T qi = ai[f], ki = ai[key * F + f], qj = aj[f], kj = aj[key * F + f], wf = w[f];
                     gw[f] = cij * qi * kj + cji * qj * ki;
                     const T wij = cij * wf, wji = cji * wf;
-                    bi[f] += wij * kj;               // Q_i
-                    bj[2 * F + f] += wij * qi;       // K_j
-                    bj[f] += wji * ki;               // Q_j
-                    bi[2 * F + f] += wji * qj;       // K_i
-                    bj[4 * F + f] += vij * gi[f];    // V_j
-                    bi[4 * F + f] += vji * gj[f];    // V_i
+                    bi[f] += wij * kj;                  // Q_i
+                    bj[key * F + f] += wij * qi;        // K_j
+                    bj[f] += wji * ki;                  // Q_j
+                    bi[key * F + f] += wji * qj;        // K_i
+                    bj[value * F + f] += vij * gi[f];   // V_j
+                    bi[value * F + f] += vji * gj[f];   // V_i
                 }
+            }
+            if constexpr (!kEuclidean) {
+                cut_grad[p] = phi_grad;
+                continue;
             }
             // Euclidean block: ev_update_i += phi (s~_ij E) Y, ev_update_j += phi (s~_ji E) parity Y
             const T* y = harm + p * M;
@@ -252,22 +277,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_back
                     scores.sizes() == at::IntArrayRef({s.pairs, 2 * heads + 2 * degrees}),
                 "so3krates: gradient or score shapes do not match");
     auto options = projections.options();
-    so3krates::TaskBuffers projection_buffers(so3krates::pair_tasks(s.pairs), s.atoms, 5 * s.features, options);
+    so3krates::TaskBuffers projection_buffers(so3krates::pair_tasks(s.pairs), s.atoms, projections.size(1), options);
     at::Tensor projection_gradient;
     at::Tensor ff_grad = at::empty({s.pairs, s.features}, options);
-    at::Tensor ef_grad = at::empty({s.pairs, s.features}, options);
+    at::Tensor ef_grad = at::empty({s.pairs, degrees > 0 ? s.features : 0}, options);
     at::Tensor cut_grad = at::empty({s.pairs}, options);
     at::Tensor harm_grad = at::empty({s.pairs, s.components}, options);
     AT_DISPATCH_FLOATING_TYPES(projections.scalar_type(), "so3krates_pair_backward", [&] {
-        backward_kernel<scalar_t>(s, update_grad.data_ptr<scalar_t>(), ev_update_grad.data_ptr<scalar_t>(),
-                                  projections.data_ptr<scalar_t>(), feature_filters.data_ptr<scalar_t>(),
-                                  euclidean_filters.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-                                  harmonics.data_ptr<scalar_t>(), parity.data_ptr<scalar_t>(),
-                                  component_degree.data_ptr<int64_t>(), scores.data_ptr<scalar_t>(),
-                                  first.data_ptr<int64_t>(), second.data_ptr<int64_t>(),
-                                  projection_buffers, ff_grad.data_ptr<scalar_t>(),
-                                  ef_grad.data_ptr<scalar_t>(), cut_grad.data_ptr<scalar_t>(),
-                                  harm_grad.data_ptr<scalar_t>());
+        const auto kernel = degrees > 0 ? backward_kernel<scalar_t, true> : backward_kernel<scalar_t, false>;
+        kernel(s, update_grad.data_ptr<scalar_t>(), ev_update_grad.data_ptr<scalar_t>(),
+               projections.data_ptr<scalar_t>(), feature_filters.data_ptr<scalar_t>(),
+               degrees > 0 ? euclidean_filters.data_ptr<scalar_t>() : nullptr, cutoff.data_ptr<scalar_t>(),
+               harmonics.data_ptr<scalar_t>(), parity.data_ptr<scalar_t>(), component_degree.data_ptr<int64_t>(),
+               scores.data_ptr<scalar_t>(), first.data_ptr<int64_t>(), second.data_ptr<int64_t>(),
+               projection_buffers, ff_grad.data_ptr<scalar_t>(), ef_grad.data_ptr<scalar_t>(),
+               cut_grad.data_ptr<scalar_t>(), harm_grad.data_ptr<scalar_t>());
         projection_gradient = projection_buffers.sum<scalar_t>();
     });
     return {projection_gradient, ff_grad, ef_grad, cut_grad, harm_grad};
