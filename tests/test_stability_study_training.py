@@ -24,6 +24,7 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     ethanol = molecule("CH3CH2OH")
     data = teacher_dataset(ethanol.numbers, ethanol.positions, 120, displacement=0.1, force_rms=20.0,
                            shifts={1: -310.0, 6: -23750.0, 8: -47100.0})
+    data.metadata = {"frames": 120, "settings": {"temperatures_K": [300.0, 500.0], "frames_per_temperature": 60}}
     data_file = save_npz(data, tmp_path / "ethanol.npz")
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": list(range(80)), "valid": list(range(80, 100)),
@@ -34,7 +35,7 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     extra.write_text(yaml.safe_dump(TINY))
 
     monkeypatch.syspath_prepend(str(STUDY))
-    for name in ("study_common", "train_pair"):
+    for name in ("study_common", "train_pair", "run_study"):
         sys.modules.pop(name, None)
     import study_common
     import train_pair
@@ -64,3 +65,16 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     for model in ("equivariant", "invariant"):
         assert (Path(__file__).resolve().parents[1] / models["models"][model]["model_pt"]).is_file()
     assert (tmp_path / "bench/dha/errors_histogram.png").stat().st_size > 5_000
+
+    # the study's runs on the matched pair: one short run per model at 500 K, then the summary
+    import run_study
+
+    assert run_study.main(["--molecules", "dha", "--temperatures", "500", "--runs", "1", "--ps", "0.05",
+                           "--segment-ps", "0.025", "--frame-interval", "10", "--checkpoint-interval", "50",
+                           "--status-interval", "1", "--root", str(tmp_path / "runs"),
+                           "--bench-dir", str(tmp_path / "bench")]) == 0
+    summary = json.loads((tmp_path / "bench/summary.json").read_text())
+    for model in ("equivariant", "invariant"):
+        entry = summary["dha"][model]
+        assert entry["test_force_mae"] == models["models"][model]["test_force_mae"]
+        assert len(entry["runs"]["500"]) == 1 and 0.0 <= entry["runs"]["500"][0] <= 1.0

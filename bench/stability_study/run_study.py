@@ -121,11 +121,15 @@ def resolved(path: str) -> Path:
 
 def exported_model(name: str, model: str, entry: dict) -> Path:
     """The model's export for MD; made again from the committed matched checkpoint when missing (a new
-    machine), with the same kernels."""
+    machine) or of another kind than ``KERNELS`` (every kind computes the same model)."""
+    from so3krates_openmm.export import read_export_metadata
+
     path = resolved(entry["model_pt"])
-    if not path.is_file():
+    kind = read_export_metadata(path).get("kernels") if path.is_file() else None
+    if kind != KERNELS[model]:
         source = resolved(entry["matched_checkpoint"])
-        print(f"{path} is missing: exporting {source} again ({KERNELS[model]} kernels)", flush=True)
+        why = "is missing" if kind is None else f"has the {kind} kernels"
+        print(f"{path} {why}: exporting {source} again ({KERNELS[model]} kernels)", flush=True)
         export_for_md(source, molecule(name).structure, path, KERNELS[model])
     return path
 
