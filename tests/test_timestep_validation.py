@@ -139,6 +139,10 @@ def test_validation_script_on_a_tiny_run_and_its_continuation(tmp_path: Path, va
         assert row["nve_drift_standard_error_kJ_mol_per_atom_per_ns"] > 0
         assert row["noise_floor_bits"] >= 0 and row["ns_per_day"] > 0 and row["verdict"] in ("safe", "unsafe")
         assert row["frames_compared"] == 20  # a frame every 3 fs over 60 fs
+        assert row["potential_energy_noise_floor_bits"] >= 0 and row["potential_energy_std_kJ_mol"] > 0
+    assert rows[0.5]["potential_energy_divergence_bits"] == 0.0 and rows[0.5]["potential_energy_mean_shift_kJ_mol"] == 0
+    assert 0.0 <= rows[1.5]["potential_energy_divergence_bits"] <= 1.0
+    assert np.isfinite(rows[1.5]["potential_energy_mean_shift_kJ_mol"])
     assert rows[0.5]["drift_ratio_to_reference"] == 1.0 and rows[0.5]["distribution_divergence_bits"] == 0.0
     assert rows[1.5]["drift_ratio_to_reference"] == pytest.approx(
         abs(rows[1.5]["nve_drift_kJ_mol_per_atom_per_ns"] / rows[0.5]["nve_drift_kJ_mol_per_atom_per_ns"]))

@@ -18,7 +18,11 @@ repartitioning as ``ForceField.createSystem(hydrogenMass=...)``):
    (first) time step: the peptide's (phi, psi) per alanine, the catcher's
    C60-catcher centroid distance, as a Jensen-Shannon divergence of histograms,
    with the divergence between the two halves of the reference run as the noise floor
-   (:mod:`so3krates_openmm.md.timestep`).
+   (:mod:`so3krates_openmm.md.timestep`); alongside, the same comparison of the
+   potential energy of the Langevin frames (bins of a quarter of the reference run's
+   standard deviation) and the shift of its mean: masses do not change the configurational
+   distribution, and the potential energy mixes in picoseconds where the catcher's ball
+   moves over tens (reported, not part of the rule).
 
 A time step is safe when its run stayed stable, its |NVE drift| is within
 ``--max-drift-ratio`` (2x) of the reference's and its divergence is within the
@@ -45,6 +49,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parents[1]
 SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
+#: Potential-energy histogram bins per standard deviation of the reference run's potential energy.
+ENERGY_BINS_PER_STD = 4.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -274,9 +280,11 @@ def processor() -> str:
     return host_platform.processor() or "unknown"
 
 
-def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tuple[dict, dict, dict, Observable]:
-    """summary.json's content from whatever runs exist so far, with the samples and NVE traces per time step and
-    the observable (for the figure)."""
+def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tuple[dict, dict, dict, dict, Observable]:
+    """summary.json's content from whatever runs exist so far, with the samples, NVE traces and Langevin potential
+    energies (kJ/mol) per time step and the observable (for the figure)."""
+    import numpy as np
+
     from so3krates_openmm.data.trajectory import read_dcd
     from so3krates_openmm.md.energy import energy_drift
     from so3krates_openmm.md.reporters import read_csv_log
@@ -284,29 +292,34 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
         DistributionDifference,
         TimestepVerdict,
         compare_distributions,
+        distance_edges,
         drift_ratio,
         drift_standard_error,
         timestep_verdict,
     )
 
     observable = Observable(args, structure_path)
-    rows, samples, traces = [], {}, {}
+    rows, samples, traces, energies = [], {}, {}, {}
     for dt in args.timesteps_fs:
         nvt_dir, nve_dir = args.output / run_name("nvt", dt), args.output / run_name("nve", dt)
         info = read_json(nvt_dir / "run.json")
         if info is None:
             continue  # not run (or not through its first segment) yet
+        log = read_csv_log(nvt_dir / "log.csv")
         row: dict[str, Any] = {
             "timestep_fs": dt, "hydrogen_mass_amu": None if dt == args.timesteps_fs[0] else args.hydrogen_mass,
             "reference": dt == args.timesteps_fs[0], "threads": args.threads,
             "steps": info["final_step"], "steps_requested": info["steps_requested"],
             "simulated_ps": info["final_step"] * dt / 1000.0, "complete": bool(info["completed"]),
             "stable_fraction": (info.get("stability") or {}).get("stable_fraction", 1.0),
-            "ns_per_day": ns_per_day(read_csv_log(nvt_dir / "log.csv")),
+            "ns_per_day": ns_per_day(log),
         }
         trajectory = read_dcd(nvt_dir / "trajectory.dcd").after(args.skip_ps)
         if trajectory.n_frames >= 2:
             samples[dt] = observable.samples(trajectory.positions_angstrom, trajectory.times_ps)
+        kept = log["time_ps"] >= args.skip_ps
+        if kept.sum() >= 2:
+            energies[dt] = log["potential_energy_kJ/mol"][kept]
         nve_info = read_json(nve_dir / "run.json")
         if nve_info is not None:
             trace = read_csv_log(nve_dir / "log.csv")
@@ -325,6 +338,10 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
     reference = args.timesteps_fs[0]
     if samples:
         observable.fit_bins(list(samples.values()))
+    energy_edges = None
+    if reference in energies:  # common bins of a quarter of the reference run's standard deviation
+        width = float(np.std(energies[reference])) / ENERGY_BINS_PER_STD or 1.0
+        energy_edges = distance_edges(list(energies.values()), width)
     reference_drift = next((r.get("nve_drift_kJ_mol_per_atom_per_ns") for r in rows if r["reference"]), None)
     for row in rows:
         dt = row["timestep_fs"]
@@ -336,6 +353,14 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
             if row["reference"]:  # the reference against itself: no difference, only its noise floor
                 difference = DistributionDifference(0.0, difference.noise_floor_bits, difference.frames,
                                                     difference.reference_frames)
+        energy = None
+        if energy_edges is not None and dt in energies:
+            energy = compare_distributions(energies[reference], energies[dt],
+                                           lambda values: np.histogram(values, bins=energy_edges)[0][None])
+            row.update(potential_energy_divergence_bits=0.0 if row["reference"] else energy.divergence_bits,
+                       potential_energy_noise_floor_bits=energy.noise_floor_bits,
+                       potential_energy_mean_shift_kJ_mol=float(np.mean(energies[dt]) - np.mean(energies[reference])),
+                       potential_energy_std_kJ_mol=float(np.std(energies[dt])))
         verdict = timestep_verdict(stable_fraction=row["stable_fraction"], drift_ratio=ratio,
                                    distributions=difference, max_drift_ratio=args.max_drift_ratio)
         nvt_running = not row["complete"] and row["stable_fraction"] >= 1.0
@@ -360,14 +385,18 @@ def analyse(args: argparse.Namespace, structure_path: Path, model: Path) -> tupl
         "observable": observable.description,
         "divergence": "Jensen-Shannon divergence of the histograms in bits (mean over residues), against the "
                       "reference time step's run; noise floor: the same between the two halves of the reference run",
+        "potential_energy": "the same divergence and noise floor for the potential energy of the Langevin frames "
+                            f"(bins of 1/{ENERGY_BINS_PER_STD:g} of the reference run's standard deviation), and the "
+                            "shift of its mean from the reference run's; reported, not part of the rule",
         "rule": f"safe: stable fraction 1, |NVE drift| <= {args.max_drift_ratio:g}x the reference time step's, "
                 "divergence <= noise floor",
         "timesteps": rows,
-    }, samples, traces, observable
+    }, samples, traces, energies, observable
 
 
-def plot(summary: dict, samples: dict, traces: dict, observable: Observable, path: Path) -> Path:
-    """Distributions overlaid per time step, NVE total energy per atom against time, divergences."""
+def plot(summary: dict, samples: dict, traces: dict, energies: dict, observable: Observable, path: Path) -> Path:
+    """Distributions of the observable and of the potential energy overlaid per time step, NVE total energy per
+    atom against time, divergences."""
     import numpy as np
 
     from so3krates_openmm.md.plotting import pyplot, save_figure
@@ -377,22 +406,28 @@ def plot(summary: dict, samples: dict, traces: dict, observable: Observable, pat
                                                                    f", H {row['hydrogen_mass_amu']:g} amu")
               for row in summary["timesteps"]}
     marginal_names = list(observable.marginals(next(iter(samples.values()))).keys()) if samples else []
-    columns = max(len(marginal_names), 2)
-    figure, grid = plt.subplots(2, columns, figsize=(5.2 * columns, 7.6), squeeze=False)
-    for axis in grid[0, len(marginal_names):]:
+    columns = len(marginal_names) + 1
+    figure, grid = plt.subplots(2, max(columns, 2), figsize=(5.2 * max(columns, 2), 7.6), squeeze=False)
+    for axis in grid[1, 2:]:
         axis.axis("off")
-    axes = [*grid[0, :len(marginal_names)], *grid[1, :2]]
-    for k, name in enumerate(marginal_names):
-        axis = axes[k]
-        pooled = np.concatenate([observable.marginals(s)[name] for s in samples.values()])
+    reference_energy = energies.get(summary["reference_timestep_fs"])
+    histograms = {**{name: {dt: observable.marginals(values)[name] for dt, values in samples.items()}
+                     for name in marginal_names},
+                  "potential energy - reference run's mean (kJ/mol)":
+                      {} if reference_energy is None else {dt: values - np.mean(reference_energy)
+                                                            for dt, values in energies.items()}}
+    for axis, (name, by_timestep) in zip(grid[0], histograms.items(), strict=False):
+        if not by_timestep:
+            axis.axis("off")
+            continue
+        pooled = np.concatenate(list(by_timestep.values()))
         bins = np.linspace(-180, 180, 37) if "deg" in name else np.histogram_bin_edges(pooled, bins=50)
-        for dt, values in samples.items():
-            axis.hist(observable.marginals(values)[name], bins=bins, density=True, histtype="step", lw=1.2,
-                      label=labels[dt])
+        for dt, values in by_timestep.items():
+            axis.hist(values, bins=bins, density=True, histtype="step", lw=1.2, label=labels[dt])
         axis.set_xlabel(name)
         axis.set_ylabel("probability density")
         axis.legend(fontsize=7)
-    axis = axes[-2]
+    axis = grid[1, 0]
     for k, (dt, (trace, drift)) in enumerate(traces.items()):
         n_atoms = observable.structure.n_atoms
         time_ps = trace["time_ps"] - trace["time_ps"][0]
@@ -407,14 +442,21 @@ def plot(summary: dict, samples: dict, traces: dict, observable: Observable, pat
     axis.set_xlabel("NVE time (ps)")
     axis.set_ylabel("E$_{tot}$ - E$_{tot}$(0) per atom (kJ/mol)")
     axis.legend(fontsize=7)
-    axis = axes[-1]
-    rows = [row for row in summary["timesteps"] if row["distribution_divergence_bits"] is not None]
-    x = np.arange(len(rows))
-    axis.bar(x, [row["distribution_divergence_bits"] for row in rows], color="tab:blue",
-             label="vs reference run")
-    if rows:
-        axis.axhline(rows[0]["noise_floor_bits"], color="k", ls="--", lw=1, label="noise floor (reference halves)")
-    axis.set_xticks(x, [f"{row['timestep_fs']:g} fs\n{row['verdict']}" for row in rows])
+    axis = grid[1, 1]
+    width = 0.38
+    comparisons = [("distribution_divergence_bits", "noise_floor_bits", observable.name, "tab:blue"),
+                   ("potential_energy_divergence_bits", "potential_energy_noise_floor_bits", "potential energy",
+                    "tab:orange")]
+    for offset, (divergence, floor, name, colour) in enumerate(comparisons):
+        compared = [(k, row) for k, row in enumerate(summary["timesteps"]) if row.get(divergence) is not None]
+        if not compared:
+            continue
+        axis.bar([k + (offset - 0.5) * width for k, _ in compared], [row[divergence] for _, row in compared],
+                 width=width, color=colour, label=f"{name} vs reference run")
+        axis.axhline(compared[0][1][floor], color=colour, ls="--", lw=1,
+                     label=f"{name}: noise floor (reference halves)")
+    axis.set_xticks(np.arange(len(summary["timesteps"])),
+                    [f"{row['timestep_fs']:g} fs\n{row['verdict']}" for row in summary["timesteps"]])
     axis.set_ylabel("Jensen-Shannon divergence (bits)")
     axis.legend(fontsize=7)
     figure.suptitle(f"{summary['system']}: time steps at {summary['temperature_K']:g} K ({observable.name}; "
@@ -425,12 +467,12 @@ def plot(summary: dict, samples: dict, traces: dict, observable: Observable, pat
 def write_summary(args: argparse.Namespace, structure_path: Path, model: Path) -> dict:
     from so3krates_openmm.files import write_atomically
 
-    summary, samples, traces, observable = analyse(args, structure_path, model)
+    summary, samples, traces, energies, observable = analyse(args, structure_path, model)
     args.summary_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=2) + "\n"
     write_atomically(args.summary_dir / "summary.json", lambda temporary: temporary.write_text(text))
     if summary["timesteps"]:
-        plot(summary, samples, traces, observable, args.summary_dir / "timestep.png")
+        plot(summary, samples, traces, energies, observable, args.summary_dir / "timestep.png")
     for row in summary["timesteps"]:
         drift = row.get("nve_drift_kJ_mol_per_atom_per_ns")
         error = row.get("nve_drift_standard_error_kJ_mol_per_atom_per_ns") or float("nan")
@@ -438,7 +480,11 @@ def write_summary(args: argparse.Namespace, structure_path: Path, model: Path) -
               f"NVE drift {'-' if drift is None else f'{drift:.4g} +- {error:.2g}'} kJ/mol/atom/ns  "
               f"ratio {row['drift_ratio_to_reference'] or float('nan'):.2f}  "
               f"JSD {row['distribution_divergence_bits'] if row['distribution_divergence_bits'] is not None else '-'}"
-              f" (floor {row['noise_floor_bits']})  {row['ns_per_day'] or float('nan'):.3g} ns/day  "
+              f" (floor {row['noise_floor_bits']})  potential energy JSD "
+              f"{row.get('potential_energy_divergence_bits', float('nan')):.3g} (floor "
+              f"{row.get('potential_energy_noise_floor_bits', float('nan')):.3g}), mean "
+              f"{row.get('potential_energy_mean_shift_kJ_mol', float('nan')):+.3g} kJ/mol  "
+              f"{row['ns_per_day'] or float('nan'):.3g} ns/day  "
               f"{row['verdict']} {'; '.join(row['reasons'])}", flush=True)
     return summary
 
