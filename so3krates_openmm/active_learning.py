@@ -16,7 +16,10 @@ One iteration ``i`` (folder ``iteration_<i>``) with committee ``committee_<i>``:
    calibrate the uncertainty (``selected.npz``).
 4. **label**: GFN2-xTB energies and forces of those frames (the labeller of
    ``so3krates-data label``, resumable frame by frame; ``labelled.npz``).
-5. **merge**: the previous training data plus the new frames (``train_data.npz``).
+5. **merge**: the previous training data plus the new frames (``train_data.npz``), plus any
+   data file appended to ``data`` when the loop was resumed (labelled frames from elsewhere,
+   e.g. of a long run the loop's MD is too short to reach; ``added_data.json`` says which
+   merge took each).
 6. **fine-tune**: every member continues from its own checkpoint on the merged
    data (``committee_<i+1>``, resumable member by member).
 7. **report**: errors of the MD-driving member on the new frames before and after
@@ -65,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 REPORT = "report.json"
+#: Data files appended to ``data`` on resume, each with the iteration whose merge adds it.
+ADDED_DATA = "added_data.json"
 
 
 #: Fine-tuning options of each committee member unless the ``training`` option replaces them key by key:
@@ -199,8 +204,9 @@ def _training_config(settings: ActiveLearningSettings, data: Path, output: Path,
     return config_from_dict(options, source="active-learning training options")
 
 
-# settings that may change when a loop resumes: the budget and target, and how (not what) MD and labels compute
-RESUMABLE_SETTINGS = ("iterations", "target_force_std", "kernels", "label_workers", "scheduler")
+# settings that may change when a loop resumes: the budget and target, how (not what) MD and labels compute, and
+# ``data``, to which files may be appended (they join the training data at the next merge)
+RESUMABLE_SETTINGS = ("iterations", "target_force_std", "kernels", "label_workers", "scheduler", "data")
 
 
 class ActiveLearning:
@@ -238,8 +244,34 @@ class ActiveLearning:
                     f"{self.paths.output} holds a loop with other settings ({', '.join(changed)}); only "
                     f"{', '.join(RESUMABLE_SETTINGS)} may change when resuming. Use another output folder."
                 )
+            self._record_added_data(saved["data"], current["data"])
         self.paths.output.mkdir(parents=True, exist_ok=True)
         _write_json(record, current)
+
+    def _record_added_data(self, saved: list[str], current: list[str]) -> None:
+        """Files appended to ``data`` since the last start join the next merge that has not run yet
+        (:data:`ADDED_DATA`); removing or reordering files is refused."""
+        if current[:len(saved)] != saved:
+            raise ValueError(
+                f"{self.paths.output}: data may only grow when resuming (files appended at the end); it was "
+                f"{saved}, now {current}. Use another output folder for other data."
+            )
+        appended = current[len(saved):]
+        if not appended or not (self.paths.output / "train_data_00.npz").exists():
+            return  # before the first merge every file of ``data`` is merged anyway
+        next_merge = 0
+        while (self.paths.iteration(next_merge) / "train_data.npz").exists():
+            next_merge += 1
+        record = self.added_data()
+        record.extend({"file": path, "merged_in_iteration": next_merge} for path in appended)
+        _write_json(self.paths.output / ADDED_DATA, {"added": record})
+        self.log(f"data added on resume: {', '.join(appended)}; joins the training data in the merge of "
+                 f"iteration {next_merge}")
+
+    def added_data(self) -> list[dict[str, Any]]:
+        """The data files appended on resume: ``{"file", "merged_in_iteration"}`` each."""
+        path = self.paths.output / ADDED_DATA
+        return json.loads(path.read_text())["added"] if path.exists() else []
 
     # ----- stages
 
@@ -348,10 +380,14 @@ class ActiveLearning:
         return output
 
     def merge(self, i: int, labelled: Path) -> Path:
-        """Stage 5: previous training data + the new frames -> ``train_data.npz``."""
+        """Stage 5: previous training data + the new frames (+ data files added for this merge) ->
+        ``train_data.npz``."""
         output = self.paths.iteration(i) / "train_data.npz"
         if not output.exists():
-            merge_datasets([self.training_data(i), labelled], output)
+            added = [entry["file"] for entry in self.added_data() if entry["merged_in_iteration"] == i]
+            if added:
+                self.log(f"iteration {i}: merging data added on resume: {', '.join(added)}")
+            merge_datasets([self.training_data(i), labelled, *added], output)
         return output
 
     def training_data(self, i: int) -> Path:
@@ -401,6 +437,7 @@ class ActiveLearning:
             "force_unit": f"{unit}/Angstrom",
             "frames_selected": int(len(chosen)),
             "frames_random": int(len(random)),
+            "data_added": [entry["file"] for entry in self.added_data() if entry["merged_in_iteration"] == i],
             "md_disagreement": md,
             "md_disagreement_p95": float(np.percentile(np.concatenate(list(md_force_std.values())), 95)),
             "before": {"selected_energy_mae": mae(errors_before, chosen, "energy_error"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from ase.build import molecule
 
 from so3krates_openmm import active_learning
 from so3krates_openmm.active_learning import ActiveLearning, ActiveLearningSettings, LoopState, run_active_learning
+from so3krates_openmm.data.formats import merge_datasets
 from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
 from so3krates_openmm.data.structures import Structure, write_xyz
 from so3krates_openmm.md.uncertainty import CommitteeReporter, read_disagreement_csv
@@ -140,6 +142,31 @@ def test_loop_resumes_after_kills_between_and_inside_stages(tmp_path: Path, star
     # Other settings on the same folder are refused, naming them.
     with pytest.raises(ValueError, match="md_ps"):
         run_active_learning(settings_for(start, output, iterations=1, md_ps=0.1), log=quiet)
+
+
+def test_data_appended_on_resume_joins_the_next_merge_once(start: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "loop"
+    ActiveLearning(settings_for(start, output), log=quiet)
+    paths = LoopState(output)
+    # as if committee 0 had been trained and iteration 0 merged (40 frames each)
+    shutil.copy(start["data"], output / "train_data_00.npz")
+    paths.iteration(0).mkdir()
+    shutil.copy(start["data"], paths.iteration(0) / "train_data.npz")
+    extra = tmp_path / "frames_from_a_long_run.npz"
+    merge_datasets([start["data"], start["data"]], extra)  # 80 labelled frames from elsewhere
+    messages = []
+    loop = ActiveLearning(settings_for(start, output, data=[str(start["data"]), str(extra)]), log=messages.append)
+    assert loop.added_data() == [{"file": str(extra), "merged_in_iteration": 1}]
+    assert any("joins the training data in the merge of iteration 1" in m for m in messages)
+    # resumed again with the same list: recorded once
+    loop = ActiveLearning(settings_for(start, output, data=[str(start["data"]), str(extra)]), log=quiet)
+    assert len(loop.added_data()) == 1
+    merged = loop.merge(1, labelled=start["data"])  # previous 40 + 40 new labels + the 80 added
+    with np.load(merged) as data:
+        assert len(data["E"]) == 40 + 40 + 80
+    # data may only grow
+    with pytest.raises(ValueError, match="only grow"):
+        ActiveLearning(settings_for(start, output, data=[str(extra)]), log=quiet)
 
 
 def test_settings_are_checked(start: dict[str, Path], tmp_path: Path) -> None:
