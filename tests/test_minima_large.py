@@ -72,7 +72,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
                               energy_unit="kcal/mol"), training)
     work, output = tmp_path / "work", tmp_path / "out"
     arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--training-data", str(training),
-                 "--runs", "700:1", "700:2", "--ps", "0.5", "--snapshot-interval", "200", "--skip-ps", "0",
+                 "--runs", "700:1", "700:2", "--ps", "0.5", "--timestep-fs", "1", "--hydrogen-mass", "3",
+                 "--snapshot-interval", "100", "--skip-ps", "0",
                  "--sample", "2", "--sample-beyond", "1", "--xtb-fmax", "0.1", "--workers", "2",
                  "--work", str(work), "--output", str(output), "--no-progress"]
     assert driver.main(arguments) == 0
@@ -80,7 +81,10 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     for key in ("n_snapshots", "n_minima", "n_validated", "same_minimum_fraction", "energy_spearman",
                 "n_beyond_training"):
         assert key in summary, key
-    assert summary["n_snapshots"] == 10  # 1000 steps, a frame every 200 steps, 2 runs
+    assert summary["n_snapshots"] == 10  # 500 steps of 1 fs, a frame every 100 steps, 2 runs
+    assert summary["timestep_fs"] == 1.0 and summary["hydrogen_mass_amu"] == 3.0
+    run_settings = json.loads((work / "md" / "700K_seed1" / "run.json").read_text())["settings"]
+    assert run_settings["hydrogen_mass_amu"] == 3.0 and run_settings["timestep_fs"] == 1.0
     assert 2 <= summary["n_minima"] <= 10 and summary["n_validated"] == 2
     assert summary["saturation"]["minima"][-1] == summary["n_minima"]
     assert 0.0 <= summary["same_minimum_fraction"] <= 1.0 and -1.0 <= summary["energy_spearman"] <= 1.0

@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="MD runs as TEMPERATURE_K:SEED")
     parser.add_argument("--ps", type=float, default=100.0, help="simulated time per run, ps")
     parser.add_argument("--timestep-fs", type=float, default=0.5, help="MD time step, fs")
+    parser.add_argument("--hydrogen-mass", type=float, default=None,
+                        help="hydrogen mass repartitioning, amu (e.g. 3 with --timestep-fs 1, bench/timestep)")
     parser.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
     parser.add_argument("--snapshot-interval", type=int, default=200, help="MD steps between snapshots")
     parser.add_argument("--skip-ps", type=float, default=5.0, help="equilibration dropped at the start of each run, ps")
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
           f"steps", flush=True)
     md = run_explorations(args.runs, args.structure, args.model, work / "md", steps=steps,
                           snapshot_interval=args.snapshot_interval, timestep_fs=args.timestep_fs,
+                          hydrogen_mass_amu=args.hydrogen_mass,
                           friction_per_ps=args.friction, platform=args.platform, workers=args.workers,
                           scheduler=args.scheduler, progress=progress)
     snapshots = collect_snapshots(work / "md", args.runs, args.skip_ps)
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "reference": "GFN2-xTB (tblite via ASE, the training data's settings), geometry by ASE BFGS",
         "runs": [{"name": run.name, "temperature_K": run.temperature_K, "seed": run.seed, **md[run.name]}
                  for run in args.runs],
-        "ps_per_run": args.ps, "snapshot_interval_steps": args.snapshot_interval, "skip_ps": args.skip_ps,
+        "ps_per_run": args.ps, "timestep_fs": args.timestep_fs, "hydrogen_mass_amu": args.hydrogen_mass,
+        "snapshot_interval_steps": args.snapshot_interval, "skip_ps": args.skip_ps,
         "n_snapshots": n_snapshots,
         "n_rejected_snapshots": len(rejected),
         "rmsd_threshold_angstrom": args.rmsd_threshold,

@@ -77,6 +77,7 @@ def run_explorations(
     steps: int,
     snapshot_interval: int,
     timestep_fs: float = 0.5,
+    hydrogen_mass_amu: float | None = None,
     friction_per_ps: float = 1.0,
     platform: str = "CPU",
     workers: int = 2,
@@ -87,6 +88,8 @@ def run_explorations(
 
     Each run keeps a frame every ``snapshot_interval`` steps and a checkpoint every
     ``10 * snapshot_interval`` steps, with one thread (a worker is one core).
+    ``hydrogen_mass_amu`` repartitions hydrogen masses (a longer ``timestep_fs``; the sampled
+    configurations are those of the real masses).
     """
     if len({run.name for run in runs}) != len(runs):
         raise ValueError(f"the same run twice in {[run.name for run in runs]}")
@@ -94,14 +97,16 @@ def run_explorations(
     for run in runs:
         tasks[run.name] = LangevinNVTOptions(
             system=None, structure=Path(structure).resolve(), model=Path(model).resolve(), platform=platform,
-            threads=1, seed=run.seed, temperature=run.temperature_K, timestep_fs=timestep_fs, steps=steps,
+            threads=1, seed=run.seed, temperature=run.temperature_K, timestep_fs=timestep_fs,
+            hydrogen_mass=hydrogen_mass_amu, steps=steps,
             friction=friction_per_ps, output=Path(output_dir).resolve() / run.name,
             trajectory_interval=snapshot_interval, log_interval=snapshot_interval,
             checkpoint_interval=10 * snapshot_interval, resume=True, progress=False,
         )
     header = {"job": "exploration MD runs", "structure": str(Path(structure).resolve()),
               "model": str(Path(model).resolve()), "steps": steps, "snapshot_interval": snapshot_interval,
-              "timestep_fs": timestep_fs, "friction_per_ps": friction_per_ps, "platform": platform}
+              "timestep_fs": timestep_fs, "hydrogen_mass_amu": hydrogen_mass_amu, "friction_per_ps": friction_per_ps,
+              "platform": platform}
     return run_tasks(md_run_task, tasks, Path(output_dir) / "md_runs.jsonl", header=header, scheduler=scheduler,
                      workers=workers, progress=progress, description="MD runs")
 
