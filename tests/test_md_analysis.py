@@ -13,7 +13,7 @@ from openmm import app, unit
 
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.trajectory import read_dcd
-from so3krates_openmm.md.catcher import centroid_distances, identify_ball
+from so3krates_openmm.md.catcher import centroid_distances, identify_ball, pulled_out
 from so3krates_openmm.md.energy import energy_drift
 from so3krates_openmm.md.platforms import get_platform
 from so3krates_openmm.md.reporters import (
@@ -172,6 +172,14 @@ def test_ball_found_by_residue_name_and_by_bond_graph(tmp_path, catcher_xyz):
         identify_ball(named, "BALL")
     with pytest.raises(ValueError, match="no connected component of 60 carbon atoms"):
         identify_ball(Structure(structure.atomic_numbers[:30], structure.positions_angstrom[:30]))
+    # Pulled out rigidly: the centroid distance grows by each shift, the host and the ball's shape stay.
+    frames = pulled_out(structure.positions_angstrom, by_graph, np.array([-0.5, 0.0, 2.0]))
+    np.testing.assert_allclose(centroid_distances(frames, by_graph), [5.5, 6.0, 8.0], atol=1e-9)
+    np.testing.assert_array_equal(frames[:, by_graph.host], np.repeat(structure.positions_angstrom[None, by_graph.host],
+                                                                      3, axis=0))
+    shift = frames[2, by_graph.ball] - frames[0, by_graph.ball]  # one vector for every ball atom: rigid
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)
+    assert np.linalg.norm(shift[0]) == pytest.approx(2.5)
 
 
 def test_platform_choice_and_clear_errors():

@@ -69,6 +69,23 @@ def centroid_distances(positions_angstrom: np.ndarray, atoms: CatcherAtoms) -> n
     return np.linalg.norm(ball - host, axis=-1)
 
 
+def pulled_out(positions_angstrom: np.ndarray, atoms: CatcherAtoms, shifts_angstrom: np.ndarray) -> np.ndarray:
+    """Frames (S, N, 3; Å) of one structure with the ball moved rigidly by each shift along the opening.
+
+    The opening is the unit vector from the host's centroid to the ball's; every host atom stays where it is, so
+    the energies of these frames relative to the unshifted one trace the binding curve (a negative shift pushes
+    the ball into the catcher).
+    """
+    positions = np.asarray(positions_angstrom, dtype=np.float64)
+    opening = positions[atoms.ball].mean(axis=0) - positions[atoms.host].mean(axis=0)
+    norm = np.linalg.norm(opening)
+    if norm < 1e-6:
+        raise ValueError("the ball's and the host's centroids coincide: no opening direction to pull along")
+    frames = np.repeat(positions[None], len(shifts_angstrom), axis=0)
+    frames[:, atoms.ball] += np.asarray(shifts_angstrom, dtype=np.float64)[:, None, None] * (opening / norm)
+    return frames
+
+
 def write_distance_csv(path: str | Path, time_ps: np.ndarray, distance_angstrom: np.ndarray) -> Path:
     """CSV with columns ``time_ps,distance_angstrom``."""
     path = Path(path)
