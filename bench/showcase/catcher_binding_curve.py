@@ -2,12 +2,13 @@
 """The buckyball catcher's binding curve: the ball pulled rigidly out along the opening, GFN2-xTB against models.
 
     python bench/showcase/catcher_binding_curve.py [--structure PDB] [--shifts -0.3 0 0.5 ... 20]
-        [--model NAME=CHECKPOINT ...] [--output bench/showcase/catcher_round1/rigid_pull]
+        [--model NAME=CHECKPOINT ...] [--output bench/showcase/catcher_round1/rigid_pull] [--frames NPZ]
 
 Frames: the structure (default: the shipped one, GFN2-xTB-relaxed) with the ball moved rigidly by each shift
 along the line from the catcher's centroid to the ball's (:func:`so3krates_openmm.md.catcher.pulled_out`;
 every catcher atom stays put; a negative shift pushes the ball in). Labels: GFN2-xTB energies and forces (the
-labeller of ``so3krates-data label``, resumable) in ``OUTPUT/frames.npz``, reused when it holds these frames.
+labeller of ``so3krates-data label``, resumable) in ``--frames`` (default ``OUTPUT/frames.npz``), reused when it
+holds these frames.
 Every model given as ``NAME=CHECKPOINT`` (default: the shipped catcher model) is evaluated on them; energies
 relative to the unshifted frame go to ``OUTPUT/binding_curve.json`` and ``binding_curve.png``. The binding
 energy is the relative energy at the largest shift (beyond the cutoff for the default shifts).
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="models as NAME=CHECKPOINT")
     parser.add_argument("--output", type=Path, default=HERE / "catcher_round1" / "rigid_pull",
                         help="frames.npz, binding_curve.json and binding_curve.png")
+    parser.add_argument("--frames", type=Path, default=None,
+                        help="labelled frames (.npz; made when missing; default OUTPUT/frames.npz)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads of the model evaluation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while labelling")
     args = parser.parse_args(argv)
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
-    data = labelled_frames(args.structure, args.shifts, args.output / "frames.npz", not args.no_progress)
+    data = labelled_frames(args.structure, args.shifts, args.frames or args.output / "frames.npz",
+                           not args.no_progress)
     reference = data.energies - data.energies[args.shifts.index(0.0)]
     curve = {"structure": str(args.structure), "shift_angstrom": args.shifts, "energy_unit": data.energy_unit,
              "gfn2_xtb": reference.tolist(), "gfn2_xtb_binding_energy": float(reference[-1]), "models": {}}

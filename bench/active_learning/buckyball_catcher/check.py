@@ -21,6 +21,8 @@ Stage ``report`` writes, beside this file (or to ``--output``):
   and after, the C60-catcher distance of both 500 K runs against the range the GFN2-xTB-labelled training
   frames cover, and whether the final model should ship (better along MD, test energy and force errors no
   worse);
+- ``binding_curve/``: the ball pulled rigidly out of the relaxed complex, the final and the shipped model against
+  GFN2-xTB (``bench/showcase/catcher_binding_curve.py``; binding energies in ``summary.json``);
 - ``check.png``: the C60-catcher distance of the two 500 K runs over time with the labelled range, and the
   energy errors of both models along them; ``calibration.png``: disagreement against true force error;
 - ``check_500K/``: the new run's report (``bench/nanosecond/run.py``: summary, errors along the run, the
@@ -47,6 +49,7 @@ ROUND1_500K_DISTANCE = REPOSITORY / "bench" / "showcase" / "catcher_round1" / "d
 SHIPPED_TRAINING_DATA = [REPOSITORY / "datasets" / "buckyball_catcher" / name
                          for name in ("dataset.npz", "md_frames_round1.npz")]
 TEMPERATURE_K = 500.0
+RIGID_PULL_FRAMES = REPOSITORY / "bench" / "showcase" / "catcher_round1" / "rigid_pull" / "frames.npz"
 
 
 def loop_summary(loop: Path) -> dict:
@@ -77,6 +80,21 @@ def run_stages(args: argparse.Namespace, final: Path, stages: list[str]) -> None
         if args.no_progress:
             command.append("--no-progress")
         subprocess.run(command, check=True)
+
+
+def binding_curve(args: argparse.Namespace, final: Path) -> dict:
+    """The rigid-pull binding curve of the final and the shipped model against GFN2-xTB
+    (``bench/showcase/catcher_binding_curve.py`` on its committed frames) -> ``binding_curve/``."""
+    output = args.output / "binding_curve"
+    subprocess.run([sys.executable, str(REPOSITORY / "bench" / "showcase" / "catcher_binding_curve.py"),
+                    "--frames", str(RIGID_PULL_FRAMES), "--output", str(output), "--threads", str(args.threads),
+                    "--model", f"shipped={SHIPPED / 'best_checkpoint.pt'}", f"final={final}"], check=True)
+    curve = json.loads((output / "binding_curve.json").read_text())
+    return {"gfn2_xtb_binding_energy": curve["gfn2_xtb_binding_energy"],
+            **{f"{name}_binding_energy": model["binding_energy"] for name, model in curve["models"].items()},
+            **{f"{name}_largest_error": model["largest_error"] for name, model in curve["models"].items()},
+            "note": "the ball pulled rigidly out along the opening, energies relative to the relaxed complex; the "
+                    "frames are in the round-2 loop's training data (appended on resume)"}
 
 
 def distances(positions_angstrom: np.ndarray) -> np.ndarray:
@@ -226,6 +244,7 @@ def report(args: argparse.Namespace, summary: dict, final: Path) -> dict:
         "test_force_mae_after": test["after"]["force_mae"],
         "test_energy_mae_after": test["after"]["energy_mae"],
         "test_set": test,
+        "binding_curve": binding_curve(args, final),
         "uncertainty_error_spearman": spearman["pooled"],
         "uncertainty_error_spearman_per_iteration": spearman["per_iteration"],
         "uncertainty_frames": spearman["frames"],
