@@ -30,8 +30,11 @@ a ``.pt`` keeps the kind it was exported as). Two backends:
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,11 +62,33 @@ def is_exported_model(model_path: str | Path) -> bool:
     return True
 
 
+class _SimtkNotice(logging.Filter):
+    """Drops the "importing 'simtk.openmm' is deprecated" warning and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "simtk.openmm" not in record.getMessage()
+
+
+def openmmtorch_module() -> ModuleType:
+    """The ``openmmtorch`` module (``TorchForce``), imported without the notice it would print.
+
+    Its SWIG wrapper imports ``simtk.openmm``, whose shim logs a deprecation warning on the root logger that
+    is about openmm-torch, not about the user's code; the filter is in place only during the import.
+    """
+    if "openmmtorch" not in sys.modules:
+        root, notice = logging.getLogger(), _SimtkNotice()
+        root.addFilter(notice)
+        try:
+            import openmmtorch  # noqa: F401
+        finally:
+            root.removeFilter(notice)
+    return sys.modules["openmmtorch"]
+
+
 def _torch_force(
     module_or_path: Any, periodic: bool, outputs_forces: bool, use_cuda_graphs: bool, force_group: int
 ) -> openmm.Force:
-    import openmmtorch
-
+    openmmtorch = openmmtorch_module()
     properties = {"useCUDAGraphs": "true" if use_cuda_graphs else "false", "CUDAGraphWarmupSteps": "10"}
     force = openmmtorch.TorchForce(module_or_path, properties)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -314,3 +316,12 @@ def test_static_pair_export_equals_pruned_export(tmp_path, checkpoint, molecule)
         results.append(evaluate_module(torch.jit.load(str(path)), positions))
     assert abs(float(results[0][0] - results[1][0])) < 1e-9 * abs(float(results[0][0]))
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-9)
+
+
+def test_torchforce_import_prints_no_simtk_notice_and_leaves_logging_alone():
+    # openmm-torch's wrapper imports simtk.openmm, whose shim logs a deprecation warning: not shown to users.
+    code = ("import logging, sys; from so3krates_openmm.openmm_force import openmmtorch_module; "
+            "force = openmmtorch_module().TorchForce; assert logging.getLogger().filters == []; "
+            "logging.getLogger().warning('other warnings still show')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "simtk" not in result.stderr and "other warnings still show" in result.stderr

@@ -31,9 +31,9 @@ DESCENT_FIRST = "steepest descent first"
 
 
 def _torch_force_type():
-    from openmmtorch import TorchForce
+    from so3krates_openmm.openmm_force import openmmtorch_module
 
-    return TorchForce
+    return openmmtorch_module().TorchForce
 
 
 def _float64_module(module):
