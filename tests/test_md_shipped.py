@@ -169,7 +169,9 @@ def test_catcher_model_holds_the_ball():
     assert 10.0 < rise[0.5] < rise[1.0] < rise[1.5]  # shipped model: 19, 38, ~47 kJ/mol
     assert rise[-0.5] > rise[0.5]  # the catcher's wall is steeper than the opening
     assert profile[0.5][1] < -10.0 and profile[1.0][1] < -10.0  # restoring force, kJ/mol/Å
-    assert rise[20.0] > 25.0  # binding energy (shipped model: 48 kJ/mol = 11.5 kcal/mol)
+    # binding energy (shipped model: 48 kJ/mol = 11.5 kcal/mol; GFN2-xTB: 171 kJ/mol = 40.8 kcal/mol,
+    # bench/showcase/catcher_round1/rigid_pull: the shipped well is too shallow, to be tightened with round 2)
+    assert rise[20.0] > 25.0
     assert abs(profile[20.0][1]) < 1e-6 * abs(start)  # beyond the cutoff nothing pulls
 
 
