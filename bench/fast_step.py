@@ -87,10 +87,13 @@ def model_checkpoint(structure_path: Path, structure: Any, model: str, workdir: 
     from so3krates_openmm import SO3krates
     from so3krates_openmm.model.checkpoint import load_model, save_checkpoint
 
+    path = workdir / f"{structure.n_atoms}_invariant_checkpoint.pt"
+    if path.is_file():  # made by an earlier round or thread count: the same seeded weights
+        return path
     elements = tuple(sorted(set(structure.atomic_numbers.tolist())))
     config = dataclasses.replace(load_model(SHIPPED_CHECKPOINT).config, degrees=(), elements=elements)
     torch.manual_seed(0)
-    return save_checkpoint(SO3krates(config).eval(), workdir / f"{structure.n_atoms}_invariant_checkpoint.pt")
+    return save_checkpoint(SO3krates(config).eval(), path)
 
 
 def export_model(checkpoint: Path, structure: Any, kind: str, workdir: Path) -> Path:
@@ -134,23 +137,25 @@ def so3krates_records(
         molecule = Molecule(
             name, structure.topology, structure.positions_angstrom / 10.0, structure.atomic_numbers.tolist()
         )
-        for model, kind in [(model, kind) for model in models for kind in kinds]:
+        positions_nm = torch.tensor(molecule.positions_nm, dtype=torch.float64)
+        for model in models:
             checkpoint = model_checkpoint(path, structure, model, workdir)
             if checkpoint is None:
                 continue
-            print(f"[fast_step] {model} {kind} on {name}, {threads} thread(s)", file=sys.stderr, flush=True)
-            exported = export_model(checkpoint, structure, kind, workdir)
-            system = create_system(structure, exported)
-            positions_nm = torch.tensor(molecule.positions_nm, dtype=torch.float64)
-            degrees = "1-3" if model == "equivariant" else "() (invariant)"
-            record = step_record(
-                model_name(model, kind), f"SO3krates F=132 T=3 H=4 degrees {degrees} K=32 r_c=5 Å",
-                f"so3krates-export --kernels {kind} -> TorchForce", molecule, 5.0, system, threads, repeats, warmup,
-                bare=None if kind == "reference" else module_call(kind, torch.jit.load(str(exported)), positions_nm),
-                bare_note="one energy+forces call of the exported module outside OpenMM",
-            )
-            record["threads"] = threads
-            records.append(record)
+            description = "SO3krates F=132 T=3 H=4 degrees {} K=32 r_c=5 Å".format(
+                "1-3" if model == "equivariant" else "() (invariant)")
+            for kind in kinds:
+                print(f"[fast_step] {model} {kind} on {name}, {threads} thread(s)", file=sys.stderr, flush=True)
+                exported = export_model(checkpoint, structure, kind, workdir)
+                system = create_system(structure, exported)  # first: it loads the fused kernels' operators
+                bare = None if kind == "reference" else module_call(kind, torch.jit.load(str(exported)), positions_nm)
+                record = step_record(
+                    model_name(model, kind), description, f"so3krates-export --kernels {kind} -> TorchForce",
+                    molecule, 5.0, system, threads, repeats, warmup, bare=bare,
+                    bare_note="one energy+forces call of the exported module outside OpenMM",
+                )
+                record["threads"] = threads
+                records.append(record)
     return records
 
 
@@ -168,23 +173,23 @@ def profile_tables(
     for path in structures:
         structure = read_structure(path)
         positions = torch.tensor(structure.positions_angstrom / 10.0, dtype=torch.float64)
-        for model, kind in [(model, kind) for model in models for kind in kinds]:
+        for model in models:
             checkpoint = model_checkpoint(path, structure, model, workdir)
             if checkpoint is None:
                 continue
-            exported = export_model(checkpoint, structure, kind, workdir)
-            call = module_call(kind, torch.jit.load(str(exported)), positions)
-            for threads in thread_counts:
-                torch.set_num_threads(threads)
-                for _ in range(5):
-                    call()
-                with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for kind in kinds:
+                exported = export_model(checkpoint, structure, kind, workdir)
+                call = module_call(kind, torch.jit.load(str(exported)), positions)
+                for threads in thread_counts:
+                    torch.set_num_threads(threads)
                     for _ in range(5):
                         call()
-                table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-                tables.append(
-                    f"## profile: {model_name(model, kind)}, {path.parent.name}, {threads} thread(s), 5 calls\n{table}"
-                )
+                    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                        for _ in range(5):
+                            call()
+                    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+                    heading = f"## profile: {model_name(model, kind)}, {path.parent.name}, {threads} thread(s), 5 calls"
+                    tables.append(f"{heading}\n{table}")
     return "\n".join(tables)
 
 
