@@ -389,7 +389,8 @@ def test_fused_radial_backward_rejects_a_missing_filter_gradient(random_model):
 
 
 def test_fused_module_runs_one_operator_on_the_cpu(random_model):
-    """The fused kind calls the whole-model operator on the CPU: one operator call per evaluation."""
+    """The fused kind calls the whole-model operator on the CPU: one operator call per evaluation, whose stages
+    torch.profiler shows by name."""
     fast = torch.jit.script(FastSO3krates(random_model, "fused"))
     numbers, positions = torch.tensor([6, 1, 8, 1]), torch.rand(4, 3, dtype=torch.float64) * 2.0
     first, second = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([1, 2, 3, 2, 3, 3])
@@ -399,6 +400,8 @@ def test_fused_module_runs_one_operator_on_the_cpu(random_model):
     names = [event.key for event in profiler.key_averages()]
     assert "so3krates::energy_forces" in names
     assert "so3krates::pair_forward" not in names  # called inside, as a C++ function
+    assert {"so3krates::energy_forces::radial_forward", "so3krates::energy_forces::pair_forward",
+            "so3krates::energy_forces::pair_backward", "so3krates::energy_forces::geometry_backward"} <= set(names)
 
 
 def test_unknown_kernels_are_a_clear_error(random_model):

@@ -18,6 +18,7 @@
 // [Q, K, V] (projection (T, 3F, F)), the invariant block of the pair chain, and an exchange block
 // that is the linear update of the features; its spherical-filter arguments are not read.
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -37,6 +38,10 @@ using so3krates::multiply_split_by_columns;
 using so3krates::packed;
 using so3krates::PackedMatrix;
 using so3krates::Role;
+
+// A named stage of the operator in torch.profiler's tables (bench/fast_step.py --profile) until the end of
+// the enclosing scope; costs a flag test when no profiler runs.
+#define SO3KRATES_STAGE(name) RECORD_FUNCTION("so3krates::energy_forces::" name, c10::ArrayRef<const c10::IValue>{})
 
 // Distances, unit vectors, monomials of the unit vector's components (the harmonics are their
 // product with the coefficients), cutoff weights and their slopes per pair.
@@ -250,6 +255,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     at::Tensor monomials = at::empty({pairs, monomials_count}, options);
     at::Tensor cutoff_weights = at::empty({pairs}, options), cutoff_slopes = at::empty({pairs}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_geometry", [&] {
+        SO3KRATES_STAGE("geometry");
         pair_geometry<scalar_t>(positions.data_ptr<scalar_t>(), first.data_ptr<int64_t>(), second.data_ptr<int64_t>(),
                                 shifts.data_ptr<scalar_t>(), pairs, monomial_exponents.data_ptr<int64_t>(),
                                 monomials_count, max_degree, static_cast<scalar_t>(cutoff), polynomial_cutoff,
@@ -259,6 +265,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     });
     const at::Tensor harmonics = at::empty({pairs, components}, options);
     if (components > 0) AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_harmonics", [&] {
+        SO3KRATES_STAGE("harmonics");
         const auto coefficients = packed<scalar_t>(Role::kHarmonics, harmonic_coefficients, at::Tensor(), [&] {
             return layers_of<scalar_t>(1, [&](int64_t) {
                 return PackedMatrix<scalar_t>(harmonic_coefficients.data_ptr<scalar_t>(), monomials_count, components,
@@ -269,8 +276,12 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                                     harmonics.data_ptr<scalar_t>(), components, false);
     });
     at::Tensor radial_filters, radial_saved;
-    std::tie(radial_filters, radial_saved) =
-        so3krates::radial_forward(distances, radial_centres, beta, radial_in_weight, radial_out_weight, radial_out_bias);
+    {
+        SO3KRATES_STAGE("radial_forward");
+        std::tie(radial_filters, radial_saved) = so3krates::radial_forward(distances, radial_centres, beta,
+                                                                           radial_in_weight, radial_out_weight,
+                                                                           radial_out_bias);
+    }
 
     // ----- forward through the layers, keeping what the backward pass needs -----
     for (const at::Tensor* weight : {&projection, &exchange_weight, &exchange_bias, &exchange_contraction, &expansion,
@@ -310,20 +321,28 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
                 s.difference = chi;
                 s.spherical_saved = chi;
             } else {
+                SO3KRATES_STAGE("spherical_forward");
                 std::tie(s.difference, s.spherical_saved) = so3krates::spherical_forward(
                     chi, first, second, pair_contraction[t], spherical_in_weight[t], spherical_in_bias[t],
                     feature_spherical_out[t], euclidean_spherical_out[t], s.feature_filters, s.euclidean_filters);
             }
             s.projections = at::empty({atoms, projection_width}, options);  // (N, 5F or 3F)
-            multiply_split_by_columns((*weights.projection)[t], x.data_ptr<T>(), atoms, features,
-                                      s.projections.data_ptr<T>(), projection_width, false);
+            {
+                SO3KRATES_STAGE("projection");
+                multiply_split_by_columns((*weights.projection)[t], x.data_ptr<T>(), atoms, features,
+                                          s.projections.data_ptr<T>(), projection_width, false);
+            }
             at::Tensor update, ev_update;
-            std::tie(update, ev_update, s.scores) = so3krates::pair_forward(
-                s.projections, s.feature_filters, s.euclidean_filters, cutoff_weights, harmonics, parity,
-                component_degree, first, second, heads, degrees);
+            {
+                SO3KRATES_STAGE("pair_forward");
+                std::tie(update, ev_update, s.scores) = so3krates::pair_forward(
+                    s.projections, s.feature_filters, s.euclidean_filters, cutoff_weights, harmonics, parity,
+                    component_degree, first, second, heads, degrees);
+            }
             update = update.contiguous();
             ev_update = ev_update.contiguous();
             const at::Tensor x_next = at::empty_like(x), chi_next = at::empty_like(chi);
+            SO3KRATES_STAGE("exchange_forward");
             s.chi1 = at::empty_like(chi);
             s.degree_scales = at::empty_like(chi);
             exchange_forward<T>((*weights.exchange)[t], exchange_contraction[t].data_ptr<T>(),
@@ -335,6 +354,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
             chi = chi_next;
             saved.push_back(std::move(s));
         }
+        SO3KRATES_STAGE("readout");
         multiply_split_by_columns((*weights.readout)[0], x.data_ptr<T>(), atoms, features, hidden_pre.data_ptr<T>(),
                                   hidden_pre.size(1), false);
     });
@@ -355,30 +375,43 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
         using T = scalar_t;
         const AtomWeights<T> weights(projection, exchange_weight, exchange_bias, readout_hidden_weight,
                                      readout_hidden_bias);
-        multiply_split_by_columns((*weights.readout_backward)[0], hidden_gradient.data_ptr<T>(), atoms,
-                                  hidden_gradient.size(1), x_gradient.data_ptr<T>(), features, false);
+        {
+            SO3KRATES_STAGE("readout_backward");
+            multiply_split_by_columns((*weights.readout_backward)[0], hidden_gradient.data_ptr<T>(), atoms,
+                                      hidden_gradient.size(1), x_gradient.data_ptr<T>(), features, false);
+        }
         for (int64_t t = layers - 1; t >= 0; --t) {
             const Saved& s = saved[t];
-            exchange_backward<T>((*weights.exchange_backward)[t], exchange_contraction[t].data_ptr<T>(),
+            {
+                SO3KRATES_STAGE("exchange_backward");
+                exchange_backward<T>((*weights.exchange_backward)[t], exchange_contraction[t].data_ptr<T>(),
                                  expansion[t].data_ptr<T>(), atoms, features, components, degrees,
                                  s.chi1.data_ptr<T>(), s.degree_scales.data_ptr<T>(), x_gradient.data_ptr<T>(),
                                  chi_gradient.data_ptr<T>());
+            }
             // attention blocks (per-pair chain)
             at::Tensor projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
                 layer_harmonics_gradient;
-            std::tie(projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
-                     layer_harmonics_gradient) =
-                so3krates::pair_backward(x_gradient, chi_gradient, s.projections, s.feature_filters,
-                                         s.euclidean_filters, cutoff_weights, harmonics, parity, component_degree,
-                                         s.scores, first, second, heads, degrees);
+            {
+                SO3KRATES_STAGE("pair_backward");
+                std::tie(projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
+                         layer_harmonics_gradient) =
+                    so3krates::pair_backward(x_gradient, chi_gradient, s.projections, s.feature_filters,
+                                             s.euclidean_filters, cutoff_weights, harmonics, parity, component_degree,
+                                             s.scores, first, second, heads, degrees);
+            }
             cutoff_gradient.add_(layer_cutoff_gradient);
             harmonics_gradient.add_(layer_harmonics_gradient);
             projection_gradient = projection_gradient.contiguous();
-            multiply_split_by_columns((*weights.projection_backward)[t], projection_gradient.data_ptr<T>(), atoms,
-                                      projection_width, x_gradient.data_ptr<T>(), features, true);
+            {
+                SO3KRATES_STAGE("projection_backward");
+                multiply_split_by_columns((*weights.projection_backward)[t], projection_gradient.data_ptr<T>(),
+                                          atoms, projection_width, x_gradient.data_ptr<T>(), features, true);
+            }
             filter_gradients[filters_per_layer * t] = filter_gradient;
             if (degrees > 0) filter_gradients[2 * t + 1] = ev_filter_gradient;
             if (degrees > 0 && t > 0) {
+                SO3KRATES_STAGE("spherical_backward");
                 chi_gradient.add_(so3krates::spherical_backward(
                     filter_gradient, ev_filter_gradient, s.difference, s.spherical_saved, pair_contraction[t],
                     spherical_in_weight[t], feature_spherical_out[t], euclidean_spherical_out[t], first, second,
@@ -388,13 +421,17 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     });
 
     // ----- geometry backward -----
-    const at::Tensor distance_gradient =
-        (cutoff_gradient * cutoff_slopes +
-         so3krates::radial_backward(filter_gradients, distances, radial_centres, beta, radial_in_weight,
-                                    radial_out_weight, radial_saved))
-            .contiguous();
+    at::Tensor distance_gradient;
+    {
+        SO3KRATES_STAGE("radial_backward");
+        distance_gradient = (cutoff_gradient * cutoff_slopes +
+                             so3krates::radial_backward(filter_gradients, distances, radial_centres, beta,
+                                                        radial_in_weight, radial_out_weight, radial_saved))
+                                .contiguous();
+    }
     const at::Tensor derivative_terms = at::empty({pairs, 3 * monomials_count}, options);  // (P, 3 M)
     if (components > 0) AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_derivative_terms", [&] {
+        SO3KRATES_STAGE("derivative_terms");
         const auto derivatives = packed<scalar_t>(Role::kHarmonicDerivatives, harmonic_derivatives, at::Tensor(), [&] {
             return layers_of<scalar_t>(1, [&](int64_t) {
                 return PackedMatrix<scalar_t>(harmonic_derivatives.data_ptr<scalar_t>(), components,
@@ -406,6 +443,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
     });
     at::Tensor gradient = at::zeros({atoms, 3}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "so3krates_geometry_backward", [&] {
+        SO3KRATES_STAGE("geometry_backward");
         geometry_backward<scalar_t>(distance_gradient.data_ptr<scalar_t>(), derivative_terms.data_ptr<scalar_t>(),
                                     distances.data_ptr<scalar_t>(), units.data_ptr<scalar_t>(),
                                     monomials.data_ptr<scalar_t>(), first.data_ptr<int64_t>(),
