@@ -28,7 +28,10 @@ exported module as openmm-torch makes it, outside OpenMM (the step minus it is O
 TorchForce's own share: integrator, position and force copies; not for ``reference``, whose
 forces openmm-torch gets by its own backward pass in C++). ``--profile`` adds a
 torch.profiler table per kind, system and thread count (top operators by self CPU time,
-5 energy+forces calls of the exported module).
+5 energy+forces calls of the exported module; the fused operator's stages appear as
+``so3krates::energy_forces::<stage>``).
+The host's speed (a single-thread float32 matrix product, GFLOP/s) is printed before and after: a
+virtual host's speed varies between hours, and this says which runs are comparable.
 On a shared machine compare within one run; record figures only from an idle machine.
 """
 
@@ -51,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE))
 
-from compare import DEFAULT_STRUCTURES, load_average, run_peer  # noqa: E402
+from compare import DEFAULT_STRUCTURES, HOST_SPEED, host_gemm_rate, load_average, run_peer  # noqa: E402
 
 KINDS = ("reference", "analytic", "fused")
 #: targets of issue 19: ms/step at the best thread count, and MACE L=0 / SO3krates at one thread
@@ -306,6 +309,8 @@ def main() -> int:
           f"models {' '.join(args.models)} | CPU platform, float32, LangevinMiddle 0.5 fs")
     print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"# load average before: {load_average()}", flush=True)
+    host_speed = {"measure": HOST_SPEED, "before": host_gemm_rate()}
+    print(f"# host speed before: {host_speed['before']:.1f} {HOST_SPEED}", flush=True)
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="so3krates_fast_step_") as workdir:
         for round_index in range(args.rounds):
@@ -341,11 +346,13 @@ def main() -> int:
         if args.profile:
             print()
             print(profile_tables(args.kernels, args.threads, Path(workdir), args.models, args.structures))
+    host_speed["after"] = host_gemm_rate()
+    print(f"# host speed after: {host_speed['after']:.1f} {HOST_SPEED}")
     print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
     if args.json:
-        args.json.write_text(
-            json.dumps({"records": records, "threads": args.threads, "kernels": args.kernels}, indent=1)
-        )
+        args.json.write_text(json.dumps(
+            {"records": records, "threads": args.threads, "kernels": args.kernels, "host_speed": host_speed}, indent=1
+        ))
     return 0
 
 

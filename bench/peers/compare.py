@@ -60,6 +60,32 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
 
 
+#: what :func:`host_gemm_rate` measures
+HOST_SPEED = "GFLOP/s of a 1-thread float32 torch.mm, 1024 x 1024"
+
+
+def host_gemm_rate(size: int = 1024, repeats: int = 10) -> float:
+    """The host's single-thread float32 matrix-product rate (``torch.mm`` of two ``size`` x ``size`` matrices,
+    median of ``repeats``), GFLOP/s: a speed reference for comparing runs made at different times on a shared
+    (virtual) host, whose speed varies by tens of percent between hours."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.rand(size, size, generator=torch.Generator().manual_seed(0))
+        torch.mm(a, a)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, a)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    times.sort()
+    return 2 * size**3 / times[len(times) // 2] / 1e9
+
+
 def so3krates_records(
     structure_paths: Sequence[Path], threads: int, repeats: int, warmup: int,
     configs: dict[str, tuple[int, int]] = SO3KRATES_CONFIGS, kernels: str = "reference", bare: bool = True,
@@ -272,6 +298,7 @@ def main() -> int:
     if dry_run:
         print("# DRY RUN: not all structures are the shipped ones; do not record these figures")
     print(f"# load average before: {load_average()}", flush=True)
+    print(f"# host speed before: {host_gemm_rate():.1f} {HOST_SPEED}", flush=True)
 
     records: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
