@@ -7,6 +7,7 @@ venvs, which do not have this project's package.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -84,3 +85,56 @@ def time_call(function: Callable[[], object], repeats: int, warmup: int) -> Call
         cpu_median_ms=statistics.median(cpu),
         cpu_min_ms=min(cpu),
     )
+
+
+#: what :func:`host_gemm_rate` measures
+HOST_SPEED = "GFLOP/s of a 1-thread float32 torch.mm, 1024 x 1024"
+
+
+def host_gemm_rate(size: int = 1024, repeats: int = 10) -> float:
+    """The host's single-thread float32 matrix-product rate (``torch.mm`` of two ``size`` x ``size`` matrices,
+    median of ``repeats``), GFLOP/s: a speed reference for comparing runs made at different times on a shared
+    (virtual) host, whose speed varies by tens of percent between hours."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.rand(size, size, generator=torch.Generator().manual_seed(0))
+        torch.mm(a, a)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, a)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    times.sort()
+    return 2 * size**3 / times[len(times) // 2] / 1e9
+
+
+def add_malloc_argument(parser: Any) -> None:
+    """The step benchmarks' ``--malloc`` option (an ``argparse.ArgumentParser``'s), for :func:`configure_allocator`."""
+    parser.add_argument(
+        "--malloc", choices=("reuse", "default"), default="reuse",
+        help="reuse (default): freed memory stays in glibc's heap, as the project's commands set it, for every "
+             "model (peers too); default: glibc as it comes",
+    )
+
+
+def configure_allocator(mode: str) -> str:
+    """glibc's allocator for this benchmark and the peer processes it starts, the same for all; returns a note.
+
+    ``reuse``: freed memory stays in the heap (:func:`so3krates_openmm.memory.reuse_freed_memory`, what the
+    project's commands do by default) in this process, and the same thresholds in the environment of its
+    children (the peers' venvs). ``default``: glibc as it comes, whose dynamic mmap threshold settles
+    differently in each process: large pair-sized tensors may be mapped and page-faulted afresh on every
+    call (``bench/RESULTS.md``, "Freed memory")."""
+    if mode == "default":
+        return "malloc: glibc default"
+    from so3krates_openmm.memory import MALLOC_ENVIRONMENT, reuse_freed_memory
+
+    if not reuse_freed_memory():
+        return "malloc: glibc default (reuse_freed_memory does not apply here)"
+    os.environ.update(MALLOC_ENVIRONMENT)
+    return "malloc: freed memory reused (mallopt here, MALLOC_*_THRESHOLD_ for the peers)"

@@ -54,7 +54,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE))
 
-from compare import DEFAULT_STRUCTURES, HOST_SPEED, host_gemm_rate, load_average, run_peer  # noqa: E402
+from bench_common import HOST_SPEED, add_malloc_argument, configure_allocator, host_gemm_rate  # noqa: E402
+from compare import DEFAULT_STRUCTURES, load_average, run_peer  # noqa: E402
 
 KINDS = ("reference", "analytic", "fused")
 #: targets of issue 19: ms/step at the best thread count, and MACE L=0 / SO3krates at one thread
@@ -293,6 +294,7 @@ def main() -> int:
     parser.add_argument("--no-mace", action="store_true", help="skip MACE L=0 (needs bench/peers/.venvs/mace)")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler tables of both systems at each thread count")
+    add_malloc_argument(parser)
     parser.add_argument("--json", type=Path, help="also write all records to this file")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["equivariant"],
                         help="equivariant: the shipped checkpoints; invariant: paper-size invariant models "
@@ -302,12 +304,13 @@ def main() -> int:
                              "with the shipped best_checkpoint.pt beside them)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    allocator = configure_allocator(args.malloc)
     started = time.time()
     print(f"# fast step benchmark | {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
           f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | threads {args.threads} | "
           f"repeats={args.repeats} | OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} | "
           f"models {' '.join(args.models)} | CPU platform, float32, LangevinMiddle 0.5 fs")
-    print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"# command: {shlex.join([sys.executable, *sys.argv])} | {allocator}")
     print(f"# load average before: {load_average()}", flush=True)
     host_speed = {"measure": HOST_SPEED, "before": host_gemm_rate()}
     print(f"# host speed before: {host_speed['before']:.1f} {HOST_SPEED}", flush=True)
@@ -351,7 +354,8 @@ def main() -> int:
     print(f"# load average after: {load_average()} | wall time {time.time() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(
-            {"records": records, "threads": args.threads, "kernels": args.kernels, "host_speed": host_speed}, indent=1
+            {"records": records, "threads": args.threads, "kernels": args.kernels, "host_speed": host_speed,
+             "malloc": allocator}, indent=1
         ))
     return 0
 

@@ -37,6 +37,9 @@ M_MMAP_THRESHOLD = -3
 #: at the top of the heap is kept rather than returned to the kernel.
 THRESHOLD_BYTES = 1 << 30
 
+#: The same settings for a child process, as glibc's environment variables (read when the process starts).
+MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(THRESHOLD_BYTES), "MALLOC_TRIM_THRESHOLD_": str(THRESHOLD_BYTES)}
+
 _applied: bool | None = None
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def _reason_to_skip() -> str | None:
         return "SO3KRATES_MALLOPT=0"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not Linux with glibc"
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    for name in MALLOC_ENVIRONMENT:
         if name in os.environ:
             return f"{name} is set"
     preload = os.environ.get("LD_PRELOAD", "")

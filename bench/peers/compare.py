@@ -41,6 +41,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # bench/, for bench_common
+from bench_common import HOST_SPEED, add_malloc_argument, configure_allocator, host_gemm_rate  # noqa: E402
+
 VENVS = HERE / ".venvs"
 PRETRAINED = ROOT / "so3krates_openmm" / "pretrained"
 DEFAULT_STRUCTURES = [
@@ -58,32 +61,6 @@ def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as ``uptime`` shows them."""
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
-
-
-#: what :func:`host_gemm_rate` measures
-HOST_SPEED = "GFLOP/s of a 1-thread float32 torch.mm, 1024 x 1024"
-
-
-def host_gemm_rate(size: int = 1024, repeats: int = 10) -> float:
-    """The host's single-thread float32 matrix-product rate (``torch.mm`` of two ``size`` x ``size`` matrices,
-    median of ``repeats``), GFLOP/s: a speed reference for comparing runs made at different times on a shared
-    (virtual) host, whose speed varies by tens of percent between hours."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a = torch.rand(size, size, generator=torch.Generator().manual_seed(0))
-        torch.mm(a, a)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, a)
-            times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    times.sort()
-    return 2 * size**3 / times[len(times) // 2] / 1e9
 
 
 def so3krates_records(
@@ -270,6 +247,7 @@ def main() -> int:
                         help="time everything this many times, in alternating order; the table shows, for each "
                         "model, the round with the lowest median (the least disturbed by other jobs)")
     parser.add_argument("--json", type=Path, help="also write all records to this file")
+    add_malloc_argument(parser)
     parser.add_argument(
         "--omp-wait-policy", choices=["PASSIVE", "ACTIVE", "inherit"], default="PASSIVE",
         help="OMP_WAIT_POLICY for every model (set before torch loads; peers inherit it). PASSIVE (default) "
@@ -279,6 +257,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.omp_wait_policy != "inherit":
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    allocator = configure_allocator(args.malloc)
 
     missing = [str(p) for p in args.structures if not p.is_file()]
     if missing:
@@ -294,7 +273,8 @@ def main() -> int:
           f"repeats={args.repeats} warm-up={args.warmup} | "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} | "
           "CPU platform, float32, LangevinMiddle 0.5 fs, random weights")
-    print(f"# command: {shlex.join([sys.executable, *sys.argv])} | niceness {os.nice(0)} (peers inherit it)")
+    print(f"# command: {shlex.join([sys.executable, *sys.argv])} | niceness {os.nice(0)} (peers inherit it) | "
+          f"{allocator}")
     if dry_run:
         print("# DRY RUN: not all structures are the shipped ones; do not record these figures")
     print(f"# load average before: {load_average()}", flush=True)
