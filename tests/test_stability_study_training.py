@@ -42,7 +42,7 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
 
     monkeypatch.setitem(study_common.MOLECULES, "dha", study_common.Molecule("dha", (data_file,), split, structure))
     common = ["--molecule", "dha", "--config", str(extra), "--root", str(tmp_path / "runs"),
-              "--bench-dir", str(tmp_path / "bench"), "--no-progress"]
+              "--bench-dir", str(tmp_path / "bench"), "--no-progress", "--no-process-tuning"]
     assert train_pair.main([*common, "--model", "invariant", "--max-epochs", "1"]) == 0
     assert "not matched yet" in capsys.readouterr().out
     invariant = json.loads((tmp_path / "runs/dha/train_invariant/test_report.json").read_text())

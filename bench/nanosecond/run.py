@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 PRETRAINED = REPOSITORY / "so3krates_openmm" / "pretrained"
 SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", required=True, choices=SYSTEMS)
+    parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     parser.add_argument("--stage", choices=("all", "md", "label", "report"), default="all")
     parser.add_argument("--ns", type=float, default=1.0, help="run length, ns")
     parser.add_argument("--temperature", type=float, default=300.0, help="K")
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", type=Path, help="the report goes here instead of <bench-dir>/<system>/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
     if args.label_frames < 2:
         parser.error("--label-frames must be at least 2")
     files = paths(args)

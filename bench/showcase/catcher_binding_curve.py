@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
+
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parents[1]
 SHIPPED = REPOSITORY / "so3krates_openmm" / "pretrained" / "buckyball_catcher"
@@ -33,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--structure", type=Path, default=SHIPPED / "structure.pdb", help="the complex (PDB/XYZ)")
+    parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     parser.add_argument("--shifts", type=float, nargs="+", default=list(DEFAULT_SHIFTS),
                         help="ball displacements along the opening, Å (0 is added when missing)")
     parser.add_argument("--model", nargs="+", default=[f"shipped={SHIPPED / 'best_checkpoint.pt'}"],
@@ -98,6 +101,7 @@ def plot(curve: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
     import torch
 
     from so3krates_openmm.files import write_atomically

@@ -43,6 +43,8 @@ from pathlib import Path
 import yaml
 from study_common import BENCH_DIR, DEGREES, KERNELS, MODELS, REPOSITORY, RUNS_DIR, export_for_md, molecule
 
+from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
+
 
 def training_options(name: str, model: str, args: argparse.Namespace) -> dict:
     """The options of one run: the paper's recipe, the molecule's data and split, the model's degrees."""
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecule", required=True, choices=("ac_ala3_nhme", "dha"))
+    parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     parser.add_argument("--model", choices=(*MODELS, "both"), default="both", help="which run(s) to train")
     parser.add_argument("--max-epochs", type=int, default=100, help="epoch budget of each model (default 100)")
     parser.add_argument("--max-time", help="training-time budget of each model over all sessions, e.g. 10h")
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help="where models.json and errors go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
     from so3krates_openmm.data.dataset import DataError
     from so3krates_openmm.training import ConfigError, TrainingError
 

@@ -46,6 +46,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
+
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parents[1]
 SYSTEMS = ("ac_ala3_nhme", "buckyball_catcher")
@@ -91,8 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--analyse-only", action="store_true",
                         help="only write the summary and figure from the runs so far (safe while the runs go on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-process-tuning", action="store_true",
-                        help="leave OMP_WAIT_POLICY and glibc malloc alone")
+    parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     args = parser.parse_args(argv)
     args.output = args.output or Path("runs/timestep") / args.system
     args.summary_dir = args.summary_dir or HERE / args.system
@@ -491,10 +492,7 @@ def write_summary(args: argparse.Namespace, structure_path: Path, model: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.no_process_tuning:
-        from so3krates_openmm.runtime import configure_process
-
-        configure_process()
+    tune_process(argv)
     from so3krates_openmm.md.protocols import pretrained_files
 
     structure = args.structure or pretrained_files(args.system)["structure"]

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
+
 REPOSITORY = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 SHIPPED = REPOSITORY / "so3krates_openmm" / "pretrained" / "buckyball_catcher"
@@ -79,6 +81,8 @@ def run_stages(args: argparse.Namespace, final: Path, stages: list[str]) -> None
                    "--report-dir", str(args.output / "check_500K")]
         if args.no_progress:
             command.append("--no-progress")
+        if args.no_process_tuning:
+            command.append(NO_PROCESS_TUNING)
         subprocess.run(command, check=True)
 
 
@@ -88,6 +92,7 @@ def binding_curve(args: argparse.Namespace, final: Path) -> dict:
     output = args.output / "binding_curve"
     subprocess.run([sys.executable, str(REPOSITORY / "bench" / "showcase" / "catcher_binding_curve.py"),
                     "--frames", str(RIGID_PULL_FRAMES), "--output", str(output), "--threads", str(args.threads),
+                    *([NO_PROCESS_TUNING] if args.no_process_tuning else []),
                     "--model", f"shipped={SHIPPED / 'best_checkpoint.pt'}", f"final={final}"], check=True)
     curve = json.loads((output / "binding_curve.json").read_text())
     return {"gfn2_xtb_binding_energy": curve["gfn2_xtb_binding_energy"],
@@ -285,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loop", type=Path, default=REPOSITORY / "runs" / "al_catcher", help="the loop's folder")
+    parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     parser.add_argument("--root", type=Path, default=REPOSITORY / "runs" / "al_catcher_check",
                         help="where the new run goes")
     parser.add_argument("--output", type=Path, default=HERE,
@@ -296,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-frames", type=int, default=50)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
     summary = loop_summary(args.loop)
     final = in_repository(summary["committee"][0])
     if args.stage in ("all", "md", "label"):
