@@ -21,7 +21,9 @@ What it does (each part can be switched off by its argument):
   MD step (``bench/RESULTS.md``, "Freed memory").
 - ``openblas``: re-execute the process with Debian's pthread OpenBLAS preloaded
   (``LD_PRELOAD``) when it is installed, replacing the slow reference BLAS of
-  tblite's wheel (GFN2-xTB about 2-5x faster, same results). Off by default: it
+  tblite's wheel (GFN2-xTB about 2-5x faster, same results), with one OpenBLAS
+  thread unless ``OPENBLAS_NUM_THREADS`` is set (PyTorch's BLAS calls then go
+  to OpenBLAS too, whose extra threads spin between calls). Off by default: it
   replaces the running process, so only a command-line program may ask for it
   (``so3krates-data generate/build/label`` do).
 """
@@ -41,6 +43,8 @@ OPENBLAS_PATTERNS = (
 )
 #: Set in the re-executed process's environment: the OpenBLAS library it preloads.
 OPENBLAS_MARKER = "SO3KRATES_OPENBLAS_PRELOAD"
+#: OpenBLAS's thread count, set to 1 in the re-executed process unless already set (:func:`preload_openblas`).
+OPENBLAS_THREADS = "OPENBLAS_NUM_THREADS"
 
 
 def configure_process(
@@ -114,6 +118,11 @@ def preload_openblas(log: Callable[[str], None]) -> bool:
     environment = dict(os.environ)
     environment["LD_PRELOAD"] = f"{library}:{preloaded}" if preloaded else library
     environment[OPENBLAS_MARKER] = library
+    # One BLAS thread unless the caller chose: preloaded, OpenBLAS also serves PyTorch's BLAS calls (MD, training),
+    # and its extra threads spin in sched_yield between calls (a core lost per process while a step calls BLAS
+    # every few ms) and stall on a busy machine (a GFN2-xTB single point of the catcher: 53 s instead of 0.95 s
+    # with 2 threads beside two jobs; bench/RESULTS.md, "Threads"). Labelling runs in parallel processes instead.
+    environment.setdefault(OPENBLAS_THREADS, "1")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable] + list(sys.orig_argv[1:]), environment)

@@ -204,8 +204,11 @@ def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
     environment.pop("LD_PRELOAD", None)
     environment.pop("SO3KRATES_OPENBLAS_PRELOAD", None)
     # data_main() without argv behaves as the console script: it may re-execute itself.
+    environment.pop("OPENBLAS_NUM_THREADS", None)
     code = ("import os, sys; from so3krates_openmm.cli.data import main as data_main; "
-            "print('LD_PRELOAD=' + os.environ.get('LD_PRELOAD', ''), file=sys.stderr); sys.exit(data_main())")
+            "print('LD_PRELOAD=' + os.environ.get('LD_PRELOAD', ''), file=sys.stderr); "
+            "print('OPENBLAS_NUM_THREADS=' + os.environ.get('OPENBLAS_NUM_THREADS', ''), file=sys.stderr); "
+            "sys.exit(data_main())")
     result = subprocess.run([sys.executable, "-c", code, "generate", "--resume", "-o", str(tmp_path / "none.npz")],
                             env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "nothing to resume" in result.stderr
@@ -216,6 +219,8 @@ def test_command_line_run_preloads_debian_openblas_when_installed(tmp_path):
     else:
         assert f"using OpenBLAS from {library}" in result.stderr
         assert f"LD_PRELOAD={library}" in result.stderr  # printed by the re-executed process
+        # with one OpenBLAS thread: more would spin between PyTorch's BLAS calls in the same process
+        assert "OPENBLAS_NUM_THREADS=1" in result.stderr
     # --no-openblas (and --no-process-tuning) keep the process as it is
     for flag in ("--no-openblas", "--no-process-tuning"):
         result = subprocess.run([sys.executable, "-c", code, "generate", "--resume", "-o", str(tmp_path / "none.npz"),
