@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", type=Path, help="the report goes here instead of <bench-dir>/<system>/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
+    tune_process(argv, openblas=True, log=print)  # as so3krates-data: freed memory kept, OpenBLAS for xTB
     if args.label_frames < 2:
         parser.error("--label-frames must be at least 2")
     files = paths(args)
