@@ -385,9 +385,9 @@ std::tuple<at::Tensor, at::Tensor> energy_forces(
             {
                 SO3KRATES_STAGE("exchange_backward");
                 exchange_backward<T>((*weights.exchange_backward)[t], exchange_contraction[t].data_ptr<T>(),
-                                 expansion[t].data_ptr<T>(), atoms, features, components, degrees,
-                                 s.chi1.data_ptr<T>(), s.degree_scales.data_ptr<T>(), x_gradient.data_ptr<T>(),
-                                 chi_gradient.data_ptr<T>());
+                                     expansion[t].data_ptr<T>(), atoms, features, components, degrees,
+                                     s.chi1.data_ptr<T>(), s.degree_scales.data_ptr<T>(), x_gradient.data_ptr<T>(),
+                                     chi_gradient.data_ptr<T>());
             }
             // attention blocks (per-pair chain)
             at::Tensor projection_gradient, filter_gradient, ev_filter_gradient, layer_cutoff_gradient,
