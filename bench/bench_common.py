@@ -7,7 +7,6 @@ venvs, which do not have this project's package.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -126,15 +125,14 @@ def configure_allocator(mode: str) -> str:
     """glibc's allocator for this benchmark and the peer processes it starts, the same for all; returns a note.
 
     ``reuse``: freed memory stays in the heap (:func:`so3krates_openmm.memory.reuse_freed_memory`, what the
-    project's commands do by default) in this process, and the same thresholds in the environment of its
-    children (the peers' venvs). ``default``: glibc as it comes, whose dynamic mmap threshold settles
-    differently in each process: large pair-sized tensors may be mapped and page-faulted afresh on every
-    call (``bench/RESULTS.md``, "Freed memory")."""
+    project's commands do by default) in this process and, through the environment it sets, in its children
+    (the peers' venvs). ``default``: glibc as it comes, whose dynamic mmap threshold settles differently in
+    each process: large pair-sized tensors may be mapped and page-faulted afresh on every call
+    (``bench/RESULTS.md``, "Freed memory")."""
     if mode == "default":
         return "malloc: glibc default"
-    from so3krates_openmm.memory import MALLOC_ENVIRONMENT, reuse_freed_memory
+    from so3krates_openmm.memory import reuse_freed_memory
 
     if not reuse_freed_memory():
         return "malloc: glibc default (reuse_freed_memory does not apply here)"
-    os.environ.update(MALLOC_ENVIRONMENT)
     return "malloc: freed memory reused (mallopt here, MALLOC_*_THRESHOLD_ for the peers)"

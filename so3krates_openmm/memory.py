@@ -58,16 +58,29 @@ def _reason_to_skip() -> str | None:
     return None
 
 
+def _inherited() -> bool:
+    """The environment holds exactly :data:`MALLOC_ENVIRONMENT` (a tuned parent's): glibc applied it at start-up."""
+    return all(os.environ.get(name) == value for name, value in MALLOC_ENVIRONMENT.items())
+
+
 def reuse_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (once); True if they are set.
+    """Raise glibc's mmap and trim thresholds for this process and the processes it starts (once); True if they
+    are set.
 
     Returns False, and changes nothing, where it does not apply (see the module
     docstring). Memory freed by the model then stays in the heap for the next
-    step: the process keeps its peak heap size instead of returning it.
+    step: the process keeps its peak heap size instead of returning it. The same
+    thresholds go into the environment (:data:`MALLOC_ENVIRONMENT`, which glibc
+    reads when a process starts), so that worker processes (the Dask workers of
+    the minimisations and labels, subprocesses) run with them too; in such a
+    child this function finds them there and returns True.
     """
     global _applied
     if _applied is not None:
         return _applied
+    if _inherited():
+        _applied = True
+        return True
     reason = _reason_to_skip()
     if reason is not None:
         logger.debug("malloc left as it is: %s", reason)
@@ -81,4 +94,6 @@ def reuse_freed_memory() -> bool:
     _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES)
     )
+    if _applied:
+        os.environ.update(MALLOC_ENVIRONMENT)
     return _applied

@@ -47,7 +47,7 @@ def shared_file(relative: str) -> Path:
 #: A fresh Python process: ``{setup}`` (which sets ``applied``), then the minor page faults per
 #: "step" that allocates, writes and frees pair-sized arrays as one model evaluation does.
 ALLOCATION_CHILD = """
-import json, resource
+import json, os, resource
 import numpy as np
 {setup}
 def step():
@@ -58,12 +58,14 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(50):
     step()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({{"applied": applied, "faults_per_step": faults / 50}}))
+print(json.dumps({{"applied": applied, "faults_per_step": faults / 50,
+                  "environment": {{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}}}))
 """
 
 
 def page_faults_in_child(setup: str, **environment: str) -> dict:
-    """``{"applied": ..., "faults_per_step": ...}`` of :data:`ALLOCATION_CHILD` run with ``setup``
+    """``{"applied": ..., "faults_per_step": ..., "environment": {glibc's MALLOC_* variables at the end}}`` of
+    :data:`ALLOCATION_CHILD` run with ``setup``
     (glibc's ``MALLOC_*`` and ``SO3KRATES_MALLOPT`` removed from the environment, then ``environment`` added)."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("MALLOC_") and key != "SO3KRATES_MALLOPT"}

@@ -32,3 +32,13 @@ def test_freed_pair_sized_blocks_are_reused_without_page_faults():
 def test_user_allocator_settings_are_left_alone():
     assert not run_child(MALLOC_MMAP_THRESHOLD_="65536")["applied"]
     assert not run_child(MALLOC_TRIM_THRESHOLD_="0")["applied"]
+
+
+def test_processes_started_afterwards_inherit_the_setting():
+    """The thresholds go into the environment, where glibc finds them when a worker process starts."""
+    from so3krates_openmm.memory import MALLOC_ENVIRONMENT
+
+    parent = run_child()
+    assert parent["applied"] and parent["environment"] == MALLOC_ENVIRONMENT
+    child = run_child(**MALLOC_ENVIRONMENT)  # a worker started with the parent's environment
+    assert child["applied"] and child["faults_per_step"] < 10
