@@ -25,7 +25,8 @@ What it does (each part can be switched off by its argument):
   thread unless ``OPENBLAS_NUM_THREADS`` is set (PyTorch's BLAS calls then go
   to OpenBLAS too, whose extra threads spin between calls). Off by default: it
   replaces the running process, so only a command-line program may ask for it
-  (``so3krates-data generate/build/label`` do).
+  (``so3krates-data``, ``so3krates-active-learning`` and the bench scripts that label
+  with GFN2-xTB do).
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def preload_openblas(log: Callable[[str], None]) -> bool:
     environment[OPENBLAS_MARKER] = library
     # One BLAS thread unless the caller chose: preloaded, OpenBLAS also serves PyTorch's BLAS calls (MD, training),
     # and its extra threads spin in sched_yield between calls (a core lost per process while a step calls BLAS
-    # every few ms) and stall on a busy machine (a GFN2-xTB single point of the catcher: 53 s instead of 0.95 s
-    # with 2 threads beside two jobs; bench/RESULTS.md, "Threads"). Labelling runs in parallel processes instead.
+    # every few ms) and stall on a busy machine (a GFN2-xTB single point of the catcher: 37.5 s instead of 1.31 s
+    # with 2 threads beside two jobs; bench/openblas_threads.py). Labelling runs in parallel processes instead.
     environment.setdefault(OPENBLAS_THREADS, "1")
     sys.stdout.flush()
     sys.stderr.flush()
