@@ -83,9 +83,14 @@ PATH_KEYS = ("checkpoint", "matched_checkpoint", "model_pt")
 def train_one(name: str, model: str, args: argparse.Namespace) -> dict | None:
     """Train (or resume) one model; returns its test report."""
     from so3krates_openmm.training import config_from_dict, train
+    from so3krates_openmm.training.trainer import finished_run
 
     values = training_options(name, model, args)
     output = Path(values["output"])
+    carried = finished_run(output)
+    if carried is not None:  # restored by bench/progress.py without its training state
+        print(f"== {name} {model}: finished in {output} ({carried.stop_reason})", flush=True)
+        return carried.test_report
     values["resume"] = (output / "last_checkpoint.pt").is_file()
     other = args.root / name / f"train_{next(other for other in MODELS if other != model)}"
     if not args.full_budget and finished(other):

@@ -9,7 +9,8 @@ of K trainings from scratch.
 
 :func:`train_committee` is resumable member by member: a member whose folder
 holds a training state is resumed (a finished one only re-reads its test
-report), the others start. A kill at any moment loses at most the work since
+report), a finished member carried without it (:func:`~so3krates_openmm.training.trainer.finished_run`) is
+taken as it is, the others start. A kill at any moment loses at most the work since
 that member's last checkpoint.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.training.config import TrainingConfig
-from so3krates_openmm.training.trainer import LAST_CHECKPOINT, TrainingResult, train
+from so3krates_openmm.training.trainer import LAST_CHECKPOINT, TrainingResult, finished_run, train
 
 #: Members of a committee unless told otherwise (as aims-PAX and most query-by-committee set-ups).
 DEFAULT_MEMBERS = 4
@@ -73,6 +74,11 @@ def train_committee(
     results = []
     for index in range(members):
         output = member_directory(config.output, index)
+        carried = finished_run(output)
+        if carried is not None:
+            log(f"committee member {index + 1}/{members}: finished in {output} ({carried.stop_reason})")
+            results.append(carried)
+            continue
         started = (output / LAST_CHECKPOINT).exists()
         member_config = replace(
             config,

@@ -35,6 +35,7 @@ random initialisation (:mod:`so3krates_openmm.training.finetune`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import warnings
@@ -64,6 +65,7 @@ from so3krates_openmm.training.loss import ErrorAccumulator, in_mev, weighted_ms
 from so3krates_openmm.training.reporting import (
     format_test_report,
     plot_learning_curve,
+    read_metrics_csv,
     write_json,
     write_metrics_csv,
 )
@@ -787,6 +789,25 @@ class Trainer:
             write_json(self.output / TEST_REPORT_FILE, report)
             self.log(format_test_report(report))
         return report
+
+
+def finished_run(output: str | Path) -> TrainingResult | None:
+    """The result of a finished run whose folder holds no training state, else ``None``.
+
+    A finished run can be carried to another machine as its closed files alone (``best_checkpoint.pt``,
+    ``test_report.json``, ``metrics.csv``; ``bench/progress.py``): its ``last_checkpoint.pt``, with the optimiser
+    state, is needed only to train on. A folder that still holds ``last_checkpoint.pt`` is left to :func:`train`
+    (resumed with a larger budget, it trains on)."""
+    output = Path(output)
+    report_path = output / TEST_REPORT_FILE
+    if (output / LAST_CHECKPOINT).exists() or not report_path.is_file() or not (output / BEST_CHECKPOINT).is_file():
+        return None
+    report = json.loads(report_path.read_text())
+    training = report["training"]
+    metrics = read_metrics_csv(output / METRICS_FILE) if (output / METRICS_FILE).is_file() else []
+    return TrainingResult(output=output, best_checkpoint=output / BEST_CHECKPOINT, epochs=int(training["epochs"]),
+                          steps=int(training["steps"]), stop_reason=str(training["stop_reason"]), metrics=metrics,
+                          test_report=report)
 
 
 def train(
