@@ -23,7 +23,13 @@ Closed are:
   ``stopped.json`` written) its ``run.json``/``stopped.json``, ``uncertainty.csv`` and ``uncertainty.png``
   (the merged ``train_data.npz`` is not kept: the loop merges it again from the kept files);
 - a **closed MD segment** (:mod:`so3krates_openmm.md.segments`): ``run.json``, ``log.csv``, ``stability.json``,
-  ``final_state.xml`` (the next segment's start) and ``trajectory.dcd``; not its ``checkpoint.zip``.
+  ``final_state.xml`` (the next segment's start) and ``trajectory.dcd``; not its ``checkpoint.zip``; the same
+  files of a finished exploration run (:func:`~so3krates_openmm.md.exploration.run_explorations`, beside its
+  ``md_runs.jsonl``);
+- a **task journal** (``*.jsonl``, :mod:`so3krates_openmm.tasks`: minimisations, labels, xTB optimisations),
+  which only grows by whole lines: stored as gzip-compressed chunks ``<name>.chunks/<first>-<end>.jsonl.gz`` of
+  the lines ``first`` to ``end - 1``, each chunk closed when saved; the next save adds the lines after it, and
+  ``restore`` joins the chunks in order.
 
 Small records that a resumed run may rewrite (:data:`REWRITTEN`: ``segments.json``, whose total length may grow,
 and the loop's ``settings.json`` and ``added_data.json``) are replaced in the store when they change. Any other
@@ -36,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import shutil
+import gzip
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from so3krates_openmm.files import write_atomically
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -54,6 +62,7 @@ MD_FILES = (*MD_FINISHED, "uncertainty.csv", "uncertainty.png")
 SEGMENT_FILES = ("run.json", "log.csv", "stability.json", "final_state.xml", "trajectory.dcd")
 #: Small records a resumed run may rewrite: replaced in the store when they change.
 REWRITTEN = ("segments.json", "settings.json", "added_data.json")
+JOURNAL_CHUNKS = ".chunks"
 
 
 def training_run_files(run: Path) -> Iterator[Path]:
@@ -82,6 +91,12 @@ def segment_files(run: Path) -> Iterator[Path]:
             yield from (segment.directory / name for name in SEGMENT_FILES if (segment.directory / name).is_file())
 
 
+def exploration_files(journal: Path) -> Iterator[Path]:
+    """The files of the finished runs of an exploration whose task journal is ``journal`` (``md_runs.jsonl``)."""
+    for run in sorted(path for path in journal.parent.iterdir() if (path / "run.json").is_file()):
+        yield from (run / name for name in SEGMENT_FILES if (run / name).is_file())
+
+
 def closed_files(runs: Path) -> list[Path]:
     """Every closed file below ``runs`` (module docstring), sorted."""
     found: set[Path] = set()
@@ -91,9 +106,42 @@ def closed_files(runs: Path) -> list[Path]:
         found.update(iteration_files(selected.parent))
     for manifest in runs.rglob("segments.json"):
         found.update(segment_files(manifest.parent))
+    for journal in runs.rglob("md_runs.jsonl"):
+        found.update(exploration_files(journal))
     for name in ("settings.json", "added_data.json"):  # the active-learning loop's records
         found.update(path for path in runs.rglob(name) if (path.parent / "train_data_00.npz").is_file())
     return sorted(found)
+
+
+def whole_lines(path: Path) -> list[bytes]:
+    """The complete lines of a journal (a line cut off by a kill, without its newline, is left out)."""
+    lines = path.read_bytes().split(b"\n")
+    return [line + b"\n" for line in lines[:-1]]
+
+
+def chunk_ranges(directory: Path) -> list[tuple[int, int, Path]]:
+    """The stored chunks of a journal: ``(first, end, path)`` by first line."""
+    chunks = []
+    for path in directory.glob("*.jsonl.gz") if directory.is_dir() else []:
+        first, end = path.name.removesuffix(".jsonl.gz").split("-")
+        chunks.append((int(first), int(end), path))
+    return sorted(chunks)
+
+
+def save_journal(journal: Path, chunks: Path, dry_run: bool) -> tuple[int, bool]:
+    """Store the lines of ``journal`` after the stored chunks as a new chunk; returns (bytes, conflict)."""
+    lines = whole_lines(journal)
+    stored = chunk_ranges(chunks)
+    end = stored[-1][1] if stored else 0
+    if stored and (len(lines) < end or gzip.decompress(stored[0][2].read_bytes()).split(b"\n")[0] + b"\n"
+                   != lines[0]):
+        return 0, True  # the journal shrank or has another header: another job
+    if len(lines) == end:
+        return 0, False
+    content = gzip.compress(b"".join(lines[end:]), mtime=0)
+    if not dry_run:
+        write_atomically(chunks / f"{end:08d}-{len(lines):08d}.jsonl.gz", content)
+    return len(content), False
 
 
 def save(runs: Path, store: Path, dry_run: bool = False) -> int:
@@ -114,10 +162,15 @@ def save(runs: Path, store: Path, dry_run: bool = False) -> int:
             added += 1
         size += path.stat().st_size
         if not dry_run:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.partial")
-            shutil.copyfile(path, temporary)
-            temporary.replace(target)
+            write_atomically(target, path.read_bytes())
+    for journal in sorted(runs.rglob("*.jsonl")):
+        target = store / journal.relative_to(runs)
+        chunk_bytes, conflict = save_journal(journal, target.with_name(target.name + JOURNAL_CHUNKS), dry_run)
+        if conflict:
+            conflicts.append(journal)
+        elif chunk_bytes:
+            added += 1
+            size += chunk_bytes
     verb = "would copy" if dry_run else "copied"
     print(f"{verb} {added} new and {replaced} rewritten file(s), {size / 1e6:.1f} MB, into {store}")
     for path in conflicts:
@@ -127,17 +180,22 @@ def save(runs: Path, store: Path, dry_run: bool = False) -> int:
 
 
 def restore(runs: Path, store: Path) -> int:
-    """Copy every stored file that ``runs`` lacks back into it; returns the number copied."""
+    """Copy every stored file that ``runs`` lacks back into it (a journal from its chunks, joined); returns the
+    number of files written."""
     copied = 0
-    for stored in sorted(path for path in store.rglob("*") if path.is_file()):
-        target = runs / stored.relative_to(store)
-        if target.exists():
+    for stored in sorted(path for path in store.rglob("*") if path.is_file() and not path.name.startswith(".")):
+        if stored.parent.name.endswith(JOURNAL_CHUNKS):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(stored, temporary)
-        temporary.replace(target)
-        copied += 1
+        target = runs / stored.relative_to(store)
+        if not target.exists():
+            write_atomically(target, stored.read_bytes())
+            copied += 1
+    for chunks in sorted(path for path in store.rglob(f"*{JOURNAL_CHUNKS}") if path.is_dir()):
+        target = runs / chunks.relative_to(store).with_name(chunks.name.removesuffix(JOURNAL_CHUNKS))
+        if not target.exists():
+            joined = b"".join(gzip.decompress(path.read_bytes()) for _, _, path in chunk_ranges(chunks))
+            write_atomically(target, joined)
+            copied += 1
     print(f"restored {copied} file(s) from {store} into {runs}")
     return copied
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -111,3 +112,42 @@ def test_a_segmented_run_continues_on_the_new_machine_after_its_closed_segments(
     assert progress.save(runs, store) == 0  # segments.json grew: replaced; segment 2 added
     assert (store / "nanosecond" / "run" / "segments.json").read_text() != stored_manifest
     assert (store / "nanosecond" / "run" / "segment_0002" / "trajectory.dcd").is_file()
+
+
+def test_a_journal_is_stored_as_closed_chunks_and_joined_on_restore(tmp_path: Path, progress) -> None:
+    runs, store = tmp_path / "runs", tmp_path / "store"
+    journal = runs / "minima_large" / "minimised_snapshots.jsonl"
+    journal.parent.mkdir(parents=True)
+    header = json.dumps({"header": {"job": "minimise"}}) + "\n"
+    lines = [json.dumps({"key": str(k), "result": [k, k + 0.5]}) + "\n" for k in range(6)]
+    journal.write_text(header + "".join(lines[:3]))
+    assert progress.save(runs, store) == 0
+    with open(journal, "a") as handle:
+        handle.write("".join(lines[3:]) + '{"key": "6", "resu')  # a line cut off by kill -9
+    assert progress.save(runs, store) == 0
+    chunks = sorted(path.name for path in (store / "minima_large" / "minimised_snapshots.jsonl.chunks").iterdir())
+    assert chunks == ["00000000-00000004.jsonl.gz", "00000004-00000007.jsonl.gz"]  # each saved once, never again
+    assert progress.save(runs, store) == 0 and len(list(journal.parent.iterdir())) == 1
+
+    shutil.rmtree(runs)
+    progress.restore(runs, store)
+    assert journal.read_text() == header + "".join(lines)  # whole lines only: the torn one runs again
+
+    journal.write_text(json.dumps({"header": {"job": "another"}}) + "\n" + "".join(lines))
+    assert progress.save(runs, store) == 1  # another job's journal: a conflict, nothing stored
+
+
+def test_finished_exploration_runs_are_saved_beside_their_journal(tmp_path: Path, progress) -> None:
+    runs, store = tmp_path / "runs", tmp_path / "store"
+    md = runs / "minima_large" / "md"
+    for name, files in (("500K_seed1", ("run.json", "trajectory.dcd", "checkpoint.zip")),
+                        ("700K_seed1", ("trajectory.dcd", "checkpoint.zip"))):  # the second still running
+        (md / name).mkdir(parents=True)
+        for file in files:
+            (md / name / file).write_text(file)
+    (md / "md_runs.jsonl").write_text(json.dumps({"header": {}}) + "\n")
+    assert progress.save(runs, store) == 0
+    saved = sorted(path.relative_to(store / "minima_large" / "md").as_posix() for path in store.rglob("*")
+                   if path.is_file())
+    assert saved == ["500K_seed1/run.json", "500K_seed1/trajectory.dcd",
+                     "md_runs.jsonl.chunks/00000000-00000001.jsonl.gz"]
