@@ -23,7 +23,8 @@ Closed are:
   ``stopped.json`` written) its ``run.json``/``stopped.json``, ``uncertainty.csv`` and ``uncertainty.png``
   (the merged ``train_data.npz`` is not kept: the loop merges it again from the kept files);
 - a **closed MD segment** (:mod:`so3krates_openmm.md.segments`): ``run.json``, ``log.csv``, ``stability.json``,
-  ``final_state.xml`` (the next segment's start) and ``trajectory.dcd``; not its ``checkpoint.zip``; the same
+  ``final_state.xml`` (the next segment's start) and ``trajectory.dcd``; not its ``checkpoint.zip``; of a
+  finished stability-study run only its ``result.json`` (the coefficient and the monitor's verdict); the same
   files of a finished exploration run (:func:`~so3krates_openmm.md.exploration.run_explorations`, beside its
   ``md_runs.jsonl``);
 - a **task journal** (``*.jsonl``, :mod:`so3krates_openmm.tasks`: minimisations, labels, xTB optimisations),
@@ -63,6 +64,9 @@ SEGMENT_FILES = ("run.json", "log.csv", "stability.json", "final_state.xml", "tr
 #: Small records a resumed run may rewrite: replaced in the store when they change.
 REWRITTEN = ("segments.json", "settings.json", "added_data.json")
 JOURNAL_CHUNKS = ".chunks"
+#: A finished run's record that says all a study needs of it (``stability_study/run_study.py``): its segments
+#: stay behind.
+RUN_RESULT = "result.json"
 
 
 def training_run_files(run: Path) -> Iterator[Path]:
@@ -82,10 +86,14 @@ def iteration_files(iteration: Path) -> Iterator[Path]:
 
 
 def segment_files(run: Path) -> Iterator[Path]:
-    """``segments.json`` and the files of every closed segment of a segmented MD run."""
+    """``segments.json`` and the files of every closed segment of a segmented MD run; of a run that has written
+    its :data:`RUN_RESULT`, that and ``segments.json`` only."""
     from so3krates_openmm.md.segments import segmented_status
 
     yield run / "segments.json"
+    if (run / RUN_RESULT).is_file():
+        yield run / RUN_RESULT
+        return
     for segment in segmented_status(run).segments:
         if segment.closed:
             yield from (segment.directory / name for name in SEGMENT_FILES if (segment.directory / name).is_file())

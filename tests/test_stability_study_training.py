@@ -3,7 +3,9 @@ equivariant one stops once it matches, then the match, export and error report."
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,3 +80,25 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
         entry = summary["dha"][model]
         assert entry["test_force_mae"] == models["models"][model]["test_force_mae"]
         assert len(entry["runs"]["500"]) == 1 and 0.0 <= entry["runs"]["500"][0] <= 1.0
+
+    # A new machine: only what bench/progress.py saved of runs/ comes back. Both trainings count as finished, no
+    # run is run again, and the summary is the same.
+    for model in ("equivariant", "invariant"):
+        assert json.loads((tmp_path / "runs/dha/md" / model / "500K/run_0/result.json").read_text())["finished"]
+    spec = importlib.util.spec_from_file_location("progress", STUDY.parent / "progress.py")
+    progress = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(progress)
+    assert progress.save(tmp_path / "runs", tmp_path / "store") == 0
+    assert not list((tmp_path / "store").rglob("trajectory.dcd"))  # the results say all
+    shutil.rmtree(tmp_path / "runs")
+    progress.restore(tmp_path / "runs", tmp_path / "store")
+    capsys.readouterr()
+    assert train_pair.main([*common, "--model", "both", "--max-epochs", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "invariant: finished in" in out and "equivariant: finished in" in out
+    assert run_study.main(["--molecules", "dha", "--temperatures", "500", "--runs", "1", "--ps", "0.05",
+                           "--segment-ps", "0.025", "--frame-interval", "10", "--checkpoint-interval", "50",
+                           "--status-interval", "1", "--root", str(tmp_path / "runs"),
+                           "--bench-dir", str(tmp_path / "bench")]) == 0
+    assert "2 of 2 runs finished; 0 to run" in capsys.readouterr().out
+    assert json.loads((tmp_path / "bench/summary.json").read_text()) == summary

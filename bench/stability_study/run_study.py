@@ -19,8 +19,9 @@ Maxwell-Boltzmann velocities at ``T`` from the seed ``10 * T + i + 1``; the fram
 Runs go side by side in ``--jobs`` processes of one thread each; a status line every ``--status-interval``
 seconds gives the runs finished, the simulated ps and the ETA. Everything resumes: the same command after a
 kill (or in the next session) continues every unfinished run from its checkpoint (the protocol's
-``--resume``) and skips finished ones. A run the monitor stops (a bond stretched beyond 1.5x, atoms
-colliding, NaN) ends early and counts as unstable.
+``--resume``) and skips finished ones. A finished run's stability record is written to its ``result.json``
+(closed: ``bench/progress.py`` carries it, not the trajectory, to the next machine). A run the monitor stops
+(a bond stretched beyond 1.5x, atoms colliding, NaN) ends early and counts as unstable.
 
 Summary (written after the runs, or at once with ``--report-only``, which runs nothing and marks unfinished
 runs): ``<bench-dir>/summary.json`` as ``{molecule: {model: {"test_force_mae", "force_unit", "runs": {"300":
@@ -171,6 +172,41 @@ def command(run: StudyRun, args: argparse.Namespace) -> list[str]:
     return arguments
 
 
+#: A finished run's stability record (:func:`run_result`), written once it has finished: closed, it says all that
+#: the summary needs, so bench/progress.py carries it to another machine without the run's trajectory.
+RESULT_FILE = "result.json"
+
+
+def run_result(run: StudyRun) -> dict:
+    """The run's stability record (``segmented_stability``: ``coefficient``, ``finished``, ``stable_fraction``,
+    ``unstable_reason``, ``simulated_ps``, ...), the bonds those of its starting structure with the equilibrium
+    lengths of the molecule's relaxed structure. Read from :data:`RESULT_FILE` when it exists; written there
+    when the run has finished."""
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.files import write_atomically
+    from so3krates_openmm.md.segments import segmented_stability
+    from so3krates_openmm.md.stability import covalent_bonds
+
+    path = run.output / RESULT_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    if status_of(run) is None:
+        return {"coefficient": None, "finished": False, "stable_fraction": None, "unstable_reason": "not started",
+                "simulated_ps": 0.0}
+    relaxed = read_structure(molecule(run.molecule).structure)
+    bonds, _ = covalent_bonds(read_structure(run.start_pdb))
+    delta = relaxed.positions_angstrom[bonds[:, 1]] - relaxed.positions_angstrom[bonds[:, 0]]
+    values = segmented_stability(run.output, bonds, np.linalg.norm(delta, axis=1))
+    if values["finished"]:
+        write_atomically(path, json.dumps(values, indent=2) + "\n")
+    return values
+
+
+def finished(run: StudyRun) -> bool:
+    """Whether the run has finished (its :data:`RESULT_FILE`, or its segments, say so)."""
+    return (run.output / RESULT_FILE).is_file() or ((status := status_of(run)) is not None and status.finished)
+
+
 def status_of(run: StudyRun):
     """The run's :class:`~so3krates_openmm.md.segments.SegmentedStatus`, ``None`` before it started."""
     from so3krates_openmm.md.segments import segmented_status
@@ -185,9 +221,9 @@ def progress_ps(runs: list[StudyRun], args: argparse.Namespace) -> float:
     """Simulated ps over all runs (a finished run counts in full: the monitor may end it early)."""
     total = 0.0
     for run in runs:
-        status = status_of(run)
-        if status is not None:
-            total += args.ps if status.finished else status.progress_steps * args.timestep_fs * 1e-3
+        status = None if finished(run) else status_of(run)
+        if finished(run) or status is not None:
+            total += args.ps if status is None else status.progress_steps * args.timestep_fs * 1e-3
     return total
 
 
@@ -217,7 +253,7 @@ def lock_root(root: Path):
 
 def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
     """Run the unfinished runs in ``--jobs`` single-thread processes; returns the number that failed to run."""
-    pending = [run for run in runs if not ((status := status_of(run)) is not None and status.finished)]
+    pending = [run for run in runs if not finished(run)]
     print(f"{len(runs) - len(pending)} of {len(runs)} runs finished; {len(pending)} to run in {args.jobs} "
           f"process(es) of 1 thread", flush=True)
     environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -243,7 +279,8 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
                 label = f"{run.molecule} {run.model} {run.temperature_K:g} K run {run.index}"
                 if process.returncode in (0, 1):
                     verdict = "completed" if process.returncode == 0 else "stopped by the stability monitor"
-                    print(f"{label}: {verdict}", flush=True)
+                    coefficient = run_result(run)["coefficient"]  # written to result.json: the run is closed
+                    print(f"{label}: {verdict}, stability coefficient {coefficient:.3f}", flush=True)
                 else:
                     failures += 1
                     print(f"{label}: FAILED (exit {process.returncode}); see {run.output / 'driver.log'}", flush=True)
@@ -252,8 +289,8 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
                 done_ps, total_ps = progress_ps(runs, args), args.ps * len(runs)
                 rate = (done_ps - started_ps) / max(time.monotonic() - started, 1e-9) * 3600.0
                 eta = f"{(total_ps - done_ps) / rate:.1f} h" if rate > 0 else "?"
-                finished = sum(1 for run in runs if (status := status_of(run)) is not None and status.finished)
-                print(f"[{time.strftime('%H:%M:%S')}] runs finished {finished}/{len(runs)}, running {len(active)}; "
+                done = sum(1 for run in runs if finished(run))
+                print(f"[{time.strftime('%H:%M:%S')}] runs finished {done}/{len(runs)}, running {len(active)}; "
                       f"{done_ps:.1f}/{total_ps:.1f} ps; {rate:.2f} ps/h; ETA {eta}", flush=True)
     except KeyboardInterrupt:
         for process in active:
@@ -284,15 +321,11 @@ def run_settings(runs: list[StudyRun], args: argparse.Namespace, name: str) -> d
 
 def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[str]) -> dict:
     """summary.json (the issue's schema plus seeds, start frames, monitor verdicts, simulated ps) and the bar plot."""
-    from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.files import write_atomically
-    from so3krates_openmm.md.segments import segmented_stability
-    from so3krates_openmm.md.stability import covalent_bonds
 
     summary: dict = {}
     for name in molecules:
         models = read_models(args.bench_dir, name)
-        relaxed = read_structure(molecule(name).structure)
         for model in MODELS:
             entry = models["models"][model]
             record = {
@@ -310,14 +343,7 @@ def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[st
                 for run in (r for r in runs if (r.molecule, r.model, r.temperature_K) == (name, model, temperature)):
                     record["seeds"][key].append(run.seed)
                     record["start_frames"][key].append(run.start_frame)
-                    if status_of(run) is None:
-                        values = {"coefficient": None, "finished": False, "stable_fraction": None,
-                                  "unstable_reason": "not started", "simulated_ps": 0.0}
-                    else:
-                        start = read_structure(run.start_pdb)
-                        bonds, _ = covalent_bonds(start)
-                        delta = relaxed.positions_angstrom[bonds[:, 1]] - relaxed.positions_angstrom[bonds[:, 0]]
-                        values = segmented_stability(run.output, bonds, np.linalg.norm(delta, axis=1))
+                    values = run_result(run)
                     record["runs"][key].append(values["coefficient"] if values["finished"] else None)
                     record["coefficient_so_far"][key].append(values["coefficient"])
                     record["finished"][key].append(values["finished"])
