@@ -470,6 +470,20 @@ def _metadata(
     }
 
 
+def model_identity(path: str | Path) -> Dict[str, Any]:
+    """What identifies a model file by its content, wherever it is and however often it was exported: for an
+    export, the SHA-256 of the checkpoint it was exported from, its kernels and dtype (an export is not
+    byte-identical each time); for any other file (e.g. an OpenMM System XML), its SHA-256."""
+    from so3krates_openmm.model.checkpoint import file_sha256
+
+    try:
+        metadata = read_export_metadata(path)
+        return {"checkpoint_sha256": metadata["checkpoint_sha256"],
+                "kernels": metadata.get("kernels") or "reference", "dtype": metadata.get("dtype")}
+    except (ValueError, KeyError):
+        return {"sha256": file_sha256(path)}
+
+
 def read_export_metadata(path: str | Path) -> Dict[str, Any]:
     """Metadata stored in an exported ``.pt`` (without loading the module)."""
     path = Path(path)

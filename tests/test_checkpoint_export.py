@@ -325,3 +325,28 @@ def test_torchforce_import_prints_no_simtk_notice_and_leaves_logging_alone():
             "logging.getLogger().warning('other warnings still show')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "simtk" not in result.stderr and "other warnings still show" in result.stderr
+
+
+def test_model_identity_is_the_same_for_two_exports_of_one_checkpoint(tmp_path, checkpoint, molecule):
+    from so3krates_openmm.export import model_identity
+    from so3krates_openmm.md.minima import MinimizerRecipe, journal_header
+
+    first = export_checkpoint(checkpoint, tmp_path / "a.pt", structure=molecule)
+    second = export_checkpoint(checkpoint, tmp_path / "elsewhere" / "b.pt", structure=molecule)
+    assert model_identity(first) == model_identity(second)
+    assert model_identity(first)["checkpoint_sha256"] == file_sha256(checkpoint)
+    xml = tmp_path / "system.xml"
+    xml.write_text("<System/>")
+    assert model_identity(xml) == {"sha256": file_sha256(xml)}
+
+    # so a journal of minimised snapshots continues with the model exported again on a new machine
+    class Factory:
+        def __init__(self, model_path):
+            self.model_path = model_path
+
+        def __repr__(self):
+            return "Factory()"
+
+    snapshots = np.zeros((2, 3, 3))
+    headers = [journal_header(snapshots, [0, 1], MinimizerRecipe(Factory(path))) for path in (first, second)]
+    assert headers[0] == headers[1] and headers[0]["model"]["kernels"] == "reference"

@@ -124,7 +124,7 @@ def minimize_task(task: dict) -> dict:
             "problem": problem, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
 
 
-JOURNAL_FORMAT = "so3krates-openmm minimised snapshots/2"
+JOURNAL_FORMAT = "so3krates-openmm minimised snapshots/3"
 #: File name of the journal in a minima run's output directory.
 MINIMA_JOURNAL = "minimised_snapshots.jsonl"
 
@@ -144,9 +144,9 @@ def journal_header(positions_angstrom: np.ndarray, steps: Sequence[int], recipe:
     }
     model_path = getattr(recipe.factory, "model_path", None)
     if model_path is not None and Path(model_path).is_file():
-        from so3krates_openmm.model.checkpoint import file_sha256
+        from so3krates_openmm.export import model_identity
 
-        header["model_sha256"] = file_sha256(model_path)
+        header["model"] = model_identity(model_path)  # by content: the same model exported again on a new machine
     return header
 
 

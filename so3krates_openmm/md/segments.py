@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from so3krates_openmm.data.trajectory import read_dcd
-from so3krates_openmm.export import read_export_metadata
+from so3krates_openmm.export import model_identity
 from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.runner import FINAL_STATE, LOG, RUN_INFO, TRAJECTORY, OutputExistsError, RunResult
 from so3krates_openmm.md.simulation import MAX_SEED, resolve_seed
@@ -50,16 +50,9 @@ SegmentRunner = Callable[[Path, int, "Path | None", int], RunResult]
 
 def file_identity(structure: str | Path, model: str | Path) -> dict[str, Any]:
     """What identifies a run's structure and model independently of where the files are (so that closed segments
-    copied to another machine or checkout can be continued there): the structure file's SHA-256; for an exported
-    model, the SHA-256 of the checkpoint it was exported from and its kernels (an export is not byte-identical
-    each time), else the model file's SHA-256."""
-    try:
-        metadata = read_export_metadata(model)
-        model_identity = {"checkpoint_sha256": metadata["checkpoint_sha256"],
-                          "kernels": metadata.get("kernels") or "reference", "dtype": metadata.get("dtype")}
-    except (ValueError, KeyError):
-        model_identity = {"sha256": file_sha256(model)}
-    return {"structure_sha256": file_sha256(structure), "model": model_identity}
+    copied to another machine or checkout can be continued there): the structure file's SHA-256 and the model's
+    :func:`~so3krates_openmm.export.model_identity`."""
+    return {"structure_sha256": file_sha256(structure), "model": model_identity(model)}
 
 
 def segment_directory(output: str | Path, index: int) -> Path:
