@@ -1,0 +1,51 @@
+"""bench/campaign.py: a lane runs its resumable commands in order, saves progress, stops at a failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "campaign.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("campaign", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_lane_runs_in_order_saves_progress_and_stops_at_the_first_failure(tmp_path: Path) -> None:
+    campaign = load()
+    marker = tmp_path / "order.txt"
+    write = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    commands = [[sys.executable, "-c", write, str(marker), "first"],
+                [sys.executable, "-c", "import sys; sys.exit(7)"],
+                [sys.executable, "-c", write, str(marker), "never"]]
+    saves: list[str] = []
+    code = campaign.run_lane("demo", commands, tmp_path / "logs", save_minutes=60.0,
+                             save=lambda log: saves.append("saved"))
+    assert code == 7
+    assert marker.read_text() == "first\n"
+    assert saves == ["saved"]  # once at the end (the interval is longer than the lane)
+    log = (tmp_path / "logs" / "demo.log").read_text()
+    assert "demo 1/3: python -c" in log and "exit 7" in log and "lane demo stopped: command 2 failed" in log
+
+    # the same lane again while it runs is refused; a finished lane starts again
+    import fcntl
+
+    with open(tmp_path / "logs" / "demo.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert campaign.run_lane("demo", commands[:1], tmp_path / "logs", 60.0, save=lambda log: None) == 3
+    assert campaign.run_lane("demo", commands[:1], tmp_path / "logs", 60.0, save=lambda log: None) == 0
+    assert marker.read_text() == "first\nfirst\n"
+
+
+def test_every_lane_command_names_an_existing_script_or_command() -> None:
+    campaign = load()
+    root = SCRIPT.parents[1]
+    for commands in campaign.LANES.values():
+        for command in commands:
+            program = Path(command[1] if command[0] == sys.executable else command[0])
+            assert (program if program.is_absolute() else root / program).exists(), command
