@@ -54,7 +54,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 #: Kept best checkpoints of a finished training run carried along (the latest ones: the candidates closest to
 #: the run's final error, which the stability study's matching tries first).
-KEPT_HISTORY = 5
+KEPT_HISTORY = 3
 TRAINING_FILES = ("test_report.json", "best_checkpoint.pt", "metrics.csv", "training_config.json",
                   "learning_curve.png")
 ITERATION_FILES = ("selected.npz", "labelled.npz", "report.json", "report.png")
