@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from so3krates_openmm.files import LockedError, exclusive_lock
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
@@ -72,19 +74,20 @@ def run_lane(name: str, commands: list[list[str]], log_dir: Path, save_minutes: 
     """Run ``commands`` in order, logging to ``log_dir/<name>.log`` and calling ``save`` every ``save_minutes``
     and at the end; returns the first failing exit code, or 0. A second call for the same lane while one runs
     exits at once with 3."""
-    import fcntl
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(log_dir / f"{name}.lock", "w")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        with exclusive_lock(log_dir / f"{name}.lock"):
+            return _run_lane(name, commands, log_dir, save_minutes, save)
+    except LockedError:
         print(f"lane {name} is already running on this machine ({log_dir / f'{name}.log'})", file=sys.stderr)
         return 3
+
+
+def _run_lane(name: str, commands: list[list[str]], log_dir: Path, save_minutes: float,
+              save: Callable[[TextIO], None]) -> int:
     environment = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                        OMP_NUM_THREADS="1")
     stop = threading.Event()
-    with lock, open(log_dir / f"{name}.log", "a", buffering=1) as log:
+    with open(log_dir / f"{name}.log", "a", buffering=1) as log:
 
         def saver() -> None:
             while not stop.wait(save_minutes * 60.0):

@@ -1,4 +1,5 @@
-"""Writing files so that a process killed at any moment leaves the old file or the new one, never half of one.
+"""Writing files so that a process killed at any moment leaves the old file or the new one, never half of one;
+and a lock that keeps a second process off files one process is writing.
 
 Every file the package writes whole (checkpoints, exported models, data sets,
 reports, MD run checkpoints) goes through :func:`write_atomically`.
@@ -6,9 +7,33 @@ reports, MD run checkpoints) goes through :func:`write_atomically`.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on the file ``path`` (created, with its folder) for the block.
+
+    The lock (``flock``) belongs to this process and ends with it, also when it is killed, so a stale lock
+    file never blocks. Raises :class:`LockedError` at once if another process holds it.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"another process holds {path}") from None
+        yield path
 
 
 def write_atomically(path: str | Path, content: bytes | str | Callable[[Path], object]) -> Path:

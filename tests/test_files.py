@@ -36,3 +36,23 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
         write_atomically(path, fails_half_way)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_exclusive_lock_keeps_a_second_process_out_until_the_first_lets_go(tmp_path):
+    import subprocess
+    import sys
+
+    from so3krates_openmm.files import LockedError, exclusive_lock
+
+    path = tmp_path / "deep" / "run.lock"
+    probe = ("import sys; from so3krates_openmm.files import LockedError, exclusive_lock\n"
+             "try:\n    with exclusive_lock(sys.argv[1]): print('got it')\n"
+             "except LockedError as error: print(error)")
+    with exclusive_lock(path):
+        out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True).stdout
+        assert "another process holds" in out and str(path) in out
+        with pytest.raises(LockedError):  # also a second holder in this process
+            with exclusive_lock(path):
+                pass
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True).stdout
+    assert out.strip() == "got it"  # the lock file stays; the lock does not

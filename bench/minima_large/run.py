@@ -36,6 +36,7 @@ import numpy as np
 from so3krates_openmm.data.labelling import read_frames
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
+from so3krates_openmm.files import LockedError, exclusive_lock
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
     ExplorationRun,
@@ -183,6 +184,16 @@ def plot_training_distance(distance: np.ndarray, threshold: float, path: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        with exclusive_lock(args.work.resolve() / "run.lock"):
+            return run(args, argv)
+    except LockedError:
+        raise SystemExit(f"another bench/minima_large/run.py works in {args.work}; wait for it or stop it "
+                         "first") from None
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """All five stages (module docstring), resuming what an earlier call finished."""
     work, output = args.work.resolve(), args.output.resolve()
     work.mkdir(parents=True, exist_ok=True)
     output.mkdir(parents=True, exist_ok=True)

@@ -238,19 +238,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def lock_root(root: Path):
-    """An exclusive lock on ``root`` for this driver (another driver on the same runs would write them twice)."""
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / "run_study.lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"another run_study.py is running on {root}; wait for it or stop it first") from None
-    return handle
-
-
 def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
     """Run the unfinished runs in ``--jobs`` single-thread processes; returns the number that failed to run."""
     pending = [run for run in runs if not finished(run)]
@@ -426,9 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failures = 0
     if not args.report_only:
-        lock = lock_root(args.root)
-        failures = execute(plan(args, args.molecules, args.models, export=True), args)
-        lock.close()
+        from so3krates_openmm.files import LockedError, exclusive_lock
+
+        try:
+            with exclusive_lock(args.root / "run_study.lock"):
+                failures = execute(plan(args, args.molecules, args.models, export=True), args)
+        except LockedError:
+            raise SystemExit(f"another run_study.py is running on {args.root}; wait for it or stop it first") from None
     # the summary covers every molecule with matched models and both models, whatever this call ran
     reported = [name for name in MOLECULES if models_file(args.bench_dir, name).is_file()]
     summarise(plan(args, reported, list(MODELS), export=False), args, reported)
