@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """The open long runs as lanes of resumable commands, one core each, continued by every session.
 
-    python bench/campaign.py start            # restore bench/progress/, then every lane in the background
-    python bench/campaign.py lane NAME        # one lane in the foreground (what ``start`` runs)
+    python bench/campaign.py start [--until HH:MM]   # restore bench/progress/, then every lane in the background
+    python bench/campaign.py lane NAME [--until HH:MM]   # one lane in the foreground (what ``start`` runs)
     python bench/campaign.py status           # each lane's log tail and bench/progress.py status
     python bench/campaign.py list             # the lanes and their commands
 
-A lane runs its commands in order. Every command resumes (the same command again skips what finished and
-continues what was cut off), so a lane started in a new session goes through the finished commands in
+A lane runs its commands (steps) in order. Every command resumes (the same command again skips what finished
+and continues what was cut off), so a lane started in a new session goes through the finished commands in
 seconds and picks up where the last session stopped. A command that fails stops its lane (its log says why;
 fix, then start again). While a lane runs, ``bench/progress.py save`` stores the closed files every
-``--save-minutes`` (default 15), and once more when the lane ends; committing ``bench/progress/`` stays with the
-person (or session) at the keyboard. Logs: ``runs/campaign/<lane>.log``.
+``--save-minutes`` (default 15), and once more when the lane ends; committing ``bench/progress/`` stays with
+the person (or session) at the keyboard. With ``--until`` (when the session ends), a training step that would
+be cut off is not started (its optimiser state could not be carried over) and the *filler*, the minima at
+scale, saved task by task, uses the core instead. Logs: ``runs/campaign/<lane>.log``.
 
 Each lane runs ``nice``-d with one thread per process (``OMP_WAIT_POLICY=PASSIVE``), so that two lanes share
 the two cores of a small machine and an interactive shell stays usable. Edit :data:`LANES` as the work moves
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -37,30 +40,64 @@ PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 LOG_DIR = REPOSITORY / "runs" / "campaign"
 
-#: Lanes of commands (argument lists, run from the repository), one core each.
-LANES: dict[str, list[list[str]]] = {
-    # issue 16: the catcher's second round of active learning, then its check (ship by hand if it recommends)
+@dataclass(frozen=True)
+class Step:
+    """One command of a lane (an argument list, run from the repository).
+
+    ``hours``: about how long it runs on one core, for a step that cannot be carried to another machine
+    part-way (a training: its optimiser state is not saved), so that a lane with ``--until`` does not start it
+    when it would be cut off; ``None`` for a step that saves its progress in small pieces. ``done``: a file
+    (relative to the repository) that exists once the step has finished, when it then takes seconds."""
+
+    command: list[str]
+    hours: float | None = None
+    done: str | None = None
+
+    def finished(self) -> bool:
+        return self.done is not None and (REPOSITORY / self.done).exists()
+
+
+MINIMA_STEPS = [
+    # issue 18: minima at scale (the README's command, one Dask worker); MD runs and minimisations are
+    # journaled task by task
+    Step([str(BIN / "so3krates-export"), "so3krates_openmm/pretrained/ac_ala3_nhme/best_checkpoint.pt",
+          "--structure", "so3krates_openmm/pretrained/ac_ala3_nhme/structure.pdb", "--kernels", "fused", "-o",
+          "runs/minima_large/model_fused.pt"]),
+    Step([PYTHON, "bench/minima_large/run.py", "--model", "runs/minima_large/model_fused.pt", "--runs", "500:1",
+          "500:2", "500:3", "700:1", "700:2", "700:3", "--ps", "100", "--timestep-fs", "1", "--hydrogen-mass", "3",
+          "--snapshot-interval", "100", "--workers", "1", "--no-progress"]),
+]
+
+
+def train_pair(molecule: str, model: str, hours: float) -> Step:
+    """One model of the stability study's pair (a run finished earlier is taken as it is)."""
+    return Step([PYTHON, "bench/stability_study/train_pair.py", "--molecule", molecule, "--model", model,
+                 "--no-progress"], hours, f"runs/stability_study/{molecule}/train_{model}/test_report.json")
+
+
+#: Lanes of steps, one core each.
+LANES: dict[str, list[Step]] = {
+    # issue 16: the catcher's second round of active learning (members of ~30 min each, saved one by one), then
+    # its check (ship by hand if it recommends), then the minima
     "catcher": [
-        [str(BIN / "so3krates-active-learning"), "--config", "bench/active_learning/buckyball_catcher/config.yaml"],
-        [PYTHON, "bench/active_learning/buckyball_catcher/check.py", "--threads", "1", "--no-progress"],
-        # issue 18: then the minima at scale on this core (the README's command, one Dask worker)
-        [str(BIN / "so3krates-export"), "so3krates_openmm/pretrained/ac_ala3_nhme/best_checkpoint.pt", "--structure",
-         "so3krates_openmm/pretrained/ac_ala3_nhme/structure.pdb", "--kernels", "fused", "-o",
-         "runs/minima_large/model_fused.pt"],
-        [PYTHON, "bench/minima_large/run.py", "--model", "runs/minima_large/model_fused.pt", "--runs", "500:1",
-         "500:2", "500:3", "700:1", "700:2", "700:3", "--ps", "100", "--timestep-fs", "1", "--hydrogen-mass", "3",
-         "--snapshot-interval", "100", "--workers", "1", "--no-progress"],
+        Step([str(BIN / "so3krates-active-learning"), "--config",
+              "bench/active_learning/buckyball_catcher/config.yaml"]),
+        Step([PYTHON, "bench/active_learning/buckyball_catcher/check.py", "--threads", "1", "--no-progress"]),
+        *MINIMA_STEPS,
     ],
-    # issue 17: the invariant-vs-equivariant pairs, then their stability runs
+    # issue 17: the invariant-vs-equivariant pairs (100 epochs at 85-100 s on one core; the equivariant run
+    # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
     "stability": [
-        [PYTHON, "bench/stability_study/train_pair.py", "--molecule", "ac_ala3_nhme", "--model", "invariant",
-         "--no-progress"],
-        [PYTHON, "bench/stability_study/train_pair.py", "--molecule", "ac_ala3_nhme", "--model", "equivariant",
-         "--no-progress"],
-        [PYTHON, "bench/stability_study/train_pair.py", "--molecule", "dha", "--model", "both", "--no-progress"],
-        [PYTHON, "bench/stability_study/run_study.py", "--jobs", "1"],
+        train_pair("ac_ala3_nhme", "invariant", 2.6),
+        train_pair("ac_ala3_nhme", "equivariant", 2.6),
+        train_pair("dha", "invariant", 2.6),
+        train_pair("dha", "equivariant", 2.6),
+        Step([PYTHON, "bench/stability_study/run_study.py", "--jobs", "1"]),
     ],
 }
+
+#: What a lane runs instead of a step that would not finish before ``--until``: work saved in small pieces.
+FILLER = MINIMA_STEPS
 
 
 def save_progress(log) -> None:
@@ -69,21 +106,23 @@ def save_progress(log) -> None:
                    stderr=subprocess.STDOUT, check=False)
 
 
-def run_lane(name: str, commands: list[list[str]], log_dir: Path, save_minutes: float,
-             save: Callable[[TextIO], None] = save_progress) -> int:
-    """Run ``commands`` in order, logging to ``log_dir/<name>.log`` and calling ``save`` every ``save_minutes``
-    and at the end; returns the first failing exit code, or 0. A second call for the same lane while one runs
-    exits at once with 3."""
+def run_lane(name: str, steps: list[Step], log_dir: Path, save_minutes: float,
+             save: Callable[[TextIO], None] = save_progress, until: float | None = None,
+             filler: list[Step] = FILLER) -> int:
+    """Run ``steps`` in order, logging to ``log_dir/<name>.log`` and calling ``save`` every ``save_minutes`` and
+    at the end; returns the first failing exit code, or 0. With ``until`` (a time, seconds since the epoch: when
+    the session ends), a step whose ``hours`` would take it past ``until`` is not started: ``filler`` runs
+    instead and the lane ends there. A second call for the same lane while one runs exits at once with 3."""
     try:
         with exclusive_lock(log_dir / f"{name}.lock"):
-            return _run_lane(name, commands, log_dir, save_minutes, save)
+            return _run_lane(name, steps, log_dir, save_minutes, save, until, filler)
     except LockedError:
         print(f"lane {name} is already running on this machine ({log_dir / f'{name}.log'})", file=sys.stderr)
         return 3
 
 
-def _run_lane(name: str, commands: list[list[str]], log_dir: Path, save_minutes: float,
-              save: Callable[[TextIO], None]) -> int:
+def _run_lane(name: str, steps: list[Step], log_dir: Path, save_minutes: float, save: Callable[[TextIO], None],
+              until: float | None, filler: list[Step]) -> int:
     environment = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                        OMP_NUM_THREADS="1")
     stop = threading.Event()
@@ -93,23 +132,59 @@ def _run_lane(name: str, commands: list[list[str]], log_dir: Path, save_minutes:
             while not stop.wait(save_minutes * 60.0):
                 save(log)
 
+        def run(label: str, step: Step) -> int:
+            log.write(f"\n# [{now()}] {name} {label}: {shown(step.command)}\n")
+            code = subprocess.run(["nice", "-n", "5", *step.command], cwd=REPOSITORY, env=environment, stdout=log,
+                                  stderr=subprocess.STDOUT, check=False).returncode
+            log.write(f"# [{now()}] exit {code}\n")
+            return code
+
         thread = threading.Thread(target=saver, daemon=True)
         thread.start()
-        code = 0
-        for number, command in enumerate(commands, start=1):
-            log.write(f"\n# [{time.strftime('%Y-%m-%d %H:%M:%S')}] {name} {number}/{len(commands)}: "
-                      f"{shown(command)}\n")
-            code = subprocess.run(["nice", "-n", "5", *command], cwd=REPOSITORY, env=environment, stdout=log,
-                                  stderr=subprocess.STDOUT, check=False).returncode
-            log.write(f"# [{time.strftime('%Y-%m-%d %H:%M:%S')}] exit {code}\n")
-            if code != 0:
-                log.write(f"# lane {name} stopped: command {number} failed; fix it, then start the lane again\n")
+        code, ending = 0, "done"
+        for number, step in enumerate(steps, start=1):
+            if (until is not None and step.hours is not None and not step.finished()
+                    and time.time() + step.hours * 3600.0 > until):
+                log.write(f"\n# [{now()}] {name} {number}/{len(steps)} (about {step.hours:g} h) would not finish "
+                          f"before {time.strftime('%H:%M', time.gmtime(until))} UTC: not started; the filler runs "
+                          "instead\n")
+                ending = "paused"
+                for index, extra in enumerate(filler, start=1):
+                    if (code := run(f"filler {index}/{len(filler)}", extra)) != 0:
+                        break
+                break
+            if (code := run(f"{number}/{len(steps)}", step)) != 0:
+                log.write(f"# lane {name} stopped: step {number} failed; fix it, then start the lane again\n")
+                ending = "stopped"
                 break
         stop.set()
         thread.join()
         save(log)
-        log.write(f"# [{time.strftime('%Y-%m-%d %H:%M:%S')}] lane {name} {'done' if code == 0 else 'stopped'}\n")
+        log.write(f"# [{now()}] lane {name} {ending}\n")
     return code
+
+
+def now() -> str:
+    """The time for the log (UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+
+def parse_until(text: str) -> float:
+    """``HH:MM`` (UTC, the next such time) or an ISO date and time (UTC unless it says) as seconds since the
+    epoch."""
+    from datetime import datetime, timedelta, timezone
+
+    current = datetime.now(timezone.utc)
+    try:
+        hour, minute = (int(part) for part in text.split(":"))
+        moment = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if moment <= current:
+            moment += timedelta(days=1)
+    except ValueError:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def shown(command: list[str]) -> str:
@@ -117,13 +192,14 @@ def shown(command: list[str]) -> str:
     return " ".join("python" if part == PYTHON else part for part in command)
 
 
-def start(save_minutes: float) -> None:
+def start(save_minutes: float, until: str | None) -> None:
     """Restore the saved progress, then start every lane as a detached background process."""
     subprocess.run([PYTHON, str(REPOSITORY / "bench" / "progress.py"), "restore"], cwd=REPOSITORY, check=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     for name in LANES:
+        extra = ["--until", until] if until else []
         with open(LOG_DIR / f"{name}.out", "a") as out:
-            process = subprocess.Popen([PYTHON, __file__, "lane", name, "--save-minutes", str(save_minutes)],
+            process = subprocess.Popen([PYTHON, __file__, "lane", name, "--save-minutes", str(save_minutes), *extra],
                                        cwd=REPOSITORY, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         print(f"lane {name}: process {process.pid}, log {LOG_DIR / f'{name}.log'}")
 
@@ -145,20 +221,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "lane", "status", "list"))
     parser.add_argument("lane", nargs="?", choices=list(LANES), help="lane: the lane to run")
     parser.add_argument("--save-minutes", type=float, default=15.0, help="minutes between progress saves")
+    parser.add_argument("--until", help="when the session ends (HH:MM UTC or an ISO time): a training step that "
+                                        "would not finish by then is not started, the filler runs instead")
     args = parser.parse_args(argv)
+    try:
+        until = parse_until(args.until) if args.until else None
+    except ValueError:
+        parser.error(f"--until: give HH:MM (UTC) or an ISO date and time, not {args.until!r}")
     if args.action == "lane":
         if args.lane is None:
             parser.error(f"lane: name the lane ({', '.join(LANES)})")
-        return run_lane(args.lane, LANES[args.lane], LOG_DIR, args.save_minutes)
+        return run_lane(args.lane, LANES[args.lane], LOG_DIR, args.save_minutes, until=until)
     if args.action == "start":
-        start(args.save_minutes)
+        start(args.save_minutes, args.until)
     elif args.action == "status":
         status()
     else:
-        for name, commands in LANES.items():
+        for name, steps in LANES.items():
             print(f"{name}:")
-            for command in commands:
-                print(f"   {shown(command)}")
+            for step in steps:
+                print(f"   {shown(step.command)}" + (f"   (about {step.hours:g} h)" if step.hours else ""))
+        print("filler (instead of a step that would not finish before --until):")
+        for step in FILLER:
+            print(f"   {shown(step.command)}")
     return 0
 
 

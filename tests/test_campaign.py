@@ -12,6 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "campaign.py"
 def load():
     spec = importlib.util.spec_from_file_location("campaign", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["campaign"] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
@@ -20,9 +21,9 @@ def test_a_lane_runs_in_order_saves_progress_and_stops_at_the_first_failure(tmp_
     campaign = load()
     marker = tmp_path / "order.txt"
     write = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
-    commands = [[sys.executable, "-c", write, str(marker), "first"],
-                [sys.executable, "-c", "import sys; sys.exit(7)"],
-                [sys.executable, "-c", write, str(marker), "never"]]
+    commands = [campaign.Step([sys.executable, "-c", write, str(marker), "first"]),
+                campaign.Step([sys.executable, "-c", "import sys; sys.exit(7)"]),
+                campaign.Step([sys.executable, "-c", write, str(marker), "never"])]
     saves: list[str] = []
     code = campaign.run_lane("demo", commands, tmp_path / "logs", save_minutes=60.0,
                              save=lambda log: saves.append("saved"))
@@ -30,7 +31,7 @@ def test_a_lane_runs_in_order_saves_progress_and_stops_at_the_first_failure(tmp_
     assert marker.read_text() == "first\n"
     assert saves == ["saved"]  # once at the end (the interval is longer than the lane)
     log = (tmp_path / "logs" / "demo.log").read_text()
-    assert "demo 1/3: python -c" in log and "exit 7" in log and "lane demo stopped: command 2 failed" in log
+    assert "demo 1/3: python -c" in log and "exit 7" in log and "lane demo stopped: step 2 failed" in log
 
     # the same lane again while it runs is refused; a finished lane starts again
     import fcntl
@@ -45,7 +46,36 @@ def test_a_lane_runs_in_order_saves_progress_and_stops_at_the_first_failure(tmp_
 def test_every_lane_command_names_an_existing_script_or_command() -> None:
     campaign = load()
     root = SCRIPT.parents[1]
-    for commands in campaign.LANES.values():
-        for command in commands:
+    for steps in campaign.LANES.values():
+        for step in [*steps, *campaign.FILLER]:
+            command = step.command
             program = Path(command[1] if command[0] == sys.executable else command[0])
             assert (program if program.is_absolute() else root / program).exists(), command
+
+
+def test_a_training_that_would_be_cut_off_is_not_started_and_the_filler_runs(tmp_path: Path) -> None:
+    import time
+
+    campaign = load()
+    marker = tmp_path / "order.txt"
+    write = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    finished = tmp_path / "first_done"
+    finished.write_text("")
+    steps = [campaign.Step([sys.executable, "-c", write, str(marker), "finished training"], hours=5.0,
+                           done=str(finished)),  # finished: runs (in seconds) whatever the time
+             campaign.Step([sys.executable, "-c", write, str(marker), "short"]),
+             campaign.Step([sys.executable, "-c", write, str(marker), "long training"], hours=2.0),
+             campaign.Step([sys.executable, "-c", write, str(marker), "after"])]
+    filler = [campaign.Step([sys.executable, "-c", write, str(marker), "filler"])]
+    code = campaign.run_lane("demo", steps, tmp_path / "logs", 60.0, save=lambda log: None,
+                             until=time.time() + 3600.0, filler=filler)
+    assert code == 0
+    assert marker.read_text().split("\n")[:-1] == ["finished training", "short", "filler"]
+    log = (tmp_path / "logs" / "demo.log").read_text()
+    assert "demo 3/4 (about 2 h) would not finish before" in log and "lane demo paused" in log
+
+    marker.unlink()  # with time enough, everything runs in order and the filler does not
+    assert campaign.run_lane("demo", steps, tmp_path / "logs", 60.0, save=lambda log: None,
+                             until=time.time() + 3 * 3600.0, filler=filler) == 0
+    assert marker.read_text().split("\n")[:-1] == ["finished training", "short", "long training", "after"]
+    assert abs(campaign.parse_until("2030-01-01T10:00") - 1893492000.0) < 1e-6
