@@ -2,7 +2,7 @@
 """Train an equivariant and an invariant SO3krates on the same split and match their test force MAE (issue 17).
 
     python bench/stability_study/train_pair.py --molecule ac_ala3_nhme|dha [--model equivariant|invariant|both]
-        [--max-epochs 100] [--max-time 10h] [--threads 1] [--config extra.yaml] [--full-budget] [--match-only]
+        [--max-epochs 80] [--max-time 10h] [--threads 1] [--config extra.yaml] [--full-budget] [--match-only]
         [--tolerance 0.1] [--root runs/stability_study] [--bench-dir bench/stability_study]
 
 Training (``so3krates-train``'s :class:`Trainer`): both models get the same everything (data, the split file
@@ -71,6 +71,11 @@ def training_options(name: str, model: str, args: argparse.Namespace) -> dict:
         values.update(extra)
     return values
 
+
+#: Epoch budget of each model: 80 epochs of the peptide's 2250 training frames take about 2 h on one core, so a
+#: training fits in one working session (a training cut off by the session's end is lost with its machine: its
+#: optimiser state is not carried over, bench/progress.py).
+MAX_EPOCHS = 80
 
 #: ``--model both`` trains the invariant model first: the equivariant run, usually the more accurate, can then
 #: stop once it matches the invariant's error (``--full-budget`` trains both to the end).
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--molecule", required=True, choices=("ac_ala3_nhme", "dha"))
     parser.add_argument(NO_PROCESS_TUNING, action="store_true", help=NO_PROCESS_TUNING_HELP)
     parser.add_argument("--model", choices=(*MODELS, "both"), default="both", help="which run(s) to train")
-    parser.add_argument("--max-epochs", type=int, default=100, help="epoch budget of each model (default 100)")
+    parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help=f"epoch budget of each model (default "
+                        f"{MAX_EPOCHS})")
     parser.add_argument("--max-time", help="training-time budget of each model over all sessions, e.g. 10h")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per training process")
     parser.add_argument("--config", help="YAML file of further training options for both models")
