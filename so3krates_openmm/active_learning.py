@@ -275,11 +275,18 @@ class ActiveLearning:
 
     # ----- stages
 
+    def initial_data(self) -> Path:
+        """Committee 0's training data, ``train_data_00.npz``: the files of ``data`` but those appended on resume
+        (they join a later merge; merged again the same way when a restored loop lacks the file)."""
+        output = self.paths.output / "train_data_00.npz"
+        if not output.exists():
+            added = {entry["file"] for entry in self.added_data()}
+            merge_datasets([str(path) for path in self.settings.data if str(path) not in added], output)
+        return output
+
     def initial_committee(self) -> list[Path]:
         s = self.settings
-        data = self.paths.output / "train_data_00.npz"
-        if not data.exists():
-            merge_datasets([str(path) for path in s.data], data)
+        data = self.initial_data()
         config = _training_config(s, data, self.paths.committee(0), s.seed)
         result = train_committee(config, s.members, log=self.log)
         return result.checkpoints
