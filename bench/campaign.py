@@ -194,6 +194,11 @@ def shown(command: list[str]) -> str:
 
 def start(save_minutes: float, until: str | None) -> None:
     """Restore the saved progress, then start every lane as a detached background process."""
+    from so3krates_openmm.runtime import openblas_library
+
+    if openblas_library() is None:
+        print("note: Debian's libopenblas0-pthread is not installed: GFN2-xTB runs on tblite's slow bundled BLAS "
+              "(about 3x slower; README, 'GFN2-xTB and BLAS'); apt-get install libopenblas0-pthread, then start")
     subprocess.run([PYTHON, str(REPOSITORY / "bench" / "progress.py"), "restore"], cwd=REPOSITORY, check=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     for name in LANES:
