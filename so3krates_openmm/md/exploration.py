@@ -103,8 +103,12 @@ def run_explorations(
             trajectory_interval=snapshot_interval, log_interval=snapshot_interval,
             checkpoint_interval=10 * snapshot_interval, resume=True, progress=False,
         )
-    header = {"job": "exploration MD runs", "structure": str(Path(structure).resolve()),
-              "model": str(Path(model).resolve()), "steps": steps, "snapshot_interval": snapshot_interval,
+    from so3krates_openmm.export import model_identity
+    from so3krates_openmm.model.checkpoint import file_sha256
+
+    # files by content: a journal carried to another machine continues with the model exported again there
+    header = {"job": "exploration MD runs", "structure_sha256": file_sha256(structure),
+              "model": model_identity(model), "steps": steps, "snapshot_interval": snapshot_interval,
               "timestep_fs": timestep_fs, "hydrogen_mass_amu": hydrogen_mass_amu, "friction_per_ps": friction_per_ps,
               "platform": platform}
     return run_tasks(md_run_task, tasks, Path(output_dir) / "md_runs.jsonl", header=header, scheduler=scheduler,
