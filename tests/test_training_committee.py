@@ -54,9 +54,11 @@ def test_members_differ_in_seed_and_split_and_resume(tmp_path: Path, source: Pat
     assert spread.force_std_max[0] > 0.0  # different splits and shuffling: the members disagree
 
     # Again with one more member: the two finished members are only re-read, the third trains.
-    stamps = [p.stat().st_mtime_ns for p in result.checkpoints]
+    finished_files = [m.output / name for m in result.members
+                      for name in ("best_checkpoint.pt", "test_report.json", "learning_curve.png", "metrics.csv")]
+    stamps = [p.stat().st_mtime_ns for p in finished_files]
     again = train_committee(config_from_dict(options), members=3, dataset=water_data, log=quiet)
-    assert [p.stat().st_mtime_ns for p in again.checkpoints[:2]] == stamps
+    assert [p.stat().st_mtime_ns for p in finished_files] == stamps  # a finished run's files are final
     assert again.members[2].test_report["seed"] == 12
     np.testing.assert_allclose(again.members[0].test_report["errors"]["force_mae"],
                                result.members[0].test_report["errors"]["force_mae"])

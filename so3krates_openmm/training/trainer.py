@@ -686,6 +686,7 @@ class Trainer:
         self._last_save = self._started
         last_plot = time.monotonic()
         stop_reason = self._stop_reason()
+        stopped_before = bool(stop_reason)  # a finished run resumed: nothing to train
         while not stop_reason:
             epoch = self.epoch + 1
             if self.epoch_in_progress is not None:
@@ -740,12 +741,17 @@ class Trainer:
                     f"{'  *' if improved else ''}  ({self.elapsed:.0f} s)"
                 )
         self.log(f"stopped: {stop_reason}")
-        if self.context.is_main and self.metrics:
+        if self.context.is_main and self.metrics and not stopped_before:
             plot_learning_curve(self.output / CURVE_FILE, self.metrics, self.energy_unit)
         self.context.barrier()
-        if self.config.correct_energy_shifts and (self.output / BEST_CHECKPOINT).is_file():
-            self._correct_best_shifts()
-        report = self._test_report(stop_reason)
+        if stopped_before and (self.output / TEST_REPORT_FILE).is_file():
+            # its files are final (and may have been saved as such, bench/progress.py): read, not rewritten
+            report = json.loads((self.output / TEST_REPORT_FILE).read_text())
+            self.log(f"finished earlier; its test report: {self.output / TEST_REPORT_FILE}")
+        else:
+            if self.config.correct_energy_shifts and (self.output / BEST_CHECKPOINT).is_file():
+                self._correct_best_shifts()
+            report = self._test_report(stop_reason)
         return TrainingResult(
             output=self.output,
             best_checkpoint=self.output / BEST_CHECKPOINT,
