@@ -100,10 +100,14 @@ LANES: dict[str, list[Step]] = {
 FILLER = MINIMA_STEPS
 
 
+def progress(action: str, **options) -> subprocess.CompletedProcess:
+    """``bench/progress.py ACTION`` on this repository's runs (``options``: of :func:`subprocess.run`)."""
+    return subprocess.run([PYTHON, str(REPOSITORY / "bench" / "progress.py"), action], cwd=REPOSITORY, **options)
+
+
 def save_progress(log) -> None:
-    """``bench/progress.py save`` of this repository's runs, its output to ``log``."""
-    subprocess.run([PYTHON, str(REPOSITORY / "bench" / "progress.py"), "save"], cwd=REPOSITORY, stdout=log,
-                   stderr=subprocess.STDOUT, check=False)
+    """``bench/progress.py save``, its output to ``log``."""
+    progress("save", stdout=log, stderr=subprocess.STDOUT, check=False)
 
 
 def run_lane(name: str, steps: list[Step], log_dir: Path, save_minutes: float,
@@ -199,7 +203,7 @@ def start(save_minutes: float, until: str | None) -> None:
     if openblas_library() is None:
         print("note: Debian's libopenblas0-pthread is not installed: GFN2-xTB runs on tblite's slow bundled BLAS "
               "(about 3x slower; README, 'GFN2-xTB and BLAS'); apt-get install libopenblas0-pthread, then start")
-    subprocess.run([PYTHON, str(REPOSITORY / "bench" / "progress.py"), "restore"], cwd=REPOSITORY, check=True)
+    progress("restore", check=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     for name in LANES:
         extra = ["--until", until] if until else []
@@ -217,7 +221,7 @@ def status() -> None:
         print(f"== {name}" + ("" if lines else ": not started on this machine"))
         for line in lines:
             print(f"   {line[:160]}")
-    subprocess.run([PYTHON, str(REPOSITORY / "bench" / "progress.py"), "status"], cwd=REPOSITORY, check=False)
+    progress("status", check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,9 +221,10 @@ def progress_ps(runs: list[StudyRun], args: argparse.Namespace) -> float:
     """Simulated ps over all runs (a finished run counts in full: the monitor may end it early)."""
     total = 0.0
     for run in runs:
-        status = None if finished(run) else status_of(run)
-        if finished(run) or status is not None:
-            total += args.ps if status is None else status.progress_steps * args.timestep_fs * 1e-3
+        if finished(run):
+            total += args.ps
+        elif (status := status_of(run)) is not None:
+            total += status.progress_steps * args.timestep_fs * 1e-3
     return total
 
 
