@@ -85,6 +85,25 @@ CONFIG_FILE = "training_config.json"
 PLOT_INTERVAL = 60.0
 
 
+def _write_config(path: Path, settings: dict[str, Any]) -> None:
+    """Write the run's settings to ``path``, unless it already holds them: ``resume`` says how the run was
+    called, not what it is, so a run called again (a finished one among them) keeps its file unchanged (it may
+    have been saved as final, ``bench/progress.py``)."""
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+        except ValueError:
+            earlier = None
+        if isinstance(earlier, dict) and _run_settings(earlier) == _run_settings(json.loads(json.dumps(settings))):
+            return
+    write_json(path, settings)
+
+
+def _run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings without ``resume``."""
+    return {key: value for key, value in settings.items() if key != "resume"}
+
+
 class TrainingError(RuntimeError):
     """A run that cannot start or continue (the message says why)."""
 
@@ -397,7 +416,7 @@ class Trainer:
         self.data_source = dataset.source
         if self.context.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            write_json(self.output / CONFIG_FILE, config.to_dict())
+            _write_config(self.output / CONFIG_FILE, config.to_dict())
             self.log(
                 f"data: {dataset.source}: {len(dataset)} frames, elements {dataset.elements.tolist()}, "
                 f"energies in {self.energy_unit}; split train {len(split[0])} / valid {len(split[1])} / "
