@@ -14,8 +14,8 @@ Closed are:
 
 - a **finished training run** (its ``test_report.json`` is written: a committee member, a stability-study model):
   ``test_report.json``, ``best_checkpoint.pt`` (weights only, ~2 MB), ``metrics.csv``, ``training_config.json``,
-  ``learning_curve.png`` and the last :data:`KEPT_HISTORY` kept best checkpoints (``best_checkpoints/``, the
-  candidates the stability study matches errors with); never ``last_checkpoint.pt``, whose optimiser state only
+  ``learning_curve.png``, ``split.json`` and the last :data:`KEPT_HISTORY` kept best checkpoints
+  (``best_checkpoints/``, the candidates the stability study matches errors with); never ``last_checkpoint.pt``, whose optimiser state only
   serves to train on: a restored run is taken as finished
   (:func:`~so3krates_openmm.training.trainer.finished_run`);
 - an **active-learning iteration** once its frames are selected: ``selected.npz``, then ``labelled.npz``,
@@ -56,7 +56,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 #: the run's final error, which the stability study's matching tries first).
 KEPT_HISTORY = 3
 TRAINING_FILES = ("test_report.json", "best_checkpoint.pt", "metrics.csv", "training_config.json",
-                  "learning_curve.png")
+                  "learning_curve.png", "split.json")
 ITERATION_FILES = ("selected.npz", "labelled.npz", "report.json", "report.png")
 MD_FINISHED = ("run.json", "stopped.json")
 MD_FILES = (*MD_FINISHED, "uncertainty.csv", "uncertainty.png")

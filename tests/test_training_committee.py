@@ -56,7 +56,7 @@ def test_members_differ_in_seed_and_split_and_resume(tmp_path: Path, source: Pat
     # Again with one more member: the two finished members are only re-read, the third trains.
     finished_files = [m.output / name for m in result.members
                       for name in ("best_checkpoint.pt", "test_report.json", "learning_curve.png", "metrics.csv",
-                                   "training_config.json")]
+                                   "training_config.json", "split.json")]
     stamps = [p.stat().st_mtime_ns for p in finished_files]
     again = train_committee(config_from_dict(options), members=3, dataset=water_data, log=quiet)
     assert [p.stat().st_mtime_ns for p in finished_files] == stamps  # a finished run's files are final

@@ -15,6 +15,7 @@ from so3krates_openmm.model.checkpoint import load_model, read_checkpoint
 from so3krates_openmm.training import Trainer, TrainingError, config_from_dict, train
 from so3krates_openmm.training.reporting import METRIC_COLUMNS, read_metrics_csv
 from so3krates_openmm.training.shifts import fit_energy_shifts
+from so3krates_openmm.training.splits import read_split
 from so3krates_openmm.training.synthetic import teacher_dataset
 from so3krates_openmm.training.trainer import predicted_energies
 from so3krates_openmm.units import energy_conversion
@@ -59,6 +60,8 @@ def test_training_cuts_the_force_error_several_fold(tmp_path: Path, ethanol_data
     assert list(rows[0]) == list(METRIC_COLUMNS)
     assert [row["step"] for row in rows] == [20 * epoch for epoch in range(1, 13)]
     assert (output / "learning_curve.png").stat().st_size > 10_000
+    for name, part in zip(("train", "valid", "test"), trainer.split, strict=True):  # the split outlives the run
+        np.testing.assert_array_equal(read_split(output / "split.json", name), part)
     report = json.loads((output / "test_report.json").read_text())
     factor = energy_conversion("kcal/mol", "meV")
     assert report["energy_unit"] == "kcal/mol" and report["structures"] == 50

@@ -81,6 +81,9 @@ METRICS_FILE = "metrics.csv"
 CURVE_FILE = "learning_curve.png"
 TEST_REPORT_FILE = "test_report.json"
 CONFIG_FILE = "training_config.json"
+#: The run's frame indices ``{"train": [...], "valid": [...], "test": [...]}``, written once when it starts (a
+#: record that outlives ``last_checkpoint.pt``; ``so3krates-eval --split-file`` reads it).
+SPLIT_FILE = "split.json"
 #: Seconds between learning-curve redraws during training (it is always drawn at the end).
 PLOT_INTERVAL = 60.0
 
@@ -417,6 +420,9 @@ class Trainer:
         if self.context.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             _write_config(self.output / CONFIG_FILE, config.to_dict())
+            if not (self.output / SPLIT_FILE).is_file():
+                write_json(self.output / SPLIT_FILE, {name: part.tolist() for name, part in
+                                                      zip(("train", "valid", "test"), split, strict=True)})
             self.log(
                 f"data: {dataset.source}: {len(dataset)} frames, elements {dataset.elements.tolist()}, "
                 f"energies in {self.energy_unit}; split train {len(split[0])} / valid {len(split[1])} / "

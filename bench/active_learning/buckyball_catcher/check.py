@@ -132,9 +132,10 @@ def test_errors(final: Path, data: Path) -> dict:
     from so3krates_openmm.data.formats import load_dataset
     from so3krates_openmm.training.evaluation import evaluate_checkpoint
     from so3krates_openmm.training.splits import read_split
+    from so3krates_openmm.training.trainer import SPLIT_FILE
 
     dataset = load_dataset(data)
-    test = np.asarray(read_split(final.parent / "last_checkpoint.pt", "test"))
+    test = np.asarray(read_split(final.parent / SPLIT_FILE, "test"))
     original = test[test < sum(len(load_dataset(path)) for path in SHIPPED_TRAINING_DATA)]
     result = {"frames": int(len(test)), "original_frames": int(len(original)),
               "data": str(data.relative_to(REPOSITORY)) if data.is_relative_to(REPOSITORY) else str(data)}
