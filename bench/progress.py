@@ -15,8 +15,8 @@ Closed are:
 - a **finished training run** (its ``test_report.json`` is written: a committee member, a stability-study model):
   ``test_report.json``, ``best_checkpoint.pt`` (weights only, ~2 MB), ``metrics.csv``, ``training_config.json``,
   ``learning_curve.png``, ``split.json`` and the last :data:`KEPT_HISTORY` kept best checkpoints
-  (``best_checkpoints/``, the candidates the stability study matches errors with); never ``last_checkpoint.pt``, whose optimiser state only
-  serves to train on: a restored run is taken as finished
+  (``best_checkpoints/``, the candidates the stability study matches errors with); never ``last_checkpoint.pt``,
+  whose optimiser state only serves to train on: a restored run is taken as finished
   (:func:`~so3krates_openmm.training.trainer.finished_run`);
 - an **active-learning iteration** once its frames are selected: ``selected.npz``, then ``labelled.npz``,
   ``report.json`` and ``report.png`` as they appear, and of each finished MD run (``run.json`` or
