@@ -138,3 +138,41 @@ def test_catcher_md_frames_are_labelled_frames_of_the_round0_500K_run():
     to_kcal = energy_conversion("eV", "kcal/mol")
     assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
     np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+
+
+#: The catcher's round-2 training data, in the order the active-learning loop merged them (its PROVENANCE.md).
+CATCHER_ROUND2_DATA = [
+    DATASETS / "buckyball_catcher" / "dataset.npz",
+    DATASETS / "buckyball_catcher" / "md_frames_round1.npz",
+    *(Path(__file__).resolve().parents[1] / "bench" / "showcase" / "catcher_round1" / name for name in (
+        "md_500K_frames.npz", "escape_500K/frames.npz", "escape_500K/frames_interleaved.npz", "rigid_pull/frames.npz")),
+    DATASETS / "buckyball_catcher" / "al_round2_frames.npz",
+]
+
+
+def test_catcher_round2_frames_are_the_loops_gfn2_xtb_labels_and_the_split_indexes_its_data():
+    """al_round2_frames.npz: the 2 x 70 frames the loop selected and labelled; the shipped model's split indexes
+    the 955 frames of its training data."""
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    from so3krates_openmm.training.splits import read_split
+
+    data = load_dataset(DATASETS / "buckyball_catcher" / "al_round2_frames.npz")
+    assert len(data) == 140 and data.energy_unit == "kcal/mol" and "GFN2-xTB" in data.metadata["theory"]
+    assert [part["frames"] for part in data.metadata["parts"]] == [70, 70]
+    structure = read_structure(PRETRAINED / "buckyball_catcher" / "structure.pdb")
+    np.testing.assert_array_equal(data[0].atomic_numbers, structure.atomic_numbers)
+    frame = data[len(data) - 1]
+    atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    to_kcal = energy_conversion("eV", "kcal/mol")
+    assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
+    np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+
+    total = sum(len(load_dataset(path)) for path in CATCHER_ROUND2_DATA)
+    split = [read_split(DATASETS / "buckyball_catcher" / "training" / "split.json", part)
+             for part in ("train", "valid", "test")]
+    assert total == 955 and [len(part) for part in split] == [764, 96, 95]
+    indices = np.concatenate(split)
+    assert len(np.unique(indices)) == total and indices.min() == 0 and indices.max() == total - 1
