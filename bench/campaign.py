@@ -77,12 +77,11 @@ def train_pair(molecule: str, model: str, hours: float) -> Step:
 
 #: Lanes of steps, one core each.
 LANES: dict[str, list[Step]] = {
-    # issue 16: the catcher's second round of active learning (members of ~30 min each, saved one by one), then
-    # its check (ship by hand if it recommends), then the minima
+    # issue 17: the shipped catcher model (round 2 of active learning, shipped 2026-12-04) for 1 ns at 300 K, the
+    # validated 1 fs with 3 amu hydrogens (closed segments of 50 ps, about 20 min each on one core), then the minima
     "catcher": [
-        Step([str(BIN / "so3krates-active-learning"), "--config",
-              "bench/active_learning/buckyball_catcher/config.yaml"]),
-        Step([PYTHON, "bench/active_learning/buckyball_catcher/check.py", "--threads", "1", "--no-progress"]),
+        Step([PYTHON, "bench/nanosecond/run.py", "--system", "buckyball_catcher", "--timestep-fs", "1",
+              "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
         *MINIMA_STEPS,
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
+from so3krates_openmm.model.checkpoint import file_sha256
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
@@ -93,7 +94,7 @@ def binding_curve(args: argparse.Namespace, final: Path) -> dict:
     subprocess.run([sys.executable, str(REPOSITORY / "bench" / "showcase" / "catcher_binding_curve.py"),
                     "--frames", str(RIGID_PULL_FRAMES), "--output", str(output), "--threads", str(args.threads),
                     *([NO_PROCESS_TUNING] if args.no_process_tuning else []),
-                    "--model", f"shipped={SHIPPED / 'best_checkpoint.pt'}", f"final={final}"], check=True)
+                    "--model", f"shipped={args.baseline}", f"final={final}"], check=True)
     curve = json.loads((output / "binding_curve.json").read_text())
     return {"gfn2_xtb_binding_energy": curve["gfn2_xtb_binding_energy"],
             **{f"{name}_binding_energy": model["binding_energy"] for name, model in curve["models"].items()},
@@ -125,7 +126,7 @@ def mae(report: dict, key: str, mask: np.ndarray | None = None) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def test_errors(final: Path, data: Path) -> dict:
+def test_errors(final: Path, baseline: Path, data: Path) -> dict:
     """The final model and the shipped one on the final model's test split of the merged data, and on the part of
     it drawn from the shipped model's own data (the merged data begins with those files): the distribution the
     shipped model was made for, without the loop's new frames."""
@@ -141,7 +142,7 @@ def test_errors(final: Path, data: Path) -> dict:
               "data": str(data.relative_to(REPOSITORY)) if data.is_relative_to(REPOSITORY) else str(data)}
     for name, frames in (("", test), ("original_", original)):
         result[f"{name}after"] = evaluate_checkpoint(final, dataset, frames)["errors"]
-        result[f"{name}shipped"] = evaluate_checkpoint(SHIPPED / "best_checkpoint.pt", dataset, frames)["errors"]
+        result[f"{name}shipped"] = evaluate_checkpoint(baseline, dataset, frames)["errors"]
     result["original_note"] = ("original_*: the test frames from the shipped model's training data files "
                                f"({', '.join(path.name for path in SHIPPED_TRAINING_DATA)}); the shipped model may "
                                "have trained on some of them (its split differs), which favours it")
@@ -201,7 +202,7 @@ def report(args: argparse.Namespace, summary: dict, final: Path) -> dict:
     new_frames = args.root / "buckyball_catcher" / "xtb_labels.npz"
     if not new_frames.is_file():
         raise SystemExit(f"{new_frames} does not exist: run the stages md and label first")
-    shipped = SHIPPED / "best_checkpoint.pt"
+    shipped = args.baseline
     support = np.concatenate([distances(load_dataset(path).stacked()[1]) for path in SHIPPED_TRAINING_DATA])
     half_open_threshold = float(support.max())
     old = load_dataset(ROUND1_500K_FRAMES)
@@ -213,7 +214,7 @@ def report(args: argparse.Namespace, summary: dict, final: Path) -> dict:
     new_times = np.asarray(load_dataset(new_frames).metadata["frame_times_ps"], dtype=float)
     before_new["per_frame"]["time_ps"] = after_new["per_frame"]["time_ps"] = new_times
     merged = in_repository(summary["committee"][0]).parents[2] / f"iteration_{summary['iterations'] - 1:02d}"
-    test = test_errors(final, merged / "train_data.npz")
+    test = test_errors(final, shipped, merged / "train_data.npz")
     labelled = np.concatenate([distances(load_dataset(path).stacked()[1])
                                for path in [*SHIPPED_TRAINING_DATA, ROUND1_500K_FRAMES, merged / "train_data.npz"]])
     old_curve = np.loadtxt(ROUND1_500K_DISTANCE, delimiter=",", skiprows=1)
@@ -302,10 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--label-frames", type=int, default=50)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--baseline", type=Path, default=SHIPPED / "best_checkpoint.pt",
+                        help="the model the loop started from, compared as 'shipped' (default: the shipped one; once "
+                             "the loop's model ships, the round-1 model: git show c54338f:"
+                             "so3krates_openmm/pretrained/buckyball_catcher/best_checkpoint.pt > round1.pt)")
     args = parser.parse_args(argv)
     tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
     summary = loop_summary(args.loop)
     final = in_repository(summary["committee"][0])
+    if file_sha256(final) == file_sha256(args.baseline):
+        raise SystemExit(f"{final} is the --baseline model ({args.baseline}): it has shipped already; compare it with "
+                         "the model it replaced, --baseline round1.pt (see --help)")
     if args.stage in ("all", "md", "label"):
         run_stages(args, final, ["md", "label", "report"] if args.stage == "all" else [args.stage, "report"])
     if args.stage in ("all", "report"):
