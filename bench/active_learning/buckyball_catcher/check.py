@@ -3,7 +3,10 @@
 and ``summary.json`` (issue 16, item 5).
 
     python bench/active_learning/buckyball_catcher/check.py [--loop runs/al_catcher] [--ps 50] [--threads 1]
-        [--stage all|md|label|report] [--label-frames 50] [--output DIR]
+        [--stage all|md|label|report] [--label-frames 50] [--output DIR] [--baseline CHECKPOINT]
+
+"Shipped" below is the model the loop started from (``--baseline``; default: the round-1 model, shipped until the
+loop's final model replaced it on 2026-12-04).
 
 Run it after the loop (``so3krates-active-learning --config bench/active_learning/buckyball_catcher/config.yaml``)
 has finished. Stages ``md`` and ``label`` are those of ``bench/nanosecond/run.py`` (resumable, closed segments;
@@ -45,6 +48,8 @@ from so3krates_openmm.model.checkpoint import file_sha256
 REPOSITORY = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 SHIPPED = REPOSITORY / "so3krates_openmm" / "pretrained" / "buckyball_catcher"
+#: the round-1 model, which the loop started from (the shipped one until 2026-12-04; config.yaml)
+ROUND1_CHECKPOINT = REPOSITORY / "datasets" / "buckyball_catcher" / "round1_checkpoint.pt"
 #: the shipped model's own 500 K run, labelled with GFN2-xTB after round 1 (96 frames)
 ROUND1_500K_FRAMES = REPOSITORY / "bench" / "showcase" / "catcher_round1" / "md_500K_frames.npz"
 ROUND1_500K_DISTANCE = REPOSITORY / "bench" / "showcase" / "catcher_round1" / "distance_500K" / "catcher_distance.csv"
@@ -303,17 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--label-frames", type=int, default=50)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--baseline", type=Path, default=SHIPPED / "best_checkpoint.pt",
-                        help="the model the loop started from, compared as 'shipped' (default: the shipped one; once "
-                             "the loop's model ships, the round-1 model: git show c54338f:"
-                             "so3krates_openmm/pretrained/buckyball_catcher/best_checkpoint.pt > round1.pt)")
+    parser.add_argument("--baseline", type=Path, default=ROUND1_CHECKPOINT,
+                        help="the model the loop started from, compared as 'shipped' (default: the round-1 model, "
+                             "shipped until the loop's model replaced it)")
     args = parser.parse_args(argv)
     tune_process(argv)  # as the commands: glibc keeps freed memory, idle OpenMP threads sleep
     summary = loop_summary(args.loop)
     final = in_repository(summary["committee"][0])
     if file_sha256(final) == file_sha256(args.baseline):
-        raise SystemExit(f"{final} is the --baseline model ({args.baseline}): it has shipped already; compare it with "
-                         "the model it replaced, --baseline round1.pt (see --help)")
+        raise SystemExit(f"{final} is the --baseline model ({args.baseline}): compare it with the model it started "
+                         "from (--baseline)")
     if args.stage in ("all", "md", "label"):
         run_stages(args, final, ["md", "label", "report"] if args.stage == "all" else [args.stage, "report"])
     if args.stage in ("all", "report"):
