@@ -16,6 +16,18 @@ DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 pytestmark = pytest.mark.artifacts  # pins the shipped data sets: update when the data are regenerated
 
 
+def assert_gfn2_xtb_labels(frame) -> None:
+    """The frame's energy and forces are GFN2-xTB's (tblite), to the float32 storage precision (~1e-3)."""
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    to_kcal = energy_conversion("eV", "kcal/mol")
+    assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
+    np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+
+
 def test_peptide_data_set_covers_300_to_700_kelvin_in_the_structure_atom_order():
     path = DATASETS / "ac_ala3_nhme" / "dataset.npz"
     data = load_dataset(path)
@@ -40,18 +52,9 @@ def test_peptide_data_set_covers_300_to_700_kelvin_in_the_structure_atom_order()
 
 
 def test_peptide_labels_are_gfn2_xtb_energies_and_forces():
-    from ase import Atoms
-    from tblite.ase import TBLite
-
     data = load_dataset(DATASETS / "ac_ala3_nhme" / "dataset.npz")
-    to_kcal = energy_conversion("eV", "kcal/mol")
     for index in (0, 1500):
-        frame = data[index]
-        atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
-        atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-        # Positions and forces are stored as float32: agreement to ~1e-3 kcal/mol(/Angstrom).
-        assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
-        np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+        assert_gfn2_xtb_labels(data[index])
 
 
 def test_catcher_data_set_covers_300_and_500_kelvin_in_the_structure_atom_order():
@@ -89,8 +92,6 @@ def test_catcher_partial_files_continue_the_shipped_data():
 def test_peptide_md_frames_are_labelled_frames_of_the_round0_stability_runs():
     """md_frames_round1.npz: frames of the first shipped model's 300 K / 500 K runs, relabelled with GFN2-xTB."""
     import mdtraj
-    from ase import Atoms
-    from tblite.ase import TBLite
 
     directory = DATASETS / "ac_ala3_nhme"
     data = load_dataset(directory / "md_frames_round1.npz")
@@ -98,7 +99,6 @@ def test_peptide_md_frames_are_labelled_frames_of_the_round0_stability_runs():
     structure = read_structure(PRETRAINED / directory.name / "structure.pdb")
     np.testing.assert_array_equal(data[0].atomic_numbers, structure.atomic_numbers)
     round0 = Path(__file__).resolve().parents[1] / "bench" / "stability" / "round0"
-    to_kcal = energy_conversion("eV", "kcal/mol")
     start = 0
     for part, temperature in zip(data.metadata["parts"], (300, 500), strict=True):
         assert part["inputs"]["trajectory"].endswith(f"ac_ala3_nhme_{temperature}K/trajectory.dcd")
@@ -107,19 +107,13 @@ def test_peptide_md_frames_are_labelled_frames_of_the_round0_stability_runs():
         last = start + part["frames"] - 1
         source = part["frame_indices"][-1]
         np.testing.assert_allclose(data[last].positions, trajectory.xyz[source] * 10.0, atol=1e-4)
-        frame = data[last]
-        atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
-        atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-        assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
-        np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+        assert_gfn2_xtb_labels(data[last])
         start += part["frames"]
 
 
 def test_catcher_md_frames_are_labelled_frames_of_the_round0_500K_run():
     """The catcher's md_frames_round1.npz: distinct frames of its first model's 500 K run, relabelled with GFN2-xTB."""
     import mdtraj
-    from ase import Atoms
-    from tblite.ase import TBLite
 
     directory = DATASETS / "buckyball_catcher"
     data = load_dataset(directory / "md_frames_round1.npz")
@@ -132,12 +126,7 @@ def test_catcher_md_frames_are_labelled_frames_of_the_round0_500K_run():
     sources = [index for part in data.metadata["parts"] for index in part["frame_indices"]]
     assert len(set(sources)) == len(sources) == len(data)
     np.testing.assert_allclose(data.stacked()[1], trajectory.xyz[sources] * 10.0, atol=1e-4)
-    frame = data[len(data) - 1]
-    atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
-    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    to_kcal = energy_conversion("eV", "kcal/mol")
-    assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
-    np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+    assert_gfn2_xtb_labels(data[len(data) - 1])
 
 
 #: The catcher's round-2 training data, in the order the active-learning loop merged them (its PROVENANCE.md).
@@ -153,9 +142,6 @@ CATCHER_ROUND2_DATA = [
 def test_catcher_round2_frames_are_the_loops_gfn2_xtb_labels_and_the_split_indexes_its_data():
     """al_round2_frames.npz: the 2 x 70 frames the loop selected and labelled; the shipped model's split indexes
     the 955 frames of its training data."""
-    from ase import Atoms
-    from tblite.ase import TBLite
-
     from so3krates_openmm.training.splits import read_split
 
     data = load_dataset(DATASETS / "buckyball_catcher" / "al_round2_frames.npz")
@@ -163,12 +149,7 @@ def test_catcher_round2_frames_are_the_loops_gfn2_xtb_labels_and_the_split_index
     assert [part["frames"] for part in data.metadata["parts"]] == [70, 70]
     structure = read_structure(PRETRAINED / "buckyball_catcher" / "structure.pdb")
     np.testing.assert_array_equal(data[0].atomic_numbers, structure.atomic_numbers)
-    frame = data[len(data) - 1]
-    atoms = Atoms(numbers=frame.atomic_numbers, positions=frame.positions)
-    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    to_kcal = energy_conversion("eV", "kcal/mol")
-    assert frame.energy == pytest.approx(atoms.get_potential_energy() * to_kcal, abs=5e-3)
-    np.testing.assert_allclose(frame.forces, atoms.get_forces() * to_kcal, rtol=0, atol=5e-3)
+    assert_gfn2_xtb_labels(data[len(data) - 1])
 
     total = sum(len(load_dataset(path)) for path in CATCHER_ROUND2_DATA)
     split = [read_split(DATASETS / "buckyball_catcher" / "training" / "split.json", part)
