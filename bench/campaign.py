@@ -69,6 +69,10 @@ MINIMA_STEPS = [
 ]
 
 
+#: issue 17: the stability runs (about 15-35 min each on one core, each saved when it finishes)
+STABILITY_RUNS = Step([PYTHON, "bench/stability_study/run_study.py", "--jobs", "1"])
+
+
 def train_pair(molecule: str, model: str, hours: float) -> Step:
     """One model of the stability study's pair (a run finished earlier is taken as it is)."""
     return Step([PYTHON, "bench/stability_study/train_pair.py", "--molecule", molecule, "--model", model,
@@ -83,6 +87,7 @@ LANES: dict[str, list[Step]] = {
         Step([PYTHON, "bench/nanosecond/run.py", "--system", "buckyball_catcher", "--timestep-fs", "1",
               "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
         *MINIMA_STEPS,
+        STABILITY_RUNS,  # beside the stability lane's driver: each takes the runs the other does not hold
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
@@ -91,7 +96,7 @@ LANES: dict[str, list[Step]] = {
         train_pair("ac_ala3_nhme", "equivariant", 2.2),
         train_pair("dha", "invariant", 2.2),
         train_pair("dha", "equivariant", 2.2),
-        Step([PYTHON, "bench/stability_study/run_study.py", "--jobs", "1"]),
+        STABILITY_RUNS,
     ],
 }
 

@@ -14,6 +14,7 @@ from ase.build import molecule
 from ase.io import write
 
 from so3krates_openmm.data.formats import save_npz
+from so3krates_openmm.files import exclusive_lock
 from so3krates_openmm.training.synthetic import teacher_dataset
 
 STUDY = Path(__file__).resolve().parents[1] / "bench" / "stability_study"
@@ -68,13 +69,23 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
         assert (Path(__file__).resolve().parents[1] / models["models"][model]["model_pt"]).is_file()
     assert (tmp_path / "bench/dha/errors_histogram.png").stat().st_size > 5_000
 
-    # the study's runs on the matched pair: one short run per model at 500 K, then the summary
+    # the study's runs on the matched pair: one short run per model at 500 K, then the summary. First with the
+    # invariant run held by another driver: this one leaves it alone; then that run alone.
     import run_study
 
-    assert run_study.main(["--molecules", "dha", "--temperatures", "500", "--runs", "1", "--ps", "0.05",
-                           "--segment-ps", "0.025", "--frame-interval", "10", "--checkpoint-interval", "50",
-                           "--status-interval", "1", "--root", str(tmp_path / "runs"),
-                           "--bench-dir", str(tmp_path / "bench")]) == 0
+    study = ["--molecules", "dha", "--temperatures", "500", "--runs", "1", "--ps", "0.05", "--segment-ps", "0.025",
+             "--frame-interval", "10", "--checkpoint-interval", "50", "--status-interval", "1",
+             "--root", str(tmp_path / "runs"), "--bench-dir", str(tmp_path / "bench")]
+    capsys.readouterr()
+    with exclusive_lock(tmp_path / "runs/dha/md/invariant/500K/run_0" / run_study.DRIVER_LOCK):
+        assert run_study.main(study) == 0
+    out = capsys.readouterr().out
+    assert "1 run(s) left to the other driver(s) running them: dha invariant 500 K run 0" in out
+    assert "dha equivariant 500 K run 0: completed" in out or "dha equivariant 500 K run 0: stopped" in out
+    assert not (tmp_path / "runs/dha/md/invariant/500K/run_0/segments.json").exists()
+    assert run_study.main(study) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 runs finished; 1 to run" in out and "dha invariant 500 K run 0:" in out
     summary = json.loads((tmp_path / "bench/summary.json").read_text())
     for model in ("equivariant", "invariant"):
         entry = summary["dha"][model]
@@ -96,9 +107,6 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     assert train_pair.main([*common, "--model", "both", "--max-epochs", "30"]) == 0
     out = capsys.readouterr().out
     assert "invariant: finished in" in out and "equivariant: finished in" in out
-    assert run_study.main(["--molecules", "dha", "--temperatures", "500", "--runs", "1", "--ps", "0.05",
-                           "--segment-ps", "0.025", "--frame-interval", "10", "--checkpoint-interval", "50",
-                           "--status-interval", "1", "--root", str(tmp_path / "runs"),
-                           "--bench-dir", str(tmp_path / "bench")]) == 0
+    assert run_study.main(study) == 0
     assert "2 of 2 runs finished; 0 to run" in capsys.readouterr().out
     assert json.loads((tmp_path / "bench/summary.json").read_text()) == summary

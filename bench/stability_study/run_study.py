@@ -19,7 +19,8 @@ Maxwell-Boltzmann velocities at ``T`` from the seed ``10 * T + i + 1``; the fram
 Runs go side by side in ``--jobs`` processes of one thread each; a status line every ``--status-interval``
 seconds gives the runs finished, the simulated ps and the ETA. Everything resumes: the same command after a
 kill (or in the next session) continues every unfinished run from its checkpoint (the protocol's
-``--resume``) and skips finished ones. A finished run's stability record is written to its ``result.json``
+``--resume``) and skips finished ones. Several drivers may run at once (another shell, another campaign lane):
+each locks the runs it is running (``driver.lock`` in the run folder) and leaves the runs another holds to it. A finished run's stability record is written to its ``result.json``
 (closed: ``bench/progress.py`` carries it, not the trajectory, to the next machine). A run the monitor stops
 (a bond stretched beyond 1.5x, atoms colliding, NaN) ends early and counts as unstable.
 
@@ -35,6 +36,7 @@ per molecule, temperature and model with 2-sigma error bars (sample standard dev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from so3krates_openmm.files import LockedError, exclusive_lock
 from study_common import (
     BENCH_DIR,
     KERNELS,
@@ -175,6 +178,9 @@ def command(run: StudyRun, args: argparse.Namespace) -> list[str]:
 #: A finished run's stability record (:func:`run_result`), written once it has finished: closed, it says all that
 #: the summary needs, so bench/progress.py carries it to another machine without the run's trajectory.
 RESULT_FILE = "result.json"
+#: The lock a driver holds on a run while its protocol process runs: drivers side by side (``--jobs`` each, on
+#: one machine or on a shared file system) take different runs.
+DRIVER_LOCK = "driver.lock"
 
 
 def run_result(run: StudyRun) -> dict:
@@ -246,7 +252,8 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
           f"process(es) of 1 thread", flush=True)
     environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                        PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])))
-    active: dict[subprocess.Popen, StudyRun] = {}
+    active: dict[subprocess.Popen, tuple[StudyRun, contextlib.ExitStack]] = {}
+    elsewhere: list[StudyRun] = []
     failures = 0
     started_ps, started = progress_ps(runs, args), time.monotonic()
     last_status = 0.0
@@ -254,16 +261,25 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
         while pending or active:
             while pending and len(active) < args.jobs:
                 run = pending.pop(0)
-                run.output.mkdir(parents=True, exist_ok=True)
+                held = contextlib.ExitStack()
+                try:
+                    held.enter_context(exclusive_lock(run.output / DRIVER_LOCK))
+                except LockedError:
+                    elsewhere.append(run)  # another driver runs it
+                    continue
+                if finished(run):  # by another driver since the plan was made
+                    held.close()
+                    continue
                 log = open(run.output / "driver.log", "a")
                 log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(run, args))}\n")
                 log.flush()
                 active[subprocess.Popen(command(run, args), stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY,
-                                        env=environment, preexec_fn=die_with_parent)] = run
+                                        env=environment, preexec_fn=die_with_parent)] = (run, held)
                 log.close()
             time.sleep(2.0)
             for process in [process for process in active if process.poll() is not None]:
-                run = active.pop(process)
+                run, held = active.pop(process)
+                held.close()
                 label = f"{run.molecule} {run.model} {run.temperature_K:g} K run {run.index}"
                 if process.returncode in (0, 1):
                     verdict = "completed" if process.returncode == 0 else "stopped by the stability monitor"
@@ -287,6 +303,9 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
             process.wait()
         print("interrupted: the same command continues every unfinished run from its checkpoint", flush=True)
         raise
+    if elsewhere:
+        print(f"{len(elsewhere)} run(s) left to the other driver(s) running them: "
+              + ", ".join(f"{r.molecule} {r.model} {r.temperature_K:g} K run {r.index}" for r in elsewhere), flush=True)
     return failures
 
 
@@ -414,13 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failures = 0
     if not args.report_only:
-        from so3krates_openmm.files import LockedError, exclusive_lock
-
-        try:
-            with exclusive_lock(args.root / "run_study.lock"):
-                failures = execute(plan(args, args.molecules, args.models, export=True), args)
-        except LockedError:
-            raise SystemExit(f"another run_study.py is running on {args.root}; wait for it or stop it first") from None
+        failures = execute(plan(args, args.molecules, args.models, export=True), args)
     # the summary covers every molecule with matched models and both models, whatever this call ran
     reported = [name for name in MOLECULES if models_file(args.bench_dir, name).is_file()]
     summarise(plan(args, reported, list(MODELS), export=False), args, reported)
