@@ -291,11 +291,13 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
             if time.monotonic() - last_status >= args.status_interval or not (pending or active):
                 last_status = time.monotonic()
                 done_ps, total_ps = progress_ps(runs, args), args.ps * len(runs)
-                rate = (done_ps - started_ps) / max(time.monotonic() - started, 1e-9) * 3600.0
-                eta = f"{(total_ps - done_ps) / rate:.1f} h" if rate > 0 else "?"
+                # a resumed run first goes back to its last checkpoint: no rate before the first status interval
+                elapsed = time.monotonic() - started
+                rate = (done_ps - started_ps) / elapsed * 3600.0 if elapsed >= args.status_interval else float("nan")
+                speed, eta = (f"{rate:.1f}", f"{(total_ps - done_ps) / rate:.1f} h") if rate > 0 else ("?", "?")
                 done = sum(1 for run in runs if finished(run))
                 print(f"[{time.strftime('%H:%M:%S')}] runs finished {done}/{len(runs)}, running {len(active)}; "
-                      f"{done_ps:.1f}/{total_ps:.1f} ps; {rate:.2f} ps/h; ETA {eta}", flush=True)
+                      f"{done_ps:.1f}/{total_ps:.1f} ps; {speed} ps/h; ETA {eta}", flush=True)
     except KeyboardInterrupt:
         for process in active:
             process.terminate()
