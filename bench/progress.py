@@ -67,6 +67,8 @@ JOURNAL_CHUNKS = ".chunks"
 #: A finished run's record that says all a study needs of it (``stability_study/run_study.py``): its segments
 #: stay behind.
 RUN_RESULT = "result.json"
+#: A stopped run's failure analysis (``stability_study/failures.py``), written after its :data:`RUN_RESULT`.
+FAILURE_RECORD = "failure.json"
 
 
 def training_run_files(run: Path) -> Iterator[Path]:
@@ -93,6 +95,8 @@ def segment_files(run: Path) -> Iterator[Path]:
     yield run / "segments.json"
     if (run / RUN_RESULT).is_file():
         yield run / RUN_RESULT
+        if (run / FAILURE_RECORD).is_file():
+            yield run / FAILURE_RECORD
         return
     for segment in segmented_status(run).segments:
         if segment.closed:

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from failures import FAILURE_FILE
 from so3krates_openmm.files import LockedError, exclusive_lock
 from study_common import (
     BENCH_DIR,
@@ -234,6 +235,31 @@ def progress_ps(runs: list[StudyRun], args: argparse.Namespace) -> float:
     return total
 
 
+def analyse_failure(run: StudyRun, args: argparse.Namespace) -> None:
+    """``failures.py`` on a run the monitor stopped (GFN2-xTB along the frames into the failure and along a replay
+    of it), while its trajectory is on this machine; output to the run's ``driver.log``. A failed analysis is
+    reported and leaves the study going."""
+    checkpoint = resolved(read_models(args.bench_dir, run.molecule)["models"][run.model]["matched_checkpoint"])
+    with open(run.output / "driver.log", "a") as log:
+        completed = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("failures.py")), str(run.output), "--checkpoint",
+             str(checkpoint), "--model", str(run.model_pt), "--structure", str(run.start_pdb)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY,
+            env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
+    label = f"{run.molecule} {run.model} {run.temperature_K:g} K run {run.index}"
+    if completed.returncode == 0:
+        print(f"{label}: failure analysed ({run.output / FAILURE_FILE})", flush=True)
+    else:
+        print(f"{label}: the failure analysis did not finish (exit {completed.returncode}); see "
+              f"{run.output / 'driver.log'}", flush=True)
+
+
+def unanalysed_failures(runs: list[StudyRun]) -> list[StudyRun]:
+    """Finished runs the monitor stopped whose failure is not analysed yet and whose trajectory is here."""
+    return [run for run in runs if finished(run) and not (run.output / FAILURE_FILE).is_file()
+            and run_result(run)["unstable_reason"] is not None and any(run.output.glob("segment_*/trajectory.dcd"))]
+
+
 def die_with_parent() -> None:
     """In a child process (Linux): receive SIGKILL when the driver dies, so that a killed driver leaves no run
     behind that the next driver would start a second time (the run resumes from its checkpoint)."""
@@ -285,6 +311,8 @@ def execute(runs: list[StudyRun], args: argparse.Namespace) -> int:
                     verdict = "completed" if process.returncode == 0 else "stopped by the stability monitor"
                     coefficient = run_result(run)["coefficient"]  # written to result.json: the run is closed
                     print(f"{label}: {verdict}, stability coefficient {coefficient:.3f}", flush=True)
+                    if process.returncode == 1:
+                        analyse_failure(run, args)
                 else:
                     failures += 1
                     print(f"{label}: FAILED (exit {process.returncode}); see {run.output / 'driver.log'}", flush=True)
@@ -365,6 +393,7 @@ def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[st
     args.bench_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(args.bench_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_bars(summary, args.bench_dir / "stability_bars.png")
+    summarise_failures(runs, args.bench_dir)
     for name, by_model in summary.items():
         for model, record in by_model.items():
             for key, values in record["runs"].items():
@@ -374,6 +403,50 @@ def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[st
                       f"monitor: {', '.join(v.split(':')[0] for v in record['monitor_verdict'][key])}")
     print(f"wrote {args.bench_dir / 'summary.json'} and {args.bench_dir / 'stability_bars.png'}")
     return summary
+
+
+def summarise_failures(runs: list[StudyRun], bench_dir: Path) -> dict:
+    """``failures.json`` (every analysed failure, ``failures.py``'s records by molecule, model, temperature and run)
+    and ``failures.png`` (along each replayed failure: the energy error and the largest atom force error against
+    GFN2-xTB over the time before the failing step); nothing when no failure is analysed."""
+    from so3krates_openmm.files import write_atomically
+    from so3krates_openmm.md.plotting import pyplot, save_figure
+
+    records = {}
+    for run in runs:
+        if (run.output / FAILURE_FILE).is_file():
+            record = json.loads((run.output / FAILURE_FILE).read_text())
+            records.setdefault(run.molecule, {}).setdefault(run.model, {}).setdefault(
+                f"{run.temperature_K:g}", {})[f"run_{run.index}"] = record
+    if not records:
+        return records
+    write_atomically(bench_dir / "failures.json", json.dumps(records, indent=2) + "\n")
+    plt = pyplot()
+    figure, axes = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
+    styles = {"equivariant": "-", "invariant": "--"}
+    for name, by_model in records.items():
+        for model, by_temperature in by_model.items():
+            for key, by_run in by_temperature.items():
+                for run_name, record in by_run.items():
+                    replay = record.get("replay") or {}
+                    frames = replay.get("frames") or []
+                    if not frames:
+                        continue
+                    before_fs = [(frame["step"] - replay["failure_step"]) * replay["timestep_fs"] for frame in frames]
+                    label = f"{name} {model} {key} K {run_name}"
+                    axes[0].plot(before_fs, [f["energy_error"] for f in frames], styles.get(model, "-"), marker=".",
+                                 label=label)
+                    axes[1].plot(before_fs, [f["force_max_error"] for f in frames], styles.get(model, "-"),
+                                 marker=".")
+    axes[0].set_yscale("symlog", linthresh=10.0)
+    axes[1].set_yscale("log")
+    axes[0].set_ylabel("energy error, model - GFN2-xTB\n(kcal/mol)")
+    axes[1].set_ylabel("largest atom force error\n(kcal/mol/Å)")
+    axes[1].set_xlabel("time before the monitor's stop in the replay (fs)")
+    axes[0].legend(fontsize=6)
+    axes[0].set_title("stopped runs replayed from the monitor's last good state", fontsize=9)
+    save_figure(figure, bench_dir / "failures.png")
+    return records
 
 
 def plot_bars(summary: dict, path: Path) -> Path:
@@ -438,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         failures = execute(plan(args, args.molecules, args.models, export=True), args)
     # the summary covers every molecule with matched models and both models, whatever this call ran
     reported = [name for name in MOLECULES if models_file(args.bench_dir, name).is_file()]
-    summarise(plan(args, reported, list(MODELS), export=False), args, reported)
+    runs = plan(args, reported, list(MODELS), export=False)
+    for run in unanalysed_failures(runs):  # stopped before failures.py existed, or its analysis was cut off
+        analyse_failure(run, args)
+    summarise(runs, args, reported)
     return 1 if failures else 0
 
 
