@@ -43,7 +43,9 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     import study_common
     import train_pair
 
-    monkeypatch.setitem(study_common.MOLECULES, "dha", study_common.Molecule("dha", (data_file,), split, structure))
+    control = tmp_path / "runs/dha/train_equivariant"  # the control model: here the equivariant run's best
+    monkeypatch.setitem(study_common.MOLECULES, "dha", study_common.Molecule(
+        "dha", (data_file,), split, structure, control / "best_checkpoint.pt", control / "test_report.json"))
     common = ["--molecule", "dha", "--config", str(extra), "--root", str(tmp_path / "runs"),
               "--bench-dir", str(tmp_path / "bench"), "--no-progress", "--no-process-tuning"]
     assert train_pair.main([*common, "--model", "invariant", "--max-epochs", "1"]) == 0
@@ -85,8 +87,13 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     assert not (tmp_path / "runs/dha/md/invariant/500K/run_0/segments.json").exists()
     assert run_study.main(study) == 0
     out = capsys.readouterr().out
-    assert "1 of 2 runs finished; 1 to run" in out and "dha invariant 500 K run 0:" in out
+    assert "2 of 3 runs finished; 1 to run" in out and "dha invariant 500 K run 0:" in out
     summary = json.loads((tmp_path / "bench/summary.json").read_text())
+    assert set(summary["dha"]) == {"equivariant", "invariant"}  # the schema; the control beside it
+    controls = json.loads((tmp_path / "bench/control_summary.json").read_text())
+    assert controls["dha"][study_common.CONTROL]["test_force_mae"] == report["errors"]["force_mae"]
+    assert list(controls["dha"][study_common.CONTROL]["runs"]) == ["500"]
+    assert 0.0 <= controls["dha"][study_common.CONTROL]["runs"]["500"][0] <= 1.0
     for model in ("equivariant", "invariant"):
         entry = summary["dha"][model]
         assert entry["test_force_mae"] == models["models"][model]["test_force_mae"]
@@ -108,5 +115,5 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     out = capsys.readouterr().out
     assert "invariant: finished in" in out and "equivariant: finished in" in out
     assert run_study.main(study) == 0
-    assert "2 of 2 runs finished; 0 to run" in capsys.readouterr().out
+    assert "3 of 3 runs finished; 0 to run" in capsys.readouterr().out
     assert json.loads((tmp_path / "bench/summary.json").read_text()) == summary

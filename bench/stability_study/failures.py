@@ -24,19 +24,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from study_common import recorded
 
 from so3krates_openmm.cli.common import tune_process
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 #: Written into the run folder once the analysis is complete.
 FAILURE_FILE = "failure.json"
 LABELS_FILE = "failure_labels.npz"
-
-
-def shown(path: Path) -> str:
-    """A path as recorded: relative to the repository when inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPOSITORY)) if path.is_relative_to(REPOSITORY) else str(path)
 
 
 def chosen_frames(times_ps: np.ndarray, stop_ps: float, window_ps: float, frames: int,
@@ -178,7 +172,7 @@ def analyse(run_dir: Path, checkpoint: Path, model_pt: Path, structure_pdb: Path
         frame.update(before_stop_ps=stop_ps - frame["time_ps"], part="baseline" if n < len(baseline) else "window")
     record = {
         "run": run_dir.name, "stop_ps": stop_ps, "reason": status.unstable.reason,
-        "checkpoint": shown(checkpoint), "model": shown(model_pt),
+        "checkpoint": recorded(checkpoint), "model": recorded(model_pt),
         "energy_unit": "kcal/mol", "force_unit": "kcal/mol/Angstrom", "frames": along_run, "replay": None,
     }
     replay = replay_failure(run_dir, model_pt, structure_pdb)

@@ -20,9 +20,15 @@ Runs go side by side in ``--jobs`` processes of one thread each; a status line e
 seconds gives the runs finished, the simulated ps and the ETA. Everything resumes: the same command after a
 kill (or in the next session) continues every unfinished run from its checkpoint (the protocol's
 ``--resume``) and skips finished ones. Several drivers may run at once (another shell, another campaign lane):
-each locks the runs it is running (``driver.lock`` in the run folder) and leaves the runs another holds to it. A finished run's stability record is written to its ``result.json``
-(closed: ``bench/progress.py`` carries it, not the trajectory, to the next machine). A run the monitor stops
-(a bond stretched beyond 1.5x, atoms colliding, NaN) ends early and counts as unstable.
+each locks the runs it is running (``driver.lock`` in the run folder) and leaves the runs another holds to it.
+A finished run's stability record is written to its ``result.json`` (closed: ``bench/progress.py`` carries it,
+not the trajectory, to the next machine). A run the monitor stops (a bond stretched beyond 1.5x, atoms
+colliding, NaN) ends early and counts as unstable; ``failures.py`` then labels the frames into its failure and a
+replay of it with GFN2-xTB (``failure.json`` beside ``result.json``; ``failures.json`` and ``failures.png`` here).
+
+Controls: a molecule with a shipped equivariant model trained to convergence on the same split (the peptide)
+also runs it, as ``shipped_equivariant``, at ``--control-temperatures`` (default 500 K) from the same starts and
+seeds: ``control_summary.json`` in the same schema, a hatched bar in the plot.
 
 Summary (written after the runs, or at once with ``--report-only``, which runs nothing and marks unfinished
 runs): ``<bench-dir>/summary.json`` as ``{molecule: {model: {"test_force_mae", "force_unit", "runs": {"300":
@@ -47,19 +53,22 @@ from pathlib import Path
 
 import numpy as np
 from failures import FAILURE_FILE
-from so3krates_openmm.files import LockedError, exclusive_lock
 from study_common import (
     BENCH_DIR,
+    CONTROL,
     KERNELS,
     MODELS,
     MOLECULES,
     REPOSITORY,
     RUNS_DIR,
+    control_entry,
     export_for_md,
     models_file,
     molecule,
     read_models,
 )
+
+from so3krates_openmm.files import LockedError, exclusive_lock
 
 
 @dataclass(frozen=True)
@@ -140,19 +149,23 @@ def exported_model(name: str, model: str, entry: dict) -> Path:
 
 
 def plan(args: argparse.Namespace, molecules: list[str], models: list[str], *, export: bool) -> list[StudyRun]:
-    """Every run of the study for ``molecules`` and ``models`` (starting PDBs written on the way, and with
-    ``export`` the missing model exports)."""
+    """Every run of the study for ``molecules`` and ``models``, and of each molecule's :data:`CONTROL` model at
+    ``--control-temperatures`` (starting PDBs written on the way, and with ``export`` the missing model exports)."""
     runs = []
     for name in molecules:
-        matched = read_models(args.bench_dir, name)["models"]
-        model_files = {model: exported_model(name, model, matched[model]) if export
-                       else resolved(matched[model]["model_pt"]) for model in models}
+        entries = dict(read_models(args.bench_dir, name)["models"])
+        control = control_entry(name, args.root) if args.control else None
+        if control is not None:
+            entries[CONTROL] = control
+        model_files = {model: exported_model(name, model, entry) if export else resolved(entry["model_pt"])
+                       for model, entry in entries.items() if model in models or model == CONTROL}
         for temperature in args.temperatures:
             frames = start_frames(name, temperature, args.runs)
+            with_control = control is not None and temperature in args.control_temperatures
             for index, frame in enumerate(frames):
                 start = write_start_pdb(name, frame, args.root / name / "md" / "starts" /
                                         f"{temperature:g}K_run{index}_frame{frame}.pdb")
-                for model in models:
+                for model in [*models, CONTROL] if with_control else models:
                     runs.append(StudyRun(name, model, temperature, index, frame, run_seed(temperature, index), start,
                                          model_files[model],
                                          args.root / name / "md" / model / f"{temperature:g}K" / f"run_{index}"))
@@ -239,7 +252,9 @@ def analyse_failure(run: StudyRun, args: argparse.Namespace) -> None:
     """``failures.py`` on a run the monitor stopped (GFN2-xTB along the frames into the failure and along a replay
     of it), while its trajectory is on this machine; output to the run's ``driver.log``. A failed analysis is
     reported and leaves the study going."""
-    checkpoint = resolved(read_models(args.bench_dir, run.molecule)["models"][run.model]["matched_checkpoint"])
+    entry = (control_entry(run.molecule, args.root) if run.model == CONTROL
+             else read_models(args.bench_dir, run.molecule)["models"][run.model])
+    checkpoint = resolved(entry["matched_checkpoint"])
     with open(run.output / "driver.log", "a") as log:
         completed = subprocess.run(
             [sys.executable, str(Path(__file__).with_name("failures.py")), str(run.output), "--checkpoint",
@@ -356,51 +371,69 @@ def run_settings(runs: list[StudyRun], args: argparse.Namespace, name: str) -> d
             "equilibrium_bond_lengths": f"{molecule(name).structure.name} (relaxed structure)"}
 
 
+def model_record(runs: list[StudyRun], args: argparse.Namespace, name: str, model: str, entry: dict,
+                 force_unit: str, temperatures: list[float]) -> dict:
+    """One model's entry of the summary: its test force MAE, and per temperature the coefficients (``None`` while
+    unfinished), monitor verdicts, simulated ps, seeds and starting frames of its runs."""
+    record = {
+        "test_force_mae": entry["test_force_mae"], "force_unit": force_unit,
+        "runs": {}, "finished": {}, "monitor_stable_fraction": {}, "monitor_verdict": {},
+        "simulated_ps": {}, "coefficient_so_far": {}, "seeds": {}, "start_frames": {},
+        "checkpoint": entry["checkpoint"], "epoch": entry["epoch"],
+        "settings": run_settings([r for r in runs if (r.molecule, r.model) == (name, model)], args, name),
+    }
+    for temperature in temperatures:
+        key = f"{temperature:g}"
+        for field in ("runs", "finished", "monitor_stable_fraction", "monitor_verdict", "simulated_ps",
+                      "coefficient_so_far", "seeds", "start_frames"):
+            record[field][key] = []
+        for run in (r for r in runs if (r.molecule, r.model, r.temperature_K) == (name, model, temperature)):
+            record["seeds"][key].append(run.seed)
+            record["start_frames"][key].append(run.start_frame)
+            values = run_result(run)
+            record["runs"][key].append(values["coefficient"] if values["finished"] else None)
+            record["coefficient_so_far"][key].append(values["coefficient"])
+            record["finished"][key].append(values["finished"])
+            record["monitor_stable_fraction"][key].append(values["stable_fraction"])
+            record["monitor_verdict"][key].append(
+                "not finished" if not values["finished"] else
+                "stable" if values["unstable_reason"] is None else f"unstable: {values['unstable_reason']}")
+            record["simulated_ps"][key].append(values["simulated_ps"])
+    return record
+
+
 def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[str]) -> dict:
-    """summary.json (the issue's schema plus seeds, start frames, monitor verdicts, simulated ps) and the bar plot."""
+    """summary.json (the issue's schema plus seeds, start frames, monitor verdicts, simulated ps), the control
+    models' control_summary.json (the same schema), the bar plot and the failures' summary."""
     from so3krates_openmm.files import write_atomically
 
     summary: dict = {}
+    controls: dict = {}
     for name in molecules:
         models = read_models(args.bench_dir, name)
         for model in MODELS:
-            entry = models["models"][model]
-            record = {
-                "test_force_mae": entry["test_force_mae"], "force_unit": models["force_unit"],
-                "runs": {}, "finished": {}, "monitor_stable_fraction": {}, "monitor_verdict": {},
-                "simulated_ps": {}, "coefficient_so_far": {}, "seeds": {}, "start_frames": {},
-                "checkpoint": entry["checkpoint"], "epoch": entry["epoch"], "matched": models["matched"],
-                "settings": run_settings([r for r in runs if (r.molecule, r.model) == (name, model)], args, name),
-            }
-            for temperature in args.temperatures:
-                key = f"{temperature:g}"
-                for field in ("runs", "finished", "monitor_stable_fraction", "monitor_verdict", "simulated_ps",
-                              "coefficient_so_far", "seeds", "start_frames"):
-                    record[field][key] = []
-                for run in (r for r in runs if (r.molecule, r.model, r.temperature_K) == (name, model, temperature)):
-                    record["seeds"][key].append(run.seed)
-                    record["start_frames"][key].append(run.start_frame)
-                    values = run_result(run)
-                    record["runs"][key].append(values["coefficient"] if values["finished"] else None)
-                    record["coefficient_so_far"][key].append(values["coefficient"])
-                    record["finished"][key].append(values["finished"])
-                    record["monitor_stable_fraction"][key].append(values["stable_fraction"])
-                    record["monitor_verdict"][key].append(
-                        "not finished" if not values["finished"] else
-                        "stable" if values["unstable_reason"] is None else f"unstable: {values['unstable_reason']}")
-                    record["simulated_ps"][key].append(values["simulated_ps"])
-            summary.setdefault(name, {})[model] = record
+            record = model_record(runs, args, name, model, models["models"][model], models["force_unit"],
+                                  args.temperatures)
+            summary.setdefault(name, {})[model] = {**record, "matched": models["matched"]}
+        control = control_entry(name, args.root) if args.control else None
+        if control is not None:
+            temperatures = [t for t in args.temperatures if t in args.control_temperatures]
+            controls[name] = {CONTROL: {**model_record(runs, args, name, CONTROL, control, models["force_unit"],
+                                                       temperatures), "role": control["role"]}}
     args.bench_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(args.bench_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    plot_bars(summary, args.bench_dir / "stability_bars.png")
+    if controls:
+        write_atomically(args.bench_dir / "control_summary.json", json.dumps(controls, indent=2) + "\n")
+    plot_bars(summary, controls, args.bench_dir / "stability_bars.png")
     summarise_failures(runs, args.bench_dir)
-    for name, by_model in summary.items():
-        for model, record in by_model.items():
-            for key, values in record["runs"].items():
-                done = [v for v in values if v is not None]
-                mean = f"{np.mean(done):.3f}" if done else "-"
-                print(f"{name:13s} {model:11s} {key} K: {len(done)}/{len(values)} finished, mean coefficient {mean}; "
-                      f"monitor: {', '.join(v.split(':')[0] for v in record['monitor_verdict'][key])}")
+    for table in (summary, controls):
+        for name, by_model in table.items():
+            for model, record in by_model.items():
+                for key, values in record["runs"].items():
+                    done = [v for v in values if v is not None]
+                    mean = f"{np.mean(done):.3f}" if done else "-"
+                    print(f"{name:13s} {model:19s} {key} K: {len(done)}/{len(values)} finished, mean coefficient "
+                          f"{mean}; monitor: {', '.join(v.split(':')[0] for v in record['monitor_verdict'][key])}")
     print(f"wrote {args.bench_dir / 'summary.json'} and {args.bench_dir / 'stability_bars.png'}")
     return summary
 
@@ -423,7 +456,7 @@ def summarise_failures(runs: list[StudyRun], bench_dir: Path) -> dict:
     write_atomically(bench_dir / "failures.json", json.dumps(records, indent=2) + "\n")
     plt = pyplot()
     figure, axes = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
-    styles = {"equivariant": "-", "invariant": "--"}
+    styles = {"equivariant": "-", "invariant": "--", CONTROL: ":"}
     for name, by_model in records.items():
         for model, by_temperature in by_model.items():
             for key, by_run in by_temperature.items():
@@ -449,30 +482,39 @@ def summarise_failures(runs: list[StudyRun], bench_dir: Path) -> dict:
     return records
 
 
-def plot_bars(summary: dict, path: Path) -> Path:
-    """Mean stability coefficient per molecule and temperature, one bar per model, 2-sigma error bars (the
-    sample standard deviation over the finished runs); the finished runs are written above each bar."""
+def plot_bars(summary: dict, controls: dict, path: Path) -> Path:
+    """Mean stability coefficient per molecule and temperature, one bar per model and a hatched one for a control
+    model where it ran, 2-sigma error bars (the sample standard deviation over the finished runs); the finished
+    runs are written above each bar."""
     from so3krates_openmm.md.plotting import pyplot, save_figure
 
     plt = pyplot()
     groups = [(name, key) for name, by_model in summary.items() for key in next(iter(by_model.values()))["runs"]]
     models = [model for model in MODELS if any(model in by_model for by_model in summary.values())]
-    figure, axis = plt.subplots(figsize=(1.6 + 1.5 * len(groups), 3.8))
+    if controls:
+        models.append(CONTROL)
+    figure, axis = plt.subplots(figsize=(1.6 + 1.6 * len(groups), 3.8))
     width = 0.8 / max(len(models), 1)
-    for offset, model in enumerate(models):
-        for position, (name, key) in enumerate(groups):
-            values = summary[name].get(model, {}).get("runs", {}).get(key, [])
+
+    def runs_of(model: str, name: str, key: str) -> list | None:
+        return (controls if model == CONTROL else summary).get(name, {}).get(model, {}).get("runs", {}).get(key)
+
+    for position, (name, key) in enumerate(groups):
+        present = [model for model in models if runs_of(model, name, key) is not None]
+        for slot, model in enumerate(present):
+            offset, values = models.index(model), runs_of(model, name, key)
             done = np.array([v for v in values if v is not None], dtype=float)
-            x = position + (offset - (len(models) - 1) / 2) * width
+            x = position + (slot - (len(present) - 1) / 2) * width
             mean = done.mean() if len(done) else 0.0
             error = 2 * done.std(ddof=1) if len(done) > 1 else 0.0
-            axis.bar(x, mean, width, color=f"C{offset}", label=model if position == 0 else None,
-                     yerr=error, capsize=3)
+            first = model not in axis.get_legend_handles_labels()[1]
+            axis.bar(x, mean, width, color=f"C{offset}", label=model if first else None, yerr=error, capsize=3,
+                     hatch="//" if model == CONTROL else None)
             axis.text(x, min(mean + error, 1.05) + 0.02, f"{len(done)}/{len(values)}", ha="center", fontsize=7)
     axis.set_xticks(range(len(groups)), [f"{name}\n{key} K" for name, key in groups], fontsize=8)
     axis.set_ylabel("stability coefficient (Fu et al.)")
     axis.set_ylim(0, 1.2)
-    axis.legend(fontsize=8, loc="upper right")
+    axis.legend(fontsize=7, loc="upper right")
     axis.set_title("mean and 2 sigma over runs (finished/requested above each bar)", fontsize=8)
     return save_figure(figure, path)
 
@@ -493,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-interval", type=int, default=4000, help="steps between checkpoints")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each)")
     parser.add_argument("--status-interval", type=float, default=300.0, help="seconds between status lines")
+    parser.add_argument("--control-temperatures", nargs="+", type=float, default=[500.0],
+                        help=f"K: where the molecules' control models ({CONTROL}) run too")
+    parser.add_argument("--no-control", dest="control", action="store_false", help="no control runs")
     parser.add_argument("--report-only", action="store_true", help="run nothing: summarise what has finished")
     parser.add_argument("--root", type=Path, default=RUNS_DIR, help="runs folder (git-ignored)")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help="where models.json are and summary goes")

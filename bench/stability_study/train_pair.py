@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from study_common import BENCH_DIR, DEGREES, KERNELS, MODELS, REPOSITORY, RUNS_DIR, export_for_md, molecule
+from study_common import BENCH_DIR, DEGREES, KERNELS, MODELS, RUNS_DIR, export_for_md, molecule, recorded
 
 from so3krates_openmm.cli.common import NO_PROCESS_TUNING, NO_PROCESS_TUNING_HELP, tune_process
 
@@ -158,24 +158,20 @@ def match_and_report(name: str, args: argparse.Namespace) -> dict:
               "columns": "frames, mean, std (population), median, p95 (95th percentile), max over the test frames"}
     write_atomically(out_dir / "errors.json", json.dumps(errors, indent=2) + "\n")
 
-    def relative(path: str) -> str:
-        resolved = Path(path).resolve()
-        return str(resolved.relative_to(REPOSITORY)) if resolved.is_relative_to(REPOSITORY) else str(resolved)
-
     models = {
         "molecule": name,
-        "data": [relative(str(path)) for path in target.data],
-        "split": relative(str(target.split)),
+        "data": [recorded(path) for path in target.data],
+        "split": recorded(target.split),
         "test_frames": len(test),
         "force_unit": unit,
         "matched": match["matched"],
         "relative_difference": match["relative_difference"],
         "tolerance": match["tolerance"],
         "rule": match["rule"],
-        "models": {model: {**{key: relative(value) if key in PATH_KEYS else value for key, value in entry.items()},
-                           "degrees": DEGREES[model], "training_run": relative(str(runs[model]))}
+        "models": {model: {**{key: recorded(value) if key in PATH_KEYS else value for key, value in entry.items()},
+                           "degrees": DEGREES[model], "training_run": recorded(runs[model])}
                    for model, entry in match["models"].items()},
-        "candidates_tried": [{**entry, "checkpoint": relative(entry["checkpoint"])}
+        "candidates_tried": [{**entry, "checkpoint": recorded(entry["checkpoint"])}
                              for entry in match["candidates_tried"]],
     }
     write_atomically(out_dir / "models.json", json.dumps(models, indent=2) + "\n")
