@@ -90,6 +90,7 @@ def run_md(args: argparse.Namespace, files: dict[str, Path]) -> bool:
 def label(args: argparse.Namespace, files: dict[str, Path]) -> None:
     """GFN2-xTB labels of ``--label-frames`` frames evenly spread over the simulated run."""
     from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
+    from so3krates_openmm.data.selection import evenly_spaced
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.md.segments import read_segmented_trajectory, segmented_status
 
@@ -102,7 +103,7 @@ def label(args: argparse.Namespace, files: dict[str, Path]) -> None:
     positions, times = positions[stable], times[stable]
     if len(times) < args.label_frames:
         raise SystemExit(f"{files['md']}: {len(times)} frames, fewer than --label-frames {args.label_frames}")
-    chosen = np.unique(np.linspace(0, len(times) - 1, args.label_frames).round().astype(int))
+    chosen = evenly_spaced(len(times), args.label_frames)
     structure = read_structure(files["structure"])
     frames = TrajectoryFrames(structure.atomic_numbers, positions[chosen], times[chosen], str(files["md"]))
     label_frames(frames, files["labels"], LabelSettings(float32=True, checkpoint_every=5),

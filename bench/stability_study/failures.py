@@ -27,6 +27,7 @@ import numpy as np
 from study_common import recorded
 
 from so3krates_openmm.cli.common import tune_process
+from so3krates_openmm.data.selection import evenly_spaced
 
 #: Written into the run folder once the analysis is complete.
 FAILURE_FILE = "failure.json"
@@ -42,47 +43,50 @@ def chosen_frames(times_ps: np.ndarray, stop_ps: float, window_ps: float, frames
         return np.empty(0, dtype=int), np.empty(0, dtype=int)
     late = verified[times_ps[verified] >= stop_ps - window_ps]
     early = verified[times_ps[verified] < stop_ps - window_ps]
-
-    def spread(indices: np.ndarray, count: int) -> np.ndarray:
-        if len(indices) == 0 or count < 1:
-            return np.empty(0, dtype=int)
-        return indices[np.unique(np.linspace(0, len(indices) - 1, count).round().astype(int))]
-
-    return spread(early, baseline_frames), spread(late, frames)
+    return early[evenly_spaced(len(early), baseline_frames)], late[evenly_spaced(len(late), frames)]
 
 
-def export_force_difference(model_pt: Path, structure_pdb: Path, checkpoint: Path,
-                            positions_angstrom: np.ndarray) -> np.ndarray:
-    """Per frame, the largest force-component difference (kcal/mol/Å) between the exported model in OpenMM
-    (Reference platform) and the eager checkpoint in float64."""
-    import openmm as mm
-    import torch
-    from openmm import unit
+class ExportCheck:
+    """The exported model in OpenMM (Reference platform) beside the eager checkpoint in float64, built once."""
 
-    from so3krates_openmm.data.structures import read_structure
-    from so3krates_openmm.md.simulation import model_system
-    from so3krates_openmm.model.checkpoint import load_model
-    from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
+    def __init__(self, model_pt: Path, structure_pdb: Path, checkpoint: Path) -> None:
+        import openmm as mm
+        import torch
 
-    structure = read_structure(structure_pdb)
-    context = mm.Context(model_system(structure, model_pt), mm.VerletIntegrator(0.001),
-                         mm.Platform.getPlatformByName("Reference"))
-    model = load_model(checkpoint).double().eval()
-    numbers = torch.as_tensor(structure.atomic_numbers, dtype=torch.long)
-    to_kcal = energy_conversion(model.config.energy_unit, "kcal/mol")
-    differences = []
-    for positions in positions_angstrom:
-        context.setPositions(positions / ANGSTROM_PER_NM)
-        openmm_forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(
-            unit.kilocalorie_per_mole / unit.angstrom)
-        _, forces = model.energy_and_forces(numbers, torch.as_tensor(positions, dtype=torch.float64))
-        differences.append(float(np.abs(openmm_forces - forces.detach().numpy() * to_kcal).max()))
-    return np.asarray(differences)
+        from so3krates_openmm.data.structures import read_structure
+        from so3krates_openmm.md.simulation import model_system
+        from so3krates_openmm.model.checkpoint import load_model
+        from so3krates_openmm.units import energy_conversion
+
+        structure = read_structure(structure_pdb)
+        self.atomic_numbers = structure.atomic_numbers
+        self.context = mm.Context(model_system(structure, model_pt), mm.VerletIntegrator(0.001),
+                                  mm.Platform.getPlatformByName("Reference"))
+        self.model = load_model(checkpoint).double().eval()
+        self.numbers = torch.as_tensor(structure.atomic_numbers, dtype=torch.long)
+        self.to_kcal = energy_conversion(self.model.config.energy_unit, "kcal/mol")
+
+    def force_difference(self, positions_angstrom: np.ndarray) -> np.ndarray:
+        """Per frame, the largest force-component difference (kcal/mol/Å) between export and checkpoint."""
+        import torch
+        from openmm import unit
+
+        from so3krates_openmm.units import ANGSTROM_PER_NM
+
+        differences = []
+        for positions in positions_angstrom:
+            self.context.setPositions(positions / ANGSTROM_PER_NM)
+            openmm_forces = self.context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(
+                unit.kilocalorie_per_mole / unit.angstrom)
+            _, forces = self.model.energy_and_forces(self.numbers, torch.as_tensor(positions, dtype=torch.float64))
+            differences.append(float(np.abs(openmm_forces - forces.detach().numpy() * self.to_kcal).max()))
+        return np.asarray(differences)
 
 
-def replay_failure(run_dir: Path, model_pt: Path, structure_pdb: Path, seeds: int = 3,
+def replay_failure(status, model_pt: Path, structure_pdb: Path, seeds: int = 3,
                    steps_after: int = 200) -> dict | None:
-    """The failing segment again from the monitor's last good state (``last_good_state.xml``), positions every
+    """The failing segment of a stopped run (its :class:`~so3krates_openmm.md.segments.SegmentedStatus`) again
+    from the monitor's last good state (``last_good_state.xml``), positions every
     step, with the run's integrator settings and a new Langevin stream (the run's is not stored), up to the first
     step the monitor rejects; ``seeds`` streams are tried. Returns ``{"seed", "failure_step" (steps after the
     last good state), "reason", "positions_angstrom" (every step up to it, inclusive)}`` or ``None`` when no
@@ -92,16 +96,14 @@ def replay_failure(run_dir: Path, model_pt: Path, structure_pdb: Path, seeds: in
 
     from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.md.platforms import get_platform
-    from so3krates_openmm.md.segments import segmented_status
     from so3krates_openmm.md.simulation import make_integrator, model_system
     from so3krates_openmm.md.stability import StabilityChecker
 
-    status = segmented_status(run_dir)
-    segment = status.segments[-1].directory
+    segment = status.unstable.directory
     record = json.loads((segment / "stability.json").read_text())
     state = mm.XmlSerializer.deserialize((segment / "last_good_state.xml").read_text())
     structure = read_structure(structure_pdb)
-    identity = json.loads((run_dir / "segments.json").read_text())["identity"]
+    identity = json.loads((status.output_dir / "segments.json").read_text())["identity"]
     system = model_system(structure, model_pt)
     checker = StabilityChecker(structure)
     steps = int(record["failure_step"]) - int(record["last_good_step"]) + steps_after
@@ -125,20 +127,19 @@ def replay_failure(run_dir: Path, model_pt: Path, structure_pdb: Path, seeds: in
     return None
 
 
-def labelled_errors(run_dir: Path, name: str, structure_pdb: Path, checkpoint: Path, model_pt: Path,
+def labelled_errors(run_dir: Path, name: str, structure_pdb: Path, checkpoint: Path, check: ExportCheck,
                     positions_angstrom: np.ndarray, times_ps: np.ndarray, log=print) -> list[dict]:
     """GFN2-xTB labels of the frames (``run_dir/<name>.npz``, resumable) and, per frame, the checkpoint's energy
     error (model minus xTB), force MAE and largest atom force error against them, and the force difference between
-    the export and the eager checkpoint (:func:`export_force_difference`)."""
+    the export and the eager checkpoint (:meth:`ExportCheck.force_difference`)."""
     from so3krates_openmm.data.labelling import LabelSettings, TrajectoryFrames, label_frames
-    from so3krates_openmm.data.structures import read_structure
     from so3krates_openmm.training.evaluation import evaluate_checkpoint
 
-    frames = TrajectoryFrames(read_structure(structure_pdb).atomic_numbers, positions_angstrom, times_ps, str(run_dir))
+    frames = TrajectoryFrames(check.atomic_numbers, positions_angstrom, times_ps, str(run_dir))
     labels = label_frames(frames, run_dir / f"{name}.npz", LabelSettings(checkpoint_every=4), progress=False,
                           log=log, inputs={"trajectory": str(run_dir), "structure": str(structure_pdb)})
     errors = evaluate_checkpoint(checkpoint, labels, per_frame=True)["per_frame"]
-    difference = export_force_difference(model_pt, structure_pdb, checkpoint, positions_angstrom)
+    difference = check.force_difference(positions_angstrom)
     return [{"time_ps": float(times_ps[n]), "energy_error": float(errors["energy_error"][n]),
              "force_mae": float(errors["force_mae"][n]), "force_max_error": float(errors["force_max_error"][n]),
              "export_force_difference": float(difference[n])} for n in range(len(times_ps))]
@@ -166,7 +167,8 @@ def analyse(run_dir: Path, checkpoint: Path, model_pt: Path, structure_pdb: Path
             "needs the run's trajectory (it runs where the run ran)")
         return None
     chosen = np.concatenate([baseline, window])
-    along_run = labelled_errors(run_dir, "failure_labels", structure_pdb, checkpoint, model_pt, positions[chosen],
+    check = ExportCheck(model_pt, structure_pdb, checkpoint)
+    along_run = labelled_errors(run_dir, "failure_labels", structure_pdb, checkpoint, check, positions[chosen],
                                 times[chosen], log)
     for n, frame in enumerate(along_run):
         frame.update(before_stop_ps=stop_ps - frame["time_ps"], part="baseline" if n < len(baseline) else "window")
@@ -175,15 +177,15 @@ def analyse(run_dir: Path, checkpoint: Path, model_pt: Path, structure_pdb: Path
         "checkpoint": recorded(checkpoint), "model": recorded(model_pt),
         "energy_unit": "kcal/mol", "force_unit": "kcal/mol/Angstrom", "frames": along_run, "replay": None,
     }
-    replay = replay_failure(run_dir, model_pt, structure_pdb)
+    replay = replay_failure(status, model_pt, structure_pdb)
     if replay is not None:
-        steps = np.unique(np.linspace(0, replay["failure_step"], replay_frames).round().astype(int))
+        steps = evenly_spaced(replay["failure_step"] + 1, replay_frames)
         replay_times = stop_ps + steps * status.timestep_fs * 1e-3
         record["replay"] = {"seed": replay["seed"], "failure_step": replay["failure_step"],
                             "reason": replay["reason"], "timestep_fs": status.timestep_fs, "frames": None}
         try:
             record["replay"]["frames"] = labelled_errors(
-                run_dir, "failure_replay_labels", structure_pdb, checkpoint, model_pt,
+                run_dir, "failure_replay_labels", structure_pdb, checkpoint, check,
                 replay["positions_angstrom"][steps], replay_times, log)
         except RuntimeError as problem:  # GFN2-xTB on atoms almost on top of each other
             record["replay"]["xtb_problem"] = str(problem)

@@ -148,20 +148,27 @@ def exported_model(name: str, model: str, entry: dict) -> Path:
     return path
 
 
+def model_entries(args: argparse.Namespace, name: str) -> dict[str, dict]:
+    """The molecule's models as ``models.json`` records them, and its :data:`CONTROL` model (with ``--control``,
+    where it has one) as a record of the same keys."""
+    entries = dict(read_models(args.bench_dir, name)["models"])
+    control = control_entry(name, args.root) if args.control else None
+    if control is not None:
+        entries[CONTROL] = control
+    return entries
+
+
 def plan(args: argparse.Namespace, molecules: list[str], models: list[str], *, export: bool) -> list[StudyRun]:
     """Every run of the study for ``molecules`` and ``models``, and of each molecule's :data:`CONTROL` model at
     ``--control-temperatures`` (starting PDBs written on the way, and with ``export`` the missing model exports)."""
     runs = []
     for name in molecules:
-        entries = dict(read_models(args.bench_dir, name)["models"])
-        control = control_entry(name, args.root) if args.control else None
-        if control is not None:
-            entries[CONTROL] = control
+        entries = model_entries(args, name)
         model_files = {model: exported_model(name, model, entry) if export else resolved(entry["model_pt"])
                        for model, entry in entries.items() if model in models or model == CONTROL}
         for temperature in args.temperatures:
             frames = start_frames(name, temperature, args.runs)
-            with_control = control is not None and temperature in args.control_temperatures
+            with_control = CONTROL in entries and temperature in args.control_temperatures
             for index, frame in enumerate(frames):
                 start = write_start_pdb(name, frame, args.root / name / "md" / "starts" /
                                         f"{temperature:g}K_run{index}_frame{frame}.pdb")
@@ -192,8 +199,8 @@ def command(run: StudyRun, args: argparse.Namespace) -> list[str]:
 #: A finished run's stability record (:func:`run_result`), written once it has finished: closed, it says all that
 #: the summary needs, so bench/progress.py carries it to another machine without the run's trajectory.
 RESULT_FILE = "result.json"
-#: The lock a driver holds on a run while its protocol process runs: drivers side by side (``--jobs`` each, on
-#: one machine or on a shared file system) take different runs.
+#: The lock a driver holds on a run while its protocol process runs: drivers side by side on one machine
+#: (``--jobs`` each) take different runs.
 DRIVER_LOCK = "driver.lock"
 
 
@@ -252,9 +259,7 @@ def analyse_failure(run: StudyRun, args: argparse.Namespace) -> None:
     """``failures.py`` on a run the monitor stopped (GFN2-xTB along the frames into the failure and along a replay
     of it), while its trajectory is on this machine; output to the run's ``driver.log``. A failed analysis is
     reported and leaves the study going."""
-    entry = (control_entry(run.molecule, args.root) if run.model == CONTROL
-             else read_models(args.bench_dir, run.molecule)["models"][run.model])
-    checkpoint = resolved(entry["matched_checkpoint"])
+    checkpoint = resolved(model_entries(args, run.molecule)[run.model]["matched_checkpoint"])
     with open(run.output / "driver.log", "a") as log:
         completed = subprocess.run(
             [sys.executable, str(Path(__file__).with_name("failures.py")), str(run.output), "--checkpoint",
@@ -415,7 +420,7 @@ def summarise(runs: list[StudyRun], args: argparse.Namespace, molecules: list[st
             record = model_record(runs, args, name, model, models["models"][model], models["force_unit"],
                                   args.temperatures)
             summary.setdefault(name, {})[model] = {**record, "matched": models["matched"]}
-        control = control_entry(name, args.root) if args.control else None
+        control = model_entries(args, name).get(CONTROL)
         if control is not None:
             temperatures = [t for t in args.temperatures if t in args.control_temperatures]
             controls[name] = {CONTROL: {**model_record(runs, args, name, CONTROL, control, models["force_unit"],
@@ -445,32 +450,28 @@ def summarise_failures(runs: list[StudyRun], bench_dir: Path) -> dict:
     from so3krates_openmm.files import write_atomically
     from so3krates_openmm.md.plotting import pyplot, save_figure
 
-    records = {}
-    for run in runs:
-        if (run.output / FAILURE_FILE).is_file():
-            record = json.loads((run.output / FAILURE_FILE).read_text())
-            records.setdefault(run.molecule, {}).setdefault(run.model, {}).setdefault(
-                f"{run.temperature_K:g}", {})[f"run_{run.index}"] = record
+    records: dict = {}
+    analysed = [(run, json.loads((run.output / FAILURE_FILE).read_text())) for run in runs
+                if (run.output / FAILURE_FILE).is_file()]
+    for run, record in analysed:
+        records.setdefault(run.molecule, {}).setdefault(run.model, {}).setdefault(
+            f"{run.temperature_K:g}", {})[f"run_{run.index}"] = record
     if not records:
         return records
     write_atomically(bench_dir / "failures.json", json.dumps(records, indent=2) + "\n")
     plt = pyplot()
     figure, axes = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
     styles = {"equivariant": "-", "invariant": "--", CONTROL: ":"}
-    for name, by_model in records.items():
-        for model, by_temperature in by_model.items():
-            for key, by_run in by_temperature.items():
-                for run_name, record in by_run.items():
-                    replay = record.get("replay") or {}
-                    frames = replay.get("frames") or []
-                    if not frames:
-                        continue
-                    before_fs = [(frame["step"] - replay["failure_step"]) * replay["timestep_fs"] for frame in frames]
-                    label = f"{name} {model} {key} K {run_name}"
-                    axes[0].plot(before_fs, [f["energy_error"] for f in frames], styles.get(model, "-"), marker=".",
-                                 label=label)
-                    axes[1].plot(before_fs, [f["force_max_error"] for f in frames], styles.get(model, "-"),
-                                 marker=".")
+    for run, record in analysed:
+        replay = record.get("replay") or {}
+        frames = replay.get("frames") or []
+        if not frames:
+            continue
+        before_fs = [(frame["step"] - replay["failure_step"]) * replay["timestep_fs"] for frame in frames]
+        style = styles.get(run.model, "-")
+        axes[0].plot(before_fs, [f["energy_error"] for f in frames], style, marker=".",
+                     label=f"{run.molecule} {run.model} {run.temperature_K:g} K run_{run.index}")
+        axes[1].plot(before_fs, [f["force_max_error"] for f in frames], style, marker=".")
     axes[0].set_yscale("symlog", linthresh=10.0)
     axes[1].set_yscale("log")
     axes[0].set_ylabel("energy error, model - GFN2-xTB\n(kcal/mol)")

@@ -1,4 +1,4 @@
-"""Choosing frames to label: highest committee disagreement first, but diverse.
+"""Choosing frames to label: highest committee disagreement first, but diverse; or evenly spread over a run.
 
 Frames of an MD run come in runs of near-copies: one excursion the model
 does not know yields dozens of consecutive frames with high disagreement.
@@ -22,6 +22,14 @@ import mdtraj
 import numpy as np
 
 from so3krates_openmm.units import ANGSTROM_PER_NM
+
+
+def evenly_spaced(n_frames: int, count: int) -> np.ndarray:
+    """Indices of ``count`` frames spread evenly over ``n_frames`` (first and last included; fewer when
+    ``n_frames < count``; none when either is 0)."""
+    if n_frames < 1 or count < 1:
+        return np.empty(0, dtype=int)
+    return np.unique(np.linspace(0, n_frames - 1, count).round().astype(int))
 
 
 def select_diverse(
