@@ -82,12 +82,14 @@ def train_pair(molecule: str, model: str, hours: float) -> Step:
 #: Lanes of steps, one core each.
 LANES: dict[str, list[Step]] = {
     # issue 17: the shipped catcher model (round 2 of active learning, shipped 2026-12-04) for 1 ns at 300 K, the
-    # validated 1 fs with 3 amu hydrogens (closed segments of 50 ps, about 20 min each on one core), then the minima
+    # validated 1 fs with 3 amu hydrogens (closed segments of 50 ps, about 20 min each on one core), then the
+    # stability runs beside the stability lane's driver (each takes the runs the other does not hold), so that
+    # issue 17 finishes first, then the minima (issue 18)
     "catcher": [
         Step([PYTHON, "bench/nanosecond/run.py", "--system", "buckyball_catcher", "--timestep-fs", "1",
               "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
+        STABILITY_RUNS,
         *MINIMA_STEPS,
-        STABILITY_RUNS,  # beside the stability lane's driver: each takes the runs the other does not hold
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
