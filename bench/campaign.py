@@ -57,16 +57,17 @@ class Step:
         return self.done is not None and (REPOSITORY / self.done).exists()
 
 
-MINIMA_STEPS = [
-    # issue 18: minima at scale (the README's command, one Dask worker); MD runs and minimisations are
-    # journaled task by task
-    Step([str(BIN / "so3krates-export"), "so3krates_openmm/pretrained/ac_ala3_nhme/best_checkpoint.pt",
-          "--structure", "so3krates_openmm/pretrained/ac_ala3_nhme/structure.pdb", "--kernels", "fused", "-o",
-          "runs/minima_large/model_fused.pt"]),
-    Step([PYTHON, "bench/minima_large/run.py", "--model", "runs/minima_large/model_fused.pt", "--runs", "500:1",
-          "500:2", "500:3", "700:1", "700:2", "700:3", "--ps", "100", "--timestep-fs", "1", "--hydrogen-mass", "3",
-          "--snapshot-interval", "100", "--workers", "1", "--no-progress"]),
-]
+def minima_steps(workers: int) -> list[Step]:
+    """Issue 18: minima at scale (the README's command on ``workers`` Dask workers); MD runs and minimisations
+    are journaled task by task, so the worker count may change between calls."""
+    return [
+        Step([str(BIN / "so3krates-export"), "so3krates_openmm/pretrained/ac_ala3_nhme/best_checkpoint.pt",
+              "--structure", "so3krates_openmm/pretrained/ac_ala3_nhme/structure.pdb", "--kernels", "fused", "-o",
+              "runs/minima_large/model_fused.pt"]),
+        Step([PYTHON, "bench/minima_large/run.py", "--model", "runs/minima_large/model_fused.pt", "--runs",
+              "500:1", "500:2", "500:3", "700:1", "700:2", "700:3", "--ps", "100", "--timestep-fs", "1",
+              "--hydrogen-mass", "3", "--snapshot-interval", "100", "--workers", str(workers), "--no-progress"]),
+    ]
 
 
 #: issue 17: the stability runs (about 15-35 min each on one core, each saved when it finishes)
@@ -84,12 +85,13 @@ LANES: dict[str, list[Step]] = {
     # issue 17: the shipped catcher model (round 2 of active learning, shipped 2026-12-04) for 1 ns at 300 K, the
     # validated 1 fs with 3 amu hydrogens (closed segments of 50 ps, about 20 min each on one core), then the
     # stability runs beside the stability lane's driver (each takes the runs the other does not hold), so that
-    # issue 17 finishes first, then the minima (issue 18)
+    # issue 17 finishes first; then the minima (issue 18) on both cores: this driver ends when no run is left to
+    # start, so the other lane is at most one run from its end
     "catcher": [
         Step([PYTHON, "bench/nanosecond/run.py", "--system", "buckyball_catcher", "--timestep-fs", "1",
               "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
         STABILITY_RUNS,
-        *MINIMA_STEPS,
+        *minima_steps(workers=2),
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
@@ -103,7 +105,7 @@ LANES: dict[str, list[Step]] = {
 }
 
 #: What a lane runs instead of a step that would not finish before ``--until``: work saved in small pieces.
-FILLER = MINIMA_STEPS
+FILLER = minima_steps(workers=1)
 
 
 def progress(action: str, **options) -> subprocess.CompletedProcess:
