@@ -111,9 +111,11 @@ def test_the_second_model_stops_at_the_first_ones_error_and_the_pair_is_matched(
     shutil.rmtree(tmp_path / "runs")
     progress.restore(tmp_path / "runs", tmp_path / "store")
     capsys.readouterr()
+    records = (tmp_path / "bench/dha/models.json").read_bytes(), (tmp_path / "bench/dha/errors.json").read_bytes()
     assert train_pair.main([*common, "--model", "both", "--max-epochs", "30"]) == 0
-    out = capsys.readouterr().out
-    assert "invariant: finished in" in out and "equivariant: finished in" in out
+    assert "both runs finished and matched" in capsys.readouterr().out
+    assert ((tmp_path / "bench/dha/models.json").read_bytes(),
+            (tmp_path / "bench/dha/errors.json").read_bytes()) == records  # not matched again
     assert run_study.main(study) == 0
     assert "3 of 3 runs finished; 0 to run" in capsys.readouterr().out
     assert json.loads((tmp_path / "bench/summary.json").read_text()) == summary

@@ -209,10 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     from so3krates_openmm.training import ConfigError, TrainingError
 
     try:
+        runs = [args.root / args.molecule / f"train_{model}" for model in MODELS]
+        matched = args.bench_dir / args.molecule / "models.json"
+        if not args.match_only and all(finished(run) for run in runs) and matched.is_file():
+            # Both runs were finished before this call and the pair is matched: matching again would only
+            # rewrite the committed records with another processor's last digits.
+            print(f"{args.molecule}: both runs finished and matched ({recorded(matched)}); --match-only matches "
+                  "again")
+            return 0
         if not args.match_only:
             for model in TRAINING_ORDER if args.model == "both" else (args.model,):
                 train_one(args.molecule, model, args)
-        runs = [args.root / args.molecule / f"train_{model}" for model in MODELS]
         if not all(finished(run) for run in runs):
             waiting = [str(run) for run in runs if not finished(run)]
             print(f"not matched yet: {', '.join(waiting)} not finished (run it, then this command again)")
