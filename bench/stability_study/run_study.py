@@ -515,7 +515,7 @@ def plot_bars(summary: dict, controls: dict, path: Path) -> Path:
     axis.set_xticks(range(len(groups)), [f"{name}\n{key} K" for name, key in groups], fontsize=8)
     axis.set_ylabel("stability coefficient (Fu et al.)")
     axis.set_ylim(0, 1.2)
-    axis.legend(fontsize=7, loc="upper right")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars: none hidden
     axis.set_title("mean and 2 sigma over runs (finished/requested above each bar)", fontsize=8)
     return save_figure(figure, path)
 
