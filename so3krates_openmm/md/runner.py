@@ -209,7 +209,8 @@ def run_md(structure: Structure, system: mm.System, settings: SimulationSettings
         # The random stream continues from the checkpoint; the recorded seed is the run's seed.
         settings.seed = checkpoint.extra.get("seed", settings.seed)
     elif config.resume:
-        logger.warning("no checkpoint in %s: starting the run from the beginning", directory)
+        start = "the given initial state" if config.initial_state is not None else "the beginning"
+        logger.warning("no checkpoint in %s: this directory's run starts from %s", directory, start)
     identity = _run_identity(config, settings, structure.n_atoms)
     if checkpoint is not None:
         differences = identity_differences(checkpoint.identity, identity)
