@@ -459,26 +459,35 @@ def summarise_failures(runs: list[StudyRun], bench_dir: Path) -> dict:
     if not records:
         return records
     write_atomically(bench_dir / "failures.json", json.dumps(records, indent=2) + "\n")
+    replayed = [(run, record["replay"]) for run, record in analysed
+                if (record.get("replay") or {}).get("frames")]
+    molecules = sorted({run.molecule for run, _ in replayed})
     plt = pyplot()
-    figure, axes = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
+    figure, axes = plt.subplots(2, max(len(molecules), 1), figsize=(5.0 * max(len(molecules), 1), 6.5),
+                                sharex=True, squeeze=False)
     styles = {"equivariant": "-", "invariant": "--", CONTROL: ":"}
-    for run, record in analysed:
-        replay = record.get("replay") or {}
-        frames = replay.get("frames") or []
-        if not frames:
-            continue
+    colours = {300.0: "tab:blue", 500.0: "tab:red"}
+    for run, replay in replayed:
+        column = molecules.index(run.molecule)
+        frames = replay["frames"]
         before_fs = [(frame["step"] - replay["failure_step"]) * replay["timestep_fs"] for frame in frames]
-        style = styles.get(run.model, "-")
-        axes[0].plot(before_fs, [f["energy_error"] for f in frames], style, marker=".",
-                     label=f"{run.molecule} {run.model} {run.temperature_K:g} K run_{run.index}")
-        axes[1].plot(before_fs, [f["force_max_error"] for f in frames], style, marker=".")
-    axes[0].set_yscale("symlog", linthresh=10.0)
-    axes[1].set_yscale("log")
-    axes[0].set_ylabel("energy error, model - GFN2-xTB\n(kcal/mol)")
-    axes[1].set_ylabel("largest atom force error\n(kcal/mol/Å)")
-    axes[1].set_xlabel("time before the monitor's stop in the replay (fs)")
-    axes[0].legend(fontsize=6)
-    axes[0].set_title("stopped runs replayed from the monitor's last good state", fontsize=9)
+        style = dict(linestyle=styles.get(run.model, "-"), marker=".",
+                     color=colours.get(run.temperature_K, "tab:gray"), alpha=0.8)
+        label = f"{run.model} {run.temperature_K:g} K"
+        known = axes[0, column].get_legend_handles_labels()[1]
+        axes[0, column].plot(before_fs, [f["energy_error"] for f in frames], **style,
+                             label=None if label in known else label)
+        axes[1, column].plot(before_fs, [f["force_max_error"] for f in frames], **style)
+    for column, name in enumerate(molecules):
+        count = sum(run.molecule == name for run, _ in replayed)
+        axes[0, column].set_title(f"{name}: {count} stopped run(s), replayed from the last good state",
+                                  fontsize=9)
+        axes[0, column].set_yscale("symlog", linthresh=10.0)
+        axes[1, column].set_yscale("log")
+        axes[1, column].set_xlabel("time before the monitor's stop in the replay (fs)")
+        axes[0, column].legend(fontsize=7, handlelength=4.0)
+    axes[0, 0].set_ylabel("energy error, model - GFN2-xTB\n(kcal/mol)")
+    axes[1, 0].set_ylabel("largest atom force error\n(kcal/mol/Å)")
     save_figure(figure, bench_dir / "failures.png")
     return records
 
