@@ -87,6 +87,9 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert run_settings["hydrogen_mass_amu"] == 3.0 and run_settings["timestep_fs"] == 1.0
     assert 2 <= summary["n_minima"] <= 10 and summary["n_validated"] == 2
     assert summary["saturation"]["minima"][-1] == summary["n_minima"]
+    by_threshold = summary["n_minima_by_rmsd_threshold_angstrom"]
+    assert list(by_threshold) == ["0.05", "0.1", "0.25", "0.5"] and by_threshold["0.1"] == summary["n_minima"]
+    assert all(count >= 1 for count in by_threshold.values())
     assert 0.0 <= summary["same_minimum_fraction"] <= 1.0 and -1.0 <= summary["energy_spearman"] <= 1.0
     assert summary["cpu_hours"]["minimisation"] > 0 and summary["cpu_hours"]["xtb_reoptimisation"] > 0
     assert [run["name"] for run in summary["runs"]] == ["700K_seed1", "700K_seed2"]

@@ -36,7 +36,7 @@ import numpy as np
 from so3krates_openmm.data.labelling import read_frames
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
-from so3krates_openmm.files import LockedError, exclusive_lock
+from so3krates_openmm.files import LockedError, exclusive_lock, write_atomically
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
     ExplorationRun,
@@ -62,6 +62,8 @@ from so3krates_openmm.units import energy_conversion
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DATASET_DIR = ROOT / "datasets" / "ac_ala3_nhme"
+#: Heavy-atom RMSD thresholds (Å) at which the minima are also counted, beside ``--rmsd-threshold``.
+THRESHOLDS_ANGSTROM = (0.05, 0.1, 0.25, 0.5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,13 +140,17 @@ def structure_key(positions_angstrom: np.ndarray) -> str:
     return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
 
 
-def plot_saturation(n: np.ndarray, counts: np.ndarray, path: Path) -> None:
+def plot_saturation(n: np.ndarray, counts_by_threshold: dict[float, np.ndarray], chosen: float, path: Path) -> None:
+    """Distinct minima against minimised snapshots, one curve per heavy-atom RMSD threshold (``chosen`` bold)."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.6, 4.0))
-    axis.plot(n, counts, "o-", ms=3)
+    for threshold, counts in sorted(counts_by_threshold.items()):
+        axis.plot(n, counts, "o-", ms=3 if threshold == chosen else 2, lw=2.0 if threshold == chosen else 0.8,
+                  label=f"{threshold:g} Å" + (" (the count)" if threshold == chosen else ""))
     axis.set_xlabel("minimised snapshots (random order)")
     axis.set_ylabel("distinct minima found")
     axis.set_title("growth of the number of distinct minima")
+    axis.legend(title="heavy-atom RMSD threshold", fontsize=7, title_fontsize=7)
     axis.grid(alpha=0.3)
     save_figure(figure, path)
 
@@ -235,7 +241,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                  {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
     shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
     n, counts = saturation_curve(minima, n_snapshots, seed=args.sample_seed)
-    plot_saturation(n, counts, output / "saturation.png")
+    # How the count depends on the threshold: variants of one conformer (e.g. other methyl rotamers) move the heavy
+    # atoms by about 0.1 Å.
+    counts_by_threshold = {args.rmsd_threshold: counts}
+    for threshold in sorted(set(THRESHOLDS_ANGSTROM) - {args.rmsd_threshold}):
+        others, _ = deduplicate(minimised, structure, rmsd_threshold_angstrom=threshold)
+        counts_by_threshold[threshold] = saturation_curve(others, n_snapshots, seed=args.sample_seed)[1]
+    plot_saturation(n, counts_by_threshold, args.rmsd_threshold, output / "saturation.png")
 
     print(f"3/5 distance of {len(minima)} minima to the training data", flush=True)
     training = training_positions(args.training_data, structure.atomic_numbers)
@@ -303,6 +315,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         },
         "saturation": {"snapshots": n.tolist(), "minima": counts.tolist(),
                        "new_minima_per_100_snapshots_last_10_percent": _late_growth(n, counts)},
+        "n_minima_by_rmsd_threshold_angstrom": {f"{t:g}": int(c[-1]) for t, c in sorted(counts_by_threshold.items())},
         "cpu_hours": {"md": md_seconds / 3600, "minimisation": minimisation_seconds / 3600,
                       "xtb_reoptimisation": xtb_seconds / 3600,
                       "note": "CPU time of the sessions that did the work (an MD run resumed after a kill counts "
@@ -334,7 +347,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             for k, r in zip(validated_beyond, rmsd_beyond, strict=True)],
         "wall_seconds_this_session": time.perf_counter() - started,
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(output / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"{len(minima)} distinct minima from {n_snapshots} snapshots ({int(beyond.sum())} beyond the training "
           f"data); GFN2-xTB on {len(validated)}: same minimum {comparison['same_minimum_fraction']:.2f}, Spearman "
           f"{comparison['energy_spearman']:.2f}; {output / 'summary.json'}")
