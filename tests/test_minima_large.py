@@ -55,8 +55,13 @@ def test_comparison_with_the_reference_on_crafted_minima(peptide_pdb) -> None:
     with pytest.raises(ValueError, match="at least 2 minima"):
         compare_with_reference(model[:1], [0.0], reference[:1], [0.0])
     assert ExplorationRun.parse("700:2") == ExplorationRun(700.0, 2) and ExplorationRun(700.0, 2).name == "700K_seed2"
-    with pytest.raises(ValueError, match="TEMPERATURE_K:SEED"):
-        ExplorationRun.parse("700")
+    assert ExplorationRun.parse("700:4:5") == ExplorationRun(700.0, 4, 5)
+    assert ExplorationRun(700.0, 4, 5).name == "700K_seed4"  # the stride selects snapshots, the MD is the same
+    for text in ("700", "700:4:5:1", "700:4:x"):
+        with pytest.raises(ValueError, match="TEMPERATURE_K:SEED"):
+            ExplorationRun.parse(text)
+    with pytest.raises(ValueError, match="stride >= 1"):
+        ExplorationRun.parse("700:4:0")
 
 
 @pytest.mark.slow  # ~30 s on an idle 2-core machine (3 local clusters, 2 xTB re-optimisations of 42 atoms)
@@ -93,6 +98,7 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert 0.0 <= summary["same_minimum_fraction"] <= 1.0 and -1.0 <= summary["energy_spearman"] <= 1.0
     assert summary["cpu_hours"]["minimisation"] > 0 and summary["cpu_hours"]["xtb_reoptimisation"] > 0
     assert [run["name"] for run in summary["runs"]] == ["700K_seed1", "700K_seed2"]
+    assert [(run["stride"], run["snapshots"]) for run in summary["runs"]] == [(1, 5), (1, 5)]
     for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png"):
         assert (output / name).stat().st_size > 5_000, name
     # The Amber minima of 700 K snapshots are far (> 0.5 Å) from the starting structure's copies.
@@ -115,3 +121,9 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     again = json.loads((output / "summary.json").read_text())
     assert again["n_minima"] == summary["n_minima"] and again["n_validated"] == summary["n_validated"]
     assert again["same_minimum_fraction"] == pytest.approx(summary["same_minimum_fraction"])
+    # Another stride for a minimised run: a clear refusal, the journal untouched.
+    strided = [*arguments[:arguments.index("--runs") + 1], "700:1", "700:2:2",
+               *arguments[arguments.index("--ps"):]]
+    with pytest.raises(SystemExit, match="700K_seed2 gives now .*stride"):
+        driver.main(strided)
+    assert journals["minimised/700K_seed2.jsonl"].read_text() == before["minimised/700K_seed2.jsonl"]

@@ -57,6 +57,7 @@ from so3krates_openmm.md.minima import (
 )
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.protocols import pretrained_files
+from so3krates_openmm.tasks import JournalMismatch
 from so3krates_openmm.units import energy_conversion
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=[DATASET_DIR / "dataset.npz", DATASET_DIR / "md_frames_round1.npz"],
                         help="the model's training data (.npz/extended XYZ): distance of each minimum to it")
     parser.add_argument("--runs", nargs="+", default=["500:1", "500:2", "500:3", "700:1", "700:2", "700:3"],
-                        help="MD runs as TEMPERATURE_K:SEED")
+                        help="MD runs as TEMPERATURE_K:SEED, or TEMPERATURE_K:SEED:STRIDE to minimise only every "
+                             "STRIDE-th snapshot of that run")
     parser.add_argument("--ps", type=float, default=100.0, help="simulated time per run, ps")
     parser.add_argument("--timestep-fs", type=float, default=0.5, help="MD time step, fs")
     parser.add_argument("--hydrogen-mass", type=float, default=None,
@@ -225,12 +227,18 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     names = np.asarray(snapshots.runs)
     for run in args.runs:  # one journal per run: adding runs later minimises only theirs
         mine = np.flatnonzero(names == run.name)
-        found = minimize_snapshots(
-            snapshots.positions_angstrom[mine], snapshots.steps[mine], factory,
-            work / "minimised" / f"{run.name}.jsonl",
-            workers=args.workers, scheduler=args.scheduler, platform=args.platform,
-            tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations, progress=progress,
-        )
+        journal = work / "minimised" / f"{run.name}.jsonl"
+        try:
+            found = minimize_snapshots(
+                snapshots.positions_angstrom[mine], snapshots.steps[mine], factory, journal,
+                workers=args.workers, scheduler=args.scheduler, platform=args.platform,
+                tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations, progress=progress,
+            )
+        except JournalMismatch as error:
+            raise SystemExit(
+                f"{journal} holds minimisations of other snapshots or settings than run {run.name} gives now (its "
+                f"stride, --skip-ps, --snapshot-interval, the model or the minimiser changed): give the run and the "
+                f"options as before, or move the journal away to minimise again. ({str(error)[:300]} ...)") from None
         minimised += [replace(snapshot, index=int(mine[snapshot.index])) for snapshot in found]
     minima, rejected = deduplicate(minimised, structure, rmsd_threshold_angstrom=args.rmsd_threshold)
     if len(minima) < 2:
@@ -301,8 +309,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": str(args.model), "structure": str(args.structure),
         "reference": "GFN2-xTB (tblite via ASE, the training data's settings), geometry by ASE BFGS",
-        "runs": [{"name": run.name, "temperature_K": run.temperature_K, "seed": run.seed, **md[run.name]}
-                 for run in args.runs],
+        "runs": [{"name": run.name, "temperature_K": run.temperature_K, "seed": run.seed, "stride": run.stride,
+                  "snapshots": int(np.sum(names == run.name)), **md[run.name]} for run in args.runs],
         "ps_per_run": args.ps, "timestep_fs": args.timestep_fs, "hydrogen_mass_amu": args.hydrogen_mass,
         "snapshot_interval_steps": args.snapshot_interval, "skip_ps": args.skip_ps,
         "n_snapshots": n_snapshots,

@@ -36,25 +36,31 @@ SAME_MINIMUM_RMSD_ANGSTROM = 0.25
 
 @dataclass(frozen=True)
 class ExplorationRun:
-    """One high-temperature Langevin run: its temperature (K) and seed."""
+    """One high-temperature Langevin run: its temperature (K), seed, and which of its snapshots are minimised
+    (every ``stride``-th: at 700 K neighbouring snapshots 0.1 ps apart mostly fall into the same minimum)."""
 
     temperature_K: float
     seed: int
+    stride: int = 1
 
     @property
     def name(self) -> str:
+        """The run's folder and journal name (the stride is not part of it: it does not change the MD)."""
         return f"{self.temperature_K:g}K_seed{self.seed}"
 
     @classmethod
     def parse(cls, text: str) -> ExplorationRun:
-        """``"500:1"`` -> 500 K, seed 1."""
+        """``"500:1"`` -> 500 K, seed 1, every snapshot; ``"700:4:5"`` -> 700 K, seed 4, every fifth snapshot."""
         try:
-            temperature, seed = text.split(":")
-            run = cls(float(temperature), int(seed))
+            temperature, seed, *stride = text.split(":")
+            if len(stride) > 1:
+                raise ValueError
+            run = cls(float(temperature), int(seed), int(stride[0]) if stride else 1)
         except ValueError:
-            raise ValueError(f"a run is TEMPERATURE_K:SEED, e.g. 500:1, got {text!r}") from None
-        if not run.temperature_K > 0 or run.seed < 1:
-            raise ValueError(f"a run needs a positive temperature and a seed >= 1, got {text!r}")
+            raise ValueError(f"a run is TEMPERATURE_K:SEED or TEMPERATURE_K:SEED:STRIDE, e.g. 500:1 or 700:4:5, "
+                             f"got {text!r}") from None
+        if not run.temperature_K > 0 or run.seed < 1 or run.stride < 1:
+            raise ValueError(f"a run needs a positive temperature, a seed >= 1 and a stride >= 1, got {text!r}")
         return run
 
 
@@ -125,13 +131,13 @@ class Snapshots:
 
 
 def collect_snapshots(output_dir: Path, runs: Sequence[ExplorationRun], skip_ps: float = 0.0) -> Snapshots:
-    """The frames of every run's ``trajectory.dcd`` after ``skip_ps`` ps, in run order."""
+    """The frames of every run's ``trajectory.dcd`` after ``skip_ps`` ps (every ``run.stride``-th), in run order."""
     positions, steps, names = [], [], []
     for run in runs:
         trajectory = read_dcd(Path(output_dir) / run.name / "trajectory.dcd").after(skip_ps)
-        positions.append(trajectory.positions_angstrom)
-        steps.append(trajectory.steps)
-        names += [run.name] * trajectory.n_frames
+        positions.append(trajectory.positions_angstrom[::run.stride])
+        steps.append(trajectory.steps[::run.stride])
+        names += [run.name] * len(steps[-1])
     if not names:
         raise ValueError(f"no frames after {skip_ps} ps in the runs of {output_dir}")
     return Snapshots(np.concatenate(positions), np.concatenate(steps), names)
