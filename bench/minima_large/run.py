@@ -5,9 +5,11 @@ Dask tasks on a local cluster of ``--workers`` processes, or on the workers of `
 
 1. Langevin MD at raised temperatures, several seeds (``--runs 500:1 700:1 ...``), one task per run,
    a snapshot every ``--snapshot-interval`` steps after ``--skip-ps``.
-2. Every snapshot minimised with the model (OpenMM L-BFGS, one task per snapshot), duplicates merged
-   below ``--rmsd-threshold`` heavy-atom RMSD after superposition.
-3. The growth of the number of distinct minima with the number of snapshots (saturation).
+2. Every snapshot minimised with the model (or every STRIDE-th of a run given as ``700:4:STRIDE``;
+   OpenMM L-BFGS, one task per snapshot), duplicates merged below ``--rmsd-threshold`` heavy-atom
+   RMSD after superposition.
+3. The growth of the number of distinct minima with the number of snapshots (saturation), also at
+   other thresholds (:data:`THRESHOLDS_ANGSTROM`).
 4. Each minimum's heavy-atom RMSD to the nearest frame of the training data (``--training-data``):
    minima farther than ``--beyond-training`` Å are conformations beyond the data.
 5. A random sample of ``--sample`` minima re-optimised with GFN2-xTB (tblite, the data's settings,
