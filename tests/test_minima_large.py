@@ -80,6 +80,7 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
                  "--runs", "700:1", "700:2", "--ps", "0.5", "--timestep-fs", "1", "--hydrogen-mass", "3",
                  "--snapshot-interval", "100", "--skip-ps", "0",
                  "--sample", "2", "--sample-beyond", "1", "--xtb-fmax", "0.1", "--workers", "2",
+                 "--torsion-starts", "6", "--sample-torsion", "1",
                  "--work", str(work), "--output", str(output), "--no-progress"]
     assert driver.main(arguments) == 0
     summary = json.loads((output / "summary.json").read_text())
@@ -99,7 +100,16 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert summary["cpu_hours"]["minimisation"] > 0 and summary["cpu_hours"]["xtb_reoptimisation"] > 0
     assert [run["name"] for run in summary["runs"]] == ["700K_seed1", "700K_seed2"]
     assert [(run["stride"], run["snapshots"]) for run in summary["runs"]] == [(1, 5), (1, 5)]
-    for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png"):
+    # Six random-torsion starts: their minima alone and merged with the MD's, one of those only they found
+    # re-optimised with xTB.
+    search = summary["torsion_search"]
+    assert search["n_starts"] == 6 and 1 <= search["n_minima"] <= 6 and search["saturation"]["starts"][-1] == 6
+    assert search["n_minima_with_md"] == summary["n_minima"] + search["n_only_torsion_search"]
+    assert search["n_only_torsion_search"] + search["n_md_minima_found_again"] <= search["n_minima"] + 1
+    assert search["n_only_torsion_search"] >= 1 and search["n_validated"] == 1  # 700 K on Amber stays near the start
+    assert 0.0 <= search["same_minimum_fraction"] <= 1.0 and search["minimisation_cpu_hours"] > 0
+    for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png",
+                 "torsion_search.png"):
         assert (output / name).stat().st_size > 5_000, name
     # The Amber minima of 700 K snapshots are far (> 0.5 Å) from the starting structure's copies.
     assert summary["n_beyond_training"] >= 1
@@ -108,7 +118,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     # Killed during the xTB stage: the journal lost its last re-optimisation (a torn line); the same command
     # reruns only that one, and nothing of the MD or the minimisation.
     journals = {name: work / name for name in ("md/md_runs.jsonl", "minimised/700K_seed1.jsonl",
-                                                 "minimised/700K_seed2.jsonl", "xtb_reoptimised.jsonl")}
+                                                 "minimised/700K_seed2.jsonl", "xtb_reoptimised.jsonl",
+                                                 "minimised/torsion_seed0_000000-000006.jsonl")}
     before = {name: path.read_text() for name, path in journals.items()}
     xtb_lines = before["xtb_reoptimised.jsonl"].splitlines()
     journals["xtb_reoptimised.jsonl"].write_text("\n".join(xtb_lines[:-1]) + "\n" + xtb_lines[-1][:20])

@@ -17,6 +17,12 @@ Dask tasks on a local cluster of ``--workers`` processes, or on the workers of `
    the Spearman correlation of the energies; the same for the minima beyond the training data
    (those of the random sample and ``--sample-beyond`` more).
 
+With ``--torsion-starts N``, an independent check of the count: N starts with uniformly random backbone
+dihedrals (:mod:`so3krates_openmm.md.conformers`), minimised like the snapshots (journals of
+:data:`TORSION_BLOCK` starts, so that more starts later minimise only the new ones), merged with the MD's
+minima; the minima only they find, and ``--sample-torsion`` of those re-optimised with GFN2-xTB, go to the
+summary's ``torsion_search`` and ``torsion_search.png``. ``n_minima`` stays the MD's count.
+
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
 go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
 """
@@ -39,6 +45,7 @@ from so3krates_openmm.data.labelling import read_frames
 from so3krates_openmm.data.structures import read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
 from so3krates_openmm.files import LockedError, exclusive_lock, write_atomically
+from so3krates_openmm.md.conformers import CLASH_DISTANCE_ANGSTROM, random_torsion_conformers
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
     ExplorationRun,
@@ -67,6 +74,8 @@ ROOT = HERE.parents[1]
 DATASET_DIR = ROOT / "datasets" / "ac_ala3_nhme"
 #: Heavy-atom RMSD thresholds (Å) at which the minima are also counted, beside ``--rmsd-threshold``.
 THRESHOLDS_ANGSTROM = (0.05, 0.1, 0.25, 0.5)
+#: Random-torsion starts per minimisation journal.
+TORSION_BLOCK = 250
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-beyond", type=int, default=20,
                         help="further minima beyond the training data re-optimised with GFN2-xTB")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample of minima")
+    parser.add_argument("--torsion-starts", type=int, default=0,
+                        help="also minimise this many starts with random backbone dihedrals (0: none)")
+    parser.add_argument("--torsion-seed", type=int, default=0, help="seed of the random backbone dihedrals")
+    parser.add_argument("--sample-torsion", type=int, default=20,
+                        help="minima found only from random-torsion starts re-optimised with GFN2-xTB")
     parser.add_argument("--xtb-fmax", type=float, default=0.01, help="xTB optimisation: largest force, eV/Å")
     parser.add_argument("--xtb-max-steps", type=int, default=1000, help="xTB optimisation: at most this many steps")
     parser.add_argument("--charge", type=int, default=0, help="total charge for xTB, e")
@@ -118,6 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--training-data {path} does not exist")
     if args.sample_beyond < 0:
         parser.error(f"--sample-beyond must not be negative, got {args.sample_beyond}")
+    for name in ("torsion_starts", "sample_torsion"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if args.sample < 2:
         parser.error(f"--sample must be at least 2 (a rank correlation needs two minima), got {args.sample}")
     try:
@@ -192,6 +209,69 @@ def plot_training_distance(distance: np.ndarray, threshold: float, path: Path) -
     save_figure(figure, path)
 
 
+def minimize_torsion_starts(args: argparse.Namespace, structure, factory: ModelSystemFactory,
+                            progress: bool) -> list[MinimizedSnapshot]:
+    """The ``--torsion-starts`` starts with random backbone dihedrals, minimised (``index``: the start's number)."""
+    starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed)
+    found: list[MinimizedSnapshot] = []
+    for first in range(0, len(starts), TORSION_BLOCK):
+        block = np.arange(first, min(first + TORSION_BLOCK, len(starts)))
+        name = f"torsion_seed{args.torsion_seed}_{first:06d}-{block[-1] + 1:06d}.jsonl"
+        journal = args.work.resolve() / "minimised" / name
+        try:
+            result = minimize_snapshots(
+                starts[block], block, factory, journal, workers=args.workers, scheduler=args.scheduler,
+                platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance,
+                max_iterations=args.max_iterations, progress=progress,
+            )
+        except JournalMismatch:
+            raise SystemExit(f"{journal} holds minimisations with another model, structure or minimiser settings: "
+                             "give the options as before, or move the journal away to minimise again") from None
+        found += [replace(snapshot, index=int(block[snapshot.index])) for snapshot in result]
+        print(f"   random-torsion starts {first}-{block[-1]} minimised", flush=True)
+    return found
+
+
+def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedSnapshot], structure,
+                   rmsd_threshold: float, seed: int) -> dict:
+    """The minima of the random-torsion starts alone and merged with the MD's (their snapshots numbered after the
+    MD's ``len(md_minimised)``): those only the starts found, and the MD's minima they found again."""
+    minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
+    offset = len(md_minimised)
+    merged, _ = deduplicate(md_minimised + [replace(s, index=offset + s.index) for s in found], structure,
+                            rmsd_threshold_angstrom=rmsd_threshold)
+    n, counts = saturation_curve(minima, len(found), seed=seed)
+    return {
+        "minima": minima, "rejected": rejected, "merged": merged,
+        "only": [m for m in merged if min(m.snapshots) >= offset],
+        "found_again": sum(min(m.snapshots) < offset <= max(m.snapshots) for m in merged),
+        "n": n, "counts": counts,
+    }
+
+
+def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, md_energies: np.ndarray,
+                        path: Path) -> None:
+    """Distinct minima against minimised structures (MD snapshots and random-torsion starts), and the energies of
+    the MD's minima and of those only the starts found."""
+    plt = pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    left.plot(*md_curve, "o-", ms=2, label="MD snapshots (500-700 K)")
+    left.plot(search["n"], search["counts"], "s-", ms=2, label="random backbone dihedrals")
+    left.set_xlabel("minimised structures (random order)")
+    left.set_ylabel("distinct minima found")
+    left.legend()
+    left.grid(alpha=0.3)
+    only = np.array([m.energy_kj_mol for m in search["only"]])
+    lowest = min(md_energies.min(), only.min() if len(only) else np.inf)
+    bins = np.linspace(0.0, max(md_energies.max(), only.max() if len(only) else 0.0) - lowest, 40)
+    right.hist(md_energies - lowest, bins=bins, alpha=0.6, label=f"MD's minima ({len(md_energies)})")
+    right.hist(only - lowest, bins=bins, alpha=0.6, label=f"found only from random dihedrals ({len(only)})")
+    right.set_xlabel("SO3krates energy above the lowest minimum (kJ/mol)")
+    right.set_ylabel("distinct minima")
+    right.legend()
+    save_figure(figure, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -258,6 +338,17 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         others, _ = deduplicate(minimised, structure, rmsd_threshold_angstrom=threshold)
         counts_by_threshold[threshold] = saturation_curve(others, n_snapshots, seed=args.sample_seed)[1]
     plot_saturation(n, counts_by_threshold, args.rmsd_threshold, output / "saturation.png")
+    search = None
+    if args.torsion_starts:
+        print(f"2/5 torsion search: minimising {args.torsion_starts} starts with random backbone dihedrals",
+              flush=True)
+        found = minimize_torsion_starts(args, structure, factory, progress)
+        search = torsion_search(found, minimised, structure, args.rmsd_threshold, args.sample_seed)
+        search["cpu_seconds"] = float(np.nansum([s.cpu_seconds for s in found]))
+        write_minima(work / "minima_with_torsion_search", search["merged"], [], structure,
+                     {"snapshots": n_snapshots, "random_torsion_starts": len(found),
+                      "rmsd_threshold_angstrom": args.rmsd_threshold})
+        plot_torsion_search((n, counts), search, energies, output / "torsion_search.png")
 
     print(f"3/5 distance of {len(minima)} minima to the training data", flush=True)
     training = training_positions(args.training_data, structure.atomic_numbers)
@@ -265,6 +356,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     distance, _ = nearest_rmsd_angstrom(minima_positions, training, heavy)
     beyond = distance > args.beyond_training
     plot_training_distance(distance, args.beyond_training, output / "training_distance.png")
+    if search is not None and search["only"]:
+        only_positions = np.stack([m.positions_angstrom for m in search["only"]])
+        only_energies = np.array([m.energy_kj_mol for m in search["only"]])
+        only_distance, _ = nearest_rmsd_angstrom(only_positions, training, heavy)
 
     rng = np.random.default_rng(args.sample_seed)
     sample = np.sort(rng.choice(len(minima), min(args.sample, len(minima)), replace=False))
@@ -272,41 +367,60 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     others = np.setdiff1d(np.flatnonzero(beyond), sample)
     extra = np.sort(rng.choice(others, min(args.sample_beyond, len(others)), replace=False))
     chosen = np.union1d(sample, extra)
-    print(f"4/5 GFN2-xTB re-optimisation of {len(chosen)} minima ({len(sample)} at random, {len(extra)} more beyond "
-          "the training data)", flush=True)
+    torsion_sample = np.zeros(0, dtype=int)
+    if search is not None and search["only"]:
+        torsion_sample = np.sort(rng.choice(len(search["only"]), min(args.sample_torsion, len(search["only"])),
+                                            replace=False))
+    print(f"4/5 GFN2-xTB re-optimisation of {len(chosen) + len(torsion_sample)} minima ({len(sample)} at random, "
+          f"{len(extra)} more beyond the training data, {len(torsion_sample)} found only from random dihedrals)",
+          flush=True)
     # Keyed by the structure, not its rank: after more runs the ranks change, a minimum done stays done.
-    keys = {int(k): structure_key(minima_positions[k]) for k in chosen}
+    to_optimise = [minima_positions[k] for k in chosen] + [only_positions[k] for k in torsion_sample]
     optimised = xtb_optimize_many(
-        structure.atomic_numbers, {keys[k]: minima_positions[k] for k in keys}, work / "xtb_reoptimised.jsonl",
+        structure.atomic_numbers, {structure_key(x): x for x in to_optimise}, work / "xtb_reoptimised.jsonl",
         xtb_settings(charge=args.charge), OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps),
         workers=args.workers, scheduler=args.scheduler, progress=progress,
     )
     xtb_kj_mol_per_ev = energy_conversion("eV", "kJ/mol")
 
-    def compared(minima_indices: np.ndarray) -> tuple[np.ndarray, dict | None, np.ndarray, np.ndarray]:
-        """The converged ones of ``minima_indices``, their comparison with xTB (None for fewer than 2), the xTB
-        energies (kJ/mol) and the RMSDs model vs xTB minimum (Å)."""
-        done = np.array([k for k in minima_indices if optimised[keys[int(k)]]["converged"]], dtype=int)
-        results = [optimised[keys[int(k)]] for k in done]
+    def compared(indices: np.ndarray, positions: np.ndarray, model_kj_mol: np.ndarray
+                 ) -> tuple[np.ndarray, dict | None, np.ndarray, np.ndarray]:
+        """The converged ones of ``indices`` (into ``positions`` and ``model_kj_mol``), their comparison with xTB
+        (None for fewer than 2), the xTB energies (kJ/mol) and the RMSDs model vs xTB minimum (Å)."""
+        done = np.array([k for k in indices if optimised[structure_key(positions[k])]["converged"]], dtype=int)
+        results = [optimised[structure_key(positions[k])] for k in done]
         xtb_kj_mol = np.array([r["energy_eV"] for r in results]) * xtb_kj_mol_per_ev
         if not len(done):
             return done, None, xtb_kj_mol, np.zeros(0)
         xtb_positions = np.stack([np.asarray(r["positions_angstrom"]) for r in results])
-        rmsd = paired_rmsd_angstrom(minima_positions[done], xtb_positions, heavy)
+        rmsd = paired_rmsd_angstrom(positions[done], xtb_positions, heavy)
         comparison = None if len(done) < 2 else compare_with_reference(
-            minima_positions[done], energies[done], xtb_positions, xtb_kj_mol, heavy)
+            positions[done], model_kj_mol[done], xtb_positions, xtb_kj_mol, heavy)
         return done, comparison, xtb_kj_mol, rmsd
 
-    validated, comparison, xtb_kj_mol, _ = compared(sample)
+    validated, comparison, xtb_kj_mol, _ = compared(sample, minima_positions, energies)
     if comparison is None:
         raise SystemExit(f"only {len(validated)} xTB re-optimisations converged: raise --xtb-max-steps")
     same = np.asarray(comparison["same_minimum"])
     plot_validation(comparison, energies[validated], xtb_kj_mol, beyond[validated], output / "validation.png")
-    validated_beyond, comparison_beyond, _, rmsd_beyond = compared(chosen[beyond[chosen]])
+    validated_beyond, comparison_beyond, _, rmsd_beyond = compared(chosen[beyond[chosen]], minima_positions,
+                                                                   energies)
 
     print("5/5 summary", flush=True)
     md_seconds = float(sum(result["cpu_seconds"] for result in md.values()))
     xtb_seconds = float(sum(result["cpu_seconds"] for result in optimised.values()))
+    torsion_summary = None
+    if search is not None:
+        torsion_summary = torsion_search_summary(args, search, energies, n_snapshots)
+        if search["only"]:
+            done, versus, _, rmsd = compared(torsion_sample, only_positions, only_energies)
+            torsion_summary.update({
+                "n_only_beyond_training": int((only_distance > args.beyond_training).sum()),
+                "n_validated": len(done),
+                "same_minimum_fraction": float(np.mean(rmsd < SAME_MINIMUM_RMSD_ANGSTROM)) if len(done) else None,
+                "median_rmsd_angstrom": float(np.median(rmsd)) if len(done) else None,
+                "energy_spearman": None if versus is None else versus["energy_spearman"],
+            })
     summary = {
         "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": str(args.model), "structure": str(args.structure),
@@ -338,7 +452,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "training_distance_angstrom": {"median": float(np.median(distance)), "max": float(distance.max())},
         "n_sampled": len(sample), "n_sampled_beyond_training_extra": len(extra),
         "n_validated": len(validated),
-        "n_xtb_not_converged": int(sum(not optimised[keys[int(k)]]["converged"] for k in chosen)),
+        "n_xtb_not_converged": int(sum(not optimised[structure_key(minima_positions[k])]["converged"] for k in chosen)),
         "same_minimum_fraction": comparison["same_minimum_fraction"],
         "same_minimum_rmsd_angstrom": SAME_MINIMUM_RMSD_ANGSTROM,
         "median_rmsd_angstrom": comparison["median_rmsd_angstrom"],
@@ -355,6 +469,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "validated_beyond_training": [
             {"minimum": int(k), "rmsd_angstrom": float(r), "training_distance_angstrom": float(distance[k])}
             for k, r in zip(validated_beyond, rmsd_beyond, strict=True)],
+        "torsion_search": torsion_summary,
         "wall_seconds_this_session": time.perf_counter() - started,
     }
     write_atomically(output / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -362,6 +477,32 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
           f"data); GFN2-xTB on {len(validated)}: same minimum {comparison['same_minimum_fraction']:.2f}, Spearman "
           f"{comparison['energy_spearman']:.2f}; {output / 'summary.json'}")
     return 0
+
+
+def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: np.ndarray,
+                           n_snapshots: int) -> dict:
+    """The summary's ``torsion_search`` section (without the xTB check, added by the caller)."""
+    only = np.array([m.energy_kj_mol for m in search["only"]])
+    merged = np.array([m.energy_kj_mol for m in search["merged"]])
+    return {
+        "what": "starts with uniformly random backbone dihedrals (phi, psi), clashes drawn again, minimised like the "
+                "snapshots and merged with the MD's minima at the same threshold",
+        "n_starts": int(search["n"][-1]), "seed": args.torsion_seed,
+        "clash_distance_angstrom": CLASH_DISTANCE_ANGSTROM,
+        "n_rejected": len(search["rejected"]),
+        "n_minima": len(search["minima"]),
+        "n_minima_with_md": len(search["merged"]),
+        "n_only_torsion_search": len(search["only"]),
+        "n_md_minima_found_again": int(search["found_again"]),
+        "lowest_minus_md_lowest_kj_mol": float(merged.min() - md_energies.min()),
+        "only_relative_energy_kj_mol": None if not len(only) else {
+            "min": float(only.min() - merged.min()),
+            "quartiles": np.percentile(only - merged.min(), [25, 50, 75]).round(3).tolist()},
+        "saturation": {"starts": search["n"].tolist(), "minima": search["counts"].tolist(),
+                       "new_minima_per_100_starts_last_10_percent": _late_growth(search["n"], search["counts"])},
+        "minimisation_cpu_hours": search["cpu_seconds"] / 3600,
+        "md_snapshots_for_comparison": n_snapshots,
+    }
 
 
 def _late_growth(n: np.ndarray, counts: np.ndarray) -> float | None:

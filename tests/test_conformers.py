@@ -1,0 +1,76 @@
+"""so3krates_openmm.md.conformers: backbone dihedrals set exactly, the rest of the geometry kept, reproducible draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from so3krates_openmm.data.structures import Structure, read_structure
+from so3krates_openmm.md.conformers import (
+    TorsionDriver,
+    backbone_torsions,
+    dihedral_deg,
+    random_torsion_conformers,
+)
+
+
+def test_dihedrals_are_set_and_bonds_and_angles_kept(peptide_pdb: Path) -> None:
+    import mdtraj
+
+    structure = read_structure(peptide_pdb)
+    quadruplets = backbone_torsions(structure)
+    assert quadruplets.shape == (6, 4)  # phi and psi of the three alanines
+    driver = TorsionDriver(structure, quadruplets)
+    targets = np.array([-150.0, -80.0, 60.0, 150.0, 80.0, -40.0])
+    positions = driver.set_dihedrals(structure.positions_angstrom, targets)
+    measured = np.degrees(mdtraj.compute_dihedrals(
+        mdtraj.Trajectory(positions[None] / 10.0, mdtraj.Topology.from_openmm(structure.topology)), quadruplets))[0]
+    assert measured == pytest.approx(targets, abs=1e-3)  # mdtraj in float32
+    assert [dihedral_deg(positions, q) for q in quadruplets] == pytest.approx(targets, abs=1e-6)
+    # Only dihedrals turn: every distance within two bonds (bond lengths and angles) stays.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    bonds = driver.bonds
+    hops = shortest_path(coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(structure.n_atoms,) * 2),
+                         directed=False, unweighted=True)
+    i, j = np.nonzero(np.triu(hops <= 2, k=1))
+    before = np.linalg.norm(structure.positions_angstrom[i] - structure.positions_angstrom[j], axis=1)
+    after = np.linalg.norm(positions[i] - positions[j], axis=1)
+    assert after == pytest.approx(before, abs=1e-9)
+    with pytest.raises(ValueError, match="5 angles for 6 dihedrals"):
+        driver.set_dihedrals(structure.positions_angstrom, targets[:5])
+
+
+def test_random_conformers_are_reproducible_and_free_of_clashes(peptide_pdb: Path) -> None:
+    structure = read_structure(peptide_pdb)
+    conformers = random_torsion_conformers(structure, 12, seed=4)
+    assert conformers.shape == (12, structure.n_atoms, 3)
+    assert np.array_equal(random_torsion_conformers(structure, 5, seed=4), conformers[:5])
+    assert not np.array_equal(random_torsion_conformers(structure, 5, seed=5), conformers[:5])
+    driver = TorsionDriver(structure, backbone_torsions(structure))
+    assert not any(driver.clashes(x) for x in conformers)
+    angles = np.array([[dihedral_deg(x, q) for q in driver.quadruplets] for x in conformers])
+    assert angles.std(axis=0).min() > 40.0  # spread over the circle, not near the start
+    with pytest.raises(RuntimeError, match="free of clashes .* lower the clash distance"):
+        random_torsion_conformers(structure, 3, clash_distance_angstrom=10.0, max_draws=20)
+
+
+def test_clear_errors_without_a_topology_or_for_a_ring_bond() -> None:
+    from openmm import app
+
+    ring = 1.4 * np.array([[np.cos(a), np.sin(a), 0.0] for a in np.linspace(0, 2 * np.pi, 6, endpoint=False)])
+    with pytest.raises(ValueError, match="no topology .* PDB"):
+        backbone_torsions(Structure(np.full(6, 6), ring, source="ring.xyz"))
+    topology = app.Topology()
+    residue = topology.addResidue("RNG", topology.addChain())
+    atoms = [topology.addAtom(f"C{k}", app.element.carbon, residue) for k in range(6)]
+    for k in range(6):
+        topology.addBond(atoms[k], atoms[(k + 1) % 6])
+    structure = Structure(np.full(6, 6), ring, topology=topology, source="ring.pdb")
+    with pytest.raises(ValueError, match="no backbone dihedral"):
+        backbone_torsions(structure)
+    with pytest.raises(ValueError, match="lies in a ring"):
+        TorsionDriver(structure, np.array([[0, 1, 2, 3]]))
