@@ -104,8 +104,10 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     # re-optimised with xTB.
     search = summary["torsion_search"]
     assert search["n_starts"] == 6 and 1 <= search["n_minima"] <= 6 and search["saturation"]["starts"][-1] == 6
-    assert search["n_minima_with_md"] == summary["n_minima"] + search["n_only_torsion_search"]
-    assert search["n_only_torsion_search"] + search["n_md_minima_found_again"] <= search["n_minima"] + 1
+    assert search["n_only_torsion_search"] <= search["n_minima"]
+    assert search["n_md_minima_found_again"] <= summary["n_minima"]
+    assert max(summary["n_minima"], search["n_minima"]) <= search["n_minima_with_md"] <= (
+        summary["n_minima"] + search["n_minima"])
     assert search["n_only_torsion_search"] >= 1 and search["n_validated"] == 1  # 700 K on Amber stays near the start
     assert 0.0 <= search["same_minimum_fraction"] <= 1.0 and search["minimisation_cpu_hours"] > 0
     for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png",

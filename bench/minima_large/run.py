@@ -232,19 +232,24 @@ def minimize_torsion_starts(args: argparse.Namespace, structure, factory: ModelS
     return found
 
 
-def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedSnapshot], structure,
-                   rmsd_threshold: float, seed: int) -> dict:
-    """The minima of the random-torsion starts alone and merged with the MD's (their snapshots numbered after the
-    MD's ``len(md_minimised)``): those only the starts found, and the MD's minima they found again."""
+def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedSnapshot], md_minima: list,
+                   structure, rmsd_threshold: float, seed: int) -> dict:
+    """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
+    every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
+    ``index`` numbered after the MD's)."""
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
-    offset = len(md_minimised)
-    merged, _ = deduplicate(md_minimised + [replace(s, index=offset + s.index) for s in found], structure,
+    heavy = heavy_atom_indices(structure)
+    torsion_positions = np.stack([m.positions_angstrom for m in minima])
+    md_positions = np.stack([m.positions_angstrom for m in md_minima])
+    to_md, _ = nearest_rmsd_angstrom(torsion_positions, md_positions, heavy)
+    from_md, _ = nearest_rmsd_angstrom(md_positions, torsion_positions, heavy)
+    merged, _ = deduplicate(md_minimised + [replace(s, index=len(md_minimised) + s.index) for s in found], structure,
                             rmsd_threshold_angstrom=rmsd_threshold)
     n, counts = saturation_curve(minima, len(found), seed=seed)
     return {
         "minima": minima, "rejected": rejected, "merged": merged,
-        "only": [m for m in merged if min(m.snapshots) >= offset],
-        "found_again": sum(min(m.snapshots) < offset <= max(m.snapshots) for m in merged),
+        "only": [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold],
+        "found_again": int(np.sum(from_md < rmsd_threshold)),
         "n": n, "counts": counts,
     }
 
@@ -343,7 +348,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"2/5 torsion search: minimising {args.torsion_starts} starts with random backbone dihedrals",
               flush=True)
         found = minimize_torsion_starts(args, structure, factory, progress)
-        search = torsion_search(found, minimised, structure, args.rmsd_threshold, args.sample_seed)
+        search = torsion_search(found, minimised, minima, structure, args.rmsd_threshold, args.sample_seed)
         search["cpu_seconds"] = float(np.nansum([s.cpu_seconds for s in found]))
         write_minima(work / "minima_with_torsion_search", search["merged"], [], structure,
                      {"snapshots": n_snapshots, "random_torsion_starts": len(found),
@@ -493,7 +498,8 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
         "n_minima": len(search["minima"]),
         "n_minima_with_md": len(search["merged"]),
         "n_only_torsion_search": len(search["only"]),
-        "n_md_minima_found_again": int(search["found_again"]),
+        "only_means": "farther than rmsd_threshold_angstrom heavy-atom RMSD from every MD minimum",
+        "n_md_minima_found_again": search["found_again"],
         "lowest_minus_md_lowest_kj_mol": float(merged.min() - md_energies.min()),
         "only_relative_energy_kj_mol": None if not len(only) else {
             "min": float(only.min() - merged.min()),
