@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from so3krates_openmm.data.labelling import read_frames
-from so3krates_openmm.data.structures import read_structure
+from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
 from so3krates_openmm.files import LockedError, exclusive_lock, write_atomically
 from so3krates_openmm.md.conformers import CLASH_DISTANCE_ANGSTROM, random_torsion_conformers
@@ -56,6 +56,7 @@ from so3krates_openmm.md.exploration import (
 )
 from so3krates_openmm.md.minima import (
     MinimizedSnapshot,
+    Minimum,
     ModelSystemFactory,
     deduplicate,
     heavy_atom_indices,
@@ -209,7 +210,7 @@ def plot_training_distance(distance: np.ndarray, threshold: float, path: Path) -
     save_figure(figure, path)
 
 
-def minimize_torsion_starts(args: argparse.Namespace, structure, factory: ModelSystemFactory,
+def minimize_torsion_starts(args: argparse.Namespace, structure: Structure, factory: ModelSystemFactory,
                             progress: bool) -> list[MinimizedSnapshot]:
     """The ``--torsion-starts`` starts with random backbone dihedrals, minimised (``index``: the start's number)."""
     starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed)
@@ -232,8 +233,8 @@ def minimize_torsion_starts(args: argparse.Namespace, structure, factory: ModelS
     return found
 
 
-def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedSnapshot], md_minima: list,
-                   structure, rmsd_threshold: float, seed: int) -> dict:
+def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedSnapshot], md_minima: list[Minimum],
+                   structure: Structure, rmsd_threshold: float, seed: int) -> dict:
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
     every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
     ``index`` numbered after the MD's)."""
