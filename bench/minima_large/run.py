@@ -274,7 +274,8 @@ def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, m
     right.hist(only - lowest, bins=bins, alpha=0.6, label=f"found only from random dihedrals ({len(only)})")
     right.set_xlabel("SO3krates energy above the lowest minimum (kJ/mol)")
     right.set_ylabel("distinct minima")
-    right.legend()
+    right.set_ylim(top=1.3 * right.get_ylim()[1])  # room for the legend above the bars
+    right.legend(fontsize=8)
     save_figure(figure, path)
 
 
