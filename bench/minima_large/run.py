@@ -237,7 +237,7 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
                    structure: Structure, rmsd_threshold: float, seed: int) -> dict:
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
     every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
-    ``index`` numbered after the MD's)."""
+    ``index`` numbered after the MD's); and the minimisations' CPU seconds."""
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
     heavy = heavy_atom_indices(structure)
     torsion_positions = np.stack([m.positions_angstrom for m in minima])
@@ -249,6 +249,7 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
     n, counts = saturation_curve(minima, len(found), seed=seed)
     return {
         "minima": minima, "rejected": rejected, "merged": merged,
+        "cpu_seconds": float(np.nansum([s.cpu_seconds for s in found])),
         "only": [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold],
         "found_again": int(np.sum(from_md < rmsd_threshold)),
         "n": n, "counts": counts,
@@ -351,7 +352,6 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
               flush=True)
         found = minimize_torsion_starts(args, structure, factory, progress)
         search = torsion_search(found, minimised, minima, structure, args.rmsd_threshold, args.sample_seed)
-        search["cpu_seconds"] = float(np.nansum([s.cpu_seconds for s in found]))
         write_minima(work / "minima_with_torsion_search", search["merged"], [], structure,
                      {"snapshots": n_snapshots, "random_torsion_starts": len(found),
                       "rmsd_threshold_angstrom": args.rmsd_threshold})
@@ -418,7 +418,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     xtb_seconds = float(sum(result["cpu_seconds"] for result in optimised.values()))
     torsion_summary = None
     if search is not None:
-        torsion_summary = torsion_search_summary(args, search, energies, n_snapshots)
+        torsion_summary = torsion_search_summary(args, search, energies)
         if search["only"]:
             done, versus, _, rmsd = compared(torsion_sample, only_positions, only_energies)
             torsion_summary.update({
@@ -486,8 +486,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
-def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: np.ndarray,
-                           n_snapshots: int) -> dict:
+def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: np.ndarray) -> dict:
     """The summary's ``torsion_search`` section (without the xTB check, added by the caller)."""
     only = np.array([m.energy_kj_mol for m in search["only"]])
     merged = np.array([m.energy_kj_mol for m in search["merged"]])
@@ -509,7 +508,6 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
         "saturation": {"starts": search["n"].tolist(), "minima": search["counts"].tolist(),
                        "new_minima_per_100_starts_last_10_percent": _late_growth(search["n"], search["counts"])},
         "minimisation_cpu_hours": search["cpu_seconds"] / 3600,
-        "md_snapshots_for_comparison": n_snapshots,
     }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from so3krates_openmm.data.structures import Structure
-from so3krates_openmm.md.stability import bond_graph_components, covalent_bonds
+from so3krates_openmm.md.stability import bond_graph, bond_graph_components, covalent_bonds
 
 #: Atom pairs more than three bonds apart closer than this (Å) make a start a clash, which is drawn again.
 CLASH_DISTANCE_ANGSTROM = 1.5
@@ -68,12 +68,9 @@ class TorsionDriver:
         self.far_pairs = self._pairs_beyond_three_bonds()
 
     def _pairs_beyond_three_bonds(self) -> tuple[np.ndarray, np.ndarray]:
-        from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import shortest_path
 
-        graph = coo_matrix((np.ones(len(self.bonds)), (self.bonds[:, 0], self.bonds[:, 1])),
-                           shape=(self.n_atoms, self.n_atoms))
-        hops = shortest_path(graph, directed=False, unweighted=True)
+        hops = shortest_path(bond_graph(self.n_atoms, self.bonds), directed=False, unweighted=True)
         return np.nonzero(np.triu(hops > 3, k=1))
 
     def set_dihedrals(self, positions_angstrom: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:

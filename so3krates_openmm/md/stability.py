@@ -146,14 +146,19 @@ def covalent_bonds(structure: Structure, bond_detection_factor: float = 1.2) -> 
     return np.stack([i, j], axis=1).reshape(-1, 2), "covalent radii"
 
 
-def bond_graph_components(n_atoms: int, bonds: np.ndarray) -> list[np.ndarray]:
-    """Connected components (arrays of atom indices, largest first) of the bond graph."""
+def bond_graph(n_atoms: int, bonds: np.ndarray):
+    """The bond graph as a sparse (n_atoms, n_atoms) matrix for ``scipy.sparse.csgraph`` (use ``directed=False``)."""
     from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n_atoms, n_atoms))
-    _, labels = connected_components(graph, directed=False)
+    return coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n_atoms, n_atoms))
+
+
+def bond_graph_components(n_atoms: int, bonds: np.ndarray) -> list[np.ndarray]:
+    """Connected components (arrays of atom indices, largest first) of the bond graph."""
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(bond_graph(n_atoms, bonds), directed=False)
     components = [np.flatnonzero(labels == label) for label in np.unique(labels)]
     return sorted(components, key=len, reverse=True)
 
