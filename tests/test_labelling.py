@@ -121,6 +121,26 @@ def test_extended_xyz_and_npz_inputs(tmp_path):
     assert len(data) == 1 and data[0].energy == pytest.approx(xtb(frames.positions[0])[0], rel=1e-12)
 
 
+def test_multi_model_pdb_input(tmp_path):
+    """A multi-model PDB as the minima searches write it (CONECT records after the last model, which ASE would
+    read as one more, empty frame)."""
+    from openmm import app, unit
+
+    from so3krates_openmm.data.builders import build_water
+
+    positions = water_frames(3)
+    topology = build_water(1).topology
+    with open(tmp_path / "minima.pdb", "w") as handle:
+        app.PDBFile.writeHeader(topology, handle)
+        for model, x in enumerate(positions, start=1):
+            app.PDBFile.writeModel(topology, x * unit.angstrom, handle, modelIndex=model)
+        handle.write("CONECT    1    2    3\n")  # as written for the peptide's caps
+        app.PDBFile.writeFooter(topology, handle)
+    frames = read_frames(tmp_path / "minima.pdb")
+    assert frames.atomic_numbers.tolist() == WATER_NUMBERS and frames.positions.shape == (3, 3, 3)
+    np.testing.assert_allclose(frames.positions, positions, rtol=0, atol=6e-4)  # PDB: 3 decimals
+
+
 def _ctrl_c() -> None:
     raise KeyboardInterrupt
 

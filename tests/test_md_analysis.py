@@ -247,6 +247,27 @@ def test_minima_deduplication_superposes_and_rejects_broken_molecules(peptide_pd
     assert any("stretched" in s.problem for s in rejected) and any("nan" in s.problem for s in rejected)
 
 
+def test_minima_with_a_new_bond_are_rejected():
+    """Two waters whose oxygens sit 1.25 Å apart, every O-H bond intact: not a conformer (the peptide model's
+    torsion search found such O-O minima the reference puts 200 kcal/mol higher)."""
+    from so3krates_openmm.data.builders import build_water
+    from so3krates_openmm.md.minima import MinimizedSnapshot, deduplicate
+
+    structure = build_water(2)
+    x = structure.positions_angstrom.copy()
+    oxygens = np.flatnonzero(structure.atomic_numbers == 8)
+    first, second = x[:3], x[3:]
+    far = second - second.mean(0) + first.mean(0) + np.array([0.0, 0.0, 8.0])
+    assert oxygens.tolist() == [0, 3]
+    near = second - second[0] + first[0] + np.array([0.0, 0.0, 1.25])
+    snapshots = [MinimizedSnapshot(0, 0, -1.0, np.concatenate([first, far])),
+                 MinimizedSnapshot(1, 1, -2.0, np.concatenate([first, near]))]
+    minima, rejected = deduplicate(snapshots, structure)
+    assert len(minima) == 1 and minima[0].snapshots == [0]
+    assert [s.index for s in rejected] == [1]
+    assert "new bond" in rejected[0].problem and "within covalent-bond distance" in rejected[0].problem
+
+
 def test_ball_found_in_the_published_buckyball_catcher():
     structure = read_structure(shared_file("data/buckycatcher_reference.xyz"))
     atoms = identify_ball(structure)

@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "same order), an extended/multi-frame XYZ, or an .npz with R (and z). The frames so far are saved to "
         "OUTPUT_STEM.partial.npz every --checkpoint-every frames and on Ctrl-C; the same command again continues.",
     )
-    label.add_argument("trajectory", help="DCD (with --structure), extended XYZ, or .npz with R (M,N,3) and z (N,)")
+    label.add_argument("trajectory", help="DCD (with --structure), extended XYZ, (multi-model) PDB, or .npz with "
+                                          "R (M,N,3) and z (N,)")
     label.add_argument("--structure", help="PDB or XYZ giving the elements in the trajectory's atom order "
                        "(required for DCD)")
     label.add_argument("-o", "--output", required=True, help="output .npz (MD22 layout) or .xyz/.extxyz")

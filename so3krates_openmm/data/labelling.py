@@ -6,7 +6,8 @@ where MD takes it, and add them to the training set (``so3krates-data merge``).
 Input (:func:`read_frames`): a DCD (OpenMM's, read by
 :func:`so3krates_openmm.data.trajectory.read_dcd`) together with a structure
 file (PDB/XYZ) that gives the elements in the DCD's atom order; or an
-extended/multi-frame XYZ; or an ``.npz`` with positions ``R`` (M, N, 3) and
+extended/multi-frame XYZ; or a (multi-model) PDB such as the minima
+``so3krates-md-minima`` writes; or an ``.npz`` with positions ``R`` (M, N, 3) and
 atomic numbers ``z`` (N,) (an MD22-layout data set works; ``r_unit`` is
 honoured; without ``z`` the structure file gives the elements).
 
@@ -72,6 +73,7 @@ from so3krates_openmm.elements import atomic_number, formula
 from so3krates_openmm.runtime import preloaded_openblas
 from so3krates_openmm.tasks import JournalMismatch, run_tasks
 from so3krates_openmm.units import (
+    ANGSTROM_PER_NM,
     energy_conversion,
     length_conversion,
     normalise_length_unit,
@@ -227,6 +229,20 @@ def read_frames(path: str | Path, structure: str | Path | None = None) -> Trajec
             numbers = numbers_from_structure
         else:
             raise DataError(f"{path}: no atomic numbers 'z' in the archive; give --structure for the elements")
+    elif suffix == ".pdb":
+        # mdtraj, not ASE: ASE reads the CONECT/END records after the last MODEL as one more (empty) frame
+        import mdtraj
+
+        try:
+            trajectory = mdtraj.load_pdb(str(path), standard_names=False)
+        except Exception as error:  # mdtraj raises many types for unreadable input
+            raise DataError(f"{path}: mdtraj could not read it ({type(error).__name__}: {error})") from error
+        if trajectory.n_frames == 0 or trajectory.n_atoms == 0:
+            raise DataError(f"{path}: contains no atoms")
+        if any(atom.element is None or atom.element.atomic_number < 1 for atom in trajectory.topology.atoms):
+            raise DataError(f"{path}: an atom has no element (columns 77-78 of its ATOM/HETATM record)")
+        numbers = np.array([atom.element.atomic_number for atom in trajectory.topology.atoms])
+        positions = trajectory.xyz.astype(np.float64) * ANGSTROM_PER_NM
     else:
         from ase.io import read
 

@@ -261,7 +261,8 @@ def deduplicate(
     rmsd_threshold_angstrom: float = 0.1,
     criteria: StabilityCriteria | None = None,
 ) -> tuple[list[Minimum], list[MinimizedSnapshot]]:
-    """Distinct minima (lowest energy first) and the snapshots rejected (non-finite or bonds changed).
+    """Distinct minima (lowest energy first) and the snapshots rejected (non-finite, a bond broken, or a new
+    bond: two non-bonded atoms within covalent-bond distance, :meth:`StabilityChecker.new_bond`).
 
     Snapshots are taken in order of increasing energy; each joins the closest
     known minimum within ``rmsd_threshold_angstrom`` heavy-atom RMSD (after
@@ -277,7 +278,8 @@ def deduplicate(
     for snapshot in snapshots:
         problem = snapshot.problem
         if problem is None:
-            problem = checker.check(snapshot.positions_angstrom, snapshot.energy_kj_mol)
+            problem = (checker.check(snapshot.positions_angstrom, snapshot.energy_kj_mol)
+                       or checker.new_bond(snapshot.positions_angstrom))
         if problem is not None:
             snapshot.problem = problem
             rejected.append(snapshot)

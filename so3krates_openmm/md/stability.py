@@ -180,6 +180,7 @@ class StabilityChecker:
         self._pairs = np.nonzero(nonbonded)
         self._collision_limits = criteria.collision_factor * (radii[self._pairs[0]] + radii[self._pairs[1]])
         self._radius_sums = radii[self._pairs[0]] + radii[self._pairs[1]]
+        self._bond_limits = criteria.bond_detection_factor * self._radius_sums
         self.symbols = structure.symbols
         self.max_bond_stretch = 1.0
         self.min_nonbonded_ratio = math.inf
@@ -216,6 +217,22 @@ class StabilityChecker:
                     f"{distances[closest]:.3f} Å (limit {self._collision_limits[closest]:.3f} Å)"
                 )
         return None
+
+
+    def new_bond(self, positions_angstrom: np.ndarray) -> str | None:
+        """``None`` when no two non-bonded atoms are within covalent-bond distance (``bond_detection_factor``
+        times the sum of their covalent radii), else which pair is: a bond the starting topology does not
+        have, i.e. another molecule. Not part of :meth:`check` (MD may pass through such a contact); a
+        minimum with one is not a conformer of the molecule."""
+        if not len(self._pairs[0]):
+            return None
+        distances = pair_distances(positions_angstrom, self.box)[self._pairs]
+        closest = int(np.argmin(distances / self._bond_limits))
+        if distances[closest] >= self._bond_limits[closest]:
+            return None
+        i, j = self._pairs[0][closest], self._pairs[1][closest]
+        return (f"non-bonded atoms {self.symbols[i]}{i} and {self.symbols[j]}{j} at {distances[closest]:.3f} Å, "
+                f"within covalent-bond distance ({self._bond_limits[closest]:.3f} Å): a new bond")
 
 
 class StabilityMonitor:
