@@ -79,6 +79,38 @@ def minima_steps(workers: int) -> list[Step]:
     ]
 
 
+#: issue 18, active learning on the minima (the peptide model's round 2): the 494 minima of the search above,
+#: labelled with GFN2-xTB (before minima with a new bond were rejected: 73 of them have two oxygens 1.25 Å apart),
+#: the shipped model fine-tuned on them with its data (20 min on two processes), and the search again with it
+#: (new MD seeds, other random dihedrals): ``bench/minima_large/round2/``
+ROUND2_DATA = "datasets/ac_ala3_nhme/minima_round2.npz"
+ROUND2_TRAINING = "runs/al_minima/train"
+ROUND2_MODEL = "runs/minima_large_round2/model_fused.pt"
+
+
+def minima_round2_steps(workers: int) -> list[Step]:
+    """Issue 18: one round of active learning on the minima, then the minima search with the new model."""
+    shipped, data = "so3krates_openmm/pretrained/ac_ala3_nhme", "datasets/ac_ala3_nhme"
+    return [
+        Step([str(BIN / "so3krates-data"), "label", "runs/minima_large/minima_with_torsion_search/minima.pdb",
+              "--structure", f"{shipped}/structure.pdb", "--float32", "--workers", str(workers), "--no-progress",
+              "-o", ROUND2_DATA], done=ROUND2_DATA),
+        Step([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "so3krates_openmm.cli.train",
+              "--data", f"{data}/dataset.npz", f"{data}/md_frames_round1.npz", ROUND2_DATA,
+              "--init-from", f"{shipped}/best_checkpoint.pt", "--train-size", "2700", "--valid-size", "144",
+              "--test-size", "200", "--seed", "0", "--threads", "1", "--batch-size", "10", "--max-time", "20m",
+              "--lr", "5e-4", "--lr-decay-steps", "500", "--checkpoint-interval", "10m", "--output",
+              ROUND2_TRAINING], 0.4, f"{ROUND2_TRAINING}/test_report.json"),
+        Step([str(BIN / "so3krates-export"), f"{ROUND2_TRAINING}/best_checkpoint.pt", "--structure",
+              f"{shipped}/structure.pdb", "--kernels", "fused", "-o", ROUND2_MODEL]),
+        Step([PYTHON, "bench/minima_large/run.py", "--model", ROUND2_MODEL, "--training-data", f"{data}/dataset.npz",
+              f"{data}/md_frames_round1.npz", ROUND2_DATA, "--runs", "500:21:5", "700:21:5", "--ps", "100",
+              "--timestep-fs", "1", "--hydrogen-mass", "3", "--snapshot-interval", "100", "--torsion-starts", "500",
+              "--torsion-seed", "1", "--workers", str(workers), "--no-progress", "--work", "runs/minima_large_round2",
+              "--output", "bench/minima_large/round2"]),
+    ]
+
+
 #: issue 17: the stability runs (about 15-35 min each on one core, each saved when it finishes)
 STABILITY_RUNS = Step([PYTHON, "bench/stability_study/run_study.py", "--jobs", "1"])
 
@@ -101,6 +133,7 @@ LANES: dict[str, list[Step]] = {
               "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
         STABILITY_RUNS,
         *minima_steps(workers=2),
+        *minima_round2_steps(workers=2),
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
