@@ -79,35 +79,53 @@ def minima_steps(workers: int) -> list[Step]:
     ]
 
 
-#: issue 18, active learning on the minima (the peptide model's round 2): the 494 minima of the search above,
-#: labelled with GFN2-xTB (before minima with a new bond were rejected: 73 of them have two oxygens 1.25 Å apart),
-#: the shipped model fine-tuned on them with its data (20 min on two processes), and the search again with it
-#: (new MD seeds, other random dihedrals): ``bench/minima_large/round2/``
-ROUND2_DATA = "datasets/ac_ala3_nhme/minima_round2.npz"
-ROUND2_TRAINING = "runs/al_minima/train"
-ROUND2_MODEL = "runs/minima_large_round2/model_fused.pt"
+#: issue 18, active learning on the minima (rounds 2, 3, ... of the peptide model; round 1 is the shipped one): the
+#: previous search's minima (MD and random dihedrals) labelled with GFN2-xTB, the previous model fine-tuned on all
+#: data so far (20 min on two processes), then the search again with the new model (new MD seeds and random
+#: dihedrals): ``bench/minima_large/round<N>/``. Round 2 labelled the 494 minima of round 1's search from before
+#: minima with a new bond were rejected (73 of them have two oxygens 1.25 Å apart); later rounds label the kept ones.
+MINIMA_ROUNDS = (2, 3)
+#: Training frames of each round: all its data (2550 + the labelled minima of rounds 2..N) but the 144 validation
+#: and 200 test frames (round 2: 494 minima, round 3: 206)
+MINIMA_ROUND_TRAIN_FRAMES = {2: 2700, 3: 2906}
+SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
+PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
 
 
-def minima_round2_steps(workers: int) -> list[Step]:
-    """Issue 18: one round of active learning on the minima, then the minima search with the new model."""
-    shipped, data = "so3krates_openmm/pretrained/ac_ala3_nhme", "datasets/ac_ala3_nhme"
+def minima_round_files(number: int) -> dict[str, str]:
+    """Round ``number``'s labelled minima, training folder, exported model and search folders (round 1: the
+    shipped model and the search above)."""
+    if number == 1:
+        return {"checkpoint": f"{SHIPPED_PEPTIDE}/best_checkpoint.pt", "work": "runs/minima_large"}
+    return {"labels": f"datasets/ac_ala3_nhme/minima_round{number}.npz",
+            "training": f"runs/al_minima/round{number}/train",
+            "checkpoint": f"runs/al_minima/round{number}/train/best_checkpoint.pt",
+            "model": f"runs/minima_large_round{number}/model_fused.pt",
+            "work": f"runs/minima_large_round{number}", "output": f"bench/minima_large/round{number}"}
+
+
+def minima_round_steps(number: int, workers: int) -> list[Step]:
+    """Issue 18: round ``number`` (from 2) of active learning on the minima, then the minima search with its model
+    (two MD runs of 100 ps minimising every fifth snapshot, 500 random-dihedral starts)."""
+    previous, this = minima_round_files(number - 1), minima_round_files(number)
+    data = PEPTIDE_DATA + [minima_round_files(k)["labels"] for k in range(2, number + 1)]
+    seed = 10 * number + 1
     return [
-        Step([str(BIN / "so3krates-data"), "label", "runs/minima_large/minima_with_torsion_search/minima.pdb",
-              "--structure", f"{shipped}/structure.pdb", "--float32", "--workers", str(workers), "--no-progress",
-              "-o", ROUND2_DATA], done=ROUND2_DATA),
+        Step([str(BIN / "so3krates-data"), "label", f"{previous['work']}/minima_with_torsion_search/minima.pdb",
+              "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb", "--float32", "--workers", str(workers),
+              "--no-progress", "-o", this["labels"]], done=this["labels"]),
         Step([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "so3krates_openmm.cli.train",
-              "--data", f"{data}/dataset.npz", f"{data}/md_frames_round1.npz", ROUND2_DATA,
-              "--init-from", f"{shipped}/best_checkpoint.pt", "--train-size", "2700", "--valid-size", "144",
-              "--test-size", "200", "--seed", "0", "--threads", "1", "--batch-size", "10", "--max-time", "20m",
-              "--lr", "5e-4", "--lr-decay-steps", "500", "--checkpoint-interval", "10m", "--output",
-              ROUND2_TRAINING], 0.4, f"{ROUND2_TRAINING}/test_report.json"),
-        Step([str(BIN / "so3krates-export"), f"{ROUND2_TRAINING}/best_checkpoint.pt", "--structure",
-              f"{shipped}/structure.pdb", "--kernels", "fused", "-o", ROUND2_MODEL]),
-        Step([PYTHON, "bench/minima_large/run.py", "--model", ROUND2_MODEL, "--training-data", f"{data}/dataset.npz",
-              f"{data}/md_frames_round1.npz", ROUND2_DATA, "--runs", "500:21:5", "700:21:5", "--ps", "100",
-              "--timestep-fs", "1", "--hydrogen-mass", "3", "--snapshot-interval", "100", "--torsion-starts", "500",
-              "--torsion-seed", "1", "--workers", str(workers), "--no-progress", "--work", "runs/minima_large_round2",
-              "--output", "bench/minima_large/round2"]),
+              "--data", *data, "--init-from", previous["checkpoint"], "--train-size",
+              str(MINIMA_ROUND_TRAIN_FRAMES[number]), "--valid-size", "144", "--test-size", "200",
+              "--seed", "0", "--threads", "1", "--batch-size", "10", "--max-time", "20m", "--lr", "5e-4",
+              "--lr-decay-steps", "500", "--checkpoint-interval", "10m", "--output", this["training"]],
+             0.4, f"{this['training']}/test_report.json"),
+        Step([str(BIN / "so3krates-export"), this["checkpoint"], "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb",
+              "--kernels", "fused", "-o", this["model"]]),
+        Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data", *data, "--runs",
+              f"500:{seed}:5", f"700:{seed}:5", "--ps", "100", "--timestep-fs", "1", "--hydrogen-mass", "3",
+              "--snapshot-interval", "100", "--torsion-starts", "500", "--torsion-seed", str(number - 1),
+              "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", this["output"]]),
     ]
 
 
@@ -133,7 +151,7 @@ LANES: dict[str, list[Step]] = {
               "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
         STABILITY_RUNS,
         *minima_steps(workers=2),
-        *minima_round2_steps(workers=2),
+        *(step for number in MINIMA_ROUNDS for step in minima_round_steps(number, workers=2)),
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
