@@ -26,6 +26,32 @@ def load_driver():
     return module
 
 
+def test_rounds_compared_from_their_summaries(tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("compare_rounds", RUN_PY.with_name("compare_rounds.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def summary(same: float, torsion: dict | None) -> dict:
+        return {"n_snapshots": 100, "n_minima": 10, "n_validated": 8, "same_minimum_fraction": same,
+                "energy_spearman": 0.5, "relative_energy_mae_kj_mol": 3.0, "torsion_search": torsion}
+
+    (tmp_path / "round3").mkdir()
+    (tmp_path / "round3" / "summary.json").write_text(json.dumps(summary(0.75, {
+        "n_starts": 50, "n_rejected": 1, "n_minima": 20, "n_only_torsion_search": 12, "n_validated": 5,
+        "same_minimum_fraction": 0.6, "energy_spearman": None})))
+    (tmp_path / "summary.json").write_text(json.dumps(summary(0.5, None)))
+    (tmp_path / "round_x").mkdir()  # not a round: ignored
+    (tmp_path / "round_x" / "summary.json").write_text("{}")
+    assert module.main(["--folder", str(tmp_path), "-o", str(tmp_path / "rounds.png")]) == 0
+    rows = module.table(module.round_summaries(tmp_path))
+    assert [row["round"] for row in rows] == [1, 3]
+    assert rows[0]["md_same"] == 0.5 and rows[0]["torsion_same"] is None
+    assert rows[1]["torsion_same"] == 0.6 and rows[1]["starts_new_bond"] == 1
+    assert (tmp_path / "rounds.png").stat().st_size > 0 and "round 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no summary.json"):
+        module.main(["--folder", str(tmp_path / "round_x" / "empty")])
+
+
 def test_saturation_curve_counts_minima_first_seen_in_a_random_order() -> None:
     x = np.zeros((3, 3))
     # 10 snapshots: minimum 0 holds 7, minimum 1 two, minimum 2 one; snapshot 9 was rejected.

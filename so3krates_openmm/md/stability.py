@@ -218,7 +218,6 @@ class StabilityChecker:
                 )
         return None
 
-
     def new_bond(self, positions_angstrom: np.ndarray) -> str | None:
         """``None`` when no two non-bonded atoms are within covalent-bond distance (``bond_detection_factor``
         times the sum of their covalent radii), else which pair is: a bond the starting topology does not
