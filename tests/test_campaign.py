@@ -62,7 +62,7 @@ def test_a_training_that_would_be_cut_off_is_not_started_and_the_filler_runs(tmp
     finished = tmp_path / "first_done"
     finished.write_text("")
     steps = [campaign.Step([sys.executable, "-c", write, str(marker), "finished training"], hours=5.0,
-                           done=str(finished)),  # finished: runs (in seconds) whatever the time
+                           done=str(finished)),  # finished: skipped whatever the time
              campaign.Step([sys.executable, "-c", write, str(marker), "short"]),
              campaign.Step([sys.executable, "-c", write, str(marker), "long training"], hours=2.0),
              campaign.Step([sys.executable, "-c", write, str(marker), "after"])]
@@ -70,12 +70,13 @@ def test_a_training_that_would_be_cut_off_is_not_started_and_the_filler_runs(tmp
     code = campaign.run_lane("demo", steps, tmp_path / "logs", 60.0, save=lambda log: None,
                              until=time.time() + 3600.0, filler=filler)
     assert code == 0
-    assert marker.read_text().split("\n")[:-1] == ["finished training", "short", "filler"]
+    assert marker.read_text().split("\n")[:-1] == ["short", "filler"]
     log = (tmp_path / "logs" / "demo.log").read_text()
+    assert f"demo 1/4: done earlier ({finished}), skipped" in log
     assert "demo 3/4 (about 2 h) would not finish before" in log and "lane demo paused" in log
 
     marker.unlink()  # with time enough, everything runs in order and the filler does not
     assert campaign.run_lane("demo", steps, tmp_path / "logs", 60.0, save=lambda log: None,
                              until=time.time() + 3 * 3600.0, filler=filler) == 0
-    assert marker.read_text().split("\n")[:-1] == ["finished training", "short", "long training", "after"]
+    assert marker.read_text().split("\n")[:-1] == ["short", "long training", "after"]
     assert abs(campaign.parse_until("2030-01-01T10:00") - 1893492000.0) < 1e-6

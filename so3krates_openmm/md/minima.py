@@ -262,7 +262,7 @@ def deduplicate(
     criteria: StabilityCriteria | None = None,
 ) -> tuple[list[Minimum], list[MinimizedSnapshot]]:
     """Distinct minima (lowest energy first) and the snapshots rejected (non-finite, a bond broken, or a new
-    bond: two non-bonded atoms within covalent-bond distance, :meth:`StabilityChecker.new_bond`).
+    bond: two non-bonded atoms within covalent-bond distance, :meth:`StabilityChecker.check` with ``new_bonds``).
 
     Snapshots are taken in order of increasing energy; each joins the closest
     known minimum within ``rmsd_threshold_angstrom`` heavy-atom RMSD (after
@@ -278,8 +278,7 @@ def deduplicate(
     for snapshot in snapshots:
         problem = snapshot.problem
         if problem is None:
-            problem = (checker.check(snapshot.positions_angstrom, snapshot.energy_kj_mol)
-                       or checker.new_bond(snapshot.positions_angstrom))
+            problem = checker.check(snapshot.positions_angstrom, snapshot.energy_kj_mol, new_bonds=True)
         if problem is not None:
             snapshot.problem = problem
             rejected.append(snapshot)

@@ -189,8 +189,15 @@ class StabilityChecker:
         delta = positions_angstrom[self.bonds[:, 1]] - positions_angstrom[self.bonds[:, 0]]
         return np.linalg.norm(minimum_image(delta, self.box), axis=-1)
 
-    def check(self, positions_angstrom: np.ndarray, potential_energy_kj_mol: float) -> str | None:
-        """``None`` when the frame passes, else the reason it fails (names atoms by 0-based index)."""
+    def check(self, positions_angstrom: np.ndarray, potential_energy_kj_mol: float, *,
+              new_bonds: bool = False) -> str | None:
+        """``None`` when the frame passes, else the reason it fails (names atoms by 0-based index).
+
+        With ``new_bonds``, two non-bonded atoms within covalent-bond distance (``bond_detection_factor`` times
+        the sum of their covalent radii) fail too: a bond the starting topology does not have, i.e. another
+        molecule. Off for MD, which may pass through such a contact; on for minima, where one means the minimum
+        is not a conformer of the molecule.
+        """
         if not math.isfinite(potential_energy_kj_mol):
             return f"potential energy is {potential_energy_kj_mol}"
         if not np.all(np.isfinite(positions_angstrom)):
@@ -216,22 +223,14 @@ class StabilityChecker:
                     f"non-bonded atoms {self.symbols[i]}{i} and {self.symbols[j]}{j} collided at "
                     f"{distances[closest]:.3f} Å (limit {self._collision_limits[closest]:.3f} Å)"
                 )
+            if new_bonds:
+                closest = int(np.argmin(distances / self._bond_limits))
+                if distances[closest] < self._bond_limits[closest]:
+                    i, j = self._pairs[0][closest], self._pairs[1][closest]
+                    return (f"non-bonded atoms {self.symbols[i]}{i} and {self.symbols[j]}{j} at "
+                            f"{distances[closest]:.3f} Å, within covalent-bond distance "
+                            f"({self._bond_limits[closest]:.3f} Å): a new bond")
         return None
-
-    def new_bond(self, positions_angstrom: np.ndarray) -> str | None:
-        """``None`` when no two non-bonded atoms are within covalent-bond distance (``bond_detection_factor``
-        times the sum of their covalent radii), else which pair is: a bond the starting topology does not
-        have, i.e. another molecule. Not part of :meth:`check` (MD may pass through such a contact); a
-        minimum with one is not a conformer of the molecule."""
-        if not len(self._pairs[0]):
-            return None
-        distances = pair_distances(positions_angstrom, self.box)[self._pairs]
-        closest = int(np.argmin(distances / self._bond_limits))
-        if distances[closest] >= self._bond_limits[closest]:
-            return None
-        i, j = self._pairs[0][closest], self._pairs[1][closest]
-        return (f"non-bonded atoms {self.symbols[i]}{i} and {self.symbols[j]}{j} at {distances[closest]:.3f} Å, "
-                f"within covalent-bond distance ({self._bond_limits[closest]:.3f} Å): a new bond")
 
 
 class StabilityMonitor:
