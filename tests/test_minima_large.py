@@ -13,7 +13,12 @@ import pytest
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.data.formats import save_npz
 from so3krates_openmm.data.structures import read_structure
-from so3krates_openmm.md.exploration import ExplorationRun, compare_with_reference, saturation_curve
+from so3krates_openmm.md.exploration import (
+    ExplorationRun,
+    chao1_richness,
+    compare_with_reference,
+    saturation_curve,
+)
 from so3krates_openmm.md.minima import Minimum
 
 RUN_PY = Path(__file__).resolve().parents[1] / "bench" / "minima_large" / "run.py"
@@ -62,6 +67,16 @@ def test_saturation_curve_counts_minima_first_seen_in_a_random_order() -> None:
     assert np.all(np.diff(counts) >= 0)
     n, counts = saturation_curve(minima[:2], 10, points=4)
     assert n.tolist() == [1, 4, 7, 10] and counts[-1] == 2
+
+
+def test_chao1_richness_from_how_often_each_minimum_was_reached() -> None:
+    x = np.zeros((3, 3))
+    # 6 minima: three reached once, one twice, two five times: 6 + 3 * 2 / (2 * 2) = 7.5
+    hits = [[0], [1], [2], [3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    estimate = chao1_richness([Minimum(0.0, x, list(h)) for h in hits])
+    assert estimate == {"n_observed": 6, "singletons": 3, "doubletons": 1, "chao1": 7.5}
+    # every minimum reached more than once: saturated, nothing unseen expected
+    assert chao1_richness([Minimum(0.0, x, [0, 1]), Minimum(0.0, x, [2, 3, 4])])["chao1"] == 2.0
 
 
 def test_comparison_with_the_reference_on_crafted_minima(peptide_pdb) -> None:
@@ -136,6 +151,7 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
         summary["n_minima"] + search["n_minima"])
     assert search["n_only_torsion_search"] >= 1 and search["n_validated"] == 1  # 700 K on Amber stays near the start
     assert 0.0 <= search["same_minimum_fraction"] <= 1.0 and search["minimisation_cpu_hours"] > 0
+    assert search["saturation"]["estimated_total"]["chao1"] >= search["n_minima"]
     for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png",
                  "torsion_search.png"):
         assert (output / name).stat().st_size > 5_000, name

@@ -21,7 +21,9 @@ With ``--torsion-starts N``, an independent check of the count: N starts with un
 dihedrals (:mod:`so3krates_openmm.md.conformers`), minimised like the snapshots (journals of
 :data:`TORSION_BLOCK` starts, so that more starts later minimise only the new ones), merged with the MD's
 minima; the minima only they find, and ``--sample-torsion`` of those re-optimised with GFN2-xTB, go to the
-summary's ``torsion_search`` and ``torsion_search.png``. ``n_minima`` stays the MD's count.
+summary's ``torsion_search`` and ``torsion_search.png``, with a Chao1 estimate of how many minima the random
+starts would reach without limit (:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays
+the MD's count.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
 go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
@@ -49,6 +51,7 @@ from so3krates_openmm.md.conformers import CLASH_DISTANCE_ANGSTROM, random_torsi
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
     ExplorationRun,
+    chao1_richness,
     collect_snapshots,
     compare_with_reference,
     run_explorations,
@@ -264,6 +267,8 @@ def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, m
     figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
     left.plot(*md_curve, "o-", ms=2, label="MD snapshots (500-700 K)")
     left.plot(search["n"], search["counts"], "s-", ms=2, label="random backbone dihedrals")
+    left.axhline(chao1_richness(search["minima"])["chao1"], color="tab:orange", ls="--", lw=1,
+                 label="Chao1 estimate of their total")
     left.set_xlabel("minimised structures (random order)")
     left.set_ylabel("distinct minima found")
     left.legend()
@@ -506,7 +511,11 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
             "min": float(only.min() - merged.min()),
             "quartiles": np.percentile(only - merged.min(), [25, 50, 75]).round(3).tolist()},
         "saturation": {"starts": search["n"].tolist(), "minima": search["counts"].tolist(),
-                       "new_minima_per_100_starts_last_10_percent": _late_growth(search["n"], search["counts"])},
+                       "new_minima_per_100_starts_last_10_percent": _late_growth(search["n"], search["counts"]),
+                       "estimated_total": {**chao1_richness(search["minima"]),
+                                           "what": "bias-corrected Chao1 (a lower bound) of the minima these "
+                                                   "random starts would reach without limit, from the minima "
+                                                   "reached once (singletons) and twice (doubletons)"}},
         "minimisation_cpu_hours": search["cpu_seconds"] / 3600,
     }
 

@@ -168,6 +168,20 @@ def saturation_curve(minima: Sequence[Minimum], n_snapshots: int, *, points: int
     return n, counts[n - 1]
 
 
+def chao1_richness(minima: Sequence[Minimum]) -> dict[str, float | int]:
+    """How many minima the sampling would find with unlimited starts: the bias-corrected Chao1 estimator.
+
+    ``n_observed + f1 (f1 - 1) / (2 (f2 + 1))`` with ``f1`` (``f2``) the minima that one (two) of the
+    minimised structures reached (Chao, Biometrics 43, 783 (1987); Chao et al., Biometrics 61, 1054 (2005)).
+    It is a lower bound and assumes independent samples: valid for random starts, not for the correlated
+    snapshots of one MD run. Equal to ``n_observed`` when no minimum was reached only once (saturated).
+    """
+    hits = np.array([len(minimum.snapshots) for minimum in minima], dtype=int)
+    f1, f2 = int(np.sum(hits == 1)), int(np.sum(hits == 2))
+    return {"n_observed": len(hits), "singletons": f1, "doubletons": f2,
+            "chao1": float(len(hits) + f1 * (f1 - 1) / (2.0 * (f2 + 1)))}
+
+
 def compare_with_reference(
     model_positions_angstrom: np.ndarray,
     model_energies_kj_mol: np.ndarray,
