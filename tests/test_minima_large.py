@@ -152,6 +152,10 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert search["n_only_torsion_search"] >= 1 and search["n_validated"] == 1  # 700 K on Amber stays near the start
     assert 0.0 <= search["same_minimum_fraction"] <= 1.0 and search["minimisation_cpu_hours"] > 0
     assert search["saturation"]["estimated_total"]["chao1"] >= search["n_minima"]
+    alone, merged = search["n_minima_by_rmsd_threshold_angstrom"], search["n_minima_with_md_by_rmsd_threshold_angstrom"]
+    assert alone["0.1"] == search["n_minima"] and merged["0.1"] == search["n_minima_with_md"]
+    assert list(alone) == list(merged) == ["0.05", "0.1", "0.25", "0.5"]
+    assert all(1 <= alone[t] <= 6 and 1 <= merged[t] <= 6 + 10 for t in alone)
     for name in ("saturation.png", "minima_energies.png", "validation.png", "training_distance.png",
                  "torsion_search.png"):
         assert (output / name).stat().st_size > 5_000, name

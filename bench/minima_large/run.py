@@ -240,18 +240,23 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
                    structure: Structure, rmsd_threshold: float, seed: int) -> dict:
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
     every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
-    ``index`` numbered after the MD's); and the minimisations' CPU seconds."""
+    ``index`` numbered after the MD's); the counts alone and merged at each of :data:`THRESHOLDS_ANGSTROM`; and
+    the minimisations' CPU seconds."""
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
     heavy = heavy_atom_indices(structure)
     torsion_positions = np.stack([m.positions_angstrom for m in minima])
     md_positions = np.stack([m.positions_angstrom for m in md_minima])
     to_md, _ = nearest_rmsd_angstrom(torsion_positions, md_positions, heavy)
     from_md, _ = nearest_rmsd_angstrom(md_positions, torsion_positions, heavy)
-    merged, _ = deduplicate(md_minimised + [replace(s, index=len(md_minimised) + s.index) for s in found], structure,
-                            rmsd_threshold_angstrom=rmsd_threshold)
+    every = md_minimised + [replace(s, index=len(md_minimised) + s.index) for s in found]
+    merged, _ = deduplicate(every, structure, rmsd_threshold_angstrom=rmsd_threshold)
+    by_threshold = {threshold: (len(deduplicate(found, structure, rmsd_threshold_angstrom=threshold)[0]),
+                                len(deduplicate(every, structure, rmsd_threshold_angstrom=threshold)[0]))
+                    for threshold in sorted(set(THRESHOLDS_ANGSTROM) - {rmsd_threshold})}
+    by_threshold[rmsd_threshold] = (len(minima), len(merged))
     n, counts = saturation_curve(minima, len(found), seed=seed)
     return {
-        "minima": minima, "rejected": rejected, "merged": merged,
+        "minima": minima, "rejected": rejected, "merged": merged, "by_threshold": dict(sorted(by_threshold.items())),
         "cpu_seconds": float(np.nansum([s.cpu_seconds for s in found])),
         "only": [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold],
         "found_again": int(np.sum(from_md < rmsd_threshold)),
@@ -503,6 +508,8 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
         "n_rejected": len(search["rejected"]),
         "n_minima": len(search["minima"]),
         "n_minima_with_md": len(search["merged"]),
+        "n_minima_by_rmsd_threshold_angstrom": {str(t): n for t, (n, _) in search["by_threshold"].items()},
+        "n_minima_with_md_by_rmsd_threshold_angstrom": {str(t): n for t, (_, n) in search["by_threshold"].items()},
         "n_only_torsion_search": len(search["only"]),
         "only_means": "farther than rmsd_threshold_angstrom heavy-atom RMSD from every MD minimum",
         "n_md_minima_found_again": search["found_again"],
