@@ -17,6 +17,7 @@ from so3krates_openmm.md.exploration import (
     ExplorationRun,
     chao1_richness,
     compare_with_reference,
+    match_minima,
     saturation_curve,
 )
 from so3krates_openmm.md.minima import Minimum
@@ -186,3 +187,45 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     with pytest.raises(SystemExit, match="700K_seed2 gives now .*stride"):
         driver.main(strided)
     assert journals["minimised/700K_seed2.jsonl"].read_text() == before["minimised/700K_seed2.jsonl"]
+
+
+def test_two_sets_of_minima_matched_against_each_other(peptide_pdb) -> None:
+    structure = read_structure(peptide_pdb)
+    x = structure.positions_angstrom
+    rng = np.random.default_rng(2)
+    moved = [x + rng.normal(scale=0.6, size=x.shape) for _ in range(2)]
+    first = np.stack([x, moved[0]])  # the second set has x (0.02 Å away) and another structure
+    second = np.stack([moved[1], x + 0.02 * rng.normal(size=x.shape), moved[1] + 0.5])
+    match = match_minima(first, second)
+    assert match["first_nearest_index"][0] == 1 and match["first_nearest_angstrom"][0] < 0.05
+    assert match["first_nearest_angstrom"][1] > 0.25
+    assert match["first_found_in_second"] == 0.5 and match["second_found_in_first"] == 1 / 3
+
+
+@pytest.mark.slow  # ~1 min on an idle 2-core machine: 4 random starts minimised with Amber and GFN2-xTB
+def test_reference_search_minimises_the_same_starts_with_both(tmp_path: Path, peptide_pdb: Path,
+                                                              peptide_amber_xml: Path) -> None:
+    spec = importlib.util.spec_from_file_location("reference_search", RUN_PY.with_name("reference_search.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    work, output = tmp_path / "work", tmp_path / "out"
+    arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--starts", "4",
+                 "--torsion-seed", "1", "--xtb-fmax", "0.05", "--workers", "2", "--work", str(work),
+                 "--output", str(output), "--no-progress"]
+    assert module.main(arguments) == 0
+    summary = json.loads((output / "reference_search.json").read_text())
+    for name in ("model_surface", "xtb_surface"):
+        surface = summary[name]
+        assert 1 <= surface["n_minima"] <= 4 and surface["saturation"]["starts"][-1] == 4
+        assert surface["estimated_total"]["chao1"] >= surface["n_minima"] and surface["cpu_hours"] > 0
+    assert 1 <= summary["per_start"]["n_compared"] <= 4
+    assert 0.0 <= summary["per_start"]["same_minimum_fraction"] <= 1.0
+    assert 0.0 <= summary["sets"]["xtb_minima_found_by_model"] <= 1.0
+    assert (output / "reference_search.png").stat().st_size > 5_000
+    journals = sorted(p.name for p in (work / "minimised").iterdir())
+    assert journals == ["torsion_seed1_000000-000004.jsonl", "xtb_torsion_seed1_000000-000004.jsonl"]
+    # Resumed: nothing is minimised again, the same result.
+    before = (work / "minimised" / journals[1]).read_bytes()
+    assert module.main(arguments) == 0
+    assert (work / "minimised" / journals[1]).read_bytes() == before
+    assert json.loads((output / "reference_search.json").read_text())["per_start"] == summary["per_start"]

@@ -18,12 +18,12 @@ Dask tasks on a local cluster of ``--workers`` processes, or on the workers of `
    (those of the random sample and ``--sample-beyond`` more).
 
 With ``--torsion-starts N``, an independent check of the count: N starts with uniformly random backbone
-dihedrals (:mod:`so3krates_openmm.md.conformers`), minimised like the snapshots (journals of
-:data:`TORSION_BLOCK` starts, so that more starts later minimise only the new ones), merged with the MD's
-minima; the minima only they find, and ``--sample-torsion`` of those re-optimised with GFN2-xTB, go to the
-summary's ``torsion_search`` and ``torsion_search.png``, with a Chao1 estimate of how many minima the random
-starts would reach without limit (:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays
-the MD's count.
+dihedrals (:mod:`so3krates_openmm.md.conformers`), minimised like the snapshots
+(:mod:`so3krates_openmm.md.torsion_search`: journals of 250 starts, so that more starts later minimise only
+the new ones), merged with the MD's minima; the minima only they find, and ``--sample-torsion`` of those
+re-optimised with GFN2-xTB, go to the summary's ``torsion_search`` and ``torsion_search.png``, with a Chao1
+estimate of how many minima the random starts would reach without limit
+(:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
 go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
@@ -70,6 +70,7 @@ from so3krates_openmm.md.minima import (
 )
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.protocols import pretrained_files
+from so3krates_openmm.md.torsion_search import minimize_starts_with_model
 from so3krates_openmm.tasks import JournalMismatch
 from so3krates_openmm.units import energy_conversion
 
@@ -78,8 +79,6 @@ ROOT = HERE.parents[1]
 DATASET_DIR = ROOT / "datasets" / "ac_ala3_nhme"
 #: Heavy-atom RMSD thresholds (Å) at which the minima are also counted, beside ``--rmsd-threshold``.
 THRESHOLDS_ANGSTROM = (0.05, 0.1, 0.25, 0.5)
-#: Random-torsion starts per minimisation journal.
-TORSION_BLOCK = 250
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -213,29 +212,6 @@ def plot_training_distance(distance: np.ndarray, threshold: float, path: Path) -
     save_figure(figure, path)
 
 
-def minimize_torsion_starts(args: argparse.Namespace, structure: Structure, factory: ModelSystemFactory,
-                            progress: bool) -> list[MinimizedSnapshot]:
-    """The ``--torsion-starts`` starts with random backbone dihedrals, minimised (``index``: the start's number)."""
-    starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed)
-    found: list[MinimizedSnapshot] = []
-    for first in range(0, len(starts), TORSION_BLOCK):
-        block = np.arange(first, min(first + TORSION_BLOCK, len(starts)))
-        name = f"torsion_seed{args.torsion_seed}_{first:06d}-{block[-1] + 1:06d}.jsonl"
-        journal = args.work.resolve() / "minimised" / name
-        try:
-            result = minimize_snapshots(
-                starts[block], block, factory, journal, workers=args.workers, scheduler=args.scheduler,
-                platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance,
-                max_iterations=args.max_iterations, progress=progress,
-            )
-        except JournalMismatch:
-            raise SystemExit(f"{journal} holds minimisations with another model, structure or minimiser settings: "
-                             "give the options as before, or move the journal away to minimise again") from None
-        found += [replace(snapshot, index=int(block[snapshot.index])) for snapshot in result]
-        print(f"   random-torsion starts {first}-{block[-1]} minimised", flush=True)
-    return found
-
-
 def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedSnapshot], md_minima: list[Minimum],
                    structure: Structure, rmsd_threshold: float, seed: int) -> dict:
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
@@ -360,7 +336,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.torsion_starts:
         print(f"2/5 torsion search: minimising {args.torsion_starts} starts with random backbone dihedrals",
               flush=True)
-        found = minimize_torsion_starts(args, structure, factory, progress)
+        starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed)
+        found = minimize_starts_with_model(
+            starts, args.torsion_seed, factory, work / "minimised", workers=args.workers, scheduler=args.scheduler,
+            platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations,
+            progress=progress, log=lambda line: print(line, flush=True))
         search = torsion_search(found, minimised, minima, structure, args.rmsd_threshold, args.sample_seed)
         write_minima(work / "minima_with_torsion_search", search["merged"], [], structure,
                      {"snapshots": n_snapshots, "random_torsion_starts": len(found),

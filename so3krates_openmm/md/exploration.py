@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from so3krates_openmm.data.trajectory import read_dcd
-from so3krates_openmm.md.minima import Minimum, paired_rmsd_angstrom
+from so3krates_openmm.md.minima import Minimum, nearest_rmsd_angstrom, paired_rmsd_angstrom
 from so3krates_openmm.md.protocols import LangevinNVTOptions
 from so3krates_openmm.tasks import run_tasks
 
@@ -220,4 +220,29 @@ def compare_with_reference(
         "median_rmsd_angstrom": float(np.median(rmsd)),
         "energy_spearman": float(spearmanr(model_energies, reference_energies).statistic),
         "relative_energy_mae_kj_mol": float(np.mean(np.abs(model_relative - reference_relative))),
+    }
+
+
+def match_minima(
+    first_angstrom: np.ndarray,
+    second_angstrom: np.ndarray,
+    atom_indices: Sequence[int] | np.ndarray | None = None,
+    *,
+    same_rmsd_angstrom: float = SAME_MINIMUM_RMSD_ANGSTROM,
+) -> dict:
+    """Two sets of distinct minima (e.g. the model's and the reference's from the same starts) against each other.
+
+    Returns (JSON-ready): for each minimum of ``first`` the RMSD (Å, after superposition over ``atom_indices``) to
+    the closest of ``second`` and its index (``first_nearest_angstrom``, ``first_nearest_index``), the same for
+    ``second`` (``second_nearest_angstrom``), and the fractions of each set that the other also has
+    (``first_found_in_second``, ``second_found_in_first``: closest within ``same_rmsd_angstrom``).
+    """
+    first_distance, first_index = nearest_rmsd_angstrom(first_angstrom, second_angstrom, atom_indices)
+    second_distance, _ = nearest_rmsd_angstrom(second_angstrom, first_angstrom, atom_indices)
+    return {
+        "first_nearest_angstrom": first_distance.tolist(), "first_nearest_index": first_index.tolist(),
+        "second_nearest_angstrom": second_distance.tolist(),
+        "first_found_in_second": float(np.mean(first_distance < same_rmsd_angstrom)),
+        "second_found_in_first": float(np.mean(second_distance < same_rmsd_angstrom)),
+        "same_rmsd_angstrom": same_rmsd_angstrom,
     }

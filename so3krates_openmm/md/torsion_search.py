@@ -1,0 +1,117 @@
+"""Starts with random backbone dihedrals minimised with the model, and the same starts with GFN2-xTB.
+
+The starts come from :func:`~so3krates_openmm.md.conformers.random_torsion_conformers` (the first ``n`` of a
+seed's draw are those of any longer draw). Both minimisations run as Dask tasks (:mod:`so3krates_openmm.tasks`:
+a local cluster or a scheduler's workers) in journals of :data:`TORSION_BLOCK` starts, one file per block and
+method under ``journal_dir``, so that asking for more starts later minimises only the new ones and a killed run
+redoes nothing that finished. The results are :class:`~so3krates_openmm.md.minima.MinimizedSnapshot` (``index``
+and ``step``: the start's number; energies in kJ/mol), ready for
+:func:`~so3krates_openmm.md.minima.deduplicate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from so3krates_openmm.data.reference import SamplingSettings
+from so3krates_openmm.data.structures import Structure
+from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
+from so3krates_openmm.md.minima import MinimizedSnapshot, SystemFactory, minimize_snapshots
+from so3krates_openmm.tasks import JournalMismatch
+from so3krates_openmm.units import energy_conversion
+
+#: Random-dihedral starts per journal.
+TORSION_BLOCK = 250
+
+
+def _blocks(n_starts: int) -> Iterator[np.ndarray]:
+    for first in range(0, n_starts, TORSION_BLOCK):
+        yield np.arange(first, min(first + TORSION_BLOCK, n_starts))
+
+
+def _journal(journal_dir: Path, prefix: str, seed: int, block: np.ndarray) -> Path:
+    return Path(journal_dir) / f"{prefix}torsion_seed{seed}_{block[0]:06d}-{block[-1] + 1:06d}.jsonl"
+
+
+def minimize_starts_with_model(
+    starts_angstrom: np.ndarray,
+    seed: int,
+    factory: SystemFactory,
+    journal_dir: str | Path,
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    platform: str = "CPU",
+    tolerance_kj_mol_nm: float = 1.0,
+    max_iterations: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[MinimizedSnapshot]:
+    """The starts (n, atoms, 3; Å) of random-dihedral ``seed`` minimised with the model System of ``factory``
+    (:func:`~so3krates_openmm.md.minima.minimize_snapshots`), journaled in ``journal_dir``.
+
+    Raises ``SystemExit`` naming the journal when it holds minimisations with another model, structure or
+    minimiser settings.
+    """
+    found: list[MinimizedSnapshot] = []
+    for block in _blocks(len(starts_angstrom)):
+        journal = _journal(Path(journal_dir), "", seed, block)
+        try:
+            result = minimize_snapshots(
+                starts_angstrom[block], block, factory, journal, workers=workers, scheduler=scheduler,
+                platform=platform, tolerance_kj_mol_nm=tolerance_kj_mol_nm, max_iterations=max_iterations,
+                progress=progress,
+            )
+        except JournalMismatch:
+            raise SystemExit(f"{journal} holds minimisations with another model, structure or minimiser settings: "
+                             "give the options as before, or move the journal away to minimise again") from None
+        found += [replace(snapshot, index=int(block[snapshot.index])) for snapshot in result]
+        log(f"   random-dihedral starts {block[0]}-{block[-1]} minimised with the model")
+    return found
+
+
+def minimize_starts_with_xtb(
+    structure: Structure,
+    starts_angstrom: np.ndarray,
+    seed: int,
+    journal_dir: str | Path,
+    settings: SamplingSettings | None = None,
+    optimization: OptimizationSettings | None = None,
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[MinimizedSnapshot]:
+    """The same starts optimised on the GFN2-xTB surface (:func:`~so3krates_openmm.data.xtb.xtb_optimize_many`,
+    the data's settings by default), journaled in ``journal_dir`` as ``xtb_torsion_seed<seed>_...``.
+
+    A start whose optimisation did not converge within ``optimization.max_steps`` keeps its positions and
+    names that as its ``problem``.
+    """
+    settings = settings or xtb_settings()
+    kj_mol_per_ev = energy_conversion("eV", "kJ/mol")
+    found: list[MinimizedSnapshot] = []
+    for block in _blocks(len(starts_angstrom)):
+        journal = _journal(Path(journal_dir), "xtb_", seed, block)
+        try:
+            results = xtb_optimize_many(structure.atomic_numbers, {str(k): starts_angstrom[k] for k in block},
+                                        journal, settings, optimization, workers=workers, scheduler=scheduler,
+                                        progress=progress)
+        except JournalMismatch:
+            raise SystemExit(f"{journal} holds GFN2-xTB optimisations with other settings: give the options as "
+                             "before, or move the journal away to optimise again") from None
+        for k in block:
+            result = results[str(k)]
+            problem = None if result["converged"] else (
+                f"GFN2-xTB optimisation not converged in {result['steps']} steps (largest force "
+                f"{result['max_force_eV_per_angstrom']:.3f} eV/Å)")
+            found.append(MinimizedSnapshot(int(k), int(k), float(result["energy_eV"]) * kj_mol_per_ev,
+                                           np.asarray(result["positions_angstrom"]), problem,
+                                           float(result["seconds"]), float(result["cpu_seconds"])))
+        log(f"   random-dihedral starts {block[0]}-{block[-1]} optimised with GFN2-xTB")
+    return found
