@@ -134,6 +134,13 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
     ]
 
 
+#: issue 18: the count of the reference's own minima and the start-by-start check: the first 1000 random-dihedral
+#: starts of round 3's search optimised with GFN2-xTB too (about 6.5 CPU s each; journals shared with the search)
+REFERENCE_SEARCH = Step([PYTHON, "bench/minima_large/reference_search.py", "--model", minima_round_files(3)["model"],
+                         "--work", minima_round_files(3)["work"], "--torsion-seed", "2", "--starts", "1000",
+                         "--workers", "2", "--no-progress", "--output", minima_round_files(3)["output"]])
+
+
 #: issue 17: the stability runs (about 15-35 min each on one core, each saved when it finishes)
 STABILITY_RUNS = Step([PYTHON, "bench/stability_study/run_study.py", "--jobs", "1"])
 
@@ -157,6 +164,7 @@ LANES: dict[str, list[Step]] = {
         STABILITY_RUNS,
         *minima_steps(workers=2),
         *(step for number in MINIMA_ROUNDS for step in minima_round_steps(number, workers=2)),
+        REFERENCE_SEARCH,
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
