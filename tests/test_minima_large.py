@@ -223,9 +223,12 @@ def test_reference_search_minimises_the_same_starts_with_both(tmp_path: Path, pe
     assert 0.0 <= summary["sets"]["xtb_minima_found_by_model"] <= 1.0
     assert (output / "reference_search.png").stat().st_size > 5_000
     journals = sorted(p.name for p in (work / "minimised").iterdir())
-    assert journals == ["torsion_seed1_000000-000004.jsonl", "xtb_torsion_seed1_000000-000004.jsonl"]
+    assert journals == ["model_from_xtb_torsion_seed1_000000-000004.jsonl", "torsion_seed1_000000-000004.jsonl",
+                        "xtb_torsion_seed1_000000-000004.jsonl"]
+    on_model = summary["xtb_minima_on_model"]
+    assert on_model["n_minimised"] == summary["xtb_surface"]["n_minima"] and 0.0 <= on_model["stay_fraction"] <= 1.0
     # Resumed: nothing is minimised again, the same result.
-    before = (work / "minimised" / journals[1]).read_bytes()
+    before = [(work / "minimised" / name).read_bytes() for name in journals]
     assert module.main(arguments) == 0
-    assert (work / "minimised" / journals[1]).read_bytes() == before
+    assert [(work / "minimised" / name).read_bytes() for name in journals] == before
     assert json.loads((output / "reference_search.json").read_text())["per_start"] == summary["per_start"]

@@ -15,7 +15,9 @@ minimisation, so the reference's own count is affordable. Writes ``reference_sea
 - per surface: distinct minima (heavy-atom RMSD threshold), their growth with the starts, the Chao1 estimate
   of the total (:func:`~so3krates_openmm.md.exploration.chao1_richness`) and the counts at other thresholds;
 - per start: the heavy-atom RMSD between the model's and xTB's minimum and the fraction that end in the same
-  minimum (below 0.25 Å);
+  minimum (below 0.25 Å; the two minimisers, OpenMM L-BFGS and ASE BFGS, can also part ways on one surface);
+- each distinct xTB minimum minimised again with the model (journals of their own): the share that stays
+  (below 0.25 Å), i.e. is a minimum of the model as well, whatever the search found;
 - between the two sets of distinct minima: the share of the model's minima that xTB also has, the share of
   xTB's that the model found (all, and those within 10 and 20 kJ/mol of xTB's lowest), and the Spearman
   correlation and MAE of the relative energies of the minima both have.
@@ -140,21 +142,33 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    log(f"1/3 {args.starts} random-dihedral starts (seed {args.torsion_seed}) minimised with the model")
+    log(f"1/4 {args.starts} random-dihedral starts (seed {args.torsion_seed}) minimised with the model")
     factory = ModelSystemFactory(str(args.structure.resolve()), str(args.model.resolve()))
     model_found = minimize_starts_with_model(
         starts, args.torsion_seed, factory, work / "minimised", workers=args.workers, scheduler=args.scheduler,
         platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations,
         progress=progress, log=log)
-    log(f"2/3 the same starts optimised with GFN2-xTB (BFGS to {args.xtb_fmax} eV/Å)")
+    log(f"2/4 the same starts optimised with GFN2-xTB (BFGS to {args.xtb_fmax} eV/Å)")
     xtb_found = minimize_starts_with_xtb(
         structure, starts, args.torsion_seed, work / "minimised", xtb_settings(charge=args.charge),
         OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps), workers=args.workers,
         scheduler=args.scheduler, progress=progress, log=log)
 
-    log("3/3 comparison")
+    log("3/4 GFN2-xTB's minima minimised again with the model: are they minima of the model too?")
+    xtb_on_model = minimize_starts_with_model(
+        np.stack([s.positions_angstrom for s in xtb_found]), args.torsion_seed, factory, work / "minimised",
+        workers=args.workers, scheduler=args.scheduler, platform=args.platform,
+        tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations, progress=progress, log=log,
+        journal_prefix="model_from_xtb_")
+
+    log("4/4 comparison")
     model_minima, model_summary, model_curve = surface(model_found, structure, args)
     xtb_minima, xtb_summary, xtb_curve = surface(xtb_found, structure, args)
+    # Each distinct xTB minimum (its lowest-energy start) against where the model's minimiser takes it.
+    first_start = np.array([m.snapshots[0] for m in xtb_minima])
+    kept = np.array([k for k in first_start if xtb_on_model[k].problem is None], dtype=int)
+    moved = paired_rmsd_angstrom(np.stack([xtb_found[k].positions_angstrom for k in kept]),
+                                 np.stack([xtb_on_model[k].positions_angstrom for k in kept]), heavy)
     # Start by start (deduplicate marked the rejected ones with their problem).
     both = np.array([k for k in range(args.starts) if model_found[k].problem is None and xtb_found[k].problem is None])
     per_start = paired_rmsd_angstrom(np.stack([model_found[k].positions_angstrom for k in both]),
@@ -186,6 +200,14 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             "median_rmsd_angstrom": float(np.median(per_start)),
             "rmsd_quartiles_angstrom": np.percentile(per_start, [25, 50, 75]).round(4).tolist(),
         },
+        "xtb_minima_on_model": {
+            "what": "each distinct GFN2-xTB minimum minimised with the model: the share that stays within "
+                    "same_minimum_rmsd_angstrom (a minimum of the model too) and how far they move",
+            "n_minimised": len(kept),
+            "stay_fraction": float(np.mean(moved < SAME_MINIMUM_RMSD_ANGSTROM)),
+            "median_rmsd_angstrom": float(np.median(moved)),
+            "rmsd_quartiles_angstrom": np.percentile(moved, [25, 50, 75]).round(4).tolist(),
+        },
         "sets": {
             "model_minima_found_by_xtb": match["first_found_in_second"],
             "xtb_minima_found_by_model": match["second_found_in_first"],
@@ -204,7 +226,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     write_atomically(output / "reference_search.json", json.dumps(summary, indent=1) + "\n")
     log(f"model: {len(model_minima)} minima (Chao1 {model_summary['estimated_total']['chao1']:.0f}), GFN2-xTB: "
         f"{len(xtb_minima)} (Chao1 {xtb_summary['estimated_total']['chao1']:.0f}) from {args.starts} starts; same "
-        f"minimum from the same start {summary['per_start']['same_minimum_fraction']:.2f}; "
+        f"minimum from the same start {summary['per_start']['same_minimum_fraction']:.2f}; xTB minima that are "
+        f"minima of the model {summary['xtb_minima_on_model']['stay_fraction']:.2f}; "
         f"{output / 'reference_search.json'}")
     return 0
 

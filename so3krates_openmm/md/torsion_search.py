@@ -50,16 +50,18 @@ def minimize_starts_with_model(
     max_iterations: int = 0,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    journal_prefix: str = "",
 ) -> list[MinimizedSnapshot]:
     """The starts (n, atoms, 3; Å) of random-dihedral ``seed`` minimised with the model System of ``factory``
     (:func:`~so3krates_openmm.md.minima.minimize_snapshots`), journaled in ``journal_dir``.
 
-    Raises ``SystemExit`` naming the journal when it holds minimisations with another model, structure or
-    minimiser settings.
+    ``journal_prefix`` names journals of other structures derived from the same starts (e.g. GFN2-xTB's minima
+    of them minimised again with the model). Raises ``SystemExit`` naming the journal when it holds
+    minimisations with another model, structure or minimiser settings.
     """
     found: list[MinimizedSnapshot] = []
     for block in _blocks(len(starts_angstrom)):
-        journal = _journal(Path(journal_dir), "", seed, block)
+        journal = _journal(Path(journal_dir), journal_prefix, seed, block)
         try:
             result = minimize_snapshots(
                 starts_angstrom[block], block, factory, journal, workers=workers, scheduler=scheduler,
@@ -70,7 +72,7 @@ def minimize_starts_with_model(
             raise SystemExit(f"{journal} holds minimisations with another model, structure or minimiser settings: "
                              "give the options as before, or move the journal away to minimise again") from None
         found += [replace(snapshot, index=int(block[snapshot.index])) for snapshot in result]
-        log(f"   random-dihedral starts {block[0]}-{block[-1]} minimised with the model")
+        log(f"   {journal.name}: {len(block)} structures minimised with the model")
     return found
 
 
@@ -113,5 +115,5 @@ def minimize_starts_with_xtb(
             found.append(MinimizedSnapshot(int(k), int(k), float(result["energy_eV"]) * kj_mol_per_ev,
                                            np.asarray(result["positions_angstrom"]), problem,
                                            float(result["seconds"]), float(result["cpu_seconds"])))
-        log(f"   random-dihedral starts {block[0]}-{block[-1]} optimised with GFN2-xTB")
+        log(f"   {journal.name}: {len(block)} starts optimised with GFN2-xTB")
     return found
