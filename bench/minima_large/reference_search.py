@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from so3krates_openmm.cli.common import add_minima_search_arguments
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_settings
 from so3krates_openmm.files import LockedError, exclusive_lock, write_atomically
@@ -68,27 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shipped = pretrained_files("ac_ala3_nhme")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--structure", type=Path, default=shipped["structure"], help="starting structure (PDB)")
-    parser.add_argument("--model", type=Path, default=shipped["model"],
-                        help="exported model (.pt; e.g. so3krates-export --kernels fused) or OpenMM System (.xml)")
+    add_minima_search_arguments(parser, structure=shipped["structure"], model=shipped["model"],
+                                work=ROOT / "runs" / "minima_large", output=Path(__file__).resolve().parent)
     parser.add_argument("--starts", type=int, default=500, help="random-dihedral starts")
-    parser.add_argument("--torsion-seed", type=int, default=0, help="seed of the random backbone dihedrals")
-    parser.add_argument("--rmsd-threshold", type=float, default=0.1, help="heavy-atom RMSD of distinct minima, Å")
-    parser.add_argument("--minimize-tolerance", type=float, default=1.0, help="minimiser RMS force, kJ/mol/nm")
-    parser.add_argument("--max-iterations", type=int, default=0, help="minimiser iterations (0: until converged)")
-    parser.add_argument("--xtb-fmax", type=float, default=0.01, help="xTB optimisation: largest force, eV/Å")
-    parser.add_argument("--xtb-max-steps", type=int, default=1000, help="xTB optimisation: at most this many steps")
-    parser.add_argument("--charge", type=int, default=0, help="total charge for xTB, e")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random order of the growth curves")
-    parser.add_argument("--platform", default="CPU", help="OpenMM platform of the model's minimisations")
-    parser.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
-    parser.add_argument("--scheduler", help="Dask scheduler address (its workers must see the files at the same "
-                                            "paths) instead of a local cluster")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "minima_large",
-                        help="the journals (those of run.py with the same --work are shared; not committed)")
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent,
-                        help="reference_search.json and reference_search.png (committed)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     args = parser.parse_args(argv)
     for name in ("structure", "model"):
         if not getattr(args, name).exists():

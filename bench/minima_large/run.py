@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from so3krates_openmm.cli.common import add_minima_search_arguments
 from so3krates_openmm.data.labelling import read_frames
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
@@ -85,9 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shipped = pretrained_files("ac_ala3_nhme")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--structure", type=Path, default=shipped["structure"], help="starting structure (PDB)")
-    parser.add_argument("--model", type=Path, default=shipped["model"],
-                        help="exported model (.pt; e.g. so3krates-export --kernels fused) or OpenMM System (.xml)")
+    add_minima_search_arguments(parser, structure=shipped["structure"], model=shipped["model"],
+                                work=ROOT / "runs" / "minima_large", output=HERE)
     parser.add_argument("--training-data", type=Path, nargs="+",
                         default=[DATASET_DIR / "dataset.npz", DATASET_DIR / "md_frames_round1.npz"],
                         help="the model's training data (.npz/extended XYZ): distance of each minimum to it")
@@ -101,9 +101,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
     parser.add_argument("--snapshot-interval", type=int, default=200, help="MD steps between snapshots")
     parser.add_argument("--skip-ps", type=float, default=5.0, help="equilibration dropped at the start of each run, ps")
-    parser.add_argument("--rmsd-threshold", type=float, default=0.1, help="heavy-atom RMSD of distinct minima, Å")
-    parser.add_argument("--minimize-tolerance", type=float, default=1.0, help="minimiser RMS force, kJ/mol/nm")
-    parser.add_argument("--max-iterations", type=int, default=0, help="minimiser iterations (0: until converged)")
     parser.add_argument("--beyond-training", type=float, default=0.5,
                         help="a minimum farther than this heavy-atom RMSD from every training frame is new, Å")
     parser.add_argument("--sample", type=int, default=60, help="minima re-optimised with GFN2-xTB")
@@ -112,20 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample of minima")
     parser.add_argument("--torsion-starts", type=int, default=0,
                         help="also minimise this many starts with random backbone dihedrals (0: none)")
-    parser.add_argument("--torsion-seed", type=int, default=0, help="seed of the random backbone dihedrals")
     parser.add_argument("--sample-torsion", type=int, default=20,
                         help="minima found only from random-torsion starts re-optimised with GFN2-xTB")
-    parser.add_argument("--xtb-fmax", type=float, default=0.01, help="xTB optimisation: largest force, eV/Å")
-    parser.add_argument("--xtb-max-steps", type=int, default=1000, help="xTB optimisation: at most this many steps")
-    parser.add_argument("--charge", type=int, default=0, help="total charge for xTB, e")
-    parser.add_argument("--platform", default="CPU", help="OpenMM platform of the MD and the minimisations")
-    parser.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
-    parser.add_argument("--scheduler", help="Dask scheduler address (its workers must see the files at the same "
-                                            "paths) instead of a local cluster")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "minima_large",
-                        help="runs, journals and all minima (not committed)")
-    parser.add_argument("--output", type=Path, default=HERE, help="summary.json and the figures")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     for name in ("structure", "model"):
         if not getattr(args, name).is_file():

@@ -6,6 +6,7 @@ Kept free of PyTorch and OpenMM imports: :func:`tune_process` must run before ei
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,3 +106,27 @@ def run_protocol(options_class: str, recipe_name: str, argv: Sequence[str] | Non
         write_resolved_protocol(options, output / "protocol_resolved.yaml", seed=result.seed,
                                 source=f"defaults < {', '.join(files) or 'no protocol file'} < flags")
     return EXIT_OK if result.stable else EXIT_UNSTABLE
+
+
+def add_minima_search_arguments(parser: argparse.ArgumentParser, *, structure: Path, model: Path, work: Path,
+                                output: Path) -> None:
+    """The options that the minima searches (``bench/minima_large/``) share, with their defaults: the structure
+    and model, what counts as a distinct minimum, the model's minimiser, the random backbone dihedrals, GFN2-xTB's
+    optimisation, the Dask tasks and where journals (``work``) and results (``output``) go."""
+    parser.add_argument("--structure", type=Path, default=structure, help="starting structure (PDB)")
+    parser.add_argument("--model", type=Path, default=model,
+                        help="exported model (.pt; e.g. so3krates-export --kernels fused) or OpenMM System (.xml)")
+    parser.add_argument("--rmsd-threshold", type=float, default=0.1, help="heavy-atom RMSD of distinct minima, Å")
+    parser.add_argument("--minimize-tolerance", type=float, default=1.0, help="minimiser RMS force, kJ/mol/nm")
+    parser.add_argument("--max-iterations", type=int, default=0, help="minimiser iterations (0: until converged)")
+    parser.add_argument("--torsion-seed", type=int, default=0, help="seed of the random backbone dihedrals")
+    parser.add_argument("--xtb-fmax", type=float, default=0.01, help="xTB optimisation: largest force, eV/Å")
+    parser.add_argument("--xtb-max-steps", type=int, default=1000, help="xTB optimisation: at most this many steps")
+    parser.add_argument("--charge", type=int, default=0, help="total charge for xTB, e")
+    parser.add_argument("--platform", default="CPU", help="OpenMM platform of the MD and the minimisations")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
+    parser.add_argument("--scheduler", help="Dask scheduler address (its workers must see the files at the same "
+                                            "paths) instead of a local cluster")
+    parser.add_argument("--work", type=Path, default=work, help="runs, journals and all minima (not committed)")
+    parser.add_argument("--output", type=Path, default=output, help="summary and figures (committed)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
