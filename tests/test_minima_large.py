@@ -222,6 +222,7 @@ def test_reference_search_minimises_the_same_starts_with_both(tmp_path: Path, pe
     assert 0.0 <= summary["per_start"]["same_minimum_fraction"] <= 1.0
     assert 0.0 <= summary["sets"]["xtb_minima_found_by_model"] <= 1.0
     assert (output / "reference_search.png").stat().st_size > 5_000
+    assert (work / "xtb_minima" / "minima.pdb").stat().st_size > 0
     journals = sorted(p.name for p in (work / "minimised").iterdir())
     assert journals == ["model_from_xtb_torsion_seed1_000000-000004.jsonl", "torsion_seed1_000000-000004.jsonl",
                         "xtb_torsion_seed1_000000-000004.jsonl"]

@@ -18,6 +18,8 @@ minimisation, so the reference's own count is affordable. Writes ``reference_sea
   minimum (below 0.25 Å; the two minimisers, OpenMM L-BFGS and ASE BFGS, can also part ways on one surface);
 - each distinct xTB minimum minimised again with the model (journals of their own): the share that stays
   (below 0.25 Å), i.e. is a minimum of the model as well, whatever the search found;
+- GFN2-xTB's distinct minima as ``--work``/xtb_minima/minima.pdb (for ``so3krates-data label``: training data
+  at the reference's own minima);
 - between the two sets of distinct minima: the share of the model's minima that xTB also has, the share of
   xTB's that the model found (all, and those within 10 and 20 kJ/mol of xTB's lowest), and the Spearman
   correlation and MAE of the relative energies of the minima both have.
@@ -53,6 +55,7 @@ from so3krates_openmm.md.minima import (
     deduplicate,
     heavy_atom_indices,
     paired_rmsd_angstrom,
+    write_minima,
 )
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.protocols import pretrained_files
@@ -148,6 +151,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     log("4/4 comparison")
     model_minima, model_summary, model_curve = surface(model_found, structure, args)
     xtb_minima, xtb_summary, xtb_curve = surface(xtb_found, structure, args)
+    write_minima(work / "xtb_minima", xtb_minima, [s for s in xtb_found if s.problem is not None], structure,
+                 {"random_dihedral_starts": args.starts, "torsion_seed": args.torsion_seed,
+                  "rmsd_threshold_angstrom": args.rmsd_threshold, "reference": "GFN2-xTB"})
     # Each distinct xTB minimum (its lowest-energy start) against where the model's minimiser takes it.
     first_start = np.array([m.snapshots[0] for m in xtb_minima])
     kept = np.array([k for k in first_start if xtb_on_model[k].problem is None], dtype=int)
