@@ -210,7 +210,8 @@ def test_reference_search_minimises_the_same_starts_with_both(tmp_path: Path, pe
     spec.loader.exec_module(module)
     work, output = tmp_path / "work", tmp_path / "out"
     arguments = ["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--starts", "4",
-                 "--torsion-seed", "1", "--xtb-fmax", "0.05", "--workers", "2", "--work", str(work),
+                 "--torsion-seed", "1", "--xtb-fmax", "0.05", "--optimizer-control", "2", "--workers", "2",
+                 "--work", str(work),
                  "--output", str(output), "--no-progress"]
     assert module.main(arguments) == 0
     summary = json.loads((output / "reference_search.json").read_text())
@@ -224,8 +225,12 @@ def test_reference_search_minimises_the_same_starts_with_both(tmp_path: Path, pe
     assert (output / "reference_search.png").stat().st_size > 5_000
     assert (work / "xtb_minima" / "minima.pdb").stat().st_size > 0
     journals = sorted(p.name for p in (work / "minimised").iterdir())
-    assert journals == ["model_from_xtb_torsion_seed1_000000-000004.jsonl", "torsion_seed1_000000-000004.jsonl",
+    assert journals == ["model_ase_torsion_seed1_000000-000002.jsonl",
+                        "model_from_xtb_torsion_seed1_000000-000004.jsonl", "torsion_seed1_000000-000004.jsonl",
                         "xtb_torsion_seed1_000000-000004.jsonl"]
+    control = summary["optimizer_control"]
+    assert control["n_starts"] == 2 and 0.0 <= control["model_bfgs_vs_xtb_bfgs"]["same_minimum_fraction"] <= 1.0
+    assert control["model_lbfgs_vs_model_bfgs"]["n_compared"] <= 2
     on_model = summary["xtb_minima_on_model"]
     assert on_model["n_minimised"] == summary["xtb_surface"]["n_minima"] and 0.0 <= on_model["stay_fraction"] <= 1.0
     # Resumed: nothing is minimised again, the same result.

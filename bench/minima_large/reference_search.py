@@ -16,6 +16,9 @@ minimisation, so the reference's own count is affordable. Writes ``reference_sea
   of the total (:func:`~so3krates_openmm.md.exploration.chao1_richness`) and the counts at other thresholds;
 - per start: the heavy-atom RMSD between the model's and xTB's minimum and the fraction that end in the same
   minimum (below 0.25 Å; the two minimisers, OpenMM L-BFGS and ASE BFGS, can also part ways on one surface);
+- a control (``--optimizer-control``): the first starts also optimised on the model with xTB's optimiser, so
+  that the share of starts ending in the same minimum is known for two minimisers on one surface and for one
+  minimiser on two surfaces;
 - each distinct xTB minimum minimised again with the model (journals of their own): the share that stays
   (below 0.25 Å), i.e. is a minimum of the model as well, whatever the search found;
 - GFN2-xTB's distinct minima as ``--work``/xtb_minima/minima.pdb (for ``so3krates-data label``: training data
@@ -59,7 +62,11 @@ from so3krates_openmm.md.minima import (
 )
 from so3krates_openmm.md.plotting import pyplot, save_figure
 from so3krates_openmm.md.protocols import pretrained_files
-from so3krates_openmm.md.torsion_search import minimize_starts_with_model, minimize_starts_with_xtb
+from so3krates_openmm.md.torsion_search import (
+    minimize_starts_with_model,
+    minimize_starts_with_model_ase,
+    minimize_starts_with_xtb,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Heavy-atom RMSD thresholds (Å) at which both surfaces' minima are also counted.
@@ -76,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 work=ROOT / "runs" / "minima_large", output=Path(__file__).resolve().parent)
     parser.add_argument("--starts", type=int, default=500, help="random-dihedral starts")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random order of the growth curves")
+    parser.add_argument("--optimizer-control", type=int, default=100,
+                        help="the first this many starts also optimised on the model with xTB's ASE optimiser (a "
+                             "control: surfaces against minimisers; 0: none)")
     args = parser.parse_args(argv)
     for name in ("structure", "model"):
         if not getattr(args, name).exists():
@@ -141,6 +151,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps), workers=args.workers,
         scheduler=args.scheduler, progress=progress, log=log)
 
+    control = args.optimizer_control and minimize_starts_with_model_ase(
+        structure, starts[:args.optimizer_control], args.torsion_seed, factory, work / "minimised",
+        OptimizationSettings("BFGS", args.xtb_fmax, args.xtb_max_steps), workers=args.workers,
+        scheduler=args.scheduler, platform=args.platform, progress=progress, log=log)
     log("3/4 GFN2-xTB's minima minimised again with the model: are they minima of the model too?")
     xtb_on_model = minimize_starts_with_model(
         np.stack([s.positions_angstrom for s in xtb_found]), args.torsion_seed, factory, work / "minimised",
@@ -163,6 +177,25 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     both = np.array([k for k in range(args.starts) if model_found[k].problem is None and xtb_found[k].problem is None])
     per_start = paired_rmsd_angstrom(np.stack([model_found[k].positions_angstrom for k in both]),
                                      np.stack([xtb_found[k].positions_angstrom for k in both]), heavy)
+    # The control: on the first starts, the model with xTB's optimiser against the model's L-BFGS and against xTB.
+    optimizer_control = None
+    if control:
+        def same_start(first: list[MinimizedSnapshot], second: list[MinimizedSnapshot]) -> dict:
+            pairs = [k for k in range(len(control)) if first[k].problem is None and second[k].problem is None]
+            rmsd = paired_rmsd_angstrom(np.stack([first[k].positions_angstrom for k in pairs]),
+                                        np.stack([second[k].positions_angstrom for k in pairs]), heavy)
+            return {"n_compared": len(pairs),
+                    "same_minimum_fraction": float(np.mean(rmsd < SAME_MINIMUM_RMSD_ANGSTROM)),
+                    "median_rmsd_angstrom": float(np.median(rmsd))}
+
+        optimizer_control = {
+            "what": "the first n_starts starts also optimised on the model with ASE BFGS to --xtb-fmax (xTB's "
+                    "optimiser): same minimum from the same start for each pair of optimisations",
+            "n_starts": len(control),
+            "model_lbfgs_vs_model_bfgs": same_start(model_found, control),
+            "model_bfgs_vs_xtb_bfgs": same_start(control, xtb_found),
+            "model_lbfgs_vs_xtb_bfgs": same_start(model_found, xtb_found),
+        }
     # Set against set, and the energies of the minima both have.
     model_positions = np.stack([m.positions_angstrom for m in model_minima])
     xtb_positions = np.stack([m.positions_angstrom for m in xtb_minima])
@@ -190,6 +223,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             "median_rmsd_angstrom": float(np.median(per_start)),
             "rmsd_quartiles_angstrom": np.percentile(per_start, [25, 50, 75]).round(4).tolist(),
         },
+        "optimizer_control": optimizer_control,
         "xtb_minima_on_model": {
             "what": "each distinct GFN2-xTB minimum minimised with the model: the share that stays within "
                     "same_minimum_rmsd_angstrom (a minimum of the model too) and how far they move",

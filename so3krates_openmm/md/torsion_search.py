@@ -11,18 +11,22 @@ and ``step``: the start's number; energies in kJ/mol), ready for
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import openmm as mm
+from ase.calculators.calculator import Calculator, all_changes
+from openmm import unit
 
 from so3krates_openmm.data.reference import SamplingSettings
 from so3krates_openmm.data.structures import Structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
-from so3krates_openmm.md.minima import MinimizedSnapshot, SystemFactory, minimize_snapshots
-from so3krates_openmm.tasks import JournalMismatch
-from so3krates_openmm.units import energy_conversion
+from so3krates_openmm.md.minima import MinimizedSnapshot, MinimizerRecipe, SystemFactory, minimize_snapshots
+from so3krates_openmm.tasks import JournalMismatch, run_tasks, worker_cache
+from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
 
 #: Random-dihedral starts per journal.
 TORSION_BLOCK = 250
@@ -107,13 +111,107 @@ def minimize_starts_with_xtb(
         except JournalMismatch:
             raise SystemExit(f"{journal} holds GFN2-xTB optimisations with other settings: give the options as "
                              "before, or move the journal away to optimise again") from None
-        for k in block:
-            result = results[str(k)]
-            problem = None if result["converged"] else (
-                f"GFN2-xTB optimisation not converged in {result['steps']} steps (largest force "
-                f"{result['max_force_eV_per_angstrom']:.3f} eV/Å)")
-            found.append(MinimizedSnapshot(int(k), int(k), float(result["energy_eV"]) * kj_mol_per_ev,
-                                           np.asarray(result["positions_angstrom"]), problem,
-                                           float(result["seconds"]), float(result["cpu_seconds"])))
+        found += _optimised_snapshots(block, results, kj_mol_per_ev, "GFN2-xTB")
         log(f"   {journal.name}: {len(block)} starts optimised with GFN2-xTB")
+    return found
+
+
+def _optimised_snapshots(block: np.ndarray, results: dict[str, dict], kj_mol_per_ev: float,
+                         method: str) -> list[MinimizedSnapshot]:
+    """ASE optimisations (:func:`~so3krates_openmm.data.xtb.xtb_optimize`'s result layout) as minimised snapshots;
+    one that did not converge keeps its positions and names that as its ``problem``."""
+    found = []
+    for k in block:
+        result = results[str(k)]
+        problem = None if result["converged"] else (
+            f"{method} optimisation not converged in {result['steps']} steps (largest force "
+            f"{result['max_force_eV_per_angstrom']:.3f} eV/Å)")
+        found.append(MinimizedSnapshot(int(k), int(k), float(result["energy_eV"]) * kj_mol_per_ev,
+                                       np.asarray(result["positions_angstrom"]), problem,
+                                       float(result["seconds"]), float(result["cpu_seconds"])))
+    return found
+
+
+class ContextCalculator(Calculator):
+    """ASE calculator on an OpenMM ``Context`` (e.g. a model System's): energy in eV, forces in eV/Å."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, context: mm.Context) -> None:
+        super().__init__()
+        self.context = context
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self.context.setPositions(self.atoms.get_positions() / ANGSTROM_PER_NM)
+        state = self.context.getState(getEnergy=True, getForces=True)
+        ev_per_kj_mol = energy_conversion("kJ/mol", "eV")
+        energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.angstrom)
+        self.results = {"energy": float(energy) * ev_per_kj_mol, "forces": np.asarray(forces) * ev_per_kj_mol}
+
+
+def model_ase_optimize_task(task: dict) -> dict:
+    """One start optimised on the model surface with an ASE optimiser (``{"recipe", "optimization", "numbers",
+    "positions_angstrom"}``; the recipe's Context is built once per worker): the result layout of
+    :func:`~so3krates_openmm.data.xtb.xtb_optimize`."""
+    import ase.optimize
+    from ase import Atoms
+
+    recipe: MinimizerRecipe = task["recipe"]
+    optimization: OptimizationSettings = task["optimization"]
+    context = worker_cache(f"minimizer {recipe!r}", recipe.build).context
+    started, cpu_started = time.perf_counter(), time.process_time()
+    atoms = Atoms(numbers=task["numbers"], positions=np.asarray(task["positions_angstrom"], dtype=np.float64))
+    atoms.calc = ContextCalculator(context)
+    optimizer = getattr(ase.optimize, optimization.optimizer)(atoms, logfile=None)
+    converged = bool(optimizer.run(fmax=optimization.fmax_eV_per_angstrom, steps=int(optimization.max_steps)))
+    forces = atoms.get_forces()
+    energy = float(atoms.get_potential_energy())
+    return {
+        "positions_angstrom": atoms.get_positions().tolist(),
+        "energy_eV": energy,
+        "max_force_eV_per_angstrom": float(np.linalg.norm(forces, axis=1).max()),
+        "steps": int(optimizer.nsteps),
+        "converged": converged and np.isfinite(energy),
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+    }
+
+
+def minimize_starts_with_model_ase(
+    structure: Structure,
+    starts_angstrom: np.ndarray,
+    seed: int,
+    factory: SystemFactory,
+    journal_dir: str | Path,
+    optimization: OptimizationSettings,
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    platform: str = "CPU",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[MinimizedSnapshot]:
+    """The starts optimised on the model surface with GFN2-xTB's ASE optimiser and convergence
+    (``optimization``), journaled as ``model_ase_torsion_seed<seed>_...``: a control that separates the
+    surfaces' difference from the minimisers' (OpenMM L-BFGS against ASE BFGS)."""
+    recipe = MinimizerRecipe(factory, platform)
+    header = {"job": "model optimisation with ASE", "factory": repr(factory), "platform": platform,
+              "optimization": asdict(optimization), "numbers": [int(z) for z in structure.atomic_numbers]}
+    kj_mol_per_ev = energy_conversion("eV", "kJ/mol")
+    found: list[MinimizedSnapshot] = []
+    for block in _blocks(len(starts_angstrom)):
+        journal = _journal(Path(journal_dir), "model_ase_", seed, block)
+        tasks = {str(k): {"recipe": recipe, "optimization": optimization,
+                          "numbers": [int(z) for z in structure.atomic_numbers],
+                          "positions_angstrom": np.asarray(starts_angstrom[k], dtype=np.float64)} for k in block}
+        try:
+            results = run_tasks(model_ase_optimize_task, tasks, journal, header=header, scheduler=scheduler,
+                                workers=workers, progress=progress, description="model optimisation (ASE)")
+        except JournalMismatch:
+            raise SystemExit(f"{journal} holds optimisations with another model or settings: give the options as "
+                             "before, or move the journal away to optimise again") from None
+        found += _optimised_snapshots(block, results, kj_mol_per_ev, f"model ({optimization.optimizer})")
+        log(f"   {journal.name}: {len(block)} starts optimised on the model with ASE {optimization.optimizer}")
     return found
