@@ -8,7 +8,7 @@ How many minima does each surface have, and does each start end in the same mini
 those of ``run.py --torsion-starts`` with the same ``--torsion-seed``, and the model's minimisations share its
 journals in ``--work`` (what run.py minimised is not minimised again, and the other way round); GFN2-xTB
 (tblite, the data's settings, ASE BFGS to ``--xtb-fmax``) optimises the same starts in journals of its own.
-On a 42-atom peptide with one thread an xTB optimisation from a random start costs about 1.5 times a model
+On a 42-atom peptide with one thread an xTB optimisation from a random start costs about 1.6 times a model
 minimisation, so the reference's own count is affordable. Writes ``reference_search.json`` and
 ``reference_search.png`` to ``--output``:
 

@@ -11,7 +11,6 @@ and ``step``: the start's number; energies in kJ/mol), ready for
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from openmm import unit
 
 from so3krates_openmm.data.reference import SamplingSettings
 from so3krates_openmm.data.structures import Structure
-from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
+from so3krates_openmm.data.xtb import OptimizationSettings, optimize_with_ase, xtb_optimize_many, xtb_settings
 from so3krates_openmm.md.minima import MinimizedSnapshot, MinimizerRecipe, SystemFactory, minimize_snapshots
 from so3krates_openmm.tasks import JournalMismatch, run_tasks, worker_cache
 from so3krates_openmm.units import ANGSTROM_PER_NM, energy_conversion
@@ -155,28 +154,10 @@ def model_ase_optimize_task(task: dict) -> dict:
     """One start optimised on the model surface with an ASE optimiser (``{"recipe", "optimization", "numbers",
     "positions_angstrom"}``; the recipe's Context is built once per worker): the result layout of
     :func:`~so3krates_openmm.data.xtb.xtb_optimize`."""
-    import ase.optimize
-    from ase import Atoms
-
     recipe: MinimizerRecipe = task["recipe"]
-    optimization: OptimizationSettings = task["optimization"]
     context = worker_cache(f"minimizer {recipe!r}", recipe.build).context
-    started, cpu_started = time.perf_counter(), time.process_time()
-    atoms = Atoms(numbers=task["numbers"], positions=np.asarray(task["positions_angstrom"], dtype=np.float64))
-    atoms.calc = ContextCalculator(context)
-    optimizer = getattr(ase.optimize, optimization.optimizer)(atoms, logfile=None)
-    converged = bool(optimizer.run(fmax=optimization.fmax_eV_per_angstrom, steps=int(optimization.max_steps)))
-    forces = atoms.get_forces()
-    energy = float(atoms.get_potential_energy())
-    return {
-        "positions_angstrom": atoms.get_positions().tolist(),
-        "energy_eV": energy,
-        "max_force_eV_per_angstrom": float(np.linalg.norm(forces, axis=1).max()),
-        "steps": int(optimizer.nsteps),
-        "converged": converged and np.isfinite(energy),
-        "seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu_started,
-    }
+    return optimize_with_ase(task["numbers"], task["positions_angstrom"], ContextCalculator(context),
+                             task["optimization"])
 
 
 def minimize_starts_with_model_ase(
