@@ -238,3 +238,20 @@ def test_reference_search_minimises_the_same_starts_with_both(tmp_path: Path, pe
     assert module.main(arguments) == 0
     assert [(work / "minimised" / name).read_bytes() for name in journals] == before
     assert json.loads((output / "reference_search.json").read_text())["per_start"] == summary["per_start"]
+
+
+def test_a_journal_of_other_minimiser_settings_is_refused_by_name(tmp_path: Path, peptide_pdb: Path,
+                                                                  peptide_amber_xml: Path) -> None:
+    from so3krates_openmm.md.conformers import random_torsion_conformers
+    from so3krates_openmm.md.minima import ModelSystemFactory
+    from so3krates_openmm.md.torsion_search import minimize_starts_with_model
+    from so3krates_openmm.tasks import JournalMismatch
+
+    structure = read_structure(peptide_pdb)
+    starts = random_torsion_conformers(structure, 2, seed=0)
+    factory = ModelSystemFactory(str(peptide_pdb), str(peptide_amber_xml))
+    found = minimize_starts_with_model(starts, 0, factory, tmp_path, workers=1, log=lambda line: None)
+    assert [s.index for s in found] == [0, 1] and all(s.problem is None for s in found)
+    with pytest.raises(JournalMismatch, match="torsion_seed0_000000-000002.jsonl holds minimisations"):
+        minimize_starts_with_model(starts, 0, factory, tmp_path, workers=1, tolerance_kj_mol_nm=5.0,
+                                   log=lambda line: None)

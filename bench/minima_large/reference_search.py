@@ -67,6 +67,7 @@ from so3krates_openmm.md.torsion_search import (
     minimize_starts_with_model_ase,
     minimize_starts_with_xtb,
 )
+from so3krates_openmm.tasks import JournalMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Heavy-atom RMSD thresholds (Å) at which both surfaces' minima are also counted.
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with exclusive_lock(args.work.resolve() / "run.lock"):
             return run(args, argv)
+    except JournalMismatch as error:
+        raise SystemExit(str(error)) from None
     except LockedError:
         raise SystemExit(f"bench/minima_large/run.py or reference_search.py works in {args.work}; wait for it or "
                          "stop it first") from None

@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with exclusive_lock(args.work.resolve() / "run.lock"):
             return run(args, argv)
+    except JournalMismatch as error:
+        raise SystemExit(str(error)) from None
     except LockedError:
         raise SystemExit(f"another bench/minima_large/run.py works in {args.work}; wait for it or stop it "
                          "first") from None

@@ -59,8 +59,8 @@ def minimize_starts_with_model(
     (:func:`~so3krates_openmm.md.minima.minimize_snapshots`), journaled in ``journal_dir``.
 
     ``journal_prefix`` names journals of other structures derived from the same starts (e.g. GFN2-xTB's minima
-    of them minimised again with the model). Raises ``SystemExit`` naming the journal when it holds
-    minimisations with another model, structure or minimiser settings.
+    of them minimised again with the model). Raises :class:`~so3krates_openmm.tasks.JournalMismatch`, naming the
+    journal, when it holds minimisations with another model, structure or minimiser settings.
     """
     found: list[MinimizedSnapshot] = []
     for block in _blocks(len(starts_angstrom)):
@@ -72,7 +72,7 @@ def minimize_starts_with_model(
                 progress=progress,
             )
         except JournalMismatch:
-            raise SystemExit(f"{journal} holds minimisations with another model, structure or minimiser settings: "
+            raise JournalMismatch(f"{journal} holds minimisations with another model, structure or minimiser settings: "
                              "give the options as before, or move the journal away to minimise again") from None
         found += [replace(snapshot, index=int(block[snapshot.index])) for snapshot in result]
         log(f"   {journal.name}: {len(block)} structures minimised with the model")
@@ -108,7 +108,7 @@ def minimize_starts_with_xtb(
                                         journal, settings, optimization, workers=workers, scheduler=scheduler,
                                         progress=progress)
         except JournalMismatch:
-            raise SystemExit(f"{journal} holds GFN2-xTB optimisations with other settings: give the options as "
+            raise JournalMismatch(f"{journal} holds GFN2-xTB optimisations with other settings: give the options as "
                              "before, or move the journal away to optimise again") from None
         found += _optimised_snapshots(block, results, kj_mol_per_ev, "GFN2-xTB")
         log(f"   {journal.name}: {len(block)} starts optimised with GFN2-xTB")
@@ -191,7 +191,7 @@ def minimize_starts_with_model_ase(
             results = run_tasks(model_ase_optimize_task, tasks, journal, header=header, scheduler=scheduler,
                                 workers=workers, progress=progress, description="model optimisation (ASE)")
         except JournalMismatch:
-            raise SystemExit(f"{journal} holds optimisations with another model or settings: give the options as "
+            raise JournalMismatch(f"{journal} holds optimisations with another model or settings: give the options as "
                              "before, or move the journal away to optimise again") from None
         found += _optimised_snapshots(block, results, kj_mol_per_ev, f"model ({optimization.optimizer})")
         log(f"   {journal.name}: {len(block)} starts optimised on the model with ASE {optimization.optimizer}")
