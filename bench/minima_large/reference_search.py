@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from so3krates_openmm.cli.common import add_minima_search_arguments
+from so3krates_openmm.cli.common import add_minima_search_arguments, run_minima_search
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_settings
-from so3krates_openmm.files import LockedError, exclusive_lock, write_atomically
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.conformers import random_torsion_conformers
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
@@ -67,7 +67,6 @@ from so3krates_openmm.md.torsion_search import (
     minimize_starts_with_model_ase,
     minimize_starts_with_xtb,
 )
-from so3krates_openmm.tasks import JournalMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Heavy-atom RMSD thresholds (Å) at which both surfaces' minima are also counted.
@@ -97,15 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        with exclusive_lock(args.work.resolve() / "run.lock"):
-            return run(args, argv)
-    except JournalMismatch as error:
-        raise SystemExit(str(error)) from None
-    except LockedError:
-        raise SystemExit(f"bench/minima_large/run.py or reference_search.py works in {args.work}; wait for it or "
-                         "stop it first") from None
+    return run_minima_search(run, parse_args(argv), argv)
 
 
 def surface(found: list[MinimizedSnapshot], structure: Structure, args: argparse.Namespace

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-from so3krates_openmm.cli.common import add_minima_search_arguments
+from so3krates_openmm.cli.common import add_minima_search_arguments, run_minima_search
 from so3krates_openmm.data.labelling import read_frames
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
-from so3krates_openmm.files import LockedError, exclusive_lock, write_atomically
+from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.conformers import CLASH_DISTANCE_ANGSTROM, random_torsion_conformers
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
@@ -252,15 +252,7 @@ def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, m
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        with exclusive_lock(args.work.resolve() / "run.lock"):
-            return run(args, argv)
-    except JournalMismatch as error:
-        raise SystemExit(str(error)) from None
-    except LockedError:
-        raise SystemExit(f"another bench/minima_large/run.py works in {args.work}; wait for it or stop it "
-                         "first") from None
+    return run_minima_search(run, parse_args(argv), argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -130,3 +130,20 @@ def add_minima_search_arguments(parser: argparse.ArgumentParser, *, structure: P
     parser.add_argument("--work", type=Path, default=work, help="runs, journals and all minima (not committed)")
     parser.add_argument("--output", type=Path, default=output, help="summary and figures (committed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
+
+
+def run_minima_search(run: Callable[[argparse.Namespace, Sequence[str] | None], int], args: argparse.Namespace,
+                      argv: Sequence[str] | None) -> int:
+    """``run(args, argv)`` holding ``args.work``/run.lock, so that two minima searches never share their journals;
+    a journal of other settings or a held lock ends the program with a one-line message."""
+    from so3krates_openmm.files import LockedError, exclusive_lock
+    from so3krates_openmm.tasks import JournalMismatch
+
+    try:
+        with exclusive_lock(Path(args.work).resolve() / "run.lock"):
+            return run(args, argv)
+    except JournalMismatch as error:
+        raise SystemExit(str(error)) from None
+    except LockedError:
+        raise SystemExit(f"another minima search (bench/minima_large/run.py or reference_search.py) works in "
+                         f"{args.work}; wait for it or stop it first") from None
