@@ -105,8 +105,8 @@ def surface(found: list[MinimizedSnapshot], structure: Structure, args: argparse
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=args.rmsd_threshold)
     n, counts = saturation_curve(minima, len(found), seed=args.sample_seed)
     energies = np.array([m.energy_kj_mol for m in minima])
-    by_threshold = {f"{t:g}": len(deduplicate(found, structure, rmsd_threshold_angstrom=t)[0])
-                    for t in THRESHOLDS_ANGSTROM}
+    by_threshold = {f"{t:g}": len(minima) if t == args.rmsd_threshold
+                    else len(deduplicate(found, structure, rmsd_threshold_angstrom=t)[0]) for t in THRESHOLDS_ANGSTROM}
     return minima, {
         "n_minima": len(minima),
         "n_rejected": len(rejected),
