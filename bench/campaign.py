@@ -81,63 +81,79 @@ def minima_steps(workers: int) -> list[Step]:
 
 #: issue 18, active learning on the minima (rounds 2, 3, ... of the peptide model; round 1 is the shipped one): the
 #: previous search's minima (MD and random dihedrals) labelled with GFN2-xTB, the previous model fine-tuned on all
-#: data so far (20 min on two processes), then the search again with the new model (new MD seeds and random
-#: dihedrals): ``bench/minima_large/round<N>/``. Round 2 labelled the 494 minima of round 1's search from before
-#: minima with a new bond were rejected (73 of them have two oxygens 1.25 Å apart); later rounds label the kept ones.
-MINIMA_ROUNDS = (2, 3)
-#: Training frames of each round: all its data (2550 + the labelled minima of rounds 2..N) but the 144 validation
-#: and 200 test frames (round 2: 494 minima, round 3: 206)
-MINIMA_ROUND_TRAIN_FRAMES = {2: 2700, 3: 2906}
+#: data so far (20 min on two processes; all frames but 144 for validation and 200 for testing), then the search
+#: again with the new model (new MD seeds and random dihedrals): ``bench/minima_large/round<N>/``. Round 2 labelled
+#: the 494 minima of round 1's search from before minima with a new bond were rejected (73 of them have two oxygens
+#: 1.25 Å apart); later rounds label the kept ones. From round 3 on, the search's random-dihedral starts are also
+#: optimised with GFN2-xTB (the reference search); from round 4 on, the previous reference search's own minima are
+#: labelled too, so that the model learns the minima it smoothed away.
+MINIMA_ROUNDS = (2, 3, 4)
 #: Random-dihedral starts of each round's search, and how many of the minima only they find are re-optimised with
-#: GFN2-xTB: round 3's 1000 starts are also those of the reference search (:data:`REFERENCE_SEARCH`)
-MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50)}
+#: GFN2-xTB: from round 3 on, the same starts go to the reference search
+MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50)}
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
 PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
 
 
 def minima_round_files(number: int) -> dict[str, str]:
-    """Round ``number``'s labelled minima, training folder, exported model and search folders (round 1: the
-    shipped model and the search above)."""
+    """Round ``number``'s labelled minima (the model's, and from round 4 the reference search's), training folder,
+    exported model and search folders (round 1: the shipped model and the search above)."""
     if number == 1:
         return {"checkpoint": f"{SHIPPED_PEPTIDE}/best_checkpoint.pt", "work": "runs/minima_large"}
     return {"labels": f"datasets/ac_ala3_nhme/minima_round{number}.npz",
+            "xtb_labels": f"datasets/ac_ala3_nhme/xtb_minima_round{number}.npz",
             "training": f"runs/al_minima/round{number}/train",
             "checkpoint": f"runs/al_minima/round{number}/train/best_checkpoint.pt",
             "model": f"runs/minima_large_round{number}/model_fused.pt",
             "work": f"runs/minima_large_round{number}", "output": f"bench/minima_large/round{number}"}
 
 
+def minima_round_data(number: int) -> list[str]:
+    """The data files round ``number`` trains on: the peptide's data and the labels of rounds 2..``number``."""
+    rounds = [minima_round_files(k) for k in range(2, number + 1)]
+    return PEPTIDE_DATA + [files["labels"] for files in rounds] + [files["xtb_labels"] for files in rounds[2:]]
+
+
+def label_step(minima_pdb: str, output: str, workers: int) -> Step:
+    """GFN2-xTB energies and forces of the minima in ``minima_pdb`` (skipped once ``output`` exists)."""
+    return Step([str(BIN / "so3krates-data"), "label", minima_pdb, "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb",
+                 "--float32", "--workers", str(workers), "--no-progress", "-o", output], done=output)
+
+
 def minima_round_steps(number: int, workers: int) -> list[Step]:
     """Issue 18: round ``number`` (from 2) of active learning on the minima, then the minima search with its model
-    (two MD runs of 100 ps minimising every fifth snapshot, :data:`MINIMA_ROUND_TORSION` random-dihedral starts)."""
+    (two MD runs of 100 ps minimising every fifth snapshot, :data:`MINIMA_ROUND_TORSION` random-dihedral starts)
+    and, from round 3, the reference search on the same starts."""
     previous, this = minima_round_files(number - 1), minima_round_files(number)
-    data = PEPTIDE_DATA + [minima_round_files(k)["labels"] for k in range(2, number + 1)]
     seed = 10 * number + 1
-    return [
-        Step([str(BIN / "so3krates-data"), "label", f"{previous['work']}/minima_with_torsion_search/minima.pdb",
-              "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb", "--float32", "--workers", str(workers),
-              "--no-progress", "-o", this["labels"]], done=this["labels"]),
+    labels = [label_step(f"{previous['work']}/minima_with_torsion_search/minima.pdb", this["labels"], workers)]
+    if number >= 4:
+        labels.append(label_step(f"{previous['work']}/xtb_minima/minima.pdb", this["xtb_labels"], workers))
+    steps = [
+        *labels,
         Step([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "so3krates_openmm.cli.train",
-              "--data", *data, "--init-from", previous["checkpoint"], "--train-size",
-              str(MINIMA_ROUND_TRAIN_FRAMES[number]), "--valid-size", "144", "--test-size", "200",
+              "--data", *minima_round_data(number), "--init-from", previous["checkpoint"], "--train-size", "null",
+              "--valid-size", "144", "--test-size", "200",
               "--seed", "0", "--threads", "1", "--batch-size", "10", "--max-time", "20m", "--lr", "5e-4",
               "--lr-decay-steps", "500", "--checkpoint-interval", "10m", "--output", this["training"]],
              0.4, f"{this['training']}/test_report.json"),
         Step([str(BIN / "so3krates-export"), this["checkpoint"], "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb",
               "--kernels", "fused", "-o", this["model"]]),
-        Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data", *data, "--runs",
+        Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
+              *minima_round_data(number), "--runs",
               f"500:{seed}:5", f"700:{seed}:5", "--ps", "100", "--timestep-fs", "1", "--hydrogen-mass", "3",
               "--snapshot-interval", "100", "--torsion-starts", str(MINIMA_ROUND_TORSION[number][0]),
               "--sample-torsion", str(MINIMA_ROUND_TORSION[number][1]), "--torsion-seed", str(number - 1),
               "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", this["output"]]),
     ]
-
-
-#: issue 18: the count of the reference's own minima and the start-by-start check: the first 1000 random-dihedral
-#: starts of round 3's search optimised with GFN2-xTB too (about 6.5 CPU s each; journals shared with the search)
-REFERENCE_SEARCH = Step([PYTHON, "bench/minima_large/reference_search.py", "--model", minima_round_files(3)["model"],
-                         "--work", minima_round_files(3)["work"], "--torsion-seed", "2", "--starts", "1000",
-                         "--workers", "2", "--no-progress", "--output", minima_round_files(3)["output"]])
+    if number >= 3:
+        # the count of the reference's own minima and the start-by-start check: the search's random-dihedral starts
+        # optimised with GFN2-xTB too (about 10 CPU s each; the model's journals are the search's)
+        steps.append(Step([PYTHON, "bench/minima_large/reference_search.py", "--model", this["model"], "--work",
+                           this["work"], "--torsion-seed", str(number - 1), "--starts",
+                           str(MINIMA_ROUND_TORSION[number][0]), "--workers", str(workers), "--no-progress",
+                           "--output", this["output"]]))
+    return steps
 
 
 #: issue 17: the stability runs (about 15-35 min each on one core, each saved when it finishes)
@@ -163,7 +179,6 @@ LANES: dict[str, list[Step]] = {
         STABILITY_RUNS,
         *minima_steps(workers=2),
         *(step for number in MINIMA_ROUNDS for step in minima_round_steps(number, workers=2)),
-        REFERENCE_SEARCH,
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)

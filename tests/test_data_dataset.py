@@ -114,6 +114,14 @@ def test_split_is_disjoint_complete_and_reproducible():
         data.split(15, 6, None)
     with pytest.raises(DataError, match="fraction"):
         data.split(1.5, 0.1)
+    # train=None: all frames but the validation and test ones, the same split as their count given explicitly
+    rest = data.split_indices(None, 5, 3, seed=7)
+    for a, b in zip(rest, data.split_indices(12, 5, 3, seed=7), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="needs a test size"):
+        data.split_indices(None, 5, None)
+    with pytest.raises(DataError, match="exceed the 20 frames"):
+        data.split_indices(None, 15, 6)
 
 
 def test_subset_and_concatenate_keep_frames_in_order():

@@ -92,6 +92,7 @@ def test_yaml_files_and_flags_override(tmp_path: Path):
         ({"data": "a", "features": 30}, "divisible by heads"),
         ({"data": "a", "train_size": 1.5}, "fraction must be in (0, 1]"),
         ({"data": "a", "train_size": 0}, "'train_size' must be a positive number of frames"),
+        ({"data": "a", "train_size": None}, "--train-size null trains on all frames but"),
         ({"data": "a", "max_time": "two hours"}, "cannot read the duration"),
         ({"data": "a", "energy_unit": "furlongs"}, "unknown energy unit"),
         ({"data": "a", "cutoff_function": "step"}, "cutoff_function must be one of"),

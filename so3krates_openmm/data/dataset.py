@@ -253,12 +253,14 @@ class MolecularDataset:
         )
 
     def split_indices(
-        self, train: int | float, valid: int | float, test: int | float | None = None, seed: int = 0
+        self, train: int | float | None, valid: int | float, test: int | float | None = None, seed: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Disjoint random train/validation/test frame indices, reproducible from ``seed``.
 
         Sizes are frame counts (ints) or fractions of the data set (floats in
-        (0, 1]). ``test=None`` takes all frames left over. The permutation is
+        (0, 1]). ``test=None`` takes all frames left over; ``train=None`` takes
+        all frames but the validation and test ones (then ``test`` must be
+        given), so a data set that grows keeps the same call. The permutation is
         ``numpy.random.default_rng(seed).permutation(len(self))``; the three
         parts are consecutive slices of it, so the same seed and sizes always
         give the same split.
@@ -279,10 +281,16 @@ class MolecularDataset:
                 raise DataError(f"{name} size {size} is negative")
             return int(size)
 
-        n_train = count(train, "train", n)
+        if train is None and test is None:
+            raise DataError("a split with all the rest for training needs a test size (give test as well)")
         n_valid = count(valid, "valid", n)
-        n_test = count(test, "test", n - n_train - n_valid)
-        if n_test < 0 or n_train + n_valid + n_test > n:
+        if train is None:
+            n_test = count(test, "test", n)
+            n_train = n - n_valid - n_test
+        else:
+            n_train = count(train, "train", n)
+            n_test = count(test, "test", n - n_train - n_valid)
+        if min(n_train, n_test) < 0 or n_train + n_valid + n_test > n:
             raise DataError(
                 f"{self.source}: split sizes train={n_train} + valid={n_valid} + test={max(n_test, 0)} "
                 f"exceed the {n} frames of the data set"
@@ -295,7 +303,7 @@ class MolecularDataset:
         )
 
     def split(
-        self, train: int | float, valid: int | float, test: int | float | None = None, seed: int = 0
+        self, train: int | float | None, valid: int | float, test: int | float | None = None, seed: int = 0
     ) -> tuple[MolecularDataset, MolecularDataset, MolecularDataset]:
         """Disjoint train/validation/test data sets (see :meth:`split_indices`).
 

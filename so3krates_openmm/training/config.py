@@ -60,7 +60,10 @@ class TrainingConfig:
     energy_unit: str | None = option(
         None, "energy unit of the data file when the file does not record it (e.g. kcal/mol, eV)"
     )
-    train_size: int | float = option(0.8, "training frames (int) or fraction of the data (float)")
+    train_size: int | float | None = option(
+        0.8, "training frames (int), fraction of the data (float), or null: all frames but the validation and "
+        "test ones (needs --test-size)"
+    )
     valid_size: int | float = option(0.1, "validation frames (int) or fraction (float)")
     test_size: int | float | None = option(None, "test frames (int) or fraction; default: all the rest")
     seed: int = option(0, "seed of the split, the weight initialisation and the shuffling")
@@ -228,6 +231,10 @@ class TrainingConfig:
                 self.energy_unit = normalise_energy_unit(self.energy_unit)
             except ValueError as error:
                 raise ConfigError(f"option 'energy_unit': {error}") from None
+        if self.train_size is None and self.test_size is None and self.split_file is None:
+            raise ConfigError(
+                "--train-size null trains on all frames but the validation and test ones: give --test-size too"
+            )
         for name in ("train_size", "valid_size", "test_size"):
             value = getattr(self, name)
             if value is None:
