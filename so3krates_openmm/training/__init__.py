@@ -18,7 +18,7 @@ Every option is a flag and a key of a YAML file, for example::
 
     # peptide.yaml -- so3krates-train --config peptide.yaml --max-time 6h
     data: [runs/data/ac_ala3_nhme_300K.npz, runs/data/ac_ala3_nhme_500K.npz]
-    train_size: 1000        # frames (int) or fraction (float)
+    train_size: 1000        # frames (int), fraction (float), or null: all but valid and test
     valid_size: 200
     test_size: 300
     seed: 0
