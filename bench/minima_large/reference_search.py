@@ -268,7 +268,7 @@ def plot(model_curve: tuple[np.ndarray, np.ndarray], xtb_curve: tuple[np.ndarray
     left.grid(alpha=0.3)
     middle.hist(per_start, bins=40, color="tab:green", edgecolor="k", lw=0.5)
     middle.axvline(SAME_MINIMUM_RMSD_ANGSTROM, color="tab:red", ls="--", label="same minimum below")
-    middle.set_xlabel("heavy-atom RMSD, SO3krates vs GFN2-xTB minimum of the same start (Å)")
+    middle.set_xlabel("heavy-atom RMSD, SO3krates vs GFN2-xTB\nminimum of the same start (Å)")
     middle.set_ylabel("starts")
     middle.set_title(f"same minimum: {np.mean(per_start < SAME_MINIMUM_RMSD_ANGSTROM):.2f} of {len(per_start)}")
     middle.legend()
