@@ -280,8 +280,8 @@ def plot(model_curve: tuple[np.ndarray, np.ndarray], xtb_curve: tuple[np.ndarray
         right.plot([0, top], [0, top], "k:", lw=1)
         right.set_title(f"{len(model_relative)} minima both have: Spearman {energies['energy_spearman']:.2f}, "
                         f"MAE {energies['relative_energy_mae_kj_mol']:.1f} kJ/mol", fontsize=9)
-    right.set_xlabel("SO3krates energy above the lowest shared minimum (kJ/mol)")
-    right.set_ylabel("GFN2-xTB energy above the lowest shared minimum (kJ/mol)")
+    right.set_xlabel("SO3krates energy above the lowest\nshared minimum (kJ/mol)")
+    right.set_ylabel("GFN2-xTB energy above the lowest\nshared minimum (kJ/mol)")
     save_figure(figure, path)
 
 
