@@ -109,7 +109,8 @@ def minima_round_files(number: int) -> dict[str, str]:
 
 
 def minima_round_data(number: int) -> list[str]:
-    """The data files round ``number`` trains on: the peptide's data and the labels of rounds 2..``number``."""
+    """The data files round ``number`` trains on: the peptide's data, the model's labelled minima of rounds
+    2..``number`` and GFN2-xTB's labelled minima of rounds 4..``number``."""
     rounds = [minima_round_files(k) for k in range(2, number + 1)]
     return PEPTIDE_DATA + [files["labels"] for files in rounds] + [files["xtb_labels"] for files in rounds[2:]]
 
