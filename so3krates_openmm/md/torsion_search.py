@@ -40,6 +40,12 @@ def _journal(journal_dir: Path, prefix: str, seed: int, block: np.ndarray) -> Pa
     return Path(journal_dir) / f"{prefix}torsion_seed{seed}_{block[0]:06d}-{block[-1] + 1:06d}.jsonl"
 
 
+def _refused(journal: Path, holds: str, error: JournalMismatch) -> JournalMismatch:
+    """The error for a journal of other settings: what it holds, what to do, and the settings that differ."""
+    return JournalMismatch(f"{journal} holds {holds}: give the options as before, or move the journal away to "
+                           f"compute them again ({error})")
+
+
 def minimize_starts_with_model(
     starts_angstrom: np.ndarray,
     seed: int,
@@ -71,9 +77,9 @@ def minimize_starts_with_model(
                 platform=platform, tolerance_kj_mol_nm=tolerance_kj_mol_nm, max_iterations=max_iterations,
                 progress=progress,
             )
-        except JournalMismatch:
-            raise JournalMismatch(f"{journal} holds minimisations with another model, structure or minimiser settings: "
-                             "give the options as before, or move the journal away to minimise again") from None
+        except JournalMismatch as error:
+            raise _refused(journal, "minimisations with another model, structure or minimiser settings",
+                           error) from None
         found += [replace(snapshot, index=int(block[snapshot.index])) for snapshot in result]
         log(f"   {journal.name}: {len(block)} structures minimised with the model")
     return found
@@ -107,9 +113,8 @@ def minimize_starts_with_xtb(
             results = xtb_optimize_many(structure.atomic_numbers, {str(k): starts_angstrom[k] for k in block},
                                         journal, settings, optimization, workers=workers, scheduler=scheduler,
                                         progress=progress)
-        except JournalMismatch:
-            raise JournalMismatch(f"{journal} holds GFN2-xTB optimisations with other settings: give the options as "
-                             "before, or move the journal away to optimise again") from None
+        except JournalMismatch as error:
+            raise _refused(journal, "GFN2-xTB optimisations with other settings", error) from None
         found += _optimised_snapshots(block, results, kj_mol_per_ev, "GFN2-xTB")
         log(f"   {journal.name}: {len(block)} starts optimised with GFN2-xTB")
     return found
@@ -190,9 +195,8 @@ def minimize_starts_with_model_ase(
         try:
             results = run_tasks(model_ase_optimize_task, tasks, journal, header=header, scheduler=scheduler,
                                 workers=workers, progress=progress, description="model optimisation (ASE)")
-        except JournalMismatch:
-            raise JournalMismatch(f"{journal} holds optimisations with another model or settings: give the options as "
-                             "before, or move the journal away to optimise again") from None
+        except JournalMismatch as error:
+            raise _refused(journal, "optimisations with another model or settings", error) from None
         found += _optimised_snapshots(block, results, kj_mol_per_ev, f"model ({optimization.optimizer})")
         log(f"   {journal.name}: {len(block)} starts optimised on the model with ASE {optimization.optimizer}")
     return found
