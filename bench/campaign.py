@@ -86,11 +86,15 @@ def minima_steps(workers: int) -> list[Step]:
 #: the 494 minima of round 1's search from before minima with a new bond were rejected (73 of them have two oxygens
 #: 1.25 Å apart); later rounds label the kept ones. From round 3 on, the search's random-dihedral starts are also
 #: optimised with GFN2-xTB (the reference search); from round 4 on, the previous reference search's own minima are
-#: labelled too, so that the model learns the minima it smoothed away.
-MINIMA_ROUNDS = (2, 3, 4)
+#: labelled too, so that the model learns the minima it smoothed away; from round 5 on, so are the previous search's
+#: rejected structures (a new or a broken bond: round 4 had 35 of 1000 random-dihedral starts end with two carbonyl
+#: oxygens bonded), so that the model learns the repulsion it lacks.
+MINIMA_ROUNDS = (2, 3, 4, 5)
+#: the first round that labels the previous reference search's minima, and the previous search's rejected structures
+XTB_MINIMA_FROM_ROUND, REJECTED_FROM_ROUND = 4, 5
 #: Random-dihedral starts of each round's search, and how many of the minima only they find are re-optimised with
 #: GFN2-xTB: from round 3 on, the same starts go to the reference search
-MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50)}
+MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50), 5: (1000, 50)}
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
 PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
 
@@ -102,6 +106,7 @@ def minima_round_files(number: int) -> dict[str, str]:
         return {"checkpoint": f"{SHIPPED_PEPTIDE}/best_checkpoint.pt", "work": "runs/minima_large"}
     return {"labels": f"datasets/ac_ala3_nhme/minima_round{number}.npz",
             "xtb_labels": f"datasets/ac_ala3_nhme/xtb_minima_round{number}.npz",
+            "rejected_labels": f"datasets/ac_ala3_nhme/rejected_round{number}.npz",
             "training": f"runs/al_minima/round{number}/train",
             "checkpoint": f"runs/al_minima/round{number}/train/best_checkpoint.pt",
             "model": f"runs/minima_large_round{number}/model_fused.pt",
@@ -110,9 +115,12 @@ def minima_round_files(number: int) -> dict[str, str]:
 
 def minima_round_data(number: int) -> list[str]:
     """The data files round ``number`` trains on: the peptide's data, the model's labelled minima of rounds
-    2..``number`` and GFN2-xTB's labelled minima of rounds 4..``number``."""
-    rounds = [minima_round_files(k) for k in range(2, number + 1)]
-    return PEPTIDE_DATA + [files["labels"] for files in rounds] + [files["xtb_labels"] for files in rounds[2:]]
+    2..``number``, GFN2-xTB's labelled minima of rounds 4..``number`` and the labelled rejected structures of
+    rounds 5..``number``."""
+    files = {k: minima_round_files(k) for k in range(2, number + 1)}
+    return (PEPTIDE_DATA + [files[k]["labels"] for k in files]
+            + [files[k]["xtb_labels"] for k in files if k >= XTB_MINIMA_FROM_ROUND]
+            + [files[k]["rejected_labels"] for k in files if k >= REJECTED_FROM_ROUND])
 
 
 def label_step(minima_pdb: str, output: str, workers: int) -> Step:
@@ -128,8 +136,11 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
     previous, this = minima_round_files(number - 1), minima_round_files(number)
     seed = 10 * number + 1
     labels = [label_step(f"{previous['work']}/minima_with_torsion_search/minima.pdb", this["labels"], workers)]
-    if number >= 4:
+    if number >= XTB_MINIMA_FROM_ROUND:
         labels.append(label_step(f"{previous['work']}/xtb_minima/minima.pdb", this["xtb_labels"], workers))
+    if number >= REJECTED_FROM_ROUND:
+        labels.append(label_step(f"{previous['work']}/minima_with_torsion_search/rejected.pdb",
+                                 this["rejected_labels"], workers))
     steps = [
         *labels,
         Step([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "so3krates_openmm.cli.train",

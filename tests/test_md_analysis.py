@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -266,6 +267,29 @@ def test_minima_with_a_new_bond_are_rejected():
     assert len(minima) == 1 and minima[0].snapshots == [0]
     assert [s.index for s in rejected] == [1]
     assert "new bond" in rejected[0].problem and "within covalent-bond distance" in rejected[0].problem
+
+
+def test_rejected_structures_are_written_for_labelling(tmp_path):
+    """``write_minima`` puts the rejected structures with finite coordinates into ``rejected.pdb`` (what active
+    learning labels), and removes an earlier one when nothing is rejected."""
+    from so3krates_openmm.data.builders import build_water
+    from so3krates_openmm.data.labelling import read_frames
+    from so3krates_openmm.md.minima import MinimizedSnapshot, Minimum, write_minima
+
+    structure = build_water(2)
+    x = structure.positions_angstrom
+    moved = x + np.array([0.0, 0.0, 0.3])
+    rejected = [MinimizedSnapshot(1, 1, -2.0, moved, problem="new bond O1-O4"),
+                MinimizedSnapshot(2, 2, float("nan"), np.full_like(x, np.nan), problem="non-finite")]
+    minima = [Minimum(-1.0, x, [0], [0])]
+    paths = write_minima(tmp_path, minima, rejected, structure, {"snapshots": 3})
+    frames = read_frames(paths["rejected.pdb"])
+    assert frames.positions.shape == (1, 6, 3)
+    np.testing.assert_allclose(frames.positions[0], moved, rtol=0, atol=6e-4)  # PDB: 3 decimals
+    summary = json.loads(paths["minima.json"].read_text())
+    assert summary["rejected_snapshots"] == 2 and summary["rejected_structures_written"] == 1
+    assert "rejected.pdb" not in write_minima(tmp_path, minima, [], structure, {"snapshots": 1})
+    assert not (tmp_path / "rejected.pdb").exists()
 
 
 def test_ball_found_in_the_published_buckyball_catcher():

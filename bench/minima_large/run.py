@@ -26,7 +26,7 @@ estimate of how many minima the random starts would reach without limit
 (:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
-go to ``--work``. Tiny smoke run: see tests/test_minima_large.py.
+go to ``--work``, with the structures rejected for a broken or a new bond (``rejected.pdb``, for labelling). Tiny smoke run: see tests/test_minima_large.py.
 """
 
 from __future__ import annotations
@@ -201,8 +201,8 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
                    structure: Structure, rmsd_threshold: float, seed: int) -> dict:
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
     every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
-    ``index`` numbered after the MD's); the counts alone and merged at each of :data:`THRESHOLDS_ANGSTROM`; and
-    the minimisations' CPU seconds."""
+    ``index`` numbered after the MD's), with the rejected ones of both; the counts alone and merged at each of
+    :data:`THRESHOLDS_ANGSTROM`; and the minimisations' CPU seconds."""
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
     heavy = heavy_atom_indices(structure)
     torsion_positions = np.stack([m.positions_angstrom for m in minima])
@@ -210,14 +210,15 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
     to_md, _ = nearest_rmsd_angstrom(torsion_positions, md_positions, heavy)
     from_md, _ = nearest_rmsd_angstrom(md_positions, torsion_positions, heavy)
     every = md_minimised + [replace(s, index=len(md_minimised) + s.index) for s in found]
-    merged, _ = deduplicate(every, structure, rmsd_threshold_angstrom=rmsd_threshold)
+    merged, merged_rejected = deduplicate(every, structure, rmsd_threshold_angstrom=rmsd_threshold)
     by_threshold = {threshold: (len(deduplicate(found, structure, rmsd_threshold_angstrom=threshold)[0]),
                                 len(deduplicate(every, structure, rmsd_threshold_angstrom=threshold)[0]))
                     for threshold in sorted(set(THRESHOLDS_ANGSTROM) - {rmsd_threshold})}
     by_threshold[rmsd_threshold] = (len(minima), len(merged))
     n, counts = saturation_curve(minima, len(found), seed=seed)
     return {
-        "minima": minima, "rejected": rejected, "merged": merged, "by_threshold": dict(sorted(by_threshold.items())),
+        "minima": minima, "rejected": rejected, "merged": merged, "merged_rejected": merged_rejected,
+        "by_threshold": dict(sorted(by_threshold.items())),
         "cpu_seconds": float(np.nansum([s.cpu_seconds for s in found])),
         "only": [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold],
         "found_again": int(np.sum(from_md < rmsd_threshold)),
@@ -321,7 +322,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations,
             progress=progress, log=lambda line: print(line, flush=True))
         search = torsion_search(found, minimised, minima, structure, args.rmsd_threshold, args.sample_seed)
-        write_minima(work / "minima_with_torsion_search", search["merged"], [], structure,
+        write_minima(work / "minima_with_torsion_search", search["merged"], search["merged_rejected"], structure,
                      {"snapshots": n_snapshots, "random_torsion_starts": len(found),
                       "rmsd_threshold_angstrom": args.rmsd_threshold})
         plot_torsion_search((n, counts), search, energies, output / "torsion_search.png")

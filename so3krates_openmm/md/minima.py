@@ -313,7 +313,9 @@ def write_minima(
     structure: Structure,
     summary: dict,
 ) -> dict[str, Path]:
-    """Write ``minima.csv``, ``minima.pdb`` (one model per minimum), ``minima_energies.png`` and ``minima.json``."""
+    """Write ``minima.csv``, ``minima.pdb`` (one model per minimum), ``minima_energies.png`` and ``minima.json``,
+    and ``rejected.pdb`` (one model per rejected structure with finite coordinates, in the order given; written
+    only when there is one): the structures on which the model failed, for labelling in active learning."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {name: directory / name for name in ("minima.csv", "minima.pdb", "minima_energies.png", "minima.json")}
@@ -324,13 +326,13 @@ def write_minima(
             handle.write(f"{rank},{minimum.energy_kj_mol!r},{minimum.energy_kj_mol - lowest:.6f},"
                          f"{len(minimum.snapshots)},{min(minimum.steps)}\n")
     topology = structure.openmm_topology()
-    with open(paths["minima.pdb"], "w") as handle:
-        app.PDBFile.writeHeader(topology, handle)
-        for rank, minimum in enumerate(minima):
-            app.PDBFile.writeModel(
-                topology, minimum.positions_angstrom * unit.angstrom, handle, modelIndex=rank + 1, keepIds=True
-            )
-        app.PDBFile.writeFooter(topology, handle)
+    _write_models(paths["minima.pdb"], topology, [minimum.positions_angstrom for minimum in minima])
+    failed = [s.positions_angstrom for s in rejected if np.all(np.isfinite(s.positions_angstrom))]
+    if failed:
+        paths["rejected.pdb"] = directory / "rejected.pdb"
+        _write_models(paths["rejected.pdb"], topology, failed)
+    else:  # none from an earlier call either
+        (directory / "rejected.pdb").unlink(missing_ok=True)
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     relative = np.array([m.energy_kj_mol - lowest for m in minima])
@@ -342,7 +344,16 @@ def write_minima(
     axis.set_title(f"{len(minima)} distinct minima from {summary.get('snapshots', '?')} snapshots")
     save_figure(figure, paths["minima_energies.png"])
     summary = dict(summary, distinct_minima=len(minima), rejected_snapshots=len(rejected),
-                   rejected_reasons=[r.problem for r in rejected][:20],
+                   rejected_reasons=[r.problem for r in rejected][:20], rejected_structures_written=len(failed),
                    lowest_energy_kj_mol=lowest if minima else None)
     paths["minima.json"].write_text(json.dumps(summary, indent=2) + "\n")
     return paths
+
+
+def _write_models(path: Path, topology: app.Topology, positions_angstrom: Sequence[np.ndarray]) -> None:
+    """A multi-model PDB file: one model per array of positions (Å)."""
+    with open(path, "w") as handle:
+        app.PDBFile.writeHeader(topology, handle)
+        for number, positions in enumerate(positions_angstrom, start=1):
+            app.PDBFile.writeModel(topology, positions * unit.angstrom, handle, modelIndex=number, keepIds=True)
+        app.PDBFile.writeFooter(topology, handle)
