@@ -6,7 +6,8 @@ Examples:
         --snapshot-interval 200 --workers 2 --output runs/minima
 
 Writes minima.csv (energies in kJ/mol), minima.pdb (one model per minimum),
-minima_energies.png and minima.json; the MD run is in --output/md.
+minima_energies.png and minima.json, and rejected.pdb when snapshots were rejected (a broken or a new bond:
+structures to label, `so3krates-data label rejected.pdb`); the MD run is in --output/md.
 
 Also a console script (setup.py). Every option can also be set in a YAML protocol file (`--protocol minima.yaml`);
 flags override the file. `--help` lists all options with units and defaults.
