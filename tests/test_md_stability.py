@@ -120,6 +120,8 @@ def test_criteria_are_validated():
         StabilityCriteria(bond_stretch_factor=0.9)
     with pytest.raises(ValueError, match="collision_factor must be between 0 and 1"):
         StabilityCriteria(collision_factor=1.5)
+    with pytest.raises(ValueError, match="new_bond_factor must be larger than 1"):
+        StabilityCriteria(new_bond_factor=0.9)
 
 
 def test_bonds_across_a_periodic_boundary_use_the_minimum_image():
