@@ -87,7 +87,7 @@ def minima_steps(workers: int) -> list[Step]:
 #: 1.25 Å apart); later rounds label the kept ones. From round 3 on, the search's random-dihedral starts are also
 #: optimised with GFN2-xTB (the reference search); from round 4 on, the previous reference search's own minima are
 #: labelled too, so that the model learns the minima it smoothed away; from round 5 on, so are the previous search's
-#: rejected structures (a new or a broken bond: round 4 had 35 of 1000 random-dihedral starts end with two carbonyl
+#: rejected structures (a new or a broken bond: round 4 had 37 of 1000 random-dihedral starts end with two carbonyl
 #: oxygens bonded), so that the model learns the repulsion it lacks.
 MINIMA_ROUNDS = (2, 3, 4, 5)
 #: the first round that labels the previous reference search's minima, and the previous search's rejected structures
