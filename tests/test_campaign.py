@@ -80,3 +80,20 @@ def test_a_training_that_would_be_cut_off_is_not_started_and_the_filler_runs(tmp
                              until=time.time() + 3 * 3600.0, filler=filler) == 0
     assert marker.read_text().split("\n")[:-1] == ["short", "long training", "after"]
     assert abs(campaign.parse_until("2030-01-01T10:00") - 1893492000.0) < 1e-6
+
+
+def test_every_minima_round_trains_on_data_that_an_earlier_step_labels() -> None:
+    """Round N's ``--data`` files exist in the repository or are labelled by an earlier step of the lane, and
+    round 5 on also trains on the previous search's rejected structures."""
+    campaign = load()
+    steps = campaign.LANES["catcher"]
+    labelled: set[str] = set()
+    for step in steps:
+        command = [str(part) for part in step.command]
+        if "label" in command:
+            labelled.add(command[command.index("-o") + 1])
+        if "so3krates_openmm.cli.train" in command:
+            data = command[command.index("--data") + 1:command.index("--init-from")]
+            assert all(name in labelled or name in campaign.PEPTIDE_DATA for name in data), data
+    assert "datasets/ac_ala3_nhme/rejected_round5.npz" in campaign.minima_round_data(5)
+    assert not any("rejected" in name for name in campaign.minima_round_data(4))
