@@ -26,7 +26,8 @@ estimate of how many minima the random starts would reach without limit
 (:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
-go to ``--work``, with the structures rejected for a broken or a new bond (``rejected.pdb``, for labelling). Tiny smoke run: see tests/test_minima_large.py.
+go to ``--work``, with the structures rejected for a broken or a new bond (``rejected.pdb``, for labelling).
+Tiny smoke run: see tests/test_minima_large.py.
 """
 
 from __future__ import annotations
