@@ -185,8 +185,8 @@ class StabilityChecker:
         nonbonded = np.triu(np.ones((n, n), dtype=bool), k=1)
         nonbonded[self.bonds[:, 0], self.bonds[:, 1]] = False
         self._pairs = np.nonzero(nonbonded)
-        self._collision_limits = criteria.collision_factor * (radii[self._pairs[0]] + radii[self._pairs[1]])
         self._radius_sums = radii[self._pairs[0]] + radii[self._pairs[1]]
+        self._collision_limits = criteria.collision_factor * self._radius_sums
         self._new_bond_limits = criteria.new_bond_factor * self._radius_sums
         self.symbols = structure.symbols
         self.max_bond_stretch = 1.0
