@@ -34,7 +34,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +126,6 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     progress = not args.no_progress
     structure = read_structure(args.structure)
     heavy = heavy_atom_indices(structure)
-    started = time.perf_counter()
     starts = random_torsion_conformers(structure, args.starts, seed=args.torsion_seed)
 
     def log(line: str) -> None:
@@ -237,7 +235,6 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             "shared_energy_spearman": None if energies is None else energies["energy_spearman"],
             "shared_relative_energy_mae_kj_mol": None if energies is None else energies["relative_energy_mae_kj_mol"],
         },
-        "wall_seconds_this_session": time.perf_counter() - started,
     }
     plot(model_curve, xtb_curve, model_summary, xtb_summary, per_start,
          (model_energies[found], xtb_energies[partner], energies), output / "reference_search.png")

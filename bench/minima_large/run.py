@@ -38,7 +38,6 @@ import json
 import shlex
 import shutil
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -265,7 +264,6 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     progress = not args.no_progress
     structure = read_structure(args.structure)
     heavy = heavy_atom_indices(structure)
-    started = time.perf_counter()
     steps = round(args.ps * 1000.0 / args.timestep_fs)
 
     print(f"1/5 MD: {len(args.runs)} runs of {args.ps:g} ps ({steps} steps), a snapshot every {args.snapshot_interval} "
@@ -448,7 +446,6 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             {"minimum": int(k), "rmsd_angstrom": float(r), "training_distance_angstrom": float(distance[k])}
             for k, r in zip(validated_beyond, rmsd_beyond, strict=True)],
         "torsion_search": torsion_summary,
-        "wall_seconds_this_session": time.perf_counter() - started,
     }
     write_atomically(output / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"{len(minima)} distinct minima from {n_snapshots} snapshots ({int(beyond.sum())} beyond the training "
