@@ -234,11 +234,13 @@ def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, m
     figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
     left.plot(*md_curve, "o-", ms=2, label="MD snapshots (500-700 K)")
     left.plot(search["n"], search["counts"], "s-", ms=2, label="random backbone dihedrals")
-    left.axhline(chao1_richness(search["minima"])["chao1"], color="tab:orange", ls="--", lw=1,
+    chao1 = chao1_richness(search["minima"])["chao1"]
+    left.axhline(chao1, color="tab:orange", ls="--", lw=1,
                  label="Chao1 estimate of their total")
     left.set_xlabel("minimised structures (random order)")
     left.set_ylabel("distinct minima found")
-    left.legend()
+    left.set_ylim(0.0, 1.1 * max(left.get_ylim()[1], chao1))
+    left.legend(loc="lower right")
     left.grid(alpha=0.3)
     only = np.array([m.energy_kj_mol for m in search["only"]])
     lowest = min(md_energies.min(), only.min() if len(only) else np.inf)
