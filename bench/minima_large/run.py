@@ -202,7 +202,7 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
     every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
     ``index`` numbered after the MD's), with the rejected ones of both; the counts alone and merged at each of
-    :data:`THRESHOLDS_ANGSTROM`; and the minimisations' CPU seconds."""
+    :data:`THRESHOLDS_ANGSTROM`; the growth curve and the Chao1 estimate; and the minimisations' CPU seconds."""
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
     heavy = heavy_atom_indices(structure)
     torsion_positions = np.stack([m.positions_angstrom for m in minima])
@@ -222,7 +222,7 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
         "cpu_seconds": float(np.nansum([s.cpu_seconds for s in found])),
         "only": [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold],
         "found_again": int(np.sum(from_md < rmsd_threshold)),
-        "n": n, "counts": counts,
+        "n": n, "counts": counts, "richness": chao1_richness(minima),
     }
 
 
@@ -234,7 +234,7 @@ def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, m
     figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
     left.plot(*md_curve, "o-", ms=2, label="MD snapshots (500-700 K)")
     left.plot(search["n"], search["counts"], "s-", ms=2, label="random backbone dihedrals")
-    chao1 = chao1_richness(search["minima"])["chao1"]
+    chao1 = search["richness"]["chao1"]
     left.axhline(chao1, color="tab:orange", ls="--", lw=1,
                  label="Chao1 estimate of their total")
     left.set_xlabel("minimised structures (random order)")
@@ -479,7 +479,7 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
             "quartiles": np.percentile(only - merged.min(), [25, 50, 75]).round(3).tolist()},
         "saturation": {"starts": search["n"].tolist(), "minima": search["counts"].tolist(),
                        "new_minima_per_100_starts_last_10_percent": _late_growth(search["n"], search["counts"]),
-                       "estimated_total": {**chao1_richness(search["minima"]),
+                       "estimated_total": {**search["richness"],
                                            "what": "bias-corrected Chao1 (a lower bound) of the minima these "
                                                    "random starts would reach without limit, from the minima "
                                                    "reached once (singletons) and twice (doubletons)"}},
