@@ -23,6 +23,7 @@ on (a finished lane is removed; a shipped model changes what follows it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -88,13 +89,18 @@ def minima_steps(workers: int) -> list[Step]:
 #: optimised with GFN2-xTB (the reference search); from round 4 on, the previous reference search's own minima are
 #: labelled too, so that the model learns the minima it smoothed away; from round 5 on, so are the previous search's
 #: rejected structures (a new or a broken bond: round 4 had 37 of 1000 random-dihedral starts end with two carbonyl
-#: oxygens bonded), so that the model learns the repulsion it lacks.
-MINIMA_ROUNDS = (2, 3, 4, 5)
+#: oxygens bonded), so that the model learns the repulsion it lacks. Round 5's search was taken on to 3000
+#: random-dihedral starts (:data:`MINIMA_ROUND_EXTENDED`), so round 6 labels its 395 minima; it rejected nothing,
+#: so round 6 has no rejected structures to label (:func:`search_rejected_nothing`).
+MINIMA_ROUNDS = (2, 3, 4, 5, 6)
 #: the first round that labels the previous reference search's minima, and the previous search's rejected structures
 XTB_MINIMA_FROM_ROUND, REJECTED_FROM_ROUND = 4, 5
 #: Random-dihedral starts of each round's search, and how many of the minima only they find are re-optimised with
 #: GFN2-xTB: from round 3 on, the same starts go to the reference search
-MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50), 5: (1000, 50)}
+MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50), 5: (1000, 50), 6: (1000, 50)}
+#: Rounds whose search was then taken on to more random-dihedral starts (the same seed; only the new starts are
+#: minimised) into ``bench/minima_large/round<N>_<starts>_starts/``: does the model's count saturate?
+MINIMA_ROUND_EXTENDED = {5: 3000}
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
 PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
 
@@ -113,14 +119,27 @@ def minima_round_files(number: int) -> dict[str, str]:
             "work": f"runs/minima_large_round{number}", "output": f"bench/minima_large/round{number}"}
 
 
+def search_rejected_nothing(work: str) -> bool:
+    """Whether the minima search in ``work`` has finished without rejecting a structure (its
+    ``minima_with_torsion_search/minima.json`` says so); ``False`` while that is not known."""
+    path = REPOSITORY / work / "minima_with_torsion_search" / "minima.json"
+    return path.is_file() and json.loads(path.read_text())["rejected_structures_written"] == 0
+
+
+def labels_rejected(number: int) -> bool:
+    """Whether round ``number`` labels the previous search's rejected structures: from round 5 on, unless that
+    search is known to have rejected nothing."""
+    return number >= REJECTED_FROM_ROUND and not search_rejected_nothing(minima_round_files(number - 1)["work"])
+
+
 def minima_round_data(number: int) -> list[str]:
     """The data files round ``number`` trains on: the peptide's data, the model's labelled minima of rounds
     2..``number``, GFN2-xTB's labelled minima of rounds 4..``number`` and the labelled rejected structures of
-    rounds 5..``number``."""
+    rounds 5..``number`` (of those whose previous search rejected something)."""
     files = {k: minima_round_files(k) for k in range(2, number + 1)}
     return (PEPTIDE_DATA + [files[k]["labels"] for k in files]
             + [files[k]["xtb_labels"] for k in files if k >= XTB_MINIMA_FROM_ROUND]
-            + [files[k]["rejected_labels"] for k in files if k >= REJECTED_FROM_ROUND])
+            + [files[k]["rejected_labels"] for k in files if labels_rejected(k)])
 
 
 def label_step(minima_pdb: str, output: str, workers: int) -> Step:
@@ -131,14 +150,23 @@ def label_step(minima_pdb: str, output: str, workers: int) -> Step:
 
 def minima_round_steps(number: int, workers: int) -> list[Step]:
     """Issue 18: round ``number`` (from 2) of active learning on the minima, then the minima search with its model
-    (two MD runs of 100 ps minimising every fifth snapshot, :data:`MINIMA_ROUND_TORSION` random-dihedral starts)
-    and, from round 3, the reference search on the same starts."""
+    (two MD runs of 100 ps minimising every fifth snapshot, :data:`MINIMA_ROUND_TORSION` random-dihedral starts),
+    from round 3 the reference search on the same starts, and the search taken on to
+    :data:`MINIMA_ROUND_EXTENDED` starts where it was."""
     previous, this = minima_round_files(number - 1), minima_round_files(number)
     seed = 10 * number + 1
+    def search(starts: int, output: str) -> Step:
+        return Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
+                     *minima_round_data(number), "--runs", f"500:{seed}:5", f"700:{seed}:5", "--ps", "100",
+                     "--timestep-fs", "1", "--hydrogen-mass", "3", "--snapshot-interval", "100", "--torsion-starts",
+                     str(starts), "--sample-torsion", str(MINIMA_ROUND_TORSION[number][1]), "--torsion-seed",
+                     str(number - 1), "--workers", str(workers), "--no-progress", "--work", this["work"],
+                     "--output", output])
+
     labels = [label_step(f"{previous['work']}/minima_with_torsion_search/minima.pdb", this["labels"], workers)]
     if number >= XTB_MINIMA_FROM_ROUND:
         labels.append(label_step(f"{previous['work']}/xtb_minima/minima.pdb", this["xtb_labels"], workers))
-    if number >= REJECTED_FROM_ROUND:
+    if labels_rejected(number):
         labels.append(label_step(f"{previous['work']}/minima_with_torsion_search/rejected.pdb",
                                  this["rejected_labels"], workers))
     steps = [
@@ -151,12 +179,7 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
              0.4, f"{this['training']}/test_report.json"),
         Step([str(BIN / "so3krates-export"), this["checkpoint"], "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb",
               "--kernels", "fused", "-o", this["model"]]),
-        Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
-              *minima_round_data(number), "--runs",
-              f"500:{seed}:5", f"700:{seed}:5", "--ps", "100", "--timestep-fs", "1", "--hydrogen-mass", "3",
-              "--snapshot-interval", "100", "--torsion-starts", str(MINIMA_ROUND_TORSION[number][0]),
-              "--sample-torsion", str(MINIMA_ROUND_TORSION[number][1]), "--torsion-seed", str(number - 1),
-              "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", this["output"]]),
+        search(MINIMA_ROUND_TORSION[number][0], this["output"]),
     ]
     if number >= 3:
         # the count of the reference's own minima and the start-by-start check: the search's random-dihedral starts
@@ -165,6 +188,10 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
                            this["work"], "--torsion-seed", str(number - 1), "--starts",
                            str(MINIMA_ROUND_TORSION[number][0]), "--workers", str(workers), "--no-progress",
                            "--output", this["output"]]))
+    if number in MINIMA_ROUND_EXTENDED:
+        # last: its minima (the work folder's minima_with_torsion_search/) are the ones the next round labels
+        starts = MINIMA_ROUND_EXTENDED[number]
+        steps.append(search(starts, f"{this['output']}_{starts}_starts"))
     return steps
 
 

@@ -97,3 +97,43 @@ def test_every_minima_round_trains_on_data_that_an_earlier_step_labels() -> None
             assert all(name in labelled or name in campaign.PEPTIDE_DATA for name in data), data
     assert "datasets/ac_ala3_nhme/rejected_round5.npz" in campaign.minima_round_data(5)
     assert not any("rejected" in name for name in campaign.minima_round_data(4))
+
+
+def test_a_round_labels_rejected_structures_only_when_the_previous_search_may_have_some(tmp_path: Path) -> None:
+    """Round 6 on: the previous search's rejected structures are labelled and trained on unless its
+    ``minima.json`` says it rejected none (then there is no ``rejected.pdb`` to label)."""
+    import json
+
+    campaign = load()
+    campaign.REPOSITORY = tmp_path  # no search has run here: round 5's rejected structures count as possible
+    assert "datasets/ac_ala3_nhme/rejected_round6.npz" in campaign.minima_round_data(6)
+    assert any(part.endswith("rejected.pdb") for step in campaign.minima_round_steps(6, workers=2)
+               for part in step.command)
+
+    summary = tmp_path / "runs" / "minima_large_round5" / "minima_with_torsion_search" / "minima.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"distinct_minima": 395, "rejected_structures_written": 0}))
+    data = campaign.minima_round_data(6)
+    assert "datasets/ac_ala3_nhme/rejected_round6.npz" not in data
+    assert "datasets/ac_ala3_nhme/rejected_round5.npz" in data  # round 4's search: not known here
+    steps = campaign.minima_round_steps(6, workers=2)
+    assert not any(part.endswith("rejected.pdb") for step in steps for part in step.command)
+    train = next(step.command for step in steps if "so3krates_openmm.cli.train" in step.command)
+    assert train[train.index("--data") + 1:train.index("--init-from")] == data
+
+    summary.write_text(json.dumps({"distinct_minima": 395, "rejected_structures_written": 3}))
+    assert "datasets/ac_ala3_nhme/rejected_round6.npz" in campaign.minima_round_data(6)
+
+
+def test_an_extended_search_follows_its_round_with_the_same_starts_and_more_of_them() -> None:
+    """Round 5's search taken on to 3000 starts comes last in round 5 (the next round labels its minima) and
+    differs from the round's search only in the number of starts and the output folder."""
+    campaign = load()
+    steps = campaign.minima_round_steps(5, workers=2)
+    first = next(step.command for step in steps if "bench/minima_large/run.py" in step.command)
+    last = steps[-1].command
+    assert "bench/minima_large/run.py" in last
+    assert last[last.index("--torsion-starts") + 1] == "3000"
+    assert last[last.index("--output") + 1] == "bench/minima_large/round5_3000_starts"
+    differs = [i for i, (a, b) in enumerate(zip(first, last, strict=True)) if a != b]
+    assert [first[i - 1] for i in differs] == ["--torsion-starts", "--output"]
