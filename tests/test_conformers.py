@@ -11,7 +11,9 @@ from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.conformers import (
     TorsionDriver,
     backbone_torsions,
+    cis_peptide_bonds,
     dihedral_deg,
+    peptide_bond_torsions,
     random_torsion_conformers,
 )
 
@@ -58,6 +60,30 @@ def test_random_conformers_are_reproducible_and_free_of_clashes(peptide_pdb: Pat
         random_torsion_conformers(structure, 3, clash_distance_angstrom=10.0, max_draws=20)
 
 
+def test_starts_with_cis_peptide_bonds(peptide_pdb: Path) -> None:
+    """The four amide bonds (the caps' too) are found; with ``cis_probability`` some starts have cis ones, each
+    omega exactly cis or trans, and ``cis_probability=0`` draws the same starts as before the option."""
+    structure = read_structure(peptide_pdb)
+    omega = peptide_bond_torsions(structure)
+    names = [atom.name for atom in structure.topology.atoms()]
+    assert [[names[k] for k in q] for q in omega] == [["CH3", "C", "N", "CA"], ["CA", "C", "N", "CA"],
+                                                      ["CA", "C", "N", "CA"], ["CA", "C", "N", "C"]]
+    assert not cis_peptide_bonds(structure.positions_angstrom, omega).any()
+    assert np.array_equal(random_torsion_conformers(structure, 4, seed=4, cis_probability=0.0),
+                          random_torsion_conformers(structure, 4, seed=4))
+    starts = random_torsion_conformers(structure, 40, seed=1, cis_probability=0.5)
+    assert np.array_equal(random_torsion_conformers(structure, 10, seed=1, cis_probability=0.5), starts[:10])
+    cis = np.array([cis_peptide_bonds(x, omega) for x in starts])
+    assert 0 < cis.sum(axis=1).mean() < 4 and cis.any(axis=0).all()  # each bond cis in some starts
+    started = [dihedral_deg(structure.positions_angstrom, q) for q in omega]
+    for x, flags in zip(starts, cis, strict=True):
+        turned = np.array([dihedral_deg(x, q) for q in omega]) - started
+        assert np.abs((turned + 180.0) % 360.0 - 180.0) == pytest.approx(np.where(flags, 180.0, 0.0), abs=1e-6)
+    assert not any(TorsionDriver(structure, backbone_torsions(structure)).clashes(x) for x in starts)
+    with pytest.raises(ValueError, match="cis_probability must lie between 0 and 1"):
+        random_torsion_conformers(structure, 2, cis_probability=1.5)
+
+
 def test_clear_errors_without_a_topology_or_for_a_ring_bond() -> None:
     from openmm import app
 
@@ -72,5 +98,7 @@ def test_clear_errors_without_a_topology_or_for_a_ring_bond() -> None:
     structure = Structure(np.full(6, 6), ring, topology=topology, source="ring.pdb")
     with pytest.raises(ValueError, match="no backbone dihedral"):
         backbone_torsions(structure)
+    with pytest.raises(ValueError, match="no amide bond"):
+        peptide_bond_torsions(structure)
     with pytest.raises(ValueError, match="lies in a ring"):
         TorsionDriver(structure, np.array([[0, 1, 2, 3]]))

@@ -106,7 +106,7 @@ def test_comparison_with_the_reference_on_crafted_minima(peptide_pdb) -> None:
         ExplorationRun.parse("700:4:0")
 
 
-@pytest.mark.slow  # ~30 s on an idle 2-core machine (3 local clusters, 2 xTB re-optimisations of 42 atoms)
+@pytest.mark.slow  # ~45 s on an idle 2-core machine (4 local clusters, 3 xTB re-optimisations of 42 atoms)
 def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide_amber_xml: Path) -> None:
     driver = load_driver()
     structure = read_structure(peptide_pdb)
@@ -187,6 +187,21 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     with pytest.raises(SystemExit, match="700K_seed2 gives now .*stride"):
         driver.main(strided)
     assert journals["minimised/700K_seed2.jsonl"].read_text() == before["minimised/700K_seed2.jsonl"]
+    # Starts with cis peptide bonds: journals of their own beside the all-trans ones, the MD's reused, the minima
+    # counted by their number of cis bonds and the xTB check split by isomer.
+    cis = [*arguments[:arguments.index("--output") + 1], str(tmp_path / "cis"), "--no-progress",
+           "--cis-probability", "0.5"]
+    assert driver.main(cis) == 0
+    assert (work / "minimised" / "cis0.5_torsion_seed0_000000-000006.jsonl").is_file()
+    assert (work / "minima_with_cis0.5_torsion_search" / "minima.pdb").is_file()
+    assert journals["minimised/torsion_seed0_000000-000006.jsonl"].read_text() == before[
+        "minimised/torsion_seed0_000000-000006.jsonl"]
+    search = json.loads((tmp_path / "cis" / "summary.json").read_text())["torsion_search"]
+    assert search["cis_probability"] == 0.5 and "turned to cis with chance 0.5" in search["what"]
+    assert sum(search["n_minima_by_cis_peptide_bonds"].values()) == search["n_minima"]
+    assert sum(search["n_only_by_cis_peptide_bonds"].values()) == search["n_only_torsion_search"]
+    split = search["validated_by_isomer"]
+    assert split["all_trans"]["n_validated"] + split["with_cis"]["n_validated"] == search["n_validated"]
 
 
 def test_two_sets_of_minima_matched_against_each_other(peptide_pdb) -> None:

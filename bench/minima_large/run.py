@@ -23,7 +23,10 @@ dihedrals (:mod:`so3krates_openmm.md.conformers`), minimised like the snapshots
 the new ones), merged with the MD's minima; the minima only they find, and ``--sample-torsion`` of those
 re-optimised with GFN2-xTB, go to the summary's ``torsion_search`` and ``torsion_search.png``, with a Chao1
 estimate of how many minima the random starts would reach without limit
-(:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count.
+(:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count. With
+``--cis-probability P`` each peptide bond of a start is also turned to cis with chance P (journals of their own,
+``cis<P>_torsion_seed...``, minima in ``minima_with_cis<P>_torsion_search/``): the search then covers the
+amide isomers, and the summary counts the minima by their number of cis peptide bonds.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
 go to ``--work``, with the structures rejected for a broken or a new bond (``rejected.pdb``, for labelling).
@@ -48,7 +51,12 @@ from so3krates_openmm.data.labelling import read_frames
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.data.xtb import OptimizationSettings, xtb_optimize_many, xtb_settings
 from so3krates_openmm.files import write_atomically
-from so3krates_openmm.md.conformers import CLASH_DISTANCE_ANGSTROM, random_torsion_conformers
+from so3krates_openmm.md.conformers import (
+    CLASH_DISTANCE_ANGSTROM,
+    cis_peptide_bonds,
+    peptide_bond_torsions,
+    random_torsion_conformers,
+)
 from so3krates_openmm.md.exploration import (
     SAME_MINIMUM_RMSD_ANGSTROM,
     ExplorationRun,
@@ -111,6 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also minimise this many starts with random backbone dihedrals (0: none)")
     parser.add_argument("--sample-torsion", type=int, default=20,
                         help="minima found only from random-torsion starts re-optimised with GFN2-xTB")
+    parser.add_argument("--cis-probability", type=float, default=0.0,
+                        help="chance that a random-torsion start has each peptide bond turned to cis (0: all stay "
+                             "as in --structure)")
     args = parser.parse_args(argv)
     for name in ("structure", "model"):
         if not getattr(args, name).is_file():
@@ -123,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("torsion_starts", "sample_torsion"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if not 0.0 <= args.cis_probability <= 1.0:
+        parser.error(f"--cis-probability must lie between 0 and 1, got {args.cis_probability}")
     if args.sample < 2:
         parser.error(f"--sample must be at least 2 (a rank correlation needs two minima), got {args.sample}")
     try:
@@ -202,7 +215,8 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
     """The minima of the random-torsion starts: alone; those farther than ``rmsd_threshold`` (heavy-atom RMSD) from
     every MD minimum ("only"); the number of MD minima within it of one of theirs; and all snapshots merged (their
     ``index`` numbered after the MD's), with the rejected ones of both; the counts alone and merged at each of
-    :data:`THRESHOLDS_ANGSTROM`; the growth curve and the Chao1 estimate; and the minimisations' CPU seconds."""
+    :data:`THRESHOLDS_ANGSTROM`; the growth curve and the Chao1 estimate; the number of cis peptide bonds of each of
+    the minima and of the "only" ones; and the minimisations' CPU seconds."""
     minima, rejected = deduplicate(found, structure, rmsd_threshold_angstrom=rmsd_threshold)
     heavy = heavy_atom_indices(structure)
     torsion_positions = np.stack([m.positions_angstrom for m in minima])
@@ -216,11 +230,15 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
                     for threshold in sorted(set(THRESHOLDS_ANGSTROM) - {rmsd_threshold})}
     by_threshold[rmsd_threshold] = (len(minima), len(merged))
     n, counts = saturation_curve(minima, len(found), seed=seed)
+    omega = peptide_bond_torsions(structure)
+    only = [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold]
     return {
         "minima": minima, "rejected": rejected, "merged": merged, "merged_rejected": merged_rejected,
         "by_threshold": dict(sorted(by_threshold.items())),
         "cpu_seconds": float(np.nansum([s.cpu_seconds for s in found])),
-        "only": [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold],
+        "only": only,
+        "cis": np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int),
+        "only_cis": np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in only], dtype=int),
         "found_again": int(np.sum(from_md < rmsd_threshold)),
         "n": n, "counts": counts, "richness": chao1_richness(minima),
     }
@@ -317,15 +335,18 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.torsion_starts:
         print(f"2/5 torsion search: minimising {args.torsion_starts} starts with random backbone dihedrals",
               flush=True)
-        starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed)
+        starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed,
+                                           cis_probability=args.cis_probability)
+        prefix = f"cis{args.cis_probability:g}_" if args.cis_probability else ""
         found = minimize_starts_with_model(
             starts, args.torsion_seed, factory, work / "minimised", workers=args.workers, scheduler=args.scheduler,
             platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations,
-            progress=progress, log=lambda line: print(line, flush=True))
+            progress=progress, log=lambda line: print(line, flush=True), journal_prefix=prefix)
         search = torsion_search(found, minimised, minima, structure, args.rmsd_threshold, args.sample_seed)
-        write_minima(work / "minima_with_torsion_search", search["merged"], search["merged_rejected"], structure,
-                     {"snapshots": n_snapshots, "random_torsion_starts": len(found),
-                      "rmsd_threshold_angstrom": args.rmsd_threshold})
+        write_minima(work / f"minima_with_{prefix}torsion_search", search["merged"], search["merged_rejected"],
+                     structure, {"snapshots": n_snapshots, "random_torsion_starts": len(found),
+                                 "cis_probability": args.cis_probability,
+                                 "rmsd_threshold_angstrom": args.rmsd_threshold})
         plot_torsion_search((n, counts), search, energies, output / "torsion_search.png")
 
     print(f"3/5 distance of {len(minima)} minima to the training data", flush=True)
@@ -391,14 +412,21 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if search is not None:
         torsion_summary = torsion_search_summary(args, search, energies)
         if search["only"]:
-            done, versus, _, rmsd = compared(torsion_sample, only_positions, only_energies)
-            torsion_summary.update({
-                "n_only_beyond_training": int((only_distance > args.beyond_training).sum()),
-                "n_validated": len(done),
-                "same_minimum_fraction": float(np.mean(rmsd < SAME_MINIMUM_RMSD_ANGSTROM)) if len(done) else None,
-                "median_rmsd_angstrom": float(np.median(rmsd)) if len(done) else None,
-                "energy_spearman": None if versus is None else versus["energy_spearman"],
-            })
+
+            def checked(indices: np.ndarray) -> dict:
+                done, versus, _, rmsd = compared(indices, only_positions, only_energies)
+                return {"n_validated": len(done),
+                        "same_minimum_fraction": float(np.mean(rmsd < SAME_MINIMUM_RMSD_ANGSTROM)) if len(done)
+                        else None,
+                        "median_rmsd_angstrom": float(np.median(rmsd)) if len(done) else None,
+                        "energy_spearman": None if versus is None else versus["energy_spearman"]}
+
+            torsion_summary.update({"n_only_beyond_training": int((only_distance > args.beyond_training).sum()),
+                                    **checked(torsion_sample)})
+            if args.cis_probability:
+                with_cis = search["only_cis"][torsion_sample] > 0
+                torsion_summary["validated_by_isomer"] = {"all_trans": checked(torsion_sample[~with_cis]),
+                                                          "with_cis": checked(torsion_sample[with_cis])}
     summary = {
         "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": str(args.model), "structure": str(args.structure),
@@ -460,10 +488,17 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
     """The summary's ``torsion_search`` section (without the xTB check, added by the caller)."""
     only = np.array([m.energy_kj_mol for m in search["only"]])
     merged = np.array([m.energy_kj_mol for m in search["merged"]])
+    def by_cis(counts: np.ndarray) -> dict[str, int]:
+        return {str(k): int(n) for k, n in enumerate(np.bincount(counts, minlength=1))}
+
     return {
-        "what": "starts with uniformly random backbone dihedrals (phi, psi), clashes drawn again, minimised like the "
-                "snapshots and merged with the MD's minima at the same threshold",
-        "n_starts": int(search["n"][-1]), "seed": args.torsion_seed,
+        "what": "starts with uniformly random backbone dihedrals (phi, psi)"
+                + (f", each peptide bond turned to cis with chance {args.cis_probability:g}" if args.cis_probability
+                   else "") + ", clashes drawn again, minimised like the snapshots and merged with the MD's minima "
+                "at the same threshold",
+        "n_starts": int(search["n"][-1]), "seed": args.torsion_seed, "cis_probability": args.cis_probability,
+        "n_minima_by_cis_peptide_bonds": by_cis(search["cis"]),
+        "n_only_by_cis_peptide_bonds": by_cis(search["only_cis"]),
         "clash_distance_angstrom": CLASH_DISTANCE_ANGSTROM,
         "n_rejected": len(search["rejected"]),
         "n_minima": len(search["minima"]),

@@ -5,7 +5,9 @@ so a minimum that is rarely visited (high in energy, or behind a high barrier) m
 with the backbone dihedrals (phi and psi of every residue that has both) drawn uniformly from the circle,
 each minimised with the model, reach every combination of Ramachandran basins with the same chance: an
 independent check of how many minima the surface has (``bench/minima_large/run.py --torsion-starts``).
-Bond lengths, bond angles and the peptide bonds (omega) stay those of the starting structure.
+Bond lengths and bond angles stay those of the starting structure; so do the peptide bonds (omega), unless
+``cis_probability`` turns each of them to the other isomer (trans to cis) with that chance: the amide isomers,
+which MD at any temperature it stays stable at does not cross to (the barrier is about 80 kJ/mol).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from so3krates_openmm.md.stability import bond_graph, bond_graph_components, cov
 
 #: Atom pairs more than three bonds apart closer than this (Å) make a start a clash, which is drawn again.
 CLASH_DISTANCE_ANGSTROM = 1.5
+#: A peptide bond whose omega lies within this many degrees of 0 is cis (otherwise trans).
+CIS_OMEGA_MAX_DEG = 90.0
 
 
 def backbone_torsions(structure: Structure) -> np.ndarray:
@@ -39,6 +43,41 @@ def backbone_torsions(structure: Structure) -> np.ndarray:
         raise ValueError(f"{structure.source}: no backbone dihedral (phi, psi) found; the structure needs a peptide "
                          "backbone with atom names N, CA, C")
     return quadruplets
+
+
+def peptide_bond_torsions(structure: Structure) -> np.ndarray:
+    """The atom quadruplets (k, 4) X-C-N-Y of the omega dihedrals of the structure's amide bonds, in the order of
+    their carbonyl carbons: C bonded to a terminal oxygen and to N, X the other heavy atom on C, Y the first heavy
+    atom on N besides C (CA in a residue's atom order). Unlike mdtraj's omega, this includes the caps' amides
+    (ACE, NME). Raises ``ValueError`` when there is none.
+    """
+    numbers = np.asarray(structure.atomic_numbers)
+    bonds, _ = covalent_bonds(structure)
+    neighbours: list[list[int]] = [[] for _ in range(structure.n_atoms)]
+    for a, b in bonds.tolist():
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    quadruplets = []
+    for carbon in np.flatnonzero(numbers == 6):
+        bonded = neighbours[carbon]
+        carbonyl = [k for k in bonded if numbers[k] == 8 and len(neighbours[k]) == 1]
+        nitrogens = [k for k in bonded if numbers[k] == 7]
+        others = [k for k in bonded if numbers[k] > 1 and k not in carbonyl and k not in nitrogens]
+        if len(carbonyl) != 1 or len(nitrogens) != 1 or len(others) != 1:
+            continue
+        beyond = sorted(k for k in neighbours[nitrogens[0]] if numbers[k] > 1 and k != carbon)
+        if beyond:
+            quadruplets.append((others[0], int(carbon), nitrogens[0], beyond[0]))
+    if not quadruplets:
+        raise ValueError(f"{structure.source}: no amide bond (X-C(=O)-N-Y) found")
+    return np.array(quadruplets, dtype=np.int64)
+
+
+def cis_peptide_bonds(positions_angstrom: np.ndarray, quadruplets: np.ndarray) -> np.ndarray:
+    """Whether each peptide bond (``quadruplets`` of :func:`peptide_bond_torsions`) of ``positions_angstrom``
+    (atoms, 3) is cis (:data:`CIS_OMEGA_MAX_DEG`)."""
+    return np.array([abs(dihedral_deg(positions_angstrom, q)) < CIS_OMEGA_MAX_DEG
+                     for q in np.asarray(quadruplets).reshape(-1, 4)], dtype=bool)
 
 
 def dihedral_deg(positions: np.ndarray, quadruplet: np.ndarray) -> float:
@@ -99,21 +138,30 @@ class TorsionDriver:
 
 def random_torsion_conformers(structure: Structure, n: int, *, seed: int = 0,
                               clash_distance_angstrom: float = CLASH_DISTANCE_ANGSTROM,
-                              max_draws: int | None = None) -> np.ndarray:
-    """``n`` conformers (n, atoms, 3; Å) of ``structure`` with uniformly random backbone dihedrals and no clash.
+                              max_draws: int | None = None, cis_probability: float = 0.0) -> np.ndarray:
+    """``n`` conformers (n, atoms, 3; Å) of ``structure`` with uniformly random backbone dihedrals and no clash;
+    with ``cis_probability``, each peptide bond is also turned to its other isomer with that chance.
 
-    The same ``structure``, ``n`` and ``seed`` give the same conformers (the first ``n`` of a longer draw are
-    those of a shorter one). Raises ``RuntimeError`` when fewer than ``n`` of ``max_draws`` (default ``50 n``)
-    draws are free of clashes.
+    The same ``structure``, ``n``, ``seed`` and ``cis_probability`` give the same conformers (the first ``n`` of a
+    longer draw are those of a shorter one; ``cis_probability=0`` draws as before it existed). Raises
+    ``RuntimeError`` when fewer than ``n`` of ``max_draws`` (default ``50 n``) draws are free of clashes.
     """
-    driver = TorsionDriver(structure, backbone_torsions(structure))
+    if not 0.0 <= cis_probability <= 1.0:
+        raise ValueError(f"cis_probability must lie between 0 and 1, got {cis_probability}")
+    backbone = backbone_torsions(structure)
+    omega = peptide_bond_torsions(structure) if cis_probability > 0.0 else np.zeros((0, 4), dtype=np.int64)
+    driver = TorsionDriver(structure, np.concatenate([backbone, omega]))
+    omega_deg = np.array([dihedral_deg(structure.positions_angstrom, q) for q in omega])
     rng = np.random.default_rng(seed)
     max_draws = 50 * n if max_draws is None else max_draws
     conformers = []
     for _ in range(max_draws):
         if len(conformers) == n:
             break
-        angles = rng.uniform(-180.0, 180.0, size=len(driver.quadruplets))
+        angles = rng.uniform(-180.0, 180.0, size=len(backbone))
+        if len(omega):
+            flipped = rng.random(len(omega)) < cis_probability
+            angles = np.concatenate([angles, omega_deg + np.where(flipped, 180.0, 0.0)])
         positions = driver.set_dihedrals(structure.positions_angstrom, angles)
         if not driver.clashes(positions, clash_distance_angstrom):
             conformers.append(positions)

@@ -64,9 +64,10 @@ def minimize_starts_with_model(
     """The starts (n, atoms, 3; Å) of random-dihedral ``seed`` minimised with the model System of ``factory``
     (:func:`~so3krates_openmm.md.minima.minimize_snapshots`), journaled in ``journal_dir``.
 
-    ``journal_prefix`` names journals of other structures derived from the same starts (e.g. GFN2-xTB's minima
-    of them minimised again with the model). Raises :class:`~so3krates_openmm.tasks.JournalMismatch`, naming the
-    journal, when it holds minimisations with another model, structure or minimiser settings.
+    ``journal_prefix`` names journals of other structures of the same seed (e.g. GFN2-xTB's minima of the starts
+    minimised again with the model, or starts drawn with cis peptide bonds). Raises
+    :class:`~so3krates_openmm.tasks.JournalMismatch`, naming the journal, when it holds minimisations with another
+    model, structure or minimiser settings.
     """
     found: list[MinimizedSnapshot] = []
     for block in _blocks(len(starts_angstrom)):
