@@ -187,22 +187,25 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     with pytest.raises(SystemExit, match="700K_seed2 gives now .*stride"):
         driver.main(strided)
     assert journals["minimised/700K_seed2.jsonl"].read_text() == before["minimised/700K_seed2.jsonl"]
-    # Starts with cis peptide bonds: journals of their own beside the all-trans ones, the MD's reused, the minima
-    # counted by their number of cis bonds and the xTB check split by isomer.
+    # Four more starts with cis peptide bonds: journals of their own beside the all-trans ones (neither the MD's nor
+    # those redone), all ten starts counted, also by their cis bonds, and the xTB check split by isomer.
     cis = [*arguments[:arguments.index("--output") + 1], str(tmp_path / "cis"), "--no-progress",
-           "--cis-probability", "0.5"]
+           "--cis-starts", "4", "--cis-probability", "0.5"]
     assert driver.main(cis) == 0
-    assert (work / "minimised" / "cis0.5_torsion_seed0_000000-000006.jsonl").is_file()
-    assert (work / "minima_with_cis0.5_torsion_search" / "minima.pdb").is_file()
-    assert journals["minimised/torsion_seed0_000000-000006.jsonl"].read_text() == before[
-        "minimised/torsion_seed0_000000-000006.jsonl"]
+    assert (work / "minimised" / "cis0.5_torsion_seed0_000000-000004.jsonl").is_file()
+    assert (work / "minima_with_cis_torsion_search" / "minima.pdb").is_file()
+    for name, path in journals.items():
+        if name != "xtb_reoptimised.jsonl":
+            assert sorted(path.read_text().splitlines()) == sorted(before[name].splitlines()), name
     search = json.loads((tmp_path / "cis" / "summary.json").read_text())["torsion_search"]
-    assert search["cis_probability"] == 0.5 and "turned to cis with chance 0.5" in search["what"]
+    assert search["n_starts"] == 10 and search["n_cis_starts"] == 4 and search["cis_probability"] == 0.5
+    assert "the last n_cis_starts of them with each peptide bond turned to cis" in search["what"]
     assert sum(search["n_minima_by_cis_peptide_bonds"].values()) == search["n_minima"]
     assert sum(search["n_only_by_cis_peptide_bonds"].values()) == search["n_only_torsion_search"]
     split = search["validated_by_isomer"]
     assert split["all_trans"]["n_validated"] + split["with_cis"]["n_validated"] == search["n_validated"]
-
+    with pytest.raises(SystemExit):
+        driver.main([*cis[:-1], "0"])  # --cis-probability 0: a clear refusal
 
 def test_two_sets_of_minima_matched_against_each_other(peptide_pdb) -> None:
     structure = read_structure(peptide_pdb)

@@ -23,10 +23,11 @@ dihedrals (:mod:`so3krates_openmm.md.conformers`), minimised like the snapshots
 the new ones), merged with the MD's minima; the minima only they find, and ``--sample-torsion`` of those
 re-optimised with GFN2-xTB, go to the summary's ``torsion_search`` and ``torsion_search.png``, with a Chao1
 estimate of how many minima the random starts would reach without limit
-(:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count. With
-``--cis-probability P`` each peptide bond of a start is also turned to cis with chance P (journals of their own,
-``cis<P>_torsion_seed...``, minima in ``minima_with_cis<P>_torsion_search/``): the search then covers the
-amide isomers, and the summary counts the minima by their number of cis peptide bonds.
+(:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count.
+``--cis-starts M`` adds M starts of the same kind whose peptide bonds are each turned to cis with chance
+``--cis-probability`` (journals ``cis<P>_torsion_seed...``; all minima in ``minima_with_cis_torsion_search/``
+instead of ``minima_with_torsion_search/``): the amide isomers, which MD does not reach. The search then counts
+the minima of all N + M starts, also by their number of cis peptide bonds, and splits the xTB check by isomer.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
 go to ``--work``, with the structures rejected for a broken or a new bond (``rejected.pdb``, for labelling).
@@ -119,9 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also minimise this many starts with random backbone dihedrals (0: none)")
     parser.add_argument("--sample-torsion", type=int, default=20,
                         help="minima found only from random-torsion starts re-optimised with GFN2-xTB")
-    parser.add_argument("--cis-probability", type=float, default=0.0,
-                        help="chance that a random-torsion start has each peptide bond turned to cis (0: all stay "
-                             "as in --structure)")
+    parser.add_argument("--cis-starts", type=int, default=0,
+                        help="further random-torsion starts with peptide bonds turned to cis (--cis-probability)")
+    parser.add_argument("--cis-probability", type=float, default=0.5,
+                        help="chance that each peptide bond of a --cis-starts start is turned to cis")
     args = parser.parse_args(argv)
     for name in ("structure", "model"):
         if not getattr(args, name).is_file():
@@ -131,11 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--training-data {path} does not exist")
     if args.sample_beyond < 0:
         parser.error(f"--sample-beyond must not be negative, got {args.sample_beyond}")
-    for name in ("torsion_starts", "sample_torsion"):
+    for name in ("torsion_starts", "sample_torsion", "cis_starts"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
-    if not 0.0 <= args.cis_probability <= 1.0:
-        parser.error(f"--cis-probability must lie between 0 and 1, got {args.cis_probability}")
+    if not 0.0 < args.cis_probability <= 1.0:
+        parser.error(f"--cis-probability must lie in (0, 1], got {args.cis_probability}")
     if args.sample < 2:
         parser.error(f"--sample must be at least 2 (a rank correlation needs two minima), got {args.sample}")
     try:
@@ -332,21 +334,28 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         counts_by_threshold[threshold] = saturation_curve(others, n_snapshots, seed=args.sample_seed)[1]
     plot_saturation(n, counts_by_threshold, args.rmsd_threshold, output / "saturation.png")
     search = None
-    if args.torsion_starts:
-        print(f"2/5 torsion search: minimising {args.torsion_starts} starts with random backbone dihedrals",
-              flush=True)
-        starts = random_torsion_conformers(structure, args.torsion_starts, seed=args.torsion_seed,
-                                           cis_probability=args.cis_probability)
-        prefix = f"cis{args.cis_probability:g}_" if args.cis_probability else ""
-        found = minimize_starts_with_model(
-            starts, args.torsion_seed, factory, work / "minimised", workers=args.workers, scheduler=args.scheduler,
-            platform=args.platform, tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations,
-            progress=progress, log=lambda line: print(line, flush=True), journal_prefix=prefix)
+    if args.torsion_starts or args.cis_starts:
+        print(f"2/5 torsion search: minimising {args.torsion_starts} starts with random backbone dihedrals"
+              + (f" and {args.cis_starts} with cis peptide bonds too" if args.cis_starts else ""), flush=True)
+        found = []
+        for count, cis_probability in ((args.torsion_starts, 0.0), (args.cis_starts, args.cis_probability)):
+            if not count:
+                continue
+            starts = random_torsion_conformers(structure, count, seed=args.torsion_seed,
+                                               cis_probability=cis_probability)
+            found += [replace(snapshot, index=len(found) + snapshot.index, step=len(found) + snapshot.step)
+                      for snapshot in minimize_starts_with_model(
+                          starts, args.torsion_seed, factory, work / "minimised", workers=args.workers,
+                          scheduler=args.scheduler, platform=args.platform,
+                          tolerance_kj_mol_nm=args.minimize_tolerance, max_iterations=args.max_iterations,
+                          progress=progress, log=lambda line: print(line, flush=True),
+                          journal_prefix=f"cis{cis_probability:g}_" if cis_probability else "")]
         search = torsion_search(found, minimised, minima, structure, args.rmsd_threshold, args.sample_seed)
-        write_minima(work / f"minima_with_{prefix}torsion_search", search["merged"], search["merged_rejected"],
-                     structure, {"snapshots": n_snapshots, "random_torsion_starts": len(found),
-                                 "cis_probability": args.cis_probability,
-                                 "rmsd_threshold_angstrom": args.rmsd_threshold})
+        folder = "minima_with_cis_torsion_search" if args.cis_starts else "minima_with_torsion_search"
+        write_minima(work / folder, search["merged"], search["merged_rejected"], structure,
+                     {"snapshots": n_snapshots, "random_torsion_starts": args.torsion_starts,
+                      "random_torsion_starts_with_cis": args.cis_starts,
+                      "rmsd_threshold_angstrom": args.rmsd_threshold})
         plot_torsion_search((n, counts), search, energies, output / "torsion_search.png")
 
     print(f"3/5 distance of {len(minima)} minima to the training data", flush=True)
@@ -423,7 +432,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
 
             torsion_summary.update({"n_only_beyond_training": int((only_distance > args.beyond_training).sum()),
                                     **checked(torsion_sample)})
-            if args.cis_probability:
+            if args.cis_starts:
                 with_cis = search["only_cis"][torsion_sample] > 0
                 torsion_summary["validated_by_isomer"] = {"all_trans": checked(torsion_sample[~with_cis]),
                                                           "with_cis": checked(torsion_sample[with_cis])}
@@ -493,10 +502,12 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
 
     return {
         "what": "starts with uniformly random backbone dihedrals (phi, psi)"
-                + (f", each peptide bond turned to cis with chance {args.cis_probability:g}" if args.cis_probability
-                   else "") + ", clashes drawn again, minimised like the snapshots and merged with the MD's minima "
-                "at the same threshold",
-        "n_starts": int(search["n"][-1]), "seed": args.torsion_seed, "cis_probability": args.cis_probability,
+                + (f", the last n_cis_starts of them with each peptide bond turned to cis with chance "
+                   f"{args.cis_probability:g}" if args.cis_starts else "")
+                + ", clashes drawn again, minimised like the snapshots and merged with the MD's minima at the same "
+                "threshold",
+        "n_starts": int(search["n"][-1]), "seed": args.torsion_seed,
+        "n_cis_starts": args.cis_starts, "cis_probability": args.cis_probability if args.cis_starts else None,
         "n_minima_by_cis_peptide_bonds": by_cis(search["cis"]),
         "n_only_by_cis_peptide_bonds": by_cis(search["only_cis"]),
         "clash_distance_angstrom": CLASH_DISTANCE_ANGSTROM,
