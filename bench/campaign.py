@@ -90,17 +90,19 @@ def minima_steps(workers: int) -> list[Step]:
 #: labelled too, so that the model learns the minima it smoothed away; from round 5 on, so are the previous search's
 #: rejected structures (a new or a broken bond: round 4 had 37 of 1000 random-dihedral starts end with two carbonyl
 #: oxygens bonded), so that the model learns the repulsion it lacks. Round 5's search was taken on to 3000
-#: random-dihedral starts (:data:`MINIMA_ROUND_EXTENDED`), so round 6 labels its 395 minima; it rejected nothing,
-#: so round 6 has no rejected structures to label (:func:`search_rejected_nothing`).
+#: random-dihedral starts (:data:`MINIMA_ROUND_EXTRA_SEARCHES`), so round 6 labels its 395 minima; it rejected
+#: nothing, so round 6 has no rejected structures to label (:func:`search_rejected_nothing`).
 MINIMA_ROUNDS = (2, 3, 4, 5, 6)
 #: the first round that labels the previous reference search's minima, and the previous search's rejected structures
 XTB_MINIMA_FROM_ROUND, REJECTED_FROM_ROUND = 4, 5
 #: Random-dihedral starts of each round's search, and how many of the minima only they find are re-optimised with
 #: GFN2-xTB: from round 3 on, the same starts go to the reference search
 MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50), 5: (1000, 50), 6: (1000, 50)}
-#: Rounds whose search was then taken on to more random-dihedral starts (the same seed; only the new starts are
-#: minimised) into ``bench/minima_large/round<N>_<starts>_starts/``: does the model's count saturate?
-MINIMA_ROUND_EXTENDED = {5: 3000}
+#: Searches a round's model went on to after its round, the same seed (only new starts are minimised): all-trans
+#: random-dihedral starts, starts with cis peptide bonds on top (each bond cis with chance 0.5), minima only these
+#: starts found re-optimised with GFN2-xTB, and the suffix of the output folder ``bench/minima_large/round<N>``.
+#: Round 5's: does the model's count saturate (3000 starts), and how many minima do the amide isomers add?
+MINIMA_ROUND_EXTRA_SEARCHES = {5: [(3000, 0, 50, "_3000_starts"), (3000, 2000, 100, "_cis")]}
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
 PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
 
@@ -151,17 +153,16 @@ def label_step(minima_pdb: str, output: str, workers: int) -> Step:
 def minima_round_steps(number: int, workers: int) -> list[Step]:
     """Issue 18: round ``number`` (from 2) of active learning on the minima, then the minima search with its model
     (two MD runs of 100 ps minimising every fifth snapshot, :data:`MINIMA_ROUND_TORSION` random-dihedral starts),
-    from round 3 the reference search on the same starts, and the search taken on to
-    :data:`MINIMA_ROUND_EXTENDED` starts where it was."""
+    from round 3 the reference search on the same starts, and the searches of :data:`MINIMA_ROUND_EXTRA_SEARCHES`."""
     previous, this = minima_round_files(number - 1), minima_round_files(number)
     seed = 10 * number + 1
-    def search(starts: int, output: str) -> Step:
+    def search(starts: int, output: str, cis_starts: int = 0, sample: int = MINIMA_ROUND_TORSION[number][1]) -> Step:
+        cis = ["--cis-starts", str(cis_starts), "--cis-probability", "0.5"] if cis_starts else []
         return Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
                      *minima_round_data(number), "--runs", f"500:{seed}:5", f"700:{seed}:5", "--ps", "100",
                      "--timestep-fs", "1", "--hydrogen-mass", "3", "--snapshot-interval", "100", "--torsion-starts",
-                     str(starts), "--sample-torsion", str(MINIMA_ROUND_TORSION[number][1]), "--torsion-seed",
-                     str(number - 1), "--workers", str(workers), "--no-progress", "--work", this["work"],
-                     "--output", output])
+                     str(starts), *cis, "--sample-torsion", str(sample), "--torsion-seed", str(number - 1),
+                     "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", output])
 
     labels = [label_step(f"{previous['work']}/minima_with_torsion_search/minima.pdb", this["labels"], workers)]
     if number >= XTB_MINIMA_FROM_ROUND:
@@ -188,10 +189,10 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
                            this["work"], "--torsion-seed", str(number - 1), "--starts",
                            str(MINIMA_ROUND_TORSION[number][0]), "--workers", str(workers), "--no-progress",
                            "--output", this["output"]]))
-    if number in MINIMA_ROUND_EXTENDED:
-        # last: its minima (the work folder's minima_with_torsion_search/) are the ones the next round labels
-        starts = MINIMA_ROUND_EXTENDED[number]
-        steps.append(search(starts, f"{this['output']}_{starts}_starts"))
+    # last: the all-trans minima they leave in the work folder (minima_with_torsion_search/) are those the next
+    # round labels (a search with cis starts writes minima_with_cis_torsion_search/)
+    steps += [search(starts, this["output"] + suffix, cis_starts, sample)
+              for starts, cis_starts, sample, suffix in MINIMA_ROUND_EXTRA_SEARCHES.get(number, [])]
     return steps
 
 

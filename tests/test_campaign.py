@@ -125,15 +125,22 @@ def test_a_round_labels_rejected_structures_only_when_the_previous_search_may_ha
     assert "datasets/ac_ala3_nhme/rejected_round6.npz" in campaign.minima_round_data(6)
 
 
-def test_an_extended_search_follows_its_round_with_the_same_starts_and_more_of_them() -> None:
-    """Round 5's search taken on to 3000 starts comes last in round 5 (the next round labels its minima) and
-    differs from the round's search only in the number of starts and the output folder."""
+def test_the_extra_searches_follow_their_round_with_the_same_starts_and_more_of_them() -> None:
+    """Round 5's searches at 3000 starts and with 2000 cis starts on top come last in round 5 and differ from the
+    round's search only in the starts, the xTB sample and the output folder; the next round labels the all-trans
+    minima, which a search with cis starts does not overwrite."""
     campaign = load()
     steps = campaign.minima_round_steps(5, workers=2)
     first = next(step.command for step in steps if "bench/minima_large/run.py" in step.command)
-    last = steps[-1].command
-    assert "bench/minima_large/run.py" in last
-    assert last[last.index("--torsion-starts") + 1] == "3000"
-    assert last[last.index("--output") + 1] == "bench/minima_large/round5_3000_starts"
-    differs = [i for i, (a, b) in enumerate(zip(first, last, strict=True)) if a != b]
+    extended, cis = steps[-2].command, steps[-1].command
+    assert extended[extended.index("--torsion-starts") + 1] == "3000"
+    assert extended[extended.index("--output") + 1] == "bench/minima_large/round5_3000_starts"
+    differs = [i for i, (a, b) in enumerate(zip(first, extended, strict=True)) if a != b]
     assert [first[i - 1] for i in differs] == ["--torsion-starts", "--output"]
+    assert cis[cis.index("--cis-starts") + 1] == "2000" and cis[cis.index("--cis-probability") + 1] == "0.5"
+    assert cis[cis.index("--output") + 1] == "bench/minima_large/round5_cis"
+    assert cis[cis.index("--sample-torsion") + 1] == "100"
+    assert [part for part in cis if part not in extended] == ["--cis-starts", "2000", "--cis-probability", "0.5",
+                                                             "bench/minima_large/round5_cis"]
+    labels = campaign.minima_round_steps(6, workers=2)[0].command
+    assert "runs/minima_large_round5/minima_with_torsion_search/minima.pdb" in labels
