@@ -202,6 +202,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert "the last n_cis_starts of them with each peptide bond turned to cis" in search["what"]
     assert sum(search["n_minima_by_cis_peptide_bonds"].values()) == search["n_minima"]
     assert sum(search["n_only_by_cis_peptide_bonds"].values()) == search["n_only_torsion_search"]
+    by_isomer = search["estimated_total_by_isomer"]
+    assert by_isomer["all_trans"]["n_observed"] + by_isomer["with_cis"]["n_observed"] == search["n_minima"]
     split = search["validated_by_isomer"]
     assert split["all_trans"]["n_validated"] + split["with_cis"]["n_validated"] == search["n_validated"]
     with pytest.raises(SystemExit):

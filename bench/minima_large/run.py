@@ -266,7 +266,14 @@ def plot_torsion_search(md_curve: tuple[np.ndarray, np.ndarray], search: dict, m
     lowest = min(md_energies.min(), only.min() if len(only) else np.inf)
     bins = np.linspace(0.0, max(md_energies.max(), only.max() if len(only) else 0.0) - lowest, 40)
     right.hist(md_energies - lowest, bins=bins, alpha=0.6, label=f"MD's minima ({len(md_energies)})")
-    right.hist(only - lowest, bins=bins, alpha=0.6, label=f"found only from random dihedrals ({len(only)})")
+    with_cis = search["only_cis"] > 0
+    if with_cis.any():  # the amide isomers apart: cis bonds cost energy, and MD never reaches them
+        right.hist(only[~with_cis] - lowest, bins=bins, alpha=0.6,
+                   label=f"only from random dihedrals, all trans ({int((~with_cis).sum())})")
+        right.hist(only[with_cis] - lowest, bins=bins, alpha=0.6,
+                   label=f"only from random dihedrals, cis peptide bonds ({int(with_cis.sum())})")
+    else:
+        right.hist(only - lowest, bins=bins, alpha=0.6, label=f"found only from random dihedrals ({len(only)})")
     right.set_xlabel("SO3krates energy above the lowest minimum (kJ/mol)")
     right.set_ylabel("distinct minima")
     right.set_ylim(top=1.3 * right.get_ylim()[1])  # room for the legend above the bars
@@ -509,6 +516,9 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
         "n_starts": int(search["n"][-1]), "seed": args.torsion_seed,
         "n_cis_starts": args.cis_starts, "cis_probability": args.cis_probability if args.cis_starts else None,
         "n_minima_by_cis_peptide_bonds": by_cis(search["cis"]),
+        "estimated_total_by_isomer": None if not args.cis_starts else {
+            "all_trans": chao1_richness([m for m, n in zip(search["minima"], search["cis"], strict=True) if not n]),
+            "with_cis": chao1_richness([m for m, n in zip(search["minima"], search["cis"], strict=True) if n])},
         "n_only_by_cis_peptide_bonds": by_cis(search["only_cis"]),
         "clash_distance_angstrom": CLASH_DISTANCE_ANGSTROM,
         "n_rejected": len(search["rejected"]),
