@@ -202,6 +202,9 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert "the last n_cis_starts of them with each peptide bond turned to cis" in search["what"]
     assert sum(search["n_minima_by_cis_peptide_bonds"].values()) == search["n_minima"]
     assert sum(search["n_only_by_cis_peptide_bonds"].values()) == search["n_only_torsion_search"]
+    energies = search["relative_energy_by_cis_peptide_bonds_kj_mol"]
+    assert set(energies) == {k for k, n in search["n_minima_by_cis_peptide_bonds"].items() if n}
+    assert all(len(quantiles) == 5 and quantiles == sorted(quantiles) for quantiles in energies.values())
     by_isomer = search["estimated_total_by_isomer"]
     assert by_isomer["all_trans"]["n_observed"] + by_isomer["with_cis"]["n_observed"] == search["n_minima"]
     split = search["validated_by_isomer"]

@@ -504,6 +504,8 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
     """The summary's ``torsion_search`` section (without the xTB check, added by the caller)."""
     only = np.array([m.energy_kj_mol for m in search["only"]])
     merged = np.array([m.energy_kj_mol for m in search["merged"]])
+    merged_relative = np.array([m.energy_kj_mol for m in search["minima"]]) - merged.min()
+
     def by_cis(counts: np.ndarray) -> dict[str, int]:
         return {str(k): int(n) for k, n in enumerate(np.bincount(counts, minlength=1))}
 
@@ -516,6 +518,10 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
         "n_starts": int(search["n"][-1]), "seed": args.torsion_seed,
         "n_cis_starts": args.cis_starts, "cis_probability": args.cis_probability if args.cis_starts else None,
         "n_minima_by_cis_peptide_bonds": by_cis(search["cis"]),
+        "relative_energy_by_cis_peptide_bonds_kj_mol": {
+            str(k): np.percentile(merged_relative[search["cis"] == k], [0, 25, 50, 75, 100]).round(3).tolist()
+            for k in np.unique(search["cis"])},
+        "relative_energy_by_cis_peptide_bonds_means": "min, quartiles, max above the lowest minimum found",
         "estimated_total_by_isomer": None if not args.cis_starts else {
             "all_trans": chao1_richness([m for m, n in zip(search["minima"], search["cis"], strict=True) if not n]),
             "with_cis": chao1_richness([m for m, n in zip(search["minima"], search["cis"], strict=True) if n])},
