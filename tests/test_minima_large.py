@@ -207,6 +207,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert all(len(quantiles) == 5 and quantiles == sorted(quantiles) for quantiles in energies.values())
     by_isomer = search["estimated_total_by_isomer"]
     assert by_isomer["all_trans"]["n_observed"] + by_isomer["with_cis"]["n_observed"] == search["n_minima"]
+    errors = {k: v for k, v in search["energy_error_by_cis_peptide_bonds_kj_mol"].items() if k != "means"}
+    assert sum(count for _, count in errors.values()) == search["n_validated"]
     split = search["validated_by_isomer"]
     assert split["all_trans"]["n_validated"] + split["with_cis"]["n_validated"] == search["n_validated"]
     with pytest.raises(SystemExit):

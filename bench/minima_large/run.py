@@ -443,6 +443,15 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 with_cis = search["only_cis"][torsion_sample] > 0
                 torsion_summary["validated_by_isomer"] = {"all_trans": checked(torsion_sample[~with_cis]),
                                                           "with_cis": checked(torsion_sample[with_cis])}
+                # What a cis bond costs on each surface: the relative energies' error by the number of cis bonds
+                done, _, xtb_relative, _ = compared(torsion_sample, only_positions, only_energies)
+                error = (only_energies[done] - only_energies[done].min()) - (xtb_relative - xtb_relative.min())
+                bonds = search["only_cis"][done]
+                torsion_summary["energy_error_by_cis_peptide_bonds_kj_mol"] = {
+                    "means": "SO3krates minus GFN2-xTB energy above the lowest of the re-optimised sample: median "
+                             "(and count) by number of cis peptide bonds",
+                    **{str(k): [float(np.median(error[bonds == k])), int(np.sum(bonds == k))]
+                       for k in np.unique(bonds)}}
     summary = {
         "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": str(args.model), "structure": str(args.structure),
