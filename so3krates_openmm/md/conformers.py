@@ -7,7 +7,7 @@ each minimised with the model, reach every combination of Ramachandran basins wi
 independent check of how many minima the surface has (``bench/minima_large/run.py --torsion-starts``).
 Bond lengths and bond angles stay those of the starting structure; so do the peptide bonds (omega), unless
 ``cis_probability`` turns each of them to the other isomer (trans to cis) with that chance: the amide isomers,
-which MD at any temperature it stays stable at does not cross to (the barrier is about 80 kJ/mol).
+which MD does not reach at the temperatures where it stays stable (the barrier is about 80 kJ/mol).
 """
 
 from __future__ import annotations
