@@ -233,14 +233,14 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
     by_threshold[rmsd_threshold] = (len(minima), len(merged))
     n, counts = saturation_curve(minima, len(found), seed=seed)
     omega = peptide_bond_torsions(structure)
-    only = [m for m, d in zip(minima, to_md, strict=True) if d >= rmsd_threshold]
+    cis = np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int)
+    new = to_md >= rmsd_threshold
     return {
         "minima": minima, "rejected": rejected, "merged": merged, "merged_rejected": merged_rejected,
         "by_threshold": dict(sorted(by_threshold.items())),
         "cpu_seconds": float(np.nansum([s.cpu_seconds for s in found])),
-        "only": only,
-        "cis": np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int),
-        "only_cis": np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in only], dtype=int),
+        "only": [m for m, keep in zip(minima, new, strict=True) if keep],
+        "cis": cis, "only_cis": cis[new],
         "found_again": int(np.sum(from_md < rmsd_threshold)),
         "n": n, "counts": counts, "richness": chao1_richness(minima),
     }
