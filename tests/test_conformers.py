@@ -10,12 +10,15 @@ import pytest
 from so3krates_openmm.data.structures import Structure, read_structure
 from so3krates_openmm.md.conformers import (
     TorsionDriver,
+    amide_isomer,
     backbone_torsions,
     cis_peptide_bonds,
     dihedral_deg,
+    isomer_code,
     peptide_bond_torsions,
     random_torsion_conformers,
 )
+from so3krates_openmm.md.stability import covalent_bonds
 
 
 def test_dihedrals_are_set_and_bonds_and_angles_kept(peptide_pdb: Path) -> None:
@@ -82,6 +85,28 @@ def test_starts_with_cis_peptide_bonds(peptide_pdb: Path) -> None:
     assert not any(TorsionDriver(structure, backbone_torsions(structure)).clashes(x) for x in starts)
     with pytest.raises(ValueError, match="cis_probability must lie between 0 and 1"):
         random_torsion_conformers(structure, 2, cis_probability=1.5)
+
+
+def test_an_amide_isomer_as_a_start(peptide_pdb: Path) -> None:
+    """Each of the 16 isomers is reached, bonds kept; a turn that clashes draws the backbone again (reproducibly by
+    seed); the all-trans isomer of an all-trans structure is the structure itself."""
+    structure = read_structure(peptide_pdb)
+    omega = peptide_bond_torsions(structure)
+    assert isomer_code(structure.positions_angstrom, omega) == "tttt"
+    assert amide_isomer(structure, "tttt") == pytest.approx(structure.positions_angstrom, abs=1e-9)
+    bonds, _ = covalent_bonds(structure)
+    length = np.linalg.norm(np.subtract(*structure.positions_angstrom[bonds.T]), axis=-1)
+    driver = TorsionDriver(structure, backbone_torsions(structure))
+    for isomer in ("cttt", "tctc", "ttcc", "cccc"):
+        positions = amide_isomer(structure, isomer, seed=3)
+        assert isomer_code(positions, omega) == isomer and not driver.clashes(positions)
+        assert np.linalg.norm(np.subtract(*positions[bonds.T]), axis=-1) == pytest.approx(length, abs=1e-9)
+    assert np.array_equal(amide_isomer(structure, "ttcc", seed=3), amide_isomer(structure, "ttcc", seed=3))
+    for isomer in ("ttc", "ttxc", "TTTT"):
+        with pytest.raises(ValueError, match="one letter, t .trans. or c .cis., for each of the 4 peptide bonds"):
+            amide_isomer(structure, isomer)
+    with pytest.raises(RuntimeError, match="free of clashes"):
+        amide_isomer(structure, "cccc", clash_distance_angstrom=10.0, max_draws=5)
 
 
 def test_clear_errors_without_a_topology_or_for_a_ring_bond() -> None:

@@ -13,6 +13,7 @@ import pytest
 from so3krates_openmm.data.dataset import MolecularDataset
 from so3krates_openmm.data.formats import save_npz
 from so3krates_openmm.data.structures import read_structure
+from so3krates_openmm.md.conformers import isomer_code, peptide_bond_torsions
 from so3krates_openmm.md.exploration import (
     ExplorationRun,
     chao1_richness,
@@ -99,7 +100,9 @@ def test_comparison_with_the_reference_on_crafted_minima(peptide_pdb) -> None:
     assert ExplorationRun.parse("700:2") == ExplorationRun(700.0, 2) and ExplorationRun(700.0, 2).name == "700K_seed2"
     assert ExplorationRun.parse("700:4:5") == ExplorationRun(700.0, 4, 5)
     assert ExplorationRun(700.0, 4, 5).name == "700K_seed4"  # the stride selects snapshots, the MD is the same
-    for text in ("700", "700:4:5:1", "700:4:x"):
+    assert ExplorationRun.parse("700:4:5:tctt") == ExplorationRun(700.0, 4, 5, "tctt")
+    assert ExplorationRun(700.0, 4, 5, "tctt").name == "700K_seed4_tctt"  # a run of its own
+    for text in ("700", "700:4:5:1", "700:4:x", "700:4:5:tcxt", "700:4:5:tctt:1"):
         with pytest.raises(ValueError, match="TEMPERATURE_K:SEED"):
             ExplorationRun.parse(text)
     with pytest.raises(ValueError, match="stride >= 1"):
@@ -213,6 +216,22 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert split["all_trans"]["n_validated"] + split["with_cis"]["n_validated"] == search["n_validated"]
     with pytest.raises(SystemExit):
         driver.main([*cis[:-1], "0"])  # --cis-probability 0: a clear refusal
+    # One more run started with the second peptide bond cis: MD of its own from start.pdb, its snapshots' minima
+    # stay in that isomer, the others' MD and minimisations are not redone.
+    isomer = [*arguments[:arguments.index("--runs") + 1], "700:1", "700:2", "700:3:1:tctt",
+              *arguments[arguments.index("--ps"):arguments.index("--output") + 1], str(tmp_path / "isomer"),
+              "--no-progress"]
+    assert driver.main(isomer) == 0
+    start = read_structure(work / "md" / "700K_seed3_tctt" / "start.pdb")
+    assert isomer_code(start.positions_angstrom, peptide_bond_torsions(structure)) == "tctt"
+    for name in ("minimised/700K_seed1.jsonl", "minimised/700K_seed2.jsonl"):
+        assert sorted(journals[name].read_text().splitlines()) == sorted(before[name].splitlines()), name
+    summary = json.loads((tmp_path / "isomer" / "summary.json").read_text())
+    assert [run["isomer"] for run in summary["runs"]] == ["tttt", "tttt", "tctt"]
+    assert summary["n_snapshots"] == 15 and summary["n_snapshots_changed_isomer"] == 0
+    assert summary["n_minima_by_cis_peptide_bonds"]["1"] >= 1
+    assert sum(summary["n_minima_by_cis_peptide_bonds"].values()) == summary["n_minima"]
+
 
 def test_two_sets_of_minima_matched_against_each_other(peptide_pdb) -> None:
     structure = read_structure(peptide_pdb)

@@ -26,7 +26,8 @@ estimate of how many minima the random starts would reach without limit
 (:func:`~so3krates_openmm.md.exploration.chao1_richness`). ``n_minima`` stays the MD's count.
 ``--cis-starts M`` adds M starts of the same kind whose peptide bonds are each turned to cis with chance
 ``--cis-probability`` (journals ``cis<P>_torsion_seed...``; all minima in ``minima_with_cis_torsion_search/``
-instead of ``minima_with_torsion_search/``): the amide isomers, which MD does not reach. The search then counts
+instead of ``minima_with_torsion_search/``, those with a cis bond also in ``minima_with_cis_peptide_bonds/``): the
+amide isomers, which MD from the all-trans structure does not reach. The search then counts
 the minima of all N + M starts, also by their number of cis peptide bonds, and splits the xTB check by isomer.
 
 Writes ``--output``/summary.json and PNGs (committed); the runs, journals and all minima (PDB, CSV)
@@ -55,6 +56,7 @@ from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.conformers import (
     CLASH_DISTANCE_ANGSTROM,
     cis_peptide_bonds,
+    isomer_code,
     peptide_bond_torsions,
     random_torsion_conformers,
 )
@@ -329,6 +331,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise SystemExit(f"only {len(minima)} distinct minima from {n_snapshots} snapshots: run longer or more runs")
     energies = np.array([m.energy_kj_mol for m in minima])
     minimisation_seconds = float(np.nansum([s.cpu_seconds for s in minimised]))
+    # The amide isomers: each run's snapshots should stay in the isomer it started in (MD and the minimiser do not
+    # cross the amide barrier); the minima by their number of cis peptide bonds.
+    omega = peptide_bond_torsions(structure)
+    started = {run.name: run.isomer or isomer_code(structure.positions_angstrom, omega) for run in args.runs}
+    isomer_changed = sum(isomer_code(s.positions_angstrom, omega) != started[names[s.index]]
+                         for s in minimised if s.problem is None)
+    md_cis = np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int)
     write_minima(work / "minima", minima, rejected, structure,
                  {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
     shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
@@ -363,6 +372,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                      {"snapshots": n_snapshots, "random_torsion_starts": args.torsion_starts,
                       "random_torsion_starts_with_cis": args.cis_starts,
                       "rmsd_threshold_angstrom": args.rmsd_threshold})
+        if args.cis_starts:  # apart too: the minima with a cis bond, which no all-trans search's labels hold
+            write_minima(work / "minima_with_cis_peptide_bonds",
+                         [m for m, bonds in zip(search["minima"], search["cis"], strict=True) if bonds], [],
+                         structure, {"random_torsion_starts_with_cis": args.cis_starts,
+                                     "rmsd_threshold_angstrom": args.rmsd_threshold})
         plot_torsion_search((n, counts), search, energies, output / "torsion_search.png")
 
     print(f"3/5 distance of {len(minima)} minima to the training data", flush=True)
@@ -457,13 +471,16 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "model": str(args.model), "structure": str(args.structure),
         "reference": "GFN2-xTB (tblite via ASE, the training data's settings), geometry by ASE BFGS",
         "runs": [{"name": run.name, "temperature_K": run.temperature_K, "seed": run.seed, "stride": run.stride,
-                  "snapshots": int(np.sum(names == run.name)), **md[run.name]} for run in args.runs],
+                  "isomer": started[run.name], "snapshots": int(np.sum(names == run.name)), **md[run.name]}
+                 for run in args.runs],
         "ps_per_run": args.ps, "timestep_fs": args.timestep_fs, "hydrogen_mass_amu": args.hydrogen_mass,
         "snapshot_interval_steps": args.snapshot_interval, "skip_ps": args.skip_ps,
         "n_snapshots": n_snapshots,
         "n_rejected_snapshots": len(rejected),
         "rmsd_threshold_angstrom": args.rmsd_threshold,
         "n_minima": len(minima),
+        "n_minima_by_cis_peptide_bonds": count_by_cis(md_cis),
+        "n_snapshots_changed_isomer": int(isomer_changed),
         "relative_energy_kj_mol": {
             "max": float(energies.max() - energies.min()),
             "quartiles": np.percentile(energies - energies.min(), [25, 50, 75]).round(3).tolist(),
@@ -515,9 +532,6 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
     merged = np.array([m.energy_kj_mol for m in search["merged"]])
     merged_relative = np.array([m.energy_kj_mol for m in search["minima"]]) - merged.min()
 
-    def by_cis(counts: np.ndarray) -> dict[str, int]:
-        return {str(k): int(n) for k, n in enumerate(np.bincount(counts, minlength=1))}
-
     return {
         "what": "starts with uniformly random backbone dihedrals (phi, psi)"
                 + (f", the last n_cis_starts of them with each peptide bond turned to cis with chance "
@@ -526,7 +540,7 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
                 "threshold",
         "n_starts": int(search["n"][-1]), "seed": args.torsion_seed,
         "n_cis_starts": args.cis_starts, "cis_probability": args.cis_probability if args.cis_starts else None,
-        "n_minima_by_cis_peptide_bonds": by_cis(search["cis"]),
+        "n_minima_by_cis_peptide_bonds": count_by_cis(search["cis"]),
         "relative_energy_by_cis_peptide_bonds_kj_mol": {
             str(k): np.percentile(merged_relative[search["cis"] == k], [0, 25, 50, 75, 100]).round(3).tolist()
             for k in np.unique(search["cis"])},
@@ -534,7 +548,7 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
         "estimated_total_by_isomer": None if not args.cis_starts else {
             "all_trans": chao1_richness([m for m, n in zip(search["minima"], search["cis"], strict=True) if not n]),
             "with_cis": chao1_richness([m for m, n in zip(search["minima"], search["cis"], strict=True) if n])},
-        "n_only_by_cis_peptide_bonds": by_cis(search["only_cis"]),
+        "n_only_by_cis_peptide_bonds": count_by_cis(search["only_cis"]),
         "clash_distance_angstrom": CLASH_DISTANCE_ANGSTROM,
         "n_rejected": len(search["rejected"]),
         "n_minima": len(search["minima"]),
@@ -556,6 +570,11 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
                                                    "reached once (singletons) and twice (doubletons)"}},
         "minimisation_cpu_hours": search["cpu_seconds"] / 3600,
     }
+
+
+def count_by_cis(bonds: np.ndarray) -> dict[str, int]:
+    """How many of the structures have 0, 1, 2, ... cis peptide bonds (``bonds``: each one's number)."""
+    return {str(k): int(n) for k, n in enumerate(np.bincount(np.asarray(bonds, dtype=int), minlength=1))}
 
 
 def _late_growth(n: np.ndarray, counts: np.ndarray) -> float | None:

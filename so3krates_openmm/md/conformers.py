@@ -80,6 +80,42 @@ def cis_peptide_bonds(positions_angstrom: np.ndarray, quadruplets: np.ndarray) -
                      for q in np.asarray(quadruplets).reshape(-1, 4)], dtype=bool)
 
 
+def isomer_code(positions_angstrom: np.ndarray, quadruplets: np.ndarray) -> str:
+    """The amide isomer of ``positions_angstrom`` (atoms, 3) as :func:`amide_isomer` takes it: ``t`` or ``c`` for
+    each peptide bond of ``quadruplets`` (:func:`peptide_bond_torsions`), e.g. ``"tctt"``."""
+    return "".join("c" if cis else "t" for cis in cis_peptide_bonds(positions_angstrom, quadruplets))
+
+
+def amide_isomer(structure: Structure, isomer: str, *, seed: int = 0,
+                 clash_distance_angstrom: float = CLASH_DISTANCE_ANGSTROM, max_draws: int = 10_000) -> np.ndarray:
+    """The positions (atoms, 3; Å) of ``structure`` with its peptide bonds (:func:`peptide_bond_torsions`, in
+    order) in the isomer ``isomer``: one letter per bond, ``t`` trans or ``c`` cis (``"cttt"``: the first bond
+    cis). A start of MD in that isomer (MD does not cross the amide barrier).
+
+    A bond not yet in the asked isomer is turned by 180 degrees about its C-N axis. When that leaves a clash
+    (atoms more than three bonds apart closer than ``clash_distance_angstrom``), the backbone dihedrals (phi,
+    psi) are drawn uniformly at random (``seed``) until one draw of ``max_draws`` is free of clashes. Raises
+    ``ValueError`` for a string of other letters or length, ``RuntimeError`` when no draw is free.
+    """
+    omega = peptide_bond_torsions(structure)
+    if len(isomer) != len(omega) or set(isomer) - set("ct"):
+        raise ValueError(f"the isomer {isomer!r} needs one letter, t (trans) or c (cis), for each of the "
+                         f"{len(omega)} peptide bonds of {structure.source}")
+    backbone = backbone_torsions(structure)
+    driver = TorsionDriver(structure, np.concatenate([omega, backbone]))
+    angles = np.array([dihedral_deg(structure.positions_angstrom, q) for q in driver.quadruplets])
+    turn = cis_peptide_bonds(structure.positions_angstrom, omega) != np.array([letter == "c" for letter in isomer])
+    angles[:len(omega)] += np.where(turn, 180.0, 0.0)
+    rng = np.random.default_rng(seed)
+    for _ in range(max_draws):
+        positions = driver.set_dihedrals(structure.positions_angstrom, angles)
+        if not driver.clashes(positions, clash_distance_angstrom):
+            return positions
+        angles[len(omega):] = rng.uniform(-180.0, 180.0, size=len(backbone))
+    raise RuntimeError(f"no backbone of {max_draws} random ones leaves {structure.source} with its peptide bonds "
+                       f"as {isomer!r} free of clashes (atoms closer than {clash_distance_angstrom} Å)")
+
+
 def dihedral_deg(positions: np.ndarray, quadruplet: np.ndarray) -> float:
     """The dihedral angle (degrees, -180 to 180) of four atoms of ``positions`` (atoms, 3)."""
     p0, p1, p2, p3 = np.asarray(positions, dtype=np.float64)[np.asarray(quadruplet)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,29 +36,34 @@ SAME_MINIMUM_RMSD_ANGSTROM = 0.25
 
 @dataclass(frozen=True)
 class ExplorationRun:
-    """One high-temperature Langevin run: its temperature (K), seed, and which of its snapshots are minimised
-    (every ``stride``-th: at 700 K neighbouring snapshots 0.1 ps apart mostly fall into the same minimum)."""
+    """One high-temperature Langevin run: its temperature (K), seed, which of its snapshots are minimised
+    (every ``stride``-th: at 700 K neighbouring snapshots 0.1 ps apart mostly fall into the same minimum), and the
+    amide isomer it starts in (:func:`~so3krates_openmm.md.conformers.amide_isomer`: one letter per peptide bond,
+    ``t`` trans or ``c`` cis; ``None``: the structure as given). MD does not cross the amide barrier, so a run
+    stays in the isomer it starts in."""
 
     temperature_K: float
     seed: int
     stride: int = 1
+    isomer: str | None = None
 
     @property
     def name(self) -> str:
         """The run's folder and journal name (the stride is not part of it: it does not change the MD)."""
-        return f"{self.temperature_K:g}K_seed{self.seed}"
+        return f"{self.temperature_K:g}K_seed{self.seed}" + (f"_{self.isomer}" if self.isomer else "")
 
     @classmethod
     def parse(cls, text: str) -> ExplorationRun:
-        """``"500:1"`` -> 500 K, seed 1, every snapshot; ``"700:4:5"`` -> 700 K, seed 4, every fifth snapshot."""
+        """``"500:1"`` -> 500 K, seed 1, every snapshot; ``"700:4:5"`` -> 700 K, seed 4, every fifth snapshot;
+        ``"700:4:5:cttt"`` -> the same, started with the first peptide bond cis."""
         try:
-            temperature, seed, *stride = text.split(":")
-            if len(stride) > 1:
+            temperature, seed, *rest = text.split(":")
+            if len(rest) > 2 or (len(rest) == 2 and (not rest[1] or set(rest[1]) - set("ct"))):
                 raise ValueError
-            run = cls(float(temperature), int(seed), int(stride[0]) if stride else 1)
+            run = cls(float(temperature), int(seed), int(rest[0]) if rest else 1, rest[1] if len(rest) == 2 else None)
         except ValueError:
-            raise ValueError(f"a run is TEMPERATURE_K:SEED or TEMPERATURE_K:SEED:STRIDE, e.g. 500:1 or 700:4:5, "
-                             f"got {text!r}") from None
+            raise ValueError(f"a run is TEMPERATURE_K:SEED[:STRIDE[:ISOMER]], e.g. 500:1, 700:4:5 or 700:4:5:cttt "
+                             f"(ISOMER: t or c for each peptide bond), got {text!r}") from None
         if not run.temperature_K > 0 or run.seed < 1 or run.stride < 1:
             raise ValueError(f"a run needs a positive temperature, a seed >= 1 and a stride >= 1, got {text!r}")
         return run
@@ -72,6 +77,24 @@ def md_run_task(options: LangevinNVTOptions) -> dict:
     started = time.process_time()
     result = run_langevin_nvt(options, log=lambda message: None)
     return {"stable": bool(result.stable), "seed": result.seed, "cpu_seconds": time.process_time() - started}
+
+
+def start_structure(structure: Path, run: ExplorationRun, run_dir: Path) -> Path:
+    """The structure ``run`` starts from: ``structure`` itself, or for a run with an isomer, ``run_dir/start.pdb``
+    (written once: :func:`~so3krates_openmm.md.conformers.amide_isomer` with the run's seed)."""
+    if run.isomer is None:
+        return Path(structure).resolve()
+    from so3krates_openmm.data.builders import write_pdb
+    from so3krates_openmm.data.structures import read_structure
+    from so3krates_openmm.files import write_atomically
+    from so3krates_openmm.md.conformers import amide_isomer
+
+    path = Path(run_dir).resolve() / "start.pdb"
+    if not path.exists():
+        base = read_structure(structure)
+        start = replace(base, positions_angstrom=amide_isomer(base, run.isomer, seed=run.seed))
+        write_atomically(path, lambda temporary: write_pdb(start, temporary))
+    return path
 
 
 def run_explorations(
@@ -102,7 +125,8 @@ def run_explorations(
     tasks = {}
     for run in runs:
         tasks[run.name] = LangevinNVTOptions(
-            system=None, structure=Path(structure).resolve(), model=Path(model).resolve(), platform=platform,
+            system=None, structure=start_structure(structure, run, Path(output_dir) / run.name),
+            model=Path(model).resolve(), platform=platform,
             threads=1, seed=run.seed, temperature=run.temperature_K, timestep_fs=timestep_fs,
             hydrogen_mass=hydrogen_mass_amu, steps=steps,
             friction=friction_per_ps, output=Path(output_dir).resolve() / run.name,
