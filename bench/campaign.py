@@ -23,6 +23,7 @@ on (a finished lane is removed; a shipped model changes what follows it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -92,7 +93,7 @@ def minima_steps(workers: int) -> list[Step]:
 #: oxygens bonded), so that the model learns the repulsion it lacks. Round 5's search was taken on to 3000
 #: random-dihedral starts (:data:`MINIMA_ROUND_EXTRA_SEARCHES`), so round 6 labels its 395 minima; it rejected
 #: nothing, so round 6 has no rejected structures to label (:func:`search_rejected_nothing`).
-MINIMA_ROUNDS = (2, 3, 4, 5, 6)
+MINIMA_ROUNDS = (2, 3, 4, 5, 6, 7)
 #: the first round that labels the previous reference search's minima, and the previous search's rejected structures
 XTB_MINIMA_FROM_ROUND, REJECTED_FROM_ROUND = 4, 5
 #: Random-dihedral starts of each round's search, and how many of the minima only they find are re-optimised with
@@ -103,6 +104,17 @@ MINIMA_ROUND_TORSION = {2: (500, 20), 3: (1000, 50), 4: (1000, 50), 5: (1000, 50
 #: starts found re-optimised with GFN2-xTB, and the suffix of the output folder ``bench/minima_large/round<N>``.
 #: Round 5's: does the model's count saturate (3000 starts), and how many minima do the amide isomers add?
 MINIMA_ROUND_EXTRA_SEARCHES = {5: [(3000, 0, 50, "_3000_starts"), (3000, 2000, 100, "_cis")]}
+#: Rounds whose own search was left out: round 6's, so that the amide isomers came first. The next round labels the
+#: structures of :data:`MINIMA_ROUND_LABEL_SOURCE` instead (and no reference minima or rejected structures).
+MINIMA_ROUNDS_WITHOUT_SEARCH = {6}
+#: Round 7 labels the 536 minima with cis peptide bonds of round 5's search with cis starts (its model had never
+#: seen a cis bond: about 30 kJ/mol too much per bond against GFN2-xTB, 56 % the same minimum)
+MINIMA_ROUND_LABEL_SOURCE = {7: "runs/minima_large_round5/minima_with_cis_peptide_bonds/minima.pdb"}
+#: Rounds whose search is MD started in each amide isomer (t or c for each of the four peptide bonds, the caps'
+#: included) at 500 and 700 K, every fifth snapshot minimised, instead of two all-trans runs and random-dihedral
+#: starts: the issue's count from MD snapshots, with the isomers that MD from one structure never reaches
+MINIMA_ROUNDS_BY_ISOMER = {7}
+AMIDE_ISOMERS = tuple("".join(letters) for letters in itertools.product("tc", repeat=4))
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
 PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
 
@@ -121,26 +133,38 @@ def minima_round_files(number: int) -> dict[str, str]:
             "work": f"runs/minima_large_round{number}", "output": f"bench/minima_large/round{number}"}
 
 
-def search_rejected_nothing(work: str) -> bool:
-    """Whether the minima search in ``work`` has finished without rejecting a structure (its
-    ``minima_with_torsion_search/minima.json`` says so); ``False`` while that is not known."""
-    path = REPOSITORY / work / "minima_with_torsion_search" / "minima.json"
-    return path.is_file() and json.loads(path.read_text())["rejected_structures_written"] == 0
+def search_rejected_nothing(number: int) -> bool:
+    """Whether round ``number``'s search (its last all-trans one, which leaves the structures the next round labels)
+    has finished without rejecting a structure: its committed ``summary.json`` says so (MD snapshots and
+    random-dihedral starts); ``False`` while that is not known."""
+    suffixes = [suffix for _, cis_starts, _, suffix in MINIMA_ROUND_EXTRA_SEARCHES.get(number, []) if not cis_starts]
+    path = REPOSITORY / (minima_round_files(number)["output"] + (suffixes[-1] if suffixes else "")) / "summary.json"
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    return summary["n_rejected_snapshots"] == 0 and (summary["torsion_search"] or {}).get("n_rejected", 0) == 0
 
 
 def labels_rejected(number: int) -> bool:
     """Whether round ``number`` labels the previous search's rejected structures: from round 5 on, unless that
-    search is known to have rejected nothing."""
-    return number >= REJECTED_FROM_ROUND and not search_rejected_nothing(minima_round_files(number - 1)["work"])
+    search is known to have rejected nothing or was left out."""
+    return (number >= REJECTED_FROM_ROUND and number - 1 not in MINIMA_ROUNDS_WITHOUT_SEARCH
+            and not search_rejected_nothing(number - 1))
+
+
+def labels_xtb_minima(number: int) -> bool:
+    """Whether round ``number`` labels the previous reference search's minima: from round 4 on, unless the previous
+    round's search was left out."""
+    return number >= XTB_MINIMA_FROM_ROUND and number - 1 not in MINIMA_ROUNDS_WITHOUT_SEARCH
 
 
 def minima_round_data(number: int) -> list[str]:
     """The data files round ``number`` trains on: the peptide's data, the model's labelled minima of rounds
     2..``number``, GFN2-xTB's labelled minima of rounds 4..``number`` and the labelled rejected structures of
-    rounds 5..``number`` (of those whose previous search rejected something)."""
+    rounds 5..``number`` (of those whose previous search ran, and rejected something)."""
     files = {k: minima_round_files(k) for k in range(2, number + 1)}
     return (PEPTIDE_DATA + [files[k]["labels"] for k in files]
-            + [files[k]["xtb_labels"] for k in files if k >= XTB_MINIMA_FROM_ROUND]
+            + [files[k]["xtb_labels"] for k in files if labels_xtb_minima(k)]
             + [files[k]["rejected_labels"] for k in files if labels_rejected(k)])
 
 
@@ -156,7 +180,8 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
     from round 3 the reference search on the same starts, and the searches of :data:`MINIMA_ROUND_EXTRA_SEARCHES`."""
     previous, this = minima_round_files(number - 1), minima_round_files(number)
     seed = 10 * number + 1
-    def search(starts: int, output: str, cis_starts: int = 0, sample: int = MINIMA_ROUND_TORSION[number][1]) -> Step:
+    def search(starts: int, output: str, cis_starts: int = 0, sample: int | None = None) -> Step:
+        sample = MINIMA_ROUND_TORSION[number][1] if sample is None else sample
         cis = ["--cis-starts", str(cis_starts), "--cis-probability", "0.5"] if cis_starts else []
         return Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
                      *minima_round_data(number), "--runs", f"500:{seed}:5", f"700:{seed}:5", "--ps", "100",
@@ -164,8 +189,9 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
                      str(starts), *cis, "--sample-torsion", str(sample), "--torsion-seed", str(number - 1),
                      "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", output])
 
-    labels = [label_step(f"{previous['work']}/minima_with_torsion_search/minima.pdb", this["labels"], workers)]
-    if number >= XTB_MINIMA_FROM_ROUND:
+    source = MINIMA_ROUND_LABEL_SOURCE.get(number, f"{previous['work']}/minima_with_torsion_search/minima.pdb")
+    labels = [label_step(source, this["labels"], workers)]
+    if labels_xtb_minima(number):
         labels.append(label_step(f"{previous['work']}/xtb_minima/minima.pdb", this["xtb_labels"], workers))
     if labels_rejected(number):
         labels.append(label_step(f"{previous['work']}/minima_with_torsion_search/rejected.pdb",
@@ -180,8 +206,17 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
              0.4, f"{this['training']}/test_report.json"),
         Step([str(BIN / "so3krates-export"), this["checkpoint"], "--structure", f"{SHIPPED_PEPTIDE}/structure.pdb",
               "--kernels", "fused", "-o", this["model"]]),
-        search(MINIMA_ROUND_TORSION[number][0], this["output"]),
     ]
+    if number in MINIMA_ROUNDS_BY_ISOMER:
+        runs = [f"{temperature}:{seed}:5:{isomer}" for isomer in AMIDE_ISOMERS for temperature in (500, 700)]
+        return [*steps, Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
+                              *minima_round_data(number), "--runs", *runs, "--ps", "100", "--timestep-fs", "1",
+                              "--hydrogen-mass", "3", "--snapshot-interval", "100", "--sample", "60",
+                              "--workers", str(workers), "--no-progress", "--work", this["work"], "--output",
+                              this["output"]])]
+    if number in MINIMA_ROUNDS_WITHOUT_SEARCH:
+        return steps
+    steps.append(search(MINIMA_ROUND_TORSION[number][0], this["output"]))
     if number >= 3:
         # the count of the reference's own minima and the start-by-start check: the search's random-dihedral starts
         # optimised with GFN2-xTB too (about 10 CPU s each; the model's journals are the search's)

@@ -100,8 +100,8 @@ def test_every_minima_round_trains_on_data_that_an_earlier_step_labels() -> None
 
 
 def test_a_round_labels_rejected_structures_only_when_the_previous_search_may_have_some(tmp_path: Path) -> None:
-    """Round 6 on: the previous search's rejected structures are labelled and trained on unless its
-    ``minima.json`` says it rejected none (then there is no ``rejected.pdb`` to label)."""
+    """Round 6 on: the previous search's rejected structures are labelled and trained on unless its committed
+    ``summary.json`` says it rejected none (then there is no ``rejected.pdb`` to label)."""
     import json
 
     campaign = load()
@@ -110,9 +110,10 @@ def test_a_round_labels_rejected_structures_only_when_the_previous_search_may_ha
     assert any(part.endswith("rejected.pdb") for step in campaign.minima_round_steps(6, workers=2)
                for part in step.command)
 
-    summary = tmp_path / "runs" / "minima_large_round5" / "minima_with_torsion_search" / "minima.json"
+    # round 5's last all-trans search (3000 starts, an extra search of round 5) says it rejected nothing
+    summary = tmp_path / "bench" / "minima_large" / "round5_3000_starts" / "summary.json"
     summary.parent.mkdir(parents=True)
-    summary.write_text(json.dumps({"distinct_minima": 395, "rejected_structures_written": 0}))
+    summary.write_text(json.dumps({"n_rejected_snapshots": 0, "torsion_search": {"n_rejected": 0}}))
     data = campaign.minima_round_data(6)
     assert "datasets/ac_ala3_nhme/rejected_round6.npz" not in data
     assert "datasets/ac_ala3_nhme/rejected_round5.npz" in data  # round 4's search: not known here
@@ -121,7 +122,7 @@ def test_a_round_labels_rejected_structures_only_when_the_previous_search_may_ha
     train = next(step.command for step in steps if "so3krates_openmm.cli.train" in step.command)
     assert train[train.index("--data") + 1:train.index("--init-from")] == data
 
-    summary.write_text(json.dumps({"distinct_minima": 395, "rejected_structures_written": 3}))
+    summary.write_text(json.dumps({"n_rejected_snapshots": 0, "torsion_search": {"n_rejected": 3}}))
     assert "datasets/ac_ala3_nhme/rejected_round6.npz" in campaign.minima_round_data(6)
 
 
@@ -144,3 +145,24 @@ def test_the_extra_searches_follow_their_round_with_the_same_starts_and_more_of_
                                                              "bench/minima_large/round5_cis"]
     labels = campaign.minima_round_steps(6, workers=2)[0].command
     assert "runs/minima_large_round5/minima_with_torsion_search/minima.pdb" in labels
+
+
+def test_round_7_labels_the_cis_minima_and_searches_from_every_amide_isomer() -> None:
+    """Round 6's search was left out: round 7 labels round 5's minima with cis bonds (no reference minima or
+    rejected structures of round 6) and trains on all earlier data; its search is MD from the 16 isomers."""
+    campaign = load()
+    steps = campaign.minima_round_steps(7, workers=2)
+    labels = [step.command for step in steps if "label" in step.command]
+    assert labels == [campaign.label_step(campaign.MINIMA_ROUND_LABEL_SOURCE[7],
+                                          "datasets/ac_ala3_nhme/minima_round7.npz", 2).command]
+    data = campaign.minima_round_data(7)
+    assert not any(name.endswith("_round6.npz") and "minima_round6" not in name for name in data)
+    assert "datasets/ac_ala3_nhme/xtb_minima_round6.npz" in data and "datasets/ac_ala3_nhme/minima_round7.npz" in data
+    assert not campaign.labels_rejected(6)  # round 5's committed summaries: nothing rejected
+    search = steps[-1].command
+    runs = search[search.index("--runs") + 1:search.index("--ps")]
+    assert len(runs) == 32 and len(campaign.AMIDE_ISOMERS) == 16 and {run[-4:] for run in runs} == set(
+        campaign.AMIDE_ISOMERS)
+    assert "--torsion-starts" not in search and search[search.index("--output") + 1] == "bench/minima_large/round7"
+    assert not any("reference_search.py" in part for step in campaign.minima_round_steps(6, workers=2)
+                   for part in step.command)
