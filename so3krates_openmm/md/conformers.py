@@ -87,14 +87,15 @@ def isomer_code(positions_angstrom: np.ndarray, quadruplets: np.ndarray) -> str:
 
 
 def amide_isomer(structure: Structure, isomer: str, *, seed: int = 0,
-                 clash_distance_angstrom: float = CLASH_DISTANCE_ANGSTROM, max_draws: int = 10_000) -> np.ndarray:
+                 clash_distance_angstrom: float = CLASH_DISTANCE_ANGSTROM, max_draws: int = 200_000) -> np.ndarray:
     """The positions (atoms, 3; Å) of ``structure`` with its peptide bonds (:func:`peptide_bond_torsions`, in
     order) in the isomer ``isomer``: one letter per bond, ``t`` trans or ``c`` cis (``"cttt"``: the first bond
     cis). A start of MD in that isomer (MD does not cross the amide barrier).
 
     A bond not yet in the asked isomer is turned by 180 degrees about its C-N axis. When that leaves a clash
     (atoms more than three bonds apart closer than ``clash_distance_angstrom``), the backbone dihedrals (phi,
-    psi) are drawn uniformly at random (``seed``) until one draw of ``max_draws`` is free of clashes. Raises
+    psi) are drawn uniformly at random (``seed``) until one draw of ``max_draws`` is free of clashes (all four
+    bonds of Ac-Ala3-NHMe cis: about one draw in 10^4, half a minute). Raises
     ``ValueError`` for a string of other letters or length, ``RuntimeError`` when no draw is free.
     """
     omega = peptide_bond_torsions(structure)
