@@ -4,7 +4,7 @@
     python bench/campaign.py start [--until HH:MM]   # restore bench/progress/, then every lane in the background
     python bench/campaign.py lane NAME [--until HH:MM]   # one lane in the foreground (what ``start`` runs)
     python bench/campaign.py status           # each lane's log tail and bench/progress.py status
-    python bench/campaign.py list             # the lanes and their commands
+    python bench/campaign.py list             # the lanes and their commands, the finished ones too
 
 A lane runs its commands (steps) in order. Every command resumes (the same command again skips what finished
 and continues what was cut off), so a lane started in a new session goes through the finished commands in
@@ -17,7 +17,8 @@ scale, saved task by task, uses the core instead. Logs: ``runs/campaign/<lane>.l
 
 Each lane runs ``nice``-d with one thread per process (``OMP_WAIT_POLICY=PASSIVE``), so that two lanes share
 the two cores of a small machine and an interactive shell stays usable. Edit :data:`LANES` as the work moves
-on (a finished lane is removed; a shipped model changes what follows it).
+on (a finished lane moves to :data:`FINISHED_LANES`, which ``list`` shows and nothing runs; a shipped model
+changes what follows it).
 """
 
 from __future__ import annotations
@@ -241,19 +242,18 @@ def train_pair(molecule: str, model: str, hours: float) -> Step:
                  "--no-progress"], hours, f"runs/stability_study/{molecule}/train_{model}/test_report.json")
 
 
-#: Lanes of steps, one core each.
-LANES: dict[str, list[Step]] = {
+#: Lanes of steps that are finished, kept so that ``list`` shows the commands of the committed results.
+FINISHED_LANES: dict[str, list[Step]] = {
     # issue 17: the shipped catcher model (round 2 of active learning, shipped 2026-12-04) for 1 ns at 300 K, the
     # validated 1 fs with 3 amu hydrogens (closed segments of 50 ps, about 20 min each on one core), then the
     # stability runs beside the stability lane's driver (each takes the runs the other does not hold), so that
-    # issue 17 finishes first; then the minima (issue 18) on both cores: this driver ends when no run is left to
-    # start, so the other lane is at most one run from its end
+    # issue 17 finishes first; then the minima (issue 18) on both cores, and the active-learning rounds on them
     "catcher": [
         Step([PYTHON, "bench/nanosecond/run.py", "--system", "buckyball_catcher", "--timestep-fs", "1",
               "--hydrogen-mass", "3", "--threads", "1", "--no-progress"]),
         STABILITY_RUNS,
         *minima_steps(workers=2),
-        *(step for number in MINIMA_ROUNDS for step in minima_round_steps(number, workers=2)),
+        *(step for number in MINIMA_ROUNDS[:-1] for step in minima_round_steps(number, workers=2)),
     ],
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
@@ -264,6 +264,14 @@ LANES: dict[str, list[Step]] = {
         train_pair("dha", "equivariant", 2.2),
         STABILITY_RUNS,
     ],
+}
+
+#: Lanes of steps, one core each: the open long runs.
+LANES: dict[str, list[Step]] = {
+    # issue 18: the last active-learning round on the minima, on both cores (its labels and training are done
+    # and skipped; the export takes seconds), then its search: MD from the 16 amide isomers, the minimisations
+    # and the GFN2-xTB check
+    "minima": minima_round_steps(MINIMA_ROUNDS[-1], workers=2),
 }
 
 #: What a lane runs instead of a step that would not finish before ``--until``: work saved in small pieces.
@@ -419,10 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "status":
         status()
     else:
-        for name, steps in LANES.items():
-            print(f"{name}:")
-            for step in steps:
-                print(f"   {shown(step.command)}" + (f"   (about {step.hours:g} h)" if step.hours else ""))
+        for title, lanes in (("open lanes", LANES), ("finished lanes (the committed results' commands)",
+                                                     FINISHED_LANES)):
+            print(f"{title}:")
+            for name, steps in lanes.items():
+                print(f"  {name}:")
+                for step in steps:
+                    print(f"   {shown(step.command)}" + (f"   (about {step.hours:g} h)" if step.hours else ""))
         print("filler (instead of a step that would not finish before --until):")
         for step in FILLER:
             print(f"   {shown(step.command)}")

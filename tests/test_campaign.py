@@ -46,7 +46,7 @@ def test_a_lane_runs_in_order_saves_progress_and_stops_at_the_first_failure(tmp_
 def test_every_lane_command_names_an_existing_script_or_command() -> None:
     campaign = load()
     root = SCRIPT.parents[1]
-    for steps in campaign.LANES.values():
+    for steps in [*campaign.LANES.values(), *campaign.FINISHED_LANES.values()]:
         for step in [*steps, *campaign.FILLER]:
             command = step.command
             program = Path(command[1] if command[0] == sys.executable else command[0])
@@ -86,7 +86,7 @@ def test_every_minima_round_trains_on_data_that_an_earlier_step_labels() -> None
     """Round N's ``--data`` files exist in the repository or are labelled by an earlier step of the lane, and
     round 5 on also trains on the previous search's rejected structures."""
     campaign = load()
-    steps = campaign.LANES["catcher"]
+    steps = [*campaign.FINISHED_LANES["catcher"], *campaign.LANES["minima"]]
     labelled: set[str] = set()
     for step in steps:
         command = [str(part) for part in step.command]
