@@ -231,6 +231,9 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert summary["n_snapshots"] == 15 and summary["n_snapshots_changed_isomer"] == 0
     assert summary["n_minima_by_cis_peptide_bonds"]["1"] >= 1
     assert sum(summary["n_minima_by_cis_peptide_bonds"].values()) == summary["n_minima"]
+    for key in ("same_minimum_fraction_by_cis_peptide_bonds", "energy_error_by_cis_peptide_bonds_kj_mol"):
+        counts = [value[1] for k, value in summary[key].items() if k != "means"]
+        assert sum(counts) == summary["n_validated"], key
 
 
 def test_two_sets_of_minima_matched_against_each_other(peptide_pdb) -> None:

@@ -459,13 +459,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                                                           "with_cis": checked(torsion_sample[with_cis])}
                 # What a cis bond costs on each surface: the relative energies' error by the number of cis bonds
                 done, _, xtb_relative, _ = compared(torsion_sample, only_positions, only_energies)
-                error = (only_energies[done] - only_energies[done].min()) - (xtb_relative - xtb_relative.min())
-                bonds = search["only_cis"][done]
-                torsion_summary["energy_error_by_cis_peptide_bonds_kj_mol"] = {
-                    "means": "SO3krates minus GFN2-xTB energy above the lowest of the re-optimised sample: median "
-                             "(and count) by number of cis peptide bonds",
-                    **{str(k): [float(np.median(error[bonds == k])), int(np.sum(bonds == k))]
-                       for k in np.unique(bonds)}}
+                torsion_summary["energy_error_by_cis_peptide_bonds_kj_mol"] = energy_error_by_cis(
+                    only_energies[done], xtb_relative, search["only_cis"][done])
     summary = {
         "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": str(args.model), "structure": str(args.structure),
@@ -511,6 +506,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         if len(rmsd_beyond) else None,
         "median_rmsd_beyond_training_angstrom": float(np.median(rmsd_beyond)) if len(rmsd_beyond) else None,
         "energy_spearman_beyond_training": None if comparison_beyond is None else comparison_beyond["energy_spearman"],
+        "same_minimum_fraction_by_cis_peptide_bonds": {
+            "means": "fraction of the re-optimised random sample that stays the same minimum (and count) by number "
+                     "of cis peptide bonds",
+            **{str(k): [float(np.mean(same[md_cis[validated] == k])), int(np.sum(md_cis[validated] == k))]
+               for k in np.unique(md_cis[validated])}},
+        "energy_error_by_cis_peptide_bonds_kj_mol": energy_error_by_cis(energies[validated], xtb_kj_mol,
+                                                                        md_cis[validated]),
         "validated": [{"minimum": int(k), "rmsd_angstrom": r, "same_minimum": bool(s),
                        "training_distance_angstrom": float(distance[k])}
                       for k, r, s in zip(validated, comparison["rmsd_angstrom"], same, strict=True)],
@@ -570,6 +572,15 @@ def torsion_search_summary(args: argparse.Namespace, search: dict, md_energies: 
                                                    "reached once (singletons) and twice (doubletons)"}},
         "minimisation_cpu_hours": search["cpu_seconds"] / 3600,
     }
+
+
+def energy_error_by_cis(model_kj_mol: np.ndarray, xtb_kj_mol: np.ndarray, bonds: np.ndarray) -> dict:
+    """SO3krates minus GFN2-xTB energy (kJ/mol) of re-optimised minima, each above the lowest of the sample: the
+    median and the count by number of cis peptide bonds (``bonds``, one per minimum)."""
+    error = (model_kj_mol - model_kj_mol.min()) - (xtb_kj_mol - xtb_kj_mol.min())
+    return {"means": "SO3krates minus GFN2-xTB energy above the lowest of the re-optimised sample: median "
+                     "(and count) by number of cis peptide bonds",
+            **{str(k): [float(np.median(error[bonds == k])), int(np.sum(bonds == k))] for k in np.unique(bonds)}}
 
 
 def count_by_cis(bonds: np.ndarray) -> dict[str, int]:
