@@ -181,14 +181,19 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
     from round 3 the reference search on the same starts, and the searches of :data:`MINIMA_ROUND_EXTRA_SEARCHES`."""
     previous, this = minima_round_files(number - 1), minima_round_files(number)
     seed = 10 * number + 1
+    def minima_search(runs: list[str], options: list[str], output: str) -> Step:
+        """``run.py`` with this round's model and data on ``runs`` (100 ps each, snapshots 0.1 ps apart)."""
+        return Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
+                     *minima_round_data(number), "--runs", *runs, "--ps", "100", "--timestep-fs", "1",
+                     "--hydrogen-mass", "3", "--snapshot-interval", "100", *options,
+                     "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", output])
+
     def search(starts: int, output: str, cis_starts: int = 0, sample: int | None = None) -> Step:
         sample = MINIMA_ROUND_TORSION[number][1] if sample is None else sample
         cis = ["--cis-starts", str(cis_starts), "--cis-probability", "0.5"] if cis_starts else []
-        return Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
-                     *minima_round_data(number), "--runs", f"500:{seed}:5", f"700:{seed}:5", "--ps", "100",
-                     "--timestep-fs", "1", "--hydrogen-mass", "3", "--snapshot-interval", "100", "--torsion-starts",
-                     str(starts), *cis, "--sample-torsion", str(sample), "--torsion-seed", str(number - 1),
-                     "--workers", str(workers), "--no-progress", "--work", this["work"], "--output", output])
+        return minima_search([f"500:{seed}:5", f"700:{seed}:5"],
+                             ["--torsion-starts", str(starts), *cis, "--sample-torsion", str(sample),
+                              "--torsion-seed", str(number - 1)], output)
 
     source = MINIMA_ROUND_LABEL_SOURCE.get(number, f"{previous['work']}/minima_with_torsion_search/minima.pdb")
     labels = [label_step(source, this["labels"], workers)]
@@ -210,11 +215,7 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
     ]
     if number in MINIMA_ROUNDS_BY_ISOMER:
         runs = [f"{temperature}:{seed}:5:{isomer}" for isomer in AMIDE_ISOMERS for temperature in (500, 700)]
-        return [*steps, Step([PYTHON, "bench/minima_large/run.py", "--model", this["model"], "--training-data",
-                              *minima_round_data(number), "--runs", *runs, "--ps", "100", "--timestep-fs", "1",
-                              "--hydrogen-mass", "3", "--snapshot-interval", "100", "--sample", "60",
-                              "--workers", str(workers), "--no-progress", "--work", this["work"], "--output",
-                              this["output"]])]
+        return [*steps, minima_search(runs, ["--sample", "60"], this["output"])]
     if number in MINIMA_ROUNDS_WITHOUT_SEARCH:
         return steps
     steps.append(search(MINIMA_ROUND_TORSION[number][0], this["output"]))

@@ -235,7 +235,7 @@ def torsion_search(found: list[MinimizedSnapshot], md_minimised: list[MinimizedS
     by_threshold[rmsd_threshold] = (len(minima), len(merged))
     n, counts = saturation_curve(minima, len(found), seed=seed)
     omega = peptide_bond_torsions(structure)
-    cis = np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int)
+    cis = cis_bond_counts(minima, omega)
     new = to_md >= rmsd_threshold
     return {
         "minima": minima, "rejected": rejected, "merged": merged, "merged_rejected": merged_rejected,
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     started = {run.name: run.isomer or isomer_code(structure.positions_angstrom, omega) for run in args.runs}
     isomer_changed = sum(isomer_code(s.positions_angstrom, omega) != started[names[s.index]]
                          for s in minimised if s.problem is None)
-    md_cis = np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int)
+    md_cis = cis_bond_counts(minima, omega)
     write_minima(work / "minima", minima, rejected, structure,
                  {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
     shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
@@ -581,6 +581,11 @@ def energy_error_by_cis(model_kj_mol: np.ndarray, xtb_kj_mol: np.ndarray, bonds:
     return {"means": "SO3krates minus GFN2-xTB energy above the lowest of the re-optimised sample: median "
                      "(and count) by number of cis peptide bonds",
             **{str(k): [float(np.median(error[bonds == k])), int(np.sum(bonds == k))] for k in np.unique(bonds)}}
+
+
+def cis_bond_counts(minima: list[Minimum], omega: np.ndarray) -> np.ndarray:
+    """Each minimum's number of cis peptide bonds (``omega``: :func:`peptide_bond_torsions`)."""
+    return np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int)
 
 
 def count_by_cis(bonds: np.ndarray) -> dict[str, int]:
