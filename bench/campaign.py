@@ -78,7 +78,7 @@ def minima_steps(workers: int) -> list[Step]:
         Step([PYTHON, "bench/minima_large/run.py", "--model", "runs/minima_large/model_fused.pt", "--runs",
               *MINIMA_RUNS, "--ps", "100", "--timestep-fs", "1",
               "--hydrogen-mass", "3", "--snapshot-interval", "100", "--torsion-starts", str(TORSION_STARTS),
-              "--workers", str(workers), "--no-progress"]),
+              "--workers", str(workers), "--no-progress", "--output", minima_round_files(1)["output"]]),
     ]
 
 
@@ -122,16 +122,19 @@ PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_f
 
 def minima_round_files(number: int) -> dict[str, str]:
     """Round ``number``'s labelled minima (the model's, and from round 4 the reference search's), training folder,
-    exported model and search folders (round 1: the shipped model and the search above)."""
+    exported model and search folders (round 1: the shipped model and the search above). The last round's search
+    is issue 18's result, ``bench/minima_large/summary.json``; its training's evidence stays in ``round<N>/``."""
     if number == 1:
-        return {"checkpoint": f"{SHIPPED_PEPTIDE}/best_checkpoint.pt", "work": "runs/minima_large"}
+        return {"checkpoint": f"{SHIPPED_PEPTIDE}/best_checkpoint.pt", "work": "runs/minima_large",
+                "output": "bench/minima_large/round1"}
     return {"labels": f"datasets/ac_ala3_nhme/minima_round{number}.npz",
             "xtb_labels": f"datasets/ac_ala3_nhme/xtb_minima_round{number}.npz",
             "rejected_labels": f"datasets/ac_ala3_nhme/rejected_round{number}.npz",
             "training": f"runs/al_minima/round{number}/train",
             "checkpoint": f"runs/al_minima/round{number}/train/best_checkpoint.pt",
             "model": f"runs/minima_large_round{number}/model_fused.pt",
-            "work": f"runs/minima_large_round{number}", "output": f"bench/minima_large/round{number}"}
+            "work": f"runs/minima_large_round{number}",
+            "output": "bench/minima_large" if number == MINIMA_ROUNDS[-1] else f"bench/minima_large/round{number}"}
 
 
 def search_rejected_nothing(number: int) -> bool:

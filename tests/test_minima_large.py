@@ -38,15 +38,17 @@ def test_rounds_compared_from_their_summaries(tmp_path: Path, capsys) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def summary(same: float, torsion: dict | None) -> dict:
-        return {"n_snapshots": 100, "n_minima": 10, "n_validated": 8, "same_minimum_fraction": same,
+    def summary(model: str, same: float, torsion: dict | None) -> dict:
+        return {"model": model, "n_snapshots": 100, "n_minima": 10, "n_validated": 8, "same_minimum_fraction": same,
                 "energy_spearman": 0.5, "relative_energy_mae_kj_mol": 3.0, "torsion_search": torsion}
 
-    (tmp_path / "round3").mkdir()
-    (tmp_path / "round3" / "summary.json").write_text(json.dumps(summary(0.75, {
+    # The last round's search at the top, the earlier ones in round<N>/; the round is the model's.
+    (tmp_path / "summary.json").write_text(json.dumps(summary("runs/minima_large_round3/model_fused.pt", 0.75, {
         "n_starts": 50, "n_rejected": 1, "n_minima": 20, "n_only_torsion_search": 12, "n_validated": 5,
         "same_minimum_fraction": 0.6, "energy_spearman": None})))
-    (tmp_path / "summary.json").write_text(json.dumps(summary(0.5, None)))
+    (tmp_path / "round1").mkdir()
+    (tmp_path / "round1" / "summary.json").write_text(json.dumps(summary("runs/minima_large/model_fused.pt", 0.5,
+                                                                         None)))
     (tmp_path / "round_x").mkdir()  # not a round: ignored
     (tmp_path / "round_x" / "summary.json").write_text("{}")
     assert module.main(["--folder", str(tmp_path), "-o", str(tmp_path / "rounds.png")]) == 0
@@ -57,6 +59,13 @@ def test_rounds_compared_from_their_summaries(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "rounds.png").stat().st_size > 0 and "round 3" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no summary.json"):
         module.main(["--folder", str(tmp_path / "round_x" / "empty")])
+    (tmp_path / "round3").mkdir()  # round 3's search twice: which one is meant is unclear
+    (tmp_path / "round3" / "summary.json").write_text((tmp_path / "summary.json").read_text())
+    with pytest.raises(SystemExit, match="both searches of round 3"):
+        module.round_summaries(tmp_path)
+    (tmp_path / "round3" / "summary.json").write_text(json.dumps(summary("elsewhere/model.pt", 0.5, None)))
+    with pytest.raises(SystemExit, match="its round is unknown"):
+        module.round_summaries(tmp_path)
 
 
 def test_saturation_curve_counts_minima_first_seen_in_a_random_order() -> None:

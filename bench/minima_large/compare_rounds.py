@@ -2,10 +2,12 @@
 
     python bench/minima_large/compare_rounds.py   # -> bench/minima_large/rounds.png, and a table on stdout
 
-Reads ``bench/minima_large/summary.json`` (round 1, the shipped model) and ``bench/minima_large/round<N>/summary.json``
-(rounds 2, 3, ... as ``bench/campaign.py`` runs them), and plots per round the fraction of re-optimised minima that
-GFN2-xTB keeps as the same minimum and the Spearman correlation of their energies: for the minima of the MD
-snapshots and for those only the random-dihedral starts found.
+Reads ``bench/minima_large/summary.json`` (the last round's search, issue 18's result) and
+``bench/minima_large/round<N>/summary.json`` (round 1, the shipped model, and the earlier rounds as
+``bench/campaign.py`` runs them), and plots per round the fraction of re-optimised minima that GFN2-xTB keeps as the
+same minimum and the Spearman correlation of their energies: for the minima of the MD snapshots and for those only
+the random-dihedral starts found. A summary's round is its model's, ``runs/minima_large/`` (round 1) or
+``runs/minima_large_round<N>/``.
 """
 
 from __future__ import annotations
@@ -22,14 +24,31 @@ from so3krates_openmm.md.plotting import pyplot, save_figure
 HERE = Path(__file__).resolve().parent
 
 
+#: The model folder of each round's search (``campaign.py``'s ``minima_round_files``): round 1 has no number.
+ROUND_MODEL = re.compile(r"(?:^|/)runs/minima_large(?:_round(\d+))?/")
+
+
+def summary_round(summary: dict, path: Path) -> int:
+    """The active-learning round of the search that wrote ``summary`` (read from ``path``), from its model's folder."""
+    match = ROUND_MODEL.search(summary.get("model", ""))
+    if match is None:
+        raise SystemExit(f"{path}: its model {summary.get('model')!r} is not in runs/minima_large/ or "
+                         "runs/minima_large_round<N>/, so its round is unknown: move the summary out of the folder")
+    return int(match.group(1) or 1)
+
+
 def round_summaries(folder: Path) -> dict[int, dict]:
-    """``{round: summary}``: round 1 from ``folder/summary.json``, round N from ``folder/round<N>/summary.json``."""
-    found = {1: folder / "summary.json"}
-    for path in folder.glob("round*/summary.json"):
-        match = re.fullmatch(r"round(\d+)", path.parent.name)
-        if match:
-            found[int(match.group(1))] = path
-    return {number: json.loads(path.read_text()) for number, path in sorted(found.items()) if path.is_file()}
+    """``{round: summary}`` of ``folder/summary.json`` and ``folder/round<N>/summary.json``, by their models' rounds."""
+    paths = [folder / "summary.json", *(path for path in folder.glob("round*/summary.json")
+                                        if re.fullmatch(r"round\d+", path.parent.name))]
+    found: dict[int, tuple[Path, dict]] = {}
+    for path in filter(Path.is_file, paths):
+        summary = json.loads(path.read_text())
+        number = summary_round(summary, path)
+        if number in found:
+            raise SystemExit(f"{found[number][0]} and {path} are both searches of round {number}'s model: keep one")
+        found[number] = (path, summary)
+    return {number: found[number][1] for number in sorted(found)}
 
 
 def table(summaries: dict[int, dict]) -> list[dict]:
@@ -72,7 +91,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folder", type=Path, default=HERE, help="round 1's summary.json and the round<N>/ folders")
+    parser.add_argument("--folder", type=Path, default=HERE,
+                        help="the last round's summary.json and the round<N>/ folders")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "rounds.png", help="the figure")
     args = parser.parse_args(argv)
     summaries = round_summaries(args.folder)
