@@ -80,6 +80,15 @@ def test_saturation_curve_counts_minima_first_seen_in_a_random_order() -> None:
     assert n.tolist() == [1, 4, 7, 10] and counts[-1] == 2
 
 
+def test_new_minima_counted_for_the_first_run_in_the_commands_order_that_reached_them() -> None:
+    x = np.zeros((3, 3))
+    runs = np.array(["500K", "500K", "700K", "700K", "600K"])  # the run of each snapshot
+    minima = [Minimum(0.0, x, [0, 2]), Minimum(1.0, x, [3]), Minimum(2.0, x, [4, 1]), Minimum(3.0, x, [4])]
+    order = ["500K", "700K", "600K"]
+    assert load_driver().new_minima_by_run(minima, runs, order) == {"500K": 2, "700K": 1, "600K": 1}
+    assert load_driver().new_minima_by_run(minima, runs, order[::-1]) == {"600K": 2, "700K": 2, "500K": 0}
+
+
 def test_chao1_richness_from_how_often_each_minimum_was_reached() -> None:
     x = np.zeros((3, 3))
     # 6 minima: three reached once, one twice, two five times: 6 + 3 * 2 / (2 * 2) = 7.5
@@ -240,6 +249,10 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert summary["n_snapshots"] == 15 and summary["n_snapshots_changed_isomer"] == 0
     assert summary["n_minima_by_cis_peptide_bonds"]["1"] >= 1
     assert sum(summary["n_minima_by_cis_peptide_bonds"].values()) == summary["n_minima"]
+    by_isomer = summary["n_minima_by_isomer"]
+    assert set(by_isomer) == {"tttt", "tctt"} and sum(by_isomer.values()) == summary["n_minima"]
+    assert by_isomer["tctt"] == summary["runs"][2]["new_minima"]  # only the third run is in that isomer
+    assert sum(run["new_minima"] for run in summary["runs"]) == summary["n_minima"]
     for key in ("same_minimum_fraction_by_cis_peptide_bonds", "energy_error_by_cis_peptide_bonds_kj_mol"):
         counts = [value[1] for k, value in summary[key].items() if k != "means"]
         assert sum(counts) == summary["n_validated"], key

@@ -43,6 +43,7 @@ import json
 import shlex
 import shutil
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -338,6 +339,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     isomer_changed = sum(isomer_code(s.positions_angstrom, omega) != started[names[s.index]]
                          for s in minimised if s.problem is None)
     md_cis = cis_bond_counts(minima, omega)
+    first_found = new_minima_by_run(minima, names, [run.name for run in args.runs])
     write_minima(work / "minima", minima, rejected, structure,
                  {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
     shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
@@ -466,7 +468,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "model": str(args.model), "structure": str(args.structure),
         "reference": "GFN2-xTB (tblite via ASE, the training data's settings), geometry by ASE BFGS",
         "runs": [{"name": run.name, "temperature_K": run.temperature_K, "seed": run.seed, "stride": run.stride,
-                  "isomer": started[run.name], "snapshots": int(np.sum(names == run.name)), **md[run.name]}
+                  "isomer": started[run.name], "snapshots": int(np.sum(names == run.name)),
+                  "new_minima": first_found[run.name], **md[run.name]}
                  for run in args.runs],
         "ps_per_run": args.ps, "timestep_fs": args.timestep_fs, "hydrogen_mass_amu": args.hydrogen_mass,
         "snapshot_interval_steps": args.snapshot_interval, "skip_ps": args.skip_ps,
@@ -475,6 +478,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "rmsd_threshold_angstrom": args.rmsd_threshold,
         "n_minima": len(minima),
         "n_minima_by_cis_peptide_bonds": count_by_cis(md_cis),
+        "n_minima_by_isomer": dict(sorted(Counter(isomer_code(m.positions_angstrom, omega) for m in minima).items())),
         "n_snapshots_changed_isomer": int(isomer_changed),
         "relative_energy_kj_mol": {
             "max": float(energies.max() - energies.min()),
@@ -586,6 +590,14 @@ def energy_error_by_cis(model_kj_mol: np.ndarray, xtb_kj_mol: np.ndarray, bonds:
 def cis_bond_counts(minima: list[Minimum], omega: np.ndarray) -> np.ndarray:
     """Each minimum's number of cis peptide bonds (``omega``: :func:`peptide_bond_torsions`)."""
     return np.array([cis_peptide_bonds(m.positions_angstrom, omega).sum() for m in minima], dtype=int)
+
+
+def new_minima_by_run(minima: list[Minimum], runs: np.ndarray, order: list[str]) -> dict[str, int]:
+    """How many minima each run reached first, the runs taken in ``order`` (the command's): does another seed or
+    temperature still add minima? ``runs``: the run name of each snapshot (``Minimum.snapshots`` index it)."""
+    rank = {name: k for k, name in enumerate(order)}
+    first = Counter(min((str(runs[i]) for i in minimum.snapshots), key=rank.__getitem__) for minimum in minima)
+    return {name: first.get(name, 0) for name in order}
 
 
 def count_by_cis(bonds: np.ndarray) -> dict[str, int]:
