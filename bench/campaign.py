@@ -112,9 +112,13 @@ MINIMA_ROUNDS_WITHOUT_SEARCH = {6}
 #: seen a cis bond: about 30 kJ/mol too much per bond against GFN2-xTB, 56 % the same minimum)
 MINIMA_ROUND_LABEL_SOURCE = {7: "runs/minima_large_round5/minima_with_cis_peptide_bonds/minima.pdb"}
 #: Rounds whose search is MD started in each amide isomer (t or c for each of the four peptide bonds, the caps'
-#: included) at 500 and 700 K, every fifth snapshot minimised, instead of two all-trans runs and random-dihedral
-#: starts: the issue's count from MD snapshots, with the isomers that MD from one structure never reaches
+#: included) at each of :data:`ISOMER_RUN_TEMPERATURES`, every fifth snapshot minimised, instead of two all-trans
+#: runs and random-dihedral starts: the issue's count from MD snapshots, with the isomers that MD from one structure
+#: never reaches
 MINIMA_ROUNDS_BY_ISOMER = {7}
+#: Kelvin. 900 K was added after the 32 runs at 500 and 700 K: a probe run of round 7's model at 900 K (all-trans,
+#: seed 72, stable) gave 69 minima from its 190 snapshots, where round 5's runs at 500 and 700 K gave 22 and 38 new
+ISOMER_RUN_TEMPERATURES = (500, 700, 900)
 AMIDE_ISOMERS = tuple("".join(letters) for letters in itertools.product("tc", repeat=4))
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"
 PEPTIDE_DATA = ["datasets/ac_ala3_nhme/dataset.npz", "datasets/ac_ala3_nhme/md_frames_round1.npz"]
@@ -217,7 +221,8 @@ def minima_round_steps(number: int, workers: int) -> list[Step]:
               "--kernels", "fused", "-o", this["model"]]),
     ]
     if number in MINIMA_ROUNDS_BY_ISOMER:
-        runs = [f"{temperature}:{seed}:5:{isomer}" for isomer in AMIDE_ISOMERS for temperature in (500, 700)]
+        runs = [f"{temperature}:{seed}:5:{isomer}" for isomer in AMIDE_ISOMERS
+                for temperature in ISOMER_RUN_TEMPERATURES]
         return [*steps, minima_search(runs, ["--sample", "60"], this["output"])]
     if number in MINIMA_ROUNDS_WITHOUT_SEARCH:
         return steps
