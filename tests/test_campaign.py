@@ -161,8 +161,11 @@ def test_round_7_labels_the_cis_minima_and_searches_from_every_amide_isomer() ->
     assert not campaign.labels_rejected(6)  # round 5's committed summaries: nothing rejected
     search = steps[-1].command
     runs = search[search.index("--runs") + 1:search.index("--ps")]
-    assert len(runs) == 32 and len(campaign.AMIDE_ISOMERS) == 16 and {run[-4:] for run in runs} == set(
+    assert len(runs) == 48 and len(campaign.AMIDE_ISOMERS) == 16 and {run[-4:] for run in runs} == set(
         campaign.AMIDE_ISOMERS)
+    # the 900 K runs, added after the others had run, come last: their new_minima are what 900 K adds
+    assert runs[:2] == ["500:71:5:tttt", "700:71:5:tttt"] and runs[31] == "700:71:5:cccc"
+    assert {run.split(":")[0] for run in runs[32:]} == {"900"} and runs[32] == "900:71:5:tttt"
     # the last round's search writes issue 18's summary; round 1's (the shipped model) lives in round1/
     assert "--torsion-starts" not in search and search[search.index("--output") + 1] == "bench/minima_large"
     first = campaign.minima_steps(workers=2)[-1].command
