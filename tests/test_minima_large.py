@@ -89,6 +89,16 @@ def test_new_minima_counted_for_the_first_run_in_the_commands_order_that_reached
     assert load_driver().new_minima_by_run(minima, runs, order[::-1]) == {"600K": 2, "700K": 2, "500K": 0}
 
 
+def test_minima_counted_by_the_temperatures_whose_snapshots_reached_them() -> None:
+    x = np.zeros((3, 3))
+    temperatures = np.array([500.0, 500.0, 700.0, 700.0, 900.0])  # the temperature of each snapshot's run
+    minima = [Minimum(0.0, x, [0, 2]), Minimum(1.0, x, [3]), Minimum(2.0, x, [4, 1]), Minimum(3.0, x, [4])]
+    assert load_driver().minima_by_temperature(minima, temperatures) == {
+        "500": {"snapshots": 2, "reached": 2, "only_here": 0},
+        "700": {"snapshots": 2, "reached": 2, "only_here": 1},
+        "900": {"snapshots": 1, "reached": 2, "only_here": 1}}
+
+
 def test_chao1_richness_from_how_often_each_minimum_was_reached() -> None:
     x = np.zeros((3, 3))
     # 6 minima: three reached once, one twice, two five times: 6 + 3 * 2 / (2 * 2) = 7.5
@@ -162,6 +172,8 @@ def test_driver_end_to_end_and_resume(tmp_path: Path, peptide_pdb: Path, peptide
     assert 0.0 <= summary["same_minimum_fraction"] <= 1.0 and -1.0 <= summary["energy_spearman"] <= 1.0
     assert summary["cpu_hours"]["minimisation"] > 0 and summary["cpu_hours"]["xtb_reoptimisation"] > 0
     assert [run["name"] for run in summary["runs"]] == ["700K_seed1", "700K_seed2"]
+    assert summary["n_minima_by_temperature_K"] == {"700": {"snapshots": 10, "reached": summary["n_minima"],
+                                                            "only_here": summary["n_minima"]}}
     assert [(run["stride"], run["snapshots"]) for run in summary["runs"]] == [(1, 5), (1, 5)]
     # Six random-torsion starts: their minima alone and merged with the MD's, one of those only they found
     # re-optimised with xTB.

@@ -340,6 +340,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                          for s in minimised if s.problem is None)
     md_cis = cis_bond_counts(minima, omega)
     first_found = new_minima_by_run(minima, names, [run.name for run in args.runs])
+    temperature = {run.name: run.temperature_K for run in args.runs}
     write_minima(work / "minima", minima, rejected, structure,
                  {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
     shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
@@ -478,6 +479,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "rmsd_threshold_angstrom": args.rmsd_threshold,
         "n_minima": len(minima),
         "n_minima_by_cis_peptide_bonds": count_by_cis(md_cis),
+        "n_minima_by_temperature_K": minima_by_temperature(
+            minima, np.array([temperature[str(name)] for name in names], dtype=float)),
         "n_minima_by_isomer": dict(sorted(Counter(isomer_code(m.positions_angstrom, omega) for m in minima).items())),
         "n_snapshots_changed_isomer": int(isomer_changed),
         "relative_energy_kj_mol": {
@@ -598,6 +601,17 @@ def new_minima_by_run(minima: list[Minimum], runs: np.ndarray, order: list[str])
     rank = {name: k for k, name in enumerate(order)}
     first = Counter(min((str(runs[i]) for i in minimum.snapshots), key=rank.__getitem__) for minimum in minima)
     return {name: first.get(name, 0) for name in order}
+
+
+def minima_by_temperature(minima: list[Minimum], temperatures_k: np.ndarray) -> dict[str, dict[str, int]]:
+    """For each MD temperature: how many of the minima its snapshots reached, how many only its snapshots reached,
+    and its number of snapshots; independent of the runs' order. ``temperatures_k``: the temperature (K) of the
+    run of each snapshot (``Minimum.snapshots`` index it)."""
+    reached = [set(np.asarray(temperatures_k)[minimum.snapshots].tolist()) for minimum in minima]
+    return {f"{t:g}": {"snapshots": int(np.sum(temperatures_k == t)),
+                       "reached": sum(t in here for here in reached),
+                       "only_here": sum(here == {t} for here in reached)}
+            for t in np.unique(temperatures_k).tolist()}
 
 
 def count_by_cis(bonds: np.ndarray) -> dict[str, int]:
