@@ -119,10 +119,9 @@ MINIMA_ROUNDS_BY_ISOMER = {7}
 #: Kelvin, in groups: every isomer's runs at a group's temperatures, then the next group's, so that a temperature
 #: added later comes last and its runs' ``new_minima`` say what it adds. 900 K was added when 2742 of the 6080
 #: snapshots at 500 and 700 K (15 of 32 runs) gave 417 minima, falling off with the number of cis bonds (81 for
-#: tttt, 37 for tcct): about 850 for the 16 isomers (those with the cap's bond cis then turned out richer: 791
-#: from 4828 snapshots, about 950 for the 32 runs, still short). A probe run of round 7's model at 900 K
-#: (all-trans, seed 72, stable; ``round7/probe_900K/``) gave 69 minima from its 190 snapshots, 32 of them new
-#: beside the 82 at 500 and 700 K
+#: tttt, 37 for tcct): about 850 for the 16 isomers. A probe run of round 7's model at 900 K (all-trans, seed 72,
+#: stable; ``round7/probe_900K/``) gave 69 minima from its 190 snapshots, 32 of them new beside the 82 at 500 and
+#: 700 K (the README's round 7 "The search" gives the later counts)
 ISOMER_RUN_TEMPERATURES = ((500, 700), (900,))
 AMIDE_ISOMERS = tuple("".join(letters) for letters in itertools.product("tc", repeat=4))
 SHIPPED_PEPTIDE = "so3krates_openmm/pretrained/ac_ala3_nhme"

@@ -340,7 +340,6 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                          for s in minimised if s.problem is None)
     md_cis = cis_bond_counts(minima, omega)
     first_found = new_minima_by_run(minima, names, [run.name for run in args.runs])
-    temperature = {run.name: run.temperature_K for run in args.runs}
     write_minima(work / "minima", minima, rejected, structure,
                  {"snapshots": n_snapshots, "rmsd_threshold_angstrom": args.rmsd_threshold})
     shutil.copyfile(work / "minima" / "minima_energies.png", output / "minima_energies.png")
@@ -607,7 +606,8 @@ def minima_by_temperature(minima: list[Minimum], temperatures_k: np.ndarray) -> 
     """For each MD temperature: how many of the minima its snapshots reached, how many only its snapshots reached,
     and its number of snapshots; independent of the runs' order. ``temperatures_k``: the temperature (K) of the
     run of each snapshot (``Minimum.snapshots`` index it)."""
-    reached = [set(np.asarray(temperatures_k)[minimum.snapshots].tolist()) for minimum in minima]
+    temperatures_k = np.asarray(temperatures_k)
+    reached = [set(temperatures_k[minimum.snapshots].tolist()) for minimum in minima]
     return {f"{t:g}": {"snapshots": int(np.sum(temperatures_k == t)),
                        "reached": sum(t in here for here in reached),
                        "only_here": sum(here == {t} for here in reached)}
