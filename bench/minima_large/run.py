@@ -463,6 +463,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 done, _, xtb_relative, _ = compared(torsion_sample, only_positions, only_energies)
                 torsion_summary["energy_error_by_cis_peptide_bonds_kj_mol"] = energy_error_by_cis(
                     only_energies[done], xtb_relative, search["only_cis"][done])
+    temperature = {run.name: run.temperature_K for run in args.runs}
     summary = {
         "command": "python bench/minima_large/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": str(args.model), "structure": str(args.structure),
