@@ -336,3 +336,38 @@ def test_a_journal_of_other_minimiser_settings_is_refused_by_name(tmp_path: Path
     with pytest.raises(JournalMismatch, match="torsion_seed0_000000-000002.jsonl holds minimisations"):
         minimize_starts_with_model(starts, 0, factory, tmp_path, workers=1, tolerance_kj_mol_nm=5.0,
                                    log=lambda line: None)
+
+
+def test_amide_barrier_scan_holds_omega_and_finds_the_force_fields_barrier(tmp_path: Path, peptide_pdb: Path,
+                                                                           peptide_amber_xml: Path) -> None:
+    spec = importlib.util.spec_from_file_location("amide_barrier", RUN_PY.with_name("amide_barrier.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from so3krates_openmm.md.conformers import dihedral_deg
+    from so3krates_openmm.md.minima import MinimizerRecipe, ModelSystemFactory
+    from so3krates_openmm.md.torsion_search import ContextCalculator
+
+    # The relaxed scan keeps omega at each target while everything else relaxes (amber14 as the surface).
+    structure = read_structure(peptide_pdb)
+    quadruplet = peptide_bond_torsions(structure)[1]
+    calculator = ContextCalculator(MinimizerRecipe(ModelSystemFactory(str(peptide_pdb), str(peptide_amber_xml)))
+                                   .build().context)
+    targets = np.array([-170.0, -120.0, -60.0])
+    energies, positions = module.relaxed_scan(structure, structure.positions_angstrom, quadruplet, calculator,
+                                              targets, 0.05)
+    assert [round(dihedral_deg(p, quadruplet), 1) for p in positions] == pytest.approx(targets.tolist(), abs=0.2)
+    assert energies[2] > energies[0] + 20.0  # amber's amide barrier rises towards 90 degrees
+
+    # The command: both directions, the barrier above trans and cis, the figure; amber14's barrier is ~80 kJ/mol.
+    output = tmp_path / "barrier.json"
+    assert module.main(["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--bonds", "1",
+                        "--step-deg", "30", "--no-reference", "-o", str(output)]) == 0
+    scan = json.loads(output.read_text())["scans"]["SO3krates"]["1"]
+    forward = scan["trans_to_cis"]
+    assert abs(forward["omega_deg"][0]) > 150.0 and forward["omega_deg"][-1] == 0.0
+    assert forward["energy_kj_mol"][0] == 0.0 and scan["cis_to_trans"]["omega_deg"] == forward["omega_deg"][::-1]
+    assert 50.0 < scan["barrier_kj_mol"] < 130.0 and scan["cis_barrier_kj_mol"] > 30.0
+    assert output.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="peptide bonds 0 to 3"):
+        module.main(["--structure", str(peptide_pdb), "--model", str(peptide_amber_xml), "--bonds", "7",
+                     "--no-reference", "-o", str(output)])
