@@ -1,16 +1,17 @@
 """The amide (peptide bond) rotation barrier of a model against GFN2-xTB: relaxed scans of each omega (issue 18).
 
-    python bench/minima_large/amide_barrier.py --model runs/minima_large_round7/model_fused.pt
-    # -> bench/minima_large/round7/amide_barrier.json and amide_barrier.png
+    OMP_NUM_THREADS=1 python bench/minima_large/amide_barrier.py --model runs/minima_large_round7/model_fused.pt
+    # -> bench/minima_large/round7/amide_barrier.json and amide_barrier.png (5 minutes on one core)
 
 Round 7's MD crossed peptide bonds between cis and trans within 100 ps at 700 and 900 K, which the reference's
 barrier (about 80 kJ/mol) would make rare. This measures the barrier on both surfaces the same way: each peptide
 bond's omega (X-C-N-Y, :func:`~so3krates_openmm.md.conformers.peptide_bond_torsions`) of the relaxed structure is
 turned in steps of ``--step-deg`` from trans to cis and back, and at each step the structure is relaxed with omega
 held fixed (ASE ``FixInternals``, BFGS to ``--fmax``), each step starting from the previous one. A relaxed scan
-can jump where another coordinate (the nitrogen's pyramid) switches, so the two directions can differ; the
+can jump where another coordinate switches abruptly, so the two directions can differ; the
 barrier reported is the lower of the two directions' highest points, above the trans end (``barrier_kj_mol``),
-and above the cis end (``cis_barrier_kj_mol``). Takes about a minute per bond for GFN2-xTB on one core.
+and above the cis end (``cis_barrier_kj_mol``). About a minute per bond for GFN2-xTB on one core; with
+tblite's OpenMP threads beside the model's (no ``OMP_NUM_THREADS=1``) it ran many times slower here.
 """
 
 from __future__ import annotations
