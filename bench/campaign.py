@@ -268,6 +268,9 @@ FINISHED_LANES: dict[str, list[Step]] = {
         *minima_steps(workers=2),
         *(step for number in MINIMA_ROUNDS[:-1] for step in minima_round_steps(number, workers=2)),
     ],
+    # issue 18: the last active-learning round on the minima, on both cores, then its search: MD from the 16 amide
+    # isomers, the minimisations and the GFN2-xTB check (bench/minima_large/summary.json, finished 2026-12-06)
+    "minima": minima_round_steps(MINIMA_ROUNDS[-1], workers=2),
     # issue 17: the invariant-vs-equivariant pairs (80 epochs at 85-100 s on one core; the equivariant run
     # stops at the match), then their stability runs (about 20 min each, each saved when it finishes)
     "stability": [
@@ -279,13 +282,8 @@ FINISHED_LANES: dict[str, list[Step]] = {
     ],
 }
 
-#: Lanes of steps, one core each: the open long runs.
-LANES: dict[str, list[Step]] = {
-    # issue 18: the last active-learning round on the minima, on both cores (its labels and training are done
-    # and skipped; the export takes seconds), then its search: MD from the 16 amide isomers, the minimisations
-    # and the GFN2-xTB check
-    "minima": minima_round_steps(MINIMA_ROUNDS[-1], workers=2),
-}
+#: Lanes of steps, one core each: the open long runs (none at the moment: every lane has finished).
+LANES: dict[str, list[Step]] = {}
 
 #: What a lane runs instead of a step that would not finish before ``--until``: work saved in small pieces.
 FILLER = minima_steps(workers=1)
@@ -398,6 +396,8 @@ def start(save_minutes: float, until: str | None) -> None:
         print("note: Debian's libopenblas0-pthread is not installed: GFN2-xTB runs on tblite's slow bundled BLAS "
               "(about 3x slower; README, 'GFN2-xTB and BLAS'); apt-get install libopenblas0-pthread, then start")
     progress("restore", check=True)
+    if not LANES:
+        print("no open lane: every long run has finished (`list` shows the commands of their results)")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     for name in LANES:
         extra = ["--until", until] if until else []
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for title, lanes in (("open lanes", LANES), ("finished lanes (the committed results' commands)",
                                                      FINISHED_LANES)):
-            print(f"{title}:")
+            print(f"{title}:" + ("" if lanes else " none"))
             for name, steps in lanes.items():
                 print(f"  {name}:")
                 for step in steps:

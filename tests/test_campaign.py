@@ -86,7 +86,7 @@ def test_every_minima_round_trains_on_data_that_an_earlier_step_labels() -> None
     """Round N's ``--data`` files exist in the repository or are labelled by an earlier step of the lane, and
     round 5 on also trains on the previous search's rejected structures."""
     campaign = load()
-    steps = [*campaign.FINISHED_LANES["catcher"], *campaign.LANES["minima"]]
+    steps = [*campaign.FINISHED_LANES["catcher"], *campaign.FINISHED_LANES["minima"]]
     labelled: set[str] = set()
     for step in steps:
         command = [str(part) for part in step.command]

@@ -332,8 +332,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise SystemExit(f"only {len(minima)} distinct minima from {n_snapshots} snapshots: run longer or more runs")
     energies = np.array([m.energy_kj_mol for m in minima])
     minimisation_seconds = float(np.nansum([s.cpu_seconds for s in minimised]))
-    # The amide isomers: each run's snapshots should stay in the isomer it started in (MD and the minimiser do not
-    # cross the amide barrier); the minima by their number of cis peptide bonds.
+    # The amide isomers: how many minimised snapshots left the isomer their run started in (by MD crossing the
+    # amide barrier, or in the minimiser); the minima by their number of cis peptide bonds.
     omega = peptide_bond_torsions(structure)
     started = {run.name: run.isomer or isomer_code(structure.positions_angstrom, omega) for run in args.runs}
     isomer_changed = sum(isomer_code(s.positions_angstrom, omega) != started[names[s.index]]

@@ -7,7 +7,7 @@ each minimised with the model, reach every combination of Ramachandran basins wi
 independent check of how many minima the surface has (``bench/minima_large/run.py --torsion-starts``).
 Bond lengths and bond angles stay those of the starting structure; so do the peptide bonds (omega), unless
 ``cis_probability`` turns each of them to the other isomer (trans to cis) with that chance: the amide isomers,
-which MD does not reach at the temperatures where it stays stable (the barrier is about 80 kJ/mol).
+which MD rarely reaches at the temperatures where it stays stable (GFN2-xTB's barrier is about 80 kJ/mol).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def amide_isomer(structure: Structure, isomer: str, *, seed: int = 0,
                  clash_distance_angstrom: float = CLASH_DISTANCE_ANGSTROM, max_draws: int = 200_000) -> np.ndarray:
     """The positions (atoms, 3; Å) of ``structure`` with its peptide bonds (:func:`peptide_bond_torsions`, in
     order) in the isomer ``isomer``: one letter per bond, ``t`` trans or ``c`` cis (``"cttt"``: the first bond
-    cis). A start of MD in that isomer (MD does not cross the amide barrier).
+    cis). A start of MD in that isomer (which MD leaves only by crossing the amide barrier).
 
     A bond not yet in the asked isomer is turned by 180 degrees about its C-N axis. When that leaves a clash
     (atoms more than three bonds apart closer than ``clash_distance_angstrom``), the backbone dihedrals (phi,

@@ -39,8 +39,9 @@ class ExplorationRun:
     """One high-temperature Langevin run: its temperature (K), seed, which of its snapshots are minimised
     (every ``stride``-th: at 700 K neighbouring snapshots 0.1 ps apart mostly fall into the same minimum), and the
     amide isomer it starts in (:func:`~so3krates_openmm.md.conformers.amide_isomer`: one letter per peptide bond,
-    ``t`` trans or ``c`` cis; ``None``: the structure as given). MD does not cross the amide barrier, so a run
-    stays in the isomer it starts in."""
+    ``t`` trans or ``c`` cis; ``None``: the structure as given). With the reference's amide barrier (about
+    80 kJ/mol) a run stays in the isomer it starts in; a model with a lower barrier can leave it at 700 K and above
+    (``bench/minima_large/amide_barrier.py``)."""
 
     temperature_K: float
     seed: int
