@@ -26,17 +26,16 @@ from so3krates_openmm.md.minima import Minimum
 RUN_PY = Path(__file__).resolve().parents[1] / "bench" / "minima_large" / "run.py"
 
 
-def load_driver():
-    spec = importlib.util.spec_from_file_location("minima_large_run", RUN_PY)
+def load_driver(script: str = "run.py"):
+    """A script of bench/minima_large/ as a module (default: the driver, run.py)."""
+    spec = importlib.util.spec_from_file_location(f"minima_large_{Path(script).stem}", RUN_PY.with_name(script))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_rounds_compared_from_their_summaries(tmp_path: Path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("compare_rounds", RUN_PY.with_name("compare_rounds.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_driver("compare_rounds.py")
 
     def summary(model: str, same: float, torsion: dict | None) -> dict:
         return {"model": model, "n_snapshots": 100, "n_minima": 10, "n_validated": 8, "same_minimum_fraction": same,
@@ -340,9 +339,7 @@ def test_a_journal_of_other_minimiser_settings_is_refused_by_name(tmp_path: Path
 
 def test_amide_barrier_scan_holds_omega_and_finds_the_force_fields_barrier(tmp_path: Path, peptide_pdb: Path,
                                                                            peptide_amber_xml: Path) -> None:
-    spec = importlib.util.spec_from_file_location("amide_barrier", RUN_PY.with_name("amide_barrier.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_driver("amide_barrier.py")
     from so3krates_openmm.md.conformers import dihedral_deg
     from so3krates_openmm.md.minima import MinimizerRecipe, ModelSystemFactory
     from so3krates_openmm.md.torsion_search import ContextCalculator

@@ -1,7 +1,7 @@
 """The amide (peptide bond) rotation barrier of a model against GFN2-xTB: relaxed scans of each omega (issue 18).
 
     OMP_NUM_THREADS=1 python bench/minima_large/amide_barrier.py --model runs/minima_large_round7/model_fused.pt
-    # -> bench/minima_large/round7/amide_barrier.json and amide_barrier.png (5 minutes on one core)
+    # -> bench/minima_large/round7/amide_barrier.json and amide_barrier.png (about 6 minutes on one core)
 
 Round 7's MD crossed peptide bonds between cis and trans within 100 ps at 700 and 900 K, which the reference's
 barrier (about 80 kJ/mol) would make rare. This measures the barrier on both surfaces the same way: each peptide
@@ -25,7 +25,7 @@ import numpy as np
 
 from so3krates_openmm.data.reference import make_calculator
 from so3krates_openmm.data.structures import Structure, read_structure
-from so3krates_openmm.data.xtb import xtb_settings
+from so3krates_openmm.data.xtb import OptimizationSettings, optimize_with_ase, xtb_settings
 from so3krates_openmm.files import write_atomically
 from so3krates_openmm.md.conformers import TorsionDriver, dihedral_deg, peptide_bond_torsions
 from so3krates_openmm.md.minima import MinimizerRecipe, ModelSystemFactory
@@ -79,17 +79,6 @@ def relaxed_scan(structure: Structure, positions_angstrom: np.ndarray, quadruple
         energies.append(atoms.get_potential_energy() * kj_mol_per_ev)
         positions.append(atoms.get_positions())
     return np.array(energies), np.array(positions)
-
-
-def relaxed(structure: Structure, calculator, fmax_eV_per_angstrom: float) -> np.ndarray:
-    """``structure`` relaxed without constraints on ``calculator`` (positions, Å)."""
-    from ase import Atoms
-    from ase.optimize import BFGS
-
-    atoms = Atoms(numbers=structure.atomic_numbers, positions=structure.positions_angstrom)
-    atoms.calc = calculator
-    BFGS(atoms, logfile=None).run(fmax=fmax_eV_per_angstrom, steps=1000)
-    return atoms.get_positions()
 
 
 def bond_scan(structure: Structure, start_angstrom: np.ndarray, quadruplet: np.ndarray, calculator,
@@ -153,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         calculators["GFN2-xTB"] = make_calculator(replace(xtb_settings(), scf_guess="previous"))
     results: dict[str, dict[str, dict]] = {}
     for method, calculator in calculators.items():
-        start = relaxed(structure, calculator, args.fmax)
+        start = np.array(optimize_with_ase(structure.atomic_numbers, structure.positions_angstrom, calculator,
+                                           OptimizationSettings(fmax_eV_per_angstrom=args.fmax))["positions_angstrom"])
         results[method] = {}
         for bond in bonds:
             results[method][str(bond)] = scan = bond_scan(structure, start, omega[bond], calculator, args.step_deg,
